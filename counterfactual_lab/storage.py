@@ -1,0 +1,121 @@
+"""Storage over fsspec: local paths and ``s3://`` with one API.
+
+S3 settings come from the standard AWS variables (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``) or from
+explicit storage options, which win.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from counterfactual_lab.errors import TransientStorageError
+
+
+def storage_options_for(uri: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Storage options for ``uri``: explicit options over the standard AWS environment."""
+    options = dict(options or {})
+    if uri.startswith("s3://"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint and "endpoint_url" not in options and "client_kwargs" not in options:
+            options["endpoint_url"] = endpoint
+    return options
+
+
+def filesystem(uri: str, options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path without protocol) for ``uri``."""
+    fs, path = url_to_fs(uri, **storage_options_for(uri, options))
+    return fs, path
+
+
+def join(uri: str, *parts: str) -> str:
+    base = uri.rstrip("/")
+    return "/".join([base, *(p.strip("/") for p in parts)])
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for storage errors that a retry can fix (timeouts, throttling, resets)."""
+    if isinstance(exc, TransientStorageError | TimeoutError | ConnectionError):
+        return True
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(
+        marker in text
+        for marker in ("timeout", "timed out", "throttl", "slowdown", "connection reset", "503", "500 internal")
+    )
+
+
+def write_bytes_atomic(uri: str, data: bytes, options: dict[str, Any] | None = None) -> None:
+    """Write ``data`` to ``uri`` so that readers see the old file, the new one, or none.
+
+    Locally: write a sibling temp file, then rename. On S3 a single PUT is already atomic.
+    """
+    fs, path = filesystem(uri, options)
+    if uri.startswith("s3://"):
+        fs.pipe_file(path, data)
+        return
+    parent = os.path.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+
+
+def read_bytes(uri: str, options: dict[str, Any] | None = None) -> bytes:
+    fs, path = filesystem(uri, options)
+    return fs.cat_file(path)
+
+
+def exists(uri: str, options: dict[str, Any] | None = None) -> bool:
+    fs, path = filesystem(uri, options)
+    return fs.exists(path)
+
+
+@dataclass(frozen=True)
+class ImageStore:
+    """Content-addressed PNG store shared by every run under one output root.
+
+    ``OUT/images/<key>.png``: a key already present is never computed or written again.
+    """
+
+    root_uri: str
+    storage_options: dict[str, Any] | None = None
+
+    def uri(self, key: str) -> str:
+        return join(self.root_uri, "images", f"{key}.png")
+
+    def has(self, key: str) -> bool:
+        return exists(self.uri(key), self.storage_options)
+
+    def existing(self, keys: list[str]) -> set[str]:
+        """The subset of ``keys`` already stored (one listing, not one request per key)."""
+        fs, path = filesystem(join(self.root_uri, "images"), self.storage_options)
+        try:
+            names = {p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
+        except FileNotFoundError:
+            return set()
+        return {k for k in keys if f"{k}.png" in names}
+
+    def put_png(self, key: str, image: Any) -> str:
+        """Store a PIL image as PNG under ``key``; returns its URI."""
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        uri = self.uri(key)
+        write_bytes_atomic(uri, buffer.getvalue(), self.storage_options)
+        return uri
+
+    def get(self, key: str) -> Any:
+        """The stored image as an RGB PIL image."""
+        from PIL import Image
+
+        data = read_bytes(self.uri(key), self.storage_options)
+        with Image.open(io.BytesIO(data)) as img:
+            return img.convert("RGB")
