@@ -50,6 +50,7 @@ class GenerationConfig(BaseModel):
     revision: str | None = None
     steps: int = Field(20, ge=1, le=1000)
     guidance_scale: float = Field(7.5, ge=0)
+    seed: int = Field(0, ge=0, description="first seed; candidates use seed, seed+1, ...")
     seeds_per_target: int = Field(2, ge=1, le=64)
     keep_per_target: int = Field(1, ge=1)
     batch_size: int = Field(8, ge=1, le=1024)
