@@ -60,3 +60,21 @@ def s3_bucket(s3_endpoint):
 
     s3fs.S3FileSystem.clear_instance_cache()
     yield name
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """The tiny random-weight models (instruct-pix2pix, img2img, ledits, clip), built once."""
+    from counterfactual_lab.tiny_models import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(tmp_path_factory):
+    """A small deterministic sample dataset (Hugging Face image layout), one Parquet file."""
+    from counterfactual_lab.sample_dataset import write_sample_dataset
+
+    root = tmp_path_factory.mktemp("sample-dataset")
+    write_sample_dataset(root, rows=24, seed=0)
+    return root
