@@ -10,7 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from counterfactual_lab.config import AuditConfig
+    from counterfactual_lab.spec import DatasetSpec
 
 
 def generator_fingerprint(fields: dict[str, Any]) -> str:
@@ -56,3 +62,55 @@ def chunk(items: list[Any], size: int) -> list[list[Any]]:
     if size < 1:
         raise ValueError(f"batch size must be at least 1, got {size}")
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def plan_work_items(valid: "pl.DataFrame", config: "AuditConfig", spec: "DatasetSpec") -> list[WorkItem]:
+    """Every valid row × requested attribute change × seed, as work items.
+
+    The source value comes from the dataset's attribute column, else from the caption
+    (``detect_value``); when neither says, the row is planned for every target. A target
+    equal to the source value is not a change and is skipped. Rows are planned in dataset
+    order, so the plan (and every key in it) is deterministic.
+    """
+    from counterfactual_lab.text_counterfactual import detect_value, edit_instruction, rewrite_caption
+
+    generation = config.generation
+    fingerprint = generator_fingerprint(generation.fingerprint_fields())
+    seeds = range(generation.seed, generation.seed + generation.seeds_per_target)
+    targets_by_attribute = {
+        attribute: [spec.canonical_value(attribute, value) or value for value in values]
+        for attribute, values in config.attributes.items()
+    }
+    items: list[WorkItem] = []
+    for row in valid.iter_rows(named=True):
+        if not row.get("image_uri"):
+            raise ValueError(f"row {row['id']!r} has no stored source image; ingest with an image store")
+        for attribute, targets in targets_by_attribute.items():
+            source_value = row.get(attribute) or detect_value(row["caption"], attribute)
+            for target in targets:
+                if source_value is not None and target.casefold() == source_value.casefold():
+                    continue
+                text = rewrite_caption(row["caption"], attribute, source_value, target)
+                instruction = edit_instruction(attribute, source_value, target, row["caption"])
+                for seed in seeds:
+                    key = work_item_key(
+                        row["content_key"], attribute, source_value, target, seed, text.caption, fingerprint
+                    )
+                    items.append(
+                        WorkItem(
+                            source_id=str(row["id"]),
+                            source_key=row["content_key"],
+                            source_image_uri=row["image_uri"],
+                            caption=row["caption"],
+                            attribute=attribute,
+                            source_value=source_value,
+                            target_value=target,
+                            seed=seed,
+                            counterfactual_caption=text.caption,
+                            explanation=text.explanation,
+                            instruction=instruction,
+                            generator=fingerprint,
+                            content_key=key,
+                        )
+                    )
+    return items

@@ -114,8 +114,16 @@ class ImageStore:
 
     def get(self, key: str) -> Any:
         """The stored image as an RGB PIL image."""
-        from PIL import Image
+        return read_image(self.uri(key), self.storage_options)
 
-        data = read_bytes(self.uri(key), self.storage_options)
-        with Image.open(io.BytesIO(data)) as img:
-            return img.convert("RGB")
+    def load(self, uri: str) -> Any:
+        """Any image URI this store's credentials can read, as an RGB PIL image."""
+        return read_image(uri, self.storage_options)
+
+
+def read_image(uri: str, options: dict[str, Any] | None = None) -> Any:
+    """The image at ``uri`` (any store, any format) as an RGB PIL image."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(read_bytes(uri, options))) as img:
+        return img.convert("RGB")

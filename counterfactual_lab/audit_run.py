@@ -1,0 +1,117 @@
+"""What one audit run is: its id, its candidate table, and its accounting.
+
+Plain functions the orchestration layer strings together; nothing here runs a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from typing import Any
+
+import polars as pl
+
+from counterfactual_lab.config import AuditConfig
+from counterfactual_lab.plan import WorkItem
+
+CANDIDATE_SCHEMA = {
+    "source_id": pl.String,
+    "source_key": pl.String,
+    "source_image_uri": pl.String,
+    "attribute": pl.String,
+    "source_value": pl.String,
+    "target_value": pl.String,
+    "method": pl.String,
+    "seed": pl.Int64,
+    "caption": pl.String,
+    "counterfactual_caption": pl.String,
+    "explanation": pl.String,
+    "instruction": pl.String,
+    "content_key": pl.String,
+    "image_uri": pl.String,
+    "status": pl.String,
+    "error": pl.String,
+    "oom_halvings": pl.Int64,
+}
+
+
+def run_id_for(config: AuditConfig, dataset_name: str, dataset_fingerprint: str) -> str:
+    """A run id that is the same for the same config and the same data.
+
+    Re-running an interrupted audit therefore writes into the same run folder and finishes it,
+    and a scheduled audit of unchanged data reproduces the same run instead of a near-copy.
+    """
+    relevant = config.model_dump(exclude={"output", "runtime", "base_dir"})
+    payload = json.dumps([relevant, dataset_fingerprint], sort_keys=True, default=str)
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
+    safe_name = "".join(c if c.isalnum() or c in "-_" else "-" for c in dataset_name) or "dataset"
+    return f"{safe_name}-{digest}"
+
+
+def candidates_frame(items: list[WorkItem], records: list[Any], method: str) -> pl.DataFrame:
+    """One row per planned work item, joined with its generation record (by content key)."""
+    by_key = {record.content_key: record for record in records}
+    rows = []
+    for item in items:
+        record = by_key.get(item.content_key)
+        rows.append(
+            {
+                "source_id": item.source_id,
+                "source_key": item.source_key,
+                "source_image_uri": item.source_image_uri,
+                "attribute": item.attribute,
+                "source_value": item.source_value,
+                "target_value": item.target_value,
+                "method": method,
+                "seed": item.seed,
+                "caption": item.caption,
+                "counterfactual_caption": item.counterfactual_caption,
+                "explanation": item.explanation,
+                "instruction": item.instruction,
+                "content_key": item.content_key,
+                "image_uri": record.image_uri if record else None,
+                "status": record.status if record else "failed",
+                "error": (record.error if record else "no generation record (batch lost)"),
+                "oom_halvings": record.oom_halvings if record else 0,
+            }
+        )
+    return pl.DataFrame(rows, schema=CANDIDATE_SCHEMA)
+
+
+def generation_counts(records: list[Any]) -> dict[str, int]:
+    """How many items were generated, served from the store, or failed; OOM halvings."""
+    statuses = Counter(record.status for record in records)
+    return {
+        "generated": statuses.get("generated", 0),
+        "cache_hits": statuses.get("cached", 0),
+        "failed": statuses.get("failed", 0),
+        "oom_halvings": sum(record.oom_halvings for record in records),
+    }
+
+
+def row_accounting(rows_in: int, valid: int, quarantined: int, counterfactuals: pl.DataFrame) -> dict[str, Any]:
+    """Rows in = valid + quarantined; planned = kept + dropped + failed, with drop reasons."""
+    if counterfactuals.is_empty():
+        kept = dropped = failed = 0
+        by_reason: dict[str, int] = {}
+    else:
+        failed_mask = pl.col("status") == "failed"
+        kept = counterfactuals.filter(pl.col("kept")).height
+        failed = counterfactuals.filter(failed_mask).height
+        dropped_rows = counterfactuals.filter(~pl.col("kept") & ~failed_mask)
+        dropped = dropped_rows.height
+        by_reason = {
+            str(reason): int(n)
+            for reason, n in dropped_rows.group_by("drop_reason").len().sort("drop_reason").iter_rows()
+        }
+    return {
+        "rows_in": rows_in,
+        "valid": valid,
+        "quarantined": quarantined,
+        "planned": counterfactuals.height,
+        "kept": kept,
+        "dropped": dropped,
+        "failed": failed,
+        "dropped_by_reason": by_reason,
+    }
