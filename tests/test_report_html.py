@@ -1,0 +1,355 @@
+"""The HTML report and the plain-words findings, on hand-made frames and small PIL images."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from html.parser import HTMLParser
+
+import polars as pl
+import pytest
+from PIL import Image
+
+from counterfactual_lab.findings import headline_findings, headline_table, summary_markdown
+from counterfactual_lab.report_html import render_report, select_examples
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+EVIL_CAPTION = '<script>alert("caption")</script> a doctor'
+
+
+class StrictParser(HTMLParser):
+    """Parses the report and fails on any unbalanced tag; collects images, links and body text."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.img_src: list[str] = []
+        self.links: list[str] = []
+        self.body_text: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        attrs = dict(attrs)
+        if tag == "img":
+            self.img_src.append(attrs.get("src", ""))
+        for key in ("src", "href"):
+            if key in attrs:
+                self.links.append(attrs[key])
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append(tag)
+        for key in ("src", "href"):
+            if key in dict(attrs):
+                self.links.append(dict(attrs)[key])
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+            return
+        self.stack.pop()
+
+    def handle_data(self, data):
+        if "body" in self.stack and "style" not in self.stack and data.strip():
+            self.body_text.append(data.strip())
+
+
+def parse(html: str) -> StrictParser:
+    parser = StrictParser()
+    parser.feed(html)
+    parser.close()
+    assert parser.errors == [], parser.errors
+    assert parser.stack == [], f"unclosed tags: {parser.stack}"
+    return parser
+
+
+def metrics_frame() -> pl.DataFrame:
+    rows = [
+        ("flip_rate", "gender", "male→female", None, None, 0.23, 0.19, 0.27, 120),
+        ("flip_rate", "gender", "female→male", None, None, 0.05, 0.02, 0.09, 110),
+        ("flip_rate", "age", "young→old", None, None, 0.40, 0.30, 0.50, 60),
+        ("demographic_parity_difference", "gender", None, "doctor", None, 0.12, 0.05, 0.20, 230),
+        ("demographic_parity_ratio", "gender", None, "doctor", None, 0.8, 0.7, 0.9, 230),
+        ("prob_gap_abs", "gender", "male→female", "doctor", None, 0.04, 0.03, 0.05, 120),
+        ("prob_gap_signed", "gender", "male→female", "doctor", None, -0.02, -0.03, -0.01, 120),
+        ("max_skew@10", "gender", None, None, "a photo of a doctor", 0.41, 0.2, 0.6, 10),
+        ("min_skew@10", "gender", None, None, "a photo of a doctor", -0.69, -0.9, -0.4, 10),
+        ("ndkl", "gender", None, None, "a photo of a doctor", 0.12, None, None, 10),
+        ("max_skew@10", "gender", None, None, "a photo of a <b>nurse</b>", 0.1, 0.0, 0.2, 10),
+        ("cits", "gender", None, None, None, 0.62, 0.6, 0.64, 120),
+    ]
+    return pl.DataFrame(
+        rows,
+        schema={
+            "metric": pl.String, "attribute": pl.String, "group": pl.String, "label": pl.String,
+            "query": pl.String, "value": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64,
+        },
+        orient="row",
+    )
+
+
+def manifest(tiny: bool = True) -> dict:
+    return {
+        "run_id": "run-1",
+        "tiny_models": tiny,
+        "dataset": {"name": "sample", "uri": "/data/sample", "fingerprint": "abc123"},
+        "models": {
+            "generator": {"model": "./.cflab/models/img2img", "revision": None},
+            "judge": {"model": "openai/clip-vit-base-patch32", "revision": "3d74acf"},
+            "audit": {"model": "google/siglip-base-patch16-224", "revision": None},
+        },
+        "row_accounting": {"rows_in": 10, "valid": 9, "quarantined": 1, "planned": 5, "kept": 3, "dropped": 1, "failed": 1},
+        "generation_counts": {"generated": 4, "cached": 1},
+        "cache_hits": 1,
+        "tables": {"metrics": "/out/run-1/metrics.parquet"},
+        "config": {"audit": {"labels": ["doctor", "nurse"]}},
+        "versions": {"python": "3.12", "torch": "2.x"},
+    }
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Five small PNGs on disk, each a different colour; maps a URI to its path."""
+    root = tmp_path_factory.mktemp("images")
+    uris = {}
+    for i, colour in enumerate(["red", "green", "blue", "yellow", "purple"]):
+        path = root / f"img{i}.png"
+        Image.new("RGB", (64 + i, 48), colour).save(path)
+        uris[f"file://{path}"] = path
+    big = root / "big.png"
+    Image.new("RGB", (900, 600), "orange").save(big)
+    uris[f"file://{big}"] = big
+    return uris
+
+
+def load_from(images):
+    def load(uri: str) -> Image.Image:
+        return Image.open(images[uri]).convert("RGB")
+
+    return load
+
+
+def frames(images):
+    u = sorted(k for k in images if "img" in k)
+    big = next(k for k in images if "big" in k)
+    counterfactuals = pl.DataFrame(
+        {
+            "source_id": ["s1", "s1", "s2", "s3", "s4"],
+            "attribute": ["gender", "gender", "gender", "age", "gender"],
+            "source_value": ["male", "male", "female", "young", "male"],
+            "target_value": ["female", "female", "male", "old", "female"],
+            "method": ["img2img"] * 5,
+            "seed": [0, 1, 0, 0, 0],
+            "caption": [EVIL_CAPTION, EVIL_CAPTION, "a nurse", "a child", "a man"],
+            "counterfactual_caption": ["a woman doctor", "a woman doctor", "a man nurse", "an old person", "a woman"],
+            "explanation": ["man→woman", "man→woman", "woman→man", "child→old person", "man→woman"],
+            "image_uri": [u[1], u[2], big, u[3], None],
+            "source_image_uri": [u[0], u[0], u[4], u[4], u[0]],
+            "text_similarity": [0.31, 0.30, 0.28, 0.1, None],
+            "direction_similarity": [0.25, 0.24, 0.22, 0.05, None],
+            "image_similarity": [0.8, 0.79, 0.82, 0.6, None],
+            "attribute_ok": [True, True, True, False, None],
+            "kept": [True, True, True, False, False],
+            "drop_reason": [None, None, None, "attribute check failed", None],
+            "status": ["kept", "kept", "kept", "dropped", "failed"],
+            "error": [None, None, None, None, "CUDA out of memory"],
+        }
+    )
+    predictions = pl.DataFrame(
+        {
+            "id": ["s1", "s2", "s3", "c1", "c2", "c3"],
+            "source_id": ["s1", "s2", "s3", "s1", "s1", "s2"],
+            "variant": ["original"] * 3 + ["counterfactual"] * 3,
+            "attribute": [None, None, None, "gender", "gender", "gender"],
+            "group": ["male", "female", "young", "female", "female", "male"],
+            "score_doctor": [0.7, 0.4, 0.5, 0.6, 0.3, 0.45],
+            "score_nurse": [0.3, 0.6, 0.5, 0.4, 0.7, 0.55],
+            "top1": ["doctor", "nurse", "doctor", "doctor", "nurse", "nurse"],
+            "caption_similarity": [0.3] * 6,
+            "image_uri": [u[0], u[4], u[4], u[1], u[2], big],
+        }
+    )
+    quarantine = pl.DataFrame(
+        {"id": ["q1"], "reason": ["undecodable image"], "detail": ['"><img src=x onerror=alert(1)>']}
+    )
+    return counterfactuals, predictions, quarantine
+
+
+def render(images, tiny=True, max_examples=24, metrics=None):
+    counterfactuals, predictions, quarantine = frames(images)
+    return render_report(
+        manifest=manifest(tiny),
+        metrics=metrics_frame() if metrics is None else metrics,
+        counterfactuals=counterfactuals,
+        predictions=predictions,
+        load_image=load_from(images),
+        max_examples=max_examples,
+        quarantine=quarantine,
+    )
+
+
+def test_report_parses_and_inlines_every_shown_image(images):
+    html = render(images)
+    parsed = parse(html)
+    # 3 kept pairs + 1 dropped pair (the failed row has no image): 2 images each.
+    assert len(parsed.img_src) == 8
+    assert all(src.startswith("data:image/png;base64,") for src in parsed.img_src)
+    decoded = Image.open(io.BytesIO(base64.b64decode(parsed.img_src[0].split(",", 1)[1])))
+    assert decoded.format == "PNG"
+    sizes = [Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))).size for s in parsed.img_src]
+    assert max(max(size) for size in sizes) <= 256, "large images are shrunk to thumbnails"
+    assert (64, 48) in sizes, "small images keep their size"
+
+
+def test_report_is_self_contained(images):
+    parsed = parse(render(images))
+    assert "script" not in parsed.tags
+    external = [link for link in parsed.links if not link.startswith("data:")]
+    assert external == []
+
+
+def test_first_visible_line_names_models_and_warns_for_tiny_models(images):
+    first = parse(render(images, tiny=True)).body_text[0]
+    assert "openai/clip-vit-base-patch32" in first and "revision 3d74acf" in first
+    assert "google/siglip-base-patch16-224" in first
+    assert "tiny random-weight" in first and "mean nothing" in first
+    real = parse(render(images, tiny=False)).body_text
+    assert "google/siglip-base-patch16-224" in real[0]
+    assert not any("mean nothing" in text for text in real)
+
+
+def test_dataset_text_is_escaped(images):
+    html = render(images)
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(&quot;caption&quot;)&lt;/script&gt;" in html
+    assert "<img src=x" not in html
+    assert "&lt;b&gt;nurse&lt;/b&gt;" in html, "retrieval queries are escaped too"
+    assert "<b>nurse</b>" not in html
+
+
+def test_findings_charts_and_skew_plots_are_drawn(images):
+    html = render(images)
+    parsed = parse(html)
+    assert "gender male→female flips the top-1 label in 23% of pairs [19%, 27%] (n=120)" in html
+    # One SVG per bar-chart metric present (flip, DP diff, DP ratio, prob gap, CITS) + one per query.
+    assert parsed.tags.count("svg") == 5 + 2
+    assert "Query: a photo of a doctor" in html
+    # Whiskers: one path per bar with an interval; NDKL has none.
+    with_interval = metrics_frame().filter(
+        pl.col("ci_low").is_not_null() & ~pl.col("metric").is_in(["prob_gap_signed", "equalized_odds_difference"])
+    )
+    assert parsed.tags.count("path") == with_interval.height
+
+
+def test_examples_show_flips_first_and_respect_max_examples(images):
+    counterfactuals, predictions, _ = frames(images)
+    kept, dropped = select_examples(counterfactuals, predictions, max_examples=24)
+    assert [p.row["seed"] for p in kept if p.row["source_id"] == "s1"] == [1, 0]
+    assert kept[0].flipped and kept[0].original_top1 == "doctor" and kept[0].counterfactual_top1 == "nurse"
+    assert [p.row["source_id"] for p in dropped] == ["s3"]
+    kept, dropped = select_examples(counterfactuals, predictions, max_examples=2)
+    assert len(kept) + len(dropped) == 2
+    html = render(images, max_examples=1)
+    assert len(parse(html).img_src) == 2
+    assert "(flipped)" in html
+
+
+def test_missing_image_becomes_a_placeholder(images):
+    counterfactuals, predictions, _ = frames(images)
+    counterfactuals = counterfactuals.with_columns(
+        pl.when(pl.col("seed") == 1).then(pl.lit("file:///nowhere/gone.png")).otherwise(pl.col("image_uri")).alias("image_uri")
+    )
+
+    def load(uri):
+        if uri not in images:
+            raise FileNotFoundError(uri)
+        return Image.open(images[uri])
+
+    html = render_report(
+        manifest=manifest(), metrics=metrics_frame(), counterfactuals=counterfactuals,
+        predictions=predictions, load_image=load,
+    )
+    parsed = parse(html)
+    assert len(parsed.img_src) == 7
+    assert "counterfactual unavailable: file:///nowhere/gone.png" in html
+
+
+def test_accounting_and_quarantine_summary(images):
+    html = render(images)
+    assert "Accounting closes" in html
+    assert "undecodable image" in html
+    bad = manifest()
+    bad["row_accounting"]["valid"] = 7
+    counterfactuals, predictions, _ = frames(images)
+    html = render_report(
+        manifest=bad, metrics=metrics_frame(), counterfactuals=counterfactuals,
+        predictions=predictions, load_image=load_from(images),
+    )
+    assert "Accounting does not close: rows in (10) != valid (7) + quarantined (1) = 8" in html
+
+
+def test_report_renders_for_an_empty_run(images):
+    html = render_report(
+        manifest={"run_id": "empty", "tiny_models": False, "models": {}},
+        metrics=pl.DataFrame(), counterfactuals=pl.DataFrame(), predictions=pl.DataFrame(),
+        load_image=load_from(images),
+    )
+    parsed = parse(html)
+    assert parsed.img_src == []
+    assert "No metrics were computed" in html
+
+
+# --- findings -----------------------------------------------------------------------------
+
+
+def test_findings_sentences_in_plain_words():
+    findings = headline_findings(metrics_frame(), max_items=20)
+    assert findings[0] == "age young→old flips the top-1 label in 40% of pairs [30%, 50%] (n=60)"
+    assert "gender male→female flips the top-1 label in 23% of pairs [19%, 27%] (n=120)" in findings
+    assert (
+        "across gender groups, the share labelled 'doctor' differs by up to 12 percentage points "
+        "(demographic parity difference 0.12 [0.05, 0.2], n=230)"
+    ) in findings
+    assert (
+        "gender male→female lowers P('doctor') by 0.02 on average (signed change -0.02 [-0.03, -0.01], n=120)"
+    ) in findings
+    min_skew = next(f for f in findings if "MinSkew" in f)
+    assert f"{math.exp(-0.69):.3g}× its share" in min_skew and "top 10" in min_skew
+    ndkl = next(f for f in findings if "NDKL" in f)
+    assert "[" not in ndkl, "no interval is printed when the row has none"
+    assert len(findings) == metrics_frame().height
+
+
+def test_findings_take_one_per_kind_and_attribute_before_seconds():
+    findings = headline_findings(metrics_frame(), max_items=4)
+    assert len(findings) == 4
+    assert findings[0].startswith("age young→old flips")
+    assert findings[1].startswith("gender male→female flips"), "the larger gender flip rate comes first"
+    assert "demographic parity difference" in findings[2] and "MaxSkew" in findings[3]
+    assert not any("female→male" in f for f in headline_findings(metrics_frame(), max_items=8))
+    assert headline_findings(metrics_frame(), max_items=0) == []
+
+
+def test_findings_skip_rows_without_a_value():
+    frame = metrics_frame().with_columns(
+        pl.when(pl.col("metric") == "flip_rate").then(None).otherwise(pl.col("value")).alias("value")
+    )
+    assert not any("flips" in f for f in headline_findings(frame, max_items=20))
+
+
+def test_headline_table_is_json_safe_and_summary_links_the_report():
+    frame = metrics_frame().with_columns(pl.lit(float("nan")).alias("ci_low"))
+    table = headline_table(frame)
+    assert table[0]["metric"] == "flip_rate" and table[0]["ci_low"] is None
+    json.dumps(table, allow_nan=False)
+    text = summary_markdown(manifest(), metrics_frame(), "s3://bucket/out/run-1/report.html")
+    assert text.splitlines()[0] == "# Counterfactual audit run-1"
+    assert "mean nothing" in text
+    assert "[Open the full report](s3://bucket/out/run-1/report.html)" in text
+    assert "- age young→old flips the top-1 label in 40% of pairs [30%, 50%] (n=60)" in text
+    assert "| flip_rate | age | young→old |  |  | 0.4 | [0.3, 0.5] | 60 |" in text
