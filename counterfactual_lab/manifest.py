@@ -1,0 +1,170 @@
+"""The run manifest: what ran, on what, with which models and library versions, and whether
+the row accounting closes.
+
+The manifest is what an auditor cites to defend a number: the config, the dataset
+fingerprint, model ids with revisions, versions, and the two accounting identities of the
+output contract:
+
+    rows_in  = valid + quarantined
+    planned  = kept + dropped + failed
+
+Versions are read with ``importlib.metadata`` only, so building a manifest imports none of the
+heavy libraries it reports on.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from collections.abc import Mapping
+from datetime import date, datetime
+from importlib import metadata
+from pathlib import PurePath
+from typing import Any
+
+MANIFEST_SCHEMA_VERSION = 1
+
+# Distribution names whose versions change the numbers or the files of a run.
+VERSIONED_DISTRIBUTIONS = (
+    "counterfactual-lab",
+    "torch",
+    "diffusers",
+    "transformers",
+    "accelerate",
+    "safetensors",
+    "prefect",
+    "prefect-ray",
+    "ray",
+    "fairlearn",
+    "polars",
+    "pyarrow",
+    "great-expectations",
+    "pillow",
+    "numpy",
+)
+
+ROW_ACCOUNTING_KEYS = ("rows_in", "valid", "quarantined", "planned", "kept", "dropped", "failed")
+
+
+def library_versions() -> dict[str, str]:
+    """``{"python": ..., dist: version}`` for the installed distributions that matter; absent ones are left out."""
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in VERSIONED_DISTRIBUTIONS:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def check_row_accounting(acc: Mapping[str, Any]) -> list[str]:
+    """Problems with the row accounting, one plain sentence each; empty when it closes.
+
+    Checks ``rows_in == valid + quarantined`` and ``planned == kept + dropped + failed``,
+    that every count is present, and that none is negative or fractional.
+    """
+    problems: list[str] = []
+    counts: dict[str, int] = {}
+    for key in ROW_ACCOUNTING_KEYS:
+        value = acc.get(key)
+        if value is None:
+            problems.append(f"row accounting has no {key!r} count")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            problems.append(f"row accounting {key!r} must be a whole number, got {value!r}")
+        elif value < 0:
+            problems.append(f"row accounting {key!r} is negative ({value})")
+        else:
+            counts[key] = int(value)
+    if all(k in counts for k in ("rows_in", "valid", "quarantined")):
+        total = counts["valid"] + counts["quarantined"]
+        if counts["rows_in"] != total:
+            problems.append(
+                f"rows in ({counts['rows_in']}) != valid ({counts['valid']}) + quarantined "
+                f"({counts['quarantined']}) = {total}: {abs(counts['rows_in'] - total)} rows unaccounted for"
+            )
+    if all(k in counts for k in ("planned", "kept", "dropped", "failed")):
+        total = counts["kept"] + counts["dropped"] + counts["failed"]
+        if counts["planned"] != total:
+            problems.append(
+                f"planned work items ({counts['planned']}) != kept ({counts['kept']}) + dropped "
+                f"({counts['dropped']}) + failed ({counts['failed']}) = {total}: "
+                f"{abs(counts['planned'] - total)} items unaccounted for"
+            )
+    return problems
+
+
+def build_manifest(
+    *,
+    run_id: str,
+    config: Mapping[str, Any],
+    dataset: Mapping[str, Any],
+    models: Mapping[str, Mapping[str, Any]],
+    row_accounting: Mapping[str, Any],
+    generation_counts: Mapping[str, Any],
+    cache_hits: int,
+    tables: Mapping[str, str],
+    started_at: datetime | str,
+    finished_at: datetime | str,
+    tiny_models: bool,
+) -> dict[str, Any]:
+    """The manifest of one run as a JSON-ready dict.
+
+    ``dataset`` holds ``name``, ``uri``, ``fingerprint``; ``models`` maps a role (generator,
+    judge, audit) to ``{"model": id or path, "revision": ...}``; ``tables`` maps a table name to
+    its URI. ``row_accounting_problems`` lists where the accounting does not close (empty: it does).
+    """
+    for key in ("name", "uri", "fingerprint"):
+        if key not in dataset:
+            raise ValueError(f"manifest dataset needs {key!r}; got keys {sorted(dataset)}")
+    for role, model in models.items():
+        if "model" not in model:
+            raise ValueError(f"manifest model {role!r} needs a 'model' id or path")
+    start, finish = _timestamp(started_at), _timestamp(finished_at)
+    duration = None
+    if isinstance(started_at, datetime) and isinstance(finished_at, datetime):
+        duration = round((finished_at - started_at).total_seconds(), 3)
+    manifest = {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "run_id": run_id,
+        "started_at": start,
+        "finished_at": finish,
+        "duration_s": duration,
+        "tiny_models": bool(tiny_models),
+        "dataset": dict(dataset),
+        "models": {role: {"model": m["model"], "revision": m.get("revision"), **m} for role, m in models.items()},
+        "row_accounting": dict(row_accounting),
+        "row_accounting_problems": check_row_accounting(row_accounting),
+        "generation_counts": dict(generation_counts),
+        "cache_hits": int(cache_hits),
+        "tables": dict(tables),
+        "config": dict(config),
+        "versions": library_versions(),
+    }
+    return jsonable(manifest)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with paths, dates, sets and tuples turned into JSON types; NaN/inf become None."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted((jsonable(v) for v in value), key=str)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return jsonable(value.item())
+    if hasattr(value, "model_dump"):  # pydantic models
+        return jsonable(value.model_dump())
+    return str(value)
+
+
+def _timestamp(value: datetime | str) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)

@@ -1,0 +1,164 @@
+"""Publish one run under ``OUT/<run_id>/`` (local or ``s3://``), ``manifest.json`` last.
+
+A run directory without ``manifest.json`` is incomplete: it was interrupted or is still
+being written. Every file is written atomically, so a reader sees the old file, the new
+one, or none, never half of one:
+
+- locally: serialise in memory, write a sibling temp file, ``os.replace`` it over the final
+  name; the temp file is removed if the write fails;
+- on S3: one PUT (``storage.write_bytes_atomic``), which S3 applies all or nothing.
+
+Every table gets ``run_id`` and ``dataset`` columns, so many runs can be scanned together
+(``pl.scan_parquet("out/*/metrics.parquet")`` or DuckDB) and still be told apart.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from typing import Any
+
+import polars as pl
+
+from counterfactual_lab.errors import UserError
+from counterfactual_lab.storage import exists, filesystem, join, write_bytes_atomic
+
+MANIFEST_NAME = "manifest.json"
+REPORT_NAME = "report.html"
+# The tables of the output contract, in the order a run writes them.
+TABLE_NAMES = ("counterfactuals", "predictions", "metrics", "quarantine")
+
+
+def is_complete(run_uri: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """True when the run at ``run_uri`` has its ``manifest.json`` (the last file a run writes)."""
+    return exists(join(run_uri, MANIFEST_NAME), storage_options)
+
+
+def _file_name(name: str, suffix: str) -> str:
+    """``metrics`` -> ``metrics.parquet``; refuses names that would leave the run directory."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        raise UserError(f"output name {name!r} must be a plain file name (no '/', not hidden)")
+    return name if name.endswith(suffix) else f"{name}{suffix}"
+
+
+class RunPublisher:
+    """Writes the files of one run under ``<out_uri>/<run_id>/``.
+
+    The first write removes a ``manifest.json`` left by an earlier attempt of the same run id,
+    so a retried publish is marked incomplete until :meth:`write_manifest` runs again.
+    """
+
+    def __init__(
+        self,
+        out_uri: str,
+        run_id: str,
+        dataset_name: str,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if not out_uri or not str(out_uri).strip():
+            raise UserError("output URI is empty: set output.uri in the config or pass --out")
+        if not run_id or "/" in run_id or run_id in (".", ".."):
+            raise UserError(f"run id {run_id!r} must be a non-empty name without '/'")
+        self.out_uri = str(out_uri)
+        self.run_id = run_id
+        self.dataset_name = dataset_name
+        self.storage_options = dict(storage_options or {})
+        self._started = False
+        self.written: dict[str, str] = {}
+
+    @property
+    def run_uri(self) -> str:
+        return join(self.out_uri, self.run_id)
+
+    def uri_of(self, file_name: str) -> str:
+        return join(self.run_uri, file_name)
+
+    def is_complete(self, run_uri: str | None = None) -> bool:
+        """Whether ``run_uri`` (default: this run) has its manifest."""
+        return is_complete(run_uri or self.run_uri, self.storage_options)
+
+    def write_table(self, name: str, frame: pl.DataFrame) -> str:
+        """Write ``frame`` as ``<name>.parquet`` with ``run_id`` and ``dataset`` columns; returns its URI.
+
+        Existing ``run_id``/``dataset`` columns are replaced: the publisher is the one source of both.
+        """
+        if not isinstance(frame, pl.DataFrame):
+            raise TypeError(f"write_table({name!r}) needs a polars DataFrame, got {type(frame).__name__}")
+        file_name = _file_name(name, ".parquet")
+        tagged = frame.with_columns(
+            pl.lit(self.run_id, dtype=pl.String).alias("run_id"),
+            pl.lit(self.dataset_name, dtype=pl.String).alias("dataset"),
+        )
+        # Serialise fully before touching storage: a frame that cannot be written fails here.
+        buffer = io.BytesIO()
+        tagged.write_parquet(buffer)
+        uri = self._write_bytes(file_name, buffer.getvalue())
+        self.written[file_name.removesuffix(".parquet")] = uri
+        return uri
+
+    def write_text(self, name: str, text: str) -> str:
+        """Write ``text`` (UTF-8) as ``name`` under the run, atomically; returns its URI."""
+        file_name = _file_name(name, "")
+        if file_name == MANIFEST_NAME:
+            raise UserError("manifest.json is written by write_manifest, last")
+        return self._write_bytes(file_name, text.encode("utf-8"))
+
+    def write_manifest(self, manifest: dict[str, Any]) -> str:
+        """Write ``manifest.json``, the mark of a complete run; returns its URI.
+
+        Refuses when a table the manifest lists is not there: a manifest must never
+        vouch for files that do not exist.
+        """
+        missing = [
+            f"{name} ({uri})"
+            for name, uri in sorted((manifest.get("tables") or {}).items())
+            if not exists(uri, self.storage_options)
+        ]
+        if missing:
+            raise UserError(f"cannot mark run {self.run_id} complete: tables missing: {', '.join(missing)}")
+        data = json.dumps(manifest, indent=2, sort_keys=True, default=str, allow_nan=False).encode("utf-8")
+        return self._write_bytes(MANIFEST_NAME, data, is_manifest=True)
+
+    def _write_bytes(self, file_name: str, data: bytes, is_manifest: bool = False) -> str:
+        if not self._started and not is_manifest:
+            self._invalidate_old_manifest()
+        self._started = True
+        uri = self.uri_of(file_name)
+        if _is_local(uri):
+            _write_local_atomic(uri, data)
+        else:
+            write_bytes_atomic(uri, data, self.storage_options)
+        return uri
+
+    def _invalidate_old_manifest(self) -> None:
+        uri = self.uri_of(MANIFEST_NAME)
+        if exists(uri, self.storage_options):
+            fs, path = filesystem(uri, self.storage_options)
+            fs.rm_file(path)
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _write_local_atomic(uri: str, data: bytes) -> None:
+    """Temp file beside the target, then ``os.replace``; the temp file never outlives a failure."""
+    path = uri.removeprefix("file://")
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except FileNotFoundError:
+            pass
+        raise
