@@ -31,17 +31,19 @@ from counterfactual_lab.findings import (
     percent,
 )
 from counterfactual_lab.manifest import ROW_ACCOUNTING_KEYS, check_row_accounting
+from counterfactual_lab.storage import read_bytes
 
 THUMBNAIL_PX = 256
 
-# Bar charts drawn for these metric kinds, in this order: (kind, title, value is a share).
+# Bar charts drawn for these metric kinds, in this order: (kind, title, value is a share, axis).
+# Metrics bounded by [0, 1] keep the whole axis so small gaps are not drawn as large ones.
 _BAR_CHARTS = (
-    ("flip_rate", "Counterfactual flip rate: share of pairs whose top-1 label changes", True),
-    ("demographic_parity_difference", "Demographic parity difference of predicted labels across groups", False),
-    ("demographic_parity_ratio", "Demographic parity ratio (1 = parity)", False),
-    ("equalized_odds_difference", "Equalized odds difference", False),
-    ("prob_gap_abs", "Mean absolute change of label probability, original → counterfactual", False),
-    ("cits", "CITS (the project's counterfactual image-text score)", False),
+    ("flip_rate", "Counterfactual flip rate: share of pairs whose top-1 label changes", True, (0.0, 1.0)),
+    ("demographic_parity_difference", "Demographic parity difference of predicted labels across groups", False, (0.0, 1.0)),
+    ("demographic_parity_ratio", "Demographic parity ratio (1 = parity)", False, (0.0, 1.0)),
+    ("equalized_odds_difference", "Equalized odds difference", False, (0.0, 1.0)),
+    ("prob_gap_abs", "Mean absolute change of label probability, original → counterfactual", False, None),
+    ("cits", "CITS (the project's counterfactual image-text score)", False, None),
 )
 _SKEW_KINDS = ("max_skew", "min_skew", "ndkl")
 
@@ -111,6 +113,19 @@ def render_report(
     )
 
 
+def image_loader(storage_options: dict[str, Any] | None = None) -> Callable[[str], Any]:
+    """A ``load_image`` for :func:`render_report` that reads local paths and ``s3://`` URIs."""
+
+    def load(uri: str) -> Any:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(read_bytes(uri, storage_options))) as image:
+            image.load()
+            return image.copy()
+
+    return load
+
+
 # --- sections -----------------------------------------------------------------------------
 
 
@@ -142,13 +157,13 @@ def _charts_section(metrics: pl.DataFrame) -> str:
     if metrics.is_empty():
         return ""
     parts = []
-    for kind, title, is_share in _BAR_CHARTS:
+    for kind, title, is_share, domain in _BAR_CHARTS:
         rows = _metric_rows(metrics, lambda m, kind=kind: metric_kind(m) == kind)
         if not rows:
             continue
         bars = [Bar(_bar_label(r), r["value"], r.get("ci_low"), r.get("ci_high"), r.get("n")) for r in rows]
         fmt = percent if is_share else number
-        parts.append(f"<h3>{e(title)}</h3>" + bar_chart_svg(bars, fmt=fmt, domain=(0.0, 1.0) if is_share else None))
+        parts.append(f"<h3>{e(title)}</h3>" + bar_chart_svg(bars, fmt=fmt, domain=domain))
     if not parts:
         return ""
     return "<h2>Metrics by attribute</h2><p>Bars are point estimates; whiskers the 95% interval.</p>" + "".join(parts)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from counterfactual_lab.findings import headline_findings, headline_table, summary_markdown
-from counterfactual_lab.report_html import render_report, select_examples
+from counterfactual_lab.report_html import image_loader, render_report, select_examples
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 EVIL_CAPTION = '<script>alert("caption")</script> a doctor'
@@ -257,6 +257,13 @@ def test_examples_show_flips_first_and_respect_max_examples(images):
     html = render(images, max_examples=1)
     assert len(parse(html).img_src) == 2
     assert "(flipped)" in html
+
+
+def test_image_loader_reads_stored_images(images):
+    uri = next(k for k in images if "img0" in k)
+    load = image_loader()
+    assert load(str(images[uri])).size == (64, 48)
+    assert load(uri).getpixel((0, 0)) == (255, 0, 0)
 
 
 def test_missing_image_becomes_a_placeholder(images):

@@ -1,0 +1,171 @@
+"""Reading a published run back, and the terminal summary behind `cflab report RUN_URI`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from counterfactual_lab.errors import UserError
+from counterfactual_lab.publish import RunPublisher
+from counterfactual_lab.run_reader import format_headline, read_run
+
+ACCOUNTING = {"rows_in": 12, "valid": 10, "quarantined": 2, "planned": 8, "kept": 5, "dropped": 2, "failed": 1}
+
+
+def metrics() -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "metric": ["flip_rate", "flip_rate", "demographic_parity_difference", "max_skew@5"],
+            "attribute": ["gender", "gender", "gender", "gender"],
+            "group": ["male→female", "female→male", None, None],
+            "label": [None, None, "doctor", None],
+            "query": [None, None, None, "a photo of a doctor"],
+            "value": [0.25, 0.125, 0.1, 0.3],
+            "ci_low": [0.1, 0.0, 0.02, None],
+            "ci_high": [0.4, 0.3, 0.2, None],
+            "n": [40, 40, 80, 5],
+        }
+    )
+
+
+def counterfactuals() -> pl.DataFrame:
+    return pl.DataFrame({"source_id": ["s1"], "attribute": ["gender"], "kept": [True], "image_uri": ["x.png"]})
+
+
+def predictions() -> pl.DataFrame:
+    return pl.DataFrame({"id": ["s1"], "source_id": ["s1"], "variant": ["original"], "top1": ["doctor"]})
+
+
+def quarantine() -> pl.DataFrame:
+    return pl.DataFrame({"id": ["q1", "q2"], "reason": ["missing caption", "undecodable image"]})
+
+
+def publish(out: str, run_id: str = "run-7", tiny: bool = True, accounting: dict | None = None) -> RunPublisher:
+    publisher = RunPublisher(out, run_id, "sample")
+    tables = {
+        name: publisher.write_table(name, frame)
+        for name, frame in (
+            ("counterfactuals", counterfactuals()),
+            ("predictions", predictions()),
+            ("metrics", metrics()),
+            ("quarantine", quarantine()),
+        )
+    }
+    publisher.write_manifest(
+        {
+            "run_id": run_id,
+            "tiny_models": tiny,
+            "dataset": {"name": "sample", "uri": "/data/sample", "fingerprint": "f00d"},
+            "models": {"audit": {"model": "tiny-clip", "revision": "r2"}, "generator": {"model": "tiny-img2img", "revision": None}},
+            "row_accounting": accounting or ACCOUNTING,
+            "cache_hits": 3,
+            "tables": tables,
+            "started_at": "2025-01-01T12:00:00",
+            "finished_at": "2025-01-01T12:05:00",
+        }
+    )
+    return publisher
+
+
+def test_read_run_returns_every_table_and_the_manifest(tmp_path):
+    run = read_run(publish(str(tmp_path)).run_uri)
+    assert run.run_id == "run-7"
+    assert run.manifest["dataset"]["fingerprint"] == "f00d"
+    assert run.metrics.drop("run_id", "dataset").equals(metrics())
+    assert run.counterfactuals.drop("run_id", "dataset").equals(counterfactuals())
+    assert run.predictions.drop("run_id", "dataset").equals(predictions())
+    assert run.quarantine["reason"].to_list() == ["missing caption", "undecodable image"]
+    assert run.report_uri == str(tmp_path / "run-7" / "report.html")
+
+
+def test_a_moved_run_still_reads(tmp_path):
+    publisher = publish(str(tmp_path / "there"))
+    moved = tmp_path / "here" / "run-7"
+    moved.parent.mkdir()
+    Path(publisher.run_uri).rename(moved)
+    assert read_run(str(moved) + "/").metrics.height == 4
+
+
+def test_incomplete_run_is_refused(tmp_path):
+    publisher = RunPublisher(str(tmp_path), "run-half", "sample")
+    publisher.write_table("metrics", metrics())
+    with pytest.raises(UserError) as err:
+        read_run(publisher.run_uri)
+    assert str(err.value) == (
+        f"run at {publisher.run_uri} is incomplete: no manifest.json (the run was interrupted or is still running)"
+    )
+
+
+def test_missing_run_says_nothing_is_there(tmp_path):
+    with pytest.raises(UserError, match="no run at .*nothing there"):
+        read_run(str(tmp_path / "no-such-run"))
+
+
+def test_table_listed_but_missing_is_refused(tmp_path):
+    publisher = publish(str(tmp_path))
+    (Path(publisher.run_uri) / "predictions.parquet").unlink()
+    with pytest.raises(UserError, match="lists table 'predictions' in its manifest but predictions.parquet is missing"):
+        read_run(publisher.run_uri)
+
+
+def test_damaged_files_are_named(tmp_path):
+    publisher = publish(str(tmp_path))
+    (Path(publisher.run_uri) / "metrics.parquet").write_bytes(b"not parquet")
+    with pytest.raises(UserError, match="metrics.parquet is not readable Parquet"):
+        read_run(publisher.run_uri)
+    (Path(publisher.run_uri) / "manifest.json").write_text("{truncated")
+    with pytest.raises(UserError, match="damaged manifest.json"):
+        read_run(publisher.run_uri)
+
+
+def test_table_a_run_did_not_write_reads_as_empty(tmp_path):
+    publisher = RunPublisher(str(tmp_path), "run-min", "sample")
+    uri = publisher.write_table("metrics", metrics())
+    publisher.write_manifest({"run_id": "run-min", "tables": {"metrics": uri}})
+    run = read_run(publisher.run_uri)
+    assert run.quarantine.is_empty() and run.predictions.is_empty()
+    assert "run run-min" in format_headline(run)
+
+
+def test_headline_names_run_models_accounting_and_metrics_with_intervals(tmp_path):
+    text = format_headline(read_run(publish(str(tmp_path)).run_uri))
+    lines = text.splitlines()
+    assert lines[0].startswith("run run-7")
+    assert lines[1] == (
+        "Models: audit tiny-clip (revision r2); generator tiny-img2img. "
+        "These are tiny random-weight test models: the numbers below mean nothing."
+    )
+    assert "Rows: 12 in = 10 valid + 2 quarantined." in lines
+    assert "Work items: 8 planned = 5 kept + 2 dropped + 1 failed." in lines
+    assert "Quarantined by reason: missing caption 1, undecodable image 1" in lines
+    assert "  - gender male→female flips the top-1 label in 25% of pairs [10%, 40%] (n=40)" in lines
+    table = lines[lines.index("Headline metrics (95% bootstrap interval):") + 1 :]
+    assert table[0].split() == ["metric", "attribute", "group", "label", "query", "value", "interval", "n"]
+    flip = next(line for line in table if "male→female" in line and "female→male" not in line)
+    assert flip.split() == ["flip_rate", "gender", "male→female", "0.25", "[0.1,", "0.4]", "40"]
+    assert lines[-1] == f"Report: {tmp_path / 'run-7' / 'report.html'}"
+    assert "DOES NOT CLOSE" not in text
+
+
+def test_headline_flags_accounting_that_does_not_close(tmp_path):
+    accounting = dict(ACCOUNTING, kept=4)
+    text = format_headline(read_run(publish(str(tmp_path), accounting=accounting).run_uri))
+    assert "ACCOUNTING DOES NOT CLOSE: planned work items (8) != kept (4) + dropped (2) + failed (1) = 7" in text
+
+
+def test_headline_of_a_real_model_run_has_no_warning(tmp_path):
+    text = format_headline(read_run(publish(str(tmp_path), tiny=False).run_uri))
+    assert "mean nothing" not in text
+
+
+@pytest.mark.s3
+def test_read_run_from_s3(s3_bucket):
+    publisher = publish(f"s3://{s3_bucket}/out")
+    run = read_run(publisher.run_uri)
+    assert run.metrics.height == 4
+    assert json.loads(json.dumps(run.manifest))["run_id"] == "run-7"
+    with pytest.raises(UserError, match="no run at"):
+        read_run(f"s3://{s3_bucket}/out/nothing-here")
