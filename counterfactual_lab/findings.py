@@ -32,6 +32,7 @@ _KIND_ORDER = (
     "demographic_parity_ratio",
     "prob_gap_signed",
     "cits",
+    "skew",
 )
 
 METRIC_COLUMNS = ("metric", "attribute", "group", "label", "query", "value", "ci_low", "ci_high", "n")
@@ -194,6 +195,12 @@ def finding_sentence(row: Mapping[str, Any]) -> str:
         return (
             f"for {query}, the most under-represented {attribute} group{group} fills the {top} at "
             f"{number(math.exp(value))}× its share of the pool (MinSkew {number(value)}{interval(row)}{_n_inside(row)})"
+        )
+    if kind == "skew":
+        group = f"{attribute} {row['group']}" if row.get("group") else f"each {attribute} group"
+        return (
+            f"for {query}, {group} fills the {top} at {number(math.exp(value))}× its share of the pool "
+            f"(Skew {number(value)}{interval(row)}{_n_inside(row)})"
         )
     if kind == "ndkl":
         return (

@@ -45,7 +45,7 @@ _BAR_CHARTS = (
     ("prob_gap_abs", "Mean absolute change of label probability, original → counterfactual", False, None),
     ("cits", "CITS (the project's counterfactual image-text score)", False, None),
 )
-_SKEW_KINDS = ("max_skew", "min_skew", "ndkl")
+_SKEW_KINDS = ("skew", "max_skew", "min_skew", "ndkl")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem auto;max-width:1100px;
@@ -188,7 +188,7 @@ def _skew_section(metrics: pl.DataFrame) -> str:
         bars = []
         for r in q_rows:
             k = metric_k(r["metric"])
-            name = {"max_skew": "MaxSkew", "min_skew": "MinSkew", "ndkl": "NDKL"}[metric_kind(r["metric"])]
+            name = {"skew": "Skew", "max_skew": "MaxSkew", "min_skew": "MinSkew", "ndkl": "NDKL"}[metric_kind(r["metric"])]
             label = f"{r['attribute']} {name}" + (f"@{k}" if k else "") + (f" ({r['group']})" if r.get("group") else "")
             bars.append(Bar(label, r["value"], r.get("ci_low"), r.get("ci_high"), r.get("n")))
         parts.append(f"<h3>Query: {e(query)}</h3>" + bar_chart_svg(bars, fmt=number))

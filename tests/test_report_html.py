@@ -77,9 +77,11 @@ def metrics_frame() -> pl.DataFrame:
         ("demographic_parity_ratio", "gender", None, "doctor", None, 0.8, 0.7, 0.9, 230),
         ("prob_gap_abs", "gender", "male→female", "doctor", None, 0.04, 0.03, 0.05, 120),
         ("prob_gap_signed", "gender", "male→female", "doctor", None, -0.02, -0.03, -0.01, 120),
-        ("max_skew@10", "gender", None, None, "a photo of a doctor", 0.41, 0.2, 0.6, 10),
-        ("min_skew@10", "gender", None, None, "a photo of a doctor", -0.69, -0.9, -0.4, 10),
-        ("ndkl", "gender", None, None, "a photo of a doctor", 0.12, None, None, 10),
+        ("skew@10", "gender", "male", None, "a photo of a doctor", 0.41, 0.2, 0.6, 10),
+        ("skew@10", "gender", "female", None, "a photo of a doctor", -0.69, -0.9, -0.4, 10),
+        ("max_skew@10", "gender", "male", None, "a photo of a doctor", 0.41, 0.2, 0.6, 10),
+        ("min_skew@10", "gender", "female", None, "a photo of a doctor", -0.69, -0.9, -0.4, 10),
+        ("ndkl@10", "gender", None, None, "a photo of a doctor", 0.12, None, None, 10),
         ("max_skew@10", "gender", None, None, "a photo of a <b>nurse</b>", 0.1, 0.0, 0.2, 10),
         ("cits", "gender", None, None, None, 0.62, 0.6, 0.64, 120),
     ]
@@ -239,6 +241,7 @@ def test_findings_charts_and_skew_plots_are_drawn(images):
     # One SVG per bar-chart metric present (flip, DP diff, DP ratio, prob gap, CITS) + one per query.
     assert parsed.tags.count("svg") == 5 + 2
     assert "Query: a photo of a doctor" in html
+    assert "gender Skew@10 (female)" in html and "gender MaxSkew@10 (male)" in html
     # Whiskers: one path per bar with an interval; NDKL has none.
     with_interval = metrics_frame().filter(
         pl.col("ci_low").is_not_null() & ~pl.col("metric").is_in(["prob_gap_signed", "equalized_odds_difference"])
@@ -327,6 +330,11 @@ def test_findings_sentences_in_plain_words():
     ) in findings
     min_skew = next(f for f in findings if "MinSkew" in f)
     assert f"{math.exp(-0.69):.3g}× its share" in min_skew and "top 10" in min_skew
+    assert (
+        f"for 'a photo of a doctor', gender female fills the top 10 at {math.exp(-0.69):.3g}× its share of the pool "
+        "(Skew -0.69 [-0.9, -0.4], n=10)"
+    ) in findings
+    assert "most over-represented gender group (male)" in next(f for f in findings if "MaxSkew" in f)
     ndkl = next(f for f in findings if "NDKL" in f)
     assert "[" not in ndkl, "no interval is printed when the row has none"
     assert len(findings) == metrics_frame().height
