@@ -115,3 +115,62 @@ def row_accounting(rows_in: int, valid: int, quarantined: int, counterfactuals: 
         "failed": failed,
         "dropped_by_reason": by_reason,
     }
+
+
+def is_tiny_model(model: str) -> bool:
+    """True for a model folder built by ``cflab models tiny`` (random weights, numbers mean nothing)."""
+    from pathlib import Path
+
+    from counterfactual_lab.tiny_models import TINY_MARKER
+
+    return (Path(model).expanduser() / TINY_MARKER).exists()
+
+
+def publish_run(
+    *,
+    publisher: Any,
+    config: AuditConfig,
+    dataset: dict[str, Any],
+    tables: dict[str, pl.DataFrame],
+    accounting: dict[str, Any],
+    counts: dict[str, int],
+    started_at: Any,
+    finished_at: Any,
+    load_image: Any,
+) -> dict[str, Any]:
+    """Write every table, the HTML report, then ``manifest.json`` last; returns the manifest."""
+    from counterfactual_lab.manifest import build_manifest
+    from counterfactual_lab.publish import REPORT_NAME
+    from counterfactual_lab.report_html import render_report
+
+    uris = {name: publisher.write_table(name, frame) for name, frame in tables.items()}
+    models = {
+        "generator": {"model": config.generation.model, "revision": config.generation.revision,
+                      "method": config.generation.method},
+        "judge": {"model": config.judge.model, "revision": config.judge.revision},
+        "audit": {"model": config.audit.model, "revision": config.audit.revision},
+    }
+    manifest = build_manifest(
+        run_id=publisher.run_id,
+        config=config.model_dump(mode="json", exclude={"base_dir"}),
+        dataset=dataset,
+        models=models,
+        row_accounting=accounting,
+        generation_counts=counts,
+        cache_hits=counts.get("cache_hits", 0),
+        tables=uris,
+        started_at=started_at,
+        finished_at=finished_at,
+        tiny_models=any(is_tiny_model(m["model"]) for m in models.values()),
+    )
+    html = render_report(
+        manifest=manifest,
+        metrics=tables.get("metrics", pl.DataFrame()),
+        counterfactuals=tables.get("counterfactuals", pl.DataFrame()),
+        predictions=tables.get("predictions", pl.DataFrame()),
+        quarantine=tables.get("quarantine"),
+        load_image=load_image,
+    )
+    manifest["report"] = publisher.write_text(REPORT_NAME, html)
+    publisher.write_manifest(manifest)
+    return manifest

@@ -165,8 +165,12 @@ class AuditConfig(BaseModel):
             raise ConfigError(f"{source} is invalid: {_first_error(exc)}") from None
 
     def dataset_spec(self, uri_override: str | None = None) -> DatasetSpec:
+        """The dataset to audit: the config's, or ``uri_override`` (a dataset URI, or a spec YAML file)."""
         base = Path(self.base_dir) if self.base_dir else None
-        spec = self.dataset.resolve(base, uri_override)
+        if uri_override and uri_override.endswith((".yaml", ".yml")):
+            spec = DatasetSpec.from_yaml(uri_override)
+        else:
+            spec = self.dataset.resolve(base, uri_override)
         for attribute, targets in self.attributes.items():
             for value in targets:
                 if spec.canonical_value(attribute, value) is None:

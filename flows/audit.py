@@ -1,0 +1,193 @@
+"""The dataset audit: ingest → validate → plan → generate → judge → evaluate → publish.
+
+``dataset_audit`` takes plain parameters (a config path, optional dataset and output URIs)
+so the Prefect UI, a schedule or an event trigger can start it. The stages run as tasks on
+the task runner the config names (threads on one machine, Ray beyond it); generation fans
+out one task per batch of work items, cached by the items' content keys.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import flows  # noqa: F401  (applies the offline Prefect defaults before Prefect loads)
+
+import polars as pl
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import as_completed
+from tqdm.auto import tqdm
+
+from counterfactual_lab.audit_run import (
+    candidates_frame,
+    generation_counts,
+    publish_run,
+    row_accounting,
+    run_id_for,
+)
+from counterfactual_lab.config import AuditConfig
+from counterfactual_lab.dataset_watch import fingerprint
+from counterfactual_lab.errors import UserError
+from counterfactual_lab.evaluate import build_evaluation_pool, pool_from_counterfactual_sets
+from counterfactual_lab.findings import headline_table, summary_markdown
+from counterfactual_lab.plan import chunk, plan_work_items
+from counterfactual_lab.publish import RunPublisher
+from counterfactual_lab.storage import ImageStore
+from counterfactual_lab.validation import write_validation_outputs
+from tasks.evaluate import compute_fairness_metrics, evaluate_batch
+from tasks.generate import generate_counterfactual_batch
+from tasks.judge import judge_counterfactuals
+from tasks.runners import make_task_runner, remote_options_for
+from tasks.validate import validate_dataset
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = str(REPO_ROOT / "configs" / "audit.yaml")
+CATALOGUE_DIR = str(REPO_ROOT / "datasets")
+EVALUATION_CHUNK_IMAGES = 256
+
+
+@flow(name="dataset-audit", log_prints=True)
+def dataset_audit(
+    config_uri: str = DEFAULT_CONFIG,
+    dataset_uri: str | None = None,
+    output_uri: str | None = None,
+    evaluate: bool = True,
+) -> str:
+    """Audit one dataset; returns the URI of the run folder (``OUT/<run_id>``).
+
+    ``dataset_uri`` overrides the config's dataset (an event-triggered run passes the new
+    dataset here); ``output_uri`` overrides ``output.uri``; ``evaluate=False`` stops after
+    the judge (``cflab generate``).
+    """
+    config = AuditConfig.from_yaml(config_uri)
+    runner = make_task_runner(config.runtime)
+    return audit_stages.with_options(task_runner=runner)(config, dataset_uri, output_uri, evaluate)
+
+
+@flow(name="audit-stages", log_prints=True)
+def audit_stages(config: AuditConfig, dataset_uri: str | None, output_uri: str | None, evaluate: bool) -> str:
+    logger = get_run_logger()
+    started_at = datetime.now(timezone.utc)
+    spec = config.dataset_spec(dataset_uri)
+    out_uri = output_uri or config.output.uri
+    options = config.output.storage_options or None
+    store = ImageStore(out_uri, options)
+    device = config.runtime.device
+    dataset_fingerprint = fingerprint(spec.uri, spec.storage_options)
+    run_id = run_id_for(config, spec.name, dataset_fingerprint)
+    publisher = RunPublisher(out_uri, run_id, spec.name, options)
+    logger.info("run %s: dataset %s -> %s", run_id, spec.uri, publisher.run_uri)
+
+    outcome = validate_dataset(spec, store, config.runtime.ingest_batch_rows)
+    write_validation_outputs(outcome, publisher.run_uri, options)
+    if outcome.quarantined_fraction > config.runtime.max_invalid_fraction:
+        raise UserError(
+            f"{outcome.quarantined} of {outcome.rows_in} rows ({outcome.quarantined_fraction:.1%}) were quarantined, "
+            f"over runtime.max_invalid_fraction={config.runtime.max_invalid_fraction:.1%}; "
+            f"see {publisher.run_uri}/quarantine.parquet"
+        )
+    attributes = list(config.attributes)
+    vocabulary = {attribute: spec.vocabulary(attribute) for attribute in attributes}
+
+    if spec.columns.counterfactual_set:
+        # Evaluate-only: the dataset already holds counterfactual sets.
+        counterfactuals = pl.DataFrame()
+        records: list = []
+        pool = pool_from_counterfactual_sets(outcome.valid, attributes)
+    else:
+        items = plan_work_items(outcome.valid, config, spec)
+        records = _generate(items, config, store, device)
+        candidates = candidates_frame(items, records, config.generation.method)
+        counterfactuals = judge_counterfactuals(
+            candidates, config.judge, store,
+            keep_per_target=config.generation.keep_per_target, vocabulary=vocabulary, device=device,
+        )
+        pool = build_evaluation_pool(outcome.valid, counterfactuals, attributes)
+
+    tables = {"counterfactuals": counterfactuals, "quarantine": outcome.quarantine}
+    if evaluate:
+        predictions, retrieval = _evaluate(pool, config, store, device)
+        tables["predictions"] = predictions
+        tables["metrics"] = compute_fairness_metrics(predictions, retrieval, counterfactuals, config.audit)
+
+    counts = generation_counts(records)
+    accounting = row_accounting(outcome.rows_in, outcome.valid.height, outcome.quarantined, counterfactuals)
+    manifest = publish_run(
+        publisher=publisher,
+        config=config,
+        dataset={"name": spec.name, "uri": spec.uri, "fingerprint": dataset_fingerprint},
+        tables=tables,
+        accounting=accounting,
+        counts=counts,
+        started_at=started_at,
+        finished_at=datetime.now(timezone.utc),
+        load_image=store.load,
+    )
+    _publish_artifacts(manifest, tables.get("metrics", pl.DataFrame()))
+    logger.info("report: %s", manifest["report"])
+    return publisher.run_uri
+
+
+def _generate(items: list, config: AuditConfig, store: ImageStore, device: str) -> list:
+    """Fan out one generation task per batch; progress in the terminal and in a Prefect artifact."""
+    batches = chunk(items, config.generation.batch_size)
+    if not batches:
+        return []
+    progress_id = create_progress_artifact(progress=0.0, description=f"generation: {len(items)} work items")
+    task = generate_counterfactual_batch.with_options(**remote_options_for("generation"))
+    futures = task.map(batches, unmapped(config.generation), unmapped(store), unmapped(device))
+    records = []
+    with tqdm(total=len(items), desc="generate", unit="img") as bar:
+        for done, future in enumerate(as_completed(futures), start=1):
+            batch_records = future.result()
+            records.extend(batch_records)
+            bar.update(len(batch_records))
+            update_progress_artifact(progress_id, progress=100.0 * done / len(batches))
+    return records
+
+
+def _evaluate(pool: pl.DataFrame, config: AuditConfig, store: ImageStore, device: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    chunks = [pool.slice(i, EVALUATION_CHUNK_IMAGES) for i in range(0, pool.height, EVALUATION_CHUNK_IMAGES)] or [pool]
+    task = evaluate_batch.with_options(**remote_options_for("evaluation"))
+    futures = task.map(chunks, unmapped(config.audit), unmapped(store), unmapped(device))
+    results = [future.result() for future in futures]
+    predictions = pl.concat([p for p, _ in results], how="diagonal_relaxed")
+    retrieval = pl.concat([r for _, r in results], how="diagonal_relaxed")
+    return predictions, retrieval
+
+
+def _publish_artifacts(manifest: dict, metrics: pl.DataFrame) -> None:
+    report_uri = manifest.get("report")
+    create_markdown_artifact(summary_markdown(manifest, metrics, report_uri), key="audit-summary")
+    if not metrics.is_empty():
+        create_table_artifact(headline_table(metrics, max_rows=50), key="audit-headline-metrics")
+    if report_uri:
+        create_link_artifact(report_uri, link_text="report.html", key="audit-report")
+
+
+@flow(name="nightly-audit", log_prints=True)
+def nightly_audit(
+    config_uri: str = DEFAULT_CONFIG, catalogue_dir: str = CATALOGUE_DIR, output_uri: str | None = None
+) -> list[str]:
+    """Audit every dataset spec in the catalogue (``datasets/*.yaml``) with one audit config.
+
+    A dataset that fails is logged and the others still run; the flow fails at the end if any did.
+    """
+    logger = get_run_logger()
+    runs, failures = [], []
+    for spec_path in sorted(Path(catalogue_dir).glob("*.yaml")):
+        try:
+            runs.append(dataset_audit(config_uri, dataset_uri=str(spec_path), output_uri=output_uri))
+        except Exception as exc:  # noqa: BLE001 - one bad dataset must not stop the others
+            logger.error("audit of %s failed: %s", spec_path, exc)
+            failures.append(f"{spec_path.name}: {exc}")
+    if failures:
+        raise RuntimeError(f"{len(failures)} dataset audit(s) failed: " + "; ".join(failures))
+    return runs

@@ -1,0 +1,31 @@
+"""Run the model under audit on a chunk of the evaluation pool; compute the metrics."""
+
+from __future__ import annotations
+
+import polars as pl
+from prefect import task
+
+from counterfactual_lab.config import AuditModelConfig
+from counterfactual_lab.embeddings import ClipEmbedder
+from counterfactual_lab.evaluate import predict, retrieval_scores
+from counterfactual_lab.metrics import compute_metrics
+from counterfactual_lab.storage import ImageStore
+from tasks.retry import RETRY_OPTIONS
+
+
+@task(name="evaluate-batch", tags=["gpu"], **RETRY_OPTIONS)
+def evaluate_batch(
+    images: pl.DataFrame, audit: AuditModelConfig, store: ImageStore, device: str = "auto"
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(predictions, retrieval scores) of the model under audit for one chunk of images."""
+    embedder = ClipEmbedder.load(audit.model, audit.revision, device)
+    predictions = predict(images, audit, embedder, store.load)
+    retrieval = retrieval_scores(images, audit.queries, embedder, store.load)
+    return predictions, retrieval
+
+
+@task(name="compute-metrics")
+def compute_fairness_metrics(
+    predictions: pl.DataFrame, retrieval: pl.DataFrame, counterfactuals: pl.DataFrame, audit: AuditModelConfig
+) -> pl.DataFrame:
+    return compute_metrics(predictions, retrieval, counterfactuals, audit)

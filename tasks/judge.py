@@ -1,0 +1,23 @@
+"""Judge the generated candidates: keep the best verified counterfactuals, say why others drop."""
+
+from __future__ import annotations
+
+import polars as pl
+from prefect import task
+
+from counterfactual_lab.config import JudgeConfig
+from counterfactual_lab.embeddings import ClipEmbedder
+from counterfactual_lab.judge import judge_candidates
+from counterfactual_lab.storage import ImageStore
+from tasks.retry import RETRY_OPTIONS
+
+
+@task(name="judge-counterfactuals", tags=["gpu"], **RETRY_OPTIONS)
+def judge_counterfactuals(
+    candidates: pl.DataFrame, judge: JudgeConfig, store: ImageStore, *, keep_per_target: int,
+    vocabulary: dict[str, list[str]], device: str = "auto",
+) -> pl.DataFrame:
+    embedder = ClipEmbedder.load(judge.model, judge.revision, device)
+    return judge_candidates(
+        candidates, judge, embedder, store.load, keep_per_target=keep_per_target, vocabulary=vocabulary
+    )
