@@ -1,0 +1,245 @@
+"""The judge: prove that each generated candidate really is the counterfactual asked for.
+
+Over-generate, then judge (the filtering of InstructPix2Pix and SocialCounterfactuals, plus
+an attribute check they lack). Every candidate is scored with a CLIP-family judge model:
+
+* ``text_similarity``      = cos(I₁, T₁)            the image shows its counterfactual caption;
+* ``direction_similarity`` = cos(I₁ − I₀, T₁ − T₀)  the image moved the way the caption moved;
+* ``image_similarity``     = cos(I₀, I₁)            the rest of the scene was preserved;
+* ``attribute_margin``     = cos(I₁, P(target)) − max over other values v of cos(I₁, P(v)),
+  with P(v) the attribute prompt of value v; ``attribute_ok`` = margin > 0.
+
+A candidate passes when each similarity reaches its threshold (``JudgeConfig.thresholds``)
+and, if ``check_attribute``, the attribute check holds. Among the passing candidates of one
+(source, attribute, target value) the best ``keep_per_target`` by direction similarity are
+kept; every other candidate keeps the reason it was dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from counterfactual_lab.config import JudgeConfig
+
+DROP_GENERATION_FAILED = "generation_failed"
+DROP_TEXT = "below_text_threshold"
+DROP_DIRECTION = "below_direction_threshold"
+DROP_IMAGE = "below_image_threshold"
+DROP_ATTRIBUTE = "attribute_check_failed"
+DROP_NOT_BEST = "not_best_of_target"
+
+REQUIRED_COLUMNS = (
+    "content_key", "source_key", "source_image_uri", "image_uri", "caption", "counterfactual_caption",
+    "attribute", "source_value", "target_value", "seed", "status", "error",
+)
+SCORE_COLUMNS = ("text_similarity", "direction_similarity", "image_similarity", "attribute_ok", "attribute_margin")
+
+
+@dataclass(frozen=True)
+class JudgeScores:
+    """The judge's verdict inputs for one candidate."""
+
+    content_key: str
+    text_similarity: float
+    direction_similarity: float
+    image_similarity: float
+    attribute_ok: bool | None
+    attribute_margin: float | None
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    # A zero vector has no direction: leave it zero so its cosine with anything is 0.
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two (n, d) arrays (a zero row gives 0)."""
+    return np.sum(_normalise(a) * _normalise(b), axis=-1)
+
+
+def text_similarity(i1: np.ndarray, t1: np.ndarray) -> np.ndarray:
+    """cos(I₁, T₁): alignment of each counterfactual image with its counterfactual caption."""
+    return cosine_rows(i1, t1)
+
+
+def directional_similarity(i0: np.ndarray, i1: np.ndarray, t0: np.ndarray, t1: np.ndarray) -> np.ndarray:
+    """cos(I₁ − I₀, T₁ − T₀) (Gal et al. 2022). An unchanged image or caption gives 0."""
+    return cosine_rows(np.asarray(i1, float) - np.asarray(i0, float), np.asarray(t1, float) - np.asarray(t0, float))
+
+
+def image_similarity(i0: np.ndarray, i1: np.ndarray) -> np.ndarray:
+    """cos(I₀, I₁): how much of the source image the counterfactual preserved."""
+    return cosine_rows(i0, i1)
+
+
+def attribute_margin(i1: np.ndarray, prompt_embeddings: np.ndarray, target_index: int) -> np.ndarray:
+    """cos(I₁, P_target) − max_{v ≠ target} cos(I₁, P_v) for each image row.
+
+    ``prompt_embeddings`` is (V, d), one row per attribute value, ``target_index`` the
+    target's row. Positive means the target value's prompt wins the zero-shot check.
+    """
+    prompts = _normalise(prompt_embeddings)
+    if prompts.shape[0] < 2:
+        raise ValueError("the attribute check needs the target and at least one other value")
+    sims = _normalise(i1) @ prompts.T
+    others = np.delete(sims, target_index, axis=1)
+    return sims[:, target_index] - others.max(axis=1)
+
+
+def attribute_prompt_for(judge: JudgeConfig, attribute: str, value: str) -> str:
+    """The zero-shot prompt for one attribute value.
+
+    A template the user set in ``judge.attribute_prompt`` wins; with the default template the
+    vocabulary-aware prompt of :mod:`counterfactual_lab.text_counterfactual` is used when
+    that module provides one (it knows "a photo of a woman" reads better than
+    "a photo of a female person").
+    """
+    default = JudgeConfig.model_fields["attribute_prompt"].default
+    if judge.attribute_prompt == default:
+        try:
+            from counterfactual_lab.text_counterfactual import attribute_prompt
+        except ImportError:
+            pass
+        else:
+            return attribute_prompt(attribute, value)
+    return judge.attribute_prompt.format(value=value, attribute=attribute)
+
+
+def _check_columns(candidates: pl.DataFrame) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in candidates.columns]
+    if missing:
+        raise ValueError(f"judge_candidates: the candidates frame lacks columns {missing}")
+
+
+def score_candidates(
+    candidates: pl.DataFrame,
+    judge: JudgeConfig,
+    embedder,
+    load_image: Callable[[str], object],
+    *,
+    vocabulary: dict[str, list[str]],
+    batch_size: int = 32,
+) -> list[JudgeScores | None]:
+    """Judge scores for each candidate row in order (None for a candidate without an image)."""
+    rows = candidates.to_dicts()
+    usable = [i for i, r in enumerate(rows) if r["image_uri"] is not None and r["status"] != "failed"]
+    scores: list[JudgeScores | None] = [None] * len(rows)
+    if not usable:
+        return scores
+    picked = [rows[i] for i in usable]
+    i0 = embedder.embed_image_uris(
+        [r["source_image_uri"] for r in picked], [r["source_key"] for r in picked], load_image, batch_size=batch_size
+    )
+    i1 = embedder.embed_image_uris(
+        [r["image_uri"] for r in picked], [r["content_key"] for r in picked], load_image, batch_size=batch_size
+    )
+    t0 = embedder.embed_texts([r["caption"] for r in picked], batch_size=batch_size)
+    t1 = embedder.embed_texts([r["counterfactual_caption"] for r in picked], batch_size=batch_size)
+    text_sim = text_similarity(i1, t1)
+    direction_sim = directional_similarity(i0, i1, t0, t1)
+    image_sim = image_similarity(i0, i1)
+
+    margins: list[float | None] = [None] * len(picked)
+    if judge.check_attribute:
+        for attribute in sorted({r["attribute"] for r in picked}):
+            values = list(vocabulary.get(attribute, []))
+            for target in sorted({r["target_value"] for r in picked if r["attribute"] == attribute}):
+                options = values if target in values else [*values, target]
+                if len(options) < 2:
+                    continue  # nothing to compare against: the check cannot say anything
+                prompts = embedder.embed_texts([attribute_prompt_for(judge, attribute, v) for v in options])
+                idx = [j for j, r in enumerate(picked) if r["attribute"] == attribute and r["target_value"] == target]
+                m = attribute_margin(i1[idx], prompts, options.index(target))
+                for j, value in zip(idx, m):
+                    margins[j] = float(value)
+
+    for j, row_index in enumerate(usable):
+        margin = margins[j]
+        scores[row_index] = JudgeScores(
+            content_key=picked[j]["content_key"],
+            text_similarity=float(text_sim[j]),
+            direction_similarity=float(direction_sim[j]),
+            image_similarity=float(image_sim[j]),
+            attribute_ok=None if margin is None else bool(margin > 0),
+            attribute_margin=margin,
+        )
+    return scores
+
+
+def verdict(score: JudgeScores, judge: JudgeConfig) -> str | None:
+    """The first failed check of a scored candidate (thresholds, then attribute), or None if it passes."""
+    t = judge.thresholds
+    if score.text_similarity < t.text:
+        return DROP_TEXT
+    if score.direction_similarity < t.direction:
+        return DROP_DIRECTION
+    if score.image_similarity < t.image:
+        return DROP_IMAGE
+    if judge.check_attribute and score.attribute_ok is False:
+        return DROP_ATTRIBUTE
+    return None
+
+
+def judge_candidates(
+    candidates: pl.DataFrame,
+    judge: JudgeConfig,
+    embedder,
+    load_image: Callable[[str], object],
+    *,
+    keep_per_target: int,
+    vocabulary: dict[str, list[str]],
+    batch_size: int = 32,
+) -> pl.DataFrame:
+    """Score every candidate, decide keep or drop, and say why.
+
+    Input: one row per candidate (see ``REQUIRED_COLUMNS``). Output: the same rows, in the
+    same order, plus ``text_similarity``, ``direction_similarity``, ``image_similarity``,
+    ``attribute_ok``, ``attribute_margin``, ``kept`` and ``drop_reason`` (null when kept).
+    The best ``keep_per_target`` passing candidates per (source, attribute, target value)
+    by direction similarity are kept (ties: lower seed first).
+    """
+    if keep_per_target < 1:
+        raise ValueError(f"keep_per_target must be at least 1, got {keep_per_target}")
+    _check_columns(candidates)
+    scores = score_candidates(candidates, judge, embedder, load_image, vocabulary=vocabulary, batch_size=batch_size)
+    rows = candidates.to_dicts()
+    reasons: list[str | None] = []
+    for row, score in zip(rows, scores):
+        if score is None:
+            error = row.get("error") or "no image was produced"
+            reasons.append(f"{DROP_GENERATION_FAILED}: {error}")
+        else:
+            reasons.append(verdict(score, judge))
+
+    group_column = "source_id" if "source_id" in candidates.columns else "source_key"
+    passing: dict[tuple, list[int]] = {}
+    for i, (row, reason) in enumerate(zip(rows, reasons)):
+        if reason is None:
+            passing.setdefault((row[group_column], row["attribute"], row["target_value"]), []).append(i)
+    kept = [False] * len(rows)
+    for members in passing.values():
+        ranked = sorted(members, key=lambda i: (-scores[i].direction_similarity, rows[i]["seed"], rows[i]["content_key"]))
+        for rank, i in enumerate(ranked):
+            if rank < keep_per_target:
+                kept[i] = True
+            else:
+                reasons[i] = DROP_NOT_BEST
+
+    def column(name: str) -> list:
+        return [None if s is None else getattr(s, name) for s in scores]
+
+    return candidates.with_columns(
+        pl.Series("text_similarity", column("text_similarity"), dtype=pl.Float64),
+        pl.Series("direction_similarity", column("direction_similarity"), dtype=pl.Float64),
+        pl.Series("image_similarity", column("image_similarity"), dtype=pl.Float64),
+        pl.Series("attribute_ok", column("attribute_ok"), dtype=pl.Boolean),
+        pl.Series("attribute_margin", column("attribute_margin"), dtype=pl.Float64),
+        pl.Series("kept", kept, dtype=pl.Boolean),
+        pl.Series("drop_reason", reasons, dtype=pl.String),
+    )
