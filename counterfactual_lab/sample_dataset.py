@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from counterfactual_lab.errors import UserError
 from counterfactual_lab.spec import DEFAULT_VOCABULARIES
 
 LABELS = ["doctor", "nurse", "teacher", "engineer"]
@@ -62,11 +63,11 @@ def write_sample_dataset(
     Same arguments, same bytes: every random choice comes from ``random.Random(seed)``.
     """
     if rows < 1:
-        raise ValueError(f"rows must be at least 1, got {rows}")
+        raise UserError(f"rows must be at least 1, got {rows}")
     if files < 1 or files > rows:
-        raise ValueError(f"files must be between 1 and rows ({rows}), got {files}")
+        raise UserError(f"files must be between 1 and rows ({rows}), got {files}")
     if image_size < 16:
-        raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
+        raise UserError(f"image_size must be at least 16 pixels, got {image_size}")
     _check_vocabularies()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

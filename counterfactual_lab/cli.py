@@ -1,0 +1,157 @@
+"""The ``cflab`` command.
+
+One small function per subcommand (``cmd_<name>(args) -> int``) and one :func:`build_parser`
+that registers them; add a subcommand by writing its function and an ``_add_<name>`` parser
+helper, then listing it in :data:`SUBCOMMANDS`.
+
+Exit codes: 0 success, 1 the data failed a limit (e.g. too many quarantined rows),
+2 usage or input errors. A :class:`~counterfactual_lab.errors.UserError` (or an I/O error)
+becomes one line ``cflab: error: <message>`` on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from counterfactual_lab import __version__
+from counterfactual_lab.errors import UserError
+
+EXIT_OK = 0
+EXIT_OVER_LIMIT = 1
+EXIT_USAGE = 2
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Ingest and validate a dataset; write quarantine.parquet, validation.json, expectations.json."""
+    from counterfactual_lab.spec import DatasetSpec
+    from counterfactual_lab.storage import join
+    from counterfactual_lab.validation import ingest_and_validate, write_validation_outputs
+
+    if args.spec:
+        spec = DatasetSpec.from_yaml(args.spec)
+        if args.dataset_uri:
+            spec = spec.model_copy(update={"uri": args.dataset_uri})
+    elif args.dataset_uri:
+        spec = DatasetSpec.for_uri(args.dataset_uri)
+    else:
+        raise UserError("validate needs a DATASET_URI or --spec FILE")
+    outcome = ingest_and_validate(spec, batch_rows=args.batch_rows)
+    write_validation_outputs(outcome, args.out)
+
+    print(f"dataset: {spec.uri}")
+    print(f"rows read: {outcome.rows_in}")
+    print(f"valid: {outcome.valid.height}")
+    print(f"quarantined: {outcome.quarantined} ({outcome.quarantined_fraction:.1%})")
+    for reason, count in sorted(outcome.by_reason.items(), key=lambda item: (-item[1], item[0])):
+        print(f"  {reason}: {count}")
+    names = ", ".join(join(args.out, n) for n in ("quarantine.parquet", "validation.json", "expectations.json"))
+    print(f"wrote {names}")
+    if outcome.quarantined_fraction > args.max_invalid_fraction:
+        print(
+            f"cflab: quarantined fraction {outcome.quarantined_fraction:.3f} is over the limit "
+            f"{args.max_invalid_fraction:.3f} (--max-invalid-fraction)",
+            file=sys.stderr,
+        )
+        return EXIT_OVER_LIMIT
+    return EXIT_OK
+
+
+def cmd_sample_dataset(args: argparse.Namespace) -> int:
+    """Write the synthetic sample dataset."""
+    from counterfactual_lab.sample_dataset import write_sample_dataset
+
+    out = write_sample_dataset(args.out, rows=args.rows, seed=args.seed, image_size=args.image_size, files=args.files)
+    print(f"wrote {args.rows} rows to {out}")
+    return EXIT_OK
+
+
+def _add_validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="ingest and validate a dataset, quarantining bad rows",
+        description="Ingest a Parquet dataset (file, folder or glob; local or s3://), validate every row "
+        "with Great Expectations and write quarantine.parquet, validation.json and expectations.json. "
+        "Exit 0 when the quarantined fraction is within --max-invalid-fraction, 1 when over, 2 on errors.",
+    )
+    p.add_argument("dataset_uri", nargs="?", metavar="DATASET_URI", help="dataset URI (overrides the spec's uri)")
+    p.add_argument("--spec", metavar="FILE", help="dataset spec YAML (default: input-contract columns, default vocabularies)")
+    p.add_argument("--out", default="./out/validation", metavar="DIR", help="output folder, local or s3:// (default: %(default)s)")
+    p.add_argument("--max-invalid-fraction", type=_fraction, default=0.05, metavar="F",
+                   help="largest quarantined fraction that still exits 0 (default: %(default)s)")
+    p.add_argument("--batch-rows", type=_positive_int, default=1024, metavar="N", help="rows per record batch (default: %(default)s)")
+    p.set_defaults(handler=cmd_validate)
+
+
+def _add_sample_dataset(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample-dataset", help="write the synthetic sample dataset",
+                       description="Write a small deterministic image-text Parquet dataset (Hugging Face image layout).")
+    p.add_argument("out", metavar="OUT", help="output folder")
+    p.add_argument("--rows", type=_positive_int, default=24, metavar="N", help="number of rows (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--image-size", type=_positive_int, default=64, metavar="PX", help="image side in pixels (default: %(default)s)")
+    p.add_argument("--files", type=_positive_int, default=1, metavar="N", help="number of Parquet files (default: %(default)s)")
+    p.set_defaults(handler=cmd_sample_dataset)
+
+
+# Subcommand parser builders, in the order `cflab --help` lists them.
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_validate, _add_sample_dataset]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cflab",
+        description="Multimodal Counterfactual Lab: audit vision-language models for social bias.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        return _fail(str(exc))
+    except OSError as exc:  # storage problems the library did not already name
+        return _fail(f"{type(exc).__name__}: {exc}")
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message: str) -> int:
+    first_line = (message.strip().splitlines() or ["unknown error"])[0]
+    print(f"cflab: error: {first_line}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
