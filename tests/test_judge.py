@@ -1,0 +1,165 @@
+"""The judge's scores on hand-built embeddings, its keep/drop decisions, and a run on the tiny CLIP."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from counterfactual_lab.config import JudgeConfig, JudgeThresholds
+from counterfactual_lab.judge import (
+    attribute_margin,
+    attribute_prompt_for,
+    directional_similarity,
+    image_similarity,
+    judge_candidates,
+    text_similarity,
+)
+
+VOCABULARY = {"gender": ["female", "male"]}
+
+
+def test_scores_on_hand_built_embeddings():
+    i0, i1 = np.array([[1.0, 0, 0]]), np.array([[0.6, 0.8, 0]])
+    t0, t1 = np.array([[1.0, 0, 0]]), np.array([[0.8, 0.6, 0]])
+    # cos(I1, T1) = 0.6·0.8 + 0.8·0.6 = 0.96 ; cos(I0, I1) = 0.6
+    assert text_similarity(i1, t1)[0] == pytest.approx(0.96)
+    assert image_similarity(i0, i1)[0] == pytest.approx(0.6)
+    # I1 − I0 = (−0.4, 0.8, 0), T1 − T0 = (−0.2, 0.6, 0):
+    # cos = (0.08 + 0.48) / (√0.80 · √0.40) = 0.56 / 0.565685 ≈ 0.989949
+    assert directional_similarity(i0, i1, t0, t1)[0] == pytest.approx(0.56 / math.sqrt(0.8 * 0.4))
+
+
+def test_unchanged_image_has_no_direction():
+    i0 = np.array([[1.0, 2.0, 3.0]])
+    assert directional_similarity(i0, i0, np.array([[1.0, 0, 0]]), np.array([[0, 1.0, 0]]))[0] == 0.0
+
+
+def test_attribute_margin_by_hand():
+    prompts = np.array([[0, 0, 1.0], [0, 1.0, 0]])  # female, male
+    image = np.array([[0.0, 0.6, 0.8]])
+    # cos(I, female) − cos(I, male) = 0.8 − 0.6 = 0.2 ; for target male: −0.2
+    assert attribute_margin(image, prompts, 0)[0] == pytest.approx(0.2)
+    assert attribute_margin(image, prompts, 1)[0] == pytest.approx(-0.2)
+    with pytest.raises(ValueError, match="at least one other value"):
+        attribute_margin(image, prompts[:1], 0)
+
+
+class TableEmbedder:
+    """Embeddings looked up from hand-built tables (the judge only needs these two methods)."""
+
+    def __init__(self, images: dict[str, list[float]], texts: dict[str, list[float]]):
+        self.images, self.texts = images, texts
+
+    def embed_image_uris(self, uris, keys, load_image, batch_size=32):
+        return np.array([self.images[k] for k in keys], dtype=float)
+
+    def embed_texts(self, texts, batch_size=32):
+        return np.array([self.texts[t] for t in texts], dtype=float)
+
+
+def _candidate(key, seed, source="s1", image_uri="mem://x", status="generated", error=None, target="female"):
+    return {
+        "content_key": key, "source_id": source, "source_key": f"src-{source}", "source_image_uri": f"mem://{source}",
+        "image_uri": image_uri, "caption": "a man at work", "counterfactual_caption": "a woman at work",
+        "attribute": "gender", "source_value": "male", "target_value": target, "seed": seed, "status": status, "error": error,
+    }
+
+
+@pytest.fixture
+def hand_built():
+    judge = JudgeConfig(thresholds=JudgeThresholds(text=0.2, direction=0.2, image=0.7), check_attribute=True)
+    # Axes: scene, male, female, unrelated.
+    texts = {
+        "a man at work": [1, 1, 0, 0],
+        "a woman at work": [1, 0, 1, 0],
+        attribute_prompt_for(judge, "gender", "female"): [0, 0, 1, 0],
+        attribute_prompt_for(judge, "gender", "male"): [0, 1, 0, 0],
+    }
+    images = {
+        "src-s1": [1, 0.5, 0, 0], "src-s2": [1, 0.5, 0, 0],
+        "best": [1, 0, 0.5, 0],           # the clean edit: direction cos = 1
+        "second": [1, 0, 0.5, 0.3],       # passes, but drifts: direction < 1
+        "unrelated": [0, 0, 0, 1],        # cos(I1, T1) = 0
+        "still_male": [1, 0.6, 0.5, 0],   # passes thresholds, but looks more male than female
+        "lost_scene": [0, 0, 1, 0],       # female, but the scene is gone: cos(I0, I1) = 0
+        "other_source": [1, 0, 0.5, 0],
+    }
+    candidates = pl.DataFrame(
+        [
+            _candidate("second", 1), _candidate("best", 0), _candidate("unrelated", 2),
+            _candidate("failed", 3, image_uri=None, status="failed", error="CUDA out of memory"),
+            _candidate("still_male", 4), _candidate("lost_scene", 5), _candidate("other_source", 0, source="s2"),
+        ]
+    )
+    return judge, TableEmbedder(images, texts), candidates
+
+
+def test_judge_keeps_the_best_and_says_why_the_rest_were_dropped(hand_built):
+    judge, embedder, candidates = hand_built
+    out = judge_candidates(candidates, judge, embedder, load_image=None, keep_per_target=1, vocabulary=VOCABULARY)
+    assert out["content_key"].to_list() == candidates["content_key"].to_list()  # same rows, same order
+    verdicts = dict(zip(out["content_key"], zip(out["kept"], out["drop_reason"])))
+    assert verdicts == {
+        "best": (True, None),
+        "second": (False, "not_best_of_target"),
+        "unrelated": (False, "below_text_threshold"),
+        "failed": (False, "generation_failed: CUDA out of memory"),
+        "still_male": (False, "attribute_check_failed"),
+        "lost_scene": (False, "below_image_threshold"),
+        "other_source": (True, None),
+    }
+    best = out.filter(pl.col("content_key") == "best").row(0, named=True)
+    assert best["direction_similarity"] == pytest.approx(1.0)
+    assert best["attribute_ok"] is True and best["attribute_margin"] > 0
+    failed = out.filter(pl.col("content_key") == "failed").row(0, named=True)
+    assert failed["text_similarity"] is None and failed["attribute_ok"] is None
+
+
+def test_keep_per_target_two_keeps_the_runner_up(hand_built):
+    judge, embedder, candidates = hand_built
+    out = judge_candidates(candidates, judge, embedder, load_image=None, keep_per_target=2, vocabulary=VOCABULARY)
+    assert set(out.filter(pl.col("kept"))["content_key"]) == {"best", "second", "other_source"}
+
+
+def test_attribute_check_can_be_switched_off(hand_built):
+    judge, embedder, candidates = hand_built
+    judge = judge.model_copy(update={"check_attribute": False})
+    out = judge_candidates(candidates, judge, embedder, load_image=None, keep_per_target=3, vocabulary=VOCABULARY)
+    row = out.filter(pl.col("content_key") == "still_male").row(0, named=True)
+    assert row["kept"] is True and row["attribute_ok"] is None
+
+
+def test_missing_columns_are_named(hand_built):
+    judge, embedder, candidates = hand_built
+    with pytest.raises(ValueError, match=r"lacks columns \['seed'\]"):
+        judge_candidates(candidates.drop("seed"), judge, embedder, None, keep_per_target=1, vocabulary=VOCABULARY)
+
+
+def test_judge_on_the_tiny_clip(tiny_models, tmp_path):
+    """The real judge model path: scores equal the embedder's own cosine arithmetic."""
+    from counterfactual_lab.embeddings import ClipEmbedder
+
+    rng = np.random.default_rng(0)
+    paths = {}
+    for name in ("src", "a", "b"):
+        paths[name] = tmp_path / f"{name}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(paths[name])
+    candidates = pl.DataFrame(
+        [
+            {**_candidate(k, seed, image_uri=str(paths[k])), "source_image_uri": str(paths["src"])}
+            for seed, k in enumerate(("a", "b"))
+        ]
+    )
+    judge = JudgeConfig(model=str(tiny_models["clip"]), thresholds=JudgeThresholds(text=-1, direction=-1, image=-1), check_attribute=False)
+    embedder = ClipEmbedder.load(judge.model)
+    out = judge_candidates(candidates, judge, embedder, lambda uri: Image.open(uri), keep_per_target=1, vocabulary=VOCABULARY)
+    assert out["kept"].sum() == 1
+    winner = out.filter(pl.col("kept")).row(0, named=True)
+    assert winner["direction_similarity"] == out["direction_similarity"].max()
+    i1 = embedder.embed_images([Image.open(winner["image_uri"]).convert("RGB")])
+    t1 = embedder.embed_texts(["a woman at work"])
+    assert winner["text_similarity"] == pytest.approx(float(i1[0] @ t1[0]), abs=1e-5)
