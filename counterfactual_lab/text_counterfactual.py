@@ -184,7 +184,9 @@ def _match_case(original: str, replacement: str) -> str:
 
 def _natural(word: str) -> str:
     """A word as it is written mid-sentence ("Man" -> "man", "Black" stays "Black")."""
-    return word if word.lower() in _PROPER or word.isupper() and len(word) > 1 else word.lower()
+    if word.lower() in _PROPER or (word.isupper() and len(word) > 1):
+        return word
+    return word.lower()
 
 
 _A_BEFORE_VOWEL = ("eu", "uni", "use", "usu", "uti", "ubiq", "one", "once", "ewe", "uk")
@@ -390,19 +392,16 @@ def _age_phrase(text: _Text, adj: tuple[int, int] | None, noun: tuple[int, int] 
 
     def render(target: str) -> str:
         new_adj, new_noun = _restate_age(noun_low, target)
-        pieces = []
-        if new_adj and not adj:  # "Kids" -> "Elderly people": the descriptor now leads
-            pieces.append(_match_case(noun_word, new_adj))
-            noun_out = noun_word if noun_word.isupper() and len(noun_word) > 1 else _natural(noun_word)
-            return f"{pieces[0]} {_match_case(noun_out, new_noun) if new_noun != noun_low else noun_out}"
-        if new_adj:
-            pieces.append(_match_case(text.text_of(adj[0], adj[0] + adj[1]), new_adj))
-        if adj and noun:
+        if not adj:  # "a boy" -> "an elderly man", "Kids" -> "Elderly people": the descriptor now leads
+            noun_out = noun_word if new_noun == noun_low else _match_case(noun_word, new_noun)
+            if not new_adj:
+                return noun_out
+            noun_out = noun_out if noun_out.isupper() and len(noun_out) > 1 else _natural(noun_out)
+            return f"{_match_case(noun_word, new_adj)} {noun_out}"
+        pieces = [_match_case(text.text_of(adj[0], adj[0] + adj[1]), new_adj)] if new_adj else []
+        if noun:
             middle = text.caption[text.tokens[adj[0] + adj[1] - 1].end : text.tokens[noun[0]].start]
             pieces.append(middle if new_adj else middle.lstrip(" ,"))
-        elif new_adj and noun:
-            pieces.append(" ")
-        if noun:
             pieces.append(noun_word if new_noun == noun_low else _match_case(noun_word, new_noun))
         return "".join(pieces).strip()
 
