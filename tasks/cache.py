@@ -1,0 +1,157 @@
+"""The generation cache policy: a batch's cache key is the content keys of its work items.
+
+A work item's ``content_key`` already identifies the pixels it produces (source image
+sha256, change, seed, generator fingerprint; see ``counterfactual_lab/plan.py``), so the
+policy never hashes images, models or pipelines. The key is::
+
+    sha256(json([policy version, task name, [item.content_key, ...], small plain inputs]))
+
+"Small plain inputs" are the task's other parameters that are short strings, numbers,
+booleans, None, or small lists / dicts / dataclasses / pydantic models of those (for
+example the output URI, which the returned image URIs depend on). Anything else is left
+out of the key, so whatever it changes must already be in the content keys.
+
+Configure ``key_storage`` (see :func:`generation_cache_policy`) and Prefect keeps each
+cache record's metadata in its own small file: a lookup reads that file only, never the
+stored result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+
+# Bump when the meaning of a cached result changes (e.g. the result's shape).
+GENERATION_CACHE_VERSION = "1"
+
+# Inputs larger than this (in scalar elements) are never hashed.
+_MAX_PLAIN_ELEMENTS = 256
+_MAX_PLAIN_STRING = 4096
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def _plain(value: Any, budget: list[int]) -> Any:
+    """A JSON-ready copy of ``value`` if it is small and plain, else raise _NotPlain."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _NotPlain
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        if len(value) > _MAX_PLAIN_STRING:
+            raise _NotPlain
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v, budget) for v in value]
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise _NotPlain
+        return {k: _plain(v, budget) for k, v in sorted(value.items())}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name), budget) for f in dataclasses.fields(value)}
+    model_dump = getattr(value, "model_dump", None)  # pydantic models
+    if callable(model_dump):
+        return _plain(model_dump(mode="json"), budget)
+    raise _NotPlain
+
+
+def content_key_of(item: Any) -> str:
+    """The content key of a work item (a WorkItem, or its ``to_dict()`` form)."""
+    key = item.get("content_key") if isinstance(item, dict) else getattr(item, "content_key", None)
+    if not isinstance(key, str) or not key:
+        raise TypeError(f"work item {item!r:.80} has no content_key")
+    return key
+
+
+@dataclass
+class WorkItemsCachePolicy(CachePolicy):
+    """Cache a batch task on its work items' content keys plus a version string.
+
+    ``items_parameter`` names the task parameter that holds the work items. The key also
+    covers the task's name (two tasks over the same items do not share results) and its
+    small plain inputs (see the module docstring). Item order matters: results are
+    returned in item order. ``key_storage`` defaults to :func:`default_key_storage`.
+    """
+
+    items_parameter: str = "items"
+    version: str = GENERATION_CACHE_VERSION
+
+    def __post_init__(self) -> None:
+        # Always keep cache records apart from results, so a lookup never reads a result.
+        if self.key_storage is None:
+            self.key_storage = default_key_storage()
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        task_name = task_ctx.task.name if task_ctx is not None else None
+        if self.items_parameter not in inputs:
+            raise ValueError(
+                f"WorkItemsCachePolicy: task {task_name!r} has no parameter {self.items_parameter!r}; "
+                f"set items_parameter to the parameter that holds the work items (got {sorted(inputs)})"
+            )
+        keys = [content_key_of(item) for item in inputs[self.items_parameter]]
+        small: dict[str, Any] = {}
+        for name, value in sorted(inputs.items()):
+            if name == self.items_parameter:
+                continue
+            try:
+                small[name] = _plain(value, [_MAX_PLAIN_ELEMENTS])
+            except _NotPlain:
+                continue  # large or opaque (a pipeline, an image): never hashed
+        payload = json.dumps(
+            {"version": self.version, "task": task_name, "content_keys": keys, "inputs": small},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def default_key_storage() -> Path:
+    """Cache records next to Prefect's local result storage: ``<results path>/cache-keys``."""
+    from prefect.settings import get_current_settings
+
+    return Path(get_current_settings().results.local_storage_path).expanduser() / "cache-keys"
+
+
+def generation_cache_policy(
+    key_storage: str | Path | Any | None = None,
+    items_parameter: str = "items",
+    version: str = GENERATION_CACHE_VERSION,
+) -> WorkItemsCachePolicy:
+    """The policy for generation (or any work-item batch) tasks, with ``key_storage`` set.
+
+    ``key_storage`` is a local folder (str or Path), an ``s3://`` URI, a Prefect ``WritableFileSystem``
+    block (e.g. ``RemoteFileSystem(basepath="s3://bucket/prefect-cache-keys")`` when
+    workers run on several machines), or None for :func:`default_key_storage`. Use it
+    with ``persist_result=True`` on the task: a cache hit needs the stored result.
+    """
+    if key_storage is None:
+        return WorkItemsCachePolicy(items_parameter=items_parameter, version=version)
+    if isinstance(key_storage, str) and "://" in key_storage and not key_storage.startswith("file://"):
+        from prefect.filesystems import RemoteFileSystem
+
+        from counterfactual_lab.storage import storage_options_for
+
+        key_storage = RemoteFileSystem(basepath=key_storage, settings=storage_options_for(key_storage))
+    elif isinstance(key_storage, str):
+        # Prefect reads a str with exactly one "/" as a block slug ("type/name"): a local
+        # folder such as "out/keys" must be passed as a Path.
+        key_storage = Path(key_storage)
+    return WorkItemsCachePolicy(items_parameter=items_parameter, version=version).configure(
+        key_storage=key_storage
+    )
