@@ -1,0 +1,40 @@
+"""Counterfactual image generation: three diffusion editing methods behind one interface,
+and the batch runner that fills the content-addressed image store."""
+
+from counterfactual_lab.generation.batch import (
+    CACHED,
+    FAILED,
+    GENERATED,
+    GenerationRecord,
+    generate_batch,
+    is_out_of_memory,
+)
+from counterfactual_lab.generation.editors import (
+    EDITORS,
+    ImageEditor,
+    Img2ImgEditor,
+    InstructPix2PixEditor,
+    LeditsEditor,
+    clear_editor_cache,
+    concept_word,
+    make_editor,
+    validate_generation,
+)
+
+__all__ = [
+    "CACHED",
+    "EDITORS",
+    "FAILED",
+    "GENERATED",
+    "GenerationRecord",
+    "ImageEditor",
+    "Img2ImgEditor",
+    "InstructPix2PixEditor",
+    "LeditsEditor",
+    "clear_editor_cache",
+    "concept_word",
+    "generate_batch",
+    "is_out_of_memory",
+    "make_editor",
+    "validate_generation",
+]

@@ -1,0 +1,175 @@
+"""Generate one batch of work items into the content-addressed image store.
+
+This is what a generation task runs (one task per batch, never one per image). Its contract:
+
+* a content key already in the store is never generated again: it is reported ``cached``
+  without loading or calling any model;
+* a CUDA out-of-memory error halves the sub-batch and goes on (``oom_halvings`` records how
+  often it had halved when an item was made); the smaller size holds for the rest of the batch;
+* an item that still fails on its own (an unreadable source, OOM at batch size 1, any error
+  it alone triggers) is recorded ``failed`` with its error, and the others go on; after any
+  other error on a sub-batch its items are retried one by one, so a poisoned item fails alone;
+* configuration errors (:class:`UserError`) and storage errors are raised, not recorded: the
+  first would fail every item the same way, the second is worth a task retry (items already
+  stored are then cache hits).
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from counterfactual_lab.config import GenerationConfig
+from counterfactual_lab.errors import UserError
+from counterfactual_lab.generation.editors import ImageEditor, make_editor
+from counterfactual_lab.plan import WorkItem, chunk
+from counterfactual_lab.storage import ImageStore, is_transient, read_bytes
+
+log = logging.getLogger(__name__)
+
+GENERATED, CACHED, FAILED = "generated", "cached", "failed"
+MAX_ERROR_CHARS = 500
+
+
+@dataclass
+class GenerationRecord:
+    """What happened to one work item."""
+
+    content_key: str
+    image_uri: str | None
+    status: str  # "generated" | "cached" | "failed"
+    error: str | None = None
+    oom_halvings: int = 0
+    seconds: float = 0.0  # this item's share of its sub-batch's wall time
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for accelerator out-of-memory errors (CUDA's own class, or the RuntimeError text)."""
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def _free_accelerator_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def load_source(item: WorkItem, store: ImageStore) -> Image.Image:
+    """The item's source image (RGB), read from ``item.source_image_uri``."""
+    data = read_bytes(item.source_image_uri, store.storage_options)
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
+def generate_batch(
+    items: list[WorkItem],
+    generation: GenerationConfig,
+    store: ImageStore,
+    *,
+    device: str = "auto",
+    editor: ImageEditor | None = None,
+) -> list[GenerationRecord]:
+    """Make (or find) the counterfactual image of every item; one record per item, in order.
+
+    Results are PNGs at ``store.uri(item.content_key)``. See the module docstring for what
+    is cached, retried, halved, failed or raised.
+    """
+    unique: dict[str, WorkItem] = {}
+    for item in items:
+        unique.setdefault(item.content_key, item)
+    records: dict[str, GenerationRecord] = {}
+    for key in store.existing(list(unique)):
+        records[key] = GenerationRecord(key, store.uri(key), CACHED)
+    pending = [item for key, item in unique.items() if key not in records]
+    if pending:
+        ready: list[tuple[WorkItem, Image.Image]] = []
+        sources: dict[str, Image.Image] = {}
+        for item in pending:
+            try:
+                if item.source_image_uri not in sources:
+                    sources[item.source_image_uri] = load_source(item, store)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                records[item.content_key] = GenerationRecord(
+                    item.content_key, None, FAILED,
+                    error=f"source image {item.source_image_uri} unreadable: {_describe(exc)}",
+                )
+                continue
+            ready.append((item, sources[item.source_image_uri]))
+        if ready:
+            editor = editor or make_editor(generation, device)
+            records.update(_run_all(ready, generation.batch_size, editor, store))
+    return [records[item.content_key] for item in items]
+
+
+def _run_all(
+    ready: list[tuple[WorkItem, Image.Image]], batch_size: int, editor: ImageEditor, store: ImageStore
+) -> dict[str, GenerationRecord]:
+    records: dict[str, GenerationRecord] = {}
+    state = {"size": max(1, min(batch_size, len(ready))), "halvings": 0}
+
+    def fail(item: WorkItem, exc: BaseException) -> None:
+        log.warning("work item %s failed: %s", item.content_key, _describe(exc))
+        records[item.content_key] = GenerationRecord(
+            item.content_key, None, FAILED, error=_describe(exc), oom_halvings=state["halvings"]
+        )
+
+    def run(part: list[tuple[WorkItem, Image.Image]]) -> None:
+        started = time.perf_counter()
+        try:
+            images = editor.edit([item for item, _ in part], [source for _, source in part])
+            if len(images) != len(part):
+                raise RuntimeError(f"editor returned {len(images)} images for {len(part)} items")
+        except UserError:
+            raise
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                _free_accelerator_memory()
+                if len(part) == 1:
+                    fail(part[0][0], exc)
+                    return
+                state["halvings"] += 1
+                state["size"] = max(1, len(part) // 2)
+                log.warning("out of memory on %d items; halving the batch to %d", len(part), state["size"])
+                for sub in chunk(part, state["size"]):
+                    run(sub)
+                return
+            if len(part) == 1:
+                fail(part[0][0], exc)
+                return
+            # Some item poisons the batch: run them alone so only it fails.
+            for single in part:
+                run([single])
+            return
+        seconds = (time.perf_counter() - started) / len(part)
+        for (item, _), image in zip(part, images):
+            uri = store.put_png(item.content_key, image)
+            records[item.content_key] = GenerationRecord(
+                item.content_key, uri, GENERATED, oom_halvings=state["halvings"], seconds=seconds
+            )
+
+    position = 0
+    while position < len(ready):
+        part = ready[position : position + state["size"]]
+        position += len(part)
+        run(part)
+    return records

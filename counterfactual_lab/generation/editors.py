@@ -1,0 +1,342 @@
+"""Three diffusion editing methods behind one interface: work items + source images in, images out.
+
+* ``instruct-pix2pix``: ``StableDiffusionInstructPix2PixPipeline`` with the item's instruction
+  ("make the man a woman") as prompt and ``image_guidance_scale`` (params, default 1.5).
+* ``img2img``: SDEdit with ``StableDiffusionImg2ImgPipeline``, the counterfactual caption as
+  prompt and ``strength`` (params, default 0.6).
+* ``ledits``: ``LEditsPPPipelineStableDiffusion``. Each source image is inverted once per
+  editor and the inversion is reused for all of its targets and seeds; the edit then pushes
+  away from the source concept (reversed) and towards the target concept.
+
+Determinism: every item gets its own ``torch.Generator`` seeded with ``item.seed`` (on the
+CPU, so the noise does not depend on the device), so an item's image depends only on its
+inputs, seed, model and device: bit-identical for the same batch, and across batch
+compositions equal up to float rounding (batched kernels sum in another order; at most a
+grey level here and there). LEDITS++ edits are
+deterministic given the inversion, which is seeded with ``generation.seed`` because it is
+shared across seeds: with ``ledits``, candidates that differ only in seed are identical, so
+use ``seeds_per_target: 1`` or vary ``params`` instead.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+
+from counterfactual_lab.config import GenerationConfig
+from counterfactual_lab.diffusion_loading import load_pipeline, pipeline_lock, resolve_device
+from counterfactual_lab.errors import UserError
+from counterfactual_lab.plan import WorkItem
+
+# Parameters each method reads from ``generation.params``, with their defaults.
+METHOD_PARAMS: dict[str, dict[str, Any]] = {
+    "instruct-pix2pix": {"image_guidance_scale": 1.5, "negative_prompt": None},
+    "img2img": {"strength": 0.6, "negative_prompt": None, "eta": 0.0},
+    "ledits": {
+        "edit_guidance_scale": None,  # None: generation.guidance_scale
+        "edit_threshold": 0.9,
+        "edit_warmup_steps": 0,
+        "skip": 0.15,
+        "concepts": None,  # {value: word}, overrides CONCEPT_WORDS
+    },
+}
+
+# The word LEDITS++ steers towards (or away from) for an attribute value.
+CONCEPT_WORDS: dict[str, str] = {
+    "female": "woman",
+    "male": "man",
+    "woman": "woman",
+    "man": "man",
+    "non-binary": "non-binary person",
+    "young": "young person",
+    "child": "child",
+    "adult": "adult",
+    "middle-aged": "middle-aged person",
+    "elderly": "elderly person",
+    "old": "old person",
+}
+
+# LEDITS++ needs sides divisible by 32 (its attention masks work at a quarter of the latents).
+SIDE_MULTIPLE = {"instruct-pix2pix": 8, "img2img": 8, "ledits": 32}
+
+# Bounded so a long run over many sources does not keep every inversion alive.
+MAX_CACHED_INVERSIONS = 256
+
+
+@runtime_checkable
+class ImageEditor(Protocol):
+    """Edits a batch: ``edit(items, sources)[i]`` is the counterfactual of ``sources[i]``."""
+
+    method: str
+
+    def edit(self, items: list[WorkItem], sources: list[Image.Image]) -> list[Image.Image]: ...
+
+
+def concept_word(attribute: str, value: str, overrides: dict[str, str] | None = None) -> str:
+    """The short noun phrase LEDITS++ edits with, e.g. ("gender", "female") -> "woman"."""
+    if overrides and value in overrides:
+        return overrides[value]
+    key = value.strip().lower()
+    if key in CONCEPT_WORDS:
+        return CONCEPT_WORDS[key]
+    return f"{value} person"
+
+
+def output_size(source: Image.Image, resolution: int | None, multiple: int) -> tuple[int, int]:
+    """(width, height) to generate at: ``resolution`` squared, else the source size rounded
+    down to ``multiple`` (at least ``multiple``)."""
+    if resolution is not None:
+        return resolution, resolution
+    width, height = source.size
+    return max(multiple, width // multiple * multiple), max(multiple, height // multiple * multiple)
+
+
+def validate_generation(generation: GenerationConfig) -> dict[str, Any]:
+    """Check ``generation`` for ``generation.method``; return its params with defaults filled.
+
+    Raises :class:`UserError` naming the bad key or value.
+    """
+    method = generation.method
+    if method not in METHOD_PARAMS:
+        raise UserError(f"generation.method {method!r} is not one of {sorted(METHOD_PARAMS)}")
+    allowed = METHOD_PARAMS[method]
+    unknown = sorted(set(generation.params) - set(allowed))
+    if unknown:
+        raise UserError(
+            f"generation.params {unknown} not understood by method {method!r}; it accepts {sorted(allowed)}"
+        )
+    params = {**allowed, **generation.params}
+    multiple = SIDE_MULTIPLE[method]
+    if generation.resolution is not None and generation.resolution % multiple:
+        raise UserError(
+            f"generation.resolution {generation.resolution} must be a multiple of {multiple} for method {method!r}"
+        )
+    if method == "img2img" and not 0 < float(params["strength"]) <= 1:
+        raise UserError(f"generation.params.strength must be in (0, 1], got {params['strength']}")
+    if method == "instruct-pix2pix" and float(params["image_guidance_scale"]) < 0:
+        raise UserError(
+            f"generation.params.image_guidance_scale must be >= 0, got {params['image_guidance_scale']}"
+        )
+    if method == "ledits":
+        if not 0 <= float(params["skip"]) < 1:
+            raise UserError(f"generation.params.skip must be in [0, 1), got {params['skip']}")
+        if params["concepts"] is not None and not isinstance(params["concepts"], dict):
+            raise UserError("generation.params.concepts must map attribute values to words, e.g. {female: woman}")
+    return params
+
+
+def _generators(items: list[WorkItem]) -> list[torch.Generator]:
+    return [torch.Generator(device="cpu").manual_seed(item.seed) for item in items]
+
+
+class DiffusersEditor:
+    """Shared machinery: lazy pipeline loading, per-size sub-batches, the call lock."""
+
+    method = ""
+
+    def __init__(self, generation: GenerationConfig, device: str = "auto", pipeline: Any = None):
+        if generation.method != self.method:
+            raise ValueError(f"{type(self).__name__} edits with {self.method!r}, not {generation.method!r}")
+        self.generation = generation
+        self.params = validate_generation(generation)
+        self.device = resolve_device(device)
+        self._pipeline = pipeline
+
+    @property
+    def pipeline(self) -> Any:
+        """The pipeline, loaded on first use (a batch served from the cache loads nothing)."""
+        if self._pipeline is None:
+            self._pipeline = load_pipeline(
+                self.method, self.generation.model, self.generation.revision, str(self.device)
+            )
+        return self._pipeline
+
+    def edit(self, items: list[WorkItem], sources: list[Image.Image]) -> list[Image.Image]:
+        if len(items) != len(sources):
+            raise ValueError(f"edit() got {len(items)} items but {len(sources)} source images")
+        multiple = SIDE_MULTIPLE[self.method]
+        groups: dict[Any, list[int]] = {}
+        prepared: list[Image.Image] = []
+        for index, source in enumerate(sources):
+            size = output_size(source, self.generation.resolution, multiple)
+            image = source.convert("RGB")
+            if image.size != size:
+                image = image.resize(size, Image.Resampling.BICUBIC)
+            prepared.append(image)
+            groups.setdefault(self._group_key(items[index], size), []).append(index)
+        results: list[Image.Image | None] = [None] * len(items)
+        pipeline = self.pipeline
+        with pipeline_lock(pipeline), torch.inference_mode():
+            for indices in groups.values():
+                images = self._run(pipeline, [items[i] for i in indices], [prepared[i] for i in indices])
+                for i, image in zip(indices, images):
+                    results[i] = image
+        return results  # type: ignore[return-value]
+
+    def _group_key(self, item: WorkItem, size: tuple[int, int]) -> Any:
+        # One pipeline call needs one image size.
+        return size
+
+    def _run(self, pipeline: Any, items: list[WorkItem], images: list[Image.Image]) -> list[Image.Image]:
+        raise NotImplementedError
+
+
+class InstructPix2PixEditor(DiffusersEditor):
+    method = "instruct-pix2pix"
+
+    def _run(self, pipeline, items, images):
+        negative = self.params["negative_prompt"]
+        return pipeline(
+            prompt=[item.instruction for item in items],
+            image=images,
+            num_inference_steps=self.generation.steps,
+            guidance_scale=self.generation.guidance_scale,
+            image_guidance_scale=float(self.params["image_guidance_scale"]),
+            negative_prompt=None if negative is None else [negative] * len(items),
+            generator=_generators(items),
+            output_type="pil",
+        ).images
+
+
+class Img2ImgEditor(DiffusersEditor):
+    method = "img2img"
+
+    def _run(self, pipeline, items, images):
+        negative = self.params["negative_prompt"]
+        return pipeline(
+            prompt=[item.counterfactual_caption for item in items],
+            image=images,
+            strength=float(self.params["strength"]),
+            num_inference_steps=self.generation.steps,
+            guidance_scale=self.generation.guidance_scale,
+            negative_prompt=None if negative is None else [negative] * len(items),
+            eta=float(self.params["eta"]),
+            generator=_generators(items),
+            output_type="pil",
+        ).images
+
+
+@dataclass
+class Inversion:
+    """One source image's LEDITS++ inversion: what ``invert`` leaves on the pipeline."""
+
+    init_latents: torch.Tensor  # (1, C, h, w)
+    zs: torch.Tensor  # (steps, 1, C, h, w)
+    inversion_steps: torch.Tensor
+
+
+class LeditsEditor(DiffusersEditor):
+    """LEDITS++: invert each source once, then edit any number of targets from that inversion."""
+
+    method = "ledits"
+
+    def __init__(self, generation: GenerationConfig, device: str = "auto", pipeline: Any = None):
+        super().__init__(generation, device, pipeline)
+        self._inversions: OrderedDict[tuple[str, tuple[int, int]], Inversion] = OrderedDict()
+        self.inversions_computed = 0  # how many times invert() ran (the cache's misses)
+
+    def concepts(self, item: WorkItem) -> tuple[list[str], list[bool]]:
+        """(editing prompts, reverse flags): away from the source concept, towards the target."""
+        overrides = self.params["concepts"]
+        target = concept_word(item.attribute, item.target_value, overrides)
+        if item.source_value is None:
+            return [target], [False]
+        return [concept_word(item.attribute, item.source_value, overrides), target], [True, False]
+
+    def _timestep_count(self) -> int:
+        return int(self.generation.steps * (1 + float(self.params["skip"])))
+
+    def _inversion(self, pipeline, item: WorkItem, image: Image.Image) -> Inversion:
+        key = (item.source_key, image.size)
+        cached = self._inversions.get(key)
+        if cached is not None:
+            self._inversions.move_to_end(key)
+            return cached
+        width, height = image.size
+        pipeline.invert(
+            image=image,
+            source_prompt="",
+            num_inversion_steps=self.generation.steps,
+            skip=float(self.params["skip"]),
+            # Shared by every seed of this source, so seeded by the config, not the item.
+            generator=torch.Generator(device="cpu").manual_seed(self.generation.seed),
+            height=height,
+            width=width,
+        )
+        self.inversions_computed += 1
+        inversion = Inversion(
+            init_latents=pipeline.init_latents[:1].clone(),
+            zs=pipeline.zs.clone(),
+            inversion_steps=pipeline.inversion_steps.clone(),
+        )
+        self._inversions[key] = inversion
+        while len(self._inversions) > MAX_CACHED_INVERSIONS:
+            self._inversions.popitem(last=False)
+        return inversion
+
+    def _run(self, pipeline, items, images):
+        # One image per call: with its default intersect masks, LEDITS++ (diffusers 0.42) lets
+        # the images of one call change each other's masks, which would make an item's pixels
+        # depend on its batch. The costly shared part, the inversion, is still done once.
+        return [self._edit_one(pipeline, item, image) for item, image in zip(items, images)]
+
+    def _edit_one(self, pipeline, item: WorkItem, image: Image.Image) -> Image.Image:
+        inversion = self._inversion(pipeline, item, image)
+        # Put the inversion back on the pipeline as if invert() had just run on this image.
+        pipeline.init_latents = inversion.init_latents
+        pipeline.zs = inversion.zs
+        pipeline.inversion_steps = inversion.inversion_steps
+        pipeline.batch_size = 1
+        pipeline.eta = 1.0
+        pipeline.scheduler.config.timestep_spacing = "leading"
+        pipeline.scheduler.set_timesteps(self._timestep_count())
+        prompts, reverse = self.concepts(item)
+        guidance = self.params["edit_guidance_scale"]
+        guidance = self.generation.guidance_scale if guidance is None else float(guidance)
+        return pipeline(
+            editing_prompt=prompts,
+            reverse_editing_direction=reverse,
+            edit_guidance_scale=[guidance] * len(prompts),
+            edit_threshold=[float(self.params["edit_threshold"])] * len(prompts),
+            edit_warmup_steps=[int(self.params["edit_warmup_steps"])] * len(prompts),
+            generator=_generators([item])[0],
+            output_type="pil",
+        ).images[0]
+
+
+EDITORS: dict[str, type[DiffusersEditor]] = {
+    editor.method: editor for editor in (InstructPix2PixEditor, Img2ImgEditor, LeditsEditor)
+}
+
+
+_editors: dict[tuple[str, str], DiffusersEditor] = {}
+_editors_lock = threading.Lock()
+
+
+def make_editor(generation: GenerationConfig, device: str = "auto") -> ImageEditor:
+    """The editor for ``generation.method``; its pipeline loads on the first batch it edits.
+
+    One editor per process for each (generation config, device), so every batch a worker runs
+    shares the loaded pipeline and the LEDITS++ inversions already computed.
+    """
+    try:
+        cls = EDITORS[generation.method]
+    except KeyError:
+        raise UserError(f"generation.method {generation.method!r} is not one of {sorted(EDITORS)}") from None
+    key = (generation.model_dump_json(), str(resolve_device(device)))
+    with _editors_lock:
+        editor = _editors.get(key)
+        if editor is None:
+            editor = _editors[key] = cls(generation, device=device)
+        return editor
+
+
+def clear_editor_cache() -> None:
+    """Forget the shared editors (and their LEDITS++ inversions)."""
+    with _editors_lock:
+        _editors.clear()
