@@ -141,7 +141,7 @@ def _grey_to_rgb(image: Image.Image) -> Image.Image:
         top = float(values.max()) if values.size and values.max() > 1.0 else 1.0
     else:  # "I": 16-bit PNGs load as I; treat values above 255 as 16-bit
         top = 65535.0 if values.size and values.max() > 255 else 255.0
-    scaled = np.clip(values / top * 255.0, 0, 255).astype(np.uint8)
+    scaled = np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
     return Image.fromarray(scaled).convert("RGB")
 
 

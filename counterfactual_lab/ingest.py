@@ -396,18 +396,20 @@ class _BatchIngester:
             # Same bytes decoded fine before: the stored PNG is this image.
             row.uri = self.store.uri(row.key)
             return
+        header, row.header, row.data = row.header, None, None  # free memory as we go
+        source_image = header.image
         try:
-            rgb = decode_rgb(row.header)
+            rgb = decode_rgb(header)
         except ImageRejected as rejected:
             row.error = (rejected.reason, rejected.detail)
+            source_image.close()
             return
-        finally:
-            row.header.image.close()
-            row.data = None  # drop the bytes as soon as they are no longer needed
         row.width, row.height = rgb.size
         if self.store is not None:
             row.uri = self.store.put_png(row.key, rgb)
             self.stored.add(row.key)
+        rgb.close()
+        source_image.close()
 
 
 def _stored_keys(store: ImageStore | None) -> set[str]:

@@ -1,0 +1,245 @@
+"""Bad input: every case ends in quarantine with its own reason, none crashes, none is dropped.
+
+One dataset holds every case (one row each, named by id) and is validated once per module;
+each test then checks its own row. The same dataset, copied to S3, must validate identically.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from counterfactual_lab import validation as v
+from counterfactual_lab.spec import DatasetSpec, ValidationLimits
+from counterfactual_lab.storage import ImageStore
+
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+LIMITS = ValidationLimits(max_pixels=64 * 64, max_image_bytes=20_000, caption_max_chars=200)
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def small_png(seed: int) -> bytes:
+    return png(Image.new("RGB", (32, 32), (seed * 40 % 256, 120, 200)))
+
+
+def bomb_png(side: int) -> bytes:
+    """A ~60-byte PNG that claims side x side pixels."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def row(id_, image, caption="a photo of a man in a white coat", gender="male", label="doctor"):
+    return {"id": id_, "image": image, "caption": caption, "gender": gender, "label": label}
+
+
+def inline(data: bytes | None):
+    return {"bytes": data, "path": None}
+
+
+def by_path(path: str):
+    return {"bytes": None, "path": path}
+
+
+# id -> expected reason (None: valid). Order = row order in the file.
+CASES: dict[str, str | None] = {
+    "ok-inline": None,
+    "ok-by-path": None,
+    "ok-capitalised-attribute": None,
+    "undecodable": v.REASON_UNDECODABLE,
+    "truncated": v.REASON_TRUNCATED,
+    "empty-bytes": v.REASON_EMPTY_IMAGE,
+    "bomb": v.REASON_DECOMPRESSION_BOMB,
+    "too-many-pixels": v.REASON_TOO_MANY_PIXELS,
+    "too-large": v.REASON_IMAGE_TOO_LARGE,
+    "null-image": v.REASON_MISSING_IMAGE,
+    "not-found": v.REASON_IMAGE_NOT_FOUND,
+    "escape-relative": v.REASON_PATH_ESCAPES_ROOT,
+    "escape-absolute": v.REASON_PATH_ESCAPES_ROOT,
+    "escape-uri": v.REASON_PATH_ESCAPES_ROOT,
+    "null-caption": v.REASON_MISSING_CAPTION,
+    "blank-caption": v.REASON_BLANK_CAPTION,
+    "long-caption": v.REASON_CAPTION_TOO_LONG,
+    "unknown-gender": v.REASON_UNKNOWN_ATTRIBUTE,
+    "dup": None,  # first occurrence stays valid
+}
+
+
+def build_bad_dataset(base: Path) -> Path:
+    """``base/data`` (the dataset root) and ``base/outside.png`` (a valid image outside it)."""
+    root = base / "data"
+    (root / "images").mkdir(parents=True)
+    outside = base / "outside.png"
+    outside.write_bytes(small_png(9))
+    (root / "images" / "ok.png").write_bytes(small_png(2))
+    noise = png(Image.effect_noise((64, 64), 80).convert("RGB"))
+    rows = [
+        row("ok-inline", inline(small_png(1))),
+        row("ok-by-path", by_path("images/ok.png")),
+        row("ok-capitalised-attribute", inline(small_png(3)), gender="  Female "),
+        row("undecodable", inline(b"GIF89a but not really an image")),
+        row("truncated", inline(noise[: len(noise) // 2])),
+        row("empty-bytes", inline(b"")),
+        row("bomb", inline(bomb_png(20_000))),
+        row("too-many-pixels", inline(png(Image.new("RGB", (128, 128), (10, 20, 30))))),
+        row("too-large", inline(png(Image.effect_noise((96, 96), 90).convert("RGB")))),
+        row("null-image", None),
+        row("not-found", by_path("images/missing.png")),
+        row("escape-relative", by_path("../outside.png")),
+        row("escape-absolute", by_path(str(outside))),
+        row("escape-uri", by_path("http://example.com/cat.png")),
+        row("null-caption", inline(small_png(4)), caption=None),
+        row("blank-caption", inline(small_png(5)), caption="   \t "),
+        row("long-caption", inline(small_png(6)), caption="a man " * 60),
+        row("unknown-gender", inline(small_png(7)), gender="robot"),
+        row("dup", inline(small_png(8))),
+        row("dup", inline(small_png(10))),
+        row(None, inline(small_png(11))),
+    ]
+    table = pa.Table.from_pylist(
+        rows,
+        schema=pa.schema([("id", pa.string()), ("image", IMAGE_TYPE), ("caption", pa.string()),
+                          ("gender", pa.string()), ("label", pa.string())]),
+    )
+    pq.write_table(table, root / "part-0.parquet")
+    (root / "README.md").write_text("# not data\n")
+    return root
+
+
+def spec_for(uri: str) -> DatasetSpec:
+    return DatasetSpec(name="bad", uri=uri, limits=LIMITS)
+
+
+@pytest.fixture(scope="module")
+def bad_root(tmp_path_factory) -> Path:
+    return build_bad_dataset(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.fixture(scope="module")
+def outcome(bad_root, tmp_path_factory) -> v.ValidationOutcome:
+    store = ImageStore(str(tmp_path_factory.mktemp("store")))
+    return v.ingest_and_validate(spec_for(str(bad_root)), image_store=store, batch_rows=7)
+
+
+def reason_of(outcome: v.ValidationOutcome, id_: str) -> str | None:
+    found = outcome.quarantine.filter(pl.col("id") == id_)
+    return found["reason"][0] if found.height else None
+
+
+@pytest.mark.parametrize("case", [c for c, reason in CASES.items() if reason])
+def test_each_bad_row_is_quarantined_with_its_reason(outcome, case):
+    assert reason_of(outcome, case) == CASES[case]
+    assert case not in outcome.valid["id"].to_list()
+
+
+@pytest.mark.parametrize("case", [c for c, reason in CASES.items() if not reason])
+def test_good_rows_stay_valid(outcome, case):
+    assert case in outcome.valid["id"].to_list()
+
+
+def test_duplicate_id_keeps_the_first_occurrence(outcome):
+    dup = outcome.quarantine.filter(pl.col("id") == "dup")
+    assert dup.height == 1
+    assert dup["reason"][0] == v.REASON_DUPLICATE_ID
+    assert dup["row_index"][0] == 19  # the second "dup" row
+    assert "row 18 of part-0.parquet" in dup["detail"][0]
+    kept = outcome.valid.filter(pl.col("id") == "dup")
+    assert kept.height == 1
+
+
+def test_null_id_is_quarantined(outcome):
+    missing = outcome.quarantine.filter(pl.col("row_index") == 20)
+    assert missing["reason"].to_list() == [v.REASON_MISSING_ID]
+
+
+def test_nothing_is_lost(outcome):
+    assert outcome.rows_in == 21
+    assert outcome.valid.height + outcome.quarantined == outcome.rows_in
+    assert sum(outcome.by_reason.values()) == outcome.quarantined
+    assert outcome.quarantine["row_index"].n_unique() == outcome.quarantined  # one line per row
+
+
+def test_quarantine_rows_name_their_source(outcome):
+    assert set(outcome.quarantine.columns) >= {"id", "reason", "detail", "source_file", "row_index"}
+    assert set(outcome.quarantine["source_file"]) == {"part-0.parquet"}
+    assert outcome.quarantine["detail"].null_count() == 0
+    bomb = outcome.quarantine.filter(pl.col("id") == "bomb")
+    assert "20000x20000" in bomb["detail"][0] or "decompression bomb" in bomb["detail"][0]
+    long = outcome.quarantine.filter(pl.col("id") == "long-caption")
+    assert "360 characters; the limit is 200" in long["detail"][0]
+
+
+def test_unknown_attribute_detail_names_the_value_and_vocabulary(outcome):
+    detail = outcome.quarantine.filter(pl.col("id") == "unknown-gender")["detail"][0]
+    assert "'robot'" in detail and "female, male, non-binary" in detail
+
+
+def test_attribute_values_use_the_vocabulary_spelling(outcome):
+    gender = outcome.valid.filter(pl.col("id") == "ok-capitalised-attribute")["gender"][0]
+    assert gender == "female"
+
+
+def test_escaping_paths_are_never_read(bad_root, outcome):
+    # outside.png is a perfectly valid image: only the path check can reject it.
+    for case in ("escape-relative", "escape-absolute"):
+        assert "escapes the dataset root" in outcome.quarantine.filter(pl.col("id") == case)["detail"][0]
+
+
+def test_symlink_leading_outside_the_root_is_not_followed(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(small_png(1))
+    os.symlink(secret, root / "link.png")
+    rows = [row("link", by_path("link.png"))]
+    pq.write_table(pa.Table.from_pylist(rows), root / "d.parquet")
+    outcome = v.ingest_and_validate(spec_for(str(root)))
+    assert outcome.quarantine["reason"].to_list() == [v.REASON_PATH_ESCAPES_ROOT]
+
+
+def test_row_failing_several_checks_is_quarantined_once_with_every_problem(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    rows = [row("both", inline(b""), caption="  ", gender="robot")]
+    pq.write_table(pa.Table.from_pylist(rows), root / "d.parquet")
+    outcome = v.ingest_and_validate(spec_for(str(root)))
+    assert outcome.quarantine.height == 1
+    assert outcome.quarantine["reason"][0] == v.REASON_EMPTY_IMAGE  # image checks come first
+    detail = outcome.quarantine["detail"][0]
+    assert "0 bytes" in detail and "blank" in detail and "'robot'" in detail
+
+
+@pytest.mark.s3
+def test_local_and_s3_copies_validate_identically(bad_root, outcome, s3_bucket, tmp_path):
+    import boto3
+
+    client = boto3.client("s3")
+    for path in bad_root.rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), s3_bucket, f"datasets/bad/{path.relative_to(bad_root)}")
+    store = ImageStore(f"s3://{s3_bucket}/out")
+    remote = v.ingest_and_validate(spec_for(f"s3://{s3_bucket}/datasets/bad"), image_store=store, batch_rows=7)
+
+    assert remote.rows_in == outcome.rows_in
+    assert remote.by_reason == outcome.by_reason
+    assert remote.quarantine.equals(outcome.quarantine)
+    assert remote.valid.drop("image_uri").equals(outcome.valid.drop("image_uri"))
+    assert all(uri.startswith(f"s3://{s3_bucket}/out/images/") for uri in remote.valid["image_uri"])
+    stored = {k["Key"] for k in client.list_objects_v2(Bucket=s3_bucket, Prefix="out/images/")["Contents"]}
+    assert {f"out/images/{key}.png" for key in remote.valid["content_key"]} <= stored
