@@ -1,0 +1,115 @@
+"""Task runner selection: threads, or Ray with every worker reporting to one Prefect server."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+from prefect import flow, task
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from counterfactual_lab.config import RuntimeConfig
+from counterfactual_lab.errors import ConfigError
+from prefect_harness import local_ray, prefect_server  # noqa: F401  (fixtures)
+from tasks.runners import check_ray_prefect_api, gpu_remote_options, make_task_runner
+
+
+def test_threads_runner_has_the_configured_worker_cap():
+    runner = make_task_runner(RuntimeConfig(task_runner="threads", max_workers=3))
+    assert isinstance(runner, ThreadPoolTaskRunner)
+    assert runner._max_workers == 3
+
+
+def test_ray_without_a_prefect_server_is_refused_with_what_to_do():
+    with pytest.raises(ConfigError, match="PREFECT_API_URL is not set.*prefect server start"):
+        check_ray_prefect_api(None, None)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with pytest.raises(ConfigError, match="PREFECT_API_URL is not set"):
+            make_task_runner(RuntimeConfig(task_runner="ray"))
+
+
+@pytest.mark.parametrize(
+    ("ray_address", "api_url", "ok"),
+    [
+        (None, "http://127.0.0.1:4200/api", True),  # local Ray, local server
+        ("auto", "http://localhost:4200/api", True),
+        ("ray://127.0.0.1:10001", "http://127.0.0.1:4200/api", True),
+        ("ray://ray-head:10001", "http://prefect:4200/api", True),
+        ("ray://ray-head:10001", "http://127.0.0.1:4200/api", False),  # workers cannot reach it
+        ("10.0.0.5:6379", "http://localhost:4200/api", False),
+    ],
+)
+def test_remote_ray_cluster_needs_a_reachable_api_url(ray_address, api_url, ok):
+    if ok:
+        assert check_ray_prefect_api(ray_address, api_url) == api_url
+    else:
+        with pytest.raises(ConfigError, match="loopback"):
+            check_ray_prefect_api(ray_address, api_url)
+
+
+def test_ray_runner_targets_the_address_and_passes_the_api_url(prefect_server):
+    from prefect_ray import RayTaskRunner
+
+    remote = make_task_runner(RuntimeConfig(task_runner="ray", ray_address="ray://127.0.0.1:10001"))
+    assert isinstance(remote, RayTaskRunner) and remote.address == "ray://127.0.0.1:10001"
+    assert "num_cpus" not in remote.init_kwargs  # an existing cluster sizes itself
+    assert remote.init_kwargs["runtime_env"]["env_vars"]["PREFECT_API_URL"] == prefect_server
+
+    local = make_task_runner(RuntimeConfig(task_runner="ray", max_workers=2))
+    assert local.address is None and local.init_kwargs["num_cpus"] == 2
+
+
+def test_gpu_remote_options_do_nothing_off_ray():
+    from prefect_ray.context import RemoteOptionsContext
+
+    with gpu_remote_options(RuntimeConfig(task_runner="threads", device="cuda")):
+        assert RemoteOptionsContext.get().current_remote_options == {}
+
+
+@task
+def square(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+@flow
+def squares(values: list[int]) -> list[tuple[int, int]]:
+    return square.map(values).result()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_mapped_flow_on_ray_matches_threads_and_reports_to_the_server(prefect_server, local_ray):
+    import cloudpickle
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    # Ray workers cannot import this test module by name: ship its functions by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    values = [1, 2, 3, 4, 5]
+    threads = squares.with_options(task_runner=make_task_runner(RuntimeConfig(task_runner="threads", max_workers=2)))
+    ray_runtime = RuntimeConfig(task_runner="ray", max_workers=2)
+    on_ray = squares.with_options(task_runner=make_task_runner(ray_runtime))
+
+    threads_results = threads(values)
+    state = on_ray(values, return_state=True)
+    ray_results = state.result()
+
+    assert [v for v, _ in ray_results] == [v for v, _ in threads_results] == [v * v for v in values]
+    assert {pid for _, pid in threads_results} == {os.getpid()}
+    assert os.getpid() not in {pid for _, pid in ray_results}  # ran in Ray worker processes
+
+    # Each Ray worker recorded its task run on the session's server, not a private one.
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert sorted(r.state.name for r in runs) == ["Completed"] * len(values)
+
+    # No GPU in this local cluster: GPU work runs without a GPU request unless cuda is demanded.
+    from prefect_ray.context import RemoteOptionsContext
+
+    with gpu_remote_options(ray_runtime):
+        assert RemoteOptionsContext.get().current_remote_options == {}
+    with pytest.raises(ConfigError, match="reports no GPUs"):
+        with gpu_remote_options(ray_runtime.model_copy(update={"device": "cuda"})):
+            pass
