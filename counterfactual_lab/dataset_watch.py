@@ -1,8 +1,8 @@
 """Notice new or changed datasets under watched prefixes (local paths or ``s3://``).
 
 A *dataset* is a folder that holds ``*.parquet`` files directly (Hive partition folders
-such as ``year=2024/`` below it belong to it), or a single ``.parquet`` file named as a
-prefix. Its *fingerprint* is the sha256 of the sorted list of
+such as ``year=2024/`` below it belong to it), a single ``.parquet`` file named as a
+prefix, or a glob named as a prefix (the files it matches). Its *fingerprint* is the sha256 of the sorted list of
 ``(path relative to the dataset, ETag or size+mtime)`` of its Parquet files, so any added,
 removed, renamed or rewritten file changes it, and listing alone computes it (no file is read).
 
@@ -78,8 +78,29 @@ def _file_token(info: dict[str, Any]) -> str:
     return f"size:{info.get('size')}:mtime:{mtime}"
 
 
+def _has_glob(uri: str) -> bool:
+    return any(ch in uri for ch in "*?[")
+
+
+def _scan_glob(pattern: str, storage_options: dict[str, Any] | None) -> dict[str, list[tuple[str, str]]]:
+    """A glob is one dataset: the Parquet files it matches, relative to its fixed part."""
+    fs, path = filesystem(pattern, _options(pattern, storage_options))
+    fixed = path[: min(path.find(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
+    matches = fs.glob(path, detail=True)
+    entries = [
+        (name[len(fixed) :].lstrip("/"), _file_token(detail))
+        for name, detail in sorted(matches.items())
+        if name.endswith(PARQUET_SUFFIX) and detail.get("type", "file") == "file"
+    ]
+    if not entries:
+        raise UserError(f"dataset glob {pattern!r} matches no {PARQUET_SUFFIX} files")
+    return {pattern: entries}
+
+
 def _scan(prefix: str, storage_options: dict[str, Any] | None) -> dict[str, list[tuple[str, str]]]:
     """Datasets under ``prefix``: dataset URI -> [(relative file path, version token)]."""
+    if _has_glob(prefix):
+        return _scan_glob(prefix, storage_options)
     fs, root = filesystem(prefix, _options(prefix, storage_options))
     root = root.rstrip("/")
     try:
@@ -128,8 +149,10 @@ def list_datasets(prefixes: list[str], storage_options: dict[str, Any] | None = 
 
 
 def fingerprint(uri: str, storage_options: dict[str, Any] | None = None) -> str:
-    """The fingerprint of the dataset at ``uri`` (a dataset folder or one Parquet file)."""
+    """The fingerprint of the dataset at ``uri`` (a dataset folder, one Parquet file, or a glob)."""
     scanned = _scan(uri, storage_options)
+    if _has_glob(uri):
+        return _fingerprint_entries(scanned[uri])
     fs, path = filesystem(uri, _options(uri, storage_options))
     own = scanned.get(_to_uri(uri, path.rstrip("/")))
     if not own:

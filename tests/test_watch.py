@@ -62,6 +62,18 @@ def test_single_parquet_file_is_a_dataset(tmp_path):
     assert len(fingerprint(str(path))) == 64
 
 
+def test_a_glob_is_one_dataset(tmp_path):
+    write_parquet(tmp_path / "ds" / "a.parquet")
+    write_parquet(tmp_path / "ds" / "b.parquet")
+    pattern = str(tmp_path / "ds" / "*.parquet")
+    assert list_datasets([pattern]) == [pattern]
+    before = fingerprint(pattern)
+    write_parquet(tmp_path / "ds" / "c.parquet")
+    assert fingerprint(pattern) != before
+    with pytest.raises(UserError, match="matches no .parquet files"):
+        fingerprint(str(tmp_path / "ds" / "*.csv"))
+
+
 def test_fingerprint_changes_with_any_file_and_only_then(tmp_path):
     write_parquet(tmp_path / "ds" / "a.parquet", rows=2)
     first = fingerprint(str(tmp_path / "ds"))
