@@ -7,7 +7,7 @@ labels, cosine with its own caption, and cosine with every retrieval query. Ours
 counterfactuals, starting with empty caches (cold); the warm rerun reuses the embedding
 cache, as a rerun in the same worker would.
 
-    python bench/evaluate.py [--images 2000] [--batch-size 32] [--repeats 2]
+    python bench/evaluate.py [--images 2000] [--batch-size 32] [--repeats 2] [--device cpu|cuda]
 
 Last line: {"bench": "evaluate", "ours_s", "baseline_s", "ratio" (baseline/ours), "warm_rerun_s", ...}
 """
@@ -83,39 +83,40 @@ def load_image(uri: str) -> Image.Image:
         return image.convert("RGB")
 
 
-def baseline(model_dir: str, uris: list[str], captions: list[str], batch_size: int) -> np.ndarray:
+def baseline(model_dir: str, uris: list[str], captions: list[str], batch_size: int, device: str) -> np.ndarray:
     """The loop a user writes with transformers alone."""
     from transformers import AutoModel, AutoProcessor
 
-    model = AutoModel.from_pretrained(model_dir, use_safetensors=True).eval()
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    model = AutoModel.from_pretrained(model_dir, use_safetensors=True, dtype=dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
 
     def features(output):
         return output if isinstance(output, torch.Tensor) else output.pooler_output
 
     with torch.inference_mode():
-        prompts = processor(text=[f"a photo of a {label}" for label in LABELS] + QUERIES, return_tensors="pt", padding=True)
-        text = features(model.get_text_features(**prompts))
+        prompts = processor(text=[f"a photo of a {label}" for label in LABELS] + QUERIES, return_tensors="pt", padding=True).to(device)
+        text = features(model.get_text_features(**prompts)).float()
         text = text / text.norm(dim=-1, keepdim=True)
         labels, queries = text[: len(LABELS)], text[len(LABELS) :]
         scale = model.logit_scale.exp()
         out = []
         for start in range(0, len(uris), batch_size):
             images = [load_image(u) for u in uris[start : start + batch_size]]
-            pixels = processor(images=images, return_tensors="pt")["pixel_values"]
-            image = features(model.get_image_features(pixel_values=pixels))
+            pixels = processor(images=images, return_tensors="pt")["pixel_values"].to(device, dtype)
+            image = features(model.get_image_features(pixel_values=pixels)).float()
             image = image / image.norm(dim=-1, keepdim=True)
-            tokens = processor(text=captions[start : start + batch_size], return_tensors="pt", padding=True, truncation=True)
-            caption = features(model.get_text_features(**tokens))
+            tokens = processor(text=captions[start : start + batch_size], return_tensors="pt", padding=True, truncation=True).to(device)
+            caption = features(model.get_text_features(**tokens)).float()
             caption = caption / caption.norm(dim=-1, keepdim=True)
             probabilities = (scale * image @ labels.T).softmax(dim=-1)
-            out.append(torch.cat([probabilities, (image * caption).sum(-1, keepdim=True), image @ queries.T], dim=1).numpy())
+            out.append(torch.cat([probabilities, (image * caption).sum(-1, keepdim=True), image @ queries.T], dim=1).cpu().numpy())
     return np.concatenate(out)
 
 
-def ours(model_dir: str, pool: pl.DataFrame, batch_size: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+def ours(model_dir: str, pool: pl.DataFrame, batch_size: int, device: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     audit = AuditModelConfig(model=model_dir, labels=LABELS, queries=QUERIES, batch_size=batch_size)
-    embedder = ClipEmbedder.load(model_dir, device="cpu")
+    embedder = ClipEmbedder.load(model_dir, device=device)
     predictions = predict(pool, audit, embedder, load_image)
     retrieval = retrieval_scores(pool, audit.queries, embedder, load_image, batch_size=batch_size)
     return predictions, retrieval
@@ -127,6 +128,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs per side; the fastest counts")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (fp16 on CUDA, as the library runs)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
@@ -143,35 +145,37 @@ def main() -> None:
         ours_times, base_times = [], []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            reference = baseline(model_dir, uris, captions, args.batch_size)
+            reference = baseline(model_dir, uris, captions, args.batch_size, args.device)
             base_times.append(time.perf_counter() - start)
 
             clear_caches()  # cold: load the model and embed every image again
             start = time.perf_counter()
-            predictions, retrieval = ours(model_dir, pool, args.batch_size)
+            predictions, retrieval = ours(model_dir, pool, args.batch_size, args.device)
             ours_times.append(time.perf_counter() - start)
 
         start = time.perf_counter()
-        ours(model_dir, pool, args.batch_size)
+        ours(model_dir, pool, args.batch_size, args.device)
         warm = time.perf_counter() - start
 
         # Same numbers on both sides, or the comparison means nothing.
         scores = predictions.select([f"score_{label}" for label in LABELS]).to_numpy()
-        np.testing.assert_allclose(scores, reference[:, : len(LABELS)], atol=1e-4)
-        np.testing.assert_allclose(predictions["caption_similarity"].to_numpy(), reference[:, len(LABELS)], atol=1e-4)
+        tolerance = 1e-2 if args.device.startswith("cuda") else 1e-4  # fp16 on CUDA
+        np.testing.assert_allclose(scores, reference[:, : len(LABELS)], atol=tolerance)
+        np.testing.assert_allclose(predictions["caption_similarity"].to_numpy(), reference[:, len(LABELS)], atol=tolerance)
         first_query = retrieval.filter(pl.col("query") == QUERIES[0]).sort("id")
         expected = pl.DataFrame({"id": pool["id"], "score": reference[:, len(LABELS) + 1]}).sort("id")
-        np.testing.assert_allclose(first_query["score"].to_numpy(), expected["score"].to_numpy(), atol=1e-4)
+        np.testing.assert_allclose(first_query["score"].to_numpy(), expected["score"].to_numpy(), atol=tolerance)
 
     ours_s, baseline_s = min(ours_times), min(base_times)
-    print(f"images: {len(uris)}  batch size: {args.batch_size}  image size: {args.image_size}px  torch threads: {torch.get_num_threads()}")
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"device: {device}  images: {len(uris)}  batch size: {args.batch_size}  image size: {args.image_size}px  torch threads: {torch.get_num_threads()}")
     print(f"baseline runs (s): {', '.join(f'{t:.2f}' for t in base_times)}")
     print(f"ours runs (s):     {', '.join(f'{t:.2f}' for t in ours_times)}")
     print(f"warm rerun (s):    {warm:.2f}")
     print(json.dumps({
         "bench": "evaluate", "ours_s": round(ours_s, 3), "baseline_s": round(baseline_s, 3),
         "ratio": round(baseline_s / ours_s, 3), "warm_rerun_s": round(warm, 3), "images": len(uris),
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size, "device": device,
     }))
 
 
