@@ -133,3 +133,39 @@ def read_events(event_name: str, resource_id: str | None = None) -> list[Any]:
             page = client.read_events_page(page.next_page)
             events.extend(page.events)
     return events
+
+
+def prefect_yaml_deployment(name: str, prefect_yaml: str = "prefect.yaml") -> dict[str, Any]:
+    """The entry of deployment ``name`` in prefect.yaml."""
+    import yaml
+
+    with open(prefect_yaml) as handle:
+        deployments = yaml.safe_load(handle)["deployments"]
+    for deployment in deployments:
+        if deployment["name"] == name:
+            return deployment
+    raise KeyError(f"prefect.yaml has no deployment named {name!r}")
+
+
+def serve_from_prefect_yaml(name: str, entrypoint: str | None = None) -> None:
+    """Serve deployment ``name`` as prefect.yaml defines it (schedules aside), triggers included.
+
+    ``entrypoint`` replaces the one in prefect.yaml (a stand-in flow). Run it in a
+    subprocess: ``python tests/prefect_harness.py serve NAME [ENTRYPOINT]``.
+    """
+    from prefect.events import DeploymentTriggerTypes
+    from prefect.flows import load_flow_from_entrypoint
+    from pydantic import TypeAdapter
+
+    spec = prefect_yaml_deployment(name)
+    flow = load_flow_from_entrypoint(entrypoint or spec["entrypoint"])
+    triggers = [TypeAdapter(DeploymentTriggerTypes).validate_python(t) for t in spec.get("triggers") or []]
+    flow.serve(name=name, triggers=triggers, parameters=spec.get("parameters") or {}, print_starting_message=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 3 or sys.argv[1] != "serve":
+        raise SystemExit("usage: python tests/prefect_harness.py serve DEPLOYMENT_NAME [ENTRYPOINT]")
+    serve_from_prefect_yaml(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None)
