@@ -145,7 +145,6 @@ def build_diffusion_pipeline(method: str, seed: int = 0, size: DiffusionSize = T
         AutoencoderKL,
         DDIMScheduler,
         DPMSolverMultistepScheduler,
-        EulerAncestralDiscreteScheduler,
         LEditsPPPipelineStableDiffusion,
         StableDiffusionImg2ImgPipeline,
         StableDiffusionInstructPix2PixPipeline,
@@ -189,7 +188,8 @@ def build_diffusion_pipeline(method: str, seed: int = 0, size: DiffusionSize = T
         safety_checker=None, feature_extractor=None,
     )
     if method == "instruct-pix2pix":
-        scheduler = EulerAncestralDiscreteScheduler(**sd_schedule)
+        # (EulerAncestral, the original's choice, warns under numpy 2 in diffusers 0.42.)
+        scheduler = DDIMScheduler(**sd_schedule, clip_sample=False, set_alpha_to_one=False)
         return StableDiffusionInstructPix2PixPipeline(**common, scheduler=scheduler, requires_safety_checker=False)
     if method == "img2img":
         scheduler = DDIMScheduler(**sd_schedule, clip_sample=False, set_alpha_to_one=False)

@@ -67,8 +67,9 @@ def _describe(exc: BaseException) -> str:
 
 
 def _free_accelerator_memory() -> None:
-    gc.collect()
+    # The failed call's tensors may still be referenced from the traceback's frames.
     if torch.cuda.is_available():
+        gc.collect()
         torch.cuda.empty_cache()
 
 
@@ -133,6 +134,14 @@ def _run_all(
             item.content_key, None, FAILED, error=_describe(exc), oom_halvings=state["halvings"]
         )
 
+    def run_in_parts(items: list[tuple[WorkItem, Image.Image]]) -> None:
+        # The part size is re-read each time: a halving holds for everything after it.
+        position = 0
+        while position < len(items):
+            part = items[position : position + state["size"]]
+            position += len(part)
+            run(part)
+
     def run(part: list[tuple[WorkItem, Image.Image]]) -> None:
         started = time.perf_counter()
         try:
@@ -148,10 +157,9 @@ def _run_all(
                     fail(part[0][0], exc)
                     return
                 state["halvings"] += 1
-                state["size"] = max(1, len(part) // 2)
+                state["size"] = max(1, min(state["size"], len(part) // 2))
                 log.warning("out of memory on %d items; halving the batch to %d", len(part), state["size"])
-                for sub in chunk(part, state["size"]):
-                    run(sub)
+                run_in_parts(part)
                 return
             if len(part) == 1:
                 fail(part[0][0], exc)
@@ -167,9 +175,5 @@ def _run_all(
                 item.content_key, uri, GENERATED, oom_halvings=state["halvings"], seconds=seconds
             )
 
-    position = 0
-    while position < len(ready):
-        part = ready[position : position + state["size"]]
-        position += len(part)
-        run(part)
+    run_in_parts(ready)
     return records
