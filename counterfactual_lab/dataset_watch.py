@@ -106,6 +106,8 @@ def _scan(prefix: str, storage_options: dict[str, Any] | None) -> dict[str, list
     try:
         info = fs.info(root)
     except FileNotFoundError:
+        if _is_remote(prefix) and "/" in root and fs.exists(root.split("/", 1)[0]):
+            return {}  # an object-store prefix with nothing under it yet: no datasets
         raise UserError(f"watched prefix {prefix!r} does not exist") from None
     if info.get("type") == "file":
         if not root.endswith(PARQUET_SUFFIX):

@@ -148,6 +148,9 @@ def test_lists_and_fingerprints_on_s3_with_etags(s3_bucket):
     write_parquet(f"{s3_bucket}/incoming/_watch/junk.parquet", fs=fs)
     prefix = f"s3://{s3_bucket}/incoming"
     assert list_datasets([prefix]) == [f"{prefix}/a", f"{prefix}/b"]
+    assert list_datasets([f"s3://{s3_bucket}/nothing-yet"]) == []  # an empty prefix is normal on S3
+    with pytest.raises(UserError, match="does not exist"):
+        list_datasets([f"s3://{s3_bucket}-missing/incoming"])
     before = fingerprint(f"{prefix}/a")
     write_parquet(f"{s3_bucket}/incoming/a/part-0.parquet", rows=9, fs=fs)
     fs.invalidate_cache()
