@@ -3,7 +3,9 @@
 ``runtime.task_runner: threads`` runs fan-out on a thread pool of ``max_workers``.
 ``runtime.task_runner: ray`` runs it on prefect-ray's ``RayTaskRunner``: the cluster at
 ``runtime.ray_address`` (``ray://head:10001``, ``auto``), or a local Ray instance of
-``max_workers`` CPUs when no address is given.
+``max_workers`` CPUs when no address is given. On Ray, tasks tagged ``gpu`` ask Ray for
+GPUs (``remote_options(num_gpus=...)``) when ``runtime.device`` is ``cuda``, or ``auto``
+and the cluster has GPUs.
 
 Why a Ray run needs a real Prefect server: every Ray worker runs its tasks with its own
 Prefect client. Without ``PREFECT_API_URL`` each worker would start a private temporary
@@ -37,10 +39,6 @@ LOOPBACK_API_URL = (
     "runtime.ray_address {address!r} is a remote Ray cluster, but PREFECT_API_URL {api_url!r} "
     "points at this machine's loopback address, which Ray workers on other machines cannot "
     "reach. Set PREFECT_API_URL to an address of the Prefect server that the cluster can reach."
-)
-NO_GPU_IN_CLUSTER = (
-    "runtime.device is 'cuda' but the Ray cluster reports no GPUs; start GPU workers "
-    "(see infra/raycluster.yaml) or set runtime.device to 'auto' or 'cpu'."
 )
 
 # Offline defaults that Ray workers must share with the driver (see flows/settings.py).
@@ -83,17 +81,81 @@ def current_prefect_api_url() -> str | None:
     return PREFECT_API_URL.value()
 
 
-def make_task_runner(runtime: RuntimeConfig) -> TaskRunner[Any]:
+GPU_TAG = "gpu"
+GPU_STAGES = ("generation", "judge", "evaluation")
+
+
+def _requests_gpus(runtime: RuntimeConfig) -> bool | None:
+    """True: GPU work asks Ray for GPUs; False: never; None: only if the cluster has GPUs."""
+    if runtime.device == "cuda":
+        # Asked for explicitly: request even when the cluster shows none yet, so an
+        # autoscaling cluster (infra/raycluster.yaml, minReplicas 0) adds GPU workers.
+        return True
+    if runtime.device == "auto":
+        return None
+    return False
+
+
+def _ray_runner_class():
+    from prefect_ray import RayTaskRunner
+    from prefect_ray.context import RemoteOptionsContext, remote_options
+
+    class GpuRayTaskRunner(RayTaskRunner):
+        """prefect-ray's RayTaskRunner that gives every task tagged ``gpu`` its GPUs.
+
+        Each submission of a ``gpu``-tagged task runs under
+        ``remote_options(num_gpus=gpus_per_task)``, so Ray places it on a GPU worker and
+        never runs more GPU batches at once than there are GPUs. Options already set by
+        an enclosing ``remote_options`` block win.
+        """
+
+        def __init__(self, address=None, init_kwargs=None, gpus_per_task: float = 1.0, request_gpus: bool | None = None):
+            super().__init__(address=address, init_kwargs=init_kwargs)
+            self.gpus_per_task = gpus_per_task
+            self.request_gpus = request_gpus
+            self._cluster_gpus = 0.0
+
+        def duplicate(self):
+            return type(self)(self.address, self.init_kwargs, self.gpus_per_task, self.request_gpus)
+
+        def __eq__(self, other: object) -> bool:
+            return (
+                super().__eq__(other)
+                and getattr(other, "gpus_per_task", None) == self.gpus_per_task
+                and getattr(other, "request_gpus", None) == self.request_gpus
+            )
+
+        def __enter__(self):
+            entered = super().__enter__()
+            self._cluster_gpus = cluster_gpus()
+            return entered
+
+        def remote_options_for_task(self, task) -> dict[str, Any]:
+            """The Ray options a submission of ``task`` gets (empty for CPU work)."""
+            if GPU_TAG not in (task.tags or ()):
+                return {}
+            wanted = self.request_gpus if self.request_gpus is not None else self._cluster_gpus > 0
+            return {"num_gpus": self.gpus_per_task} if wanted else {}
+
+        def submit(self, task, parameters, wait_for=None, dependencies=None):
+            options = {**self.remote_options_for_task(task), **RemoteOptionsContext.get().current_remote_options}
+            with remote_options(**options):
+                return super().submit(task, parameters, wait_for=wait_for, dependencies=dependencies)
+
+    return GpuRayTaskRunner
+
+
+def make_task_runner(runtime: RuntimeConfig, gpus_per_task: float = 1.0) -> TaskRunner[Any]:
     """The task runner ``runtime`` asks for, with its worker cap.
 
-    Use it on the flow that fans out, e.g.
+    On Ray, tasks tagged ``gpu`` (generation, judge, evaluation batches) ask for
+    ``gpus_per_task`` GPUs each when ``runtime.device`` is ``cuda``, or ``auto`` and the
+    cluster has GPUs. Use it on the flow that fans out, e.g.
     ``audit_stages.with_options(task_runner=make_task_runner(config.runtime))(...)``.
     """
     if runtime.task_runner == "threads":
         return ThreadPoolTaskRunner(max_workers=runtime.max_workers)
     if runtime.task_runner == "ray":
-        from prefect_ray import RayTaskRunner
-
         api_url = check_ray_prefect_api(runtime.ray_address, current_prefect_api_url())
         env_vars = {"PREFECT_API_URL": api_url}
         env_vars.update({k: os.environ[k] for k in _WORKER_ENV if k in os.environ})
@@ -101,8 +163,25 @@ def make_task_runner(runtime: RuntimeConfig) -> TaskRunner[Any]:
         if not runtime.ray_address:
             # A local instance: cap it like the thread pool; no dashboard (nothing to serve).
             init_kwargs.update(num_cpus=runtime.max_workers, include_dashboard=False)
-        return RayTaskRunner(address=runtime.ray_address, init_kwargs=init_kwargs)
+        return _ray_runner_class()(
+            address=runtime.ray_address, init_kwargs=init_kwargs,
+            gpus_per_task=gpus_per_task, request_gpus=_requests_gpus(runtime),
+        )
     raise ConfigError(f"runtime.task_runner must be 'threads' or 'ray', got {runtime.task_runner!r}")
+
+
+def remote_options_for(stage: str) -> dict[str, Any]:
+    """``Task.with_options`` keyword arguments for a fan-out stage's batch task.
+
+    GPU stages (generation, judge, evaluation) get the ``gpu`` tag: the tag concurrency
+    limit caps them (``prefect concurrency-limit create gpu N``) and the Ray runner from
+    :func:`make_task_runner` gives each of their runs a GPU. The project's GPU tasks
+    already carry the tag, so this is a no-op for them. Note: ``with_options(tags=...)``
+    replaces a task's tags.
+    """
+    if stage not in GPU_STAGES:
+        raise ValueError(f"unknown fan-out stage {stage!r}; expected one of {GPU_STAGES}")
+    return {"tags": {GPU_TAG}}
 
 
 def cluster_gpus() -> float:
@@ -116,18 +195,14 @@ def cluster_gpus() -> float:
 
 @contextlib.contextmanager
 def gpu_remote_options(runtime: RuntimeConfig, num_gpus: float = 1.0) -> Iterator[None]:
-    """Around ``task.submit``/``task.map`` of GPU work (generation, evaluation batches):
-    on Ray with GPUs in the cluster, each task asks Ray for ``num_gpus`` GPUs
-    (``remote_options(num_gpus=...)``), so Ray places it on a GPU worker and never runs
-    more batches at once than there are GPUs. Elsewhere it does nothing.
+    """Explicit form, for GPU work submitted from a task *without* the ``gpu`` tag: around
+    ``task.submit``/``task.map`` on Ray, each run asks Ray for ``num_gpus`` GPUs under the
+    same rule as :func:`make_task_runner`. Elsewhere it does nothing.
     """
-    if runtime.task_runner != "ray" or runtime.device == "cpu":
-        yield
-        return
-    available = cluster_gpus()
-    if available <= 0:
-        if runtime.device == "cuda":
-            raise ConfigError(NO_GPU_IN_CLUSTER)
+    wanted = _requests_gpus(runtime)
+    if wanted is None:
+        wanted = cluster_gpus() > 0
+    if runtime.task_runner != "ray" or not wanted:
         yield
         return
     from prefect_ray.context import remote_options

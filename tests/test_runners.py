@@ -13,7 +13,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from counterfactual_lab.config import RuntimeConfig
 from counterfactual_lab.errors import ConfigError
 from prefect_harness import local_ray, prefect_server  # noqa: F401  (fixtures)
-from tasks.runners import check_ray_prefect_api, gpu_remote_options, make_task_runner
+from tasks.runners import check_ray_prefect_api, gpu_remote_options, make_task_runner, remote_options_for
 
 
 def test_threads_runner_has_the_configured_worker_cap():
@@ -61,6 +61,30 @@ def test_ray_runner_targets_the_address_and_passes_the_api_url(prefect_server):
     assert local.address is None and local.init_kwargs["num_cpus"] == 2
 
 
+@pytest.mark.parametrize(
+    ("device", "cluster_gpus", "expected"),
+    [
+        ("cuda", 0.0, {"num_gpus": 0.5}),  # asked for: an autoscaling cluster adds GPU workers
+        ("auto", 2.0, {"num_gpus": 0.5}),
+        ("auto", 0.0, {}),
+        ("cpu", 2.0, {}),
+    ],
+)
+def test_ray_runner_gives_gpu_tagged_tasks_their_gpus(prefect_server, device, cluster_gpus, expected):
+    runner = make_task_runner(RuntimeConfig(task_runner="ray", device=device), gpus_per_task=0.5)
+    runner._cluster_gpus = cluster_gpus  # what __enter__ reads from the cluster
+    assert runner.remote_options_for_task(gpu_square) == expected
+    assert runner.remote_options_for_task(square) == {}  # CPU work never asks for a GPU
+    assert runner.duplicate() == runner
+
+
+def test_remote_options_for_marks_gpu_stages():
+    assert remote_options_for("generation") == {"tags": {"gpu"}}
+    assert set(gpu_square.with_options(**remote_options_for("evaluation")).tags) == {"gpu"}
+    with pytest.raises(ValueError, match="unknown fan-out stage"):
+        remote_options_for("ingest")
+
+
 def test_gpu_remote_options_do_nothing_off_ray():
     from prefect_ray.context import RemoteOptionsContext
 
@@ -73,9 +97,14 @@ def square(x: int) -> tuple[int, int]:
     return x * x, os.getpid()
 
 
+@task(tags=["gpu"])
+def gpu_square(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
 @flow
 def squares(values: list[int]) -> list[tuple[int, int]]:
-    return square.map(values).result()
+    return square.map(values).result() + gpu_square.map(values).result()
 
 
 @pytest.mark.ray
@@ -96,20 +125,19 @@ def test_mapped_flow_on_ray_matches_threads_and_reports_to_the_server(prefect_se
     state = on_ray(values, return_state=True)
     ray_results = state.result()
 
-    assert [v for v, _ in ray_results] == [v for v, _ in threads_results] == [v * v for v in values]
+    assert [v for v, _ in ray_results] == [v for v, _ in threads_results] == [v * v for v in values] * 2
     assert {pid for _, pid in threads_results} == {os.getpid()}
     assert os.getpid() not in {pid for _, pid in ray_results}  # ran in Ray worker processes
 
     # Each Ray worker recorded its task run on the session's server, not a private one.
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
-    assert sorted(r.state.name for r in runs) == ["Completed"] * len(values)
+    assert sorted(r.state.name for r in runs) == ["Completed"] * 2 * len(values)
 
-    # No GPU in this local cluster: GPU work runs without a GPU request unless cuda is demanded.
+    # No GPU in this local cluster: with device auto, GPU work asks for none (and so runs).
     from prefect_ray.context import RemoteOptionsContext
 
     with gpu_remote_options(ray_runtime):
         assert RemoteOptionsContext.get().current_remote_options == {}
-    with pytest.raises(ConfigError, match="reports no GPUs"):
-        with gpu_remote_options(ray_runtime.model_copy(update={"device": "cuda"})):
-            pass
+    with gpu_remote_options(ray_runtime.model_copy(update={"device": "cuda"})):
+        assert RemoteOptionsContext.get().current_remote_options == {"num_gpus": 1.0}
