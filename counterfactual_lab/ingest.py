@@ -148,8 +148,12 @@ class DatasetSource:
         for fragment in self._dataset.get_fragments():
             offset = 0
             try:
-                # Read-ahead of one batch overlaps I/O with decoding without growing memory.
-                for batch in fragment.to_batches(columns=columns, batch_size=batch_rows, batch_readahead=1, fragment_readahead=1):
+                # No read-ahead and no scan threads: decoding dominates the time, and each
+                # batch read ahead would hold another batch of image bytes in memory.
+                batches = fragment.to_batches(
+                    columns=columns, batch_size=batch_rows, batch_readahead=0, fragment_readahead=1, use_threads=False
+                )
+                for batch in batches:
                     yield self.relative(fragment.path), offset, batch
                     offset += batch.num_rows
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:

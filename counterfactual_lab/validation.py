@@ -140,17 +140,20 @@ def ingest_and_validate(
     image_store: ImageStore | None = None,
     batch_rows: int = 1024,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    workers: int | None = None,
 ) -> ValidationOutcome:
     """Stream ``spec``'s dataset through ingest and both expectation suites.
 
-    Raises :class:`DatasetUnreadable` when the dataset cannot be read at all (missing,
+    ``batch_rows`` bounds memory (rows of image bytes held at once); ``chunk_rows`` is the
+    size of each GX run over the small per-row frames; ``workers`` decoding threads
+    (default: CPU count, at most 8). Raises :class:`DatasetUnreadable` when the dataset cannot be read at all (missing,
     not Parquet, required columns absent). Every row is either valid or quarantined.
     """
     source = open_dataset(spec)
     validator = RowValidator(spec, list(source.plan.attributes), counterfactual_set=bool(source.plan.counterfactual_set))
     validator.check_schema(source)
     source.require_columns()  # column types; presence was checked by the schema suite
-    frames = ingest(spec, image_store=image_store, batch_rows=batch_rows, source=source)
+    frames = ingest(spec, image_store=image_store, batch_rows=batch_rows, workers=workers, source=source)
     return validator.validate(frames, chunk_rows=chunk_rows)
 
 
