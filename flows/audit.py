@@ -44,7 +44,7 @@ from counterfactual_lab.validation import write_validation_outputs
 from tasks.evaluate import compute_fairness_metrics, evaluate_batch
 from tasks.generate import generate_counterfactual_batch
 from tasks.judge import judge_counterfactuals
-from tasks.runners import make_task_runner, remote_options_for
+from tasks.runners import make_task_runner
 from tasks.validate import validate_dataset
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -141,8 +141,8 @@ def _generate(items: list, config: AuditConfig, store: ImageStore, device: str) 
     if not batches:
         return []
     progress_id = create_progress_artifact(progress=0.0, description=f"generation: {len(items)} work items")
-    task = generate_counterfactual_batch.with_options(**remote_options_for("generation"))
-    futures = task.map(batches, unmapped(config.generation), unmapped(store), unmapped(device))
+    # On Ray, the runner gives each `gpu`-tagged batch a GPU (tasks/runners.py).
+    futures = generate_counterfactual_batch.map(batches, unmapped(config.generation), unmapped(store), unmapped(device))
     records = []
     with tqdm(total=len(items), desc="generate", unit="img") as bar:
         for done, future in enumerate(as_completed(futures), start=1):
@@ -155,8 +155,7 @@ def _generate(items: list, config: AuditConfig, store: ImageStore, device: str) 
 
 def _evaluate(pool: pl.DataFrame, config: AuditConfig, store: ImageStore, device: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     chunks = [pool.slice(i, EVALUATION_CHUNK_IMAGES) for i in range(0, pool.height, EVALUATION_CHUNK_IMAGES)] or [pool]
-    task = evaluate_batch.with_options(**remote_options_for("evaluation"))
-    futures = task.map(chunks, unmapped(config.audit), unmapped(store), unmapped(device))
+    futures = evaluate_batch.map(chunks, unmapped(config.audit), unmapped(store), unmapped(device))
     results = [future.result() for future in futures]
     predictions = pl.concat([p for p, _ in results], how="diagonal_relaxed")
     retrieval = pl.concat([r for _, r in results], how="diagonal_relaxed")

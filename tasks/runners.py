@@ -17,10 +17,8 @@ on other machines need an address they can reach, which only the operator knows.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -82,7 +80,6 @@ def current_prefect_api_url() -> str | None:
 
 
 GPU_TAG = "gpu"
-GPU_STAGES = ("generation", "judge", "evaluation")
 
 
 def _requests_gpus(runtime: RuntimeConfig) -> bool | None:
@@ -170,20 +167,6 @@ def make_task_runner(runtime: RuntimeConfig, gpus_per_task: float = 1.0) -> Task
     raise ConfigError(f"runtime.task_runner must be 'threads' or 'ray', got {runtime.task_runner!r}")
 
 
-def remote_options_for(stage: str) -> dict[str, Any]:
-    """``Task.with_options`` keyword arguments for a fan-out stage's batch task.
-
-    GPU stages (generation, judge, evaluation) get the ``gpu`` tag: the tag concurrency
-    limit caps them (``prefect concurrency-limit create gpu N``) and the Ray runner from
-    :func:`make_task_runner` gives each of their runs a GPU. The project's GPU tasks
-    already carry the tag, so this is a no-op for them. Note: ``with_options(tags=...)``
-    replaces a task's tags.
-    """
-    if stage not in GPU_STAGES:
-        raise ValueError(f"unknown fan-out stage {stage!r}; expected one of {GPU_STAGES}")
-    return {"tags": {GPU_TAG}}
-
-
 def cluster_gpus() -> float:
     """GPUs the connected Ray cluster reports (0 when Ray is not running)."""
     import ray
@@ -191,21 +174,3 @@ def cluster_gpus() -> float:
     if not ray.is_initialized():
         return 0.0
     return float(ray.cluster_resources().get("GPU", 0.0))
-
-
-@contextlib.contextmanager
-def gpu_remote_options(runtime: RuntimeConfig, num_gpus: float = 1.0) -> Iterator[None]:
-    """Explicit form, for GPU work submitted from a task *without* the ``gpu`` tag: around
-    ``task.submit``/``task.map`` on Ray, each run asks Ray for ``num_gpus`` GPUs under the
-    same rule as :func:`make_task_runner`. Elsewhere it does nothing.
-    """
-    wanted = _requests_gpus(runtime)
-    if wanted is None:
-        wanted = cluster_gpus() > 0
-    if runtime.task_runner != "ray" or not wanted:
-        yield
-        return
-    from prefect_ray.context import remote_options
-
-    with remote_options(num_gpus=num_gpus):
-        yield

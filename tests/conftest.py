@@ -8,6 +8,8 @@ import uuid
 
 import pytest
 
+from prefect_harness import local_ray, prefect_server  # noqa: F401  (session fixtures: Prefect server, Ray)
+
 # No model hub is reachable here: make any accidental download fail fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

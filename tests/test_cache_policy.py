@@ -10,7 +10,6 @@ import pytest
 
 from counterfactual_lab.plan import WorkItem, work_item_key
 from counterfactual_lab.storage import ImageStore
-from prefect_harness import prefect_server  # noqa: F401  (fixture)
 from tasks.cache import WorkItemsCachePolicy, generation_cache_policy
 
 

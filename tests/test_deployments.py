@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prefect_harness import prefect_server, prefect_yaml_deployment, wait_for  # noqa: F401  (fixture)
+from prefect_harness import prefect_yaml_deployment, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 PREFECT_YAML = REPO / "prefect.yaml"

@@ -12,8 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from counterfactual_lab.config import RuntimeConfig
 from counterfactual_lab.errors import ConfigError
-from prefect_harness import local_ray, prefect_server  # noqa: F401  (fixtures)
-from tasks.runners import check_ray_prefect_api, gpu_remote_options, make_task_runner, remote_options_for
+from tasks.runners import check_ray_prefect_api, make_task_runner
 
 
 def test_threads_runner_has_the_configured_worker_cap():
@@ -78,20 +77,6 @@ def test_ray_runner_gives_gpu_tagged_tasks_their_gpus(prefect_server, device, cl
     assert runner.duplicate() == runner
 
 
-def test_remote_options_for_marks_gpu_stages():
-    assert remote_options_for("generation") == {"tags": {"gpu"}}
-    assert set(gpu_square.with_options(**remote_options_for("evaluation")).tags) == {"gpu"}
-    with pytest.raises(ValueError, match="unknown fan-out stage"):
-        remote_options_for("ingest")
-
-
-def test_gpu_remote_options_do_nothing_off_ray():
-    from prefect_ray.context import RemoteOptionsContext
-
-    with gpu_remote_options(RuntimeConfig(task_runner="threads", device="cuda")):
-        assert RemoteOptionsContext.get().current_remote_options == {}
-
-
 @task
 def square(x: int) -> tuple[int, int]:
     return x * x, os.getpid()
@@ -133,11 +118,3 @@ def test_mapped_flow_on_ray_matches_threads_and_reports_to_the_server(prefect_se
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
     assert sorted(r.state.name for r in runs) == ["Completed"] * 2 * len(values)
-
-    # No GPU in this local cluster: with device auto, GPU work asks for none (and so runs).
-    from prefect_ray.context import RemoteOptionsContext
-
-    with gpu_remote_options(ray_runtime):
-        assert RemoteOptionsContext.get().current_remote_options == {}
-    with gpu_remote_options(ray_runtime.model_copy(update={"device": "cuda"})):
-        assert RemoteOptionsContext.get().current_remote_options == {"num_gpus": 1.0}

@@ -19,7 +19,7 @@ from counterfactual_lab.dataset_watch import (
     watch_state_uri,
 )
 from counterfactual_lab.errors import UserError
-from prefect_harness import prefect_server, read_events, wait_for  # noqa: F401  (fixture)
+from prefect_harness import read_events, wait_for
 
 EVENT = "counterfactual-lab.dataset.updated"
 
