@@ -21,16 +21,18 @@ import io
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 
-from counterfactual_lab.config import GenerationConfig
 from counterfactual_lab.errors import UserError
 from counterfactual_lab.generation.editors import ImageEditor, make_editor
-from counterfactual_lab.plan import WorkItem, chunk
-from counterfactual_lab.storage import ImageStore, is_transient, read_bytes
+from counterfactual_lab.plan import WorkItem
+
+if TYPE_CHECKING:  # imported lazily: storage needs fsspec, config needs pydantic (GPU benches lack both)
+    from counterfactual_lab.config import GenerationConfig
+    from counterfactual_lab.storage import ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +77,24 @@ def _free_accelerator_memory() -> None:
 
 def load_source(item: WorkItem, store: ImageStore) -> Image.Image:
     """The item's source image (RGB), read from ``item.source_image_uri``."""
-    data = read_bytes(item.source_image_uri, store.storage_options)
+    uri = item.source_image_uri
+    if uri == store.uri(item.source_key):
+        return store.get(item.source_key)
+    if "://" not in uri:  # a local path
+        with open(uri, "rb") as handle:
+            data = handle.read()
+    else:
+        from counterfactual_lab.storage import read_bytes
+
+        data = read_bytes(uri, store.storage_options)
     with Image.open(io.BytesIO(data)) as image:
         return image.convert("RGB")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    from counterfactual_lab.storage import is_transient
+
+    return is_transient(exc)
 
 
 def generate_batch(
@@ -108,7 +125,7 @@ def generate_batch(
                 if item.source_image_uri not in sources:
                     sources[item.source_image_uri] = load_source(item, store)
             except Exception as exc:
-                if is_transient(exc):
+                if _is_transient(exc):
                     raise
                 records[item.content_key] = GenerationRecord(
                     item.content_key, None, FAILED,

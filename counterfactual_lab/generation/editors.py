@@ -23,15 +23,18 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+import json
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from PIL import Image
 
-from counterfactual_lab.config import GenerationConfig
 from counterfactual_lab.diffusion_loading import load_pipeline, pipeline_lock, resolve_device
 from counterfactual_lab.errors import UserError
 from counterfactual_lab.plan import WorkItem
+
+if TYPE_CHECKING:  # only read as attributes, so a GPU box without pydantic can run the benches
+    from counterfactual_lab.config import GenerationConfig
 
 # Parameters each method reads from ``generation.params``, with their defaults.
 METHOD_PARAMS: dict[str, dict[str, Any]] = {
@@ -315,6 +318,12 @@ EDITORS: dict[str, type[DiffusersEditor]] = {
 
 
 _editors: dict[tuple[str, str], DiffusersEditor] = {}
+GENERATION_FIELDS = ("method", "model", "revision", "steps", "guidance_scale", "seed", "resolution", "params")
+
+
+def _generation_key(generation: GenerationConfig) -> str:
+    return json.dumps({name: getattr(generation, name) for name in GENERATION_FIELDS}, sort_keys=True, default=str)
+
 _editors_lock = threading.Lock()
 
 
@@ -328,7 +337,7 @@ def make_editor(generation: GenerationConfig, device: str = "auto") -> ImageEdit
         cls = EDITORS[generation.method]
     except KeyError:
         raise UserError(f"generation.method {generation.method!r} is not one of {sorted(EDITORS)}") from None
-    key = (generation.model_dump_json(), str(resolve_device(device)))
+    key = (_generation_key(generation), str(resolve_device(device)))
     with _editors_lock:
         editor = _editors.get(key)
         if editor is None:
