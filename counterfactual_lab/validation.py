@@ -329,7 +329,9 @@ class _GxSuites:
         import great_expectations as gx  # slow import (seconds): only when validating
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
+        # GX logs an INFO line per context (its own module forces INFO): keep the CLI and Prefect logs readable.
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
+        logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
         self._gx = gx
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
