@@ -67,6 +67,63 @@ def cmd_sample_dataset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models_tiny(args: argparse.Namespace) -> int:
+    """Build the tiny random-weight models (three diffusion pipelines and a CLIP)."""
+    from counterfactual_lab.tiny_models import build_tiny_models
+
+    for name, path in build_tiny_models(args.dir).items():
+        print(f"{name}: {path}")
+    return EXIT_OK
+
+
+def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate: bool) -> str:
+    """Run the Prefect audit flow (imported here: the library itself never imports Prefect)."""
+    from flows.audit import dataset_audit
+
+    return dataset_audit(config_uri=config, dataset_uri=dataset, output_uri=out, evaluate=evaluate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """ingest → validate → generate → judge; writes counterfactuals.parquet, quarantine.parquet, manifest.json."""
+    run_uri = _run_audit_flow(args.config, args.dataset, args.out, evaluate=False)
+    print(f"run: {run_uri}")
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """The whole audit; prints where the report is."""
+    from counterfactual_lab.publish import REPORT_NAME
+    from counterfactual_lab.storage import join
+
+    run_uri = _run_audit_flow(args.config, args.dataset, args.out, evaluate=True)
+    print(f"run: {run_uri}")
+    print(f"report: {join(run_uri, REPORT_NAME)}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print a finished run's headline metrics."""
+    from counterfactual_lab.run_reader import format_headline, read_run
+
+    print(format_headline(read_run(args.run_uri)))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Build the sample dataset and tiny models if missing, run the audit, print the report path."""
+    from counterfactual_lab.demo import prepare_demo
+    from counterfactual_lab.publish import REPORT_NAME
+    from counterfactual_lab.storage import join
+
+    inputs = prepare_demo(home=args.home, out_uri=args.out)
+    print(f"demo dataset: {inputs.dataset_dir}")
+    print(f"demo config: {inputs.config_path}")
+    run_uri = _run_audit_flow(str(inputs.config_path), None, args.out, evaluate=True)
+    print(f"run: {run_uri}")
+    print(f"report: {join(run_uri, REPORT_NAME)}")
+    return EXIT_OK
+
+
 def _add_validate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "validate",
@@ -95,8 +152,57 @@ def _add_sample_dataset(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_sample_dataset)
 
 
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="build local models", description="Build local models for tests and the demo.")
+    models_sub = p.add_subparsers(dest="models_command", metavar="KIND", required=True)
+    tiny = models_sub.add_parser(
+        "tiny", help="tiny random-weight models",
+        description="Build tiny seeded random-weight models (instruct-pix2pix, img2img, ledits, clip) under DIR, "
+        "one folder each, loadable with from_pretrained. Their outputs mean nothing.",
+    )
+    tiny.add_argument("dir", metavar="DIR", help="output folder")
+    tiny.set_defaults(handler=cmd_models_tiny)
+
+
+def _add_config_run(sub: argparse._SubParsersAction, name: str, handler: Callable, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--config", required=True, metavar="FILE", help="audit config YAML")
+    p.add_argument("--dataset", metavar="URI", help="dataset URI or spec YAML, overriding the config's dataset")
+    p.add_argument("--out", metavar="URI", help="output URI (local or s3://), overriding output.uri")
+    p.set_defaults(handler=handler)
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    _add_config_run(sub, "generate", cmd_generate,
+                    "ingest, validate, generate and judge counterfactuals; write counterfactuals.parquet and manifest.json")
+
+
+def _add_audit(sub: argparse._SubParsersAction) -> None:
+    _add_config_run(sub, "audit", cmd_audit,
+                    "run the whole audit (generate, judge, evaluate, publish) and print where the report is")
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="print a run's headline metrics",
+                       description="Print the headline metrics of a finished run (OUT/<run_id>, local or s3://).")
+    p.add_argument("run_uri", metavar="RUN_URI")
+    p.set_defaults(handler=cmd_report)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the one-command demo audit on tiny models",
+                       description="Build the sample dataset and tiny models if missing, run the audit flow on a "
+                       "temporary local Prefect server and print the path of report.html.")
+    p.add_argument("--out", default="./out", metavar="DIR", help="output folder (default: %(default)s)")
+    p.add_argument("--home", default="./.cflab", metavar="DIR",
+                   help="where the sample dataset and tiny models are kept (default: %(default)s)")
+    p.set_defaults(handler=cmd_demo)
+
+
 # Subcommand parser builders, in the order `cflab --help` lists them.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_validate, _add_sample_dataset]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_demo, _add_audit, _add_generate, _add_report, _add_validate, _add_sample_dataset, _add_models,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 TINY_MODEL_NAMES = ("instruct-pix2pix", "img2img", "ledits", "clip")
+# Written into every tiny model folder, so reports can say their numbers mean nothing.
+TINY_MARKER = "CFLAB_TINY_RANDOM_WEIGHTS"
 DIFFUSION_METHODS = ("instruct-pix2pix", "img2img", "ledits")
 
 # Words the tiny tokenizer knows as whole tokens; anything else falls back to letters.
@@ -259,5 +261,8 @@ def build_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
                 build_tiny_clip(directory, seed=seed)
             else:
                 build_tiny_diffusion(name, directory, seed=seed)
+            (directory / TINY_MARKER).write_text(
+                "Random weights built by `cflab models tiny`: outputs and metrics mean nothing.\n"
+            )
         built[name] = directory
     return built
