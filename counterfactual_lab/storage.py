@@ -35,6 +35,14 @@ def filesystem(uri: str, options: dict[str, Any] | None = None) -> tuple[fsspec.
     return fs, path
 
 
+def absolute_uri(uri: str) -> str:
+    """``uri`` with a local path made absolute (remote URIs unchanged), so printed and recorded
+    locations stay valid whatever directory a reader runs in."""
+    if "://" in uri:
+        return uri
+    return os.path.abspath(os.path.expanduser(uri))
+
+
 def join(uri: str, *parts: str) -> str:
     base = uri.rstrip("/")
     return "/".join([base, *(p.strip("/") for p in parts)])

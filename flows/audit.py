@@ -39,7 +39,7 @@ from counterfactual_lab.evaluate import build_evaluation_pool, pool_from_counter
 from counterfactual_lab.findings import headline_table, summary_markdown
 from counterfactual_lab.plan import chunk, plan_work_items
 from counterfactual_lab.publish import RunPublisher
-from counterfactual_lab.storage import ImageStore
+from counterfactual_lab.storage import ImageStore, absolute_uri
 from counterfactual_lab.validation import write_validation_outputs
 from tasks.evaluate import compute_fairness_metrics, evaluate_batch
 from tasks.generate import generate_counterfactual_batch
@@ -76,7 +76,7 @@ def audit_stages(config: AuditConfig, dataset_uri: str | None, output_uri: str |
     logger = get_run_logger()
     started_at = datetime.now(timezone.utc)
     spec = config.dataset_spec(dataset_uri)
-    out_uri = output_uri or config.output.uri
+    out_uri = absolute_uri(output_uri or config.output.uri)
     options = config.output.storage_options or None
     store = ImageStore(out_uri, options)
     device = config.runtime.device
