@@ -82,6 +82,13 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:
 
 
 def _load(method: str, model: str, revision: str | None, device: torch.device, dtype: torch.dtype):
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    # The pipeline shows one progress bar of its own (per batch); per-component loading bars
+    # from each worker would bury it.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     cls = _pipeline_class(method)
     kwargs = safe_load_kwargs(model, revision)
     kwargs.update(_dtype_kwarg(dtype))

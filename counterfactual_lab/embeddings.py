@@ -182,7 +182,9 @@ class ClipEmbedder:
     def _from_pretrained(cls, model: str, revision: str | None, device: str) -> "ClipEmbedder":
         import torch
         from transformers import AutoModel, AutoProcessor
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()  # one line per worker load is noise in a pipeline log
         kwargs = safe_load_kwargs(model, revision)
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
         try:

@@ -18,6 +18,13 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+# One torch thread per test process: on 2 cores, intra-op threads fight the Prefect server and
+# Ray workers the tests also run, and tiny models gain nothing from them.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
