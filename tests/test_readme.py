@@ -1,0 +1,128 @@
+"""The README's commands match what exists: CI's test command, the CLI, prefect.yaml.
+
+Pure text checks (plus the CLI's argparse parser): fast, no network, no Prefect import.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from counterfactual_lab.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+PREFECT_YAML = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+
+
+def section(title: str) -> str:
+    """The README text under ``## title`` up to the next ``## `` heading."""
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, flags=re.M | re.S)
+    assert match, f"README has no '## {title}' section"
+    return match.group(1)
+
+
+def code_blocks(text: str) -> list[str]:
+    return re.findall(r"^```[a-z]*\n(.*?)^```", text, flags=re.M | re.S)
+
+
+def commands(block: str) -> list[str]:
+    return [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def code_text() -> str:
+    """Every fenced block and inline code span of the README, one per line."""
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"^```.*?^```", "", README, flags=re.M | re.S))
+    return "\n".join(code_blocks(README) + spans)
+
+
+def subparser_choices(parser) -> dict:
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            return action.choices
+    return {}
+
+
+def flow_names() -> dict[str, str]:
+    """entrypoint ``file.py:function`` -> the flow's name, read from the source (no import)."""
+    names = {}
+    for deployment in PREFECT_YAML["deployments"]:
+        path, function = deployment["entrypoint"].split(":")
+        tree = ast.parse((ROOT / path).read_text())
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name == function:
+                for decorator in node.decorator_list:
+                    if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", None) == "flow":
+                        for keyword in decorator.keywords:
+                            if keyword.arg == "name":
+                                names[deployment["entrypoint"]] = keyword.value.value
+                names.setdefault(deployment["entrypoint"], function.replace("_", "-"))
+    return names
+
+
+def deployment_full_names() -> set[str]:
+    flows = flow_names()
+    return {f"{flows[d['entrypoint']]}/{d['name']}" for d in PREFECT_YAML["deployments"]}
+
+
+def test_quick_start_has_exactly_two_commands_and_the_second_is_what_ci_runs():
+    blocks = code_blocks(section("Quick start"))
+    assert len(blocks) == 1, "the Quick start holds one code block"
+    quick = commands(blocks[0])
+    assert len(quick) == 2, f"the Quick start must hold exactly two commands, found {quick}"
+    ci = commands((ROOT / ".ci" / "run").read_text())
+    assert ci[-1] == quick[1], ".ci/run must run the README's test command, nothing less"
+    assert quick[0].endswith("cflab demo"), "the first command runs the demo"
+
+
+def test_every_cflab_subcommand_in_the_readme_exists():
+    top = subparser_choices(build_parser())
+    mentioned = re.findall(r"(?:^|[\s`(&;|$])cflab ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?", code_text(), flags=re.M)
+    assert mentioned, "the README mentions no cflab command"
+    for name, sub in mentioned:
+        assert name in top, f"README mentions `cflab {name}`, which build_parser() does not have"
+        nested = subparser_choices(top[name])
+        if nested:
+            assert sub in nested, f"README mentions `cflab {name} {sub}`; {name} has {sorted(nested)}"
+    # And every subcommand is documented.
+    assert {name for name, _ in mentioned} == set(top), "every cflab subcommand appears in the README"
+
+
+def test_every_deployment_named_in_the_readme_exists_in_prefect_yaml():
+    known = deployment_full_names()
+    text = code_text()
+    named = set(re.findall(r"prefect deployment run '([^']+)'", text))
+    named |= {s for s in re.findall(r"^([a-z][a-z-]*/[a-z][a-z-]*)$", text, flags=re.M)}
+    assert named, "the README names no deployment"
+    unknown = named - known
+    assert not unknown, f"README names deployments that prefect.yaml does not define: {sorted(unknown)} (known: {sorted(known)})"
+    assert known <= named, f"README does not mention every deployment: missing {sorted(known - named)}"
+
+
+def test_prefect_ui_commands_use_the_real_pool_event_and_tag():
+    ui = section("Run it in the Prefect UI")
+    pools = {d["work_pool"]["name"] for d in PREFECT_YAML["deployments"]}
+    for pool in re.findall(r"--pool ([\w-]+)", ui) + re.findall(r"work-pool create ([\w-]+)", ui):
+        assert pool in pools, f"README uses work pool {pool!r}; prefect.yaml uses {sorted(pools)}"
+    event = re.search(r'DATASET_UPDATED_EVENT = "([^"]+)"', (ROOT / "flows" / "watch.py").read_text()).group(1)
+    assert f"prefect event emit {event} " in ui
+    expected = {e for d in PREFECT_YAML["deployments"] for t in d.get("triggers", []) for e in t["expect"]}
+    assert event in expected, "the audit-on-new-data trigger expects the watcher's event"
+    tag = re.search(r"prefect concurrency-limit create (\w+) \d+", ui).group(1)
+    assert 'tags=["gpu"]' in (ROOT / "tasks" / "generate.py").read_text() and tag == "gpu"
+
+
+@pytest.mark.parametrize("target", ["docs/metrics.md", "bench/RESULTS.md", "infra/README.md", "prefect.yaml",
+                                    "configs/audit.yaml", "datasets/sample.yaml"])
+def test_linked_files_exist(target):
+    assert f"]({target})" in README, f"README should link {target}"
+    assert (ROOT / target).exists()
+
+
+def test_every_relative_link_resolves():
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", README):
+        assert (ROOT / target).exists(), f"README links {target}, which does not exist"
