@@ -24,8 +24,10 @@ class DemoInputs:
 def demo_config(dataset_dir: Path, models: dict[str, Path], out_uri: str) -> dict:
     """The demo's audit config: every stage on the tiny models, small enough for a laptop CPU.
 
-    Random-weight judges score at random, so the similarity thresholds let everything
-    through while the attribute check still drops some candidates, which shows drop reasons.
+    A random-weight judge scores at random and its zero-shot attribute check tends to favour
+    one value whatever the image, which would drop whole attributes from the demo: the
+    thresholds let everything through and the check is off, so every attribute reaches the
+    report, and ranking still drops the weaker seed of each pair ("not_best_of_target").
     """
     clip = str(models["clip"])
     return {
@@ -41,7 +43,7 @@ def demo_config(dataset_dir: Path, models: dict[str, Path], out_uri: str) -> dic
             "resolution": 32,
             "params": {"strength": 0.6},
         },
-        "judge": {"model": clip, "thresholds": {"text": -1.0, "direction": -1.0, "image": -1.0}, "check_attribute": True},
+        "judge": {"model": clip, "thresholds": {"text": -1.0, "direction": -1.0, "image": -1.0}, "check_attribute": False},
         "audit": {
             "model": clip,
             "labels": ["doctor", "nurse", "teacher", "engineer"],
