@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import polars as pl
@@ -36,17 +37,20 @@ CANDIDATE_SCHEMA = {
 }
 
 
-def run_id_for(config: AuditConfig, dataset_name: str, dataset_fingerprint: str) -> str:
-    """A run id that is the same for the same config and the same data.
+def run_id_for(config: AuditConfig, dataset_name: str, dataset_fingerprint: str, evaluate: bool = True) -> str:
+    """A run id that is the same for the same config, the same data and the same stages.
 
     Re-running an interrupted audit therefore writes into the same run folder and finishes it,
     and a scheduled audit of unchanged data reproduces the same run instead of a near-copy.
+    A generate-only run (``evaluate=False``, ``cflab generate``) is a different run
+    (``<dataset>-generate-<digest>``): sharing a folder with the full audit would leave that
+    audit's predictions and metrics beside a manifest that does not vouch for them.
     """
     relevant = config.model_dump(exclude={"output", "runtime", "base_dir"})
     payload = json.dumps([relevant, dataset_fingerprint], sort_keys=True, default=str)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
     safe_name = "".join(c if c.isalnum() or c in "-_" else "-" for c in dataset_name) or "dataset"
-    return f"{safe_name}-{digest}"
+    return f"{safe_name}-{digest}" if evaluate else f"{safe_name}-generate-{digest}"
 
 
 def candidates_frame(items: list[WorkItem], records: list[Any], method: str) -> pl.DataFrame:
@@ -77,6 +81,16 @@ def candidates_frame(items: list[WorkItem], records: list[Any], method: str) -> 
             }
         )
     return pl.DataFrame(rows, schema=CANDIDATE_SCHEMA)
+
+
+def as_cache_hits(records: list[Any]) -> list[Any]:
+    """The records of a batch served whole by the orchestrator's task cache, as this run saw them.
+
+    A cached task result holds the records of the run that made the images (status
+    ``generated``); for this run those images were reused, so they count as cache hits.
+    Failures stay failures.
+    """
+    return [replace(r, status="cached", seconds=0.0) if r.status == "generated" else r for r in records]
 
 
 def generation_counts(records: list[Any]) -> dict[str, int]:

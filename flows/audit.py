@@ -26,6 +26,7 @@ from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
 from counterfactual_lab.audit_run import (
+    as_cache_hits,
     candidates_frame,
     generation_counts,
     publish_run,
@@ -37,6 +38,7 @@ from counterfactual_lab.dataset_watch import fingerprint
 from counterfactual_lab.errors import UserError
 from counterfactual_lab.evaluate import build_evaluation_pool, pool_from_counterfactual_sets
 from counterfactual_lab.findings import headline_table, summary_markdown
+from counterfactual_lab.metrics import METRICS_SCHEMA
 from counterfactual_lab.plan import chunk, plan_work_items
 from counterfactual_lab.publish import RunPublisher
 from counterfactual_lab.storage import ImageStore, absolute_uri
@@ -81,7 +83,7 @@ def audit_stages(config: AuditConfig, dataset_uri: str | None, output_uri: str |
     store = ImageStore(out_uri, options)
     device = config.runtime.device
     dataset_fingerprint = fingerprint(spec.uri, spec.storage_options)
-    run_id = run_id_for(config, spec.name, dataset_fingerprint)
+    run_id = run_id_for(config, spec.name, dataset_fingerprint, evaluate)
     publisher = RunPublisher(out_uri, run_id, spec.name, options)
     logger.info("run %s: dataset %s -> %s", run_id, spec.uri, publisher.run_uri)
 
@@ -130,27 +132,57 @@ def audit_stages(config: AuditConfig, dataset_uri: str | None, output_uri: str |
         finished_at=datetime.now(timezone.utc),
         load_image=store.load,
     )
-    _publish_artifacts(manifest, tables.get("metrics", pl.DataFrame()))
+    # A generate-only run has no metrics: an empty table with the columns, not a frame without any.
+    _publish_artifacts(manifest, tables.get("metrics", pl.DataFrame(schema=METRICS_SCHEMA)))
     logger.info("report: %s", manifest["report"])
     return publisher.run_uri
 
 
 def _generate(items: list, config: AuditConfig, store: ImageStore, device: str) -> list:
-    """Fan out one generation task per batch; progress in the terminal and in a Prefect artifact."""
+    """Fan out one generation task per batch; progress in the terminal and in a Prefect artifact.
+
+    A batch served by Prefect's task cache counts as cache hits. That cache can outlive the
+    images it points at (an output folder removed, an S3 lifecycle rule): such batches run
+    again past the cache, and ``generate_batch`` remakes only the images that are missing.
+    """
     batches = chunk(items, config.generation.batch_size)
     if not batches:
         return []
     progress_id = create_progress_artifact(progress=0.0, description=f"generation: {len(items)} work items")
     # On Ray, the runner gives each `gpu`-tagged batch a GPU (tasks/runners.py).
     futures = generate_counterfactual_batch.map(batches, unmapped(config.generation), unmapped(store), unmapped(device))
-    records = []
+    index_of = {future.task_run_id: index for index, future in enumerate(futures)}
+    results: list[list] = [[] for _ in batches]
+    from_task_cache: list[int] = []
     with tqdm(total=len(items), desc="generate", unit="img") as bar:
         for done, future in enumerate(as_completed(futures), start=1):
-            batch_records = future.result()
-            records.extend(batch_records)
-            bar.update(len(batch_records))
+            index = index_of[future.task_run_id]
+            results[index] = future.result()
+            if future.state.name == "Cached":  # an earlier run made these images
+                results[index] = as_cache_hits(results[index])
+                from_task_cache.append(index)
+            bar.update(len(results[index]))
             update_progress_artifact(progress_id, progress=100.0 * done / len(batches))
-    return records
+    stale = _batches_missing_images(from_task_cache, results, store)
+    if stale:
+        get_run_logger().warning(
+            "%d cached batch(es) point at images no longer in %s; generating them again", len(stale), store.root_uri
+        )
+        rerun = generate_counterfactual_batch.with_options(refresh_cache=True).map(
+            [batches[i] for i in stale], unmapped(config.generation), unmapped(store), unmapped(device)
+        )
+        for index, future in zip(stale, rerun):
+            results[index] = future.result()
+    return [record for batch_records in results for record in batch_records]
+
+
+def _batches_missing_images(indices: list[int], results: list[list], store: ImageStore) -> list[int]:
+    """Which of the batches ``indices`` have a cache-hit record whose image is not in the store."""
+    keys = {r.content_key for i in indices for r in results[i] if r.status == "cached"}
+    if not keys:
+        return []
+    present = store.existing(sorted(keys))
+    return sorted(i for i in indices if any(r.status == "cached" and r.content_key not in present for r in results[i]))
 
 
 def _evaluate(pool: pl.DataFrame, config: AuditConfig, store: ImageStore, device: str) -> tuple[pl.DataFrame, pl.DataFrame]:

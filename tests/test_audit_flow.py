@@ -1,0 +1,375 @@
+"""The audit flow end to end: the sample dataset, the tiny models, a real temporary Prefect server.
+
+One small audit (8 rows, gender only, 2 seeds, 2 steps, 32 px) runs cold once per module;
+the other tests rerun it warm, break it on purpose, or change one thing about it. The helpers
+at the top (:func:`audit_home`, :func:`write_config`, :func:`count_calls`, :func:`comparable`)
+are shared with the crash-resume, Ray and CLI tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from polars.testing import assert_frame_equal
+
+from counterfactual_lab.demo import DemoInputs, demo_config, prepare_demo
+from counterfactual_lab.publish import MANIFEST_NAME, REPORT_NAME, TABLE_NAMES
+from counterfactual_lab.run_reader import RunTables, read_run
+
+pytestmark = [pytest.mark.prefect, pytest.mark.slow]
+
+ROWS = 8
+# Columns that say when or how long, not what: never compared between runs.
+TIMING_COLUMNS = ("seconds", "started_at", "finished_at", "duration_s")
+# How a run got an image ("generated" by it, or "cached" from an earlier one) is about the run,
+# not the image: runs compare equal when the same items have images.
+RUN_RELATIVE_STATUS = {"cached": "generated"}
+
+
+# ---- helpers shared with test_crash_resume, test_ray_audit and test_cli_audit ----
+
+
+def audit_home(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) -> DemoInputs:
+    """The demo's inputs with the small sample (``ROWS`` rows), built once per session.
+
+    The models folder is the session's ``tiny_models`` (linked, so nothing is built twice);
+    ``prepare_demo`` builds only what is missing, so every module that calls this shares one build.
+    """
+    home = tmp_path_factory.getbasetemp() / "audit-home"
+    home.mkdir(exist_ok=True)
+    models = home / "models"
+    if not models.exists():
+        models.symlink_to(Path(tiny_models["clip"]).parent, target_is_directory=True)
+    return prepare_demo(home=home, out_uri=str(home / "out"), rows=ROWS)
+
+
+def write_config(path: Path, inputs: DemoInputs, out_uri: str, **sections: dict[str, Any]) -> str:
+    """Write the small audit config to ``path``; ``sections`` update the demo config's sections.
+
+    Small: gender only, 2 seeds per target, 2 steps at 32 px, batches of 4, 50 bootstrap samples.
+    ``attributes=`` and ``dataset=`` replace those sections instead of updating them.
+    """
+    config = demo_config(inputs.dataset_dir, inputs.models, out_uri)
+    config["attributes"] = {"gender": ["female", "male"]}
+    config["generation"].update(steps=2, seeds_per_target=2, keep_per_target=1, batch_size=4, resolution=32)
+    config["audit"]["bootstrap_samples"] = 50
+    for section, values in sections.items():
+        if section in ("attributes", "dataset"):
+            config[section] = values
+        else:
+            config[section].update(values)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(path)
+
+
+@contextlib.contextmanager
+def count_calls(owner: Any, name: str):
+    """Spy on ``owner.name`` (a function or method): the real call runs, each call is recorded."""
+    calls: list[int] = []
+    original = getattr(owner, name)
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(owner, name, spy)
+        yield calls
+
+
+def pipeline_calls():
+    """Count calls of the img2img diffusion pipeline (the class the tiny img2img model loads as)."""
+    import diffusers
+
+    return count_calls(diffusers.StableDiffusionImg2ImgPipeline, "__call__")
+
+
+def generate_batch_calls():
+    """Count calls into the library's batch generator from the generation task."""
+    import tasks.generate
+
+    return count_calls(tasks.generate, "generate_batch")
+
+
+def run_audit(config: str, out: str | None = None, **kwargs: Any) -> RunTables:
+    from flows.audit import dataset_audit
+
+    return read_run(dataset_audit(config_uri=config, output_uri=out, **kwargs))
+
+
+def comparable(frame: pl.DataFrame, out_uri: str | None = None) -> pl.DataFrame:
+    """``frame`` without timing columns, with ``status`` cached/generated alike, and its output root
+    replaced by ``OUT`` (so runs into other folders compare)."""
+    frame = frame.drop([c for c in TIMING_COLUMNS if c in frame.columns])
+    if "status" in frame.columns:
+        frame = frame.with_columns(pl.col("status").replace(RUN_RELATIVE_STATUS))
+    if out_uri is not None:
+        frame = frame.with_columns(
+            pl.col(c).str.replace(out_uri.rstrip("/"), "OUT", literal=True)
+            for c, dtype in frame.schema.items()
+            if dtype == pl.String
+        )
+    return frame
+
+
+def assert_same_tables(a: RunTables, b: RunTables, out_a: str | None = None, out_b: str | None = None) -> None:
+    for name in TABLE_NAMES:
+        assert_frame_equal(comparable(getattr(a, name), out_a), comparable(getattr(b, name), out_b), check_exact=True)
+
+
+def assert_accounting_closes(run: RunTables) -> dict[str, Any]:
+    acc = run.manifest["row_accounting"]
+    assert run.manifest["row_accounting_problems"] == []
+    assert acc["rows_in"] == acc["valid"] + acc["quarantined"]
+    assert acc["planned"] == acc["kept"] + acc["dropped"] + acc["failed"]
+    assert acc["planned"] == run.counterfactuals.height
+    assert acc["quarantined"] == run.quarantine.height
+    assert sum(acc["dropped_by_reason"].values()) == acc["dropped"]
+    return acc
+
+
+# ---- fixtures ----
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_models) -> DemoInputs:
+    return audit_home(tmp_path_factory, tiny_models)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("audit-out"))
+
+
+@pytest.fixture(scope="module")
+def config(inputs, out, tmp_path_factory) -> str:
+    return write_config(tmp_path_factory.mktemp("audit-config") / "audit.yaml", inputs, out)
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_server, config, out) -> tuple[RunTables, int]:
+    """The cold audit: (its tables, how many times the diffusion pipeline ran)."""
+    with pipeline_calls() as calls:
+        run = run_audit(config, out)
+    return run, len(calls)
+
+
+# ---- the full audit ----
+
+
+def test_full_audit_publishes_every_file_of_the_output_contract(first_run, out):
+    run, calls = first_run
+    run_dir = Path(run.run_uri)
+    assert run_dir.parent == Path(out)
+    for name in TABLE_NAMES:
+        assert (run_dir / f"{name}.parquet").is_file(), name
+    assert (run_dir / MANIFEST_NAME).is_file()
+    assert (run_dir / REPORT_NAME).is_file()
+    assert run.manifest["report"] == str(run_dir / REPORT_NAME)
+    assert "tiny" in (run_dir / REPORT_NAME).read_text().split("</title>")[0]
+    assert run.manifest["tiny_models"] is True
+
+    acc = assert_accounting_closes(run)
+    assert acc["rows_in"] == ROWS and acc["quarantined"] == 0
+    # gender only, the source value is known: one target per row, two seeds each
+    assert acc["planned"] == ROWS * 2
+    # keep_per_target 1; the random judge's attribute check drops some targets entirely
+    assert 1 <= acc["kept"] <= ROWS and acc["failed"] == 0
+    counts = run.manifest["generation_counts"]
+    assert counts == {"generated": acc["planned"], "cache_hits": 0, "failed": 0, "oom_halvings": 0}
+    assert calls == acc["planned"] // 4  # batches of 4 items, one pipeline call each
+
+    for name in TABLE_NAMES:
+        table = getattr(run, name)
+        assert set(table["run_id"]) <= {run.run_id} and set(table["dataset"]) <= {"sample"}, name
+    cf = run.counterfactuals
+    assert cf["run_id"].to_list() == [run.run_id] * cf.height
+    # every candidate is kept, dropped with a reason, or failed
+    unexplained = cf.filter(~pl.col("kept") & pl.col("drop_reason").is_null() & (pl.col("status") != "failed"))
+    assert unexplained.is_empty()
+    assert cf.filter(pl.col("kept"))["drop_reason"].null_count() == acc["kept"]
+    assert cf.filter(pl.col("kept")).group_by("source_id", "attribute", "target_value").len()["len"].max() == 1
+    for uri in cf["image_uri"]:
+        assert Path(uri).is_file() and Path(uri).parent == Path(out) / "images"
+
+    predictions = run.predictions
+    assert predictions.filter(pl.col("variant") == "original").height == ROWS
+    assert predictions.filter(pl.col("variant") == "counterfactual").height == acc["kept"]
+    assert {"flip_rate", "cits"} <= set(run.metrics["metric"])
+
+
+def test_second_run_generates_nothing_and_reproduces_every_table(first_run, config, out):
+    first, _ = first_run
+    with pipeline_calls() as calls, generate_batch_calls() as batches:
+        second = run_audit(config, out)
+    assert second.run_uri == first.run_uri
+    assert calls == []  # no diffusion at all
+    assert batches == []  # Prefect's task cache served every batch
+    planned = second.manifest["row_accounting"]["planned"]
+    assert second.manifest["generation_counts"]["generated"] == 0
+    assert second.manifest["generation_counts"]["cache_hits"] == planned
+    assert second.manifest["cache_hits"] == planned
+    assert set(second.counterfactuals["status"]) == {"cached"}
+    assert_same_tables(first, second)
+
+
+def test_the_image_store_alone_prevents_regeneration_without_prefects_cache(first_run, config, out):
+    """As with a fresh Prefect database and result storage: every task runs, the store has every image."""
+    from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+
+    first, _ = first_run
+    with temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}):
+        with pipeline_calls() as calls, generate_batch_calls() as batches:
+            run = run_audit(config, out)
+    planned = run.manifest["row_accounting"]["planned"]
+    assert len(batches) == planned // 4  # the generation tasks really ran ...
+    assert calls == []  # ... and found every image in the content-addressed store
+    assert run.manifest["generation_counts"] == {"generated": 0, "cache_hits": planned, "failed": 0, "oom_halvings": 0}
+    assert_same_tables(first, run)
+
+
+def test_generate_only_writes_counterfactuals_and_manifest_but_no_predictions(first_run, config, out):
+    first, _ = first_run
+    with pipeline_calls() as calls:
+        run = run_audit(config, out, evaluate=False)
+    assert calls == []
+    # A run of other stages: its own folder, so the full audit's predictions are not beside it.
+    assert run.run_uri != first.run_uri
+    run_dir = Path(run.run_uri)
+    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == sorted(
+        ["counterfactuals.parquet", "quarantine.parquet", MANIFEST_NAME, REPORT_NAME, "validation.json", "expectations.json"]
+    )
+    assert set(run.manifest["tables"]) == {"counterfactuals", "quarantine"}
+    assert run.predictions.is_empty() and run.metrics.is_empty()
+    assert_accounting_closes(run)
+    assert_frame_equal(comparable(run.counterfactuals.drop("run_id")), comparable(first.counterfactuals.drop("run_id")))
+
+
+def test_an_image_missing_from_the_store_is_made_again_despite_prefects_cache(first_run, config, out):
+    """Prefect's task cache outlives images someone deleted (a cleaned folder, an S3 lifecycle rule)."""
+    first, _ = first_run
+    victim = Path(first.counterfactuals["image_uri"][0])
+    victim.unlink()
+    with pipeline_calls() as calls:
+        run = run_audit(config, out)
+    planned = run.manifest["row_accounting"]["planned"]
+    assert victim.is_file()
+    assert len(calls) == 1
+    assert run.manifest["generation_counts"] == {"generated": 1, "cache_hits": planned - 1, "failed": 0, "oom_halvings": 0}
+    assert_accounting_closes(run)
+
+
+# ---- failures that must not stop the run, and limits that must ----
+
+
+def test_a_poisoned_item_fails_alone_and_the_run_goes_on(prefect_server, inputs, config, tmp_path):
+    """One source image vanished between ingest and generation: its item fails, its batch goes on."""
+    from prefect import flow
+
+    from counterfactual_lab.audit_run import candidates_frame, row_accounting
+    from counterfactual_lab.config import AuditConfig
+    from counterfactual_lab.plan import plan_work_items
+    from counterfactual_lab.storage import ImageStore
+    from counterfactual_lab.validation import ingest_and_validate
+    from tasks.generate import generate_counterfactual_batch
+    from tasks.judge import judge_counterfactuals
+
+    audit_config = AuditConfig.from_yaml(config)
+    spec = audit_config.dataset_spec()
+    store = ImageStore(str(tmp_path / "out"))
+    outcome = ingest_and_validate(spec, image_store=store)
+    planned = plan_work_items(outcome.valid, audit_config, spec)
+    items = planned[0:6:2]  # seed 0 of rows 0, 1 and 2: one batch of three
+    Path(items[1].source_image_uri).unlink()
+
+    @flow
+    def generate_and_judge(items: list) -> pl.DataFrame:
+        records = generate_counterfactual_batch(items, audit_config.generation, store, "cpu")
+        candidates = candidates_frame(items, records, audit_config.generation.method)
+        return judge_counterfactuals(
+            candidates, audit_config.judge, store, keep_per_target=1,
+            vocabulary={"gender": spec.vocabulary("gender")}, device="cpu",
+        )
+
+    with pipeline_calls() as calls:
+        judged = generate_and_judge(items)
+    assert judged["status"].to_list() == ["generated", "failed", "generated"]
+    assert items[1].source_image_uri in judged["error"][1]
+    assert judged["image_uri"][1] is None and judged["kept"][1] is False
+    assert judged["drop_reason"][1] is not None
+    assert all(Path(judged["image_uri"][i]).is_file() for i in (0, 2))
+    assert len(calls) == 1  # the two good items still ran as one batch
+    acc = row_accounting(3, 3, 0, judged)
+    assert (acc["planned"], acc["failed"], acc["kept"] + acc["dropped"]) == (3, 1, 2)
+
+
+def test_evaluate_only_dataset_is_evaluated_without_generation(prefect_server, inputs, tmp_path):
+    """A dataset that already holds counterfactual sets (the SocialCounterfactuals layout)."""
+    source = pq.read_table(next(inputs.dataset_dir.glob("*.parquet")))
+    sets = source.append_column("set_id", pa.array([f"set-{label}" for label in source["label"].to_pylist()]))
+    (tmp_path / "sets").mkdir()
+    pq.write_table(sets, tmp_path / "sets" / "part-0.parquet")
+    config = write_config(
+        tmp_path / "sets.yaml", inputs, str(tmp_path / "out"),
+        dataset={"name": "sets", "uri": str(tmp_path / "sets"), "columns": {"counterfactual_set": "set_id"}},
+    )
+    with pipeline_calls() as calls, generate_batch_calls() as batches:
+        run = run_audit(config)
+    assert calls == [] and batches == []
+    assert run.counterfactuals.is_empty()
+    acc = assert_accounting_closes(run)
+    assert (acc["rows_in"], acc["planned"]) == (ROWS, 0)
+    assert run.manifest["generation_counts"]["generated"] == 0
+    variants = run.predictions.group_by("variant").len().sort("variant").rows()
+    # four sets of two rows (one per label): one reference and one counterfactual each
+    assert variants == [("counterfactual", 4), ("original", 4)]
+    assert not run.metrics.is_empty()
+    assert set(run.metrics["dataset"]) == {"sets"}
+
+
+def test_too_many_invalid_rows_stop_the_run_naming_the_quarantine_file(prefect_server, inputs, tmp_path):
+    from counterfactual_lab.errors import UserError
+
+    rows = pq.read_table(next(inputs.dataset_dir.glob("*.parquet"))).to_pylist()
+    schema = pq.read_schema(next(inputs.dataset_dir.glob("*.parquet")))
+    for row in rows[:2]:  # 2 of 8 rows = 25%, over the default 5%
+        row["image"] = {"bytes": b"this is not an image", "path": row["image"]["path"]}
+    (tmp_path / "bad").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "bad" / "part-0.parquet")
+    config = write_config(
+        tmp_path / "bad.yaml", inputs, str(tmp_path / "out"), dataset={"name": "bad", "uri": str(tmp_path / "bad")}
+    )
+    with generate_batch_calls() as batches, pytest.raises(UserError) as raised:
+        run_audit(config)
+    message = str(raised.value)
+    assert "2 of 8 rows (25.0%) were quarantined" in message and "max_invalid_fraction" in message
+    quarantine = Path(message.rsplit("see ", 1)[1])
+    assert quarantine.name == "quarantine.parquet" and quarantine.is_file()
+    assert pl.read_parquet(quarantine).height == 2
+    assert not (quarantine.parent / MANIFEST_NAME).exists()
+    assert batches == []
+
+
+@pytest.mark.s3
+def test_audit_publishes_to_s3(prefect_server, inputs, s3_bucket, tmp_path):
+    from counterfactual_lab.storage import ImageStore
+
+    out = f"s3://{s3_bucket}/audits"
+    config = write_config(tmp_path / "s3.yaml", inputs, out, generation={"seeds_per_target": 1, "batch_size": 8})
+    run = run_audit(config)
+    assert run.run_uri.startswith(f"{out}/sample-")
+    assert set(run.manifest["tables"]) == set(TABLE_NAMES)
+    assert all(uri.startswith(run.run_uri) for uri in run.manifest["tables"].values())
+    assert run.manifest["report"] == f"{run.run_uri}/{REPORT_NAME}"
+    acc = assert_accounting_closes(run)
+    assert acc["planned"] == ROWS
+    keys = run.counterfactuals["content_key"].to_list()
+    assert ImageStore(out).existing(keys) == set(keys)
+    assert all(uri.startswith(f"{out}/images/") for uri in run.counterfactuals["image_uri"])
