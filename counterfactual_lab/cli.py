@@ -78,6 +78,10 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
 
 def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate: bool) -> str:
     """Run the Prefect audit flow (imported here: the library itself never imports Prefect)."""
+    from counterfactual_lab.config import AuditConfig
+
+    # A bad config or dataset fails here, as one line, before Prefect starts a flow run (or a server).
+    AuditConfig.from_yaml(config).dataset_spec(dataset)
     from flows.audit import dataset_audit
 
     return dataset_audit(config_uri=config, dataset_uri=dataset, output_uri=out, evaluate=evaluate)
