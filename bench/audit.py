@@ -143,6 +143,10 @@ class LibraryTimer:
             total += current_end - current_start
         return total
 
+    def timeline(self, start: float) -> list[tuple[float, float, str]]:
+        """Every call as (start, end) seconds after ``start``, in start order."""
+        return [(round(s - start, 3), round(e - start, 3), name) for s, e, name in sorted(self.intervals)]
+
     def by_name(self) -> dict[str, dict[str, float]]:
         """Per function: calls and summed seconds (summed over threads, nested calls counted twice)."""
         table: dict[str, dict[str, float]] = collections.defaultdict(lambda: {"calls": 0, "seconds": 0.0})
@@ -189,7 +193,9 @@ class ThreadSampler:
 
     IDLE = {("threading.py", "wait"), ("queue.py", "get"), ("selectors.py", "select"),
             ("threading.py", "_wait_for_tstate_lock"), ("_base.py", "result"), ("base_events.py", "_run_once"),
-            ("thread.py", "_worker"), ("threading.py", "join"), ("asyncio/base_events.py", "select")}
+            ("thread.py", "_worker"), ("threading.py", "join"),
+            # Prefect's flow heartbeat thread sleeps in this Python frame between beats.
+            ("flow_engine.py", "heartbeat_loop")}
 
     def __init__(self, interval: float = 0.005) -> None:
         self.interval = interval
@@ -282,6 +288,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
                 "wall_s": round(end - start, 3),
                 "library_s": round(library_s, 3),
                 "prefect_overhead_s": round(end - start - library_s, 3),
+                "timeline": timer.timeline(start),
                 "library_calls": {k: {"calls": v["calls"], "seconds": round(v["seconds"], 3)} for k, v in timer.by_name().items()},
                 "cache_hits": manifest.get("cache_hits"),
                 "generation_counts": manifest.get("generation_counts"),
@@ -311,11 +318,19 @@ def run_child(mode: str, config: Path, out: Path, prefect_home: Path, *, profile
     return result
 
 
-def print_run(label: str, run: dict[str, Any]) -> None:
+def print_run(label: str, run: dict[str, Any], show_timeline: bool = False) -> None:
     print(f"\n{label}: wall {run['wall_s']:.2f} s = library {run['library_s']:.2f} s + Prefect {run['prefect_overhead_s']:.2f} s"
           f"   (cache hits: {run['cache_hits']})")
     for name, row in run["library_calls"].items():
         print(f"  {name:<40} {row['calls']:>4} calls {row['seconds']:>8.3f} s")
+    if show_timeline:
+        print("  timeline (s after the flow call; gaps are Prefect's):")
+        previous_end = 0.0
+        for start, end, name in run["timeline"]:
+            gap = start - previous_end
+            print(f"    {start:7.2f} .. {end:7.2f}  {name:<36} (gap before: {gap:+.2f})")
+            previous_end = max(previous_end, end)
+        print(f"    {run['wall_s']:7.2f}  flow call returns (gap before: {run['wall_s'] - previous_end:+.2f})")
     if "profile" in run:
         print("  sampled (all busy threads), cumulative seconds:")
         for label, seconds in run["profile"]["cumulative_top"]:
@@ -363,7 +378,7 @@ def main() -> None:
             print(f"{label} process: {result['process_s']:.1f} s in all (imports {result['import_s']:.1f} s, "
                   f"Prefect server start {result['server_start_s']:.1f} s, not timed)")
         print_run("cold (empty store, empty Prefect cache)", cold["main"])
-        print_run("warm, new process (the measured warm_s)", warm["main"])
+        print_run("warm, new process (the measured warm_s)", warm["main"], show_timeline=True)
         print_run("warm, same process as cold (models loaded, embeddings cached)", cold["same_process"])
 
         cold_s, warm_s = cold["main"]["wall_s"], warm["main"]["wall_s"]
