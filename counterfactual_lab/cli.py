@@ -62,6 +62,11 @@ def cmd_sample_dataset(args: argparse.Namespace) -> int:
     """Write the synthetic sample dataset."""
     from counterfactual_lab.sample_dataset import write_sample_dataset
 
+    if "://" in args.out and not args.out.startswith("file://"):
+        raise UserError(
+            f"sample-dataset writes to a local folder, not {args.out}; write it locally, then copy it "
+            "(e.g. `aws s3 cp --recursive DIR s3://bucket/prefix`)"
+        )
     out = write_sample_dataset(args.out, rows=args.rows, seed=args.seed, image_size=args.image_size, files=args.files)
     print(f"wrote {args.rows} rows to {out}")
     return EXIT_OK
