@@ -29,6 +29,10 @@ _cache: dict[tuple[str, str, str | None, str, str], Any] = {}
 _cache_lock = threading.Lock()
 _load_locks: dict[tuple[str, str, str | None, str, str], threading.Lock] = {}
 _call_locks: dict[int, threading.Lock] = {}
+# The first `import diffusers` replaces the module in sys.modules with a lazy one; a second
+# thread importing it meanwhile gets the replaced, empty module object (AttributeError for every
+# pipeline class). One thread at a time imports it and resolves the class.
+_class_lock = threading.Lock()
 
 
 def resolve_device(preference: str = "auto") -> torch.device:
@@ -64,12 +68,12 @@ def dtype_for(device: torch.device | str) -> torch.dtype:
 
 
 def _pipeline_class(method: str):
-    import diffusers
+    if method not in PIPELINE_CLASSES:
+        raise UserError(f"unknown generation method {method!r}; expected one of {sorted(PIPELINE_CLASSES)}")
+    with _class_lock:
+        import diffusers
 
-    try:
         return getattr(diffusers, PIPELINE_CLASSES[method])
-    except KeyError:
-        raise UserError(f"unknown generation method {method!r}; expected one of {sorted(PIPELINE_CLASSES)}") from None
 
 
 def _dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:

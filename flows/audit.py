@@ -141,9 +141,10 @@ def audit_stages(config: AuditConfig, dataset_uri: str | None, output_uri: str |
 def _generate(items: list, config: AuditConfig, store: ImageStore, device: str) -> list:
     """Fan out one generation task per batch; progress in the terminal and in a Prefect artifact.
 
-    A batch served by Prefect's task cache counts as cache hits. That cache can outlive the
-    images it points at (an output folder removed, an S3 lifecycle rule): such batches run
-    again past the cache, and ``generate_batch`` remakes only the images that are missing.
+    A batch served by Prefect's task cache counts as cache hits. Such a batch runs again past
+    the cache when it recorded a failure (the cache must not make a failure permanent) or
+    points at images no longer in the store (an output folder removed, an S3 lifecycle rule);
+    ``generate_batch`` then makes only the images that are missing.
     """
     batches = chunk(items, config.generation.batch_size)
     if not batches:
@@ -163,10 +164,11 @@ def _generate(items: list, config: AuditConfig, store: ImageStore, device: str) 
                 from_task_cache.append(index)
             bar.update(len(results[index]))
             update_progress_artifact(progress_id, progress=100.0 * done / len(batches))
-    stale = _batches_missing_images(from_task_cache, results, store)
+    stale = _batches_to_redo(from_task_cache, results, store)
     if stale:
         get_run_logger().warning(
-            "%d cached batch(es) point at images no longer in %s; generating them again", len(stale), store.root_uri
+            "%d cached batch(es) hold failed items or images no longer in %s; running them again",
+            len(stale), store.root_uri,
         )
         rerun = generate_counterfactual_batch.with_options(refresh_cache=True).map(
             [batches[i] for i in stale], unmapped(config.generation), unmapped(store), unmapped(device)
@@ -176,13 +178,14 @@ def _generate(items: list, config: AuditConfig, store: ImageStore, device: str) 
     return [record for batch_records in results for record in batch_records]
 
 
-def _batches_missing_images(indices: list[int], results: list[list], store: ImageStore) -> list[int]:
-    """Which of the batches ``indices`` have a cache-hit record whose image is not in the store."""
+def _batches_to_redo(indices: list[int], results: list[list], store: ImageStore) -> list[int]:
+    """Which cached batches ``indices`` hold a failed item or a cache hit whose image left the store."""
     keys = {r.content_key for i in indices for r in results[i] if r.status == "cached"}
-    if not keys:
-        return []
-    present = store.existing(sorted(keys))
-    return sorted(i for i in indices if any(r.status == "cached" and r.content_key not in present for r in results[i]))
+    present = store.existing(sorted(keys)) if keys else set()
+    return sorted(
+        i for i in indices
+        if any(r.status == "failed" or (r.status == "cached" and r.content_key not in present) for r in results[i])
+    )
 
 
 def _evaluate(pool: pl.DataFrame, config: AuditConfig, store: ImageStore, device: str) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -269,8 +269,9 @@ def test_an_image_missing_from_the_store_is_made_again_despite_prefects_cache(fi
 # ---- failures that must not stop the run, and limits that must ----
 
 
-def test_a_poisoned_item_fails_alone_and_the_run_goes_on(prefect_server, inputs, config, tmp_path):
-    """One source image vanished between ingest and generation: its item fails, its batch goes on."""
+def test_a_poisoned_item_fails_alone_and_the_next_run_retries_it(prefect_server, inputs, config, tmp_path):
+    """One source image vanished between ingest and generation: its item fails, its batch goes on;
+    once the image is back, the next run makes that item, although Prefect cached the batch."""
     from prefect import flow
 
     from counterfactual_lab.audit_run import candidates_frame, row_accounting
@@ -278,20 +279,21 @@ def test_a_poisoned_item_fails_alone_and_the_run_goes_on(prefect_server, inputs,
     from counterfactual_lab.plan import plan_work_items
     from counterfactual_lab.storage import ImageStore
     from counterfactual_lab.validation import ingest_and_validate
-    from tasks.generate import generate_counterfactual_batch
+    from flows.audit import _generate
     from tasks.judge import judge_counterfactuals
 
     audit_config = AuditConfig.from_yaml(config)
     spec = audit_config.dataset_spec()
     store = ImageStore(str(tmp_path / "out"))
     outcome = ingest_and_validate(spec, image_store=store)
-    planned = plan_work_items(outcome.valid, audit_config, spec)
-    items = planned[0:6:2]  # seed 0 of rows 0, 1 and 2: one batch of three
-    Path(items[1].source_image_uri).unlink()
+    items = plan_work_items(outcome.valid, audit_config, spec)[0:6:2]  # seed 0 of rows 0, 1, 2: one batch
+    poisoned = Path(items[1].source_image_uri)
+    source_bytes = poisoned.read_bytes()
+    poisoned.unlink()
 
     @flow
     def generate_and_judge(items: list) -> pl.DataFrame:
-        records = generate_counterfactual_batch(items, audit_config.generation, store, "cpu")
+        records = _generate(items, audit_config, store, "cpu")
         candidates = candidates_frame(items, records, audit_config.generation.method)
         return judge_counterfactuals(
             candidates, audit_config.judge, store, keep_per_target=1,
@@ -301,13 +303,19 @@ def test_a_poisoned_item_fails_alone_and_the_run_goes_on(prefect_server, inputs,
     with pipeline_calls() as calls:
         judged = generate_and_judge(items)
     assert judged["status"].to_list() == ["generated", "failed", "generated"]
-    assert items[1].source_image_uri in judged["error"][1]
+    assert str(poisoned) in judged["error"][1]
     assert judged["image_uri"][1] is None and judged["kept"][1] is False
     assert judged["drop_reason"][1] is not None
     assert all(Path(judged["image_uri"][i]).is_file() for i in (0, 2))
     assert len(calls) == 1  # the two good items still ran as one batch
     acc = row_accounting(3, 3, 0, judged)
     assert (acc["planned"], acc["failed"], acc["kept"] + acc["dropped"]) == (3, 1, 2)
+
+    poisoned.write_bytes(source_bytes)
+    with pipeline_calls() as calls:
+        judged = generate_and_judge(items)
+    assert judged["status"].to_list() == ["cached", "generated", "cached"]
+    assert len(calls) == 1 and Path(judged["image_uri"][1]).is_file()
 
 
 def test_evaluate_only_dataset_is_evaluated_without_generation(prefect_server, inputs, tmp_path):
