@@ -1,0 +1,33 @@
+"""The audit on a local Ray instance (prefect-ray) yields the same tables as on threads."""
+
+from __future__ import annotations
+
+import pytest
+
+from test_audit_flow import assert_accounting_closes, assert_same_tables, audit_home, run_audit, write_config
+
+pytestmark = [pytest.mark.prefect, pytest.mark.ray, pytest.mark.slow]
+
+# One seed per target, two batches of four: both Ray workers get a generation batch.
+GENERATION = {"seeds_per_target": 1, "batch_size": 4}
+
+
+def test_audit_on_ray_matches_the_thread_runner(prefect_server, local_ray, tiny_models, tmp_path_factory):
+    inputs = audit_home(tmp_path_factory, tiny_models)
+    config_dir = tmp_path_factory.mktemp("ray-config")
+    threads_out = str(tmp_path_factory.mktemp("threads-out"))
+    ray_out = str(tmp_path_factory.mktemp("ray-out"))  # another image store: Ray makes every image itself
+    threads = write_config(config_dir / "threads.yaml", inputs, threads_out, generation=GENERATION)
+    on_ray = write_config(
+        config_dir / "ray.yaml", inputs, ray_out, generation=GENERATION, runtime={"task_runner": "ray", "max_workers": 2}
+    )
+
+    reference = run_audit(threads)
+    run = run_audit(on_ray)
+
+    assert run.manifest["config"]["runtime"]["task_runner"] == "ray"
+    assert run.run_id == reference.run_id  # the runner is not part of what a run is
+    planned = run.manifest["row_accounting"]["planned"]
+    assert run.manifest["generation_counts"]["generated"] == planned > 0
+    assert_accounting_closes(run)
+    assert_same_tables(reference, run, threads_out, ray_out)
