@@ -8,12 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import polars as pl
 
 from counterfactual_lab.config import AuditConfig
+from counterfactual_lab.spec import DatasetSpec
+from counterfactual_lab.storage import absolute_uri, join
 from counterfactual_lab.plan import WorkItem
 
 CANDIDATE_SCHEMA = {
@@ -46,11 +48,46 @@ def run_id_for(config: AuditConfig, dataset_name: str, dataset_fingerprint: str,
     (``<dataset>-generate-<digest>``): sharing a folder with the full audit would leave that
     audit's predictions and metrics beside a manifest that does not vouch for them.
     """
+    from counterfactual_lab import __version__
+
     relevant = config.model_dump(exclude={"output", "runtime", "base_dir"})
-    payload = json.dumps([relevant, dataset_fingerprint], sort_keys=True, default=str)
+    # The library version is part of the identity: a fixed metric must not be served from an old run.
+    payload = json.dumps([relevant, dataset_fingerprint, __version__], sort_keys=True, default=str)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
     safe_name = "".join(c if c.isalnum() or c in "-_" else "-" for c in dataset_name) or "dataset"
     return f"{safe_name}-{digest}" if evaluate else f"{safe_name}-generate-{digest}"
+
+
+@dataclass(frozen=True)
+class RunLocation:
+    """Where one audit run lives, and what identifies it."""
+
+    spec: DatasetSpec
+    out_uri: str
+    storage_options: dict[str, Any] | None
+    dataset_fingerprint: str
+    run_id: str
+
+    @property
+    def run_uri(self) -> str:
+        return join(self.out_uri, self.run_id)
+
+
+def locate_run(
+    config: AuditConfig, dataset_uri: str | None = None, output_uri: str | None = None, evaluate: bool = True
+) -> RunLocation:
+    """Resolve the dataset and output, fingerprint the data and derive the run id (one listing, no reads)."""
+    from counterfactual_lab.dataset_watch import fingerprint
+
+    spec = config.dataset_spec(dataset_uri)
+    dataset_fingerprint = fingerprint(spec.uri, spec.storage_options)
+    return RunLocation(
+        spec=spec,
+        out_uri=absolute_uri(output_uri or config.output.uri),
+        storage_options=config.output.storage_options or None,
+        dataset_fingerprint=dataset_fingerprint,
+        run_id=run_id_for(config, spec.name, dataset_fingerprint, evaluate),
+    )
 
 
 def candidates_frame(items: list[WorkItem], records: list[Any], method: str) -> pl.DataFrame:

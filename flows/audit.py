@@ -8,6 +8,7 @@ out one task per batch of work items, cached by the items' content keys.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,19 +30,19 @@ from counterfactual_lab.audit_run import (
     as_cache_hits,
     candidates_frame,
     generation_counts,
+    RunLocation,
+    locate_run,
     publish_run,
     row_accounting,
-    run_id_for,
 )
 from counterfactual_lab.config import AuditConfig
-from counterfactual_lab.dataset_watch import fingerprint
 from counterfactual_lab.errors import UserError
 from counterfactual_lab.evaluate import build_evaluation_pool, pool_from_counterfactual_sets
 from counterfactual_lab.findings import headline_table, summary_markdown
 from counterfactual_lab.metrics import METRICS_SCHEMA
 from counterfactual_lab.plan import chunk, plan_work_items
-from counterfactual_lab.publish import RunPublisher
-from counterfactual_lab.storage import ImageStore, absolute_uri
+from counterfactual_lab.publish import REPORT_NAME, RunPublisher, is_complete
+from counterfactual_lab.storage import ImageStore, join
 from counterfactual_lab.validation import write_validation_outputs
 from tasks.evaluate import compute_fairness_metrics, evaluate_batch
 from tasks.generate import generate_counterfactual_batch
@@ -53,6 +54,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = str(REPO_ROOT / "configs" / "audit.yaml")
 CATALOGUE_DIR = str(REPO_ROOT / "datasets")
 EVALUATION_CHUNK_IMAGES = 256
+PROGRESS_UPDATE_SECONDS = 2.0
 
 
 @flow(name="dataset-audit", log_prints=True)
@@ -61,30 +63,38 @@ def dataset_audit(
     dataset_uri: str | None = None,
     output_uri: str | None = None,
     evaluate: bool = True,
+    force: bool = False,
 ) -> str:
     """Audit one dataset; returns the URI of the run folder (``OUT/<run_id>``).
 
     ``dataset_uri`` overrides the config's dataset (an event-triggered run passes the new
     dataset here); ``output_uri`` overrides ``output.uri``; ``evaluate=False`` stops after
-    the judge (``cflab generate``).
+    the judge (``cflab generate``). The run id hashes the config, the library version and the
+    dataset's fingerprint, so a complete run with the same id already holds this audit's
+    answer: it is returned as it is unless ``force`` (a scheduled audit of unchanged data
+    costs one listing). ``force`` runs every stage again; cached images are still reused.
     """
     config = AuditConfig.from_yaml(config_uri)
+    location = locate_run(config, dataset_uri, output_uri, evaluate)
+    if not force and is_complete(location.run_uri, location.storage_options):
+        get_run_logger().info("run %s is already complete (same config and data): %s", location.run_id, location.run_uri)
+        create_link_artifact(
+            join(location.run_uri, REPORT_NAME), link_text="report.html (unchanged run)", key="audit-report"
+        )
+        return location.run_uri
     runner = make_task_runner(config.runtime)
-    return audit_stages.with_options(task_runner=runner)(config, dataset_uri, output_uri, evaluate)
+    return audit_stages.with_options(task_runner=runner)(config, location, evaluate)
 
 
 @flow(name="audit-stages", log_prints=True)
-def audit_stages(config: AuditConfig, dataset_uri: str | None, output_uri: str | None, evaluate: bool) -> str:
+def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> str:
     logger = get_run_logger()
     started_at = datetime.now(timezone.utc)
-    spec = config.dataset_spec(dataset_uri)
-    out_uri = absolute_uri(output_uri or config.output.uri)
-    options = config.output.storage_options or None
-    store = ImageStore(out_uri, options)
+    spec, options, run_id = location.spec, location.storage_options, location.run_id
+    dataset_fingerprint = location.dataset_fingerprint
+    store = ImageStore(location.out_uri, options)
     device = config.runtime.device
-    dataset_fingerprint = fingerprint(spec.uri, spec.storage_options)
-    run_id = run_id_for(config, spec.name, dataset_fingerprint, evaluate)
-    publisher = RunPublisher(out_uri, run_id, spec.name, options)
+    publisher = RunPublisher(location.out_uri, run_id, spec.name, options)
     logger.info("run %s: dataset %s -> %s", run_id, spec.uri, publisher.run_uri)
 
     outcome = validate_dataset(spec, store, config.runtime.ingest_batch_rows)
@@ -155,6 +165,7 @@ def _generate(items: list, config: AuditConfig, store: ImageStore, device: str) 
     index_of = {future.task_run_id: index for index, future in enumerate(futures)}
     results: list[list] = [[] for _ in batches]
     from_task_cache: list[int] = []
+    last_update = time.monotonic()
     with tqdm(total=len(items), desc="generate", unit="img") as bar:
         for done, future in enumerate(as_completed(futures), start=1):
             index = index_of[future.task_run_id]
@@ -163,7 +174,10 @@ def _generate(items: list, config: AuditConfig, store: ImageStore, device: str) 
                 results[index] = as_cache_hits(results[index])
                 from_task_cache.append(index)
             bar.update(len(results[index]))
-            update_progress_artifact(progress_id, progress=100.0 * done / len(batches))
+            # One API call per update: throttled, so thousands of cached batches do not cost seconds.
+            if done == len(batches) or time.monotonic() - last_update >= PROGRESS_UPDATE_SECONDS:
+                update_progress_artifact(progress_id, progress=100.0 * done / len(batches))
+                last_update = time.monotonic()
     stale = _batches_to_redo(from_task_cache, results, store)
     if stale:
         get_run_logger().warning(

@@ -205,10 +205,24 @@ def test_full_audit_publishes_every_file_of_the_output_contract(first_run, out):
     assert {"flip_rate", "cits"} <= set(run.metrics["metric"])
 
 
+def test_an_unchanged_complete_run_is_returned_without_running_any_stage(first_run, config, out):
+    """Same config, same data, same library: the complete run already answers the audit."""
+    from flows.audit import dataset_audit
+
+    first, _ = first_run
+    manifest = Path(first.run_uri, MANIFEST_NAME)
+    before = manifest.read_bytes()
+    with pipeline_calls() as calls, generate_batch_calls() as batches:
+        run_uri = dataset_audit(config_uri=config, output_uri=out)
+    assert run_uri == first.run_uri
+    assert calls == [] and batches == []
+    assert manifest.read_bytes() == before  # not even republished
+
+
 def test_second_run_generates_nothing_and_reproduces_every_table(first_run, config, out):
     first, _ = first_run
     with pipeline_calls() as calls, generate_batch_calls() as batches:
-        second = run_audit(config, out)
+        second = run_audit(config, out, force=True)
     assert second.run_uri == first.run_uri
     assert calls == []  # no diffusion at all
     assert batches == []  # Prefect's task cache served every batch
@@ -227,7 +241,7 @@ def test_the_image_store_alone_prevents_regeneration_without_prefects_cache(firs
     first, _ = first_run
     with temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}):
         with pipeline_calls() as calls, generate_batch_calls() as batches:
-            run = run_audit(config, out)
+            run = run_audit(config, out, force=True)
     planned = run.manifest["row_accounting"]["planned"]
     assert len(batches) == planned // 4  # the generation tasks really ran ...
     assert calls == []  # ... and found every image in the content-addressed store
@@ -258,7 +272,7 @@ def test_an_image_missing_from_the_store_is_made_again_despite_prefects_cache(fi
     victim = Path(first.counterfactuals["image_uri"][0])
     victim.unlink()
     with pipeline_calls() as calls:
-        run = run_audit(config, out)
+        run = run_audit(config, out, force=True)
     planned = run.manifest["row_accounting"]["planned"]
     assert victim.is_file()
     assert len(calls) == 1
