@@ -77,9 +77,9 @@ def dataset_audit(
     config = AuditConfig.from_yaml(config_uri)
     location = locate_run(config, dataset_uri, output_uri, evaluate)
     if not force and is_complete(location.run_uri, location.storage_options):
-        get_run_logger().info("run %s is already complete (same config and data): %s", location.run_id, location.run_uri)
-        create_link_artifact(
-            join(location.run_uri, REPORT_NAME), link_text="report.html (unchanged run)", key="audit-report"
+        get_run_logger().info(
+            "run %s is already complete (same config and data); report: %s",
+            location.run_id, join(location.run_uri, REPORT_NAME),
         )
         return location.run_uri
     runner = make_task_runner(config.runtime)
