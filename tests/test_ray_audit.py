@@ -8,8 +8,9 @@ from test_audit_flow import assert_accounting_closes, assert_same_tables, audit_
 
 pytestmark = [pytest.mark.prefect, pytest.mark.ray, pytest.mark.slow]
 
-# One seed per target, two batches of four: both Ray workers get a generation batch.
-GENERATION = {"seeds_per_target": 1, "batch_size": 4}
+# One seed per target, one batch of eight: every Ray worker started costs seconds of imports
+# on two cores, and one generation and one evaluation task already cross the process boundary.
+GENERATION = {"seeds_per_target": 1, "batch_size": 8}
 
 
 def test_audit_on_ray_matches_the_thread_runner(prefect_server, local_ray, tiny_models, tmp_path_factory):
