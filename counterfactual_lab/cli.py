@@ -81,7 +81,7 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate: bool) -> str:
+def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate: bool, force: bool = False) -> str:
     """Run the Prefect audit flow (imported here: the library itself never imports Prefect)."""
     from counterfactual_lab.config import AuditConfig
 
@@ -89,12 +89,12 @@ def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate:
     AuditConfig.from_yaml(config).dataset_spec(dataset)
     from flows.audit import dataset_audit
 
-    return dataset_audit(config_uri=config, dataset_uri=dataset, output_uri=out, evaluate=evaluate)
+    return dataset_audit(config_uri=config, dataset_uri=dataset, output_uri=out, evaluate=evaluate, force=force)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """ingest → validate → generate → judge; writes counterfactuals.parquet, quarantine.parquet, manifest.json."""
-    run_uri = _run_audit_flow(args.config, args.dataset, args.out, evaluate=False)
+    run_uri = _run_audit_flow(args.config, args.dataset, args.out, evaluate=False, force=args.force)
     print(f"run: {run_uri}")
     return EXIT_OK
 
@@ -104,7 +104,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from counterfactual_lab.publish import REPORT_NAME
     from counterfactual_lab.storage import join
 
-    run_uri = _run_audit_flow(args.config, args.dataset, args.out, evaluate=True)
+    run_uri = _run_audit_flow(args.config, args.dataset, args.out, evaluate=True, force=args.force)
     print(f"run: {run_uri}")
     print(f"report: {join(run_uri, REPORT_NAME)}")
     return EXIT_OK
@@ -178,6 +178,9 @@ def _add_config_run(sub: argparse._SubParsersAction, name: str, handler: Callabl
     p.add_argument("--config", required=True, metavar="FILE", help="audit config YAML")
     p.add_argument("--dataset", metavar="URI", help="dataset URI or spec YAML, overriding the config's dataset")
     p.add_argument("--out", metavar="URI", help="output URI (local or s3://), overriding output.uri")
+    p.add_argument("--force", action="store_true",
+                   help="run every stage again even when a complete run of the same config and data exists "
+                   "(stored images are still reused)")
     p.set_defaults(handler=handler)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import flows  # noqa: F401  (applies the offline Prefect defaults before Prefect loads)
 
@@ -24,6 +25,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.futures import as_completed
+from prefect.tasks import exponential_backoff
 from tqdm.auto import tqdm
 
 from counterfactual_lab.audit_run import (
@@ -97,7 +99,7 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
     publisher = RunPublisher(location.out_uri, run_id, spec.name, options)
     logger.info("run %s: dataset %s -> %s", run_id, spec.uri, publisher.run_uri)
 
-    outcome = validate_dataset(spec, store, config.runtime.ingest_batch_rows)
+    outcome = with_runtime_retries(validate_dataset, config)(spec, store, config.runtime.ingest_batch_rows)
     write_validation_outputs(outcome, publisher.run_uri, options)
     if outcome.quarantined_fraction > config.runtime.max_invalid_fraction:
         raise UserError(
@@ -117,7 +119,7 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
         items = plan_work_items(outcome.valid, config, spec)
         records = _generate(items, config, store, device)
         candidates = candidates_frame(items, records, config.generation.method)
-        counterfactuals = judge_counterfactuals(
+        counterfactuals = with_runtime_retries(judge_counterfactuals, config)(
             candidates, config.judge, store,
             keep_per_target=config.generation.keep_per_target, vocabulary=vocabulary, device=device,
         )
@@ -148,6 +150,15 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
     return publisher.run_uri
 
 
+def with_runtime_retries(task: Any, config: AuditConfig) -> Any:
+    """``task`` with the config's retry count and backoff base (``runtime.retries``,
+    ``runtime.retry_delay_seconds``); the transient-only condition and jitter stay."""
+    runtime = config.runtime
+    return task.with_options(
+        retries=runtime.retries, retry_delay_seconds=exponential_backoff(backoff_factor=runtime.retry_delay_seconds)
+    )
+
+
 def _generate(items: list, config: AuditConfig, store: ImageStore, device: str) -> list:
     """Fan out one generation task per batch; progress in the terminal and in a Prefect artifact.
 
@@ -161,7 +172,8 @@ def _generate(items: list, config: AuditConfig, store: ImageStore, device: str) 
         return []
     progress_id = create_progress_artifact(progress=0.0, description=f"generation: {len(items)} work items")
     # On Ray, the runner gives each `gpu`-tagged batch a GPU (tasks/runners.py).
-    futures = generate_counterfactual_batch.map(batches, unmapped(config.generation), unmapped(store), unmapped(device))
+    generate = with_runtime_retries(generate_counterfactual_batch, config)
+    futures = generate.map(batches, unmapped(config.generation), unmapped(store), unmapped(device))
     index_of = {future.task_run_id: index for index, future in enumerate(futures)}
     results: list[list] = [[] for _ in batches]
     from_task_cache: list[int] = []
@@ -184,7 +196,7 @@ def _generate(items: list, config: AuditConfig, store: ImageStore, device: str) 
             "%d cached batch(es) hold failed items or images no longer in %s; running them again",
             len(stale), store.root_uri,
         )
-        rerun = generate_counterfactual_batch.with_options(refresh_cache=True).map(
+        rerun = generate.with_options(refresh_cache=True).map(
             [batches[i] for i in stale], unmapped(config.generation), unmapped(store), unmapped(device)
         )
         for index, future in zip(stale, rerun):
@@ -204,7 +216,7 @@ def _batches_to_redo(indices: list[int], results: list[list], store: ImageStore)
 
 def _evaluate(pool: pl.DataFrame, config: AuditConfig, store: ImageStore, device: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     chunks = [pool.slice(i, EVALUATION_CHUNK_IMAGES) for i in range(0, pool.height, EVALUATION_CHUNK_IMAGES)] or [pool]
-    futures = evaluate_batch.map(chunks, unmapped(config.audit), unmapped(store), unmapped(device))
+    futures = with_runtime_retries(evaluate_batch, config).map(chunks, unmapped(config.audit), unmapped(store), unmapped(device))
     results = [future.result() for future in futures]
     predictions = pl.concat([p for p, _ in results], how="diagonal_relaxed")
     retrieval = pl.concat([r for _, r in results], how="diagonal_relaxed")
