@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 
 from counterfactual_lab import __version__
-from counterfactual_lab.errors import UserError
+from counterfactual_lab.errors import DataOverLimit, UserError
 
 EXIT_OK = 0
 EXIT_OVER_LIMIT = 1
@@ -237,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return args.handler(args)
+    except DataOverLimit as exc:
+        _fail(str(exc))
+        return EXIT_OVER_LIMIT
     except UserError as exc:
         return _fail(str(exc))
     except OSError as exc:  # storage problems the library did not already name

@@ -22,3 +22,7 @@ class UnsafeModelError(UserError):
 
 class TransientStorageError(Exception):
     """A storage error worth retrying (timeouts, throttling, connection resets)."""
+
+
+class DataOverLimit(UserError):
+    """The data read fine but fails a limit the user set (e.g. too many quarantined rows): exit 1."""

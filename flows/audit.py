@@ -38,7 +38,7 @@ from counterfactual_lab.audit_run import (
     row_accounting,
 )
 from counterfactual_lab.config import AuditConfig
-from counterfactual_lab.errors import UserError
+from counterfactual_lab.errors import DataOverLimit
 from counterfactual_lab.evaluate import build_evaluation_pool, pool_from_counterfactual_sets
 from counterfactual_lab.findings import headline_table, summary_markdown
 from counterfactual_lab.metrics import METRICS_SCHEMA
@@ -102,7 +102,7 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
     outcome = with_runtime_retries(validate_dataset, config)(spec, store, config.runtime.ingest_batch_rows)
     write_validation_outputs(outcome, publisher.run_uri, options)
     if outcome.quarantined_fraction > config.runtime.max_invalid_fraction:
-        raise UserError(
+        raise DataOverLimit(
             f"{outcome.quarantined} of {outcome.rows_in} rows ({outcome.quarantined_fraction:.1%}) were quarantined, "
             f"over runtime.max_invalid_fraction={config.runtime.max_invalid_fraction:.1%}; "
             f"see {publisher.run_uri}/quarantine.parquet"

@@ -357,7 +357,7 @@ def test_evaluate_only_dataset_is_evaluated_without_generation(prefect_server, i
 
 
 def test_too_many_invalid_rows_stop_the_run_naming_the_quarantine_file(prefect_server, inputs, tmp_path):
-    from counterfactual_lab.errors import UserError
+    from counterfactual_lab.errors import DataOverLimit
 
     rows = pq.read_table(next(inputs.dataset_dir.glob("*.parquet"))).to_pylist()
     schema = pq.read_schema(next(inputs.dataset_dir.glob("*.parquet")))
@@ -368,7 +368,7 @@ def test_too_many_invalid_rows_stop_the_run_naming_the_quarantine_file(prefect_s
     config = write_config(
         tmp_path / "bad.yaml", inputs, str(tmp_path / "out"), dataset={"name": "bad", "uri": str(tmp_path / "bad")}
     )
-    with generate_batch_calls() as batches, pytest.raises(UserError) as raised:
+    with generate_batch_calls() as batches, pytest.raises(DataOverLimit) as raised:
         run_audit(config)
     message = str(raised.value)
     assert "2 of 8 rows (25.0%) were quarantined" in message and "max_invalid_fraction" in message

@@ -107,3 +107,19 @@ def test_generate_writes_counterfactuals_and_manifest(prefect_server, audited, c
     assert not (run_dir / "predictions.parquet").exists() and not (run_dir / "metrics.parquet").exists()
     code, report = run_cli(["report", str(run_dir)])
     assert code == EXIT_OK and "No metrics in this run." in report
+
+
+def test_a_run_over_the_invalid_limit_exits_1_with_one_line(tiny_models, tmp_path_factory, tmp_path, capsys, monkeypatch):
+    """Exit 1 means "the data failed a limit you set", as for ``cflab validate``; 2 stays for usage errors."""
+    import counterfactual_lab.cli as cli
+    from counterfactual_lab.errors import DataOverLimit
+
+    config = write_config(tmp_path / "audit.yaml", audit_home(tmp_path_factory, tiny_models), str(tmp_path / "out"))
+
+    def over_limit(*args, **kwargs):
+        raise DataOverLimit("3 of 8 rows (37.5%) were quarantined, over runtime.max_invalid_fraction=5.0%")
+
+    monkeypatch.setattr(cli, "_run_audit_flow", over_limit)  # the flow's own raise is tested in test_audit_flow
+    assert cli.main(["audit", "--config", config]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["cflab: error: 3 of 8 rows (37.5%) were quarantined, over runtime.max_invalid_fraction=5.0%"]
