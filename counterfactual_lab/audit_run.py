@@ -39,7 +39,7 @@ CANDIDATE_SCHEMA = {
 }
 
 
-def run_id_for(config: AuditConfig, dataset_name: str, dataset_fingerprint: str, evaluate: bool = True) -> str:
+def run_id_for(config: AuditConfig, spec: DatasetSpec, dataset_fingerprint: str, evaluate: bool = True) -> str:
     """A run id that is the same for the same config, the same data and the same stages.
 
     Re-running an interrupted audit therefore writes into the same run folder and finishes it,
@@ -50,11 +50,14 @@ def run_id_for(config: AuditConfig, dataset_name: str, dataset_fingerprint: str,
     """
     from counterfactual_lab import __version__
 
-    relevant = config.model_dump(exclude={"output", "runtime", "base_dir"})
+    # What the audit reads: the config's stages and the *resolved* dataset spec (columns,
+    # vocabularies, limits), not the config's reference to a spec file, whose contents can change.
+    relevant = config.model_dump(exclude={"output", "runtime", "base_dir", "dataset"})
+    dataset = spec.model_dump(exclude={"storage_options"})
     # The library version is part of the identity: a fixed metric must not be served from an old run.
-    payload = json.dumps([relevant, dataset_fingerprint, __version__], sort_keys=True, default=str)
+    payload = json.dumps([relevant, dataset, dataset_fingerprint, __version__], sort_keys=True, default=str)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
-    safe_name = "".join(c if c.isalnum() or c in "-_" else "-" for c in dataset_name) or "dataset"
+    safe_name = "".join(c if c.isalnum() or c in "-_" else "-" for c in spec.name) or "dataset"
     return f"{safe_name}-{digest}" if evaluate else f"{safe_name}-generate-{digest}"
 
 
@@ -86,7 +89,7 @@ def locate_run(
         out_uri=absolute_uri(output_uri or config.output.uri),
         storage_options=config.output.storage_options or None,
         dataset_fingerprint=dataset_fingerprint,
-        run_id=run_id_for(config, spec.name, dataset_fingerprint, evaluate),
+        run_id=run_id_for(config, spec, dataset_fingerprint, evaluate),
     )
 
 

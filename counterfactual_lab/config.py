@@ -75,6 +75,9 @@ class GenerationConfig(BaseModel):
             "guidance_scale": self.guidance_scale,
             "resolution": self.resolution,
             "params": dict(sorted(self.params.items())),
+            # LEDITS++ seeds its one shared inversion per source with this seed, so it changes
+            # the pixels of every item; the other methods seed per item (the item's own seed).
+            **({"seed": self.seed} if self.method == "ledits" else {}),
         }
 
 

@@ -156,10 +156,17 @@ def fingerprint(uri: str, storage_options: dict[str, Any] | None = None) -> str:
     if _has_glob(uri):
         return _fingerprint_entries(scanned[uri])
     fs, path = filesystem(uri, _options(uri, storage_options))
-    own = scanned.get(_to_uri(uri, path.rstrip("/")))
-    if not own:
-        raise UserError(f"{uri!r} is not a dataset: it holds no {PARQUET_SUFFIX} files directly")
-    return _fingerprint_entries(own)
+    base = _to_uri(uri, path.rstrip("/"))
+    # Every Parquet file ingest would read counts, sub-folders included: a change to a nested
+    # file must change the fingerprint (and so the audit's run id).
+    entries = []
+    for dataset_uri, files in scanned.items():
+        if dataset_uri == base or dataset_uri.startswith(base.rstrip("/") + "/"):
+            sub = dataset_uri[len(base) :].strip("/")
+            entries.extend((f"{sub}/{name}" if sub else name, token) for name, token in files)
+    if not entries:
+        raise UserError(f"{uri!r} is not a dataset: it holds no {PARQUET_SUFFIX} files")
+    return _fingerprint_entries(sorted(entries))
 
 
 def read_state(state_uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, dict[str, str]]:

@@ -186,6 +186,13 @@ def open_dataset(spec: DatasetSpec) -> DatasetSource:
             matches = fs.glob(path, detail=True)
             files = [p for p, info in matches.items() if p.endswith(".parquet") and info.get("type") == "file"]
             root = _glob_root(path)
+            if not root.strip("/"):
+                # With no fixed folder before the first wildcard there is no root to confine
+                # image paths to: any path on the machine would count as inside.
+                raise DatasetUnreadable(
+                    f"dataset glob {uri} has no folder before its first wildcard; start it with the dataset's "
+                    "folder (e.g. /data/audits/part-*.parquet) so image paths can be confined to it"
+                )
         elif fs.isdir(path):
             files = [p for p in fs.find(path) if p.endswith(".parquet")]
             root = path

@@ -175,11 +175,12 @@ def score_candidates(
 def verdict(score: JudgeScores, judge: JudgeConfig) -> str | None:
     """The first failed check of a scored candidate (thresholds, then attribute), or None if it passes."""
     t = judge.thresholds
-    if score.text_similarity < t.text:
+    # Written as "not >=" so a NaN score (e.g. an fp16 overflow) fails the check instead of passing it.
+    if not score.text_similarity >= t.text:
         return DROP_TEXT
-    if score.direction_similarity < t.direction:
+    if not score.direction_similarity >= t.direction:
         return DROP_DIRECTION
-    if score.image_similarity < t.image:
+    if not score.image_similarity >= t.image:
         return DROP_IMAGE
     if judge.check_attribute and score.attribute_ok is False:
         return DROP_ATTRIBUTE

@@ -214,7 +214,12 @@ def ranked_pool(predictions: pl.DataFrame, retrieval: pl.DataFrame, attribute: s
     pool = predictions.filter((pl.col("attribute") == attribute) & pl.col("group").is_not_null()).select(
         "id", "content_key", "group"
     ).unique(subset=["id", "content_key"], maintain_order=True)
-    scored = pool.join(retrieval.filter(pl.col("query") == query).select("id", "content_key", "score"), on=["id", "content_key"], how="inner")
+    # Retrieval is scored per evaluation chunk, and an original sits in the pool once per
+    # attribute, so one image can carry several identical score rows: rank each image once.
+    scores = retrieval.filter(pl.col("query") == query).select("id", "content_key", "score").unique(
+        subset=["id", "content_key"], maintain_order=True
+    )
+    scored = pool.join(scores, on=["id", "content_key"], how="inner")
     return scored.sort(["score", "id"], descending=[True, False])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -52,11 +53,15 @@ def is_transient(exc: BaseException) -> bool:
     """True for storage errors that a retry can fix (timeouts, throttling, resets)."""
     if isinstance(exc, TransientStorageError | TimeoutError | ConnectionError):
         return True
+    # A missing or forbidden file fails the same way every time, whatever its name contains
+    # (content keys are hex: one in ~70 contains "503").
+    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError):
+        return False
     text = f"{type(exc).__name__} {exc}".lower()
-    return any(
-        marker in text
-        for marker in ("timeout", "timed out", "throttl", "slowdown", "connection reset", "503", "500 internal")
-    )
+    if any(marker in text for marker in ("timeout", "timed out", "throttl", "slowdown", "connection reset")):
+        return True
+    # HTTP 500/503 as a status, not as digits inside a path or a key.
+    return re.search(r"(?<![0-9a-z])50[03](?![0-9a-z])", text) is not None
 
 
 def write_bytes_atomic(uri: str, data: bytes, options: dict[str, Any] | None = None) -> None:

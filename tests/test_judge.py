@@ -163,3 +163,16 @@ def test_judge_on_the_tiny_clip(tiny_models, tmp_path):
     i1 = embedder.embed_images([Image.open(winner["image_uri"]).convert("RGB")])
     t1 = embedder.embed_texts(["a woman at work"])
     assert winner["text_similarity"] == pytest.approx(float(i1[0] @ t1[0]), abs=1e-5)
+
+
+@pytest.mark.parametrize("field", ["text_similarity", "direction_similarity", "image_similarity"])
+def test_a_nan_score_fails_its_threshold_instead_of_passing_it(field):
+    """fp16 embeddings can overflow to NaN on a GPU; NaN compares False with everything."""
+    from counterfactual_lab.config import JudgeConfig
+    from counterfactual_lab.judge import JudgeScores, verdict
+
+    judge = JudgeConfig(thresholds={"text": -1.0, "direction": -1.0, "image": -1.0}, check_attribute=False)
+    fine = JudgeScores("k", 0.5, 0.5, 0.5, None, None)
+    assert verdict(fine, judge) is None
+    broken = JudgeScores(**{**fine.__dict__, field: float("nan")})
+    assert verdict(broken, judge) is not None

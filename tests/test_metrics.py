@@ -179,6 +179,20 @@ def test_retrieval_metrics_from_scores(predictions):
     assert _value(metrics, "ndkl@2")["value"] == pytest.approx(math.log(2))
 
 
+def test_retrieval_ranks_each_image_once_when_chunks_score_it_twice(predictions):
+    """The flow scores retrieval per evaluation chunk; an original that sits in two chunks (once per
+    attribute) comes back twice and must still count once in Skew@K and NDKL."""
+    scores = {"c3": 0.9, "s1": 0.8, "s2": 0.7, "c2": 0.6, "s3": 0.4, "c1": 0.3, "s4": 0.2, "c4": 0.1}
+    retrieval = pl.DataFrame(
+        {"query": ["a photo of a doctor"] * 8, "id": list(scores), "content_key": [f"k-{i}" for i in scores], "score": list(scores.values())}
+    )
+    once = compute_metrics(predictions, retrieval, pl.DataFrame(), AUDIT)
+    twice = compute_metrics(predictions, pl.concat([retrieval, retrieval.slice(1, 3)]), pl.DataFrame(), AUDIT)
+    retrieval_metrics = pl.col("metric").str.contains("skew|ndkl")
+    assert once.filter(retrieval_metrics).equals(twice.filter(retrieval_metrics))
+    assert _value(twice, "max_skew@2", query="a photo of a doctor")["n"] == 8
+
+
 def test_cits_by_hand_and_reported_per_attribute():
     # a = 0.3, d = 0.2, p = 0.8 -> a' = 0.65, d' = 0.6, p' = 0.9
     # CITS = 3 / (1/0.65 + 1/0.6 + 1/0.9) = 3 / (1.538462 + 1.666667 + 1.111111) = 3 / 4.316239 ≈ 0.695050
