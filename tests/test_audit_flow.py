@@ -119,9 +119,16 @@ def comparable(frame: pl.DataFrame, out_uri: str | None = None) -> pl.DataFrame:
     return frame
 
 
-def assert_same_tables(a: RunTables, b: RunTables, out_a: str | None = None, out_b: str | None = None) -> None:
+def assert_same_tables(
+    a: RunTables, b: RunTables, out_a: str | None = None, out_b: str | None = None, *, exact: bool = True
+) -> None:
+    """Every table equal; ``exact=False`` allows float rounding (rtol 1e-5) and nothing else:
+    every key, label, decision and image must still match."""
+    tolerance = {} if exact else {"rtol": 1e-5, "atol": 1e-7}
     for name in TABLE_NAMES:
-        assert_frame_equal(comparable(getattr(a, name), out_a), comparable(getattr(b, name), out_b), check_exact=True)
+        assert_frame_equal(
+            comparable(getattr(a, name), out_a), comparable(getattr(b, name), out_b), check_exact=exact, **tolerance
+        )
 
 
 def assert_accounting_closes(run: RunTables) -> dict[str, Any]:

@@ -34,4 +34,7 @@ def test_audit_on_ray_matches_the_thread_runner(prefect_server, local_ray, tiny_
     planned = run.manifest["row_accounting"]["planned"]
     assert run.manifest["generation_counts"]["generated"] == planned > 0
     assert_accounting_closes(run)
-    assert_same_tables(reference, run, threads_out, ray_out)
+    # The same images (content keys, judge scores) and decisions; model scores computed in Ray
+    # worker processes may differ in the last float bits (another torch thread count changes the
+    # order of summation), so floats compare with a tolerance here.
+    assert_same_tables(reference, run, threads_out, ray_out, exact=False)
