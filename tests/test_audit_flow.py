@@ -124,7 +124,7 @@ def assert_same_tables(
 ) -> None:
     """Every table equal; ``exact=False`` allows float rounding (rtol 1e-5) and nothing else:
     every key, label, decision and image must still match."""
-    tolerance = {} if exact else {"rtol": 1e-5, "atol": 1e-7}
+    tolerance = {} if exact else {"rel_tol": 1e-5, "abs_tol": 1e-7}
     for name in TABLE_NAMES:
         assert_frame_equal(
             comparable(getattr(a, name), out_a), comparable(getattr(b, name), out_b), check_exact=exact, **tolerance
