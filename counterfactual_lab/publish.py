@@ -4,9 +4,9 @@ A run directory without ``manifest.json`` is incomplete: it was interrupted or i
 being written. Every file is written atomically, so a reader sees the old file, the new
 one, or none, never half of one:
 
-- locally: serialise in memory, write a sibling temp file, ``os.replace`` it over the final
-  name; the temp file is removed if the write fails;
-- on S3: one PUT (``storage.write_bytes_atomic``), which S3 applies all or nothing.
+serialise in memory, then ``storage.write_bytes_atomic``: locally a hidden temp file beside
+the target and ``os.replace`` (the temp file is removed if the write fails); on S3 one PUT,
+which S3 applies all or nothing.
 
 Every table gets ``run_id`` and ``dataset`` columns, so many runs can be scanned together
 (``pl.scan_parquet("out/*/metrics.parquet")`` or DuckDB) and still be told apart.
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import uuid
 from typing import Any
 
 import polars as pl
@@ -126,10 +124,7 @@ class RunPublisher:
             self._invalidate_old_manifest()
         self._started = True
         uri = self.uri_of(file_name)
-        if _is_local(uri):
-            _write_local_atomic(uri, data)
-        else:
-            write_bytes_atomic(uri, data, self.storage_options)
+        write_bytes_atomic(uri, data, self.storage_options)
         return uri
 
     def _invalidate_old_manifest(self) -> None:
@@ -137,28 +132,3 @@ class RunPublisher:
         if exists(uri, self.storage_options):
             fs, path = filesystem(uri, self.storage_options)
             fs.rm_file(path)
-
-
-def _is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
-def _write_local_atomic(uri: str, data: bytes) -> None:
-    """Temp file beside the target, then ``os.replace``; the temp file never outlives a failure."""
-    path = uri.removeprefix("file://")
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except FileNotFoundError:
-            pass
-        raise

@@ -67,19 +67,30 @@ def is_transient(exc: BaseException) -> bool:
 def write_bytes_atomic(uri: str, data: bytes, options: dict[str, Any] | None = None) -> None:
     """Write ``data`` to ``uri`` so that readers see the old file, the new one, or none.
 
-    Locally: write a sibling temp file, then rename. On S3 a single PUT is already atomic.
+    Locally: a hidden temp file beside the target, flushed to disk, then ``os.replace``; the
+    temp file never outlives a failure. On S3 a single PUT is already all or nothing.
     """
-    fs, path = filesystem(uri, options)
-    if uri.startswith("s3://"):
+    if "://" in uri and not uri.startswith("file://"):
+        fs, path = filesystem(uri, options)
         fs.pipe_file(path, data)
         return
+    path = uri.removeprefix("file://")
     parent = os.path.dirname(path)
     if parent:
-        fs.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+        os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def read_bytes(uri: str, options: dict[str, Any] | None = None) -> bytes:
