@@ -12,6 +12,7 @@ is untrusted input and goes through :func:`html.escape`.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import math
@@ -31,7 +32,7 @@ from counterfactual_lab.findings import (
     percent,
 )
 from counterfactual_lab.manifest import ROW_ACCOUNTING_KEYS, check_row_accounting
-from counterfactual_lab.storage import read_bytes
+from counterfactual_lab.storage import read_image
 
 THUMBNAIL_PX = 256
 
@@ -115,15 +116,7 @@ def render_report(
 
 def image_loader(storage_options: dict[str, Any] | None = None) -> Callable[[str], Any]:
     """A ``load_image`` for :func:`render_report` that reads local paths and ``s3://`` URIs."""
-
-    def load(uri: str) -> Any:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(read_bytes(uri, storage_options))) as image:
-            image.load()
-            return image.copy()
-
-    return load
+    return functools.partial(read_image, options=storage_options)
 
 
 # --- sections -----------------------------------------------------------------------------
