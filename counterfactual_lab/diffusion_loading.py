@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from counterfactual_lab.devices import dtype_for, resolve_device
 from counterfactual_lab.errors import UnsafeModelError, UserError
 from counterfactual_lab.model_safety import is_local_model, safe_load_kwargs
 
@@ -33,38 +34,6 @@ _call_locks: dict[int, threading.Lock] = {}
 # thread importing it meanwhile gets the replaced, empty module object (AttributeError for every
 # pipeline class). One thread at a time imports it and resolves the class.
 _class_lock = threading.Lock()
-
-
-def resolve_device(preference: str = "auto") -> torch.device:
-    """The torch device for ``preference`` ("auto", "cpu", "cuda", "cuda:N" or "mps").
-
-    "auto" picks CUDA, then Apple MPS, then CPU. Asking for an accelerator that this machine
-    lacks is an error, not a silent fallback.
-    """
-    preference = (preference or "auto").strip().lower()
-    if preference == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(preference)
-    except RuntimeError:
-        raise UserError(f"unknown device {preference!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {preference!r} asked for, but CUDA is not available here; use device: auto or cpu")
-    if device.type == "mps" and not (
-        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    ):
-        raise UserError(f"device {preference!r} asked for, but Apple MPS is not available here; use device: auto or cpu")
-    return device
-
-
-def dtype_for(device: torch.device | str) -> torch.dtype:
-    """fp16 on CUDA (half the memory, tensor cores), fp32 on CPU and MPS."""
-    device = torch.device(device)
-    return torch.float16 if device.type == "cuda" else torch.float32
 
 
 def _pipeline_class(method: str):

@@ -98,19 +98,6 @@ def clear_caches() -> None:
     _EMBEDDINGS.clear()
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` picks CUDA when available, else CPU; an explicit device must exist."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise UserError("device 'mps' was asked for but MPS is not available; use 'auto' or 'cpu'")
-    return device
-
-
 def image_content_key(image) -> str:
     """sha256 of an image's mode, size and pixels: the cache key when the caller gives none."""
     digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
@@ -168,7 +155,9 @@ class ClipEmbedder:
     @classmethod
     def load(cls, model: str, revision: str | None = None, device: str = "auto") -> "ClipEmbedder":
         """Load ``model`` (hub id or local folder) once per process; later calls return the same instance."""
-        device = resolve_device(device)
+        from counterfactual_lab.devices import resolve_device
+
+        device = str(resolve_device(device))
         key = (model, revision, device)
         with _MODELS_LOCK:
             cached = _MODELS.get(key)
@@ -180,13 +169,14 @@ class ClipEmbedder:
 
     @classmethod
     def _from_pretrained(cls, model: str, revision: str | None, device: str) -> "ClipEmbedder":
-        import torch
         from transformers import AutoModel, AutoProcessor
         from transformers.utils import logging as transformers_logging
 
+        from counterfactual_lab.devices import dtype_for
+
         transformers_logging.disable_progress_bar()  # one line per worker load is noise in a pipeline log
         kwargs = safe_load_kwargs(model, revision)
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        dtype = dtype_for(device)
         try:
             network = AutoModel.from_pretrained(model, dtype=dtype, **kwargs)
             processor_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "trust_remote_code")}
