@@ -72,6 +72,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=48, help="rows per world, half female, half male (default 48)")
     parser.add_argument("--bootstrap-samples", type=int, default=200, help="bootstrap resamples per interval (default 200)")
     parser.add_argument("--truth-pairs", type=int, default=2000, help="pairs measuring the planted effect (default 2000)")
+    parser.add_argument("--world-only", action="store_true",
+                        help="only build the models and print what is true in the world (runs on any code base)")
     parser.add_argument("--work", help="keep worlds, models and runs here (default: a temporary folder, removed)")
     args = parser.parse_args()
     if args.runs < 1:
@@ -99,38 +101,49 @@ def audit(config: dict[str, Any], path: Path) -> tuple[Any, Any, float]:
     return metrics, assess_findings(metrics), time.perf_counter() - started
 
 
-def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    # Before Prefect is imported: its home (cache records, results) lives in the work folder.
-    os.environ["PREFECT_HOME"] = str(work / "prefect-home")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.pop("PREFECT_API_URL", None)  # the harness starts its own server
-
+def world_truth(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Build the world models and measure what is true in the world (no audit, no Prefect)."""
     import torch
 
     torch.set_num_threads(1)  # tiny models; two flow threads share the two cores
 
     from counterfactual_lab.embeddings import ClipEmbedder
-    from counterfactual_lab.validity.audit_config import world_audit_config
     from counterfactual_lab.validity.models import BIASED_LABEL, build_world_models
-    from counterfactual_lab.validity.scoring import rates, score_run
-    from counterfactual_lab.validity.truth import planted_effect
+    from counterfactual_lab.validity.truth import artifact_effects, planted_effect
+
+    models = build_world_models(work / "models")
+    embedders = {name: ClipEmbedder.load(str(path), device="cpu") for name, path in models.items()}
+    transition = {"source": "female", "target": "male"}
+    planted = planted_effect(embedders["biased"], label=BIASED_LABEL, pairs=args.truth_pairs, **transition)
+    fair_truth = planted_effect(embedders["fair"], label=BIASED_LABEL, pairs=min(args.truth_pairs, 500), **transition)
+    if abs(fair_truth.value) > 1e-6:
+        raise SystemExit(f"the fair world model is not invariant to the badge: mean change {fair_truth.value!r}")
+    reverse = planted_effect(embedders["biased"], label=BIASED_LABEL, pairs=min(args.truth_pairs, 500),
+                             source="male", target="female")
+    print(f"planted effect: P({planted.label}) {planted.transition} = {planted.value:+.4f} "
+          f"(se {planted.standard_error:.4f}, {planted.pairs} pairs; {reverse.transition} {reverse.value:+.4f}); "
+          f"fair model: {fair_truth.value:+.1e}", flush=True)
+    facts = {name: artifact_effects(embedder, label=BIASED_LABEL, sources=500) for name, embedder in embedders.items()}
+    for name, fact in facts.items():
+        print(f"{name} model: generated − original P({BIASED_LABEL}) {fact['generated_minus_original']:+.4f}; "
+              f"another seed moves it by {fact['seed_change_abs']:.4f} on average; "
+              f"accuracy on originals {fact['accuracy']:.3f}", flush=True)
+    return {"models": models, "planted": planted, "reverse": reverse, "facts": facts}
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    # Before Prefect is imported: its home (cache records, results) lives in the work folder.
+    os.environ["PREFECT_HOME"] = str(work / "prefect-home")
+    os.environ.pop("PREFECT_API_URL", None)  # the harness starts its own server
+
+    from counterfactual_lab.validity.audit_config import world_audit_config
+    from counterfactual_lab.validity.scoring import false_positive_rate_by_stratum, rates, score_run
     from counterfactual_lab.validity.world import write_world
 
     started = time.perf_counter()
     load_before = os.getloadavg()
-    models = build_world_models(work / "models")
-    transition = ("female", "male")
-    planted = planted_effect(ClipEmbedder.load(str(models["biased"]), device="cpu"), label=BIASED_LABEL,
-                             source=transition[0], target=transition[1], pairs=args.truth_pairs)
-    fair_truth = planted_effect(ClipEmbedder.load(str(models["fair"]), device="cpu"), label=BIASED_LABEL,
-                                source=transition[0], target=transition[1], pairs=min(args.truth_pairs, 500))
-    if abs(fair_truth.value) > 1e-6:
-        raise SystemExit(f"the fair world model is not invariant to the badge: mean change {fair_truth.value!r}")
-    print(f"planted effect: P({planted.label}) {planted.transition} = {planted.value:+.4f} "
-          f"(se {planted.standard_error:.4f}, {planted.pairs} pairs); fair model: {fair_truth.value:+.1e}", flush=True)
+    truth = world_truth(args, work)
+    models, planted = truth["models"], truth["planted"]
     setup_s = time.perf_counter() - started
 
     from prefect.testing.utilities import prefect_test_harness
@@ -181,6 +194,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "bench": "validity",
         "runs": args.runs,
         **figures,
+        "false_positive_rate_by_stratum": false_positive_rate_by_stratum(verdicts["fair"]),
         "rows": args.rows,
         "pairs_per_transition": round(sum(pairs) / len(pairs), 1) if pairs else None,
         "planted_effect": round(planted.value, 5),
@@ -194,9 +208,28 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
+def world_only(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    truth = world_truth(args, work)
+    planted, reverse = truth["planted"], truth["reverse"]
+    return {
+        "bench": "validity-world",
+        "planted_effect": round(planted.value, 5),
+        "planted_effect_se": round(planted.standard_error, 5),
+        "planted_effect_reverse": round(reverse.value, 5),
+        **{f"{name}_{key}": round(value, 4) for name, fact in truth["facts"].items() for key, value in fact.items()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
 def main() -> None:
     args = parse_args()
-    missing = missing_prerequisites()
+    # Read when those libraries are imported: 60 audits' progress bars and INFO logs are noise here.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    missing = [] if args.world_only else missing_prerequisites()
     if missing:
         print(
             "bench/validity.py: error: this code base lacks " + "; and ".join(missing)
@@ -206,7 +239,7 @@ def main() -> None:
         raise SystemExit(2)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="cflab-bench-validity-"))
     try:
-        result = run(args, work)
+        result = world_only(args, work) if args.world_only else run(args, work)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -312,19 +312,22 @@ def test_score_run_reads_the_planted_row_by_stratum_label_and_transition():
     missing = score_run(wrong_way, findings_frame(wrong_way, [True, True]), planted=0.12)
     assert missing.found is False and missing.covered is False and "0 metric rows" in missing.note
     fair = score_run(metrics, findings_frame(metrics, [False, False]))
-    assert fair.any_called is False and fair.found is None
+    assert fair.any_called is False and fair.found is None and fair.called_strata == []
+    assert score_run(metrics, findings_frame(metrics, [False, True])).called_strata == ["observational"]
     with pytest.raises(ValueError, match="lacks columns \\['called'\\]"):
         score_run(metrics, metrics, planted=0.1)
 
 
 def test_rates_are_shares_of_runs():
-    from counterfactual_lab.validity.scoring import RunVerdict, rates
+    from counterfactual_lab.validity.scoring import RunVerdict, false_positive_rate_by_stratum, rates
 
     fair = [RunVerdict(any_called=c) for c in (False, False, True, False)]
     biased = [RunVerdict(any_called=True, found=f, covered=c) for f, c in ((True, True), (True, False), (False, False))]
     assert rates(fair, biased, [RunVerdict(any_called=True)]) == {
         "false_positive_rate": 0.25, "power": 0.6667, "coverage": 0.3333, "real_vs_generated_false_positive_rate": 1.0,
     }
+    fair[2].called_strata = ["observational"]
+    assert false_positive_rate_by_stratum(fair) == {"observational": 0.25}
 
 
 # ---- one tiny world through the real audit flow -------------------------------------------------

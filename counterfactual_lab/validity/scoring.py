@@ -33,6 +33,7 @@ class RunVerdict:
 
     any_called: bool
     called: list[str] = field(default_factory=list)  # the called findings, as sentences (or keys)
+    called_strata: list[str] = field(default_factory=list)  # the strata those findings are in
     found: bool | None = None  # None when no planted effect was asked about (fair runs)
     covered: bool | None = None
     value: float | None = None
@@ -82,7 +83,11 @@ def score_run(
     """Score one run (see the module docstring). ``planted`` None: a fair run (no planted effect)."""
     _require(findings, ("called",), "the findings table (assess_findings)")
     called_rows = findings.filter(pl.col("called").fill_null(False))
-    verdict = RunVerdict(any_called=called_rows.height > 0, called=[_describe(r) for r in called_rows.to_dicts()])
+    verdict = RunVerdict(
+        any_called=called_rows.height > 0,
+        called=[_describe(r) for r in called_rows.to_dicts()],
+        called_strata=sorted({str(s) for s in called_rows["stratum"]}) if "stratum" in called_rows.columns else [],
+    )
     if planted is None:
         return verdict
     _require(metrics, (*KEY_COLUMNS, "value", "ci_low", "ci_high", "n"), "the metrics table")
@@ -108,6 +113,12 @@ def score_run(
 
 def _share(flags: list[bool | None]) -> float | None:
     return round(sum(bool(f) for f in flags) / len(flags), 4) if flags else None
+
+
+def false_positive_rate_by_stratum(fair: list[RunVerdict]) -> dict[str, float]:
+    """Per stratum, the share of fair runs with a called finding in it (diagnoses where false positives come from)."""
+    strata = sorted({s for v in fair for s in v.called_strata})
+    return {stratum: _share([stratum in v.called_strata for v in fair]) for stratum in strata}
 
 
 def rates(fair: list[RunVerdict], biased: list[RunVerdict], real_vs_generated: list[RunVerdict]) -> dict[str, Any]:

@@ -66,6 +66,25 @@ def edited(pixels: np.ndarray, source_key: str, value: str, seed: int, params: d
     return Image.fromarray(out, "RGB")
 
 
+def _sources(world_seed: int, value: str | None, count: int) -> list:
+    """The first ``count`` rows of world ``world_seed`` whose gender is ``value`` (any when None)."""
+    rows, index = [], 0
+    while len(rows) < count:
+        row = world_row(world_seed, index)
+        index += 1
+        if value is None or row.gender == value:
+            rows.append(row)
+    return rows
+
+
+def _key(row) -> str:
+    return hashlib.sha256(png_bytes(row.pixels)).hexdigest()  # what the ingest uses as its content key
+
+
+def _summary(delta: np.ndarray) -> tuple[float, float]:
+    return float(delta.mean()), float(delta.std(ddof=1) / np.sqrt(len(delta))) if len(delta) > 1 else float("nan")
+
+
 def planted_effect(
     embedder,
     *,
@@ -83,25 +102,52 @@ def planted_effect(
     value is ``source`` (see the module docstring), with its standard error."""
     if label not in labels:
         raise ValueError(f"label {label!r} is not one of {list(labels)}")
-    rows = []
-    index = 0
-    while len(rows) < pairs:
-        row = world_row(world_seed, index)
-        index += 1
-        if row.gender == source:
-            rows.append(row)
-    reconstructions, counterfactuals = [], []
-    for row in rows:
-        key = hashlib.sha256(png_bytes(row.pixels)).hexdigest()  # the ingest's content key
-        reconstructions.append(edited(row.pixels, key, source, item_seed, params))
-        counterfactuals.append(edited(row.pixels, key, target, item_seed, params))
+    rows = _sources(world_seed, source, pairs)
+    keys = [_key(row) for row in rows]
+    reconstructions = [edited(row.pixels, key, source, item_seed, params) for row, key in zip(rows, keys)]
+    counterfactuals = [edited(row.pixels, key, target, item_seed, params) for row, key in zip(rows, keys)]
     column = list(labels).index(label)
     delta = (
         label_probabilities(embedder, counterfactuals, labels, prompt)[:, column]
         - label_probabilities(embedder, reconstructions, labels, prompt)[:, column]
     )
+    value, standard_error = _summary(delta)
     return PlantedEffect(
-        label=label, transition=f"{source}→{target}", value=float(delta.mean()),
-        standard_error=float(delta.std(ddof=1) / np.sqrt(len(delta))) if len(delta) > 1 else float("nan"),
+        label=label, transition=f"{source}→{target}", value=value, standard_error=standard_error,
         pairs=len(delta), world_seed=world_seed, item_seed=item_seed,
     )
+
+
+def artifact_effects(
+    embedder,
+    *,
+    label: str = LABELS[0],
+    sources: int = 1000,
+    world_seed: int = TRUTH_WORLD_SEED,
+    labels: Sequence[str] = LABELS,
+    prompt: str = DEFAULT_PROMPT,
+) -> dict[str, float]:
+    """How the generator's artifact alone moves P(label), on ``sources`` rows of either gender:
+
+    * ``generated_minus_original``: mean P(label | reconstruction, seed 0) − P(label | original),
+      what a real-vs-generated comparison sees even when nothing protected changed;
+    * ``seed_change_abs``: mean |P(label | reconstruction, seed 1) − P(label | reconstruction, seed 0)|,
+      the generator's own variation (what the audit's control measures);
+    * ``accuracy``: share of originals whose top label is their ground-truth label.
+    """
+    rows = _sources(world_seed, None, sources)
+    keys = [_key(row) for row in rows]
+    column = list(labels).index(label)
+
+    def probability(images):
+        return label_probabilities(embedder, images, labels, prompt)
+
+    original = probability([Image.fromarray(row.pixels, "RGB") for row in rows])
+    seed0 = probability([edited(row.pixels, key, row.gender, 0) for row, key in zip(rows, keys)])[:, column]
+    seed1 = probability([edited(row.pixels, key, row.gender, 1) for row, key in zip(rows, keys)])[:, column]
+    truth = np.array([list(labels).index(row.label) for row in rows])
+    return {
+        "generated_minus_original": float((seed0 - original[:, column]).mean()),
+        "seed_change_abs": float(np.abs(seed1 - seed0).mean()),
+        "accuracy": float((original.argmax(axis=1) == truth).mean()),
+    }
