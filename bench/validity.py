@@ -131,6 +131,10 @@ def world_truth(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {"models": models, "planted": planted, "reverse": reverse, "facts": facts}
 
 
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.4f}"
+
+
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     # Before Prefect is imported: its home (cache records, results) lives in the work folder.
     os.environ["PREFECT_HOME"] = str(work / "prefect-home")
@@ -146,9 +150,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     models, planted = truth["models"], truth["planted"]
     setup_s = time.perf_counter() - started
 
+    import flows  # noqa: F401  (the project's offline Prefect defaults, before Prefect loads)
     from prefect.testing.utilities import prefect_test_harness
-
-    import flows  # noqa: F401  (offline Prefect defaults)
 
     out = str(work / "out")
     verdicts: dict[str, list] = {"fair": [], "biased": [], "real_vs_generated": []}
@@ -174,8 +177,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 verdicts[kind].append(verdict)
                 if kind == "biased":
                     line.append(f"biased found={verdict.found} covered={verdict.covered} "
-                                f"{verdict.value if verdict.value is None else round(verdict.value, 4)} "
-                                f"[{verdict.ci_low}, {verdict.ci_high}] n={verdict.n}")
+                                f"{_number(verdict.value)} [{_number(verdict.ci_low)}, {_number(verdict.ci_high)}] "
+                                f"n={verdict.n}" + (f" ({verdict.note})" if verdict.note else ""))
                 else:
                     line.append(f"{kind} called={len(verdict.called)}")
             print("  ".join(line), flush=True)

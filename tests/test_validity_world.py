@@ -243,6 +243,23 @@ def test_the_models_load_through_the_audit_code_path(world_models, embedders, pa
     assert np.allclose(embedders["fair"].embed_images(pair_images["original"][:4]), in_memory, atol=1e-6)
 
 
+def test_the_models_compute_the_documented_logit(embedders, pair_images):
+    """logit(doctor) − logit(nurse) = 12·tint + 12·sharpness + badge_logit·badge (models.py), fitted
+    by least squares on originals and generated images: the set weights do what they say."""
+    from counterfactual_lab.validity.models import BIASED, FAIR, readings
+    from counterfactual_lab.validity.truth import label_probabilities
+
+    images = pair_images["original"] + pair_images["counterfactual"]
+    design = np.array([[*readings(np.asarray(im)), 1.0] for im in images])
+    for spec in (FAIR, BIASED):
+        probabilities = label_probabilities(embedders[spec.name], images)
+        logit = np.log(probabilities[:, 0] / probabilities[:, 1])
+        coefficients, *_ = np.linalg.lstsq(design, logit, rcond=None)
+        expected = [spec.tint_logit, spec.sharpness_logit, spec.badge_logit, spec.bias_logit]
+        assert np.allclose(coefficients, expected, atol=0.02), (spec.name, coefficients)
+        assert np.abs(design @ coefficients - logit).max() < 0.01
+
+
 def test_the_fair_model_ignores_the_badge_and_the_biased_one_moves_with_it(embedders, pair_images):
     female = np.array([r.gender == "female" for r in pair_images["rows"]])
     for name in ("fair", "biased"):

@@ -106,7 +106,7 @@ class ValidationEditor:
 
     method = METHOD
 
-    def __init__(self, generation: GenerationConfig, device: str = "auto", pipeline: Any = None) -> None:
+    def __init__(self, generation: GenerationConfig, device: str = "auto") -> None:
         if generation.method != self.method:
             raise ValueError(f"{type(self).__name__} edits with {self.method!r}, not {generation.method!r}")
         self.generation = generation

@@ -98,6 +98,23 @@ FAIR = WorldModelSpec(FAIR_NAME)
 BIASED = WorldModelSpec(BIASED_NAME, badge_logit=BIASED_BADGE_LOGIT)
 
 
+def readings(pixels) -> tuple[float, float, float]:
+    """(tint, sharpness, badge) of one (H, W, 3) uint8 world image, computed in numpy: the three
+    numbers the image tower is built to read (the reference the tests hold the models to)."""
+    import numpy as np
+
+    p = np.asarray(pixels, dtype=np.float64) / 255.0
+    band = feature_box(p.shape[1], p.shape[0]).band_height
+    scene = p[band:]
+    y, x = np.indices(scene.shape[:2])
+    checker = np.where((y + band + x) % 2 == 0, 1.0, -1.0)
+    return (
+        float((scene[..., 2] - scene[..., 1]).mean()),
+        float((checker * scene.mean(axis=2)).mean()),
+        float((p[:band, :, 0] - p[:band, :, 2]).mean()),
+    )
+
+
 def _band_positions(grid: int) -> list[bool]:
     """For each patch (row-major), whether it lies in the band."""
     box = feature_box(IMAGE_SIZE, IMAGE_SIZE)
