@@ -8,6 +8,7 @@ exist (issue 8's generated-vs-generated audit), and is skipped with that reason 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -29,11 +30,14 @@ BOX = feature_box(IMAGE_SIZE, IMAGE_SIZE)
 
 
 def item_for(row, target: str, seed: int = 0, key: str | None = None, attribute: str = "gender") -> WorkItem:
+    # Issue 8 adds `variant` and `control` to WorkItem; fill them where this code base has them.
+    names = {f.name for f in dataclasses.fields(WorkItem)}
+    extra = {"variant": "reconstruction" if target == row.gender else "counterfactual", "control": False}
     return WorkItem(
         source_id=row.id, source_key=key or f"key-{row.id}", source_image_uri="unused", caption=row.caption,
         attribute=attribute, source_value=row.gender, target_value=target, seed=seed,
         counterfactual_caption=row.caption, explanation="", instruction="", generator="g",
-        content_key=f"{row.id}-{target}-{seed}",
+        content_key=f"{row.id}-{target}-{seed}", **{k: v for k, v in extra.items() if k in names},
     )
 
 
@@ -173,7 +177,7 @@ def test_generate_batch_stores_and_then_reuses_validation_edits(tmp_path):
         {"dataset": {"uri": spec.uri}, "generation": {"method": "validation", "model": "validation",
                                                       "seeds_per_target": 1, "keep_per_target": 1}}
     )
-    items = [i for i in plan_work_items(valid, config, spec) if i.target_value != i.source_value]
+    items = plan_work_items(valid, config, spec)  # (reconstructions too, where the plan makes them)
     records = generate_batch(items, config.generation, store)
     assert [r.status for r in records] == ["generated"] * len(items) and items
     for item, record in zip(items, records):
@@ -388,7 +392,7 @@ def test_a_world_runs_through_the_audit_flow(prefect_server, world_models, tmp_p
     assert accounting["failed"] == 0 and accounting["kept"] == accounting["planned"] >= 8
     counterfactuals = pl.read_parquet(run / "counterfactuals.parquet")
     assert set(counterfactuals["method"]) == {"validation"}
-    for row in counterfactuals.filter(pl.col("target_value") != pl.col("source_value")).iter_rows(named=True):
+    for row in counterfactuals.iter_rows(named=True):
         stored = np.asarray(Image.open(row["image_uri"]).convert("RGB"))
         source = np.asarray(Image.open(row["source_image_uri"]).convert("RGB"))
         expected = apply_artifact(paint_feature(source, "gender", row["target_value"]), row["source_key"], row["seed"])
