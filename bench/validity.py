@@ -27,7 +27,8 @@ runs whose interval contains the planted effect), ``real_vs_generated_false_posi
 runs), power ≥ 0.9 at the stated sample size (``--rows`` / 2 sources per transition),
 coverage ≥ 0.9.
 
-    python bench/validity.py                    # 20 worlds × 48 rows (about 5 minutes on 2 cores)
+    python bench/validity.py                    # 20 worlds × 48 rows, 60 audits (minutes on 2 cores)
+    python bench/validity.py --world-only       # only the models and the world's truth (any code base)
     python bench/validity.py --runs 40 --rows 32
 
 It needs issue 8's generated-vs-generated audit: ``generation.reconstruction`` in the config
