@@ -33,7 +33,7 @@ coverage ≥ 0.9.
 
 It needs issue 8's generated-vs-generated audit: ``generation.reconstruction`` in the config
 and ``counterfactual_lab.findings.assess_findings``; without them it stops at once with a
-message saying what is missing. Last line JSON: ``{"bench": "validity", "runs", 
+message saying what is missing. Last line JSON: ``{"bench": "validity", "runs",
 "false_positive_rate", "power", "coverage", "real_vs_generated_false_positive_rate", ...}``.
 """
 
