@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from counterfactual_lab.errors import ConfigError
 from counterfactual_lab.spec import DatasetSpec, _first_error
 
-GenerationMethod = Literal["instruct-pix2pix", "img2img", "ledits"]
+# "validation": the planted-bias world's editor (counterfactual_lab/validity), which loads no model.
+GenerationMethod = Literal["instruct-pix2pix", "img2img", "ledits", "validation"]
 
 
 class DatasetRef(BaseModel):

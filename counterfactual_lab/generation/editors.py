@@ -316,6 +316,14 @@ EDITORS: dict[str, type[DiffusersEditor]] = {
     editor.method: editor for editor in (InstructPix2PixEditor, Img2ImgEditor, LeditsEditor)
 }
 
+# The planted-bias world's editor (no weights; exists to validate the audit, see
+# counterfactual_lab/validity). Imported here, after the names above, to register it.
+from counterfactual_lab.validity import editor as _validation  # noqa: E402
+
+EDITORS[_validation.METHOD] = _validation.ValidationEditor  # type: ignore[assignment]
+METHOD_PARAMS[_validation.METHOD] = dict(_validation.PARAMS)
+SIDE_MULTIPLE[_validation.METHOD] = _validation.SIDE_MULTIPLE
+
 
 _editors: dict[tuple[str, str], DiffusersEditor] = {}
 GENERATION_FIELDS = ("method", "model", "revision", "steps", "guidance_scale", "seed", "resolution", "params")

@@ -1,0 +1,76 @@
+"""The audit config that runs a planted-bias world through the normal ``dataset-audit`` flow.
+
+Everything is the ordinary pipeline except three choices, each because the world makes the
+step moot rather than to help the audit:
+
+* ``generation.method: validation``, one seed per target (the editor is exact; the seed only
+  changes the artifact), ``model`` ignored by that method (written as ``validation``);
+* the judge keeps every candidate (thresholds −1, no attribute check): the editor's edits
+  are exact by construction, so the bench measures the audit's statistics, not the judge.
+  The judge model is the fair world model (any CLIP-family model would do);
+* ``audit.labels`` are the world's two labels with the prompt the world models were built
+  for (``a photo of a {label}``), and one retrieval query.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from counterfactual_lab.validity.models import DEFAULT_PROMPT
+from counterfactual_lab.validity.world import ATTRIBUTE, FEATURE_COLOURS, LABELS
+
+
+def world_audit_config(
+    dataset_dir: str | Path,
+    audit_model: str | Path,
+    judge_model: str | Path,
+    out_uri: str,
+    *,
+    name: str,
+    reconstruction: bool | None = None,
+    bootstrap_samples: int = 200,
+    max_workers: int = 2,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """The config (a plain dict, as YAML would load it) auditing ``audit_model`` on one world.
+
+    ``reconstruction`` sets ``generation.reconstruction`` (generated vs generated when true,
+    the old real-vs-generated design when false); ``None`` leaves the key out, for a code
+    base that does not have it yet.
+    """
+    generation: dict[str, Any] = {
+        "method": "validation", "model": "validation", "seed": 0, "seeds_per_target": 1,
+        "keep_per_target": 1, "batch_size": batch_size, "params": {},
+    }
+    if reconstruction is not None:
+        generation["reconstruction"] = reconstruction
+    return {
+        "dataset": {"uri": str(dataset_dir), "name": name},
+        "attributes": {ATTRIBUTE: sorted(FEATURE_COLOURS[ATTRIBUTE])},
+        "generation": generation,
+        "judge": {
+            "model": str(judge_model),
+            "thresholds": {"text": -1.0, "direction": -1.0, "image": -1.0},
+            "check_attribute": False,
+        },
+        "audit": {
+            "model": str(audit_model),
+            "labels": list(LABELS),
+            "prompt": DEFAULT_PROMPT,
+            "queries": [DEFAULT_PROMPT.format(label=LABELS[0])],
+            "bootstrap_samples": bootstrap_samples,
+        },
+        "output": {"uri": out_uri},
+        "runtime": {"task_runner": "threads", "max_workers": max_workers, "device": "cpu", "retries": 0},
+    }
+
+
+def write_world_audit_config(path: str | Path, config: dict[str, Any]) -> Path:
+    """Write ``config`` as YAML to ``path``; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path

@@ -1,0 +1,132 @@
+"""``ValidationEditor`` (generation method ``validation``): an exact editor with a generator's artifact.
+
+It exists to validate the audit, never to make counterfactuals of real photographs. On the
+planted-bias world (:mod:`counterfactual_lab.validity.world`) it does what an ideal
+counterfactual generator would do, plus what every real one also does:
+
+1. **the edit**: repaint the feature stripe in the target value's colour
+   (:func:`~counterfactual_lab.validity.world.paint_feature`); no other pixel changes. A
+   reconstruction (target = the source's own value) repaints the same colour: no change;
+2. **the artifact**, on every image it outputs, reconstructions included: a 3×3 binomial
+   blur ([1, 2, 1]/4 in each direction, edges replicated; it removes the scene's
+   checkerboard texture entirely), then a colour cast (one offset per channel,
+   N(0, ``cast_std``) grey levels) and per-pixel noise (N(0, ``noise_std``)), rounded to 8 bits.
+
+The cast and noise are drawn from a generator seeded with sha256(source image key, item
+seed), not the target value: the reconstruction and the counterfactuals of one (source,
+seed) carry the *same* artifact and differ in the stripe alone, while another seed gives
+another artifact (the generator's own variation, which the audit's control measures). The
+stripe keeps a margin inside the band, so the blur never carries it into the scene.
+
+Like the diffusion editors it implements :class:`~counterfactual_lab.generation.editors.ImageEditor`
+(``edit(items, sources) -> images``) and runs through the normal generate task: content keys,
+the image store and the batch cache work as for any method. It loads no weights:
+``generation.model`` is ignored (any string; it still enters the generator fingerprint), and
+``steps``, ``guidance_scale`` and ``device`` mean nothing to it. ``generation.resolution``
+resizes the source first, as the diffusion editors do. ``generation.params``: ``blur``
+(true), ``cast_std`` (2.0), ``noise_std`` (2.0).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from counterfactual_lab.errors import UserError
+from counterfactual_lab.plan import WorkItem
+from counterfactual_lab.validity.world import paint_feature
+
+if TYPE_CHECKING:
+    from counterfactual_lab.config import GenerationConfig
+
+METHOD = "validation"
+# generation.params this method reads, with their defaults.
+PARAMS: dict[str, Any] = {"blur": True, "cast_std": 2.0, "noise_std": 2.0}
+SIDE_MULTIPLE = 8  # only used when generation.resolution asks for a size
+
+
+def artifact_generator(source_key: str, seed: int) -> np.random.Generator:
+    """The random generator of one (source image, seed): the same for every target value."""
+    digest = hashlib.sha256(f"validation-artifact:{source_key}:{seed}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
+
+
+def binomial_blur(pixels: np.ndarray) -> np.ndarray:
+    """3×3 blur with kernel [1, 2, 1]/4 ⊗ [1, 2, 1]/4, edges replicated; float64 out.
+
+    Its response at the highest frequency is zero: a one-pixel checkerboard becomes flat.
+    """
+    x = np.asarray(pixels, dtype=np.float64)
+    padded = np.pad(x, ((1, 1), (0, 0), (0, 0)), mode="edge")
+    x = (padded[:-2] + 2 * padded[1:-1] + padded[2:]) / 4
+    padded = np.pad(x, ((0, 0), (1, 1), (0, 0)), mode="edge")
+    return (padded[:, :-2] + 2 * padded[:, 1:-1] + padded[:, 2:]) / 4
+
+
+def apply_artifact(
+    pixels: np.ndarray, source_key: str, seed: int, *, blur: bool = True, cast_std: float = 2.0, noise_std: float = 2.0
+) -> np.ndarray:
+    """The generator's artifact on (H, W, 3) uint8 ``pixels``: blur, seeded cast and noise; uint8 out."""
+    rng = artifact_generator(source_key, seed)
+    x = binomial_blur(pixels) if blur else np.asarray(pixels, dtype=np.float64)
+    cast = rng.normal(0.0, cast_std, size=3)
+    noise = rng.normal(0.0, noise_std, size=x.shape)
+    return np.clip(np.rint(x + cast + noise), 0, 255).astype(np.uint8)
+
+
+def validation_params(generation: GenerationConfig) -> dict[str, Any]:
+    """``generation.params`` for method ``validation`` with defaults filled; a clear error otherwise."""
+    unknown = sorted(set(generation.params) - set(PARAMS))
+    if unknown:
+        raise UserError(f"generation.params {unknown} not understood by method {METHOD!r}; it accepts {sorted(PARAMS)}")
+    params = {**PARAMS, **generation.params}
+    if not isinstance(params["blur"], bool):
+        raise UserError(f"generation.params.blur must be true or false, got {params['blur']!r}")
+    for name in ("cast_std", "noise_std"):
+        value = params[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise UserError(f"generation.params.{name} must be a number >= 0, got {value!r}")
+        params[name] = float(value)
+    if generation.resolution is not None and generation.resolution % SIDE_MULTIPLE:
+        raise UserError(
+            f"generation.resolution {generation.resolution} must be a multiple of {SIDE_MULTIPLE} for method {METHOD!r}"
+        )
+    return params
+
+
+class ValidationEditor:
+    """The planted-bias world's editor: exact feature edits plus a seeded generator artifact.
+
+    Exists to validate the audit (``bench/validity.py``); see the module docstring for what
+    it does to each image. ``edit(items, sources)[i]`` is the edited ``sources[i]``.
+    """
+
+    method = METHOD
+
+    def __init__(self, generation: GenerationConfig, device: str = "auto") -> None:
+        if generation.method != self.method:
+            raise ValueError(f"{type(self).__name__} edits with {self.method!r}, not {generation.method!r}")
+        self.generation = generation
+        self.params = validation_params(generation)
+        self.device = "cpu"  # numpy only; the device preference has nothing to choose
+
+    def edit(self, items: list[WorkItem], sources: list[Image.Image]) -> list[Image.Image]:
+        if len(items) != len(sources):
+            raise ValueError(f"edit() got {len(items)} items but {len(sources)} source images")
+        return [self.edit_one(item, source) for item, source in zip(items, sources)]
+
+    def edit_one(self, item: WorkItem, source: Image.Image) -> Image.Image:
+        """One item: resize if asked, repaint the feature in the target value, add the artifact."""
+        image = source.convert("RGB")
+        resolution = self.generation.resolution
+        if resolution is not None and image.size != (resolution, resolution):
+            image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
+        edited = paint_feature(np.asarray(image), item.attribute, item.target_value)
+        out = apply_artifact(
+            edited, item.source_key, item.seed,
+            blur=self.params["blur"], cast_std=self.params["cast_std"], noise_std=self.params["noise_std"],
+        )
+        return Image.fromarray(out, "RGB")
