@@ -121,7 +121,7 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
         records: list = []
         pool = pool_from_counterfactual_sets(outcome.valid, attributes)
     else:
-        items = plan_work_items(outcome.valid, config, spec)
+        items = plan_work_items(outcome.valid, config, spec, generator_identity=location.models["generator"].key)
         records = _generate(items, config, store, device)
         candidates = candidates_frame(items, records, config.generation.method)
         counterfactuals = with_runtime_retries(judge_counterfactuals, config)(
