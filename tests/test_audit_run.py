@@ -181,3 +181,40 @@ def test_a_glob_with_no_folder_before_its_wildcard_is_refused(tmp_path):
 
     with pytest.raises(DatasetUnreadable, match="no folder before its first wildcard"):
         open_dataset(DatasetSpec(uri="/cflab-no-such-*/part.parquet"))
+
+
+def test_a_corrupted_or_deleted_referenced_image_is_a_new_run(tmp_path, models):
+    """Issue 9's stale run: the Parquet files unchanged, an image they point at broken or gone."""
+    from test_fingerprints import path_dataset
+
+    data = path_dataset(tmp_path / "by-path")
+    config = config_for(data, models)
+    original = locate_run(config).run_id
+    images = sorted((data / "images").iterdir())
+    images[0].write_bytes(images[0].read_bytes()[:50])
+    corrupted = locate_run(config).run_id
+    images[1].unlink()
+    assert len({original, corrupted, locate_run(config).run_id}) == 3
+
+
+def test_two_spellings_of_one_generator_plan_the_same_content_keys(tmp_path, dataset, models, monkeypatch):
+    """Content keys name the generator by its identity, so the images of a run made with a
+    relative model path serve a run made with the absolute one (issue 10: 0 cache hits)."""
+    from counterfactual_lab.plan import plan_work_items
+    from counterfactual_lab.storage import ImageStore
+    from counterfactual_lab.validation import ingest_and_validate
+
+    monkeypatch.chdir(tmp_path)
+    absolute = config_for(dataset, models)
+    relative = config_for(dataset, {"generation": "models/img2img", "judge": "models/clip"})
+    valid = ingest_and_validate(absolute.dataset_spec(), image_store=ImageStore(str(tmp_path / "out"))).valid
+
+    def keys(config):
+        location = locate_run(config)
+        items = plan_work_items(valid, config, location.spec, generator_identity=location.models["generator"].key)
+        return [item.content_key for item in items]
+
+    before = keys(absolute)
+    assert before == keys(relative) and len(before) > 0
+    (models["generation"] / "unet" / "model.safetensors").write_bytes(b"other unet")  # another generator
+    assert set(keys(relative)).isdisjoint(before)

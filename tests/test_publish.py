@@ -182,6 +182,24 @@ def test_republishing_a_run_marks_it_incomplete_until_its_new_manifest(tmp_path)
     assert is_complete(retry.run_uri)
 
 
+def test_mark_incomplete_comes_before_any_other_file_is_rewritten(tmp_path):
+    """What ``--force`` does first: validation outputs written directly into the run folder
+    afterwards never sit beside the old manifest."""
+    from counterfactual_lab.publish import mark_incomplete
+
+    first = RunPublisher(str(tmp_path), "run-1", "sample")
+    publish_complete_run(first)
+    rerun = RunPublisher(str(tmp_path), "run-1", "sample")
+    assert rerun.mark_incomplete() is True
+    assert not is_complete(rerun.run_uri)
+    with pytest.raises(UserError, match="is incomplete: no manifest.json"):
+        read_run(rerun.run_uri)
+    assert files_under(tmp_path) == ["metrics.parquet", "quarantine.parquet", "report.html"]
+    assert mark_incomplete(rerun.run_uri) is False  # nothing left to remove: not an error
+    publish_complete_run(rerun)
+    assert is_complete(rerun.run_uri)
+
+
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", ""])
 def test_names_stay_inside_the_run(tmp_path, name):
     with pytest.raises(UserError, match="plain file name"):
