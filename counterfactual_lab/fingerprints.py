@@ -115,22 +115,25 @@ def _image_references(source: DatasetSource) -> Iterator[str]:
     for path in source.files:
         try:
             with source.fs.open(path, "rb") as handle:
-                parquet = pq.ParquetFile(handle)
-                for group in _groups_with_path_images(parquet, column if nested else None):
-                    # Only the requested leaf's column chunks are read, not the image bytes beside it.
-                    for batch in parquet.iter_batches(batch_size=PATH_BATCH_ROWS, row_groups=[group], columns=[leaf]):
-                        values = batch.column(0)
-                        if nested:  # read as struct<path>: take the child
-                            values = values.field("path")
-                        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
-                            return  # a wrongly typed path field: ingest quarantines the rows
-                        for ref in values.to_pylist():
-                            if ref is not None and ref.strip():
-                                yield ref
+                yield from _paths_in_file(pq.ParquetFile(handle), column, leaf, nested)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
             raise DatasetUnreadable(
                 f"dataset {source.uri}: cannot read the image paths of {source.relative(path)}: {str(exc).splitlines()[0]}"
             ) from None
+
+
+def _paths_in_file(parquet: pq.ParquetFile, column: str, leaf: str, nested: bool) -> Iterator[str]:
+    for group in _groups_with_path_images(parquet, column if nested else None):
+        # Only the requested leaf's column chunks are read, not the image bytes beside it.
+        for batch in parquet.iter_batches(batch_size=PATH_BATCH_ROWS, row_groups=[group], columns=[leaf]):
+            values = batch.column(0)
+            if nested:  # read as struct<path>: take the child
+                values = values.field("path")
+            if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+                return  # a wrongly typed path field in this file: ingest quarantines its rows
+            for ref in values.to_pylist():
+                if ref is not None and ref.strip():
+                    yield ref
 
 
 def _groups_with_path_images(parquet: pq.ParquetFile, struct_column: str | None) -> list[int]:
