@@ -26,14 +26,15 @@ def test_runtime_reports_the_device_and_dtype_the_loaders_used(tiny_models):
     from counterfactual_lab.diffusion_loading import load_pipeline
     from counterfactual_lab.embeddings import ClipEmbedder
 
-    clip, img2img, ledits = (str(tiny_models[k]) for k in ("clip", "img2img", "ledits"))
+    clip, img2img = (str(tiny_models[k]) for k in ("clip", "img2img"))
+    never_loaded = str(Path(tiny_models["clip"]).parent / "never-loaded-in-this-process")
     embedder = ClipEmbedder.load(clip, device="cpu")
     pipeline = load_pipeline("img2img", img2img, device="cpu")
-    section = runtime_section({"judge": (clip, None), "generator": (img2img, None), "other": (ledits, None)}, "cpu")
+    section = runtime_section({"judge": (clip, None), "generator": (img2img, None), "other": (never_loaded, None)}, "cpu")
     assert (section["device"], section["dtype"]) == ("cpu", "float32")
     assert section["models"]["judge"] == {"device": "cpu", "dtype": str(embedder._dtype).removeprefix("torch."), "observed": True}
     assert section["models"]["generator"] == {"device": "cpu", "dtype": str(pipeline.dtype).removeprefix("torch."), "observed": True}
-    assert section["models"]["other"]["observed"] is False
+    assert section["models"]["other"] == {"device": "cpu", "dtype": "float32", "observed": False}
     assert section["device_preference"] == "cpu" and "torch_cuda" in section
 
 
