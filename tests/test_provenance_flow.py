@@ -13,6 +13,7 @@ module. Then:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -83,7 +84,7 @@ def test_the_manifest_records_what_reproduces_the_run(first_run, inputs):
         model = manifest["models"][role]
         assert model["source"] == "local" and model["weights_sha256"], role
         for name, digest in model["weights_sha256"].items():
-            assert digest == __import__("hashlib").sha256((Path(model["path"]) / name).read_bytes()).hexdigest()
+            assert digest == hashlib.sha256((Path(model["path"]) / name).read_bytes()).hexdigest()
     assert manifest["models"]["judge"]["path"] == str(clip)
     assert (manifest["runtime"]["device"], manifest["runtime"]["dtype"]) == ("cpu", "float32")
     assert all(m["observed"] for m in manifest["runtime"]["models"].values())  # the thread runner: same process
