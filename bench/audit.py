@@ -64,7 +64,8 @@ sys.path.insert(0, str(REPO_ROOT))
 LIBRARY_CALLS: list[tuple[str, str]] = [
     ("counterfactual_lab.config", "AuditConfig.from_yaml"),
     ("counterfactual_lab.config", "AuditConfig.dataset_spec"),
-    ("counterfactual_lab.dataset_watch", "fingerprint"),
+    ("counterfactual_lab.fingerprints", "dataset_fingerprint"),
+    ("counterfactual_lab.model_identity", "model_identity"),
     ("counterfactual_lab.audit_run", "run_id_for"),
     ("counterfactual_lab.validation", "ingest_and_validate"),
     ("counterfactual_lab.validation", "write_validation_outputs"),

@@ -8,12 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import polars as pl
 
 from counterfactual_lab.config import AuditConfig
+from counterfactual_lab.errors import UserError
+from counterfactual_lab.model_identity import ModelIdentity
 from counterfactual_lab.spec import DatasetSpec
 from counterfactual_lab.storage import absolute_uri, join
 from counterfactual_lab.plan import WorkItem
@@ -39,8 +41,51 @@ CANDIDATE_SCHEMA = {
 }
 
 
-def run_id_for(config: AuditConfig, spec: DatasetSpec, dataset_fingerprint: str, evaluate: bool = True) -> str:
-    """A run id that is the same for the same config, the same data and the same stages.
+# Which config section names the model of each role.
+MODEL_SECTIONS = {"generator": "generation", "judge": "judge", "audit": "audit"}
+
+
+def model_roles(spec: DatasetSpec, evaluate: bool) -> list[str]:
+    """The roles whose models the run loads: generation and judge unless the dataset already holds
+    counterfactual sets; the model under audit unless the run stops after the judge."""
+    roles = [] if spec.columns.counterfactual_set else ["generator", "judge"]
+    return roles + (["audit"] if evaluate else [])
+
+
+def run_identity(
+    config: AuditConfig, spec: DatasetSpec, dataset_fingerprint: str, models: dict[str, ModelIdentity]
+) -> dict[str, Any]:
+    """What the run id hashes: what things are, never how they are spelled.
+
+    * the stages of the config (attributes, generation, judge, audit), with each model path and
+      revision replaced by the model's identity (sha256 of its files, or a hub commit), so a
+      relative and an absolute path to one folder, or two copies of it, are one model;
+    * the dataset by its content fingerprint and the resolved spec's columns, vocabularies and
+      limits (what ingest reads), not by its URI or the spec file's name;
+    * the library version: a fixed metric must not be served from an old run.
+
+    The output location and the runtime (threads or Ray, workers, retries) are left out: they
+    decide where and how fast, not what. The dataset name is left out too; it prefixes the id.
+    """
+    from counterfactual_lab import __version__
+
+    stages = config.model_dump(mode="json", exclude={"output", "runtime", "base_dir", "dataset"})
+    for section in MODEL_SECTIONS.values():
+        stages[section].pop("model", None)
+        stages[section].pop("revision", None)
+    return {
+        "library_version": __version__,
+        "stages": stages,
+        "models": {role: models[role].key for role in sorted(models)},
+        "dataset": {
+            "fingerprint": dataset_fingerprint,
+            "spec": spec.model_dump(mode="json", exclude={"storage_options", "uri", "name"}),
+        },
+    }
+
+
+def run_id_for(dataset_name: str, identity: dict[str, Any], evaluate: bool = True) -> str:
+    """``<dataset name>-<12 hex digits of sha256(identity)>``: the same for the same audit.
 
     Re-running an interrupted audit therefore writes into the same run folder and finishes it,
     and a scheduled audit of unchanged data reproduces the same run instead of a near-copy.
@@ -48,17 +93,42 @@ def run_id_for(config: AuditConfig, spec: DatasetSpec, dataset_fingerprint: str,
     (``<dataset>-generate-<digest>``): sharing a folder with the full audit would leave that
     audit's predictions and metrics beside a manifest that does not vouch for them.
     """
-    from counterfactual_lab import __version__
-
-    # What the audit reads: the config's stages and the *resolved* dataset spec (columns,
-    # vocabularies, limits), not the config's reference to a spec file, whose contents can change.
-    relevant = config.model_dump(exclude={"output", "runtime", "base_dir", "dataset"})
-    dataset = spec.model_dump(exclude={"storage_options"})
-    # The library version is part of the identity: a fixed metric must not be served from an old run.
-    payload = json.dumps([relevant, dataset, dataset_fingerprint, __version__], sort_keys=True, default=str)
+    payload = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
-    safe_name = "".join(c if c.isalnum() or c in "-_" else "-" for c in spec.name) or "dataset"
+    safe_name = "".join(c if c.isalnum() or c in "-_" else "-" for c in dataset_name).strip("-") or "dataset"
     return f"{safe_name}-{digest}" if evaluate else f"{safe_name}-generate-{digest}"
+
+
+def dataset_name_for_uri(uri: str) -> str:
+    """A dataset's name from its URI: the last path part without extension, glob parts skipped
+    (``s3://b/incoming/batch-7`` -> ``batch-7``; ``/data/x/part-*.parquet`` -> ``x``)."""
+    parts = [p for p in uri.split("://", 1)[-1].rstrip("/").split("/") if p]
+    while parts and any(ch in parts[-1] for ch in "*?["):
+        parts.pop()
+    name = parts[-1] if parts else ""
+    for suffix in (".parquet", ".yaml", ".yml"):
+        name = name.removesuffix(suffix)
+    return name or "dataset"
+
+
+def audited_spec(config: AuditConfig, dataset_uri: str | None = None) -> DatasetSpec:
+    """The dataset spec of the data this run audits, named after that data.
+
+    ``dataset_uri`` (``--dataset``, a deployment's parameter, the watcher's event) replaces the
+    config's dataset; a URI that points elsewhere than the config's own dataset gives the run the
+    name of the data it audits (its folder or file name), not the config's dataset name. A spec
+    YAML brings its own name.
+    """
+    spec = config.dataset_spec(dataset_uri)
+    if not dataset_uri or dataset_uri.endswith((".yaml", ".yml")):
+        return spec
+    try:
+        configured = config.dataset_spec(None).uri
+    except UserError:
+        configured = None
+    if configured is not None and absolute_uri(configured).rstrip("/") == absolute_uri(dataset_uri).rstrip("/"):
+        return spec
+    return spec.model_copy(update={"name": dataset_name_for_uri(dataset_uri)})
 
 
 @dataclass(frozen=True)
@@ -70,6 +140,11 @@ class RunLocation:
     storage_options: dict[str, Any] | None
     dataset_fingerprint: str
     run_id: str
+    # The manifest's dataset details (what the fingerprint covers), the models by role, and
+    # what the run id hashes.
+    dataset_details: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, ModelIdentity] = field(default_factory=dict)
+    identity: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run_uri(self) -> str:
@@ -79,17 +154,30 @@ class RunLocation:
 def locate_run(
     config: AuditConfig, dataset_uri: str | None = None, output_uri: str | None = None, evaluate: bool = True
 ) -> RunLocation:
-    """Resolve the dataset and output, fingerprint the data and derive the run id (one listing, no reads)."""
-    from counterfactual_lab.dataset_watch import fingerprint
+    """Resolve the dataset, the models and the output, and derive the run id; no Prefect, no model loaded.
 
-    spec = config.dataset_spec(dataset_uri)
-    dataset_fingerprint = fingerprint(spec.uri, spec.storage_options)
+    Costs one listing and one stat per file (dataset files, referenced images, model files) once
+    their hashes are cached; the first time, each file is read once to hash it.
+    """
+    from counterfactual_lab.fingerprints import dataset_fingerprint
+    from counterfactual_lab.model_identity import model_identity
+
+    spec = audited_spec(config, dataset_uri)
+    fingerprint = dataset_fingerprint(spec)
+    models = {}
+    for role in model_roles(spec, evaluate):
+        section = getattr(config, MODEL_SECTIONS[role])
+        models[role] = model_identity(section.model, section.revision)
+    identity = run_identity(config, spec, fingerprint.value, models)
     return RunLocation(
         spec=spec,
         out_uri=absolute_uri(output_uri or config.output.uri),
         storage_options=config.output.storage_options or None,
-        dataset_fingerprint=dataset_fingerprint,
-        run_id=run_id_for(config, spec, dataset_fingerprint, evaluate),
+        dataset_fingerprint=fingerprint.value,
+        run_id=run_id_for(spec.name, identity, evaluate),
+        dataset_details=fingerprint.manifest_fields(),
+        models=models,
+        identity=identity,
     )
 
 
@@ -184,7 +272,7 @@ def publish_run(
     *,
     publisher: Any,
     config: AuditConfig,
-    dataset: dict[str, Any],
+    location: RunLocation,
     tables: dict[str, pl.DataFrame],
     accounting: dict[str, Any],
     counts: dict[str, int],
@@ -193,29 +281,27 @@ def publish_run(
     load_image: Any,
 ) -> dict[str, Any]:
     """Write every table, the HTML report, then ``manifest.json`` last; returns the manifest."""
-    from counterfactual_lab.manifest import build_manifest
+    from counterfactual_lab.manifest import build_manifest, config_block, metric_parameters
     from counterfactual_lab.publish import REPORT_NAME
     from counterfactual_lab.report_html import render_report
 
     uris = {name: publisher.write_table(name, frame) for name, frame in tables.items()}
-    models = {
-        "generator": {"model": config.generation.model, "revision": config.generation.revision,
-                      "method": config.generation.method},
-        "judge": {"model": config.judge.model, "revision": config.judge.revision},
-        "audit": {"model": config.audit.model, "revision": config.audit.revision},
-    }
     manifest = build_manifest(
         run_id=publisher.run_id,
-        config=config.model_dump(mode="json", exclude={"base_dir"}),
-        dataset=dataset,
-        models=models,
+        config=config_block(config),
+        dataset={"name": location.spec.name, "uri": absolute_uri(location.spec.uri),
+                 "fingerprint": location.dataset_fingerprint, **location.dataset_details},
+        models=manifest_models(config, location),
+        runtime=_runtime(config, location),
+        metrics=metric_parameters(config.audit),
+        run_identity=location.identity,
         row_accounting=accounting,
         generation_counts=counts,
         cache_hits=counts.get("cache_hits", 0),
         tables=uris,
         started_at=started_at,
         finished_at=finished_at,
-        tiny_models=any(is_tiny_model(m["model"]) for m in models.values()),
+        tiny_models=any(is_tiny_model(identity.model) for identity in location.models.values()),
     )
     html = render_report(
         manifest=manifest,
@@ -228,3 +314,24 @@ def publish_run(
     manifest["report"] = publisher.write_text(REPORT_NAME, html)
     publisher.write_manifest(manifest)
     return manifest
+
+
+def manifest_models(config: AuditConfig, location: RunLocation) -> dict[str, dict[str, Any]]:
+    """``models.<role>`` of the manifest: the identity of each model the run loaded, its files'
+    sha256 (a hub snapshot is hashed now, after the loaders fetched it), and the generation method."""
+    from counterfactual_lab.model_identity import weights_sha256
+
+    models = {role: weights_sha256(identity).manifest_entry() for role, identity in location.models.items()}
+    if "generator" in models:
+        models["generator"]["method"] = config.generation.method
+    return models
+
+
+def _runtime(config: AuditConfig, location: RunLocation) -> dict[str, Any]:
+    from counterfactual_lab.runtime_record import runtime_section
+
+    section = runtime_section(
+        {role: (identity.model, identity.revision) for role, identity in location.models.items()},
+        config.runtime.device,
+    )
+    return {**section, "task_runner": config.runtime.task_runner}

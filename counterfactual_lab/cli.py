@@ -86,7 +86,18 @@ def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate:
     from counterfactual_lab.config import AuditConfig
 
     # A bad config or dataset fails here, as one line, before Prefect starts a flow run (or a server).
-    AuditConfig.from_yaml(config).dataset_spec(dataset)
+    audit_config = AuditConfig.from_yaml(config)
+    audit_config.dataset_spec(dataset)
+    if not force:
+        # An unchanged complete run is answered from the output store alone, without Prefect.
+        from counterfactual_lab.audit_run import locate_run
+        from counterfactual_lab.publish import is_complete
+
+        location = locate_run(audit_config, dataset, out, evaluate)
+        if is_complete(location.run_uri, location.storage_options):
+            print(f"cflab: run {location.run_id} is already complete (same config, models and data); "
+                  "--force runs it again", file=sys.stderr)
+            return location.run_uri
     from flows.audit import dataset_audit
 
     return dataset_audit(config_uri=config, dataset_uri=dataset, output_uri=out, evaluate=evaluate, force=force)

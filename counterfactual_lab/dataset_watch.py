@@ -2,9 +2,17 @@
 
 A *dataset* is a folder that holds ``*.parquet`` files directly (Hive partition folders
 such as ``year=2024/`` below it belong to it), a single ``.parquet`` file named as a
-prefix, or a glob named as a prefix (the files it matches). Its *fingerprint* is the sha256 of the sorted list of
-``(path relative to the dataset, ETag or size+mtime)`` of its Parquet files, so any added,
-removed, renamed or rewritten file changes it, and listing alone computes it (no file is read).
+prefix, or a glob named as a prefix (the files it matches). Its *listing fingerprint* is the
+sha256 of the sorted list of ``(path relative to the dataset, ETag or size+mtime)`` of its
+Parquet files, so any added, removed, renamed or rewritten file changes it, and listing alone
+computes it (no file is read).
+
+The listing fingerprint is the watcher's cheap change detector, nothing more: a copy of a
+dataset (new mtimes) looks new to it, and images referenced by path are not listed. What an
+audit is keyed on, the run id and the manifest's ``dataset.fingerprint``, is the *content*
+fingerprint of :mod:`counterfactual_lab.fingerprints` (sha256 or ETag of every file the audit
+reads, referenced images included). A dataset the watcher announces although its content is
+unchanged is answered by the audit as "already complete" at the cost of that fingerprint.
 
 What was already seen is kept as JSON at ``OUT/_watch/state.json``::
 
@@ -135,7 +143,7 @@ def _fingerprint_entries(entries: list[tuple[str, str]]) -> str:
 
 
 def scan_datasets(prefixes: list[str], storage_options: dict[str, Any] | None = None) -> dict[str, str]:
-    """Every dataset under ``prefixes`` with its fingerprint, from one listing per prefix."""
+    """Every dataset under ``prefixes`` with its listing fingerprint, from one listing per prefix."""
     if isinstance(prefixes, str):
         raise UserError("prefixes must be a list of URIs, not a single string")
     found: dict[str, str] = {}
@@ -150,8 +158,9 @@ def list_datasets(prefixes: list[str], storage_options: dict[str, Any] | None = 
     return list(scan_datasets(prefixes, storage_options))
 
 
-def fingerprint(uri: str, storage_options: dict[str, Any] | None = None) -> str:
-    """The fingerprint of the dataset at ``uri`` (a dataset folder, one Parquet file, or a glob)."""
+def listing_fingerprint(uri: str, storage_options: dict[str, Any] | None = None) -> str:
+    """The watcher's listing fingerprint of the dataset at ``uri`` (a dataset folder, one Parquet
+    file, or a glob): size+mtime or ETag per Parquet file. Not the audit's content fingerprint."""
     scanned = _scan(uri, storage_options)
     if _has_glob(uri):
         return _fingerprint_entries(scanned[uri])

@@ -18,6 +18,7 @@ import torch
 from counterfactual_lab.devices import dtype_for, resolve_device
 from counterfactual_lab.errors import UnsafeModelError, UserError
 from counterfactual_lab.model_safety import is_local_model, safe_load_kwargs
+from counterfactual_lab.runtime_record import record_model_load
 
 # Which diffusers pipeline class each generation method uses.
 PIPELINE_CLASSES = {
@@ -88,6 +89,7 @@ def _load(method: str, model: str, revision: str | None, device: torch.device, d
         ) from exc
     pipeline = pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
+    record_model_load(model, revision, device, pipeline.dtype)  # the manifest's runtime.device/dtype
     return pipeline
 
 

@@ -193,6 +193,9 @@ class ClipEmbedder:
                     "the judge and the audit need a contrastive image-text model such as CLIP or SigLIP"
                 )
         network.to(device).eval()
+        from counterfactual_lab.runtime_record import record_model_load
+
+        record_model_load(model, revision, device, next(network.parameters()).dtype)  # the manifest's runtime.device/dtype
         return cls(network, processor, name=model, revision=revision, device=device)
 
     # -- similarity scale --------------------------------------------------------------

@@ -1,9 +1,12 @@
 """The run manifest: what ran, on what, with which models and library versions, and whether
 the row accounting closes.
 
-The manifest is what an auditor cites to defend a number: the config, the dataset
-fingerprint, model ids with revisions, versions, and the two accounting identities of the
-output contract:
+The manifest is what an auditor cites to defend a number, and what reproduces it: the config,
+the dataset's content fingerprint, the sha256 of every model file per role
+(``models.<role>.weights_sha256``), the device and dtype the loaders used (``runtime``), the
+versions of every package that changes numbers (``versions``), the bootstrap seed and every
+metric parameter (``metrics``), the inputs of the run id (``run_identity``), and the two
+accounting identities of the output contract:
 
     rows_in  = valid + quarantined
     planned  = kept + dropped + failed
@@ -22,26 +25,37 @@ from importlib import metadata
 from pathlib import PurePath
 from typing import Any
 
-MANIFEST_SCHEMA_VERSION = 1
+MANIFEST_SCHEMA_VERSION = 2
 
-# Distribution names whose versions change the numbers or the files of a run.
+# Distribution names whose versions change the numbers or the files of a run: the models'
+# kernels and loading (torch, its CUDA libraries, diffusers, transformers, tokenizers, ...), the
+# metrics (numpy, scipy, scikit-learn and pandas under fairlearn, polars), decoding (pillow),
+# validation (great-expectations) and the orchestration that decides what is rerun.
 VERSIONED_DISTRIBUTIONS = (
     "counterfactual-lab",
     "torch",
+    "nvidia-cublas-cu12",
+    "nvidia-cudnn-cu12",
     "diffusers",
     "transformers",
+    "tokenizers",
+    "huggingface-hub",
     "accelerate",
     "safetensors",
     "prefect",
     "prefect-ray",
     "ray",
     "fairlearn",
+    "scikit-learn",
+    "scipy",
+    "pandas",
     "polars",
     "pyarrow",
     "great-expectations",
     "pillow",
     "numpy",
 )
+MODEL_ROLES = ("generator", "judge", "audit")
 
 ROW_ACCOUNTING_KEYS = ("rows_in", "valid", "quarantined", "planned", "kept", "dropped", "failed")
 
@@ -93,12 +107,46 @@ def check_row_accounting(acc: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def config_block(config: Any) -> dict[str, Any]:
+    """The ``config`` section of the manifest: the audit config as it was run, JSON-ready.
+
+    The one place the config is dumped into the manifest (the report shows the manifest's copy),
+    so it is also where secrets given inline are redacted.
+    """
+    return jsonable(config.model_dump(mode="json", exclude={"base_dir"}))
+
+
+def metric_parameters(audit: Any) -> dict[str, Any]:
+    """The ``metrics`` section: every parameter that changes a number in ``metrics.parquet``.
+
+    Built from the config's ``audit`` section and the metrics' fixed constants; once the metrics
+    package exposes its own ``metric_parameters(audit_config)``, this returns that.
+    """
+    from counterfactual_lab.bootstrap import DEFAULT_SEED
+    from counterfactual_lab.retrieval_fairness import DEFAULT_EPSILON
+
+    return {
+        "bootstrap_seed": DEFAULT_SEED,
+        "bootstrap_samples": audit.bootstrap_samples,
+        "confidence": audit.confidence,
+        "interval_method": "percentile bootstrap",
+        "top_k": audit.top_k,
+        "skew_epsilon": DEFAULT_EPSILON,
+        "labels": list(audit.labels),
+        "prompt": audit.prompt,
+        "queries": list(audit.queries),
+    }
+
+
 def build_manifest(
     *,
     run_id: str,
     config: Mapping[str, Any],
     dataset: Mapping[str, Any],
     models: Mapping[str, Mapping[str, Any]],
+    runtime: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    run_identity: Mapping[str, Any] | None = None,
     row_accounting: Mapping[str, Any],
     generation_counts: Mapping[str, Any],
     cache_hits: int,
@@ -109,9 +157,12 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The manifest of one run as a JSON-ready dict.
 
-    ``dataset`` holds ``name``, ``uri``, ``fingerprint``; ``models`` maps a role (generator,
-    judge, audit) to ``{"model": id or path, "revision": ...}``; ``tables`` maps a table name to
-    its URI. ``row_accounting_problems`` lists where the accounting does not close (empty: it does).
+    ``dataset`` holds ``name``, ``uri``, ``fingerprint`` (the content fingerprint); ``models``
+    maps a role (generator, judge, audit) to ``{"model": id or path, "revision": ...,
+    "weights_sha256": {file: sha256}, ...}``; ``runtime`` holds the ``device`` and ``dtype``
+    used; ``metrics`` the metric parameters (:func:`metric_parameters`); ``run_identity`` what
+    the run id hashes; ``tables`` maps a table name to its URI. ``row_accounting_problems``
+    lists where the accounting does not close (empty: it does).
     """
     for key in ("name", "uri", "fingerprint"):
         if key not in dataset:
@@ -119,6 +170,14 @@ def build_manifest(
     for role, model in models.items():
         if "model" not in model:
             raise ValueError(f"manifest model {role!r} needs a 'model' id or path")
+        if not isinstance(model.get("weights_sha256"), Mapping):
+            raise ValueError(f"manifest model {role!r} needs 'weights_sha256' (a dict of file -> sha256)")
+    for key in ("device", "dtype"):
+        if not runtime.get(key):
+            raise ValueError(f"manifest runtime needs {key!r}; got keys {sorted(runtime)}")
+    for key in ("bootstrap_seed", "bootstrap_samples", "confidence"):
+        if key not in metrics:
+            raise ValueError(f"manifest metrics needs {key!r}; got keys {sorted(metrics)}")
     start, finish = _timestamp(started_at), _timestamp(finished_at)
     duration = None
     if isinstance(started_at, datetime) and isinstance(finished_at, datetime):
@@ -132,6 +191,9 @@ def build_manifest(
         "tiny_models": bool(tiny_models),
         "dataset": dict(dataset),
         "models": {role: {"model": m["model"], "revision": m.get("revision"), **m} for role, m in models.items()},
+        "runtime": dict(runtime),
+        "metrics": dict(metrics),
+        "run_identity": dict(run_identity or {}),
         "row_accounting": dict(row_accounting),
         "row_accounting_problems": check_row_accounting(row_accounting),
         "generation_counts": dict(generation_counts),

@@ -64,18 +64,27 @@ def chunk(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def plan_work_items(valid: "pl.DataFrame", config: "AuditConfig", spec: "DatasetSpec") -> list[WorkItem]:
+def plan_work_items(
+    valid: "pl.DataFrame", config: "AuditConfig", spec: "DatasetSpec", generator_identity: str | None = None
+) -> list[WorkItem]:
     """Every valid row × requested attribute change × seed, as work items.
 
     The source value comes from the dataset's attribute column, else from the caption
     (``detect_value``); when neither says, the row is planned for every target. A target
     equal to the source value is not a change and is skipped. Rows are planned in dataset
     order, so the plan (and every key in it) is deterministic.
+
+    ``generator_identity`` (``model_identity(...).key``: the sha256 of the model's files, or a
+    hub commit) names the generator in every key in place of the config's spelling of its path,
+    so a relative and an absolute path to one model plan the same keys and share every image.
     """
     from counterfactual_lab.text_counterfactual import detect_value, edit_instruction, rewrite_caption
 
     generation = config.generation
-    fingerprint = generator_fingerprint(generation.fingerprint_fields())
+    fields = generation.fingerprint_fields()
+    if generator_identity is not None:
+        fields.update(model=generator_identity, revision=None)
+    fingerprint = generator_fingerprint(fields)
     seeds = range(generation.seed, generation.seed + generation.seeds_per_target)
     targets_by_attribute = {
         attribute: [spec.canonical_value(attribute, value) or value for value in values]

@@ -41,11 +41,27 @@ def _file_name(name: str, suffix: str) -> str:
     return name if name.endswith(suffix) else f"{name}{suffix}"
 
 
+def mark_incomplete(run_uri: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """Remove the run's ``manifest.json`` so every reader sees the run as incomplete; True if there was one.
+
+    A run that is about to be written again (``--force``, a retried publish) calls this before
+    it rewrites anything, so no reader ever finds the old manifest beside files it does not vouch for.
+    """
+    uri = join(run_uri, MANIFEST_NAME)
+    if not exists(uri, storage_options):
+        return False
+    fs, path = filesystem(uri, storage_options)
+    fs.rm_file(path)
+    return True
+
+
 class RunPublisher:
     """Writes the files of one run under ``<out_uri>/<run_id>/``.
 
     The first write removes a ``manifest.json`` left by an earlier attempt of the same run id,
-    so a retried publish is marked incomplete until :meth:`write_manifest` runs again.
+    so a retried publish is marked incomplete until :meth:`write_manifest` runs again. A flow
+    that writes other files into the run folder first (validation outputs) calls
+    :meth:`mark_incomplete` before them.
     """
 
     def __init__(
@@ -119,16 +135,15 @@ class RunPublisher:
         data = json.dumps(manifest, indent=2, sort_keys=True, default=str, allow_nan=False).encode("utf-8")
         return self._write_bytes(MANIFEST_NAME, data, is_manifest=True)
 
+    def mark_incomplete(self) -> bool:
+        """Remove a manifest left by an earlier run of this id, before anything is rewritten; True if there was one."""
+        self._started = True
+        return mark_incomplete(self.run_uri, self.storage_options)
+
     def _write_bytes(self, file_name: str, data: bytes, is_manifest: bool = False) -> str:
         if not self._started and not is_manifest:
-            self._invalidate_old_manifest()
+            self.mark_incomplete()
         self._started = True
         uri = self.uri_of(file_name)
         write_bytes_atomic(uri, data, self.storage_options)
         return uri
-
-    def _invalidate_old_manifest(self) -> None:
-        uri = self.uri_of(MANIFEST_NAME)
-        if exists(uri, self.storage_options):
-            fs, path = filesystem(uri, self.storage_options)
-            fs.rm_file(path)

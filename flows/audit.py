@@ -71,10 +71,12 @@ def dataset_audit(
 
     ``dataset_uri`` overrides the config's dataset (an event-triggered run passes the new
     dataset here); ``output_uri`` overrides ``output.uri``; ``evaluate=False`` stops after
-    the judge (``cflab generate``). The run id hashes the config, the library version and the
-    dataset's fingerprint, so a complete run with the same id already holds this audit's
-    answer: it is returned as it is unless ``force`` (a scheduled audit of unchanged data
-    costs one listing). ``force`` runs every stage again; cached images are still reused.
+    the judge (``cflab generate``). The run id hashes the config's stages, the models' and the
+    dataset's content (``audit_run.run_identity``) and the library version, so a complete run
+    with the same id already holds this audit's answer: it is returned as it is unless
+    ``force`` (a scheduled audit of unchanged data costs a listing and a stat per file).
+    ``force`` first marks the old run incomplete, then runs every stage again; cached images
+    are still reused.
     """
     config = AuditConfig.from_yaml(config_uri)
     location = locate_run(config, dataset_uri, output_uri, evaluate)
@@ -93,11 +95,14 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
     logger = get_run_logger()
     started_at = datetime.now(timezone.utc)
     spec, options, run_id = location.spec, location.storage_options, location.run_id
-    dataset_fingerprint = location.dataset_fingerprint
     store = ImageStore(location.out_uri, options)
     device = config.runtime.device
     publisher = RunPublisher(location.out_uri, run_id, spec.name, options)
     logger.info("run %s: dataset %s -> %s", run_id, spec.uri, publisher.run_uri)
+    # Before anything in the run folder is rewritten (validation outputs come first): a manifest
+    # of an earlier run of this id must not vouch for the files this run is about to replace.
+    if publisher.mark_incomplete():
+        logger.info("run %s: the earlier manifest was removed; the run is incomplete until it is published again", run_id)
 
     outcome = with_runtime_retries(validate_dataset, config)(spec, store, config.runtime.ingest_batch_rows)
     write_validation_outputs(outcome, publisher.run_uri, options)
@@ -116,7 +121,7 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
         records: list = []
         pool = pool_from_counterfactual_sets(outcome.valid, attributes)
     else:
-        items = plan_work_items(outcome.valid, config, spec)
+        items = plan_work_items(outcome.valid, config, spec, generator_identity=location.models["generator"].key)
         records = _generate(items, config, store, device)
         candidates = candidates_frame(items, records, config.generation.method)
         counterfactuals = with_runtime_retries(judge_counterfactuals, config)(
@@ -136,7 +141,7 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
     manifest = publish_run(
         publisher=publisher,
         config=config,
-        dataset={"name": spec.name, "uri": spec.uri, "fingerprint": dataset_fingerprint},
+        location=location,
         tables=tables,
         accounting=accounting,
         counts=counts,

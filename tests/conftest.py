@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 
 import pytest
@@ -16,6 +19,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The file hash cache (model weights, dataset files) of this test session, not the user's ~/.cache.
+if "CFLAB_CACHE_DIR" not in os.environ:
+    os.environ["CFLAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="cflab-test-hash-cache-")
+    atexit.register(shutil.rmtree, os.environ["CFLAB_CACHE_DIR"], ignore_errors=True)
 
 
 # One torch thread per test process: on 2 cores, intra-op threads fight the Prefect server and

@@ -19,6 +19,9 @@ from counterfactual_lab.publish import RunPublisher, is_complete
 from counterfactual_lab.run_reader import read_run
 
 ACCOUNTING = {"rows_in": 10, "valid": 9, "quarantined": 1, "planned": 6, "kept": 4, "dropped": 1, "failed": 1}
+RUNTIME = {"device": "cpu", "dtype": "float32"}
+METRICS = {"bootstrap_seed": 0, "bootstrap_samples": 1000, "confidence": 0.95}
+AUDIT_MODEL = {"model": "tiny-clip", "revision": None, "weights_sha256": {"model.safetensors": "ab" * 32}}
 
 
 def metrics() -> pl.DataFrame:
@@ -46,7 +49,9 @@ def manifest_for(publisher: RunPublisher, tables: dict[str, str]) -> dict:
         run_id=publisher.run_id,
         config={"audit": {"labels": ["doctor", "nurse"]}, "output": {"uri": Path("/tmp/out")}},
         dataset={"name": publisher.dataset_name, "uri": "/data/sample", "fingerprint": "f00d"},
-        models={"audit": {"model": "tiny-clip", "revision": None}, "generator": {"model": "tiny-img2img", "revision": "r1"}},
+        models={"audit": AUDIT_MODEL, "generator": {"model": "tiny-img2img", "revision": "r1", "weights_sha256": {}}},
+        runtime=RUNTIME,
+        metrics=METRICS,
         row_accounting=ACCOUNTING,
         generation_counts={"generated": 5, "cached": 1},
         cache_hits=1,
@@ -177,6 +182,24 @@ def test_republishing_a_run_marks_it_incomplete_until_its_new_manifest(tmp_path)
     assert is_complete(retry.run_uri)
 
 
+def test_mark_incomplete_comes_before_any_other_file_is_rewritten(tmp_path):
+    """What ``--force`` does first: validation outputs written directly into the run folder
+    afterwards never sit beside the old manifest."""
+    from counterfactual_lab.publish import mark_incomplete
+
+    first = RunPublisher(str(tmp_path), "run-1", "sample")
+    publish_complete_run(first)
+    rerun = RunPublisher(str(tmp_path), "run-1", "sample")
+    assert rerun.mark_incomplete() is True
+    assert not is_complete(rerun.run_uri)
+    with pytest.raises(UserError, match="is incomplete: no manifest.json"):
+        read_run(rerun.run_uri)
+    assert files_under(tmp_path) == ["metrics.parquet", "quarantine.parquet", "report.html"]
+    assert mark_incomplete(rerun.run_uri) is False  # nothing left to remove: not an error
+    publish_complete_run(rerun)
+    assert is_complete(rerun.run_uri)
+
+
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", ""])
 def test_names_stay_inside_the_run(tmp_path, name):
     with pytest.raises(UserError, match="plain file name"):
@@ -222,12 +245,13 @@ def test_manifest_records_provenance_and_is_json(tmp_path):
     assert json.loads(text) == manifest
     assert manifest["config"]["output"]["uri"] == "/tmp/out"
     assert manifest["started_at"] == "2025-01-01T12:00:00+00:00" and manifest["duration_s"] == 300.0
-    assert manifest["models"]["audit"] == {"model": "tiny-clip", "revision": None}
+    assert manifest["models"]["audit"] == AUDIT_MODEL
+    assert manifest["runtime"] == RUNTIME and manifest["metrics"] == METRICS
     assert manifest["dataset"]["fingerprint"] == "f00d"
     assert manifest["row_accounting_problems"] == []
     versions = manifest["versions"]
     assert versions["python"] == ".".join(map(str, sys.version_info[:3]))
-    for dist in ("torch", "diffusers", "transformers", "prefect", "polars"):
+    for dist in ("torch", "diffusers", "transformers", "prefect", "polars", "scikit-learn", "scipy", "fairlearn", "numpy"):
         assert versions[dist], dist
 
 
@@ -237,6 +261,8 @@ def test_building_a_manifest_imports_no_heavy_library():
         import sys
         from counterfactual_lab.manifest import build_manifest
         build_manifest(run_id="r", config={}, dataset={"name": "d", "uri": "u", "fingerprint": "f"}, models={},
+                       runtime={"device": "cpu", "dtype": "float32"},
+                       metrics={"bootstrap_seed": 0, "bootstrap_samples": 50, "confidence": 0.95},
                        row_accounting={}, generation_counts={}, cache_hits=0, tables={},
                        started_at="a", finished_at="b", tiny_models=False)
         heavy = [m for m in ("prefect", "polars", "pyarrow", "torch", "great_expectations") if m in sys.modules]
@@ -248,10 +274,31 @@ def test_building_a_manifest_imports_no_heavy_library():
     assert out.stdout.strip() == "[]"
 
 
+def _manifest_with(**changes):
+    fields = dict(
+        run_id="r", config={}, dataset={"name": "d", "uri": "u", "fingerprint": "f"}, models={"audit": AUDIT_MODEL},
+        runtime=RUNTIME, metrics=METRICS, row_accounting={}, generation_counts={}, cache_hits=0, tables={},
+        started_at="a", finished_at="b", tiny_models=False,
+    )
+    return build_manifest(**{**fields, **changes})
+
+
 def test_manifest_rejects_a_dataset_without_fingerprint():
     with pytest.raises(ValueError, match="fingerprint"):
-        build_manifest(run_id="r", config={}, dataset={"name": "d", "uri": "u"}, models={}, row_accounting={},
-                       generation_counts={}, cache_hits=0, tables={}, started_at="a", finished_at="b", tiny_models=False)
+        _manifest_with(dataset={"name": "d", "uri": "u"})
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"models": {"judge": {"model": "m", "revision": None}}}, "model 'judge' needs 'weights_sha256'"),
+        ({"runtime": {"device": "cpu"}}, "runtime needs 'dtype'"),
+        ({"metrics": {"bootstrap_samples": 50, "confidence": 0.95}}, "metrics needs 'bootstrap_seed'"),
+    ],
+)
+def test_manifest_refuses_to_leave_out_what_reproduces_the_run(changes, problem):
+    with pytest.raises(ValueError, match=problem):
+        _manifest_with(**changes)
 
 
 def test_row_accounting_closes():

@@ -12,7 +12,7 @@ import pytest
 from counterfactual_lab.dataset_watch import (
     changed_datasets,
     check_output_outside_prefixes,
-    fingerprint,
+    listing_fingerprint,
     list_datasets,
     read_state,
     record_seen,
@@ -59,7 +59,7 @@ def test_single_parquet_file_is_a_dataset(tmp_path):
     path = tmp_path / "one.parquet"
     write_parquet(path)
     assert list_datasets([str(path)]) == [str(path)]
-    assert len(fingerprint(str(path))) == 64
+    assert len(listing_fingerprint(str(path))) == 64
 
 
 def test_a_glob_is_one_dataset(tmp_path):
@@ -67,31 +67,31 @@ def test_a_glob_is_one_dataset(tmp_path):
     write_parquet(tmp_path / "ds" / "b.parquet")
     pattern = str(tmp_path / "ds" / "*.parquet")
     assert list_datasets([pattern]) == [pattern]
-    before = fingerprint(pattern)
+    before = listing_fingerprint(pattern)
     write_parquet(tmp_path / "ds" / "c.parquet")
-    assert fingerprint(pattern) != before
+    assert listing_fingerprint(pattern) != before
     with pytest.raises(UserError, match="matches no .parquet files"):
-        fingerprint(str(tmp_path / "ds" / "*.csv"))
+        listing_fingerprint(str(tmp_path / "ds" / "*.csv"))
 
 
 def test_fingerprint_changes_with_any_file_and_only_then(tmp_path):
     write_parquet(tmp_path / "ds" / "a.parquet", rows=2)
-    first = fingerprint(str(tmp_path / "ds"))
-    assert fingerprint(str(tmp_path / "ds")) == first
+    first = listing_fingerprint(str(tmp_path / "ds"))
+    assert listing_fingerprint(str(tmp_path / "ds")) == first
 
     write_parquet(tmp_path / "ds" / "b.parquet", rows=2)  # a file added
-    added = fingerprint(str(tmp_path / "ds"))
+    added = listing_fingerprint(str(tmp_path / "ds"))
     write_parquet(tmp_path / "ds" / "a.parquet", rows=5)  # a file rewritten
-    rewritten = fingerprint(str(tmp_path / "ds"))
+    rewritten = listing_fingerprint(str(tmp_path / "ds"))
     os.remove(tmp_path / "ds" / "b.parquet")  # a file removed
-    removed = fingerprint(str(tmp_path / "ds"))
+    removed = listing_fingerprint(str(tmp_path / "ds"))
     assert len({first, added, rewritten, removed}) == 4
 
 
 def test_fingerprint_matches_the_one_seen_by_the_prefix_listing(tmp_path):
     write_parquet(tmp_path / "ds" / "year=2024" / "a.parquet")
     changed = dict(changed_datasets([str(tmp_path)], watch_state_uri(str(tmp_path / "out"))))
-    assert changed == {str(tmp_path / "ds"): fingerprint(str(tmp_path / "ds"))}
+    assert changed == {str(tmp_path / "ds"): listing_fingerprint(str(tmp_path / "ds"))}
 
 
 def test_changed_datasets_reports_new_and_changed_until_recorded(tmp_path):
@@ -151,10 +151,10 @@ def test_lists_and_fingerprints_on_s3_with_etags(s3_bucket):
     assert list_datasets([f"s3://{s3_bucket}/nothing-yet"]) == []  # an empty prefix is normal on S3
     with pytest.raises(UserError, match="does not exist"):
         list_datasets([f"s3://{s3_bucket}-missing/incoming"])
-    before = fingerprint(f"{prefix}/a")
+    before = listing_fingerprint(f"{prefix}/a")
     write_parquet(f"{s3_bucket}/incoming/a/part-0.parquet", rows=9, fs=fs)
     fs.invalidate_cache()
-    assert fingerprint(f"{prefix}/a") != before
+    assert listing_fingerprint(f"{prefix}/a") != before
 
 
 # ---- the flow: one event per new or changed dataset, against a real Prefect server ----
