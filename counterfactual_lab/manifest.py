@@ -106,12 +106,15 @@ def build_manifest(
     started_at: datetime | str,
     finished_at: datetime | str,
     tiny_models: bool,
+    failure: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest of one run as a JSON-ready dict.
 
     ``dataset`` holds ``name``, ``uri``, ``fingerprint``; ``models`` maps a role (generator,
     judge, audit) to ``{"model": id or path, "revision": ...}``; ``tables`` maps a table name to
     its URI. ``row_accounting_problems`` lists where the accounting does not close (empty: it does).
+    ``status`` is ``"failed"`` when ``failure`` is given (why: ``run_failure.FailedItems.manifest_entry``,
+    kept as ``failure``), else ``"complete"``.
     """
     for key in ("name", "uri", "fingerprint"):
         if key not in dataset:
@@ -139,7 +142,10 @@ def build_manifest(
         "tables": dict(tables),
         "config": dict(config),
         "versions": library_versions(),
+        "status": "failed" if failure else "complete",
     }
+    if failure:
+        manifest["failure"] = dict(failure)
     return jsonable(manifest)
 
 
