@@ -279,8 +279,11 @@ def publish_run(
     started_at: Any,
     finished_at: Any,
     load_image: Any,
+    failure: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write every table, the HTML report, then ``manifest.json`` last; returns the manifest."""
+    """Write every table, the HTML report, then ``manifest.json`` last; returns the manifest.
+
+    ``failure`` (``run_failure.FailedItems.manifest_entry()``) marks the run failed in both."""
     from counterfactual_lab.manifest import build_manifest, config_block, metric_parameters
     from counterfactual_lab.publish import REPORT_NAME
     from counterfactual_lab.report_html import render_report
@@ -302,6 +305,7 @@ def publish_run(
         started_at=started_at,
         finished_at=finished_at,
         tiny_models=any(is_tiny_model(identity.model) for identity in location.models.values()),
+        failure=failure,
     )
     html = render_report(
         manifest=manifest,

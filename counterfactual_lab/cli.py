@@ -123,9 +123,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print a finished run's headline metrics."""
+    from counterfactual_lab.errors import TooManyFailedItems
+    from counterfactual_lab.run_failure import failure_banner
     from counterfactual_lab.run_reader import format_headline, read_run
 
-    print(format_headline(read_run(args.run_uri)))
+    run = read_run(args.run_uri)
+    print(format_headline(run))
+    if run.failed:  # finished, but not an audit to rely on: exit 1 like the audit did
+        raise TooManyFailedItems(failure_banner(run.manifest))
     return EXIT_OK
 
 

@@ -130,6 +130,8 @@ class RuntimeConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     ingest_batch_rows: int = Field(1024, ge=1)
     max_invalid_fraction: float = Field(0.05, ge=0, le=1)
+    # A run with a larger share of failed work items is published but marked failed (exit 1).
+    max_failed_fraction: float = Field(0.1, ge=0, le=1)
     retries: int = Field(3, ge=0)
     retry_delay_seconds: float = Field(2.0, ge=0)
 

@@ -26,3 +26,16 @@ class TransientStorageError(Exception):
 
 class DataOverLimit(UserError):
     """The data read fine but fails a limit the user set (e.g. too many quarantined rows): exit 1."""
+
+
+class UntrustedResultError(UserError):
+    """A stored task result (or its cache record) that this project did not write: refused unread.
+
+    Only data-only records of our own types are ever decoded; anything else (a pickle, a
+    foreign serializer, a malformed record) raises this with the storage path at fault.
+    """
+
+
+class TooManyFailedItems(DataOverLimit):
+    """More than ``runtime.max_failed_fraction`` of a run's work items failed: the run is
+    published, marked failed, and the CLI exits 1 with the commonest error."""

@@ -154,6 +154,7 @@ def build_manifest(
     started_at: datetime | str,
     finished_at: datetime | str,
     tiny_models: bool,
+    failure: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest of one run as a JSON-ready dict.
 
@@ -163,6 +164,8 @@ def build_manifest(
     used; ``metrics`` the metric parameters (:func:`metric_parameters`); ``run_identity`` what
     the run id hashes; ``tables`` maps a table name to its URI. ``row_accounting_problems``
     lists where the accounting does not close (empty: it does).
+    ``status`` is ``"failed"`` when ``failure`` is given (why: ``run_failure.FailedItems.manifest_entry``,
+    kept as ``failure``), else ``"complete"``.
     """
     for key in ("name", "uri", "fingerprint"):
         if key not in dataset:
@@ -201,7 +204,10 @@ def build_manifest(
         "tables": dict(tables),
         "config": dict(config),
         "versions": library_versions(),
+        "status": "failed" if failure else "complete",
     }
+    if failure:
+        manifest["failure"] = dict(failure)
     return jsonable(manifest)
 
 

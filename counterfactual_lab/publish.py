@@ -21,7 +21,7 @@ from typing import Any
 import polars as pl
 
 from counterfactual_lab.errors import UserError
-from counterfactual_lab.storage import exists, filesystem, join, write_bytes_atomic
+from counterfactual_lab.storage import exists, filesystem, join, read_bytes, write_bytes_atomic
 
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.html"
@@ -30,8 +30,17 @@ TABLE_NAMES = ("counterfactuals", "predictions", "metrics", "quarantine")
 
 
 def is_complete(run_uri: str, storage_options: dict[str, Any] | None = None) -> bool:
-    """True when the run at ``run_uri`` has its ``manifest.json`` (the last file a run writes)."""
-    return exists(join(run_uri, MANIFEST_NAME), storage_options)
+    """True when the run at ``run_uri`` has its ``manifest.json`` (the last file a run writes) and
+    the manifest does not mark it failed. A failed run is finished but not complete: the next
+    audit of the same config and data runs it again (manifests from before ``status`` count as complete)."""
+    uri = join(run_uri, MANIFEST_NAME)
+    if not exists(uri, storage_options):
+        return False
+    try:
+        manifest = json.loads(read_bytes(uri, storage_options))
+    except (ValueError, UnicodeDecodeError, FileNotFoundError):
+        return False  # damaged or removed meanwhile: not something to vouch for
+    return isinstance(manifest, dict) and manifest.get("status", "complete") == "complete"
 
 
 def _file_name(name: str, suffix: str) -> str:

@@ -4,7 +4,8 @@ Nothing is fetched when it opens: images are inlined as base64 PNG data URIs, ch
 inline SVG drawn here, styles are inline, and there is no JavaScript. It can be mailed,
 attached to a ticket, or opened from S3 offline.
 
-The first line of the visible body names the models; for tiny random-weight models it also
+A failed run's report opens with a banner saying so (``run_failure.failure_banner``).
+The first line of the visible body (after that banner) names the models; for tiny random-weight models it also
 says the numbers mean nothing. Every piece of dataset text (captions, ids, reasons, queries)
 is untrusted input and goes through :func:`html.escape`.
 """
@@ -32,6 +33,7 @@ from counterfactual_lab.findings import (
     percent,
 )
 from counterfactual_lab.manifest import ROW_ACCOUNTING_KEYS, check_row_accounting
+from counterfactual_lab.run_failure import failure_banner
 from counterfactual_lab.storage import read_image
 
 THUMBNAIL_PX = 256
@@ -53,6 +55,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5re
 color:#1f2328;padding:0 1rem;line-height:1.45}
 .models{font-weight:600;padding:.5rem .75rem;border-left:4px solid #0969da;background:#ddf4ff;margin:0 0 1rem}
 .models.tiny{border-color:#cf222e;background:#ffebe9}
+.run-failed{font-weight:700;padding:.6rem .75rem;border:2px solid #cf222e;background:#ffebe9;color:#82071e;margin:0 0 1rem}
 h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #d0d7de}
 table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #d0d7de;padding:.2rem .45rem;text-align:left}
 .problem{color:#cf222e;font-weight:600}.ok{color:#1a7f37}
@@ -92,7 +95,9 @@ def render_report(
     tiny = bool(manifest.get("tiny_models"))
     images = _ImageInliner(load_image)
     run_id = manifest.get("run_id", "")
+    failed = failure_banner(manifest)
     body = [
+        f'<p id="run-failed" class="run-failed">{e(failed)}</p>' if failed else "",
         f'<p id="models" class="models{" tiny" if tiny else ""}">{e(models_line(manifest))}</p>',
         f"<h1>Counterfactual bias audit: run {e(run_id)}</h1>",
         _run_section(manifest),
@@ -104,7 +109,7 @@ def render_report(
         _metrics_table_section(metrics),
         _provenance_section(manifest),
     ]
-    title = f"Counterfactual audit {run_id}" + (" (tiny test models)" if tiny else "")
+    title = ("FAILED: " if failed else "") + f"Counterfactual audit {run_id}" + (" (tiny test models)" if tiny else "")
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'

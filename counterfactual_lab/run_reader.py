@@ -16,6 +16,7 @@ import polars as pl
 from counterfactual_lab.errors import UserError
 from counterfactual_lab.findings import accounting_lines, headline_findings, headline_table, models_line, number
 from counterfactual_lab.publish import MANIFEST_NAME, REPORT_NAME, TABLE_NAMES
+from counterfactual_lab.run_failure import failure_banner, is_failed
 from counterfactual_lab.storage import exists, filesystem, join, read_bytes
 
 
@@ -37,6 +38,11 @@ class RunTables:
     @property
     def report_uri(self) -> str:
         return join(self.run_uri, REPORT_NAME)
+
+    @property
+    def failed(self) -> bool:
+        """True for a finished run marked failed (too many failed work items): not an audit to rely on."""
+        return is_failed(self.manifest)
 
 
 def read_run(run_uri: str, storage_options: dict[str, Any] | None = None) -> RunTables:
@@ -91,6 +97,8 @@ def format_headline(run: RunTables, max_rows: int = 20) -> str:
         f"run {run.run_id}  ({run.run_uri})",
         models_line(manifest),
     ]
+    if run.failed:
+        lines.insert(0, failure_banner(manifest))
     if dataset:
         lines.append(
             f"Dataset: {dataset.get('name')}  {dataset.get('uri')}  fingerprint {dataset.get('fingerprint')}"

@@ -38,16 +38,17 @@ from counterfactual_lab.audit_run import (
     row_accounting,
 )
 from counterfactual_lab.config import AuditConfig
-from counterfactual_lab.errors import DataOverLimit
+from counterfactual_lab.errors import DataOverLimit, TooManyFailedItems
 from counterfactual_lab.evaluate import build_evaluation_pool, pool_from_counterfactual_sets
 from counterfactual_lab.findings import headline_table, summary_markdown
 from counterfactual_lab.metrics import METRICS_SCHEMA
 from counterfactual_lab.plan import chunk, plan_work_items
 from counterfactual_lab.publish import REPORT_NAME, RunPublisher, is_complete
+from counterfactual_lab.run_failure import count_failed_items
 from counterfactual_lab.storage import ImageStore, join
 from counterfactual_lab.validation import write_validation_outputs
 from tasks.evaluate import compute_fairness_metrics, evaluate_batch
-from tasks.generate import generate_counterfactual_batch
+from tasks.generate import generation_task_for
 from tasks.judge import judge_counterfactuals
 from tasks.runners import make_task_runner
 from tasks.validate import validate_dataset
@@ -59,7 +60,7 @@ EVALUATION_CHUNK_IMAGES = 256
 PROGRESS_UPDATE_SECONDS = 2.0
 
 
-@flow(name="dataset-audit", log_prints=True)
+@flow(name="dataset-audit", log_prints=True, persist_result=False)
 def dataset_audit(
     config_uri: str = DEFAULT_CONFIG,
     dataset_uri: str | None = None,
@@ -90,7 +91,7 @@ def dataset_audit(
     return audit_stages.with_options(task_runner=runner)(config, location, evaluate)
 
 
-@flow(name="audit-stages", log_prints=True)
+@flow(name="audit-stages", log_prints=True, persist_result=False)
 def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> str:
     logger = get_run_logger()
     started_at = datetime.now(timezone.utc)
@@ -137,6 +138,9 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
         tables["metrics"] = compute_fairness_metrics(predictions, retrieval, counterfactuals, config.audit)
 
     counts = generation_counts(records)
+    # More failed work items than runtime.max_failed_fraction: publish what there is, marked failed.
+    failed_items = count_failed_items(records, config.runtime.max_failed_fraction)
+    failure = failed_items.manifest_entry() if failed_items.over_limit else None
     accounting = row_accounting(outcome.rows_in, outcome.valid.height, outcome.quarantined, counterfactuals)
     manifest = publish_run(
         publisher=publisher,
@@ -148,10 +152,13 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
         started_at=started_at,
         finished_at=datetime.now(timezone.utc),
         load_image=store.load,
+        failure=failure,
     )
     # A generate-only run has no metrics: an empty table with the columns, not a frame without any.
     _publish_artifacts(manifest, tables.get("metrics", pl.DataFrame(schema=METRICS_SCHEMA)))
     logger.info("report: %s", manifest["report"])
+    if failure:
+        raise TooManyFailedItems(failed_items.message(publisher.run_uri))
     return publisher.run_uri
 
 
@@ -167,6 +174,8 @@ def with_runtime_retries(task: Any, config: AuditConfig) -> Any:
 def _generate(items: list, config: AuditConfig, store: ImageStore, device: str) -> list:
     """Fan out one generation task per batch; progress in the terminal and in a Prefect artifact.
 
+    Each batch runs under its writer lock in the output store (``tasks.generate.generation_task_for``):
+    an audit that reaches a batch another audit is making waits, then reads it from the cache.
     A batch served by Prefect's task cache counts as cache hits. Such a batch runs again past
     the cache when it recorded a failure (the cache must not make a failure permanent) or
     points at images no longer in the store (an output folder removed, an S3 lifecycle rule);
@@ -177,7 +186,7 @@ def _generate(items: list, config: AuditConfig, store: ImageStore, device: str) 
         return []
     progress_id = create_progress_artifact(progress=0.0, description=f"generation: {len(items)} work items")
     # On Ray, the runner gives each `gpu`-tagged batch a GPU (tasks/runners.py).
-    generate = with_runtime_retries(generate_counterfactual_batch, config)
+    generate = with_runtime_retries(generation_task_for(store), config)
     futures = generate.map(batches, unmapped(config.generation), unmapped(store), unmapped(device))
     index_of = {future.task_run_id: index for index, future in enumerate(futures)}
     results: list[list] = [[] for _ in batches]
@@ -237,7 +246,7 @@ def _publish_artifacts(manifest: dict, metrics: pl.DataFrame) -> None:
         create_link_artifact(report_uri, link_text="report.html", key="audit-report")
 
 
-@flow(name="nightly-audit", log_prints=True)
+@flow(name="nightly-audit", log_prints=True, persist_result=False)
 def nightly_audit(
     config_uri: str = DEFAULT_CONFIG, catalogue_dir: str = CATALOGUE_DIR, output_uri: str | None = None
 ) -> list[str]:

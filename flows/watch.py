@@ -51,7 +51,7 @@ def announce_dataset(uri: str, fingerprint: str) -> None:
     EventsWorker.instance().wait_until_empty()
 
 
-@flow(name="watch-datasets")
+@flow(name="watch-datasets", persist_result=False)
 def watch_datasets(prefixes: list[str], output_uri: str = "./out") -> list[str]:
     """Announce every new or changed dataset under ``prefixes``; returns their URIs.
 

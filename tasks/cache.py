@@ -11,9 +11,16 @@ booleans, None, or small lists / dicts / dataclasses / pydantic models of those 
 example the output URI, which the returned image URIs depend on). Anything else is left
 out of the key, so whatever it changes must already be in the content keys.
 
-Configure ``key_storage`` (see :func:`generation_cache_policy`) and Prefect keeps each
-cache record's metadata in its own small file: a lookup reads that file only, never the
-stored result.
+Prefect keeps each cache record's metadata in its own small file in ``key_storage`` (see
+:func:`generation_cache_policy`). That storage is always wrapped in
+``tasks.result_serialization.VerifiedKeyStorage``: a record is handed to Prefect only if it
+names our data-only JSON serializer and its result decodes as generation records, so a pickle
+planted in the result storage is refused unread (a cache miss), never unpickled.
+
+With a ``lock_manager`` (``counterfactual_lab.store_lock.StoreLockManager`` on the output
+store) the policy runs at Prefect's ``SERIALIZABLE`` isolation: a batch's task holds the lock
+of its cache key from the lookup to the stored result, so of two audits that reach the same
+batch at once one generates it and the other waits and reads it from the cache.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
 # Bump when the meaning of a cached result changes (e.g. the result's shape).
-GENERATION_CACHE_VERSION = "1"
+# 2: records stored as data-only JSON (tasks/result_serialization.py), no longer pickled.
+GENERATION_CACHE_VERSION = "2"
 
 # Inputs larger than this (in scalar elements) are never hashed.
 _MAX_PLAIN_ELEMENTS = 256
@@ -87,9 +95,15 @@ class WorkItemsCachePolicy(CachePolicy):
     version: str = GENERATION_CACHE_VERSION
 
     def __post_init__(self) -> None:
-        # Always keep cache records apart from results, so a lookup never reads a result.
-        if self.key_storage is None:
-            self.key_storage = default_key_storage()
+        # Always keep cache records apart from results, behind the check that refuses any
+        # record our serializer did not write.
+        from tasks.result_serialization import VerifiedKeyStorage
+
+        self.key_storage = VerifiedKeyStorage.wrapping(
+            self.key_storage if self.key_storage is not None else default_key_storage()
+        )
+        if self.isolation_level == "SERIALIZABLE" and self.lock_manager is None:
+            raise ValueError("WorkItemsCachePolicy: SERIALIZABLE isolation needs a lock_manager")
 
     def compute_key(
         self,
@@ -132,26 +146,25 @@ def generation_cache_policy(
     key_storage: str | Path | Any | None = None,
     items_parameter: str = "items",
     version: str = GENERATION_CACHE_VERSION,
+    lock_manager: Any | None = None,
 ) -> WorkItemsCachePolicy:
     """The policy for generation (or any work-item batch) tasks, with ``key_storage`` set.
 
     ``key_storage`` is a local folder (str or Path), an ``s3://`` URI, a Prefect ``WritableFileSystem``
     block (e.g. ``RemoteFileSystem(basepath="s3://bucket/prefect-cache-keys")`` when
-    workers run on several machines), or None for :func:`default_key_storage`. Use it
-    with ``persist_result=True`` on the task: a cache hit needs the stored result.
+    workers run on several machines), or None for :func:`default_key_storage`; it is always
+    wrapped in ``VerifiedKeyStorage``. ``lock_manager`` (a Prefect lock manager, e.g.
+    ``StoreLockManager``) makes the policy ``SERIALIZABLE``: one writer per batch. Use it
+    with ``persist_result=True`` and ``GenerationRecordsSerializer`` on the task.
     """
-    if key_storage is None:
-        return WorkItemsCachePolicy(items_parameter=items_parameter, version=version)
-    if isinstance(key_storage, str) and "://" in key_storage and not key_storage.startswith("file://"):
-        from prefect.filesystems import RemoteFileSystem
-
-        from counterfactual_lab.storage import storage_options_for
-
-        key_storage = RemoteFileSystem(basepath=key_storage, settings=storage_options_for(key_storage))
-    elif isinstance(key_storage, str):
-        # Prefect reads a str with exactly one "/" as a block slug ("type/name"): a local
-        # folder such as "out/keys" must be passed as a Path.
-        key_storage = Path(key_storage)
-    return WorkItemsCachePolicy(items_parameter=items_parameter, version=version).configure(
-        key_storage=key_storage
+    # Prefect reads a str with exactly one "/" as a block slug ("type/name"): a local folder
+    # such as "out/keys" becomes a Path here (VerifiedKeyStorage.wrapping makes URIs remote).
+    if isinstance(key_storage, str) and ("://" not in key_storage or key_storage.startswith("file://")):
+        key_storage = Path(key_storage.removeprefix("file://"))
+    return WorkItemsCachePolicy(
+        key_storage=key_storage,
+        items_parameter=items_parameter,
+        version=version,
+        isolation_level="SERIALIZABLE" if lock_manager is not None else None,
+        lock_manager=lock_manager,
     )

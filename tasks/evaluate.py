@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from counterfactual_lab.config import AuditModelConfig
 from counterfactual_lab.embeddings import ClipEmbedder
@@ -13,7 +14,8 @@ from counterfactual_lab.storage import ImageStore
 from tasks.retry import RETRY_OPTIONS
 
 
-@task(name="evaluate-batch", tags=["gpu"], **RETRY_OPTIONS)
+# Nothing stored (frames would be pickled; a stored pickle is code, see tasks/result_serialization.py).
+@task(name="evaluate-batch", tags=["gpu"], cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)
 def evaluate_batch(
     images: pl.DataFrame, audit: AuditModelConfig, store: ImageStore, device: str = "auto"
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -24,7 +26,7 @@ def evaluate_batch(
     return predictions, retrieval
 
 
-@task(name="compute-metrics")
+@task(name="compute-metrics", cache_policy=NO_CACHE, persist_result=False)
 def compute_fairness_metrics(
     predictions: pl.DataFrame, retrieval: pl.DataFrame, counterfactuals: pl.DataFrame, audit: AuditModelConfig
 ) -> pl.DataFrame:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from counterfactual_lab.config import JudgeConfig
 from counterfactual_lab.embeddings import ClipEmbedder
@@ -12,7 +13,9 @@ from counterfactual_lab.storage import ImageStore
 from tasks.retry import RETRY_OPTIONS
 
 
-@task(name="judge-counterfactuals", tags=["gpu"], **RETRY_OPTIONS)
+# Nothing stored: a frame result would be pickled, and a stored pickle is code (see
+# tasks/result_serialization.py). Judging again is cheap next to generating.
+@task(name="judge-counterfactuals", tags=["gpu"], cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)
 def judge_counterfactuals(
     candidates: pl.DataFrame, judge: JudgeConfig, store: ImageStore, *, keep_per_target: int,
     vocabulary: dict[str, list[str]], device: str = "auto",

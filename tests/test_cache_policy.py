@@ -10,7 +10,7 @@ import pytest
 
 from counterfactual_lab.plan import WorkItem, work_item_key
 from counterfactual_lab.storage import ImageStore
-from tasks.cache import WorkItemsCachePolicy, generation_cache_policy
+from tasks.cache import GENERATION_CACHE_VERSION, WorkItemsCachePolicy, generation_cache_policy
 
 
 def item(seed: int, target: str = "female") -> WorkItem:
@@ -50,7 +50,7 @@ def test_key_is_the_content_keys_plus_version_and_small_inputs():
     changed = {
         "other items": key(policy, items=[item(0), item(2)], out="s3://b/out"),
         "item order": key(policy, items=items[::-1], out="s3://b/out"),
-        "version": key(WorkItemsCachePolicy(version="2"), items=items, out="s3://b/out"),
+        "version": key(WorkItemsCachePolicy(version=GENERATION_CACHE_VERSION + "-next"), items=items, out="s3://b/out"),
         "task": key(policy, task_name="judge", items=items, out="s3://b/out"),
         "small input": key(policy, items=items, out="s3://b/elsewhere"),
         "dataclass input": key(policy, items=items, out="s3://b/out", store=ImageStore("s3://b/out")),
@@ -74,24 +74,59 @@ def test_missing_items_parameter_is_a_clear_error():
         key(WorkItemsCachePolicy(), items=[{"seed": 1}])
 
 
-def test_key_storage_is_always_set(tmp_path):
-    assert WorkItemsCachePolicy().key_storage is not None
-    assert generation_cache_policy(str(tmp_path / "keys")).key_storage == tmp_path / "keys"
-    # One "/" in a str would be read by Prefect as a block slug: it must become a Path.
-    assert str(generation_cache_policy("out/keys").key_storage) == "out/keys"
+def test_key_storage_is_always_set_and_always_verified(tmp_path):
+    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+
+    from tasks.result_serialization import VerifiedKeyStorage
+
+    def inner(policy):
+        assert isinstance(policy.key_storage, VerifiedKeyStorage)
+        return policy.key_storage.inner
+
+    assert isinstance(inner(WorkItemsCachePolicy()), LocalFileSystem)
+    assert inner(generation_cache_policy(str(tmp_path / "keys"))).basepath == str(tmp_path / "keys")
+    # One "/" in a str would be read by Prefect as a block slug: it must stay a local folder.
+    assert inner(generation_cache_policy("out/keys")).basepath == "out/keys"
+    remote = inner(generation_cache_policy("s3://bucket/cache-keys"))
+    assert isinstance(remote, RemoteFileSystem) and remote.basepath == "s3://bucket/cache-keys"
+    # Already verified: not wrapped twice.
+    verified = generation_cache_policy(tmp_path).key_storage
+    assert generation_cache_policy(verified).key_storage is verified
+
+
+def test_a_lock_manager_makes_the_policy_serializable_and_survives_configure(tmp_path):
+    from counterfactual_lab.store_lock import StoreLockManager
+
+    locks = StoreLockManager(str(tmp_path / "locks"))
+    policy = generation_cache_policy(tmp_path / "keys", lock_manager=locks)
+    assert (policy.isolation_level, policy.lock_manager) == ("SERIALIZABLE", locks)
+    assert generation_cache_policy(tmp_path / "keys").isolation_level is None
+    # Prefect deep-copies policies in configure(); the lock manager is shared, not copied.
+    assert policy.configure(isolation_level="SERIALIZABLE").lock_manager is locks
+    with pytest.raises(ValueError, match="needs a lock_manager"):
+        WorkItemsCachePolicy(isolation_level="SERIALIZABLE")
+
+
+def records_for(items: list[WorkItem], out: str) -> list:
+    from counterfactual_lab.generation import GenerationRecord
+
+    return [GenerationRecord(i.content_key, f"{out}/images/{i.content_key}.png", "generated", seconds=0.25) for i in items]
 
 
 @pytest.mark.prefect
 def test_real_task_is_cached_on_content_keys_and_lookups_use_key_storage(prefect_server, tmp_path):
     from prefect import flow, task
 
+    from tasks.result_serialization import GenerationRecordsSerializer, RECORDS_FORMAT
+
     calls: list[list[str]] = []
     key_dir, result_dir = tmp_path / "cache-keys", tmp_path / "results"
 
-    @task(cache_policy=generation_cache_policy(key_dir), persist_result=True, result_storage=result_dir)
-    def generate(items: list[WorkItem], out: str, pipeline: object) -> list[str]:
+    @task(cache_policy=generation_cache_policy(key_dir), persist_result=True, result_storage=result_dir,
+          result_serializer=GenerationRecordsSerializer())
+    def generate(items: list[WorkItem], out: str, pipeline: object) -> list:
         calls.append([i.content_key for i in items])
-        return [f"{out}/images/{i.content_key}.png" for i in items]
+        return records_for(items, out)
 
     @flow
     def run_batches(out: str):
@@ -103,7 +138,7 @@ def test_real_task_is_cached_on_content_keys_and_lookups_use_key_storage(prefect
 
     first, again, other = run_batches(str(tmp_path / "out"))
     assert (first.name, again.name, other.name) == ("Completed", "Cached", "Completed")
-    assert again.result() == first.result()
+    assert again.result() == first.result() == records_for([item(0), item(1)], str(tmp_path / "out"))
     assert calls == [[item(0).content_key, item(1).content_key], [item(0).content_key, item(2).content_key]]
 
     # The cache record (metadata) sits in key storage, apart from the result: a lookup
@@ -113,3 +148,8 @@ def test_real_task_is_cached_on_content_keys_and_lookups_use_key_storage(prefect
     for name in records:
         record = json.loads((key_dir / name).read_bytes())
         assert "result" not in record and record["storage_key"].endswith(name)
+        assert record["serializer"] == {"type": "cflab-generation-records"}
+        # The result itself is plain JSON data: the records, nothing that names code.
+        stored = json.loads((result_dir / name).read_bytes())
+        assert stored["format"] == RECORDS_FORMAT and len(stored["records"]) == 2
+        assert "__class__" not in (result_dir / name).read_text()

@@ -230,3 +230,32 @@ def test_sizes_concepts_and_oom_detection():
     assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
     assert not is_out_of_memory(ValueError("out of memory"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_records_round_trip_as_plain_data_and_nothing_else_is_accepted():
+    """A stored batch result is rebuilt with GenerationRecord.from_dict alone: exact fields and types."""
+    from counterfactual_lab.generation import GenerationRecord
+
+    records = [
+        GenerationRecord("a" * 64, "out/images/a.png", GENERATED, oom_halvings=1, seconds=0.5),
+        GenerationRecord("b" * 64, None, FAILED, error="MemoryError: too big"),
+        GenerationRecord("c" * 64, "out/images/c.png", CACHED),
+    ]
+    assert [GenerationRecord.from_dict(r.to_dict()) for r in records] == records
+    good = records[0].to_dict()
+    bad = {
+        "not an object": ["a" * 64],
+        "an unknown field": {**good, "__class__": "os.system"},
+        "a missing field": {k: v for k, v in good.items() if k != "seconds"},
+        "a wrong type": {**good, "oom_halvings": "1"},
+        "a bool for a count": {**good, "oom_halvings": True},
+        "an unknown status": {**good, "status": "pickled"},
+        "a negative count": {**good, "oom_halvings": -1},
+        "an infinite time": {**good, "seconds": float("inf")},
+    }
+    for what, data in bad.items():
+        try:
+            GenerationRecord.from_dict(data)
+        except ValueError:
+            continue
+        pytest.fail(f"GenerationRecord.from_dict accepted a record with {what}")

@@ -52,7 +52,41 @@ class GenerationRecord:
     seconds: float = 0.0  # this item's share of its sub-batch's wall time
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-ready data (what a stored generation result holds)."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> GenerationRecord:
+        """The record ``data`` describes; ``ValueError`` naming the field unless ``data`` is
+        exactly what :meth:`to_dict` writes (the same keys, each of its type, a known status).
+
+        Stored results are decoded with this alone: it builds nothing but a GenerationRecord.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"a generation record must be an object, got {type(data).__name__}")
+        if set(data) != RECORD_FIELDS:
+            unknown, missing = sorted(set(data) - RECORD_FIELDS), sorted(RECORD_FIELDS - set(data))
+            raise ValueError(f"a generation record has fields {sorted(RECORD_FIELDS)}; unknown {unknown}, missing {missing}")
+        for name, kinds in _FIELD_TYPES.items():
+            value = data[name]
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise ValueError(f"generation record field {name!r} has type {type(value).__name__}")
+        if data["status"] not in (GENERATED, CACHED, FAILED):
+            raise ValueError(f"generation record status {data['status']!r} is not generated, cached or failed")
+        if data["oom_halvings"] < 0 or not 0.0 <= data["seconds"] < float("inf"):
+            raise ValueError("generation record counts must be finite and not negative")
+        return cls(**data)
+
+
+RECORD_FIELDS = frozenset(("content_key", "image_uri", "status", "error", "oom_halvings", "seconds"))
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "content_key": (str,),
+    "image_uri": (str, type(None)),
+    "status": (str,),
+    "error": (str, type(None)),
+    "oom_halvings": (int,),
+    "seconds": (int, float),
+}
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -1,0 +1,179 @@
+"""One writer per batch: two audits of the same config at once share each batch.
+
+The lock under it (``counterfactual_lab.store_lock.StoreLockManager``) is tested on its own
+first, on local disk and on a real HTTP S3 endpoint (moto's server): exclusive, leased,
+renewed while held, and taken over at once when its holder was killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from counterfactual_lab.store_lock import StoreLockManager
+
+
+def assert_exclusive(root: str, storage_options: dict[str, Any] | None = None, workers: int = 4, rounds: int = 3) -> None:
+    """``workers`` threads, each with its own manager (as separate processes would be), take
+    the same key ``rounds`` times: never two inside at once, and every one gets in."""
+    inside, most, entries = [0], [0], []
+    guard = threading.Lock()
+    start = threading.Barrier(workers)
+
+    def worker(n: int) -> None:
+        locks = StoreLockManager(root, storage_options, poll_seconds=0.02)
+        start.wait()
+        for r in range(rounds):
+            holder = f"worker-{n}-{r}"
+            assert locks.acquire_lock("batch-key", holder)
+            with guard:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.02)
+            with guard:
+                inside[0] -= 1
+                entries.append(holder)
+            locks.release_lock("batch-key", holder)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert most[0] == 1
+    assert len(entries) == workers * rounds
+    assert not StoreLockManager(root, storage_options).is_locked("batch-key")
+
+
+def test_a_lock_has_one_holder_at_a_time_on_local_disk(tmp_path):
+    assert_exclusive(str(tmp_path / "locks"))
+
+
+@pytest.mark.s3
+def test_a_lock_has_one_holder_at_a_time_on_s3(s3_bucket):
+    # Conditional PUT (If-None-Match: *): of two racing creators, S3 accepts exactly one.
+    assert_exclusive(f"s3://{s3_bucket}/out/.locks")
+
+
+def test_a_held_lock_is_renewed_and_an_abandoned_one_expires(tmp_path):
+    holder = StoreLockManager(str(tmp_path), lease_seconds=0.6, poll_seconds=0.05)
+    other = StoreLockManager(str(tmp_path), lease_seconds=0.6, poll_seconds=0.05)
+    assert holder.acquire_lock("k", "a")
+    # Held for more than two leases: the heartbeat keeps it.
+    assert not other.acquire_lock("k", "b", acquire_timeout=1.5)
+    assert other.is_locked("k") and other.is_lock_holder("k", "a") and not other.is_lock_holder("k", "b")
+    holder.release_lock("k", "a")
+    assert other.acquire_lock("k", "b", acquire_timeout=0)
+    other.release_lock("k", "b")
+
+    # A fixed lease (hold_timeout) is not renewed: once it runs out, another takes over.
+    assert holder.acquire_lock("k", "a", hold_timeout=0.3)
+    started = time.monotonic()
+    assert other.acquire_lock("k", "b", acquire_timeout=5)
+    assert 0.2 < time.monotonic() - started < 3
+    # The old holder's release must not free the new holder's key.
+    holder.release_lock("k", "a")
+    assert other.is_locked("k") and other.is_lock_holder("k", "b")
+    other.release_lock("k", "b")
+
+
+HOLD_AND_WAIT = """
+import sys, time
+from counterfactual_lab.store_lock import StoreLockManager
+locks = StoreLockManager(sys.argv[1], lease_seconds=600)
+assert locks.acquire_lock("batch-key", "killed-holder")
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_lock_whose_holder_was_killed_is_taken_over_at_once(tmp_path):
+    """kill -9 mid-batch: the next audit on this machine does not wait out a 10-minute lease."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_AND_WAIT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        locks = StoreLockManager(str(tmp_path))
+        assert not locks.acquire_lock("batch-key", "next", acquire_timeout=0)  # alive: it is respected
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+        started = time.monotonic()
+        assert locks.acquire_lock("batch-key", "next", acquire_timeout=30)
+        assert time.monotonic() - started < 5
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    locks.release_lock("batch-key", "next")
+
+
+def test_a_lock_key_must_be_a_plain_name(tmp_path):
+    locks = StoreLockManager(str(tmp_path))
+    for key in ("../escape", "a/b", "", ".hidden"):
+        with pytest.raises(ValueError, match="plain name"):
+            locks.acquire_lock(key, "h", acquire_timeout=0)
+
+
+# ---- two audits at once ----
+
+
+@pytest.mark.prefect
+@pytest.mark.slow
+def test_two_audits_of_the_same_config_at_once_generate_each_item_once(prefect_server, tiny_models, tmp_path_factory):
+    """Started together (two threads, two flow runs on the temporary Prefect server): every batch
+    is generated by one of them and read from the cache by the other."""
+    from test_audit_flow import assert_accounting_closes, audit_home, pipeline_calls, write_config
+
+    import tasks.generate
+    from counterfactual_lab.run_reader import read_run
+    from flows.audit import dataset_audit
+
+    inputs = audit_home(tmp_path_factory, tiny_models)
+    root = tmp_path_factory.mktemp("concurrent")
+    out = str(root / "out")
+    config = write_config(root / "audit.yaml", inputs, out)
+
+    made: list[str] = []  # content keys a generation task generated (not found in the store)
+    real_generate_batch = tasks.generate.generate_batch
+
+    def recording_generate_batch(*args: Any, **kwargs: Any):
+        records = real_generate_batch(*args, **kwargs)
+        made.extend(r.content_key for r in records if r.status == "generated")
+        return records
+
+    start = threading.Barrier(2)
+    results: dict[int, Any] = {}
+
+    def audit(n: int) -> None:
+        start.wait()
+        try:
+            results[n] = dataset_audit(config_uri=config, output_uri=out)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            results[n] = exc
+
+    with pipeline_calls() as calls, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tasks.generate, "generate_batch", recording_generate_batch)
+        threads = [threading.Thread(target=audit, args=(n,)) for n in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=900)
+    assert all(isinstance(r, str) for r in results.values()), results
+    assert results[0] == results[1]
+
+    run = read_run(results[0])
+    acc = assert_accounting_closes(run)
+    planned = acc["planned"]
+    assert planned == 16
+    # Each work item generated exactly once, by one of the two audits; each batch one pipeline call.
+    assert len(made) == planned and set(Counter(made).values()) == {1}
+    assert set(made) == set(run.counterfactuals["content_key"])
+    assert len(calls) == planned // 4
+    assert not any(Path(out, ".locks").glob("*.lock"))  # every lock released
