@@ -72,7 +72,9 @@ def publish_run_with(tmp_path: Path, failure: dict | None) -> str:
     publisher.write_table("quarantine", pl.DataFrame({"id": [], "reason": []}, schema={"id": pl.String, "reason": pl.String}))
     manifest = build_manifest(
         run_id="sample-1", config={}, dataset={"name": "sample", "uri": "data", "fingerprint": "f"},
-        models={"generator": {"model": "m"}},
+        models={"generator": {"model": "m", "weights_sha256": {}}},
+        runtime={"device": "cpu", "dtype": "float32"},
+        metrics={"bootstrap_seed": 0, "bootstrap_samples": 50, "confidence": 0.95},
         row_accounting={"rows_in": 8, "valid": 8, "quarantined": 0, "planned": 8, "kept": 0, "dropped": 0, "failed": 8},
         generation_counts={"generated": 0, "cache_hits": 0, "failed": 8, "oom_halvings": 0}, cache_hits=0,
         tables=dict(publisher.written), started_at=datetime.now(timezone.utc), finished_at=datetime.now(timezone.utc),
