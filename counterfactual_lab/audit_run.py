@@ -8,12 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import polars as pl
+from pydantic import BaseModel, ConfigDict
 
 from counterfactual_lab.config import AuditConfig
+from counterfactual_lab.redaction import RedactedInJson, redact
 from counterfactual_lab.spec import DatasetSpec
 from counterfactual_lab.storage import absolute_uri, join
 from counterfactual_lab.plan import WorkItem
@@ -61,9 +63,14 @@ def run_id_for(config: AuditConfig, spec: DatasetSpec, dataset_fingerprint: str,
     return f"{safe_name}-{digest}" if evaluate else f"{safe_name}-generate-{digest}"
 
 
-@dataclass(frozen=True)
-class RunLocation:
-    """Where one audit run lives, and what identifies it."""
+class RunLocation(RedactedInJson, BaseModel):
+    """Where one audit run lives, and what identifies it.
+
+    A pydantic model (not a dataclass) so that its JSON dump, which Prefect stores as a flow-run
+    parameter, has the output's and the dataset's credentials redacted.
+    """
+
+    model_config = ConfigDict(frozen=True)
 
     spec: DatasetSpec
     out_uri: str
@@ -77,12 +84,20 @@ class RunLocation:
 
 
 def locate_run(
-    config: AuditConfig, dataset_uri: str | None = None, output_uri: str | None = None, evaluate: bool = True
+    config: AuditConfig,
+    dataset_uri: str | None = None,
+    output_uri: str | None = None,
+    evaluate: bool = True,
+    spec: DatasetSpec | None = None,
 ) -> RunLocation:
-    """Resolve the dataset and output, fingerprint the data and derive the run id (one listing, no reads)."""
+    """Resolve the dataset and output, fingerprint the data and derive the run id (one listing, no reads).
+
+    ``spec``: the dataset spec when the caller has already resolved it (e.g. with credentials
+    from a Secret block); by default ``config.dataset_spec(dataset_uri)``.
+    """
     from counterfactual_lab.dataset_watch import fingerprint
 
-    spec = config.dataset_spec(dataset_uri)
+    spec = spec if spec is not None else config.dataset_spec(dataset_uri)
     dataset_fingerprint = fingerprint(spec.uri, spec.storage_options)
     return RunLocation(
         spec=spec,
@@ -206,8 +221,9 @@ def publish_run(
     }
     manifest = build_manifest(
         run_id=publisher.run_id,
-        config=config.model_dump(mode="json", exclude={"base_dir"}),
-        dataset=dataset,
+        # Secrets given inline are redacted (the JSON dump already is; redact() says so here).
+        config=redact(config.model_dump(mode="json", exclude={"base_dir"})),
+        dataset=redact(dataset),
         models=models,
         row_accounting=accounting,
         generation_counts=counts,

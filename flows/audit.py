@@ -43,6 +43,7 @@ from counterfactual_lab.evaluate import build_evaluation_pool, pool_from_counter
 from counterfactual_lab.findings import headline_table, summary_markdown
 from counterfactual_lab.metrics import METRICS_SCHEMA
 from counterfactual_lab.plan import chunk, plan_work_items
+from counterfactual_lab.preflight import check_audit
 from counterfactual_lab.publish import REPORT_NAME, RunPublisher, is_complete
 from counterfactual_lab.storage import ImageStore, join
 from counterfactual_lab.validation import write_validation_outputs
@@ -51,6 +52,7 @@ from tasks.generate import generate_counterfactual_batch
 from tasks.judge import judge_counterfactuals
 from tasks.runners import make_task_runner
 from tasks.validate import validate_dataset
+from flows.secrets import mask_secrets_in_logs, resolve_secret_blocks
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = str(REPO_ROOT / "configs" / "audit.yaml")
@@ -75,9 +77,16 @@ def dataset_audit(
     dataset's fingerprint, so a complete run with the same id already holds this audit's
     answer: it is returned as it is unless ``force`` (a scheduled audit of unchanged data
     costs one listing). ``force`` runs every stage again; cached images are still reused.
+
+    The parameters are plain strings: credentials never travel as flow-run parameters. The
+    whole config is checked (:func:`~counterfactual_lab.preflight.check_audit`) before any
+    data is listed or any run folder is made; Secret blocks the config names are resolved here.
     """
     config = AuditConfig.from_yaml(config_uri)
-    location = locate_run(config, dataset_uri, output_uri, evaluate)
+    spec = check_audit(config, dataset_uri, evaluate=evaluate)
+    config, spec = resolve_secret_blocks(config, spec)
+    mask_secrets_in_logs(config, spec)
+    location = locate_run(config, dataset_uri, output_uri, evaluate, spec=spec)
     if not force and is_complete(location.run_uri, location.storage_options):
         get_run_logger().info(
             "run %s is already complete (same config and data); report: %s",
@@ -90,6 +99,10 @@ def dataset_audit(
 
 @flow(name="audit-stages", log_prints=True)
 def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> str:
+    """The stages of one run. ``config`` and ``location`` may hold credentials (inline
+    ``storage_options`` or resolved Secret blocks); Prefect stores their JSON dumps as this
+    subflow's parameters, and those are redacted (``RedactedInJson``), so no credential
+    reaches the Prefect database."""
     logger = get_run_logger()
     started_at = datetime.now(timezone.utc)
     spec, options, run_id = location.spec, location.storage_options, location.run_id
