@@ -140,7 +140,21 @@ def prefect_api() -> Iterator[str | None]:
     with server as api_url:
         status(f"Prefect server ready at {api_url} ({time.monotonic() - started:.0f} s)")
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            yield api_url
+            try:
+                yield api_url
+            finally:
+                _send_pending_logs_and_events()
+
+
+def _send_pending_logs_and_events(timeout: float = 10.0) -> None:
+    """Let Prefect's background workers deliver queued logs and events while the server is
+    still up (otherwise they try at exit and print "Error logging to API")."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=timeout)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -347,6 +361,12 @@ def describe_error(exc: BaseException, debug: bool = False) -> str:
         return f"{type(exc).__name__}: {what}"
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return text if debug else f"{text} (run with --debug for the traceback)"
+def _fail(message: str) -> int:
+    first_line = (message.strip().splitlines() or ["unknown error"])[0]
+    print(f"cflab: error: {first_line}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
