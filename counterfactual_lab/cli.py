@@ -353,13 +353,15 @@ def describe_error(exc: BaseException, debug: bool = False) -> str:
     if isinstance(exc, UserError):
         return str(exc)
     if isinstance(exc, OSError):
-        what = exc.strerror or str(exc) or type(exc).__name__
+        # strerror for errno errors; else the message the raiser gave (s3fs: "Access Denied").
+        what = exc.strerror or (str(exc.args[0]) if exc.args else "") or type(exc).__name__
         where = exc.filename if exc.filename is not None else None
         if where is not None:
             second = f" -> {exc.filename2}" if exc.filename2 else ""
             return f"{what}: {where}{second}"
         return f"{type(exc).__name__}: {what}"
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    first = (str(exc).strip().splitlines() or [""])[0]
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     return text if debug else f"{text} (run with --debug for the traceback)"
 def _fail(message: str) -> int:
     first_line = (message.strip().splitlines() or ["unknown error"])[0]
