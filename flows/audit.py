@@ -230,7 +230,11 @@ def _batches_to_redo(indices: list[int], results: list[list], store: ImageStore)
 def _evaluate(pool: pl.DataFrame, config: AuditConfig, store: ImageStore, device: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     chunks = [pool.slice(i, EVALUATION_CHUNK_IMAGES) for i in range(0, pool.height, EVALUATION_CHUNK_IMAGES)] or [pool]
     futures = with_runtime_retries(evaluate_batch, config).map(chunks, unmapped(config.audit), unmapped(store), unmapped(device))
-    results = [future.result() for future in futures]
+    results = []
+    with tqdm(total=pool.height, desc="evaluate", unit="img") as bar:
+        for images, future in zip(chunks, futures):
+            results.append(future.result())
+            bar.update(images.height)
     predictions = pl.concat([p for p, _ in results], how="diagonal_relaxed")
     retrieval = pl.concat([r for _, r in results], how="diagonal_relaxed")
     return predictions, retrieval
