@@ -43,6 +43,7 @@ def status(message: str) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Ingest and validate a dataset; write quarantine.parquet, validation.json, expectations.json."""
+    from counterfactual_lab.redaction import redact_text
     from counterfactual_lab.spec import DatasetSpec
     from counterfactual_lab.storage import join
     from counterfactual_lab.validation import ingest_and_validate, write_validation_outputs
@@ -63,7 +64,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     outcome = ingest_and_validate(spec, batch_rows=args.batch_rows)
     write_validation_outputs(outcome, args.out)
 
-    print(f"dataset: {spec.uri}")
+    print(f"dataset: {redact_text(spec.uri)}")
     print(f"rows read: {outcome.rows_in}")
     print(f"valid: {outcome.valid.height}")
     print(f"quarantined: {outcome.quarantined} ({outcome.quarantined_fraction:.1%})")
