@@ -86,18 +86,28 @@ def output_size(source: Image.Image, resolution: int | None, multiple: int) -> t
 
 def pipeline_call_parameters(method: str) -> set[str] | None:
     """The argument names of ``method``'s diffusers pipeline ``__call__`` (the class only: no
-    weights are read), or None for a method that is not a diffusers pipeline."""
+    weights are read), or None when they cannot be checked: a method that is not a diffusers
+    pipeline, or a call hidden behind a bare ``(*args, **kwargs)`` wrapper."""
     import inspect
 
     from counterfactual_lab.diffusion_loading import PIPELINE_CLASSES, _pipeline_class
 
     if method not in PIPELINE_CLASSES:
         return None
-    names = set(inspect.signature(_pipeline_class(method).__call__).parameters)
+    cls = _pipeline_class(method)
+    signatures = [inspect.signature(cls.__call__)]
     if method == "ledits":
         # LEDITS++ reads `skip` in invert(), which the editor calls before __call__.
-        names |= set(inspect.signature(_pipeline_class(method).invert).parameters)
-    return names - {"self", "kwargs"}
+        signatures.append(inspect.signature(cls.invert))
+    names: set[str] = set()
+    for signature in signatures:
+        named = {p.name for p in signature.parameters.values()
+                 if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)} - {"self"}
+        if not named:
+            return None  # a bare (*args, **kwargs) wrapper (a spy, a decorator): nothing to check
+        names |= named
+    # diffusers' **kwargs only catches deprecated callback arguments: the named ones are the API.
+    return names
 
 
 def validate_generation(generation: GenerationConfig) -> dict[str, Any]:
