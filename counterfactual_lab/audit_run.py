@@ -8,14 +8,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
 
 from counterfactual_lab.config import AuditConfig
 from counterfactual_lab.errors import UserError
 from counterfactual_lab.model_identity import ModelIdentity
+from counterfactual_lab.redaction import RedactedInJson, redact
 from counterfactual_lab.spec import DatasetSpec
 from counterfactual_lab.storage import absolute_uri, join
 from counterfactual_lab.plan import WorkItem
@@ -111,15 +113,16 @@ def dataset_name_for_uri(uri: str) -> str:
     return name or "dataset"
 
 
-def audited_spec(config: AuditConfig, dataset_uri: str | None = None) -> DatasetSpec:
+def audited_spec(config: AuditConfig, dataset_uri: str | None = None, spec: DatasetSpec | None = None) -> DatasetSpec:
     """The dataset spec of the data this run audits, named after that data.
 
     ``dataset_uri`` (``--dataset``, a deployment's parameter, the watcher's event) replaces the
     config's dataset; a URI that points elsewhere than the config's own dataset gives the run the
     name of the data it audits (its folder or file name), not the config's dataset name. A spec
-    YAML brings its own name.
+    YAML brings its own name. ``spec``: the dataset spec when the caller has already resolved it
+    (e.g. with credentials from a Secret block); by default ``config.dataset_spec(dataset_uri)``.
     """
-    spec = config.dataset_spec(dataset_uri)
+    spec = spec if spec is not None else config.dataset_spec(dataset_uri)
     if not dataset_uri or dataset_uri.endswith((".yaml", ".yml")):
         return spec
     try:
@@ -131,9 +134,14 @@ def audited_spec(config: AuditConfig, dataset_uri: str | None = None) -> Dataset
     return spec.model_copy(update={"name": dataset_name_for_uri(dataset_uri)})
 
 
-@dataclass(frozen=True)
-class RunLocation:
-    """Where one audit run lives, and what identifies it."""
+class RunLocation(RedactedInJson, BaseModel):
+    """Where one audit run lives, and what identifies it.
+
+    A pydantic model (not a dataclass) so that its JSON dump, which Prefect stores as a flow-run
+    parameter, has the output's and the dataset's credentials redacted.
+    """
+
+    model_config = ConfigDict(frozen=True)
 
     spec: DatasetSpec
     out_uri: str
@@ -142,9 +150,9 @@ class RunLocation:
     run_id: str
     # The manifest's dataset details (what the fingerprint covers), the models by role, and
     # what the run id hashes.
-    dataset_details: dict[str, Any] = field(default_factory=dict)
-    models: dict[str, ModelIdentity] = field(default_factory=dict)
-    identity: dict[str, Any] = field(default_factory=dict)
+    dataset_details: dict[str, Any] = Field(default_factory=dict)
+    models: dict[str, ModelIdentity] = Field(default_factory=dict)
+    identity: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def run_uri(self) -> str:
@@ -152,17 +160,22 @@ class RunLocation:
 
 
 def locate_run(
-    config: AuditConfig, dataset_uri: str | None = None, output_uri: str | None = None, evaluate: bool = True
+    config: AuditConfig,
+    dataset_uri: str | None = None,
+    output_uri: str | None = None,
+    evaluate: bool = True,
+    spec: DatasetSpec | None = None,
 ) -> RunLocation:
     """Resolve the dataset, the models and the output, and derive the run id; no Prefect, no model loaded.
 
     Costs one listing and one stat per file (dataset files, referenced images, model files) once
-    their hashes are cached; the first time, each file is read once to hash it.
+    their hashes are cached; the first time, each file is read once to hash it. ``spec``: the
+    dataset spec when the caller has already resolved it (see :func:`audited_spec`).
     """
     from counterfactual_lab.fingerprints import dataset_fingerprint
     from counterfactual_lab.model_identity import model_identity
 
-    spec = audited_spec(config, dataset_uri)
+    spec = audited_spec(config, dataset_uri, spec)
     fingerprint = dataset_fingerprint(spec)
     models = {}
     for role in model_roles(spec, evaluate):
@@ -292,8 +305,8 @@ def publish_run(
     manifest = build_manifest(
         run_id=publisher.run_id,
         config=config_block(config),
-        dataset={"name": location.spec.name, "uri": absolute_uri(location.spec.uri),
-                 "fingerprint": location.dataset_fingerprint, **location.dataset_details},
+        dataset=redact({"name": location.spec.name, "uri": absolute_uri(location.spec.uri),
+                        "fingerprint": location.dataset_fingerprint, **location.dataset_details}),
         models=manifest_models(config, location),
         runtime=_runtime(config, location),
         metrics=metric_parameters(config.audit),

@@ -4,16 +4,26 @@ One small function per subcommand (``cmd_<name>(args) -> int``) and one :func:`b
 that registers them; add a subcommand by writing its function and an ``_add_<name>`` parser
 helper, then listing it in :data:`SUBCOMMANDS`.
 
-Exit codes: 0 success, 1 the data failed a limit (e.g. too many quarantined rows),
-2 usage or input errors. A :class:`~counterfactual_lab.errors.UserError` (or an I/O error)
-becomes one line ``cflab: error: <message>`` on stderr, never a traceback.
+Exit codes: 0 success; 1 the data failed a limit the user set (:class:`DataOverLimit`: too
+many quarantined rows for ``cflab validate --max-invalid-fraction`` or an audit's
+``runtime.max_invalid_fraction``, too many failed work items); 2 anything else that stops a
+command: usage, configuration, data or I/O errors, and any unexpected error. Every failure is
+one line ``cflab: error: <message>`` on stderr, naming the key or path at fault; a traceback
+only with ``--debug``.
+
+Commands that run the audit flow check the whole config first (``preflight.check_audit``),
+before Prefect is imported or a server started, and start a temporary Prefect server of their
+own when ``PREFECT_API_URL`` is unset (``flows/temporary_server.py``: it never outlives cflab).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable
+import time
+import traceback
+from collections.abc import Callable, Iterator
 
 from counterfactual_lab import __version__
 from counterfactual_lab.errors import DataOverLimit, UserError
@@ -22,9 +32,18 @@ EXIT_OK = 0
 EXIT_OVER_LIMIT = 1
 EXIT_USAGE = 2
 
+# Console verbosity (see flows/console.py): set from --verbose / --debug by main().
+_verbosity = "quiet"
+
+
+def status(message: str) -> None:
+    """Say what cflab is doing (on stderr, so stdout stays the command's result)."""
+    print(f"cflab: {message}", file=sys.stderr, flush=True)
+
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Ingest and validate a dataset; write quarantine.parquet, validation.json, expectations.json."""
+    from counterfactual_lab.redaction import redact_text
     from counterfactual_lab.spec import DatasetSpec
     from counterfactual_lab.storage import join
     from counterfactual_lab.validation import ingest_and_validate, write_validation_outputs
@@ -37,10 +56,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         spec = DatasetSpec.for_uri(args.dataset_uri)
     else:
         raise UserError("validate needs a DATASET_URI or --spec FILE")
+    if spec.storage_options_secret:  # a Prefect Secret block: read through the flows layer
+        from flows.secrets import load_secret_options
+
+        found = load_secret_options(spec.storage_options_secret, "dataset spec storage_options_secret")
+        spec = spec.model_copy(update={"storage_options": {**found, **spec.storage_options}})
     outcome = ingest_and_validate(spec, batch_rows=args.batch_rows)
     write_validation_outputs(outcome, args.out)
 
-    print(f"dataset: {spec.uri}")
+    print(f"dataset: {redact_text(spec.uri)}")
     print(f"rows read: {outcome.rows_in}")
     print(f"valid: {outcome.valid.height}")
     print(f"quarantined: {outcome.quarantined} ({outcome.quarantined_fraction:.1%})")
@@ -82,25 +106,84 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
 
 
 def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate: bool, force: bool = False) -> str:
-    """Run the Prefect audit flow (imported here: the library itself never imports Prefect)."""
+    """Check the config, then run the Prefect audit flow (imported here: the library itself never
+    imports Prefect) on ``PREFECT_API_URL`` or a temporary server."""
     from counterfactual_lab.config import AuditConfig
+    from counterfactual_lab.preflight import check_audit
 
-    # A bad config or dataset fails here, as one line, before Prefect starts a flow run (or a server).
     audit_config = AuditConfig.from_yaml(config)
-    audit_config.dataset_spec(dataset)
     if not force:
-        # An unchanged complete run is answered from the output store alone, without Prefect.
-        from counterfactual_lab.audit_run import locate_run
-        from counterfactual_lab.publish import is_complete
+        # An unchanged complete run is answered from the output store alone: no Prefect, no torch.
+        done = _complete_run(audit_config, dataset, out, evaluate)
+        if done is not None:
+            return done
+    # Every key of the config (generation.params included), before Prefect starts a flow run or
+    # a server: a bad config is one line in seconds and leaves no run folder.
+    check_audit(audit_config, dataset, evaluate=evaluate)
+    with prefect_api():
+        from flows.audit import dataset_audit
+        from flows.console import configure_console
 
-        location = locate_run(audit_config, dataset, out, evaluate)
-        if is_complete(location.run_uri, location.storage_options):
-            print(f"cflab: run {location.run_id} is already complete (same config, models and data); "
-                  "--force runs it again", file=sys.stderr)
-            return location.run_uri
-    from flows.audit import dataset_audit
+        configure_console(_verbosity)
+        return dataset_audit(config_uri=config, dataset_uri=dataset, output_uri=out, evaluate=evaluate, force=force)
 
-    return dataset_audit(config_uri=config, dataset_uri=dataset, output_uri=out, evaluate=evaluate, force=force)
+
+def _complete_run(config, dataset: str | None, out: str | None, evaluate: bool) -> str | None:
+    """The run folder when this exact run (same config, models and data) is already complete, else None.
+
+    Best effort: where the run cannot be located without Prefect (a dataset whose credentials
+    live in a Prefect Secret block, say), the flow decides instead, after the full config check.
+    """
+    from counterfactual_lab.audit_run import locate_run
+    from counterfactual_lab.errors import UserError
+    from counterfactual_lab.publish import is_complete
+
+    try:
+        location = locate_run(config, dataset, out, evaluate)
+        complete = is_complete(location.run_uri, location.storage_options)
+    except (UserError, OSError):
+        return None
+    if not complete:
+        return None
+    print(f"cflab: run {location.run_id} is already complete (same config, models and data); "
+          "--force runs it again", file=sys.stderr)
+    return location.run_uri
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[str | None]:
+    """The Prefect API to run flows on: ``PREFECT_API_URL`` when set, else a temporary local
+    server for the duration of the block (it dies with this process, even on ``kill -9``)."""
+    import flows  # noqa: F401  (this project's Prefect defaults, before Prefect reads its settings)
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    if get_current_settings().api.url:
+        yield get_current_settings().api.url
+        return
+    from flows.temporary_server import TemporaryPrefectServer
+
+    server = TemporaryPrefectServer()
+    status(f"starting a temporary Prefect server (up to {server.timeout:.0f} s; "
+           "set PREFECT_API_URL to use a running one) ...")
+    started = time.monotonic()
+    with server as api_url:
+        status(f"Prefect server ready at {api_url} ({time.monotonic() - started:.0f} s)")
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            try:
+                yield api_url
+            finally:
+                _send_pending_logs_and_events()
+
+
+def _send_pending_logs_and_events(timeout: float = 10.0) -> None:
+    """Let Prefect's background workers deliver queued logs and events while the server is
+    still up (otherwise they try at exit and print "Error logging to API")."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=timeout)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -136,10 +219,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build the sample dataset and tiny models if missing, run the audit, print the report path."""
+    from pathlib import Path
+
     from counterfactual_lab.demo import prepare_demo
     from counterfactual_lab.publish import REPORT_NAME
     from counterfactual_lab.storage import join
 
+    home = Path(args.home).resolve()
+    if not any((home / "sample-dataset").glob("*.parquet")) or not (home / "models").is_dir():
+        status(f"first run: building the sample dataset and four tiny models under {home} (about a minute) ...")
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # one status line instead of a bar per saved shard
     inputs = prepare_demo(home=args.home, out_uri=args.out)
     print(f"demo dataset: {inputs.dataset_dir}")
     print(f"demo config: {inputs.config_path}")
@@ -213,7 +304,8 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="print a run's headline metrics",
                        description="Print the headline metrics of a finished run (OUT/<run_id>, local or s3://).")
-    p.add_argument("run_uri", metavar="RUN_URI")
+    p.add_argument("run_uri", metavar="RUN_URI",
+                   help="the run folder that `cflab audit` printed as 'run:', e.g. out/sample-<id> or s3://bucket/out/<run_id>")
     p.set_defaults(handler=cmd_report)
 
 
@@ -233,40 +325,84 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+def _add_output_flags(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("--verbose", action="store_true", default=default,
+                        help="also print Prefect's INFO log lines (task states); they always reach the Prefect UI")
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="like --verbose, plus the traceback of any error")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cflab",
         description="Multimodal Counterfactual Lab: audit vision-language models for social bias.",
+        epilog="Exit codes: 0 success; 1 the data failed a limit you set (--max-invalid-fraction, "
+        "runtime.max_invalid_fraction, runtime.max_failed_fraction); 2 any other error, printed as one line.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_output_flags(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in SUBCOMMANDS:
         add(sub)
+    # Accept --verbose/--debug after the subcommand too (`cflab demo --verbose`); SUPPRESS keeps
+    # a subcommand's unset flag from overwriting one given before it.
+    for choice in _subparsers(parser):
+        _add_output_flags(choice, default=argparse.SUPPRESS)
     return parser
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action.choices.values():
+                found.append(choice)
+                found.extend(_subparsers(choice))
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _verbosity
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
+    debug = bool(getattr(args, "debug", False))
+    _verbosity = "debug" if debug else "verbose" if getattr(args, "verbose", False) else "quiet"
     try:
         return args.handler(args)
-    except DataOverLimit as exc:
-        _fail(str(exc))
-        return EXIT_OVER_LIMIT
-    except UserError as exc:
-        return _fail(str(exc))
-    except OSError as exc:  # storage problems the library did not already name
-        return _fail(f"{type(exc).__name__}: {exc}")
     except KeyboardInterrupt:
+        print("cflab: interrupted", file=sys.stderr)
         return 130
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one line (traceback with --debug)
+        if isinstance(exc, SystemExit):
+            raise
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        _fail(describe_error(exc, debug))
+        return EXIT_OVER_LIMIT if isinstance(exc, DataOverLimit) else EXIT_USAGE
 
 
+def describe_error(exc: BaseException, debug: bool = False) -> str:
+    """One line for ``exc``: the message of an error the tool raised on purpose; for an I/O error,
+    what failed and on which path; otherwise the exception's type and message."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        # strerror for errno errors; else the message the raiser gave (s3fs: "Access Denied").
+        what = exc.strerror or (str(exc.args[0]) if exc.args else "") or type(exc).__name__
+        where = exc.filename if exc.filename is not None else None
+        if where is not None:
+            second = f" -> {exc.filename2}" if exc.filename2 else ""
+            return f"{what}: {where}{second}"
+        return f"{type(exc).__name__}: {what}"
+    first = (str(exc).strip().splitlines() or [""])[0]
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return text if debug else f"{text} (run with --debug for the traceback)"
 def _fail(message: str) -> int:
     first_line = (message.strip().splitlines() or ["unknown error"])[0]
-    print(f"cflab: error: {first_line}", file=sys.stderr)
+    print(f"cflab: error: {first_line}", file=sys.stderr, flush=True)
     return EXIT_USAGE
 
 

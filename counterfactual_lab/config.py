@@ -6,26 +6,60 @@ Every key has a default so a config only states what differs. See the README's
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from counterfactual_lab.errors import ConfigError
-from counterfactual_lab.spec import DatasetSpec, _first_error
+from counterfactual_lab.redaction import RedactedInJson
+from counterfactual_lab.spec import MAX_NAME_CHARS, MAX_URI_CHARS, SECRET_BLOCK_PATTERN, DatasetSpec, _first_error
+from counterfactual_lab.yaml_files import load_yaml_file
 
 # "validation": the planted-bias world's editor (counterfactual_lab/validity), which loads no model.
 GenerationMethod = Literal["instruct-pix2pix", "img2img", "ledits", "validation"]
+
+# Upper bounds on every size a config can set: each keeps one run within what a machine can
+# hold (a 10⁶-pixel side asked for 21 GB; 10⁹ bootstrap resamples for 30 GiB). Documented in
+# the README's config tables; raise one here only with a measurement.
+MAX_RESOLUTION = 2048
+MAX_STEPS = 1000
+MAX_GUIDANCE_SCALE = 100.0
+MAX_SEED = 2**31 - 1
+MAX_SEEDS_PER_TARGET = 64
+MAX_GENERATION_BATCH = 1024
+MAX_PARAMS = 32
+MAX_LABELS = 1000
+MAX_QUERIES = 1000
+MAX_TEXT_CHARS = 1000
+MAX_TOP_K = 10_000
+MAX_EMBEDDING_BATCH = 4096
+MAX_BOOTSTRAP_SAMPLES = 100_000
+MAX_ATTRIBUTES = 16
+MAX_TARGETS_PER_ATTRIBUTE = 64
+MAX_WORKERS = 256
+MAX_INGEST_BATCH_ROWS = 65_536
+MAX_RETRIES = 20
+MAX_RETRY_DELAY_SECONDS = 3600.0
+
+ModelRef = Annotated[str, Field(min_length=1, max_length=MAX_URI_CHARS)]
+Revision = Annotated[str, Field(min_length=1, max_length=256)]
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+SecretBlockName = Annotated[str, Field(pattern=SECRET_BLOCK_PATTERN, max_length=MAX_NAME_CHARS)]
+
+# Shared by every section: unknown keys are errors, and no float may be inf or NaN
+# (`guidance_scale: .inf` made all-black images that passed as counterfactuals).
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
 
 
 class DatasetRef(BaseModel):
     """Either a spec file, inline spec fields, or both (inline fields override the file)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    uri: str | None = None
-    spec: str | None = None
+    uri: str | None = Field(None, max_length=MAX_URI_CHARS)
+    spec: str | None = Field(None, max_length=MAX_URI_CHARS)
 
     def resolve(self, base_dir: Path | None = None, uri_override: str | None = None) -> DatasetSpec:
         fields: dict[str, Any] = {}
@@ -44,19 +78,28 @@ class DatasetRef(BaseModel):
 
 
 class GenerationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = STRICT
 
     method: GenerationMethod = "img2img"
-    model: str = "./.cflab/models/img2img"
-    revision: str | None = None
-    steps: int = Field(20, ge=1, le=1000)
-    guidance_scale: float = Field(7.5, ge=0)
-    seed: int = Field(0, ge=0, description="first seed; candidates use seed, seed+1, ...")
-    seeds_per_target: int = Field(2, ge=1, le=64)
-    keep_per_target: int = Field(1, ge=1)
-    batch_size: int = Field(8, ge=1, le=1024)
-    resolution: int | None = Field(None, ge=8, description="square side in pixels; None keeps the source size (rounded to 8)")
-    params: dict[str, Any] = Field(default_factory=dict)
+    model: ModelRef = "./.cflab/models/img2img"
+    revision: Revision | None = None
+    steps: int = Field(20, ge=1, le=MAX_STEPS)
+    guidance_scale: float = Field(7.5, ge=0, le=MAX_GUIDANCE_SCALE)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="first seed; candidates use seed, seed+1, ...")
+    seeds_per_target: int = Field(2, ge=1, le=MAX_SEEDS_PER_TARGET)
+    keep_per_target: int = Field(1, ge=1, le=MAX_SEEDS_PER_TARGET)
+    batch_size: int = Field(8, ge=1, le=MAX_GENERATION_BATCH)
+    resolution: int | None = Field(
+        None, ge=8, le=MAX_RESOLUTION, description="square side in pixels; None keeps the source size (rounded to 8)"
+    )
+    params: dict[str, Any] = Field(default_factory=dict, max_length=MAX_PARAMS)
+
+    @field_validator("params")
+    @classmethod
+    def _finite_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        for name, value in params.items():
+            _require_finite(value, name)
+        return params
 
     @model_validator(mode="after")
     def _keep_within_seeds(self) -> "GenerationConfig":
@@ -83,64 +126,97 @@ class GenerationConfig(BaseModel):
 
 
 class JudgeThresholds(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Cosine similarities, so each lies in [-1, 1]; -1 lets every candidate through."""
 
-    text: float = 0.2
-    direction: float = 0.2
-    image: float = 0.7
+    model_config = STRICT
+
+    text: float = Field(0.2, ge=-1, le=1)
+    direction: float = Field(0.2, ge=-1, le=1)
+    image: float = Field(0.7, ge=-1, le=1)
 
 
 class JudgeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = STRICT
 
-    model: str = "./.cflab/models/clip"
-    revision: str | None = None
+    model: ModelRef = "./.cflab/models/clip"
+    revision: Revision | None = None
     thresholds: JudgeThresholds = Field(default_factory=JudgeThresholds)
     check_attribute: bool = True
-    attribute_prompt: str = "a photo of a {value} person"
+    attribute_prompt: Text = "a photo of a {value} person"
+
+    @field_validator("attribute_prompt")
+    @classmethod
+    def _one_value_placeholder(cls, prompt: str) -> str:
+        return _template(prompt, "value")
 
 
 class AuditModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = STRICT
 
-    model: str = "./.cflab/models/clip"
-    revision: str | None = None
-    labels: list[str] = Field(default_factory=lambda: ["doctor", "nurse"])
-    prompt: str = "a photo of a {label}"
-    queries: list[str] = Field(default_factory=lambda: ["a photo of a doctor"])
-    top_k: int = Field(10, ge=1)
-    batch_size: int = Field(32, ge=1)
-    bootstrap_samples: int = Field(1000, ge=50)
+    model: ModelRef = "./.cflab/models/clip"
+    revision: Revision | None = None
+    # Zero-shot classification needs at least two classes to choose between.
+    labels: list[Text] = Field(default_factory=lambda: ["doctor", "nurse"], min_length=2, max_length=MAX_LABELS)
+    prompt: Text = "a photo of a {label}"
+    queries: list[Text] = Field(default_factory=lambda: ["a photo of a doctor"], max_length=MAX_QUERIES)
+    top_k: int = Field(10, ge=1, le=MAX_TOP_K)
+    batch_size: int = Field(32, ge=1, le=MAX_EMBEDDING_BATCH)
+    bootstrap_samples: int = Field(1000, ge=50, le=MAX_BOOTSTRAP_SAMPLES)
     confidence: float = Field(0.95, gt=0, lt=1)
 
+    @field_validator("labels", "queries")
+    @classmethod
+    def _distinct(cls, values: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for value in values:
+            if value in seen:
+                raise ValueError(f"{value!r} is listed twice")
+            seen.add(value)
+        return values
 
-class OutputConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    @field_validator("prompt")
+    @classmethod
+    def _one_label_placeholder(cls, prompt: str) -> str:
+        return _template(prompt, "label")
 
-    uri: str = "./out"
+
+class OutputConfig(RedactedInJson, BaseModel):
+    model_config = STRICT
+
+    uri: str = Field("./out", min_length=1, max_length=MAX_URI_CHARS)
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    # A Prefect Secret block holding a JSON object of storage options, merged under
+    # storage_options by the flows (see README "S3"); the library never reads it.
+    storage_options_secret: SecretBlockName | None = None
 
 
 class RuntimeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     task_runner: Literal["threads", "ray"] = "threads"
-    max_workers: int = Field(4, ge=1)
-    ray_address: str | None = None
+    max_workers: int = Field(4, ge=1, le=MAX_WORKERS)
+    ray_address: str | None = Field(None, max_length=MAX_URI_CHARS)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    ingest_batch_rows: int = Field(1024, ge=1)
+    ingest_batch_rows: int = Field(1024, ge=1, le=MAX_INGEST_BATCH_ROWS)
     max_invalid_fraction: float = Field(0.05, ge=0, le=1)
     # A run with a larger share of failed work items is published but marked failed (exit 1).
     max_failed_fraction: float = Field(0.1, ge=0, le=1)
-    retries: int = Field(3, ge=0)
-    retry_delay_seconds: float = Field(2.0, ge=0)
+    retries: int = Field(3, ge=0, le=MAX_RETRIES)
+    retry_delay_seconds: float = Field(2.0, ge=0, le=MAX_RETRY_DELAY_SECONDS)
 
 
-class AuditConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+AttributeTargets = Annotated[list[Text], Field(min_length=1, max_length=MAX_TARGETS_PER_ATTRIBUTE)]
+
+
+class AuditConfig(RedactedInJson, BaseModel):
+    """The whole audit config. Its JSON dump has secrets redacted (see :mod:`counterfactual_lab.redaction`)."""
+
+    model_config = STRICT
 
     dataset: DatasetRef
-    attributes: dict[str, list[str]] = Field(default_factory=lambda: {"gender": ["female", "male"]})
+    attributes: dict[Text, AttributeTargets] = Field(
+        default_factory=lambda: {"gender": ["female", "male"]}, min_length=1, max_length=MAX_ATTRIBUTES
+    )
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     audit: AuditModelConfig = Field(default_factory=AuditModelConfig)
@@ -152,23 +228,20 @@ class AuditConfig(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path) -> "AuditConfig":
         path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+        raw = load_yaml_file(path, "config")
         if not isinstance(raw, dict):
-            raise ConfigError(f"config {path} must be a mapping")
+            raise ConfigError(f"config {path} must be a mapping of sections (dataset, generation, ...)")
         raw.setdefault("base_dir", str(path.resolve().parent))
         return cls.parse_config(raw, source=f"config {path}")
 
     @classmethod
     def parse_config(cls, raw: dict[str, Any], source: str = "config") -> "AuditConfig":
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source} must be a mapping of sections (dataset, generation, ...)")
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            raise ConfigError(f"{source} is invalid: {_first_error(exc)}") from None
+            raise ConfigError(f"{source} is invalid: {_first_error(exc, cls)}") from None
 
     def dataset_spec(self, uri_override: str | None = None) -> DatasetSpec:
         """The dataset to audit: the config's, or ``uri_override`` (a dataset URI, or a spec YAML file)."""
@@ -184,3 +257,28 @@ class AuditConfig(BaseModel):
                         f"attributes.{attribute}: {value!r} is not in the vocabulary {spec.vocabulary(attribute)}"
                     )
         return spec
+
+
+def _require_finite(value: Any, where: str) -> None:
+    """Raise ValueError naming ``where`` when ``value`` holds an inf or NaN anywhere."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: {value} is not a finite number")
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _require_finite(inner, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, inner in enumerate(value):
+            _require_finite(inner, f"{where}[{index}]")
+
+
+def _template(prompt: str, placeholder: str) -> str:
+    """``prompt`` if it formats with ``{placeholder}`` and nothing else; ValueError otherwise."""
+    if "{" + placeholder + "}" not in prompt:
+        raise ValueError(f"{prompt!r} must contain {{{placeholder}}}")
+    try:
+        prompt.format(**{placeholder: "x"})
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(
+            f"{prompt!r} may use only {{{placeholder}}} (write {{{{ and }}}} for literal braces): {exc}"
+        ) from None
+    return prompt

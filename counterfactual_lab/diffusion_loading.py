@@ -41,6 +41,9 @@ def _pipeline_class(method: str):
     if method not in PIPELINE_CLASSES:
         raise UserError(f"unknown generation method {method!r}; expected one of {sorted(PIPELINE_CLASSES)}")
     with _class_lock:
+        from counterfactual_lab.image_processors import prefer_pil_image_processors
+
+        prefer_pil_image_processors()  # before diffusers imports them: no torchvision warning
         import diffusers
 
         return getattr(diffusers, PIPELINE_CLASSES[method])

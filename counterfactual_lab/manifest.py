@@ -113,7 +113,9 @@ def config_block(config: Any) -> dict[str, Any]:
     The one place the config is dumped into the manifest (the report shows the manifest's copy),
     so it is also where secrets given inline are redacted.
     """
-    return jsonable(config.model_dump(mode="json", exclude={"base_dir"}))
+    from counterfactual_lab.redaction import redact
+
+    return jsonable(redact(config.model_dump(mode="json", exclude={"base_dir"})))
 
 
 def metric_parameters(audit: Any) -> dict[str, Any]:

@@ -35,6 +35,38 @@ def check_local_model_dir(model: str) -> None:
         )
 
 
+# Config files in which transformers and diffusers name code to import from the model folder.
+CODE_REFERENCING_FILES = ("config.json", "model_index.json", "preprocessor_config.json", "processor_config.json",
+                          "tokenizer_config.json", "image_processor_config.json")
+
+
+def check_no_custom_code(model: str) -> None:
+    """Refuse a local model folder that ships code: Python files, or an ``auto_map`` (the key
+    transformers follows to import a model's own classes). Nothing is imported or run: the
+    folder is listed and its JSON configs are read as data."""
+    import json
+
+    root = Path(model).expanduser()
+    if not root.is_dir():
+        return
+    code = sorted(str(p.relative_to(root)) for p in root.rglob("*.py"))
+    if code:
+        raise UnsafeModelError(
+            f"model {model} ships Python code ({', '.join(code[:3])}); custom model code is never run — "
+            "use a model whose classes transformers/diffusers provide"
+        )
+    for path in sorted(p for name in CODE_REFERENCING_FILES for p in root.rglob(name)):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # an unreadable config fails at load time with its own message
+        if isinstance(data, dict) and "auto_map" in data:
+            raise UnsafeModelError(
+                f"model {model} needs custom code ({path.relative_to(root)} has an auto_map); "
+                "remote code is never run — use a model whose classes transformers/diffusers provide"
+            )
+
+
 def safe_load_kwargs(model: str, revision: str | None) -> dict[str, Any]:
     """Keyword arguments for ``from_pretrained`` that forbid pickle weights and remote code."""
     check_local_model_dir(model)

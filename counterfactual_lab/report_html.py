@@ -397,7 +397,9 @@ def _provenance_section(manifest: Mapping[str, Any]) -> str:
     if versions:
         parts.append("<details><summary>Library versions</summary>" + _key_value_table(sorted(versions.items())) + "</details>")
     if manifest.get("config"):
-        config = json.dumps(manifest["config"], indent=2, sort_keys=True, default=str)
+        from counterfactual_lab.redaction import redact  # a manifest from elsewhere may predate redaction
+
+        config = json.dumps(redact(manifest["config"]), indent=2, sort_keys=True, default=str)
         parts.append(f"<details><summary>Config</summary><pre>{e(config)}</pre></details>")
     tables = manifest.get("tables") or {}
     if tables:

@@ -7,10 +7,12 @@ explicit storage options, which win.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,12 +66,30 @@ def is_transient(exc: BaseException) -> bool:
     return re.search(r"(?<![0-9a-z])50[03](?![0-9a-z])", text) is not None
 
 
+@contextlib.contextmanager
+def naming_the_path(uri: str) -> Iterator[None]:
+    """Let an I/O error that does not say where it happened (a full disk, an S3 "Access
+    Denied") carry ``uri`` as its ``filename``: the CLI's one-line error then names the path."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = uri
+        raise
+
+
 def write_bytes_atomic(uri: str, data: bytes, options: dict[str, Any] | None = None) -> None:
     """Write ``data`` to ``uri`` so that readers see the old file, the new one, or none.
 
     Locally: a hidden temp file beside the target, flushed to disk, then ``os.replace``; the
-    temp file never outlives a failure. On S3 a single PUT is already all or nothing.
+    temp file never outlives a failure. On S3 a single PUT is already all or nothing. An I/O
+    error names ``uri`` (:func:`naming_the_path`).
     """
+    with naming_the_path(uri):
+        _write_bytes_atomic(uri, data, options)
+
+
+def _write_bytes_atomic(uri: str, data: bytes, options: dict[str, Any] | None) -> None:
     if "://" in uri and not uri.startswith("file://"):
         fs, path = filesystem(uri, options)
         fs.pipe_file(path, data)
@@ -94,8 +114,9 @@ def write_bytes_atomic(uri: str, data: bytes, options: dict[str, Any] | None = N
 
 
 def read_bytes(uri: str, options: dict[str, Any] | None = None) -> bytes:
-    fs, path = filesystem(uri, options)
-    return fs.cat_file(path)
+    with naming_the_path(uri):
+        fs, path = filesystem(uri, options)
+        return fs.cat_file(path)
 
 
 def exists(uri: str, options: dict[str, Any] | None = None) -> bool:

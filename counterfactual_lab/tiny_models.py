@@ -143,6 +143,9 @@ def _text_config(tokenizer, size: DiffusionSize, **overrides):
 
 def build_diffusion_pipeline(method: str, seed: int = 0, size: DiffusionSize = TINY, tokenizer=None):
     """A random-weight pipeline for ``method``, in memory (seeded: same seed, same weights)."""
+    from counterfactual_lab.image_processors import prefer_pil_image_processors
+
+    prefer_pil_image_processors()  # before diffusers and transformers name them: no torchvision warning
     from diffusers import (
         AutoencoderKL,
         DDIMScheduler,
@@ -251,6 +254,9 @@ def build_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
     Returns ``{"instruct-pix2pix", "img2img", "ledits", "clip"} -> folder``. Idempotent:
     a second call with the same root builds nothing.
     """
+    from counterfactual_lab.image_processors import prefer_pil_image_processors
+
+    prefer_pil_image_processors()  # no "requires torchvision" warning without torchvision
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     built: dict[str, Path] = {}

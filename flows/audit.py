@@ -43,6 +43,7 @@ from counterfactual_lab.evaluate import build_evaluation_pool, pool_from_counter
 from counterfactual_lab.findings import headline_table, summary_markdown
 from counterfactual_lab.metrics import METRICS_SCHEMA
 from counterfactual_lab.plan import chunk, plan_work_items
+from counterfactual_lab.preflight import check_audit
 from counterfactual_lab.publish import REPORT_NAME, RunPublisher, is_complete
 from counterfactual_lab.run_failure import count_failed_items
 from counterfactual_lab.storage import ImageStore, join
@@ -52,6 +53,7 @@ from tasks.generate import generation_task_for
 from tasks.judge import judge_counterfactuals
 from tasks.runners import make_task_runner
 from tasks.validate import validate_dataset
+from flows.secrets import mask_secrets_in_logs, resolve_secret_blocks
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = str(REPO_ROOT / "configs" / "audit.yaml")
@@ -78,9 +80,16 @@ def dataset_audit(
     ``force`` (a scheduled audit of unchanged data costs a listing and a stat per file).
     ``force`` first marks the old run incomplete, then runs every stage again; cached images
     are still reused.
+
+    The parameters are plain strings: credentials never travel as flow-run parameters. The
+    whole config is checked (:func:`~counterfactual_lab.preflight.check_audit`) before any
+    data is listed or any run folder is made; Secret blocks the config names are resolved here.
     """
     config = AuditConfig.from_yaml(config_uri)
-    location = locate_run(config, dataset_uri, output_uri, evaluate)
+    spec = check_audit(config, dataset_uri, evaluate=evaluate)
+    config, spec = resolve_secret_blocks(config, spec)
+    mask_secrets_in_logs(config, spec)
+    location = locate_run(config, dataset_uri, output_uri, evaluate, spec=spec)
     if not force and is_complete(location.run_uri, location.storage_options):
         get_run_logger().info(
             "run %s is already complete (same config and data); report: %s",
@@ -93,6 +102,10 @@ def dataset_audit(
 
 @flow(name="audit-stages", log_prints=True, persist_result=False)
 def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> str:
+    """The stages of one run. ``config`` and ``location`` may hold credentials (inline
+    ``storage_options`` or resolved Secret blocks); Prefect stores their JSON dumps as this
+    subflow's parameters, and those are redacted (``RedactedInJson``), so no credential
+    reaches the Prefect database."""
     logger = get_run_logger()
     started_at = datetime.now(timezone.utc)
     spec, options, run_id = location.spec, location.storage_options, location.run_id
@@ -231,7 +244,11 @@ def _batches_to_redo(indices: list[int], results: list[list], store: ImageStore)
 def _evaluate(pool: pl.DataFrame, config: AuditConfig, store: ImageStore, device: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     chunks = [pool.slice(i, EVALUATION_CHUNK_IMAGES) for i in range(0, pool.height, EVALUATION_CHUNK_IMAGES)] or [pool]
     futures = with_runtime_retries(evaluate_batch, config).map(chunks, unmapped(config.audit), unmapped(store), unmapped(device))
-    results = [future.result() for future in futures]
+    results = []
+    with tqdm(total=pool.height, desc="evaluate", unit="img") as bar:
+        for images, future in zip(chunks, futures):
+            results.append(future.result())
+            bar.update(images.height)
     predictions = pl.concat([p for p, _ in results], how="diagonal_relaxed")
     retrieval = pl.concat([r for _, r in results], how="diagonal_relaxed")
     return predictions, retrieval

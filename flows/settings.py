@@ -1,15 +1,22 @@
-"""Prefect defaults for this project: no telemetry, nothing that needs the internet.
+"""Prefect defaults for this project: no telemetry, nothing that needs the internet, and a
+temporary server that has time to start on a loaded laptop.
 
-These are *defaults*: a value already in the environment (or a Prefect profile) wins.
-Applied when the ``flows`` package is imported, before Prefect reads its settings; the
-server side (``prefect server start``, docker-compose) sets the same variables itself.
+These are *defaults*: a value already in the environment wins. Applied when the ``flows``
+package is imported, before Prefect reads its settings. ``prefect server start`` run in the
+repository root reads the same telemetry setting from ``[tool.prefect]`` in ``pyproject.toml``;
+docker-compose and the Kubernetes manifests set the variables themselves.
 """
 
 from __future__ import annotations
 
 import os
 
+# Prefect waits 20 s for its temporary server by default; on 2 busy cores the first start
+# (database migrations included) took longer. Overridden by the environment variable.
+STARTUP_TIMEOUT_SECONDS = 180
+
 OFFLINE_DEFAULTS: dict[str, str] = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(STARTUP_TIMEOUT_SECONDS),
     # Prefect server usage analytics (the server phones home otherwise).
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     # Client-side SDK telemetry honours the DO_NOT_TRACK convention.

@@ -154,4 +154,5 @@ def test_predict_and_retrieval_on_the_tiny_clip(tiny_models, stored_pool):
 
 def test_predict_needs_two_labels(stored_pool):
     with pytest.raises(ValueError, match="at least two distinct labels"):
-        predict(stored_pool, AuditModelConfig(labels=["doctor"]), embedder=None, load_image=None)
+        # The config itself refuses fewer than two labels; the library checks again for direct callers.
+        predict(stored_pool, AuditModelConfig.model_construct(labels=["doctor"]), embedder=None, load_image=None)

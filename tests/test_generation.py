@@ -210,7 +210,7 @@ def test_poisoned_items_fail_alone(tiny_models, sources, tmp_path):
 
 
 def test_bad_generation_params_name_the_key(tiny_models):
-    with pytest.raises(UserError, match=r"\['strenght'\] not understood by method 'img2img'"):
+    with pytest.raises(UserError, match=r"generation.params.strenght is not understood by method 'img2img' \(did you mean 'strength'\?\)"):
         make_editor(config(tiny_models, "img2img", params={"strenght": 0.5}), "cpu")
     with pytest.raises(UserError, match="strength must be in"):
         make_editor(config(tiny_models, "img2img", params={"strength": 1.5}), "cpu")

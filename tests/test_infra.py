@@ -161,13 +161,154 @@ def test_raycluster_has_gpu_workers_reporting_to_prefect():
 
 def test_infra_readme_names_files_and_pools_that_exist():
     readme = (INFRA / "README.md").read_text()
-    for path in set(re.findall(r"\b(infra/[\w.\-]+)", readme)):
+    for path in set(re.findall(r"\b(infra/[\w.\-]+)", readme)) - {"infra/.env"}:  # .env: the user's own secrets
         assert (REPO / path).exists(), f"infra/README.md mentions {path}, which does not exist"
     assert f"prefect worker start --pool {process_pool_name()}" in readme
     assert "prefect concurrency-limit create gpu" in readme
 
 
-@pytest.mark.parametrize("file", ["Dockerfile", "docker-compose.yml", "k8s-gpu-base-job-template.json", "raycluster.yaml"])
+@pytest.mark.parametrize("file", ["Dockerfile", "docker-compose.yml", "k8s-gpu-base-job-template.json", "raycluster.yaml",
+                                  "prefect-server.yaml"])
 def test_infra_files_disable_telemetry(file):
     text = (INFRA / file).read_text()
     assert re.search(r"DO_NOT_TRACK\W+(value\W+)?1\b", text), f"infra/{file} does not set DO_NOT_TRACK=1"
+
+
+# ---- nobody gets in: authentication from a secret, loopback-only ports, pinned images ----
+
+FLOATING_TAGS = {"latest", "stable", "edge", "main", "master", "nightly", "dev", "rolling"}
+SECRET_REFERENCE = re.compile(r"^\$\{(\w+):\?[^}]+\}$")  # ${VAR:?message}: compose refuses to start without it
+AUTH_SECRET = "cflab-prefect-auth"
+
+
+def resolve_compose_defaults(text: str) -> str:
+    """``${VAR:-default}`` -> ``default`` (what compose uses when the variable is unset)."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)
+
+
+def unpinned(images: list[str]) -> list[str]:
+    """Images without a digest or a versioned tag (none, or a floating one such as ``latest``)."""
+    bad = []
+    for image in images:
+        if "@sha256:" in image:
+            continue
+        name = resolve_compose_defaults(image)
+        tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else ""
+        if not tag or tag in FLOATING_TAGS or not re.search(r"\d", tag):
+            bad.append(image)
+    return bad
+
+
+def kubernetes_documents() -> list[dict]:
+    docs = []
+    for name in ("prefect-server.yaml", "raycluster.yaml"):
+        docs += [d for d in yaml.safe_load_all((INFRA / name).read_text()) if d]
+    return docs
+
+
+def containers_of(doc: dict) -> list[dict]:
+    spec = doc.get("spec", {})
+    templates = [spec.get("template")] if doc["kind"] == "Deployment" else []
+    if doc["kind"] == "RayCluster":
+        templates = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+    return [c for t in templates if t for c in t["spec"]["containers"]]
+
+
+def all_images() -> dict[str, list[str]]:
+    services = compose()["services"]
+    job_template = gpu_template()["variables"]["properties"]["image"]["default"]
+    stages = {args.split()[-1] for kind, args in dockerfile_instructions() if kind == "FROM" and " AS " in args}
+    froms = [args.split()[0] for kind, args in dockerfile_instructions() if kind == "FROM"]
+    return {
+        "docker-compose.yml": [s["image"] for s in services.values() if "image" in s],
+        "Dockerfile": [f for f in froms if f not in stages and not f.startswith("base-")],
+        "kubernetes": [c["image"] for d in kubernetes_documents() for c in containers_of(d)] + [job_template],
+    }
+
+
+def compose_problems(services: dict) -> list[str]:
+    """What lets someone in: a server without auth, a client without it, a literal secret, a port
+    published beyond the loopback."""
+    from counterfactual_lab.redaction import is_secret_key
+
+    problems = []
+    server_env = services["prefect-server"].get("environment", {})
+    auth = SECRET_REFERENCE.match(str(server_env.get("PREFECT_SERVER_API_AUTH_STRING", "")))
+    if not auth:
+        problems.append("prefect-server has no PREFECT_SERVER_API_AUTH_STRING from the env file")
+    for name, service in services.items():
+        env = service.get("environment", {}) or {}
+        if "PREFECT_API_URL" in env:
+            client = SECRET_REFERENCE.match(str(env.get("PREFECT_API_AUTH_STRING", "")))
+            if not client or (auth and client.group(1) != auth.group(1)):
+                problems.append(f"{name} talks to Prefect without the server's auth string")
+        for key, value in env.items():
+            if is_secret_key(key) and not SECRET_REFERENCE.match(str(value)):
+                problems.append(f"{name}: {key} is a literal or has a default; take it from infra/.env")
+            if "://" in str(value) and re.search(r"://[^/:@]+:(?!\$\{)[^@]+@", str(value)):
+                problems.append(f"{name}: {key} holds a literal password in a URL")
+        for port in service.get("ports", []):
+            if not str(port).startswith("127.0.0.1:"):
+                problems.append(f"{name} publishes {port} on every interface")
+    return problems
+
+
+def test_compose_server_needs_auth_from_the_env_file_and_publishes_on_loopback_only():
+    assert compose_problems(compose()["services"]) == []
+
+
+def test_the_compose_check_catches_an_open_server():
+    """The check above is not vacuous: the old compose file (no auth, 0.0.0.0 ports, literal secrets) fails it."""
+    services = compose()["services"]
+    services["prefect-server"]["environment"].pop("PREFECT_SERVER_API_AUTH_STRING")
+    services["prefect-server"]["ports"] = ["4200:4200"]
+    services["minio"]["environment"]["MINIO_ROOT_PASSWORD"] = "${MINIO_ROOT_PASSWORD:-cflab-secret}"
+    problems = compose_problems(services)
+    assert "prefect-server has no PREFECT_SERVER_API_AUTH_STRING from the env file" in problems
+    assert "prefect-server publishes 4200:4200 on every interface" in problems
+    assert any("MINIO_ROOT_PASSWORD is a literal" in p for p in problems)
+
+
+def test_every_secret_compose_needs_is_in_the_env_example():
+    names = set(re.findall(r"\$\{(\w+):\?", (INFRA / "docker-compose.yml").read_text()))
+    example = dict(line.split("=", 1) for line in (INFRA / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert names == set(example), f"infra/.env.example must list exactly {sorted(names)}"
+    assert all(value == "" for value in example.values()), "the example holds no secret values"
+    assert "/infra/.env" in (REPO / ".gitignore").read_text().splitlines()
+
+
+def test_every_image_is_pinned():
+    images = all_images()
+    assert all(images.values()), images
+    for where, names in images.items():
+        assert unpinned(names) == [], f"{where} uses unpinned images"
+    assert unpinned(["minio/minio:latest", "postgres", "ghcr.io/x/cflab:cuda", "minio/mc:RELEASE.2025-04-16T18-13-26Z"]) == [
+        "minio/minio:latest", "postgres", "ghcr.io/x/cflab:cuda",
+    ]
+
+
+def test_kubernetes_server_and_clients_take_the_auth_string_from_one_secret():
+    docs = kubernetes_documents()
+    (server,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "prefect-server"]
+    (container,) = containers_of(server)
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PREFECT_SERVER_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"]["name"] == AUTH_SECRET
+    assert "value" not in env["PREFECT_SERVER_API_AUTH_STRING"]
+    (service,) = [d for d in docs if d["kind"] == "Service"]
+    assert service["spec"]["type"] == "ClusterIP", "the Prefect API is not published outside the cluster"
+    (cluster,) = [d for d in docs if d["kind"] == "RayCluster"]
+    clients = containers_of(cluster)
+    clients.append(gpu_template()["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0])
+    for client in clients:
+        assert {"secretRef": {"name": AUTH_SECRET}} in client.get("envFrom", []), f"{client['name']} has no auth string"
+        for entry in client.get("env", []) if isinstance(client.get("env"), list) else []:
+            assert "AUTH" not in entry["name"] or "value" not in entry, f"{client['name']}: literal {entry['name']}"
+    assert cluster["spec"]["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+
+
+def test_infra_readme_says_how_to_set_the_secrets():
+    readme = (INFRA / "README.md").read_text()
+    assert "cp infra/.env.example infra/.env" in readme
+    assert f"kubectl create secret generic {AUTH_SECRET}" in readme
+    assert "PREFECT_API_AUTH_STRING" in readme and "PREFECT_SERVER_API_AUTH_STRING" in readme

@@ -126,3 +126,46 @@ def test_linked_files_exist(target):
 def test_every_relative_link_resolves():
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", README):
         assert (ROOT / target).exists(), f"README links {target}, which does not exist"
+
+
+def test_the_torch_note_speaks_to_an_outside_user():
+    quick = section("Quick start")
+    assert "this project's machines" not in quick and "lies on disk" not in quick
+    assert "torch==2.13.0" in quick and "torchvision is not needed" in quick
+
+
+def test_exit_codes_match_the_cli():
+    from counterfactual_lab import cli
+
+    text = " ".join(section("The `cflab` command").split())
+    assert "`1` the data failed a limit you set" in text and "`runtime.max_invalid_fraction` (an audit)" in text
+    assert "`--max-invalid-fraction`" in text and "runtime.max_failed_fraction" in text
+    assert "`2` anything else" in text and "--debug" in text
+    assert (cli.EXIT_OK, cli.EXIT_OVER_LIMIT, cli.EXIT_USAGE) == (0, 1, 2)
+    assert "too many quarantined rows in an audit" not in README  # the old, wrong "exit 2" claim
+
+
+def test_every_cflab_argument_has_help_text():
+    import argparse
+
+    for name, sub in subparser_choices(build_parser()).items():
+        for parser in [sub, *subparser_choices(sub).values()]:
+            for action in parser._actions:
+                if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                    continue
+                assert action.help, f"cflab {name}: argument {action.dest} has no help text"
+
+
+def test_prefect_server_start_in_the_repo_root_sends_no_telemetry():
+    """The README's `prefect server start` runs offline without "ERROR | Failed to send telemetry":
+    Prefect reads [tool.prefect] from pyproject.toml in the directory it runs in."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "DO_NOT_TRACK"}
+    code = "from prefect.settings import get_current_settings as g; print(g().server.analytics_enabled)"
+    here = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert here.stdout.strip() == "False", here.stderr
+    elsewhere = subprocess.run([sys.executable, "-c", code], cwd="/", env=env, capture_output=True, text=True, timeout=120)
+    assert elsewhere.stdout.strip() == "True", "the setting must come from this repository's pyproject.toml"

@@ -31,23 +31,11 @@ from PIL import Image
 
 from counterfactual_lab.diffusion_loading import load_pipeline, pipeline_lock, resolve_device
 from counterfactual_lab.errors import UserError
+from counterfactual_lab.method_params import METHOD_PARAMS, SIDE_MULTIPLE, check_method_params
 from counterfactual_lab.plan import WorkItem
 
 if TYPE_CHECKING:  # only read as attributes, so a GPU box without pydantic can run the benches
     from counterfactual_lab.config import GenerationConfig
-
-# Parameters each method reads from ``generation.params``, with their defaults.
-METHOD_PARAMS: dict[str, dict[str, Any]] = {
-    "instruct-pix2pix": {"image_guidance_scale": 1.5, "negative_prompt": None},
-    "img2img": {"strength": 0.6, "negative_prompt": None, "eta": 0.0},
-    "ledits": {
-        "edit_guidance_scale": None,  # None: generation.guidance_scale
-        "edit_threshold": 0.9,
-        "edit_warmup_steps": 0,
-        "skip": 0.15,
-        "concepts": None,  # {value: word}, overrides CONCEPT_WORDS
-    },
-}
 
 # The word LEDITS++ steers towards (or away from) for an attribute value.
 CONCEPT_WORDS: dict[str, str] = {
@@ -63,9 +51,6 @@ CONCEPT_WORDS: dict[str, str] = {
     "elderly": "elderly person",
     "old": "old person",
 }
-
-# LEDITS++ needs sides divisible by 32 (its attention masks work at a quarter of the latents).
-SIDE_MULTIPLE = {"instruct-pix2pix": 8, "img2img": 8, "ledits": 32}
 
 # Bounded so a long run over many sources does not keep every inversion alive.
 MAX_CACHED_INVERSIONS = 256
@@ -99,37 +84,49 @@ def output_size(source: Image.Image, resolution: int | None, multiple: int) -> t
     return max(multiple, width // multiple * multiple), max(multiple, height // multiple * multiple)
 
 
+def pipeline_call_parameters(method: str) -> set[str] | None:
+    """The argument names of ``method``'s diffusers pipeline ``__call__`` (the class only: no
+    weights are read), or None when they cannot be checked: a method that is not a diffusers
+    pipeline, or a call hidden behind a bare ``(*args, **kwargs)`` wrapper."""
+    import inspect
+
+    from counterfactual_lab.diffusion_loading import PIPELINE_CLASSES, _pipeline_class
+
+    if method not in PIPELINE_CLASSES:
+        return None
+    cls = _pipeline_class(method)
+    signatures = [inspect.signature(cls.__call__)]
+    if method == "ledits":
+        # LEDITS++ reads `skip` in invert(), which the editor calls before __call__.
+        signatures.append(inspect.signature(cls.invert))
+    names: set[str] = set()
+    for signature in signatures:
+        named = {p.name for p in signature.parameters.values()
+                 if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)} - {"self"}
+        if not named:
+            return None  # a bare (*args, **kwargs) wrapper (a spy, a decorator): nothing to check
+        names |= named
+    # diffusers' **kwargs only catches deprecated callback arguments: the named ones are the API.
+    return names
+
+
 def validate_generation(generation: GenerationConfig) -> dict[str, Any]:
     """Check ``generation`` for ``generation.method``; return its params with defaults filled.
 
-    Raises :class:`UserError` naming the bad key or value.
+    :func:`~counterfactual_lab.method_params.check_method_params` (names, ranges, a config
+    that can make an image; no torch needed), then every ``params`` key against the installed
+    diffusers pipeline's ``__call__`` signature (the class is imported; no weights are read).
+    Raises :class:`UserError` naming the key.
     """
-    method = generation.method
-    if method not in METHOD_PARAMS:
-        raise UserError(f"generation.method {method!r} is not one of {sorted(METHOD_PARAMS)}")
-    allowed = METHOD_PARAMS[method]
-    unknown = sorted(set(generation.params) - set(allowed))
-    if unknown:
-        raise UserError(
-            f"generation.params {unknown} not understood by method {method!r}; it accepts {sorted(allowed)}"
-        )
-    params = {**allowed, **generation.params}
-    multiple = SIDE_MULTIPLE[method]
-    if generation.resolution is not None and generation.resolution % multiple:
-        raise UserError(
-            f"generation.resolution {generation.resolution} must be a multiple of {multiple} for method {method!r}"
-        )
-    if method == "img2img" and not 0 < float(params["strength"]) <= 1:
-        raise UserError(f"generation.params.strength must be in (0, 1], got {params['strength']}")
-    if method == "instruct-pix2pix" and float(params["image_guidance_scale"]) < 0:
-        raise UserError(
-            f"generation.params.image_guidance_scale must be >= 0, got {params['image_guidance_scale']}"
-        )
-    if method == "ledits":
-        if not 0 <= float(params["skip"]) < 1:
-            raise UserError(f"generation.params.skip must be in [0, 1), got {params['skip']}")
-        if params["concepts"] is not None and not isinstance(params["concepts"], dict):
-            raise UserError("generation.params.concepts must map attribute values to words, e.g. {female: woman}")
+    params = check_method_params(generation)
+    accepted = pipeline_call_parameters(generation.method)
+    if accepted is not None:
+        missing = sorted(name for name in generation.params if name != "concepts" and name not in accepted)
+        if missing:
+            raise UserError(
+                f"generation.params.{missing[0]} is not an argument of the installed diffusers pipeline for "
+                f"{generation.method!r}; upgrade diffusers or drop the key"
+            )
     return params
 
 

@@ -1,0 +1,62 @@
+"""Everything about an audit that can be checked before Prefect starts, so a bad config fails
+in seconds with one line and never leaves a run folder.
+
+:func:`check_audit` runs the checks cheapest first: the dataset spec and its vocabularies,
+``generation.params`` by name, range and "can this make an image" (no torch), each model
+reference (a local folder must exist, hold safetensors and ship no code; nothing is loaded),
+the device, and last the params against the installed diffusers pipeline's call signature
+(imports the pipeline class, reads no weights). Data is not read here: listing a dataset or
+an S3 bucket is the flow's first step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from counterfactual_lab.config import AuditConfig
+from counterfactual_lab.errors import ConfigError
+from counterfactual_lab.spec import DatasetSpec
+
+
+def check_audit(config: AuditConfig, dataset_uri: str | None = None, *, evaluate: bool = True) -> DatasetSpec:
+    """Check ``config`` (with ``dataset_uri`` overriding its dataset) for a run; return the dataset spec.
+
+    ``evaluate=False`` (``cflab generate``) skips the model under audit. Raises a
+    :class:`~counterfactual_lab.errors.UserError` naming the key at fault.
+    """
+    from counterfactual_lab.method_params import check_method_params
+
+    spec = config.dataset_spec(dataset_uri)
+    generates = not spec.columns.counterfactual_set  # an evaluate-only dataset needs no generator
+    if generates:
+        check_method_params(config.generation)
+    roles = {"judge.model": config.judge.model} if generates else {}
+    if generates:
+        roles = {"generation.model": config.generation.model, **roles}
+    if evaluate:
+        roles["audit.model"] = config.audit.model
+    for key, model in roles.items():
+        check_model_reference(key, model)
+
+    from counterfactual_lab.devices import resolve_device  # imports torch
+
+    resolve_device(config.runtime.device)
+    if generates:
+        from counterfactual_lab.generation.editors import validate_generation  # imports the pipeline class
+
+        validate_generation(config.generation)
+    return spec
+
+
+def check_model_reference(key: str, model: str) -> None:
+    """A local model folder must exist, hold safetensors weights and ship no code; a hub id
+    cannot be checked offline and is left to loading time."""
+    from counterfactual_lab.model_safety import check_local_model_dir, check_no_custom_code
+
+    path = Path(model).expanduser()
+    if path.exists():
+        check_local_model_dir(model)
+        check_no_custom_code(model)
+        return
+    if model.startswith((".", "/", "~")) or Path(model).is_absolute():
+        raise ConfigError(f"{key}: {model} does not exist (a local model folder; build the demo's with `cflab models tiny DIR`)")
