@@ -56,6 +56,9 @@ class GenerationConfig(BaseModel):
     batch_size: int = Field(8, ge=1, le=1024)
     resolution: int | None = Field(None, ge=8, description="square side in pixels; None keeps the source size (rounded to 8)")
     params: dict[str, Any] = Field(default_factory=dict)
+    # Generate each source's own value too (a reconstruction) and a control per (row, attribute),
+    # so counterfactuals are compared with generated images, not with real photos.
+    reconstruction: bool = True
 
     @model_validator(mode="after")
     def _keep_within_seeds(self) -> "GenerationConfig":
