@@ -1,7 +1,7 @@
 """Benchmark: the whole demo audit cold, then warm (everything cached), side by side in one run.
 
 What runs: ``flows.audit.dataset_audit`` on the demo's inputs (``cflab demo``: the 24-row
-sample dataset, the tiny random-weight models, img2img, 104 work items), against a
+sample dataset, the tiny random-weight models, img2img at 64 px, 248 work items = 176 images), against a
 temporary Prefect server (``prefect_test_harness``: a real API server in a subprocess,
 SQLite in a temporary folder).
 

@@ -29,6 +29,9 @@ CANDIDATE_SCHEMA = {
     "attribute": pl.String,
     "source_value": pl.String,
     "target_value": pl.String,
+    "variant": pl.String,
+    "control": pl.Boolean,
+    "set_id": pl.String,
     "method": pl.String,
     "seed": pl.Int64,
     "caption": pl.String,
@@ -195,7 +198,13 @@ def locate_run(
 
 
 def candidates_frame(items: list[WorkItem], records: list[Any], method: str) -> pl.DataFrame:
-    """One row per planned work item, joined with its generation record (by content key)."""
+    """One row per planned work item, joined with its generation record (by content key).
+
+    ``variant`` ("counterfactual" | "reconstruction"), ``control`` and ``set_id`` (one per
+    (source, attribute, seed), see :func:`counterfactual_lab.plan.set_id_for`) say how the
+    judge groups the candidates and how the evaluation pool uses them. Items that share a
+    content key share its record (and image).
+    """
     by_key = {record.content_key: record for record in records}
     rows = []
     for item in items:
@@ -208,6 +217,9 @@ def candidates_frame(items: list[WorkItem], records: list[Any], method: str) -> 
                 "attribute": item.attribute,
                 "source_value": item.source_value,
                 "target_value": item.target_value,
+                "variant": item.variant,
+                "control": item.control,
+                "set_id": item.set_id,
                 "method": method,
                 "seed": item.seed,
                 "caption": item.caption,

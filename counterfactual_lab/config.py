@@ -100,6 +100,9 @@ class GenerationConfig(BaseModel):
         for name, value in params.items():
             _require_finite(value, name)
         return params
+    # Generate each source's own value too (a reconstruction) and a control per (row, attribute),
+    # so counterfactuals are compared with generated images, not with real photos.
+    reconstruction: bool = True
 
     @model_validator(mode="after")
     def _keep_within_seeds(self) -> "GenerationConfig":

@@ -40,7 +40,8 @@ def demo_config(dataset_dir: Path, models: dict[str, Path], out_uri: str) -> dic
             "seeds_per_target": 2,
             "keep_per_target": 1,
             "batch_size": 8,
-            "resolution": 32,
+            # resolution unset: generate at the sources' own size, so generated and real
+            # images differ in nothing the generator did not do.
             "params": {"strength": 0.6},
         },
         "judge": {"model": clip, "thresholds": {"text": -1.0, "direction": -1.0, "image": -1.0}, "check_attribute": False},

@@ -1,12 +1,20 @@
-"""Run the model under audit on originals and kept counterfactuals.
+"""Run the model under audit on originals, reconstructions and kept counterfactuals.
 
 The evaluation pool (:func:`build_evaluation_pool`, or :func:`pool_from_counterfactual_sets`
 for a dataset that already holds counterfactual sets) has one row per image *per
-attribute*: an original appears once under every audited attribute, with ``group`` = its
-value of that attribute, so per-attribute metrics are plain group-bys. Columns:
+attribute*: an image appears once under every audited attribute, with ``group`` = its
+value of that attribute, so per-attribute metrics are plain group-bys. Columns
+(:data:`POOL_SCHEMA`):
 
-``id, source_id, variant ("original" | "counterfactual"), attribute, group, caption,
-image_uri, content_key, label``
+``id, source_id, variant, control, attribute, group, seed, set_id, caption, image_uri,
+content_key, label``
+
+* ``variant``: ``original`` (a dataset image), ``reconstruction`` (the source's own value
+  generated through the editor) or ``counterfactual``;
+* ``control``: true only for the control reconstruction (the seed no candidate uses);
+* ``seed``: the generation seed (null for originals); ``set_id``: the comparison set the
+  image belongs to (null for originals, and for counterfactuals of a run without
+  reconstructions, which compare with their original on (source_id, attribute)).
 
 Two probes run on it:
 
@@ -23,27 +31,36 @@ probes use it, and the embedder's cache shares it with the judge when they use o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import json
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import polars as pl
 
 from counterfactual_lab.config import AuditModelConfig
+from counterfactual_lab.plan import VARIANT_COUNTERFACTUAL, VARIANT_RECONSTRUCTION
 
 VARIANT_ORIGINAL = "original"
-VARIANT_COUNTERFACTUAL = "counterfactual"
+VARIANTS = (VARIANT_ORIGINAL, VARIANT_RECONSTRUCTION, VARIANT_COUNTERFACTUAL)
 
 POOL_SCHEMA = {
     "id": pl.String,
     "source_id": pl.String,
     "variant": pl.String,
+    "control": pl.Boolean,
     "attribute": pl.String,
     "group": pl.String,
+    "seed": pl.Int64,
+    "set_id": pl.String,
     "caption": pl.String,
     "image_uri": pl.String,
     "content_key": pl.String,
     "label": pl.String,
 }
+
+# Columns of the valid rows that describe the row, not the pictured person: never held fixed.
+_NOT_ATTRIBUTES = ("id", "content_key", "caption", "label", "image_uri", "width", "height")
 
 
 def score_column(label: str) -> str:
@@ -61,19 +78,33 @@ def _label_column(valid: pl.DataFrame) -> pl.Expr:
     return pl.col("label").cast(pl.String) if "label" in valid.columns else pl.lit(None, dtype=pl.String)
 
 
+def _as_pool(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select([pl.col(c).cast(t) for c, t in POOL_SCHEMA.items()])
+
+
 def build_evaluation_pool(valid: pl.DataFrame, counterfactuals: pl.DataFrame, attributes: list[str]) -> pl.DataFrame:
-    """The images the model under audit sees: every valid row under every attribute, plus kept counterfactuals.
+    """The images the model under audit sees, per attribute: every valid row, then the kept generated images.
 
     ``valid``: id, content_key, caption, image_uri, optional label, one column per
     attribute (null when unknown). ``counterfactuals``: the judge's output (source_id,
     attribute, source_value, target_value, counterfactual_caption, image_uri, content_key,
-    kept). An original whose attribute value is unknown takes the source value its
-    counterfactuals were planned from, when they agree on one. A counterfactual inherits
-    its source's ground-truth label (the change must not change the answer) and has
-    ``id`` = its content key.
+    kept; ``variant``, ``control``, ``seed``, ``set_id`` when the plan made
+    reconstructions). Rows:
+
+    * each valid row once per attribute, variant ``original``, ``group`` = its value (an
+      unknown value takes the source value its generated images were planned from, when they
+      agree on one);
+    * each kept generated image: the reconstruction and counterfactuals of each kept set and
+      each kept control, ``group`` = its target value (a reconstruction's is the source's
+      own value, null when unknown), ``caption`` = the caption it was generated from,
+      ``id`` = its content key, ``label`` = its source's ground truth (the change must not
+      change the answer).
+
+    ``set_id`` is the candidate's set; without any reconstruction in ``counterfactuals``
+    (``generation.reconstruction: false``) it is null, since such counterfactuals compare
+    with their original, not within a set.
     """
     _require(valid, ["id", "content_key", "caption", "image_uri"], "the valid rows")
-    frames = []
     kept = pl.DataFrame(schema={"source_id": pl.String, "attribute": pl.String, "source_value": pl.String})
     if counterfactuals.height:
         _require(
@@ -81,13 +112,17 @@ def build_evaluation_pool(valid: pl.DataFrame, counterfactuals: pl.DataFrame, at
             ["source_id", "attribute", "source_value", "target_value", "counterfactual_caption", "image_uri", "content_key", "kept"],
             "the counterfactuals",
         )
-        kept = counterfactuals.filter(pl.col("kept").fill_null(False) & pl.col("image_uri").is_not_null())
+        kept = _generated_columns(counterfactuals).filter(
+            pl.col("kept").fill_null(False) & pl.col("image_uri").is_not_null()
+        )
+    sets = kept.height > 0 and (kept["variant"] == VARIANT_RECONSTRUCTION).any()
     labels = valid.select(pl.col("id").cast(pl.String).alias("source_id"), _label_column(valid).alias("label"))
+    frames = []
     for attribute in attributes:
         known = pl.col(attribute).cast(pl.String) if attribute in valid.columns else pl.lit(None, dtype=pl.String)
+        edits = kept.filter(pl.col("attribute") == attribute)
         planned = (
-            kept.filter(pl.col("attribute") == attribute)
-            .group_by("source_id")
+            edits.group_by("source_id")
             .agg(pl.col("source_value").drop_nulls().unique().alias("values"))
             .filter(pl.col("values").list.len() == 1)
             .select("source_id", pl.col("values").list.first().cast(pl.String).alias("planned"))
@@ -97,8 +132,11 @@ def build_evaluation_pool(valid: pl.DataFrame, counterfactuals: pl.DataFrame, at
                 pl.col("id").cast(pl.String),
                 pl.col("id").cast(pl.String).alias("source_id"),
                 pl.lit(VARIANT_ORIGINAL).alias("variant"),
+                pl.lit(False).alias("control"),
                 pl.lit(attribute).alias("attribute"),
                 known.alias("group"),
+                pl.lit(None, dtype=pl.Int64).alias("seed"),
+                pl.lit(None, dtype=pl.String).alias("set_id"),
                 pl.col("caption").cast(pl.String),
                 pl.col("image_uri").cast(pl.String),
                 pl.col("content_key").cast(pl.String),
@@ -109,15 +147,17 @@ def build_evaluation_pool(valid: pl.DataFrame, counterfactuals: pl.DataFrame, at
             .drop("planned")
         )
         frames.append(originals)
-        edits = kept.filter(pl.col("attribute") == attribute)
         if edits.height:
             frames.append(
                 edits.select(
                     pl.col("content_key").cast(pl.String).alias("id"),
                     pl.col("source_id").cast(pl.String),
-                    pl.lit(VARIANT_COUNTERFACTUAL).alias("variant"),
+                    "variant",
+                    "control",
                     pl.lit(attribute).alias("attribute"),
                     pl.col("target_value").cast(pl.String).alias("group"),
+                    "seed",
+                    (pl.col("set_id") if sets else pl.lit(None, dtype=pl.String)).alias("set_id"),
                     pl.col("counterfactual_caption").cast(pl.String).alias("caption"),
                     pl.col("image_uri").cast(pl.String),
                     pl.col("content_key").cast(pl.String),
@@ -126,49 +166,97 @@ def build_evaluation_pool(valid: pl.DataFrame, counterfactuals: pl.DataFrame, at
             )
     if not frames:
         return pl.DataFrame(schema=POOL_SCHEMA)
-    return pl.concat([f.select([pl.col(c).cast(t) for c, t in POOL_SCHEMA.items()]) for f in frames])
+    return pl.concat([_as_pool(f) for f in frames])
 
 
-def pool_from_counterfactual_sets(valid: pl.DataFrame, attributes: list[str], set_column: str = "counterfactual_set") -> pl.DataFrame:
+def _generated_columns(counterfactuals: pl.DataFrame) -> pl.DataFrame:
+    """The judge's output with ``variant``, ``control``, ``seed`` and ``set_id`` (filled for older frames)."""
+    from counterfactual_lab.plan import set_id_for
+
+    frame = counterfactuals.with_columns(pl.col("source_id").cast(pl.String))
+    fill = {
+        "variant": pl.lit(VARIANT_COUNTERFACTUAL),
+        "control": pl.lit(False),
+        "seed": pl.lit(None, dtype=pl.Int64),
+    }
+    frame = frame.with_columns(expr.alias(name) for name, expr in fill.items() if name not in frame.columns)
+    if "set_id" not in frame.columns:
+        ids = [
+            None if seed is None else set_id_for(source, attribute, seed)
+            for source, attribute, seed in frame.select("source_id", "attribute", "seed").iter_rows()
+        ]
+        frame = frame.with_columns(pl.Series("set_id", ids, dtype=pl.String))
+    return frame.with_columns(
+        pl.col("variant").cast(pl.String), pl.col("control").cast(pl.Boolean).fill_null(False),
+        pl.col("seed").cast(pl.Int64), pl.col("set_id").cast(pl.String),
+    )
+
+
+def comparison_set_id(counterfactual_set: str, attribute: str, held_fixed: Sequence[tuple[str, str | None]]) -> str:
+    """The id of an evaluate-only comparison group: a hash of the set, the attribute and the fixed values."""
+    payload = json.dumps(["comparison", counterfactual_set, attribute, [list(pair) for pair in held_fixed]])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def pool_from_counterfactual_sets(
+    valid: pl.DataFrame,
+    attributes: list[str],
+    set_column: str = "counterfactual_set",
+    held_fixed: Sequence[str] | None = None,
+) -> pl.DataFrame:
     """The evaluation pool of a dataset that already holds counterfactual sets (evaluate-only mode).
 
     In the SocialCounterfactuals layout, images of one set show the same scene and differ
-    in protected attributes only. For each attribute, rows of a set that agree on every
-    other attribute form a comparison group that differs in that attribute alone; its
-    reference (the row whose value sorts first, then the lowest id) becomes the
-    ``original`` and every other row a ``counterfactual`` of it (``source_id`` = the
-    reference's id). A row whose comparison group has one member stays an original with no
-    pair. Every row appears once per attribute, so parity and retrieval see the whole pool.
+    in protected attributes only. For each audited attribute, the rows of a set that agree
+    on every other attribute form a *comparison group* that differs in that attribute alone:
+    its ``set_id`` (:func:`comparison_set_id`). Every row is variant ``counterfactual``
+    (none is the reference: metrics pair every ordered pair of members with different
+    groups), ``source_id`` = its counterfactual set (the cluster a bootstrap resamples), no
+    seed, no reconstruction, no control. A comparison group of one member still counts in
+    group and retrieval metrics; it has nothing to pair with.
+
+    ``held_fixed``: the columns that must agree within a comparison group besides the other
+    audited attributes; default: every other column of ``valid`` except the input
+    contract's (id, content_key, caption, label, image_uri, width, height) and the set
+    column, i.e. the dataset's other attribute columns and ``other_attributes`` (the
+    attributes of an ``attribute_pairs`` layout that have no vocabulary, e.g. a
+    SocialCounterfactuals "physical" type). Null values agree with each other.
     """
     _require(valid, ["id", "content_key", "caption", "image_uri", set_column], "an evaluate-only dataset")
     missing = [a for a in attributes if a not in valid.columns]
     if missing:
         raise ValueError(f"an evaluate-only dataset needs one column per attribute; missing {missing}")
+    if held_fixed is None:
+        held_fixed = [c for c in valid.columns if c not in (*_NOT_ATTRIBUTES, set_column) and c not in attributes]
+    else:
+        _require(valid, list(held_fixed), "an evaluate-only dataset")
+    base = valid.with_columns(pl.col("id").cast(pl.String), pl.col(set_column).cast(pl.String).alias("source_id"))
     frames = []
-    base = valid.with_columns(pl.col("id").cast(pl.String), pl.col(set_column).cast(pl.String))
     for attribute in attributes:
-        others = [a for a in attributes if a != attribute]
-        keys = [set_column, *[pl.col(o).cast(pl.String).fill_null("") for o in others]]
-        ordered = base.with_columns(pl.col(attribute).cast(pl.String).alias("group")).sort(
-            ["group", "id"], nulls_last=True
+        fixed = sorted({*[a for a in attributes if a != attribute], *held_fixed} - {attribute})
+        keys = base.select("source_id", *[pl.col(c).cast(pl.String) for c in fixed]).unique()
+        ids = [
+            comparison_set_id(row[0], attribute, list(zip(fixed, row[1:]))) for row in keys.iter_rows()
+        ]
+        keys = keys.with_columns(pl.Series("set_id", ids, dtype=pl.String))
+        rows = base.with_columns(*[pl.col(c).cast(pl.String) for c in fixed]).join(
+            keys, on=["source_id", *fixed], how="left", nulls_equal=True
         )
-        reference = pl.col("id").first().over(keys)
-        members = pl.len().over(keys)
-        rows = ordered.with_columns(
-            reference.alias("source_id"),
-            pl.when((pl.col("id") == reference) | (members == 1))
-            .then(pl.lit(VARIANT_ORIGINAL))
-            .otherwise(pl.lit(VARIANT_COUNTERFACTUAL))
-            .alias("variant"),
-        ).with_columns(
-            pl.when(pl.col("variant") == VARIANT_ORIGINAL).then(pl.col("id")).otherwise(pl.col("source_id")).alias("source_id"),
-            pl.lit(attribute).alias("attribute"),
-            _label_column(valid).alias("label"),
+        frames.append(
+            _as_pool(
+                rows.with_columns(
+                    pl.lit(VARIANT_COUNTERFACTUAL).alias("variant"),
+                    pl.lit(False).alias("control"),
+                    pl.lit(attribute).alias("attribute"),
+                    pl.col(attribute).cast(pl.String).alias("group"),
+                    pl.lit(None, dtype=pl.Int64).alias("seed"),
+                    _label_column(valid).alias("label"),
+                )
+            )
         )
-        frames.append(rows.select([pl.col(c).cast(t) for c, t in POOL_SCHEMA.items()]))
     if not frames:
         return pl.DataFrame(schema=POOL_SCHEMA)
-    return pl.concat(frames).sort(["attribute", "source_id", "variant", "id"], descending=[False, False, True, False])
+    return pl.concat(frames).sort(["attribute", "source_id", "set_id", "group", "id"], nulls_last=True)
 
 
 def _unique_images(images: pl.DataFrame) -> pl.DataFrame:

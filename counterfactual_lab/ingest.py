@@ -44,6 +44,9 @@ DERIVED_ID_CHARS = 16
 
 _GLOB_CHARS = set("*?[")
 
+# Attributes an `attribute_pairs` layout names that have no vocabulary: context, not audited.
+OTHER_ATTRIBUTES = "other_attributes"
+
 
 @dataclass(frozen=True)
 class ColumnPlan:
@@ -56,10 +59,19 @@ class ColumnPlan:
     attributes: dict[str, str]
     counterfactual_set: str | None
     required: tuple[str, ...]
+    # (type column, value column) pairs and the attributes they fill (spec ``attribute_pairs``).
+    attribute_pairs: tuple[tuple[str, str], ...] = ()
+    pair_attributes: tuple[str, ...] = ()
+
+    @property
+    def attribute_names(self) -> list[str]:
+        """Every attribute column ingest yields, from plain columns or from pairs."""
+        return [*self.attributes, *self.pair_attributes]
 
     def projection(self) -> list[str]:
         """The columns to read: nothing else leaves the Parquet file."""
-        names = [self.id, self.image, self.caption, self.label, *self.attributes.values(), self.counterfactual_set]
+        pairs = [name for pair in self.attribute_pairs for name in pair]
+        names = [self.id, self.image, self.caption, self.label, *self.attributes.values(), *pairs, self.counterfactual_set]
         return list(dict.fromkeys(n for n in names if n))
 
 
@@ -72,7 +84,8 @@ def plan_columns(spec: DatasetSpec, available: list[str]) -> ColumnPlan:
     cols = spec.columns
     explicit = cols.model_fields_set
     attributes = spec.attribute_columns(available)
-    required = [cols.image, cols.caption, *attributes.values()]
+    pairs = tuple(tuple(pair) for pair in cols.attribute_pairs or ())
+    required = [cols.image, cols.caption, *attributes.values(), *[name for pair in pairs for name in pair]]
     if "id" in explicit:
         required.append(cols.id)
     if "label" in explicit and cols.label:
@@ -87,6 +100,8 @@ def plan_columns(spec: DatasetSpec, available: list[str]) -> ColumnPlan:
         attributes=attributes,
         counterfactual_set=cols.counterfactual_set,
         required=tuple(dict.fromkeys(required)),
+        attribute_pairs=pairs,
+        pair_attributes=tuple(spec.pair_attributes()),
     )
 
 
@@ -235,8 +250,10 @@ def ingested_schema(spec: DatasetSpec, plan: ColumnPlan) -> dict[str, pl.DataTyp
         "caption": pl.Utf8,
         "label": pl.Utf8,
     }
-    for attribute in plan.attributes:
+    for attribute in plan.attribute_names:
         schema[attribute] = pl.Utf8
+    if plan.attribute_pairs:
+        schema[OTHER_ATTRIBUTES] = pl.Utf8
     if plan.counterfactual_set:
         schema["counterfactual_set"] = pl.Utf8
     schema.update(
@@ -344,6 +361,8 @@ class _BatchIngester:
         }
         for attribute, column in plan.attributes.items():
             columns[attribute] = [_blank_to_none(v) for v in _strings(batch, column)]
+        if plan.attribute_pairs:
+            columns.update(attribute_pair_columns(batch, plan))
         if plan.counterfactual_set:
             columns["counterfactual_set"] = _strings(batch, plan.counterfactual_set)
         columns.update(
@@ -470,7 +489,8 @@ def _check_column_types(source: DatasetSource) -> None:
             raise DatasetUnreadable(
                 f"dataset {source.uri}: image struct column {plan.image!r} has neither a 'bytes' nor a 'path' field"
             )
-    text_columns = [plan.caption, plan.id, plan.label, *plan.attributes.values(), plan.counterfactual_set]
+    pairs = [name for pair in plan.attribute_pairs for name in pair]
+    text_columns = [plan.caption, plan.id, plan.label, *plan.attributes.values(), *pairs, plan.counterfactual_set]
     for name in (c for c in text_columns if c and c in schema.names):
         kind = schema.field(name).type
         if name == plan.caption and not _is_string(kind):
@@ -479,6 +499,37 @@ def _check_column_types(source: DatasetSource) -> None:
             pa.array([], type=kind).cast(pa.string())
         except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
             raise DatasetUnreadable(f"dataset {source.uri}: column {name!r} has type {kind}; expected text") from None
+
+
+def attribute_pair_columns(batch: pa.RecordBatch, plan: ColumnPlan) -> dict[str, list[str | None]]:
+    """One column per attribute of ``plan.pair_attributes``, and ``other_attributes``, from the pairs.
+
+    A pair whose type names an attribute (case-insensitively) gives that attribute its
+    value; a type naming any other attribute (SocialCounterfactuals' "physical") is kept in
+    ``other_attributes`` as sorted ``type=value`` entries joined by "; ", so evaluate-only
+    comparison groups hold it fixed. Two pairs giving one attribute different values make
+    a value the vocabulary check quarantines, naming both.
+    """
+    n = batch.num_rows
+    known = {name.casefold(): name for name in plan.pair_attributes}
+    values: dict[str, list[str | None]] = {name: [None] * n for name in plan.pair_attributes}
+    others: list[list[str]] = [[] for _ in range(n)]
+    pairs = [(_strings(batch, t), _strings(batch, v)) for t, v in plan.attribute_pairs]
+    for i in range(n):
+        for types, stated in pairs:
+            kind, value = _blank_to_none(types[i]), _blank_to_none(stated[i])
+            if kind is None:
+                continue  # no type: the value names no attribute
+            attribute = known.get(kind.strip().casefold())
+            if attribute is None:
+                others[i].append(f"{kind.strip()}={value or ''}")
+                continue
+            current = values[attribute][i]
+            if current is None:
+                values[attribute][i] = value
+            elif value is not None and current.strip().casefold() != value.strip().casefold():
+                values[attribute][i] = f"conflicting values {current!r} and {value!r}"
+    return {**values, OTHER_ATTRIBUTES: ["; ".join(sorted(o)) if o else None for o in others]}
 
 
 def _strings(batch: pa.RecordBatch, column: str) -> list[str | None]:

@@ -1,18 +1,36 @@
-"""The judge: prove that each generated candidate really is the counterfactual asked for.
+"""The judge: prove that each generated candidate really is the image asked for.
 
 Over-generate, then judge (the filtering of InstructPix2Pix and SocialCounterfactuals, plus
 an attribute check they lack). Every candidate is scored with a CLIP-family judge model:
 
-* ``text_similarity``      = cos(I₁, T₁)            the image shows its counterfactual caption;
+* ``text_similarity``      = cos(I₁, T₁)            the image shows its caption (alignment);
 * ``direction_similarity`` = cos(I₁ − I₀, T₁ − T₀)  the image moved the way the caption moved;
 * ``image_similarity``     = cos(I₀, I₁)            the rest of the scene was preserved;
 * ``attribute_margin``     = cos(I₁, P(target)) − max over other values v of cos(I₁, P(v)),
   with P(v) the attribute prompt of value v; ``attribute_ok`` = margin > 0.
 
-A candidate passes when each similarity reaches its threshold (``JudgeConfig.thresholds``)
-and, if ``check_attribute``, the attribute check holds. Among the passing candidates of one
-(source, attribute, target value) the best ``keep_per_target`` by direction similarity are
-kept; every other candidate keeps the reason it was dropped.
+A counterfactual passes when each similarity reaches its threshold (``JudgeConfig.thresholds``)
+and, if ``check_attribute``, the attribute check holds. A reconstruction (``variant``
+"reconstruction": the source's own value, caption unchanged, so T₁ = T₀) has no direction:
+it is scored on alignment and preservation only (``direction_similarity`` and the attribute
+check null, never a reason to drop).
+
+Which candidates are kept:
+
+* **sets** (the candidates carry reconstructions): a set is the reconstruction and the
+  counterfactuals of one (source, attribute, seed). A set is complete when every member
+  passes; among the complete sets of one (source, attribute) the best ``keep_per_target`` by
+  the mean direction similarity of their counterfactual members are kept, whole (ties: lower
+  seed first). A control item (``control``) is kept when it passes on its own.
+* **per target** (no reconstructions: ``generation.reconstruction: false``): among the passing
+  candidates of one (source, attribute, target value) the best ``keep_per_target`` by direction
+  similarity are kept.
+
+Every other candidate keeps the reason it was dropped (``drop_reason``): its own failed check
+(``generation_failed: <error>``, ``below_text_threshold``, ``below_direction_threshold``,
+``below_image_threshold``, ``attribute_check_failed``), else ``set_incomplete`` (it passed but
+another member of its set did not), ``not_best_set`` (its set was complete but others ranked
+higher) or, per target, ``not_best_of_target``.
 """
 
 from __future__ import annotations
@@ -24,6 +42,7 @@ import numpy as np
 import polars as pl
 
 from counterfactual_lab.config import JudgeConfig
+from counterfactual_lab.plan import VARIANT_RECONSTRUCTION
 
 DROP_GENERATION_FAILED = "generation_failed"
 DROP_TEXT = "below_text_threshold"
@@ -31,6 +50,8 @@ DROP_DIRECTION = "below_direction_threshold"
 DROP_IMAGE = "below_image_threshold"
 DROP_ATTRIBUTE = "attribute_check_failed"
 DROP_NOT_BEST = "not_best_of_target"
+DROP_SET_INCOMPLETE = "set_incomplete"
+DROP_NOT_BEST_SET = "not_best_set"
 
 REQUIRED_COLUMNS = (
     "content_key", "source_key", "source_image_uri", "image_uri", "caption", "counterfactual_caption",
@@ -45,7 +66,7 @@ class JudgeScores:
 
     content_key: str
     text_similarity: float
-    direction_similarity: float
+    direction_similarity: float | None  # None for a reconstruction: its caption did not move
     image_similarity: float
     attribute_ok: bool | None
     attribute_margin: float | None
@@ -144,17 +165,20 @@ def score_candidates(
     text_sim = text_similarity(i1, t1)
     direction_sim = directional_similarity(i0, i1, t0, t1)
     image_sim = image_similarity(i0, i1)
+    edited = [not is_reconstruction(r) for r in picked]
 
     margins: list[float | None] = [None] * len(picked)
     if judge.check_attribute:
-        for attribute in sorted({r["attribute"] for r in picked}):
+        # Counterfactuals only: a reconstruction is judged on alignment and preservation.
+        checked = [r if e else None for r, e in zip(picked, edited)]
+        for attribute in sorted({r["attribute"] for r in checked if r}):
             values = list(vocabulary.get(attribute, []))
-            for target in sorted({r["target_value"] for r in picked if r["attribute"] == attribute}):
+            for target in sorted({r["target_value"] for r in checked if r and r["attribute"] == attribute}):
                 options = values if target in values else [*values, target]
                 if len(options) < 2:
                     continue  # nothing to compare against: the check cannot say anything
                 prompts = embedder.embed_texts([attribute_prompt_for(judge, attribute, v) for v in options])
-                idx = [j for j, r in enumerate(picked) if r["attribute"] == attribute and r["target_value"] == target]
+                idx = [j for j, r in enumerate(checked) if r and r["attribute"] == attribute and r["target_value"] == target]
                 m = attribute_margin(i1[idx], prompts, options.index(target))
                 for j, value in zip(idx, m):
                     margins[j] = float(value)
@@ -164,7 +188,7 @@ def score_candidates(
         scores[row_index] = JudgeScores(
             content_key=picked[j]["content_key"],
             text_similarity=float(text_sim[j]),
-            direction_similarity=float(direction_sim[j]),
+            direction_similarity=float(direction_sim[j]) if edited[j] else None,
             image_similarity=float(image_sim[j]),
             attribute_ok=None if margin is None else bool(margin > 0),
             attribute_margin=margin,
@@ -178,13 +202,19 @@ def verdict(score: JudgeScores, judge: JudgeConfig) -> str | None:
     # Written as "not >=" so a NaN score (e.g. an fp16 overflow) fails the check instead of passing it.
     if not score.text_similarity >= t.text:
         return DROP_TEXT
-    if not score.direction_similarity >= t.direction:
+    # A reconstruction has no direction (None): nothing to check.
+    if score.direction_similarity is not None and not score.direction_similarity >= t.direction:
         return DROP_DIRECTION
     if not score.image_similarity >= t.image:
         return DROP_IMAGE
     if judge.check_attribute and score.attribute_ok is False:
         return DROP_ATTRIBUTE
     return None
+
+
+def is_reconstruction(row: dict) -> bool:
+    """True for a reconstruction or control candidate (a row without ``variant`` is a counterfactual)."""
+    return row.get("variant") == VARIANT_RECONSTRUCTION
 
 
 def judge_candidates(
@@ -199,11 +229,12 @@ def judge_candidates(
 ) -> pl.DataFrame:
     """Score every candidate, decide keep or drop, and say why.
 
-    Input: one row per candidate (see ``REQUIRED_COLUMNS``). Output: the same rows, in the
-    same order, plus ``text_similarity``, ``direction_similarity``, ``image_similarity``,
-    ``attribute_ok``, ``attribute_margin``, ``kept`` and ``drop_reason`` (null when kept).
-    The best ``keep_per_target`` passing candidates per (source, attribute, target value)
-    by direction similarity are kept (ties: lower seed first).
+    Input: one row per candidate (see ``REQUIRED_COLUMNS``; ``variant`` and ``control``
+    optional, ``source_id`` preferred over ``source_key`` to tell sources apart). Output:
+    the same rows, in the same order, plus ``text_similarity``, ``direction_similarity``,
+    ``image_similarity``, ``attribute_ok``, ``attribute_margin``, ``kept`` and
+    ``drop_reason`` (null when kept). Candidates that hold any reconstruction are kept by
+    sets, others per target; see the module docstring for both rules.
     """
     if keep_per_target < 1:
         raise ValueError(f"keep_per_target must be at least 1, got {keep_per_target}")
@@ -218,19 +249,11 @@ def judge_candidates(
         else:
             reasons.append(verdict(score, judge))
 
-    group_column = "source_id" if "source_id" in candidates.columns else "source_key"
-    passing: dict[tuple, list[int]] = {}
-    for i, (row, reason) in enumerate(zip(rows, reasons)):
-        if reason is None:
-            passing.setdefault((row[group_column], row["attribute"], row["target_value"]), []).append(i)
-    kept = [False] * len(rows)
-    for members in passing.values():
-        ranked = sorted(members, key=lambda i: (-scores[i].direction_similarity, rows[i]["seed"], rows[i]["content_key"]))
-        for rank, i in enumerate(ranked):
-            if rank < keep_per_target:
-                kept[i] = True
-            else:
-                reasons[i] = DROP_NOT_BEST
+    source_column = "source_id" if "source_id" in candidates.columns else "source_key"
+    if any(is_reconstruction(row) for row in rows):
+        kept = _keep_sets(rows, scores, reasons, keep_per_target, source_column)
+    else:
+        kept = _keep_per_target(rows, scores, reasons, keep_per_target, source_column)
 
     def column(name: str) -> list:
         return [None if s is None else getattr(s, name) for s in scores]
@@ -244,3 +267,55 @@ def judge_candidates(
         pl.Series("kept", kept, dtype=pl.Boolean),
         pl.Series("drop_reason", reasons, dtype=pl.String),
     )
+
+
+def _keep_per_target(
+    rows: list[dict], scores: list[JudgeScores | None], reasons: list[str | None], keep_per_target: int, source: str
+) -> list[bool]:
+    """The best ``keep_per_target`` passing candidates per (source, attribute, target); marks the rest."""
+    passing: dict[tuple, list[int]] = {}
+    for i, (row, reason) in enumerate(zip(rows, reasons)):
+        if reason is None:
+            passing.setdefault((row[source], row["attribute"], row["target_value"]), []).append(i)
+    kept = [False] * len(rows)
+    for members in passing.values():
+        ranked = sorted(members, key=lambda i: (-scores[i].direction_similarity, rows[i]["seed"], rows[i]["content_key"]))
+        for rank, i in enumerate(ranked):
+            if rank < keep_per_target:
+                kept[i] = True
+            else:
+                reasons[i] = DROP_NOT_BEST
+    return kept
+
+
+def _keep_sets(
+    rows: list[dict], scores: list[JudgeScores | None], reasons: list[str | None], keep_per_target: int, source: str
+) -> list[bool]:
+    """Whole complete sets, the best ``keep_per_target`` per (source, attribute); controls on their own."""
+    kept = [False] * len(rows)
+    sets: dict[tuple, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row.get("control"):
+            kept[i] = reasons[i] is None
+        else:
+            sets.setdefault((row[source], row["attribute"], row["seed"]), []).append(i)
+    complete: dict[tuple, list[tuple[float, int, list[int]]]] = {}
+    for (src, attribute, seed), members in sets.items():
+        if any(reasons[i] is not None for i in members):
+            for i in members:
+                if reasons[i] is None:
+                    reasons[i] = DROP_SET_INCOMPLETE
+            continue
+        directions = [scores[i].direction_similarity for i in members if not is_reconstruction(rows[i])]
+        # A set without counterfactuals (the config lists only the source's value) ranks by seed alone.
+        mean = float(np.mean(directions)) if directions else -np.inf
+        complete.setdefault((src, attribute), []).append((mean, seed, members))
+    for ranked_sets in complete.values():
+        ranked_sets.sort(key=lambda entry: (-entry[0], entry[1]))
+        for rank, (_, _, members) in enumerate(ranked_sets):
+            for i in members:
+                if rank < keep_per_target:
+                    kept[i] = True
+                else:
+                    reasons[i] = DROP_NOT_BEST_SET
+    return kept

@@ -87,9 +87,10 @@ def render_report(
 
     ``load_image(uri)`` returns a PIL image; an image that fails to load is shown as a
     placeholder naming the URI instead of failing the report. At most ``max_examples``
-    original/counterfactual pairs are shown: kept pairs whose top-1 label flipped first,
-    then other kept pairs, spread over attributes, and up to a quarter of the budget for
-    pairs the judge dropped, so a reader sees why.
+    counterfactuals are shown, each beside what it is compared with (its set's
+    reconstruction; the original, shown too, is the reference only when reconstruction is
+    off): kept ones whose top-1 label flipped first, then other kept ones, spread over
+    attributes, and up to a quarter of the budget for ones the judge dropped, so a reader sees why.
     """
     metrics = metrics if metrics is not None else pl.DataFrame()
     tiny = bool(manifest.get("tiny_models"))
@@ -195,35 +196,61 @@ def _skew_section(metrics: pl.DataFrame) -> str:
 
 @dataclass(frozen=True)
 class _Pair:
+    """A counterfactual and what it is compared with: its set's reconstruction, else the original."""
+
     row: dict[str, Any]
     original_top1: Any
     counterfactual_top1: Any
+    reconstruction_uri: str | None = None  # None: reconstruction off (compared with the original)
+    reconstruction_top1: Any = None
+
+    @property
+    def reference(self) -> str:
+        return "reconstruction" if self.reconstruction_uri else "original"
+
+    @property
+    def reference_top1(self) -> Any:
+        return self.reconstruction_top1 if self.reconstruction_uri else self.original_top1
 
     @property
     def flipped(self) -> bool:
         return (
-            self.original_top1 is not None
+            self.reference_top1 is not None
             and self.counterfactual_top1 is not None
-            and self.original_top1 != self.counterfactual_top1
+            and self.reference_top1 != self.counterfactual_top1
         )
 
 
 def select_examples(
     counterfactuals: pl.DataFrame, predictions: pl.DataFrame, max_examples: int
 ) -> tuple[list[_Pair], list[_Pair]]:
-    """(kept pairs, dropped pairs) to show; see :func:`render_report` for the order."""
+    """(kept pairs, dropped pairs) to show; see :func:`render_report` for the order.
+
+    One pair per counterfactual candidate with an image; reconstructions and controls are not
+    pairs of their own but the reference of their set's counterfactuals (its ``set_id``).
+    """
     if counterfactuals is None or counterfactuals.is_empty() or max_examples <= 0:
         return [], []
     needed = {"image_uri", "source_image_uri"}
     if not needed <= set(counterfactuals.columns):
         return [], []
-    original_top1, counterfactual_top1 = _top1_lookup(predictions)
+    original_top1, generated_top1 = _top1_lookup(predictions)
+    rows = counterfactuals.filter(pl.col("image_uri").is_not_null() & pl.col("source_image_uri").is_not_null()).to_dicts()
+    reconstructions = {
+        row.get("set_id"): row["image_uri"]
+        for row in rows
+        if row.get("variant") == "reconstruction" and not row.get("control") and row.get("set_id") is not None
+    }
     pairs = []
-    for row in counterfactuals.filter(
-        pl.col("image_uri").is_not_null() & pl.col("source_image_uri").is_not_null()
-    ).to_dicts():
+    for row in rows:
+        if row.get("variant", "counterfactual") != "counterfactual":
+            continue
+        reconstruction = reconstructions.get(row.get("set_id"))
         pairs.append(
-            _Pair(row, original_top1.get(row.get("source_id")), counterfactual_top1.get(row.get("image_uri")))
+            _Pair(
+                row, original_top1.get(row.get("source_id")), generated_top1.get(row.get("image_uri")),
+                reconstruction, generated_top1.get(reconstruction) if reconstruction else None,
+            )
         )
     kept = [p for p in pairs if p.row.get("kept")]
     dropped = [p for p in pairs if not p.row.get("kept")]
@@ -254,18 +281,18 @@ def _spread_over_attributes(pairs: list[_Pair]) -> list[_Pair]:
 
 
 def _top1_lookup(predictions: pl.DataFrame | None) -> tuple[dict[Any, Any], dict[Any, Any]]:
-    """(top-1 of each original by source id, top-1 of each counterfactual by image URI)."""
+    """(top-1 of each original by source id, top-1 of each generated image by image URI)."""
     if predictions is None or predictions.is_empty():
         return {}, {}
     if not {"variant", "top1"} <= set(predictions.columns):
         return {}, {}
-    originals, counterfactuals = {}, {}
+    originals, generated = {}, {}
     for row in predictions.select([c for c in ("source_id", "image_uri", "variant", "top1") if c in predictions.columns]).to_dicts():
         if row.get("variant") == "original" and row.get("source_id") is not None:
             originals.setdefault(row["source_id"], row["top1"])
-        elif row.get("variant") == "counterfactual" and row.get("image_uri") is not None:
-            counterfactuals.setdefault(row["image_uri"], row["top1"])
-    return originals, counterfactuals
+        elif row.get("variant") in ("counterfactual", "reconstruction") and row.get("image_uri") is not None:
+            generated.setdefault(row["image_uri"], row["top1"])
+    return originals, generated
 
 
 def _examples_section(
@@ -273,12 +300,24 @@ def _examples_section(
 ) -> str:
     kept, dropped = select_examples(counterfactuals, predictions, max_examples)
     total = 0 if counterfactuals is None else counterfactuals.height
-    parts = ["<h2>Originals and their counterfactuals</h2>"]
+    parts = ["<h2>Counterfactuals and what they are compared with</h2>"]
     if not kept and not dropped:
         parts.append("<p>No generated counterfactual images to show.</p>")
         return "".join(parts)
+    if any(p.reconstruction_uri for p in kept + dropped):
+        parts.append(
+            "<p>Each counterfactual is compared with the <b>reconstruction</b> of its set: the same source, seed and "
+            "editor asked for the source's own value, so both images went through the same generator. The original "
+            "is shown for reference only.</p>"
+        )
+    else:
+        parts.append(
+            "<p>Reconstruction was off (<code>generation.reconstruction: false</code>): each counterfactual is "
+            "compared with the <b>real original</b>, so a difference may only say &quot;generated vs real&quot;, not the "
+            "attribute.</p>"
+        )
     parts.append(
-        f"<p>{len(kept)} kept pair(s) shown, top-1 flips first, out of {total} candidate(s). "
+        f"<p>{len(kept)} kept counterfactual(s) shown, top-1 flips first, out of {total} candidate(s). "
         "Scores are the judge's: text = counterfactual image vs its caption, direction = image change vs "
         "caption change, image = similarity to the original (preservation).</p>"
     )
@@ -299,9 +338,11 @@ def _pair_figure(pair: _Pair, images: "_ImageInliner") -> str:
     )
     if row.get("attribute_ok") is not None:
         scores += ("; " if scores else "") + f"attribute check {'passed' if row['attribute_ok'] else 'failed'}"
-    if pair.original_top1 is not None or pair.counterfactual_top1 is not None:
-        verdict = f"{pair.original_top1} → {pair.counterfactual_top1}"
+    if pair.reference_top1 is not None or pair.counterfactual_top1 is not None:
+        verdict = f"{pair.reference}: {pair.reference_top1} → counterfactual: {pair.counterfactual_top1}"
         prediction = f'<span class="flip">{e(verdict)} (flipped)</span>' if pair.flipped else e(verdict)
+        if pair.reconstruction_uri and pair.original_top1 is not None:
+            prediction += f" (original: {e(pair.original_top1)})"
     else:
         prediction = "not evaluated"
     status = "kept" if row.get("kept") else f"dropped: {row.get('drop_reason') or row.get('status') or 'unknown'}"
@@ -317,10 +358,12 @@ def _pair_figure(pair: _Pair, images: "_ImageInliner") -> str:
         ("source id", e(row.get("source_id"))),
     ]
     dl = "".join(f"<tr><th>{e(k)}</th><td>{v}</td></tr>" for k, v in details)
+    cells = [f"<div>{images.tag(row.get('source_image_uri'), 'original')}<br>original</div>"]
+    if pair.reconstruction_uri:
+        cells.append(f"<div>{images.tag(pair.reconstruction_uri, 'reconstruction')}<br>reconstruction</div>")
+    cells.append(f"<div>{images.tag(row.get('image_uri'), 'counterfactual')}<br>counterfactual</div>")
     return (
-        f'<figure class="pair"><div class="imgs">'
-        f"<div>{images.tag(row.get('source_image_uri'), 'original')}<br>original</div>"
-        f"<div>{images.tag(row.get('image_uri'), 'counterfactual')}<br>counterfactual</div>"
+        f'<figure class="pair"><div class="imgs">{"".join(cells)}'
         f"</div><figcaption><table>{dl}</table></figcaption></figure>"
     )
 

@@ -56,6 +56,22 @@ class ColumnMapping(BaseModel):
     attributes: Annotated[dict[ColumnName, ColumnName], Field(max_length=MAX_ATTRIBUTES)] | None = None
     # Evaluate-only datasets (SocialCounterfactuals layout): the column grouping images of one set.
     counterfactual_set: ColumnName | None = None
+    # Attributes stored as (type column, value column) pairs, e.g. [[a1_type, a1], [a2_type, a2]]
+    # (SocialCounterfactuals: a row's a1_type says which attribute a1 holds). Instead of `attributes`.
+    attribute_pairs: Annotated[list[tuple[ColumnName, ColumnName]], Field(max_length=MAX_ATTRIBUTES)] | None = None
+    @model_validator(mode="after")
+    def _one_attribute_layout(self) -> "ColumnMapping":
+        if self.attribute_pairs is not None:
+            if self.attributes is not None:
+                raise ValueError("give either 'attributes' (one column per attribute) or 'attribute_pairs', not both")
+            if not self.attribute_pairs:
+                raise ValueError("'attribute_pairs' is empty: list [type column, value column] pairs")
+            for type_column, value_column in self.attribute_pairs:
+                if not type_column.strip() or not value_column.strip() or type_column == value_column:
+                    raise ValueError(
+                        f"'attribute_pairs' entry [{type_column!r}, {value_column!r}] needs two different column names"
+                    )
+        return self
 
 
 class ValidationLimits(BaseModel):
@@ -119,11 +135,21 @@ class DatasetSpec(RedactedInJson, BaseModel):
         )
 
     def attribute_columns(self, available: list[str]) -> dict[str, str]:
-        """attribute -> column actually present, given the dataset's column names."""
+        """attribute -> column actually present, given the dataset's column names ({} with ``attribute_pairs``)."""
+        if self.columns.attribute_pairs is not None:
+            return {}
         if self.columns.attributes is not None:
             return dict(self.columns.attributes)
         names = set(DEFAULT_VOCABULARIES) | set(self.vocabularies)
         return {name: name for name in sorted(names) if name in available}
+
+    def pair_attributes(self) -> list[str]:
+        """The attributes an ``attribute_pairs`` layout fills: every one with a vocabulary
+        (the defaults and the spec's). A type naming any other attribute is kept as context
+        (``other_attributes``), not audited."""
+        if self.columns.attribute_pairs is None:
+            return []
+        return sorted(set(DEFAULT_VOCABULARIES) | set(self.vocabularies))
 
     def canonical_value(self, attribute: str, value: str) -> str | None:
         """The vocabulary's spelling of ``value`` (case-insensitive), or None when outside it."""

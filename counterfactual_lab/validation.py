@@ -43,6 +43,7 @@ from counterfactual_lab.ingest import (  # noqa: F401
     REASON_IMAGE_UNREADABLE,
     REASON_MISSING_IMAGE,
     REASON_PATH_ESCAPES_ROOT,
+    OTHER_ATTRIBUTES,
     DatasetSource,
     ingest,
     missing_columns_message,
@@ -104,7 +105,8 @@ class ValidationOutcome:
     """What validation made of a dataset.
 
     ``valid``: id, content_key, caption, label, image_uri, width, height, one column per
-    attribute (canonical vocabulary spelling or null) and ``counterfactual_set`` when mapped.
+    attribute (canonical vocabulary spelling or null), ``counterfactual_set`` when mapped and
+    ``other_attributes`` with an ``attribute_pairs`` layout.
     ``quarantine``: id, reason, detail, source_file (relative to the dataset root), row_index.
     """
 
@@ -150,7 +152,10 @@ def ingest_and_validate(
     not Parquet, required columns absent). Every row is either valid or quarantined.
     """
     source = open_dataset(spec)
-    validator = RowValidator(spec, list(source.plan.attributes), counterfactual_set=bool(source.plan.counterfactual_set))
+    validator = RowValidator(
+        spec, source.plan.attribute_names, counterfactual_set=bool(source.plan.counterfactual_set),
+        other_attributes=bool(source.plan.attribute_pairs),
+    )
     validator.check_schema(source)
     source.require_columns()  # column types; presence was checked by the schema suite
     frames = ingest(spec, image_store=image_store, batch_rows=batch_rows, workers=workers, source=source)
@@ -159,9 +164,12 @@ def ingest_and_validate(
 
 def validate_rows(spec: DatasetSpec, rows: pl.DataFrame, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> ValidationOutcome:
     """Validate an already ingested frame (from :func:`counterfactual_lab.ingest.read_ingested`)."""
-    fixed = {"id", "content_key", "caption", "label", "counterfactual_set", "image_uri", "width", "height", *_INGEST_ONLY_COLUMNS}
+    fixed = {"id", "content_key", "caption", "label", "counterfactual_set", OTHER_ATTRIBUTES, "image_uri", "width", "height", *_INGEST_ONLY_COLUMNS}
     attributes = [c for c in rows.columns if c not in fixed]
-    validator = RowValidator(spec, attributes, counterfactual_set="counterfactual_set" in rows.columns)
+    validator = RowValidator(
+        spec, attributes, counterfactual_set="counterfactual_set" in rows.columns,
+        other_attributes=OTHER_ATTRIBUTES in rows.columns,
+    )
     return validator.validate([rows], chunk_rows=chunk_rows)
 
 
@@ -183,10 +191,13 @@ def write_validation_outputs(outcome: ValidationOutcome, out_uri: str, storage_o
 class RowValidator:
     """The two expectation suites for one spec, and the chunked run over ingested frames."""
 
-    def __init__(self, spec: DatasetSpec, attributes: list[str], *, counterfactual_set: bool = False) -> None:
+    def __init__(
+        self, spec: DatasetSpec, attributes: list[str], *, counterfactual_set: bool = False, other_attributes: bool = False
+    ) -> None:
         self.spec = spec
         self.attributes = attributes
         self.counterfactual_set = counterfactual_set
+        self.other_attributes = other_attributes  # kept beside the attributes (an attribute_pairs layout)
         self._canonical = {a: {v.casefold(): v for v in spec.vocabulary(a)} for a in attributes}
         self._gx = _GxSuites(spec, attributes)
         self._schema_result: dict[str, Any] | None = None
@@ -306,7 +317,9 @@ class RowValidator:
             pl.Series(a, [self._canonical[a][v.strip().casefold()] if v is not None else None for v in rows[a].to_list()], dtype=pl.Utf8)
             for a in self.attributes
         ]
-        extra = ["counterfactual_set"] if self.counterfactual_set else []
+        extra = (["counterfactual_set"] if self.counterfactual_set else []) + (
+            [OTHER_ATTRIBUTES] if self.other_attributes else []
+        )
         return rows.select(
             "id", "content_key", "caption", "label", "image_uri",
             pl.col("width").cast(pl.Int64), pl.col("height").cast(pl.Int64),
@@ -319,6 +332,8 @@ class RowValidator:
         schema.update({a: pl.Utf8 for a in self.attributes})
         if self.counterfactual_set:
             schema["counterfactual_set"] = pl.Utf8
+        if self.other_attributes:
+            schema[OTHER_ATTRIBUTES] = pl.Utf8
         return schema
 
 

@@ -42,7 +42,7 @@ from counterfactual_lab.errors import DataOverLimit, TooManyFailedItems
 from counterfactual_lab.evaluate import build_evaluation_pool, pool_from_counterfactual_sets
 from counterfactual_lab.findings import headline_table, summary_markdown
 from counterfactual_lab.metrics import METRICS_SCHEMA
-from counterfactual_lab.plan import chunk, plan_work_items
+from counterfactual_lab.plan import chunk, plan_work_items, unique_by_content_key
 from counterfactual_lab.preflight import check_audit
 from counterfactual_lab.publish import REPORT_NAME, RunPublisher, is_complete
 from counterfactual_lab.run_failure import count_failed_items
@@ -136,7 +136,8 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
         pool = pool_from_counterfactual_sets(outcome.valid, attributes)
     else:
         items = plan_work_items(outcome.valid, config, spec, generator_identity=location.models["generator"].key)
-        records = _generate(items, config, store, device)
+        # Items sharing a content key (img2img reconstructions of several attributes) are made once.
+        records = _generate(unique_by_content_key(items), config, store, device)
         candidates = candidates_frame(items, records, config.generation.method)
         counterfactuals = with_runtime_retries(judge_counterfactuals, config)(
             candidates, config.judge, store,

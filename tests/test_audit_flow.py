@@ -1,6 +1,7 @@
 """The audit flow end to end: the sample dataset, the tiny models, a real temporary Prefect server.
 
-One small audit (8 rows, gender only, 2 seeds, 2 steps, 32 px) runs cold once per module;
+One small audit (8 rows, gender only, 2 seeds, 2 steps, 32 px: 40 work items with the
+reconstructions and controls) runs cold once per module;
 the other tests rerun it warm, break it on purpose, or change one thing about it. The helpers
 at the top (:func:`audit_home`, :func:`write_config`, :func:`count_calls`, :func:`comparable`)
 are shared with the crash-resume, Ray and CLI tests.
@@ -185,11 +186,15 @@ def test_full_audit_publishes_every_file_of_the_output_contract(first_run, out):
 
     acc = assert_accounting_closes(run)
     assert acc["rows_in"] == ROWS and acc["quarantined"] == 0
-    # gender only, the source value is known: one target per row, two seeds each
-    assert acc["planned"] == ROWS * 2
-    # keep_per_target 1; the random judge's attribute check drops some targets entirely
-    assert 1 <= acc["kept"] <= ROWS and acc["failed"] == 0
+    # gender [female, male], every source's value known and listed: per row and seed a set of
+    # its reconstruction and one counterfactual, 2 seeds, plus one control per row
+    assert acc["planned"] == ROWS * 2 * 2 + ROWS == 40
+    # The demo's judge lets everything pass (thresholds -1, no attribute check): keep_per_target 1
+    # keeps one whole set per row and every control; the other set is not the best.
+    assert (acc["kept"], acc["dropped"], acc["failed"]) == (ROWS * 2 + ROWS, ROWS * 2, 0)
+    assert acc["dropped_by_reason"] == {"not_best_set": ROWS * 2}
     counts = run.manifest["generation_counts"]
+    # one attribute: no image is shared between items
     assert counts == {"generated": acc["planned"], "cache_hits": 0, "failed": 0, "oom_halvings": 0}
     assert calls == acc["planned"] // 4  # batches of 4 items, one pipeline call each
 
@@ -202,13 +207,27 @@ def test_full_audit_publishes_every_file_of_the_output_contract(first_run, out):
     unexplained = cf.filter(~pl.col("kept") & pl.col("drop_reason").is_null() & (pl.col("status") != "failed"))
     assert unexplained.is_empty()
     assert cf.filter(pl.col("kept"))["drop_reason"].null_count() == acc["kept"]
-    assert cf.filter(pl.col("kept")).group_by("source_id", "attribute", "target_value").len()["len"].max() == 1
+    kept = cf.filter(pl.col("kept"))
+    assert kept.group_by("source_id", "attribute", "target_value", "control").len()["len"].to_list() == [1] * ROWS * 3
+    assert cf.group_by("variant", "control").len().sort("variant", "control").rows() == [
+        ("counterfactual", False, ROWS * 2), ("reconstruction", False, ROWS * 2), ("reconstruction", True, ROWS)
+    ]
+    # a set per (source, attribute, seed): its reconstruction and its counterfactual
+    sets = cf.filter(~pl.col("control")).group_by("set_id").agg(pl.col("variant").sort(), pl.col("seed").n_unique())
+    assert sets.height == ROWS * 2 and set(map(tuple, sets["variant"].to_list())) == {("counterfactual", "reconstruction")}
+    assert set(cf.filter(pl.col("control"))["seed"]) == {2}  # seed + seeds_per_target
+    recon = cf.filter(pl.col("variant") == "reconstruction")
+    assert (recon["target_value"] == recon["source_value"]).all() and (recon["counterfactual_caption"] == recon["caption"]).all()
     for uri in cf["image_uri"]:
         assert Path(uri).is_file() and Path(uri).parent == Path(out) / "images"
 
     predictions = run.predictions
-    assert predictions.filter(pl.col("variant") == "original").height == ROWS
-    assert predictions.filter(pl.col("variant") == "counterfactual").height == acc["kept"]
+    variants = predictions.group_by("variant", "control").len().sort("variant", "control").rows()
+    assert variants == [("counterfactual", False, ROWS), ("original", False, ROWS), ("reconstruction", False, ROWS),
+                        ("reconstruction", True, ROWS)]
+    generated = predictions.filter(pl.col("variant") != "original")
+    assert generated["set_id"].null_count() == 0 and generated["seed"].null_count() == 0
+    assert set(generated["set_id"]) == set(kept["set_id"])
     assert {"flip_rate", "cits"} <= set(run.metrics["metric"])
 
 
@@ -307,7 +326,8 @@ def test_a_poisoned_item_fails_alone_and_the_next_run_retries_it(prefect_server,
     spec = audit_config.dataset_spec()
     store = ImageStore(str(tmp_path / "out"))
     outcome = ingest_and_validate(spec, image_store=store)
-    items = plan_work_items(outcome.valid, audit_config, spec)[0:6:2]  # seed 0 of rows 0, 1, 2: one batch
+    # the seed-0 counterfactuals of rows 0, 1, 2: one batch (judged per target: no reconstruction)
+    items = [i for i in plan_work_items(outcome.valid, audit_config, spec) if i.variant == "counterfactual" and i.seed == 0][:3]
     poisoned = Path(items[1].source_image_uri)
     source_bytes = poisoned.read_bytes()
     poisoned.unlink()
@@ -340,14 +360,28 @@ def test_a_poisoned_item_fails_alone_and_the_next_run_retries_it(prefect_server,
 
 
 def test_evaluate_only_dataset_is_evaluated_without_generation(prefect_server, inputs, tmp_path):
-    """A dataset that already holds counterfactual sets (the SocialCounterfactuals layout)."""
-    source = pq.read_table(next(inputs.dataset_dir.glob("*.parquet")))
-    sets = source.append_column("set_id", pa.array([f"set-{label}" for label in source["label"].to_pylist()]))
+    """A dataset that already holds counterfactual sets, in the SocialCounterfactuals layout:
+    (type, value) column pairs, two subsets mixed in one file, read as they are through the spec."""
+    source = pq.read_table(next(inputs.dataset_dir.glob("*.parquet"))).select(["id", "image", "caption", "label"])
+    # Four sets of two images that differ in gender alone: sets 0-1 of the physical-gender
+    # subset, sets 2-3 of the race-gender subset.
+    n = source.num_rows
+    subset = ["physical" if i < n // 2 else "race" for i in range(n)]
+    fixed = {"physical": ["obese", "skinny"], "race": ["Asian", "Black"]}
+    sets = source.append_column("counterfactual_set", pa.array([f"set-{i // 2}" for i in range(n)]))
+    sets = sets.append_column("a1_type", pa.array(subset)).append_column(
+        "a1", pa.array([fixed[kind][(i // 2) % 2] for i, kind in enumerate(subset)])
+    )
+    sets = sets.append_column("a2_type", pa.array(["gender"] * n)).append_column(
+        "a2", pa.array(["female" if i % 2 else "male" for i in range(n)])
+    )
     (tmp_path / "sets").mkdir()
     pq.write_table(sets, tmp_path / "sets" / "part-0.parquet")
+    columns = {"counterfactual_set": "counterfactual_set", "attribute_pairs": [["a1_type", "a1"], ["a2_type", "a2"]]}
     config = write_config(
         tmp_path / "sets.yaml", inputs, str(tmp_path / "out"),
-        dataset={"name": "sets", "uri": str(tmp_path / "sets"), "columns": {"counterfactual_set": "set_id"}},
+        dataset={"name": "sets", "uri": str(tmp_path / "sets"), "columns": columns},
+        attributes={"gender": ["female", "male"], "race": ["Asian", "Black"]},
     )
     with pipeline_calls() as calls, generate_batch_calls() as batches:
         run = run_audit(config)
@@ -356,11 +390,36 @@ def test_evaluate_only_dataset_is_evaluated_without_generation(prefect_server, i
     acc = assert_accounting_closes(run)
     assert (acc["rows_in"], acc["planned"]) == (ROWS, 0)
     assert run.manifest["generation_counts"]["generated"] == 0
-    variants = run.predictions.group_by("variant").len().sort("variant").rows()
-    # four sets of two rows (one per label): one reference and one counterfactual each
-    assert variants == [("counterfactual", 4), ("original", 4)]
+    predictions = run.predictions
+    assert predictions.group_by("variant", "control").len().rows() == [("counterfactual", False, 2 * ROWS)]
+    gender = predictions.filter(pl.col("attribute") == "gender")
+    # each set is one comparison group of a male and a female image: 2 ordered pairs each
+    groups = gender.group_by("set_id").agg(pl.col("group").sort(), pl.col("source_id").unique())
+    assert groups.height == ROWS // 2
+    assert groups["group"].to_list() == [["female", "male"]] * (ROWS // 2)
+    assert sorted(groups["source_id"].explode().to_list()) == [f"set-{i}" for i in range(ROWS // 2)]
+    race = predictions.filter(pl.col("attribute") == "race")
+    # race never varies within a set: singletons, with no race in the physical-gender subset
+    assert race.group_by("set_id").len()["len"].max() == 1
+    assert race["group"].null_count() == ROWS // 2
     assert not run.metrics.is_empty()
     assert set(run.metrics["dataset"]) == {"sets"}
+
+
+def test_reconstruction_off_is_the_older_design(prefect_server, inputs, tmp_path):
+    """generation.reconstruction: false plans counterfactuals only, judged per target, paired with originals."""
+    config = write_config(
+        tmp_path / "old.yaml", inputs, str(tmp_path / "out"),
+        generation={"reconstruction": False, "seeds_per_target": 1, "batch_size": 8},
+    )
+    run = run_audit(config)
+    acc = assert_accounting_closes(run)
+    assert (acc["planned"], acc["kept"], acc["dropped"]) == (ROWS, ROWS, 0)  # one target per row, one seed
+    assert set(run.counterfactuals["variant"]) == {"counterfactual"} and not run.counterfactuals["control"].any()
+    predictions = run.predictions
+    assert predictions.group_by("variant").len().sort("variant").rows() == [("counterfactual", ROWS), ("original", ROWS)]
+    assert predictions["set_id"].null_count() == 2 * ROWS  # counterfactuals pair with their original
+    assert "compared with the <b>real original</b>" in Path(run.manifest["report"]).read_text()
 
 
 def test_too_many_invalid_rows_stop_the_run_naming_the_quarantine_file(prefect_server, inputs, tmp_path):
@@ -398,7 +457,7 @@ def test_audit_publishes_to_s3(prefect_server, inputs, s3_bucket, tmp_path):
     assert all(uri.startswith(run.run_uri) for uri in run.manifest["tables"].values())
     assert run.manifest["report"] == f"{run.run_uri}/{REPORT_NAME}"
     acc = assert_accounting_closes(run)
-    assert acc["planned"] == ROWS
+    assert acc["planned"] == ROWS * 3  # per row: reconstruction + counterfactual (one seed) + control
     keys = run.counterfactuals["content_key"].to_list()
     assert ImageStore(out).existing(keys) == set(keys)
     assert all(uri.startswith(f"{out}/images/") for uri in run.counterfactuals["image_uri"])

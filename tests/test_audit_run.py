@@ -218,3 +218,40 @@ def test_two_spellings_of_one_generator_plan_the_same_content_keys(tmp_path, dat
     assert before == keys(relative) and len(before) > 0
     (models["generation"] / "unet" / "model.safetensors").write_bytes(b"other unet")  # another generator
     assert set(keys(relative)).isdisjoint(before)
+
+
+def test_candidates_frame_gives_every_planned_item_a_row_and_shares_images_by_key():
+    """Items sharing a content key (an img2img reconstruction two attributes ask for) are generated
+    once and both read its record; an item without a record is failed, so accounting closes."""
+    import polars as pl
+
+    from counterfactual_lab.audit_run import CANDIDATE_SCHEMA, candidates_frame, row_accounting
+    from counterfactual_lab.generation.batch import GenerationRecord
+    from counterfactual_lab.plan import plan_work_items, set_id_for, unique_by_content_key
+
+    valid = pl.DataFrame(
+        {"id": ["r1"], "content_key": ["k1"], "caption": ["a young man reading"], "image_uri": ["u1"],
+         "gender": ["male"], "age": ["young"]}
+    )
+    config = AuditConfig.parse_config(
+        {"dataset": {"uri": "unused"}, "attributes": {"gender": ["female", "male"], "age": ["young", "elderly"]},
+         "generation": {"seeds_per_target": 1}}
+    )
+    items = plan_work_items(valid, config, DatasetSpec(uri="unused"))
+    unique = unique_by_content_key(items)
+    assert (len(items), len(unique)) == (6, 4)  # the seed-0 reconstruction and the control are shared
+    records = [GenerationRecord(i.content_key, f"img/{i.content_key}.png", "generated") for i in unique[:-1]]
+    frame = candidates_frame(items, records, "img2img")
+    assert dict(frame.schema) == CANDIDATE_SCHEMA and frame.height == 6
+    assert frame.select("attribute", "variant", "control", "seed").rows() == [
+        ("gender", "reconstruction", False, 0), ("gender", "counterfactual", False, 0), ("gender", "reconstruction", True, 1),
+        ("age", "reconstruction", False, 0), ("age", "counterfactual", False, 0), ("age", "reconstruction", True, 1),
+    ]
+    assert frame["set_id"].to_list() == [set_id_for("r1", a, s) for a in ("gender", "age") for s in (0, 0, 1)]
+    shared = frame.filter(pl.col("variant") == "reconstruction", ~pl.col("control"))
+    assert shared["image_uri"].n_unique() == 1 and set(shared["status"]) == {"generated"}
+    lost = frame.filter(pl.col("status") == "failed")
+    assert lost["content_key"].to_list() == [unique[-1].content_key] and lost["error"][0].startswith("no generation record")
+    judged = frame.with_columns(kept=pl.col("status") != "failed", drop_reason=pl.lit(None, dtype=pl.String))
+    acc = row_accounting(1, 1, 0, judged)
+    assert (acc["planned"], acc["kept"], acc["failed"]) == (6, 5, 1)

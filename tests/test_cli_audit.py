@@ -27,7 +27,7 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def config(tmp_path_factory, tiny_models) -> str:
     inputs = audit_home(tmp_path_factory, tiny_models)
-    # one seed per target: 8 work items, one batch
+    # one seed per target: 24 work items (per row a reconstruction, a counterfactual, a control), 3 batches
     return write_config(
         tmp_path_factory.mktemp("cli-config") / "audit.yaml", inputs, "./unused",
         generation={"seeds_per_target": 1, "batch_size": 8},

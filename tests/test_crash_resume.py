@@ -24,10 +24,11 @@ pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # One item per batch: a resumed item is made exactly as an uninterrupted run makes it, and
-# sixteen tasks take long enough that the kill lands in the middle of generation. Three steps
-# (the other tests use two) give these items content keys of their own, so nothing this process
-# cached for another test (the judge's embeddings) stands in for the subprocess's images.
-GENERATION = {"steps": 3, "seeds_per_target": 2, "batch_size": 1}
+# 24 tasks (per row a reconstruction, a counterfactual and a control) take long enough that the
+# kill lands in the middle of generation. Three steps (the other tests use two) give these items
+# content keys of their own, so nothing this process cached for another test (the judge's
+# embeddings) stands in for the subprocess's images.
+GENERATION = {"steps": 3, "seeds_per_target": 1, "batch_size": 1}
 
 
 def start_audit(config: str, out: Path, log: Path) -> subprocess.Popen:

@@ -1,4 +1,7 @@
-"""The evaluation pool, evaluate-only mode, and predictions/retrieval on the tiny CLIP."""
+"""The evaluation pool of a generated run, and predictions/retrieval on the tiny CLIP.
+
+Evaluate-only pools (datasets of counterfactual sets) are tested in test_counterfactual_sets.py.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +14,11 @@ from counterfactual_lab.config import AuditModelConfig
 from counterfactual_lab.evaluate import (
     POOL_SCHEMA,
     build_evaluation_pool,
-    pool_from_counterfactual_sets,
     predict,
     retrieval_scores,
 )
 from counterfactual_lab.metrics import compute_metrics
+from counterfactual_lab.plan import set_id_for
 
 VALID = pl.DataFrame(
     {
@@ -37,29 +40,96 @@ COUNTERFACTUALS = pl.DataFrame(
         "counterfactual_caption": ["a woman reading", "a woman reading", "a man cooking", "a woman running"],
         "image_uri": ["c1", "c1b", "c2", "c3"],
         "content_key": ["ck1", "ck1b", "ck2", "ck3"],
+        "seed": [0, 1, 0, 0],
         "kept": [True, False, True, True],
     }
 )
 
 
-def test_evaluation_pool_rows():
+def test_evaluation_pool_rows_without_reconstructions():
+    """generation.reconstruction off: counterfactuals compare with their original, outside any set."""
     pool = build_evaluation_pool(VALID, COUNTERFACTUALS, ["gender", "age"])
     assert dict(pool.schema) == POOL_SCHEMA
     # 3 originals per attribute + 3 kept gender counterfactuals (the dropped one is left out).
     assert pool.height == 3 + 3 + 3
     gender = pool.filter(pl.col("attribute") == "gender")
     originals = {r["id"]: r for r in gender.filter(pl.col("variant") == "original").iter_rows(named=True)}
-    assert originals["r1"]["group"] == "male" and originals["r1"]["source_id"] == "r1"
+    assert originals["r1"] == {
+        "id": "r1", "source_id": "r1", "variant": "original", "control": False, "attribute": "gender", "group": "male",
+        "seed": None, "set_id": None, "caption": "a man reading", "image_uri": "u1", "content_key": "k1", "label": "doctor",
+    }
     # r3's gender is unknown in the data; its counterfactual was planned from "male".
     assert originals["r3"]["group"] == "male"
     edits = {r["id"]: r for r in gender.filter(pl.col("variant") == "counterfactual").iter_rows(named=True)}
     assert set(edits) == {"ck1", "ck2", "ck3"}
     assert edits["ck1"] == {
-        "id": "ck1", "source_id": "r1", "variant": "counterfactual", "attribute": "gender", "group": "female",
-        "caption": "a woman reading", "image_uri": "c1", "content_key": "ck1", "label": "doctor",
+        "id": "ck1", "source_id": "r1", "variant": "counterfactual", "control": False, "attribute": "gender",
+        "group": "female", "seed": 0, "set_id": None, "caption": "a woman reading", "image_uri": "c1",
+        "content_key": "ck1", "label": "doctor",
     }
     age = pool.filter(pl.col("attribute") == "age")
     assert age["group"].to_list() == ["young", None, "elderly"] and set(age["variant"]) == {"original"}
+
+
+def _judged(rows: list[tuple]) -> pl.DataFrame:
+    """A judge output: (source_id, attribute, variant, source, target, seed, control, key, kept)."""
+    columns = ["source_id", "attribute", "variant", "source_value", "target_value", "seed", "control", "content_key", "kept"]
+    frame = pl.DataFrame(rows, schema=columns, orient="row")
+    captions = {"female": "a woman", "male": "a man", None: "a person", "young": "a young person"}
+    return frame.with_columns(
+        pl.struct("source_id", "attribute", "seed").map_batches(
+            lambda s: pl.Series([set_id_for(r["source_id"], r["attribute"], r["seed"]) for r in s.to_list()]),
+            return_dtype=pl.String,
+        ).alias("set_id"),
+        pl.col("target_value").replace_strict(captions, default="other", return_dtype=pl.String).alias("counterfactual_caption"),
+        ("mem://" + pl.col("content_key")).alias("image_uri"),
+    )
+
+
+def test_evaluation_pool_holds_kept_sets_and_controls():
+    R, C = "reconstruction", "counterfactual"
+    judged = _judged(
+        [
+            # r1 (male): set 0 kept, set 1 not, control kept
+            ("r1", "gender", R, "male", "male", 0, False, "r1-m0", True),
+            ("r1", "gender", C, "male", "female", 0, False, "r1-f0", True),
+            ("r1", "gender", R, "male", "male", 1, False, "r1-m1", False),
+            ("r1", "gender", C, "male", "female", 1, False, "r1-f1", False),
+            ("r1", "gender", R, "male", "male", 2, True, "r1-m2", True),
+            # r3 (gender unknown): its reconstruction has no group; its control was dropped
+            ("r3", "gender", R, None, None, 0, False, "r3-x0", True),
+            ("r3", "gender", C, None, "female", 0, False, "r3-f0", True),
+            ("r3", "gender", C, None, "male", 0, False, "r3-m0", True),
+            ("r3", "gender", R, None, None, 2, True, "r3-x2", False),
+            # an age set shares r1's reconstruction image (img2img: one key for both attributes)
+            ("r1", "age", R, "young", "young", 0, False, "r1-m0", True),
+            ("r1", "age", C, "young", "elderly", 0, False, "r1-e0", True),
+        ]
+    )
+    pool = build_evaluation_pool(VALID, judged, ["gender", "age"])
+    assert dict(pool.schema) == POOL_SCHEMA
+    generated = pool.filter(pl.col("variant") != "original")
+    rows = sorted(generated.select("attribute", "id", "variant", "control", "group", "seed", "set_id", "label", "caption").rows())
+    s = set_id_for
+    assert rows == sorted([
+        ("gender", "r1-m0", R, False, "male", 0, s("r1", "gender", 0), "doctor", "a man"),
+        ("gender", "r1-f0", C, False, "female", 0, s("r1", "gender", 0), "doctor", "a woman"),
+        ("gender", "r1-m2", R, True, "male", 2, s("r1", "gender", 2), "doctor", "a man"),
+        ("gender", "r3-x0", R, False, None, 0, s("r3", "gender", 0), None, "a person"),
+        ("gender", "r3-f0", C, False, "female", 0, s("r3", "gender", 0), None, "a woman"),
+        ("gender", "r3-m0", C, False, "male", 0, s("r3", "gender", 0), None, "a man"),
+        ("age", "r1-m0", R, False, "young", 0, s("r1", "age", 0), "doctor", "a young person"),
+        ("age", "r1-e0", C, False, "elderly", 0, s("r1", "age", 0), "doctor", "other"),
+    ])
+    originals = pool.filter(pl.col("variant") == "original")
+    assert originals.height == 2 * VALID.height
+    assert originals["seed"].null_count() == originals["set_id"].null_count() == originals.height
+    assert not originals["control"].any()
+    # r3's unknown gender stays unknown: its generated images were planned from no value.
+    assert originals.filter((pl.col("id") == "r3") & (pl.col("attribute") == "gender"))["group"].to_list() == [None]
+    # every kept set holds exactly one reconstruction, the reference its counterfactuals pair with
+    per_set = generated.filter(~pl.col("control")).group_by("attribute", "set_id").agg((pl.col("variant") == R).sum())
+    assert per_set["variant"].to_list() == [1, 1, 1]
 
 
 def test_evaluation_pool_without_counterfactuals_or_labels():
@@ -70,38 +140,6 @@ def test_evaluation_pool_without_counterfactuals_or_labels():
 def test_evaluation_pool_names_missing_columns():
     with pytest.raises(ValueError, match=r"lacks columns \['caption'\]"):
         build_evaluation_pool(VALID.drop("caption"), COUNTERFACTUALS, ["gender"])
-
-
-def test_counterfactual_sets_pair_rows_that_differ_in_one_attribute():
-    # Set A varies race only; set B is intersectional (race × gender).
-    valid = pl.DataFrame(
-        {
-            "id": ["a1", "a2", "a3", "b1", "b2", "b3", "b4"],
-            "counterfactual_set": ["A", "A", "A", "B", "B", "B", "B"],
-            "race": ["White", "Black", "Asian", "White", "White", "Black", "Black"],
-            "gender": ["male", "male", "male", "male", "female", "male", "female"],
-            "content_key": [f"k{i}" for i in range(7)], "caption": ["c"] * 7, "image_uri": [f"u{i}" for i in range(7)],
-        }
-    )
-    pool = pool_from_counterfactual_sets(valid, ["race", "gender"])
-    assert pool.height == 14  # every row once per attribute
-    race = pool.filter(pl.col("attribute") == "race")
-    # Set A: reference = "Asian" (sorts first); a1, a2 are its counterfactuals.
-    pairs = {r["id"]: (r["variant"], r["source_id"]) for r in race.iter_rows(named=True)}
-    assert pairs["a3"] == ("original", "a3")
-    assert pairs["a1"] == ("counterfactual", "a3") and pairs["a2"] == ("counterfactual", "a3")
-    # Set B by race: pairs only rows of the same gender: (b3 Black male ← reference) ...
-    assert pairs["b3"] == ("original", "b3") and pairs["b1"] == ("counterfactual", "b3")
-    assert pairs["b4"] == ("original", "b4") and pairs["b2"] == ("counterfactual", "b4")
-    gender = {r["id"]: (r["variant"], r["source_id"]) for r in pool.filter(pl.col("attribute") == "gender").iter_rows(named=True)}
-    # Set A never varies gender: every row is its own original, with no pair.
-    assert all(gender[i] == ("original", i) for i in ("a1", "a2", "a3"))
-    assert gender["b2"] == ("original", "b2") and gender["b1"] == ("counterfactual", "b2")
-
-
-def test_counterfactual_sets_need_their_columns():
-    with pytest.raises(ValueError, match="counterfactual_set"):
-        pool_from_counterfactual_sets(VALID, ["gender"])
 
 
 @pytest.fixture

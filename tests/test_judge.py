@@ -176,3 +176,129 @@ def test_a_nan_score_fails_its_threshold_instead_of_passing_it(field):
     assert verdict(fine, judge) is None
     broken = JudgeScores(**{**fine.__dict__, field: float("nan")})
     assert verdict(broken, judge) is not None
+
+
+# ---- reconstructions and sets ----------------------------------------------------------------
+
+# Axes: scene, male, female, non-binary, noise. The source is a man at work.
+SET_TEXTS = {
+    "a man at work": [1, 1, 0, 0, 0],
+    "a woman at work": [1, 0, 1, 0, 0],
+    "a non-binary person at work": [1, 0, 0, 1, 0],
+}
+SOURCE = [1, 0.5, 0, 0, 0]
+
+
+def _member(key, seed, variant="counterfactual", target="female", control=False, source="s1", image_uri="mem://x",
+            status="generated", error=None):
+    caption = "a man at work" if variant == "reconstruction" else (
+        "a woman at work" if target == "female" else "a non-binary person at work")
+    return {
+        "content_key": key, "source_id": source, "source_key": f"src-{source}", "source_image_uri": f"mem://{source}",
+        "image_uri": image_uri, "caption": "a man at work", "counterfactual_caption": caption,
+        "attribute": "gender", "source_value": "male", "target_value": "male" if variant == "reconstruction" else target,
+        "seed": seed, "status": status, "error": error, "variant": variant, "control": control,
+    }
+
+
+def _set_judge(images, *, text=0.2, direction=0.2, image=0.7, check_attribute=False):
+    judge = JudgeConfig(thresholds=JudgeThresholds(text=text, direction=direction, image=image), check_attribute=check_attribute)
+    texts = dict(SET_TEXTS)
+    for value, vector in (("female", [0, 0, 1, 0, 0]), ("male", [0, 1, 0, 0, 0]), ("non-binary", [0, 0, 0, 1, 0])):
+        texts[attribute_prompt_for(judge, "gender", value)] = vector
+    return judge, TableEmbedder({"src-s1": SOURCE, "src-s2": SOURCE, **images}, texts)
+
+
+def _verdicts(out: pl.DataFrame) -> dict:
+    return dict(zip(out["content_key"], zip(out["kept"], out["drop_reason"])))
+
+
+# Each counterfactual fails exactly one check; its set's reconstruction passes. (vector, thresholds, reason)
+SINGLE_FAILURES = {
+    "text": ([1, 0, 0.1, 0, 0.2], {"text": 0.8}, "below_text_threshold"),
+    # Moves towards "male": a negative direction. abs(direction) = 0.71 would pass the threshold.
+    "direction": ([1, 1.2, 0, 0, 0], {}, "below_direction_threshold"),
+    "image": ([1, 0, 1, 0, 0], {"text": 0.8}, "below_image_threshold"),
+    "attribute": ([1, 0.5, 0.4, 0, 0], {"text": 0.8, "check_attribute": True}, "attribute_check_failed"),
+}
+
+
+@pytest.mark.parametrize("check", sorted(SINGLE_FAILURES))
+def test_a_counterfactual_failing_one_check_alone_drops_with_that_reason_and_takes_its_set_down(check):
+    vector, settings, reason = SINGLE_FAILURES[check]
+    judge, embedder = _set_judge({"cf": vector, "recon": [1, 0.5, 0, 0, 0.1]}, **settings)
+    candidates = pl.DataFrame([_member("recon", 0, "reconstruction"), _member("cf", 0)])
+    out = judge_candidates(candidates, judge, embedder, load_image=None, keep_per_target=1, vocabulary=VOCABULARY)
+    cf = out.filter(pl.col("content_key") == "cf").row(0, named=True)
+    t = judge.thresholds
+    passed = {
+        "text": cf["text_similarity"] >= t.text,
+        "direction": cf["direction_similarity"] >= t.direction,
+        "image": cf["image_similarity"] >= t.image,
+        "attribute": cf["attribute_ok"] is not False,
+    }
+    assert [name for name, ok in passed.items() if not ok] == [check], cf  # fails this check alone
+    if check == "direction":
+        assert cf["direction_similarity"] == pytest.approx(-0.7071, abs=1e-4)
+    assert _verdicts(out) == {"cf": (False, reason), "recon": (False, "set_incomplete")}
+
+
+@pytest.mark.parametrize(
+    ("vector", "reason"),
+    [([1, 0, 0, 0, 0], "below_text_threshold"), ([0.2, 1, 0, 0, 0], "below_image_threshold")],
+    ids=["text", "image"],
+)
+def test_a_reconstruction_is_judged_on_alignment_and_preservation_only(vector, reason):
+    # The passing reconstruction has no direction (its caption did not move) and would fail the
+    # attribute check (it shows a man, the target is... a man, but it is never asked).
+    judge, embedder = _set_judge(
+        {"ok": [1, 0.5, 0, 0, 0.1], "bad": vector, "cf0": [1, 0, 0.5, 0, 0], "cf1": [1, 0, 0.5, 0, 0]},
+        text=0.8, check_attribute=True,
+    )
+    candidates = pl.DataFrame(
+        [_member("ok", 0, "reconstruction"), _member("cf0", 0), _member("bad", 1, "reconstruction"), _member("cf1", 1)]
+    )
+    out = judge_candidates(candidates, judge, embedder, load_image=None, keep_per_target=2, vocabulary=VOCABULARY)
+    ok = out.filter(pl.col("content_key") == "ok").row(0, named=True)
+    assert ok["direction_similarity"] is None and ok["attribute_ok"] is None and ok["attribute_margin"] is None
+    # alignment is with the unchanged caption: cos((1, .5, 0, 0, .1), (1, 1, 0, 0, 0))
+    assert ok["text_similarity"] == pytest.approx(1.5 / (np.sqrt(1.26) * np.sqrt(2)))
+    assert _verdicts(out) == {
+        "ok": (True, None), "cf0": (True, None), "bad": (False, reason), "cf1": (False, "set_incomplete"),
+    }
+
+
+def test_whole_sets_are_kept_best_by_mean_direction_and_controls_on_their_own():
+    images = {
+        # seed 0: female d = 1.000, non-binary d = 0.657 (mean 0.83; the single best direction)
+        "r0": [1, 0.5, 0, 0, 0.1], "f0": [1, 0, 0.5, 0, 0], "n0": [1, 0.3, 0, 0.3, 0.4],
+        # seed 1: both d = 0.949 (mean 0.95): the best set
+        "r1": [1, 0.5, 0, 0, 0.2], "f1": [1, 0.1, 0.5, 0, 0.2], "n1": [1, 0.1, 0, 0.5, 0.2],
+        # seed 2: the best counterfactuals, but the reconstruction lost the scene
+        "r2": [0.2, 1, 0, 0, 0], "f2": [1, 0, 0.5, 0, 0], "n2": [1, 0, 0, 0.5, 0],
+        # the control (seed 3), and one that fails on its own (seed 3 of another source)
+        "control": [1, 0.5, 0, 0, 0.3], "bad_control": [0.2, 1, 0, 0, 0],
+        # a passing counterfactual whose reconstruction failed to generate
+        "orphan": [1, 0, 0.5, 0, 0],
+    }
+    judge, embedder = _set_judge(images)
+    rows = []
+    for seed in (0, 1, 2):
+        rows += [_member(f"r{seed}", seed, "reconstruction"), _member(f"f{seed}", seed),
+                 _member(f"n{seed}", seed, target="non-binary")]
+    rows += [_member("control", 3, "reconstruction", control=True),
+             _member("bad_control", 3, "reconstruction", control=True, source="s2"),
+             _member("failed", 0, "reconstruction", source="s2", image_uri=None, status="failed", error="CUDA out of memory"),
+             _member("orphan", 0, source="s2")]
+    candidates = pl.DataFrame(rows)
+    out = judge_candidates(candidates, judge, embedder, load_image=None, keep_per_target=1, vocabulary=VOCABULARY)
+    assert out["content_key"].to_list() == candidates["content_key"].to_list()
+    assert _verdicts(out) == {
+        "r1": (True, None), "f1": (True, None), "n1": (True, None),
+        "r0": (False, "not_best_set"), "f0": (False, "not_best_set"), "n0": (False, "not_best_set"),
+        "r2": (False, "below_image_threshold"), "f2": (False, "set_incomplete"), "n2": (False, "set_incomplete"),
+        "control": (True, None), "bad_control": (False, "below_image_threshold"),
+        "failed": (False, "generation_failed: CUDA out of memory"), "orphan": (False, "set_incomplete"),
+    }
+    two = judge_candidates(candidates, judge, embedder, load_image=None, keep_per_target=2, vocabulary=VOCABULARY)
+    assert set(two.filter(pl.col("kept"))["content_key"]) == {"r0", "f0", "n0", "r1", "f1", "n1", "control"}

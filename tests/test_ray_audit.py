@@ -8,12 +8,13 @@ from test_audit_flow import assert_accounting_closes, assert_same_tables, audit_
 
 pytestmark = [pytest.mark.prefect, pytest.mark.ray, pytest.mark.slow]
 
-# One seed per target, one batch of eight: every Ray worker started costs seconds of imports
-# on two cores, and one generation and one evaluation task already cross the process boundary.
+# One seed per target, one batch of all 24 items (per row a reconstruction, a counterfactual and
+# a control): every Ray worker started costs seconds of imports on two cores, and one generation
+# and one evaluation task already cross the process boundary.
 # Four steps (other tests use two or three) give these items content keys of their own: this
 # process caches embeddings by content key, and another test's images of the same keys were
 # made in batches of another size (equal only up to float rounding).
-GENERATION = {"steps": 4, "seeds_per_target": 1, "batch_size": 8}
+GENERATION = {"steps": 4, "seeds_per_target": 1, "batch_size": 24}
 
 
 def test_audit_on_ray_matches_the_thread_runner(prefect_server, local_ray, tiny_models, tmp_path_factory):

@@ -368,3 +368,53 @@ def test_headline_table_is_json_safe_and_summary_links_the_report():
     assert "[Open the full report](s3://bucket/out/run-1/report.html)" in text
     assert "- age young→old flips the top-1 label in 40% of pairs [30%, 50%] (n=60)" in text
     assert "| flip_rate | age | young→old |  |  | 0.4 | [0.3, 0.5] | 60 |" in text
+
+
+def test_examples_compare_each_counterfactual_with_its_sets_reconstruction(images):
+    """With reconstructions the reference is the reconstruction of the same set, not the original."""
+    u = sorted(k for k in images if "img" in k)
+    base = {"source_id": "s1", "attribute": "gender", "source_value": "male", "method": "img2img",
+            "caption": "a man", "source_image_uri": u[0], "kept": True, "drop_reason": None, "status": "generated"}
+    counterfactuals = pl.DataFrame(
+        [
+            {**base, "variant": "reconstruction", "control": False, "target_value": "male", "seed": 0, "set_id": "A",
+             "counterfactual_caption": "a man", "image_uri": u[1]},
+            {**base, "variant": "counterfactual", "control": False, "target_value": "female", "seed": 0, "set_id": "A",
+             "counterfactual_caption": "a woman", "image_uri": u[2]},
+            {**base, "variant": "reconstruction", "control": False, "target_value": "male", "seed": 1, "set_id": "B",
+             "counterfactual_caption": "a man", "image_uri": u[3]},
+            {**base, "variant": "counterfactual", "control": False, "target_value": "female", "seed": 1, "set_id": "B",
+             "counterfactual_caption": "a woman", "image_uri": u[4]},
+            {**base, "variant": "reconstruction", "control": True, "target_value": "male", "seed": 2, "set_id": "C",
+             "counterfactual_caption": "a man", "image_uri": u[4]},
+        ]
+    )
+    predictions = pl.DataFrame(
+        {
+            "source_id": ["s1"] * 5,
+            "variant": ["original", "reconstruction", "counterfactual", "reconstruction", "counterfactual"],
+            "image_uri": [u[0], u[1], u[2], u[3], u[4]],
+            # The original says doctor; set A's reconstruction already says nurse (no flip within
+            # the set), set B's says doctor and its counterfactual nurse (a flip).
+            "top1": ["doctor", "nurse", "nurse", "doctor", "nurse"],
+        }
+    )
+    kept, dropped = select_examples(counterfactuals, predictions, max_examples=24)
+    assert dropped == [] and [p.row["set_id"] for p in kept] == ["B", "A"]  # counterfactuals only, flips first
+    flipped, same = kept
+    assert (flipped.reconstruction_uri, flipped.reference_top1, flipped.counterfactual_top1) == (u[3], "doctor", "nurse")
+    assert flipped.flipped and not same.flipped and same.original_top1 == "doctor"
+    html = render_report(
+        manifest=manifest(), metrics=metrics_frame(), counterfactuals=counterfactuals, predictions=predictions,
+        load_image=load_from(images),
+    )
+    assert len(parse(html).img_src) == 2 * 3  # original, reconstruction, counterfactual
+    assert "reconstruction: doctor → counterfactual: nurse (flipped)" in html
+    assert "reconstruction: nurse → counterfactual: nurse (original: doctor)" in html
+    assert "compared with the <b>reconstruction</b> of its set" in html
+
+
+def test_examples_without_reconstructions_say_the_comparison_is_real_vs_generated(images):
+    html = render(images)
+    assert "compared with the <b>real original</b>" in html and "generated vs real" in html
+    assert "original: doctor → counterfactual: nurse (flipped)" in html

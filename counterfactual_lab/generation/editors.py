@@ -241,8 +241,15 @@ class LeditsEditor(DiffusersEditor):
         self.inversions_computed = 0  # how many times invert() ran (the cache's misses)
 
     def concepts(self, item: WorkItem) -> tuple[list[str], list[bool]]:
-        """(editing prompts, reverse flags): away from the source concept, towards the target."""
+        """(editing prompts, reverse flags): away from the source concept, towards the target.
+
+        A reconstruction's target is its source, so it goes away from and back towards the
+        same concept; one of an unknown source value has no concept: ([], []), a plain
+        reconstruction from the inversion.
+        """
         overrides = self.params["concepts"]
+        if item.target_value is None:
+            return [], []
         target = concept_word(item.attribute, item.target_value, overrides)
         if item.source_value is None:
             return [target], [False]
@@ -296,6 +303,8 @@ class LeditsEditor(DiffusersEditor):
         pipeline.scheduler.config.timestep_spacing = "leading"
         pipeline.scheduler.set_timesteps(self._timestep_count())
         prompts, reverse = self.concepts(item)
+        if not prompts:  # nothing to steer by: LEDITS++ reconstructs the inverted image
+            return pipeline(editing_prompt=None, generator=_generators([item])[0], output_type="pil").images[0]
         guidance = self.params["edit_guidance_scale"]
         guidance = self.generation.guidance_scale if guidance is None else float(guidance)
         return pipeline(
