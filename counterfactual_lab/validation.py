@@ -41,7 +41,9 @@ from counterfactual_lab.images import (  # noqa: F401  (re-exported: every reaso
 from counterfactual_lab.ingest import (  # noqa: F401
     REASON_IMAGE_NOT_FOUND,
     REASON_IMAGE_UNREADABLE,
+    REASON_INVALID_IMAGE_PATH,
     REASON_MISSING_IMAGE,
+    REASON_NOT_A_REGULAR_FILE,
     REASON_PATH_ESCAPES_ROOT,
     DatasetSource,
     ingest,
@@ -63,8 +65,10 @@ REASON_UNKNOWN_ATTRIBUTE = "unknown_attribute_value"
 
 REASONS: tuple[str, ...] = (
     REASON_MISSING_IMAGE,
+    REASON_INVALID_IMAGE_PATH,
     REASON_PATH_ESCAPES_ROOT,
     REASON_IMAGE_NOT_FOUND,
+    REASON_NOT_A_REGULAR_FILE,
     REASON_IMAGE_UNREADABLE,
     REASON_EMPTY_IMAGE,
     REASON_IMAGE_TOO_LARGE,
