@@ -29,13 +29,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+from fsspec.asyn import AsyncFileSystem
 
 from counterfactual_lab.errors import DatasetUnreadable, TransientStorageError
 from counterfactual_lab.images import ImageHeader, ImageRejected, content_key, decode_rgb, looks_like_bomb, open_header
 from counterfactual_lab.images import REASON_DECOMPRESSION_BOMB
 from counterfactual_lab.regular_files import NotARegularFile, read_regular_file
 from counterfactual_lab.spec import DatasetSpec
-from counterfactual_lab.storage import ImageStore, filesystem, is_transient, join
+from counterfactual_lab.storage import ImageStore, filesystem, is_transient, join, read_deadline_seconds
 
 REASON_MISSING_IMAGE = "missing_image"
 REASON_IMAGE_NOT_FOUND = "image_not_found"
@@ -44,11 +45,10 @@ REASON_PATH_ESCAPES_ROOT = "path_escapes_root"
 REASON_INVALID_IMAGE_PATH = "invalid_image_path"
 REASON_NOT_A_REGULAR_FILE = "not_a_regular_file"
 
-# Longest image reference accepted, in UTF-8 bytes: Linux's PATH_MAX and NAME_MAX locally,
-# S3's key limit remotely. Longer ones cannot name a file, only fill logs.
-MAX_LOCAL_PATH_BYTES = 4096
+# Longest image reference accepted, in UTF-8 bytes: Linux's PATH_MAX (S3 keys stop at 1024),
+# and NAME_MAX for one local file or folder name. Longer ones name no file, only fill logs.
+MAX_IMAGE_REF_BYTES = 4096
 MAX_LOCAL_NAME_BYTES = 255
-MAX_S3_KEY_BYTES = 1024
 
 # Derived ids are the content key's prefix: 64 bits, short enough to read in a report.
 DERIVED_ID_CHARS = 16
@@ -339,6 +339,7 @@ class _BatchIngester:
         self.store = image_store
         self.stored = _stored_keys(image_store)
         self.schema = ingested_schema(source.spec, source.plan)
+        self.read_deadline = read_deadline_seconds(source.uri, source.spec.storage_options)
 
     def ingest_batch(self, batch: pa.RecordBatch, file: str, offset: int, pool: ThreadPoolExecutor) -> pl.DataFrame:
         n = batch.num_rows
@@ -395,7 +396,7 @@ class _BatchIngester:
             if self.source.protocol == "file":
                 data, size = read_regular_file(path, limit)  # FIFOs, devices, sockets: never opened
             else:
-                data, size = _read_object(self.source.fs, path, limit)
+                data, size = _read_object(self.source.fs, path, limit, self.read_deadline)
         except NotARegularFile as exc:
             return None, None, (
                 REASON_NOT_A_REGULAR_FILE,
@@ -406,7 +407,13 @@ class _BatchIngester:
         except Exception as exc:  # noqa: BLE001 - any failure to read one object is that row's, unless transient
             if is_transient(exc):
                 # Not the row's fault: the task's transient-only retry policy tries again.
-                raise TransientStorageError(f"image {_shown(ref)} could not be read: {_first_line(exc)}") from exc
+                why = _first_line(exc)
+                if isinstance(exc, TimeoutError) and self.read_deadline:
+                    why = (
+                        f"no complete read within {self.read_deadline:g} s (set by the dataset's "
+                        "storage_options.config_kwargs: connect_timeout, read_timeout, retries.max_attempts)"
+                    )
+                raise TransientStorageError(f"image {_shown(ref)} could not be read: {why}") from exc
             if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
                 return None, None, (REASON_INVALID_IMAGE_PATH, f"image path {_shown(ref)} is too long for the filesystem")
             if not isinstance(exc, OSError) and self.source.protocol == "file":
@@ -513,17 +520,12 @@ def _check_column_types(source: DatasetSource) -> None:
             "expected struct<bytes: binary, path: string>, binary or string"
         )
     if pa.types.is_struct(kind):
-        fields = {kind.field(i).name: kind.field(i).type for i in range(kind.num_fields)}
-        if not fields.keys() & {"bytes", "path"}:
+        names = {kind.field(i).name for i in range(kind.num_fields)}
+        _check_image_struct_fields(source, kind)
+        if not names & {"bytes", "path"}:
             raise DatasetUnreadable(
                 f"dataset {source.uri}: image struct column {plan.image!r} has neither a 'bytes' nor a 'path' field"
             )
-        for field_name, expected, ok in (("bytes", "binary", _is_binary), ("path", "string", _is_string)):
-            if field_name in fields and not (ok(fields[field_name]) or pa.types.is_null(fields[field_name])):
-                raise DatasetUnreadable(
-                    f"dataset {source.uri}: image struct column {plan.image!r} has field {field_name!r} of type "
-                    f"{fields[field_name]}; expected {expected} (struct<bytes: binary, path: string>)"
-                )
     text_columns = [plan.caption, plan.id, plan.label, *plan.attributes.values(), plan.counterfactual_set]
     for name in (c for c in text_columns if c and c in schema.names):
         kind = schema.field(name).type
@@ -539,6 +541,21 @@ def _check_column_types(source: DatasetSource) -> None:
             raise DatasetUnreadable(f"dataset {source.uri}: column {name!r} has type {kind}; expected text (string)") from None
 
 
+def _check_image_struct_fields(source: DatasetSource, kind: pa.StructType) -> None:
+    """``bytes`` must be binary and ``path`` text (or all null): ``struct<bytes: string, path:
+    int64>`` would hand text to the image decoder and a number to the path resolver."""
+    for name, expected, ok in (("bytes", "binary", _is_binary), ("path", "string", _is_string)):
+        index = kind.get_field_index(name)
+        if index < 0:
+            continue
+        field_type = kind.field(index).type
+        if not (ok(field_type) or pa.types.is_null(field_type)):
+            raise DatasetUnreadable(
+                f"dataset {source.uri}: image struct column {source.plan.image!r} has field {name!r} of type "
+                f"{field_type}; expected {expected} (struct<bytes: binary, path: string>)"
+            )
+
+
 def _strings(batch: pa.RecordBatch, column: str) -> list[str | None]:
     values = batch.column(column)
     if not _is_string(values.type) or pa.types.is_dictionary(values.type):
@@ -546,19 +563,22 @@ def _strings(batch: pa.RecordBatch, column: str) -> list[str | None]:
     return values.to_pylist()
 
 
-def _read_object(fs: Any, path: str, limit: int) -> tuple[bytes | None, int]:
+def _read_object(fs: Any, path: str, limit: int, deadline: float | None) -> tuple[bytes | None, int]:
     """``(content, size)`` of an object store's object; content None (not read) over ``limit`` bytes.
 
-    Reads at most ``limit + 1`` bytes (one ranged request) whatever the object's size; slow
-    or stalled reads end with the storage's read timeout (see ``storage.S3_TIMEOUTS``).
+    Reads at most ``limit + 1`` bytes (one ranged request) whatever the object's size. Each
+    call ends within ``deadline`` seconds, retries included (``storage.read_deadline_seconds``):
+    fsspec cancels it and raises a ``TimeoutError``.
     """
-    info = fs.info(path)
+    # fsspec's synchronous wrappers of an async filesystem (s3fs) take a total timeout.
+    bounded = {"timeout": deadline} if deadline and isinstance(fs, AsyncFileSystem) else {}
+    info = fs.info(path, **bounded)
     if info.get("type") != "file":
         raise NotARegularFile(path, str(info.get("type") or "non-file entry"))
     size = info.get("size")
     if size is not None and size > limit:
         return None, int(size)
-    data = fs.cat_file(path, start=0, end=limit + 1)
+    data = fs.cat_file(path, start=0, end=limit + 1, **bounded)
     if len(data) > limit:
         return None, max(len(data), int(size or 0))
     return data, len(data)
@@ -573,12 +593,10 @@ def _invalid_reference(ref: str, protocol: str) -> str | None:
     if control is not None:
         return f"contains the control character U+{ord(control):04X}"
     size = len(ref.encode("utf-8"))
-    if protocol == "s3":
-        if size > MAX_S3_KEY_BYTES + len("s3a://") + 63:  # key, scheme and the longest bucket name
-            return f"is {size:,} bytes long; S3 keys are limited to {MAX_S3_KEY_BYTES} bytes"
-        return None
-    if size > MAX_LOCAL_PATH_BYTES:
-        return f"is {size:,} bytes long; paths are limited to {MAX_LOCAL_PATH_BYTES} bytes"
+    if size > MAX_IMAGE_REF_BYTES:
+        return f"is {size:,} bytes long; image paths are limited to {MAX_IMAGE_REF_BYTES:,} bytes"
+    if protocol != "file":
+        return None  # an S3 key may hold long "names": only the whole key is bounded
     longest = max((len(part.encode("utf-8")) for part in ref.split("/")), default=0)
     if longest > MAX_LOCAL_NAME_BYTES:
         return f"has a {longest:,}-byte name; file names are limited to {MAX_LOCAL_NAME_BYTES} bytes"

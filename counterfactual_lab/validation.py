@@ -41,15 +41,14 @@ from counterfactual_lab.images import (  # noqa: F401  (re-exported: every reaso
 from counterfactual_lab.ingest import (  # noqa: F401
     REASON_IMAGE_NOT_FOUND,
     REASON_IMAGE_UNREADABLE,
-    REASON_INVALID_IMAGE_PATH,
     REASON_MISSING_IMAGE,
-    REASON_NOT_A_REGULAR_FILE,
     REASON_PATH_ESCAPES_ROOT,
     DatasetSource,
     ingest,
     missing_columns_message,
     open_dataset,
 )
+from counterfactual_lab.ingest import REASON_INVALID_IMAGE_PATH, REASON_NOT_A_REGULAR_FILE  # noqa: F401
 from counterfactual_lab.spec import DatasetSpec
 from counterfactual_lab.storage import ImageStore, join, write_bytes_atomic
 

@@ -73,6 +73,11 @@ CASES: dict[str, str | None] = {
     "escape-relative": v.REASON_PATH_ESCAPES_ROOT,
     "escape-absolute": v.REASON_PATH_ESCAPES_ROOT,
     "escape-uri": v.REASON_PATH_ESCAPES_ROOT,
+    # data-evil/ shares the root's name as a prefix: only a component-wise check keeps it out.
+    "escape-sibling-prefix": v.REASON_PATH_ESCAPES_ROOT,
+    "invalid-path-nul": v.REASON_INVALID_IMAGE_PATH,
+    "invalid-path-control": v.REASON_INVALID_IMAGE_PATH,
+    "invalid-path-too-long": v.REASON_INVALID_IMAGE_PATH,
     "null-caption": v.REASON_MISSING_CAPTION,
     "blank-caption": v.REASON_BLANK_CAPTION,
     "long-caption": v.REASON_CAPTION_TOO_LONG,
@@ -82,11 +87,14 @@ CASES: dict[str, str | None] = {
 
 
 def build_bad_dataset(base: Path) -> Path:
-    """``base/data`` (the dataset root) and ``base/outside.png`` (a valid image outside it)."""
+    """``base/data`` (the dataset root), ``base/outside.png`` and ``base/data-evil/x.png``
+    (valid images outside it)."""
     root = base / "data"
     (root / "images").mkdir(parents=True)
     outside = base / "outside.png"
     outside.write_bytes(small_png(9))
+    (base / "data-evil").mkdir()
+    (base / "data-evil" / "x.png").write_bytes(small_png(12))
     (root / "images" / "ok.png").write_bytes(small_png(2))
     noise = png(Image.effect_noise((64, 64), 80).convert("RGB"))
     rows = [
@@ -111,6 +119,10 @@ def build_bad_dataset(base: Path) -> Path:
         row("dup", inline(small_png(8))),
         row("dup", inline(small_png(10))),
         row(None, inline(small_png(11))),
+        row("escape-sibling-prefix", by_path("../data-evil/x.png")),
+        row("invalid-path-nul", by_path("images/ok.png\x00.txt")),
+        row("invalid-path-control", by_path("images/o\x1bk.png")),
+        row("invalid-path-too-long", by_path("a/" * 2600 + "ok.png")),
     ]
     table = pa.Table.from_pylist(
         rows,
@@ -169,7 +181,7 @@ def test_null_id_is_quarantined(outcome):
 
 
 def test_nothing_is_lost(outcome):
-    assert outcome.rows_in == 21
+    assert outcome.rows_in == 25
     assert outcome.valid.height + outcome.quarantined == outcome.rows_in
     assert sum(outcome.by_reason.values()) == outcome.quarantined
     assert outcome.quarantine["row_index"].n_unique() == outcome.quarantined  # one line per row
@@ -197,8 +209,16 @@ def test_attribute_values_use_the_vocabulary_spelling(outcome):
 
 def test_escaping_paths_are_never_read(bad_root, outcome):
     # outside.png is a perfectly valid image: only the path check can reject it.
-    for case in ("escape-relative", "escape-absolute"):
+    for case in ("escape-relative", "escape-absolute", "escape-sibling-prefix"):
         assert "escapes the dataset root" in outcome.quarantine.filter(pl.col("id") == case)["detail"][0]
+
+
+def test_invalid_paths_say_why_in_one_short_line(outcome):
+    detail = dict(outcome.quarantine.filter(pl.col("reason") == v.REASON_INVALID_IMAGE_PATH).select("id", "detail").rows())
+    assert "NUL byte" in detail["invalid-path-nul"]
+    assert "U+001B" in detail["invalid-path-control"]
+    assert "5,206 bytes long" in detail["invalid-path-too-long"]
+    assert all("\n" not in d and len(d) < 300 for d in detail.values())  # the 5 kB path is cut
 
 
 def test_symlink_leading_outside_the_root_is_not_followed(tmp_path):
