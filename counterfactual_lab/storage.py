@@ -7,6 +7,7 @@ explicit storage options, which win.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import re
@@ -24,16 +25,19 @@ from counterfactual_lab.errors import TransientStorageError
 # options set them: a stalled endpoint fails a request after these many seconds instead of
 # hanging the run. A timed-out request is retried (botocore's attempts, then s3fs's own), and
 # a read that still fails is a transient error: the task retries it (runtime.retries).
-S3_TIMEOUTS: dict[str, Any] = {"connect_timeout": 10, "read_timeout": 30, "retries": {"max_attempts": 3, "mode": "standard"}}
+S3_TIMEOUTS: dict[str, Any] = {"connect_timeout": 10, "read_timeout": 30, "retries": {"total_max_attempts": 3, "mode": "standard"}}
 
 
 def read_deadline_seconds(uri: str, options: dict[str, Any] | None = None) -> float | None:
     """The most one remote object read (an image) may take, retries included: botocore's
-    ``max_attempts × (connect_timeout + read_timeout)`` from the effective ``config_kwargs``
-    (120 s with :data:`S3_TIMEOUTS`). None for local paths, or when a timeout is switched off.
+    ``attempts × (connect_timeout + read_timeout)`` from the effective ``config_kwargs``
+    (120 s with :data:`S3_TIMEOUTS`), where attempts is ``retries.total_max_attempts``, or
+    ``retries.max_attempts + 1`` (botocore counts retries there). None for local paths, or
+    when a timeout is switched off.
 
     s3fs wraps each request in two retry loops of its own (5 × 5 tries, measured), so without
-    this bound one stalled object could hold a run for 75 read timeouts.
+    this bound one stalled object holds a run for 75 read timeouts (measured against a proxy that
+    never answers: 75 requests, 127 s at read_timeout 1 s; about 40 min at the default 30 s).
     """
     if not uri.startswith(("s3://", "s3a://")):
         return None
@@ -42,7 +46,13 @@ def read_deadline_seconds(uri: str, options: dict[str, Any] | None = None) -> fl
     if connect is None or read is None:
         return None
     retries = config.get("retries") or {}
-    attempts = retries.get("total_max_attempts") or retries.get("max_attempts") or 1
+    if "total_max_attempts" in retries:
+        attempts = int(retries["total_max_attempts"])
+    elif "max_attempts" in retries:
+        attempts = int(retries["max_attempts"]) + 1
+    else:
+        attempts = 3 if retries.get("mode", "standard") == "standard" else 5  # botocore's defaults
+    attempts = max(attempts, 1)
     return float(attempts) * (float(connect) + float(read))
 
 
@@ -54,7 +64,9 @@ def storage_options_for(uri: str, options: dict[str, Any] | None = None) -> dict
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint and "endpoint_url" not in options and "client_kwargs" not in options:
             options["endpoint_url"] = endpoint
-        options["config_kwargs"] = {**S3_TIMEOUTS, **(options.get("config_kwargs") or {})}
+        # A copy: botocore rewrites the retries dict in place, which would change the caller's
+        # options (and these defaults) under them.
+        options["config_kwargs"] = copy.deepcopy({**S3_TIMEOUTS, **(options.get("config_kwargs") or {})})
     return options
 
 
