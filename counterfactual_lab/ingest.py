@@ -144,12 +144,12 @@ class DatasetSource:
         ref = ref.strip()
         problem = _invalid_reference(ref, self.protocol)
         if problem:
-            raise ImageRejected(REASON_INVALID_IMAGE_PATH, f"image path {_shown(ref)} {problem}")
+            raise ImageRejected(REASON_INVALID_IMAGE_PATH, f"image path {short_repr(ref)} {problem}")
         if "://" in ref:
             scheme, rest = ref.split("://", 1)
             same = scheme == "file" if self.protocol == "file" else scheme in ("s3", "s3a")
             if not same:
-                raise ImageRejected(REASON_PATH_ESCAPES_ROOT, f"image URI {_shown(ref)} is outside the dataset root")
+                raise ImageRejected(REASON_PATH_ESCAPES_ROOT, f"image URI {short_repr(ref)} is outside the dataset root")
             candidate = posixpath.normpath(rest if self.protocol == "file" else rest.lstrip("/"))
         elif ref.startswith("/"):
             candidate = posixpath.normpath(ref if self.protocol == "file" else ref.lstrip("/"))
@@ -160,12 +160,12 @@ class DatasetSource:
             if self.protocol == "s3" and "://" in ref and bucket != root_bucket:
                 raise ImageRejected(
                     REASON_PATH_ESCAPES_ROOT,
-                    f"image path {_shown(ref)} escapes the dataset root: it is in bucket {bucket!r}, not {root_bucket!r}",
+                    f"image path {short_repr(ref)} escapes the dataset root: it is in bucket {bucket!r}, not {root_bucket!r}",
                 )
-            raise ImageRejected(REASON_PATH_ESCAPES_ROOT, f"image path {_shown(ref)} escapes the dataset root")
+            raise ImageRejected(REASON_PATH_ESCAPES_ROOT, f"image path {short_repr(ref)} escapes the dataset root")
         # A symlink inside the root may still point outside it: check where it really lands.
         if self.protocol == "file" and not _inside(os.path.realpath(candidate), os.path.realpath(self.root)):
-            raise ImageRejected(REASON_PATH_ESCAPES_ROOT, f"image path {_shown(ref)} links outside the dataset root")
+            raise ImageRejected(REASON_PATH_ESCAPES_ROOT, f"image path {short_repr(ref)} links outside the dataset root")
         return candidate
 
     def record_batches(self, batch_rows: int) -> Iterator[tuple[str, int, pa.RecordBatch]]:
@@ -400,10 +400,10 @@ class _BatchIngester:
         except NotARegularFile as exc:
             return None, None, (
                 REASON_NOT_A_REGULAR_FILE,
-                f"image {_shown(ref)} is a {exc.kind}, not a regular file; only regular files are read",
+                f"image {short_repr(ref)} is a {exc.kind}, not a regular file; only regular files are read",
             )
         except (FileNotFoundError, NotADirectoryError):
-            return None, None, (REASON_IMAGE_NOT_FOUND, f"image {_shown(ref)} does not exist under the dataset root")
+            return None, None, (REASON_IMAGE_NOT_FOUND, f"image {short_repr(ref)} does not exist under the dataset root")
         except Exception as exc:  # noqa: BLE001 - any failure to read one object is that row's, unless transient
             if is_transient(exc):
                 # Not the row's fault: the task's transient-only retry policy tries again.
@@ -413,12 +413,12 @@ class _BatchIngester:
                         f"no complete read within {self.read_deadline:g} s (set by the dataset's "
                         "storage_options.config_kwargs: connect_timeout, read_timeout, retries.max_attempts)"
                     )
-                raise TransientStorageError(f"image {_shown(ref)} could not be read: {why}") from exc
+                raise TransientStorageError(f"image {short_repr(ref)} could not be read: {why}") from exc
             if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
-                return None, None, (REASON_INVALID_IMAGE_PATH, f"image path {_shown(ref)} is too long for the filesystem")
+                return None, None, (REASON_INVALID_IMAGE_PATH, f"image path {short_repr(ref)} is too long for the filesystem")
             if not isinstance(exc, OSError) and self.source.protocol == "file":
                 raise  # a local read fails with OSError only: anything else is a bug, not a row problem
-            return None, None, (REASON_IMAGE_UNREADABLE, f"image {_shown(ref)} cannot be read: {_first_line(exc)}")
+            return None, None, (REASON_IMAGE_UNREADABLE, f"image {short_repr(ref)} cannot be read: {_first_line(exc)}")
         if data is None:
             return None, size, None  # over the byte limit: never read, validation reports the size
         return data, size, None
@@ -603,8 +603,9 @@ def _invalid_reference(ref: str, protocol: str) -> str | None:
     return None
 
 
-def _shown(ref: str, limit: int = 120) -> str:
-    """``repr(ref)`` cut to ``limit`` characters: quarantine details stay one readable line."""
+def short_repr(ref: str, limit: int = 120) -> str:
+    """``repr(ref)`` cut to ``limit`` characters: quarantine details stay one short readable line
+    whatever a row holds (a 5 kB path, a megabyte of caption in an attribute column)."""
     text = repr(ref)
     return text if len(text) <= limit else f"{text[: limit - 20]}...' ({len(ref):,} characters)"
 

@@ -26,6 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from hang_guard import call_within
+
 from counterfactual_lab import validation as v
 from counterfactual_lab.errors import TransientStorageError
 from counterfactual_lab.spec import DatasetSpec, ValidationLimits
@@ -278,33 +280,8 @@ def test_local_and_s3_copies_validate_identically(bad_root, outcome, s3_bucket, 
 
 
 def validate_within(spec: DatasetSpec, seconds: float, fifos: list[Path]) -> v.ValidationOutcome:
-    """``ingest_and_validate(spec)``, failing the test if it takes longer than ``seconds``.
-
-    A reader blocked on a FIFO would block forever (and keep pytest from exiting): on timeout
-    each FIFO is opened for writing once, which releases any reader, before the test fails.
-    """
-    result: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            result["outcome"] = v.ingest_and_validate(spec)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-            result["error"] = exc
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(seconds)
-    if worker.is_alive():
-        for fifo in fifos:
-            try:
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-            except OSError:
-                pass
-        worker.join(10)
-        pytest.fail(f"validation still running after {seconds:.0f} s: a special file was opened and blocked")
-    if "error" in result:
-        raise result["error"]  # type: ignore[misc]
-    return result["outcome"]  # type: ignore[return-value]
+    """``ingest_and_validate(spec)``, failing the test (never hanging it) after ``seconds``."""
+    return call_within(seconds, lambda: v.ingest_and_validate(spec), fifos, what="validation")
 
 
 def test_special_files_are_quarantined_without_being_opened(tmp_path):
