@@ -17,7 +17,7 @@ import torch
 
 from counterfactual_lab.devices import dtype_for, resolve_device
 from counterfactual_lab.errors import UnsafeModelError, UserError
-from counterfactual_lab.model_safety import is_local_model, remote_code_refusal, safe_load_kwargs
+from counterfactual_lab.model_safety import is_local_model, safe_load_kwargs
 
 # Which diffusers pipeline class each generation method uses.
 PIPELINE_CLASSES = {
@@ -71,6 +71,8 @@ def _load(method: str, model: str, revision: str | None, device: torch.device, d
     try:
         pipeline = cls.from_pretrained(model, **kwargs)
     except (OSError, ValueError) as exc:
+        from counterfactual_lab.model_safety import remote_code_refusal
+
         refusal = remote_code_refusal(model, exc)  # a custom pipeline or component class: never imported
         if refusal is not None:
             raise refusal from None

@@ -7,7 +7,6 @@ explicit storage options, which win.
 
 from __future__ import annotations
 
-import copy
 import io
 import os
 import re
@@ -64,9 +63,10 @@ def storage_options_for(uri: str, options: dict[str, Any] | None = None) -> dict
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint and "endpoint_url" not in options and "client_kwargs" not in options:
             options["endpoint_url"] = endpoint
-        # A copy: botocore rewrites the retries dict in place, which would change the caller's
-        # options (and these defaults) under them.
-        options["config_kwargs"] = copy.deepcopy({**S3_TIMEOUTS, **(options.get("config_kwargs") or {})})
+        # Nested dicts copied: botocore rewrites the retries dict in place, which would change
+        # the caller's options (and these defaults) under them.
+        config = {**S3_TIMEOUTS, **(options.get("config_kwargs") or {})}
+        options["config_kwargs"] = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     return options
 
 

@@ -116,7 +116,7 @@ def test_loaders_never_trust_remote_code(tiny_models):
 def test_local_clip_with_auto_map_is_refused_without_running_its_code(tiny_models, tmp_path):
     marker = tmp_path / "MARKER"
     folder = clip_with_auto_map(tiny_models, tmp_path / "evil-clip", marker)
-    with pytest.raises(UnsafeModelError, match=r"custom code.*EvilModel") as info:
+    with pytest.raises(UnsafeModelError, match="code.*is never run") as info:
         ClipEmbedder.load(str(folder), device="cpu")
     assert str(folder) in str(info.value)
     assert not marker.exists(), "the model's own code ran"
@@ -125,7 +125,7 @@ def test_local_clip_with_auto_map_is_refused_without_running_its_code(tiny_model
 def test_hub_clip_with_auto_map_is_refused_without_running_its_code(tiny_models, tmp_path, hub_cache):
     marker = tmp_path / "MARKER"
     clip_with_auto_map(tiny_models, in_hub_cache(hub_cache, "evil-org/clip"), marker)
-    with pytest.raises(UnsafeModelError, match="custom code"):
+    with pytest.raises(UnsafeModelError, match="code.*is never run"):
         ClipEmbedder.load("evil-org/clip", device="cpu")
     assert not marker.exists(), "the model's own code ran"
 
@@ -140,7 +140,7 @@ def test_the_unchanged_tiny_clip_still_loads_from_a_hub_cache(tiny_models, hub_c
 def test_local_diffusion_model_with_custom_classes_is_refused_without_running_its_code(tiny_models, tmp_path, build):
     marker = tmp_path / "MARKER"
     folder = build(tiny_models, tmp_path / "evil-sd", marker)
-    with pytest.raises(UnsafeModelError, match="custom code") as info:
+    with pytest.raises(UnsafeModelError, match="code.*is never run") as info:
         load_pipeline("img2img", str(folder), None, "cpu")
     assert str(folder) in str(info.value)
     assert not marker.exists(), "the model's own code ran"
@@ -149,7 +149,7 @@ def test_local_diffusion_model_with_custom_classes_is_refused_without_running_it
 def test_hub_diffusion_model_with_custom_pipeline_is_refused_without_running_its_code(tiny_models, tmp_path, hub_cache):
     marker = tmp_path / "MARKER"
     img2img_with_custom_pipeline(tiny_models, in_hub_cache(hub_cache, "evil-org/sd"), marker)
-    with pytest.raises(UnsafeModelError, match="custom code"):
+    with pytest.raises(UnsafeModelError, match="code.*is never run"):
         load_pipeline("img2img", "evil-org/sd", None, "cpu")
     assert not marker.exists(), "the model's own code ran"
 
