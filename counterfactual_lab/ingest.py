@@ -411,7 +411,7 @@ class _BatchIngester:
                 if isinstance(exc, TimeoutError) and self.read_deadline:
                     why = (
                         f"no complete read within {self.read_deadline:g} s (set by the dataset's "
-                        "storage_options.config_kwargs: connect_timeout, read_timeout, retries.max_attempts)"
+                        "storage_options.config_kwargs: connect_timeout, read_timeout, retries.total_max_attempts)"
                     )
                 raise TransientStorageError(f"image {short_repr(ref)} could not be read: {why}") from exc
             if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
