@@ -8,6 +8,7 @@ their own below: they cannot be copied to S3, or need their own bucket or endpoi
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import io
@@ -291,7 +292,8 @@ def test_special_files_are_quarantined_without_being_opened(tmp_path):
     os.mkfifo(root / "fifo.png")
     (root / "folder.png").mkdir()
     sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(root / "socket.png"))
+    with contextlib.chdir(root):  # a relative name: AF_UNIX paths are limited to ~100 bytes
+        sock.bind("socket.png")
     os.symlink(root / "fifo.png", root / "link-to-fifo.png")  # a symlink inside the root is followed, then checked
     rows = [row(name, by_path(f"{name}.png")) for name in ("ok", "fifo", "folder", "socket", "link-to-fifo")]
     pq.write_table(pa.Table.from_pylist(rows), root / "d.parquet")

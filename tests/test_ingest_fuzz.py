@@ -19,6 +19,7 @@ case count fixed, so a failure names a case that fails again.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
@@ -162,7 +163,8 @@ def build_layout(base: Path, rng: random.Random) -> Layout:
     layout.fifos.append(root / "fifo.png")
     os.symlink(root / "fifo.png", root / "link-to-fifo.png")
     sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(root / "socket.png"))
+    with contextlib.chdir(root):  # a relative name: AF_UNIX paths are limited to ~100 bytes
+        sock.bind("socket.png")
     layout.sockets.append(sock)
     return layout
 
