@@ -75,6 +75,11 @@ def _load(method: str, model: str, revision: str | None, device: torch.device, d
     try:
         pipeline = cls.from_pretrained(model, **kwargs)
     except (OSError, ValueError) as exc:
+        from counterfactual_lab.model_safety import remote_code_refusal
+
+        refusal = remote_code_refusal(model, exc)  # a custom pipeline or component class: never imported
+        if refusal is not None:
+            raise refusal from None
         text = str(exc)
         if "safetensors" in text.lower():
             raise UnsafeModelError(

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from counterfactual_lab.errors import UserError
-from counterfactual_lab.model_safety import is_local_model, safe_load_kwargs
+from counterfactual_lab.model_safety import is_local_model, refuse_custom_code_config, remote_code_refusal, safe_load_kwargs
 
 SIGMOID_MODEL_TYPES = ("siglip", "siglip2")
 DEFAULT_CACHE_ENTRIES = 100_000
@@ -179,8 +179,14 @@ class ClipEmbedder:
         dtype = dtype_for(device)
         try:
             network = AutoModel.from_pretrained(model, dtype=dtype, **kwargs)
+            refuse_custom_code_config(model, network.config)
             processor_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "trust_remote_code")}
             processor = AutoProcessor.from_pretrained(model, **processor_kwargs)
+        except ValueError as exc:
+            refusal = remote_code_refusal(model, exc)
+            if refusal is None:
+                raise
+            raise refusal from None
         except OSError as exc:
             raise UserError(
                 f"cannot load the CLIP-family model {model!r} (revision {revision!r}): {exc}. "

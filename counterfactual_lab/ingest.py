@@ -6,7 +6,8 @@ S3, pyarrow's native local filesystem on disk), so memory is bounded by ``batch_
 by the dataset size.
 
 Per row, ingest resolves the image (struct{bytes, path}, plain binary, or a string path/URI
-that must stay inside the dataset root), computes its sha256 content key, parses the header
+that must stay inside the dataset root and name a regular file: FIFOs, devices, sockets and
+directories are never opened), computes its sha256 content key, parses the header
 (decompression bombs and over-limit pixel counts are never decoded), decodes and converts it
 to RGB, and optionally stores the RGB PNG in the content-addressed :class:`ImageStore`.
 Nothing here rejects a row: problems are recorded in ``image_error``/``image_error_detail``
@@ -16,6 +17,7 @@ turns them into quarantine reasons. Frames carry no image bytes.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 from collections.abc import Iterator
@@ -27,17 +29,26 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+from fsspec.asyn import AsyncFileSystem
 
-from counterfactual_lab.errors import DatasetUnreadable
+from counterfactual_lab.errors import DatasetUnreadable, TransientStorageError
 from counterfactual_lab.images import ImageHeader, ImageRejected, content_key, decode_rgb, looks_like_bomb, open_header
 from counterfactual_lab.images import REASON_DECOMPRESSION_BOMB
+from counterfactual_lab.regular_files import NotARegularFile, read_regular_file
 from counterfactual_lab.spec import DatasetSpec
-from counterfactual_lab.storage import ImageStore, filesystem, is_transient, join
+from counterfactual_lab.storage import ImageStore, filesystem, is_transient, join, read_deadline_seconds
 
 REASON_MISSING_IMAGE = "missing_image"
 REASON_IMAGE_NOT_FOUND = "image_not_found"
 REASON_IMAGE_UNREADABLE = "image_unreadable"
 REASON_PATH_ESCAPES_ROOT = "path_escapes_root"
+REASON_INVALID_IMAGE_PATH = "invalid_image_path"
+REASON_NOT_A_REGULAR_FILE = "not_a_regular_file"
+
+# Longest image reference accepted, in UTF-8 bytes: Linux's PATH_MAX (S3 keys stop at 1024),
+# and NAME_MAX for one local file or folder name. Longer ones name no file, only fill logs.
+MAX_IMAGE_REF_BYTES = 4096
+MAX_LOCAL_NAME_BYTES = 255
 
 # Derived ids are the content key's prefix: 64 bits, short enough to read in a report.
 DERIVED_ID_CHARS = 16
@@ -138,23 +149,38 @@ class DatasetSource:
         return path if rel.startswith("..") else rel
 
     def resolve_image(self, ref: str) -> str:
-        """The filesystem path of image reference ``ref``; raises unless it is inside the root."""
+        """The filesystem path of image reference ``ref``; raises unless it is inside the root.
+
+        Raises :class:`ImageRejected` with ``invalid_image_path`` for a reference no file can
+        have (NUL or other control characters, over-long), checked before any system call, and
+        ``path_escapes_root`` for one outside the root (``..``, absolute, another scheme or
+        bucket, a sibling folder sharing the root's name as a prefix, a symlink leading out).
+        """
         ref = ref.strip()
+        problem = _invalid_reference(ref, self.protocol)
+        if problem:
+            raise ImageRejected(REASON_INVALID_IMAGE_PATH, f"image path {short_repr(ref)} {problem}")
         if "://" in ref:
             scheme, rest = ref.split("://", 1)
             same = scheme == "file" if self.protocol == "file" else scheme in ("s3", "s3a")
             if not same:
-                raise ImageRejected(REASON_PATH_ESCAPES_ROOT, f"image URI {ref!r} is outside the dataset root")
+                raise ImageRejected(REASON_PATH_ESCAPES_ROOT, f"image URI {short_repr(ref)} is outside the dataset root")
             candidate = posixpath.normpath(rest if self.protocol == "file" else rest.lstrip("/"))
         elif ref.startswith("/"):
             candidate = posixpath.normpath(ref if self.protocol == "file" else ref.lstrip("/"))
         else:
             candidate = posixpath.normpath(posixpath.join(self.root, ref))
         if not _inside(candidate, self.root):
-            raise ImageRejected(REASON_PATH_ESCAPES_ROOT, f"image path {ref!r} escapes the dataset root")
+            bucket, root_bucket = candidate.split("/", 1)[0], self.root.split("/", 1)[0]
+            if self.protocol == "s3" and "://" in ref and bucket != root_bucket:
+                raise ImageRejected(
+                    REASON_PATH_ESCAPES_ROOT,
+                    f"image path {short_repr(ref)} escapes the dataset root: it is in bucket {bucket!r}, not {root_bucket!r}",
+                )
+            raise ImageRejected(REASON_PATH_ESCAPES_ROOT, f"image path {short_repr(ref)} escapes the dataset root")
         # A symlink inside the root may still point outside it: check where it really lands.
         if self.protocol == "file" and not _inside(os.path.realpath(candidate), os.path.realpath(self.root)):
-            raise ImageRejected(REASON_PATH_ESCAPES_ROOT, f"image path {ref!r} links outside the dataset root")
+            raise ImageRejected(REASON_PATH_ESCAPES_ROOT, f"image path {short_repr(ref)} links outside the dataset root")
         return candidate
 
     def record_batches(self, batch_rows: int) -> Iterator[tuple[str, int, pa.RecordBatch]]:
@@ -330,6 +356,7 @@ class _BatchIngester:
         self.store = image_store
         self.stored = _stored_keys(image_store)
         self.schema = ingested_schema(source.spec, source.plan)
+        self.read_deadline = read_deadline_seconds(source.uri, source.spec.storage_options)
 
     def ingest_batch(self, batch: pa.RecordBatch, file: str, offset: int, pool: ThreadPoolExecutor) -> pl.DataFrame:
         n = batch.num_rows
@@ -385,17 +412,35 @@ class _BatchIngester:
             return None, None, (rejected.reason, rejected.detail)
         limit = self.limits.max_image_bytes
         try:
-            with self.source.fs.open(path, "rb") as handle:
-                data = handle.read(limit + 1)  # never read more than the limit allows
-            if len(data) > limit:
-                return None, self.source.fs.size(path), None
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return None, None, (REASON_IMAGE_NOT_FOUND, f"image {ref!r} does not exist under the dataset root")
-        except OSError as exc:
+            if self.source.protocol == "file":
+                data, size = read_regular_file(path, limit)  # FIFOs, devices, sockets: never opened
+            else:
+                data, size = _read_object(self.source.fs, path, limit, self.read_deadline)
+        except NotARegularFile as exc:
+            return None, None, (
+                REASON_NOT_A_REGULAR_FILE,
+                f"image {short_repr(ref)} is a {exc.kind}, not a regular file; only regular files are read",
+            )
+        except (FileNotFoundError, NotADirectoryError):
+            return None, None, (REASON_IMAGE_NOT_FOUND, f"image {short_repr(ref)} does not exist under the dataset root")
+        except Exception as exc:  # noqa: BLE001 - any failure to read one object is that row's, unless transient
             if is_transient(exc):
-                raise
-            return None, None, (REASON_IMAGE_UNREADABLE, f"image {ref!r} cannot be read: {_first_line(exc)}")
-        return data, len(data), None
+                # Not the row's fault: the task's transient-only retry policy tries again.
+                why = _first_line(exc)
+                if isinstance(exc, TimeoutError) and self.read_deadline:
+                    why = (
+                        f"no complete read within {self.read_deadline:g} s (set by the dataset's "
+                        "storage_options.config_kwargs: connect_timeout, read_timeout, retries.total_max_attempts)"
+                    )
+                raise TransientStorageError(f"image {short_repr(ref)} could not be read: {why}") from exc
+            if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+                return None, None, (REASON_INVALID_IMAGE_PATH, f"image path {short_repr(ref)} is too long for the filesystem")
+            if not isinstance(exc, OSError) and self.source.protocol == "file":
+                raise  # a local read fails with OSError only: anything else is a bug, not a row problem
+            return None, None, (REASON_IMAGE_UNREADABLE, f"image {short_repr(ref)} cannot be read: {_first_line(exc)}")
+        if data is None:
+            return None, size, None  # over the byte limit: never read, validation reports the size
+        return data, size, None
 
     def _check_header(self, row: _Row) -> None:
         assert row.data is not None
@@ -473,18 +518,29 @@ def _image_refs(column: pa.Array | pa.ChunkedArray) -> tuple[list[bytes | None],
         return column.to_pylist(), [None] * n
     if _is_string(kind):
         return [None] * n, column.to_pylist()
-    raise DatasetUnreadable(f"image column has type {kind}; expected struct<bytes, path>, binary or string")
+    if pa.types.is_null(kind):
+        return [None] * n, [None] * n
+    raise DatasetUnreadable(f"image column has type {kind}; expected struct<bytes: binary, path: string>, binary or string")
 
 
 def _check_column_types(source: DatasetSource) -> None:
+    """Raise :class:`DatasetUnreadable` naming the column (and field) whose type no row can use.
+
+    A Parquet type belongs to the whole column, so a wrong one is a schema error, not one
+    quarantine line per row: every row of the file carries it, and the fix is one change to
+    how the file is written. A null-typed column (every value null) is accepted: its rows are
+    quarantined one by one (missing image, missing caption).
+    """
     plan, schema = source.plan, source.schema
     kind = schema.field(plan.image).type
-    if not (pa.types.is_struct(kind) or _is_binary(kind) or _is_string(kind)):
+    if not (pa.types.is_struct(kind) or _is_binary(kind) or _is_string(kind) or pa.types.is_null(kind)):
         raise DatasetUnreadable(
-            f"dataset {source.uri}: column {plan.image!r} has type {kind}; expected struct<bytes, path>, binary or string"
+            f"dataset {source.uri}: column {plan.image!r} has type {kind}; "
+            "expected struct<bytes: binary, path: string>, binary or string"
         )
     if pa.types.is_struct(kind):
         names = {kind.field(i).name for i in range(kind.num_fields)}
+        _check_image_struct_fields(source, kind)
         if not names & {"bytes", "path"}:
             raise DatasetUnreadable(
                 f"dataset {source.uri}: image struct column {plan.image!r} has neither a 'bytes' nor a 'path' field"
@@ -493,12 +549,31 @@ def _check_column_types(source: DatasetSource) -> None:
     text_columns = [plan.caption, plan.id, plan.label, *plan.attributes.values(), *pairs, plan.counterfactual_set]
     for name in (c for c in text_columns if c and c in schema.names):
         kind = schema.field(name).type
-        if name == plan.caption and not _is_string(kind):
+        if name == plan.caption and not (_is_string(kind) or pa.types.is_null(kind)):
             raise DatasetUnreadable(f"dataset {source.uri}: caption column {name!r} has type {kind}; expected string")
+        # Binary casts to text row by row and fails on the first non-UTF-8 value: not text.
+        binary = _is_binary(kind) or (pa.types.is_dictionary(kind) and _is_binary(kind.value_type))
         try:
+            if binary:
+                raise pa.ArrowInvalid("binary")
             pa.array([], type=kind).cast(pa.string())
         except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
-            raise DatasetUnreadable(f"dataset {source.uri}: column {name!r} has type {kind}; expected text") from None
+            raise DatasetUnreadable(f"dataset {source.uri}: column {name!r} has type {kind}; expected text (string)") from None
+
+
+def _check_image_struct_fields(source: DatasetSource, kind: pa.StructType) -> None:
+    """``bytes`` must be binary and ``path`` text (or all null): ``struct<bytes: string, path:
+    int64>`` would hand text to the image decoder and a number to the path resolver."""
+    for name, expected, ok in (("bytes", "binary", _is_binary), ("path", "string", _is_string)):
+        index = kind.get_field_index(name)
+        if index < 0:
+            continue
+        field_type = kind.field(index).type
+        if not (ok(field_type) or pa.types.is_null(field_type)):
+            raise DatasetUnreadable(
+                f"dataset {source.uri}: image struct column {source.plan.image!r} has field {name!r} of type "
+                f"{field_type}; expected {expected} (struct<bytes: binary, path: string>)"
+            )
 
 
 def attribute_pair_columns(batch: pa.RecordBatch, plan: ColumnPlan) -> dict[str, list[str | None]]:
@@ -537,6 +612,53 @@ def _strings(batch: pa.RecordBatch, column: str) -> list[str | None]:
     if not _is_string(values.type) or pa.types.is_dictionary(values.type):
         values = values.cast(pa.string())
     return values.to_pylist()
+
+
+def _read_object(fs: Any, path: str, limit: int, deadline: float | None) -> tuple[bytes | None, int]:
+    """``(content, size)`` of an object store's object; content None (not read) over ``limit`` bytes.
+
+    Reads at most ``limit + 1`` bytes (one ranged request) whatever the object's size. Each
+    call ends within ``deadline`` seconds, retries included (``storage.read_deadline_seconds``):
+    fsspec cancels it and raises a ``TimeoutError``.
+    """
+    # fsspec's synchronous wrappers of an async filesystem (s3fs) take a total timeout.
+    bounded = {"timeout": deadline} if deadline and isinstance(fs, AsyncFileSystem) else {}
+    info = fs.info(path, **bounded)
+    if info.get("type") != "file":
+        raise NotARegularFile(path, str(info.get("type") or "non-file entry"))
+    size = info.get("size")
+    if size is not None and size > limit:
+        return None, int(size)
+    data = fs.cat_file(path, start=0, end=limit + 1, **bounded)
+    if len(data) > limit:
+        return None, max(len(data), int(size or 0))
+    return data, len(data)
+
+
+def _invalid_reference(ref: str, protocol: str) -> str | None:
+    """Why no file can have the name ``ref`` (None when it could): said before any system call,
+    which would raise (``embedded null byte``) or mangle the name."""
+    if "\0" in ref:
+        return "contains a NUL byte"
+    control = next((c for c in ref if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if control is not None:
+        return f"contains the control character U+{ord(control):04X}"
+    size = len(ref.encode("utf-8"))
+    if size > MAX_IMAGE_REF_BYTES:
+        return f"is {size:,} bytes long; image paths are limited to {MAX_IMAGE_REF_BYTES:,} bytes"
+    if protocol != "file":
+        return None  # an S3 key may hold long "names": only the whole key is bounded
+    longest = max((len(part.encode("utf-8")) for part in ref.split("/")), default=0)
+    if longest > MAX_LOCAL_NAME_BYTES:
+        return f"has a {longest:,}-byte name; file names are limited to {MAX_LOCAL_NAME_BYTES} bytes"
+    return None
+
+
+def short_repr(ref: str, limit: int = 120) -> str:
+    """``repr(ref)`` cut to ``limit`` characters: quarantine details stay one short readable line
+    whatever a row holds (a 5 kB path, a megabyte of caption in an attribute column)."""
+    text = repr(ref)
+    return text if len(text) <= limit else f"{text[: limit - 20]}...' ({len(ref):,} characters)"
 
 
 def _is_binary(kind: pa.DataType) -> bool:

@@ -1,7 +1,11 @@
 """What a security reviewer asks of model loading: safetensors only, no remote code.
 
 Every ``from_pretrained`` in the library goes through :func:`safe_load_kwargs` and, for
-local folders, :func:`check_local_model_dir` first.
+local folders, :func:`check_local_model_dir` first. Remote code is refused in layers: the
+loaders pass ``trust_remote_code=False`` (so the library never imports a model's own code),
+turn the library's "custom code" error into :class:`UnsafeModelError`
+(:func:`remote_code_refusal`), and refuse a model whose config asks for its own classes even
+when the library fell back to a built-in one (:func:`refuse_custom_code_config`).
 """
 
 from __future__ import annotations
@@ -74,3 +78,32 @@ def safe_load_kwargs(model: str, revision: str | None) -> dict[str, Any]:
     if revision and not is_local_model(model):
         kwargs["revision"] = revision
     return kwargs
+
+
+def refuse_custom_code_config(model: str, config: Any) -> None:
+    """Refuse a loaded config whose ``auto_map`` names the model's own classes.
+
+    With ``trust_remote_code=False`` transformers never imports that code, but for a known
+    ``model_type`` it quietly loads its built-in class instead, which may not be the
+    architecture the weights were trained for: refuse rather than audit with the wrong model.
+    """
+    auto_map = getattr(config, "auto_map", None)
+    if auto_map:
+        classes = ", ".join(sorted({str(v) for v in auto_map.values()}))[:200]
+        raise UnsafeModelError(
+            f"model {model} needs custom code (its config's auto_map names {classes}); remote code is never run "
+            "— use a model whose classes transformers/diffusers provide"
+        )
+
+
+def remote_code_refusal(model: str, exc: BaseException) -> UnsafeModelError | None:
+    """The :class:`UnsafeModelError` for a library's "this repository contains custom code"
+    error (raised because ``trust_remote_code`` is False), or None for any other error."""
+    text = str(exc)
+    if "trust_remote_code" not in text and "custom code" not in text:
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return UnsafeModelError(
+        f"model {model} needs custom code to load ({first[:300]}); remote code is never run "
+        "— use a model whose classes transformers/diffusers provide"
+    )

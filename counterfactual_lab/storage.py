@@ -22,13 +22,53 @@ from fsspec.core import url_to_fs
 from counterfactual_lab.errors import TransientStorageError
 
 
+# botocore settings (s3fs ``config_kwargs``) applied to every S3 filesystem unless the storage
+# options set them: a stalled endpoint fails a request after these many seconds instead of
+# hanging the run. A timed-out request is retried (botocore's attempts, then s3fs's own), and
+# a read that still fails is a transient error: the task retries it (runtime.retries).
+S3_TIMEOUTS: dict[str, Any] = {"connect_timeout": 10, "read_timeout": 30, "retries": {"total_max_attempts": 3, "mode": "standard"}}
+
+
+def read_deadline_seconds(uri: str, options: dict[str, Any] | None = None) -> float | None:
+    """The most one remote object read (an image) may take, retries included: botocore's
+    ``attempts × (connect_timeout + read_timeout)`` from the effective ``config_kwargs``
+    (120 s with :data:`S3_TIMEOUTS`), where attempts is ``retries.total_max_attempts``, or
+    ``retries.max_attempts + 1`` (botocore counts retries there). None for local paths, or
+    when a timeout is switched off.
+
+    s3fs wraps each request in two retry loops of its own (5 × 5 tries, measured), so without
+    this bound one stalled object holds a run for 75 read timeouts (measured against a proxy that
+    never answers: 75 requests, 127 s at read_timeout 1 s; about 40 min at the default 30 s).
+    """
+    if not uri.startswith(("s3://", "s3a://")):
+        return None
+    config = storage_options_for(uri, options)["config_kwargs"]
+    connect, read = config.get("connect_timeout"), config.get("read_timeout")
+    if connect is None or read is None:
+        return None
+    retries = config.get("retries") or {}
+    if "total_max_attempts" in retries:
+        attempts = int(retries["total_max_attempts"])
+    elif "max_attempts" in retries:
+        attempts = int(retries["max_attempts"]) + 1
+    else:
+        attempts = 3 if retries.get("mode", "standard") == "standard" else 5  # botocore's defaults
+    attempts = max(attempts, 1)
+    return float(attempts) * (float(connect) + float(read))
+
+
 def storage_options_for(uri: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Storage options for ``uri``: explicit options over the standard AWS environment."""
+    """Storage options for ``uri``: explicit options over the standard AWS environment, and for
+    S3 the :data:`S3_TIMEOUTS` defaults under ``config_kwargs`` (each key the options leave unset)."""
     options = dict(options or {})
-    if uri.startswith("s3://"):
+    if uri.startswith(("s3://", "s3a://")):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint and "endpoint_url" not in options and "client_kwargs" not in options:
             options["endpoint_url"] = endpoint
+        # Nested dicts copied: botocore rewrites the retries dict in place, which would change
+        # the caller's options (and these defaults) under them.
+        config = {**S3_TIMEOUTS, **(options.get("config_kwargs") or {})}
+        options["config_kwargs"] = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     return options
 
 

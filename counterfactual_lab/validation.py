@@ -49,6 +49,7 @@ from counterfactual_lab.ingest import (  # noqa: F401
     missing_columns_message,
     open_dataset,
 )
+from counterfactual_lab.ingest import REASON_INVALID_IMAGE_PATH, REASON_NOT_A_REGULAR_FILE, short_repr  # noqa: F401
 from counterfactual_lab.spec import DatasetSpec
 from counterfactual_lab.storage import ImageStore, join, write_bytes_atomic
 
@@ -64,8 +65,10 @@ REASON_UNKNOWN_ATTRIBUTE = "unknown_attribute_value"
 
 REASONS: tuple[str, ...] = (
     REASON_MISSING_IMAGE,
+    REASON_INVALID_IMAGE_PATH,
     REASON_PATH_ESCAPES_ROOT,
     REASON_IMAGE_NOT_FOUND,
+    REASON_NOT_A_REGULAR_FILE,
     REASON_IMAGE_UNREADABLE,
     REASON_EMPTY_IMAGE,
     REASON_IMAGE_TOO_LARGE,
@@ -297,7 +300,7 @@ class RowValidator:
         if reason == REASON_MISSING_ID:
             return reason, "id is null"
         if reason == REASON_DUPLICATE_ID:
-            return reason, f"id {row['id']!r} is already used by {row['duplicate_of']}"
+            return reason, f"id {short_repr(row['id'])} is already used by {row['duplicate_of']}"
         if reason == REASON_MISSING_CAPTION:
             return reason, "caption is null"
         if reason == REASON_BLANK_CAPTION:
@@ -309,7 +312,7 @@ class RowValidator:
         if reason == REASON_UNKNOWN_ATTRIBUTE:
             attribute = meta["attribute"]
             allowed = ", ".join(self.spec.vocabulary(attribute))
-            return reason, f"{attribute} value {row[attribute]!r} is not in the vocabulary ({allowed})"
+            return reason, f"{attribute} value {short_repr(row[attribute])} is not in the vocabulary ({allowed})"
         raise AssertionError(f"expectation without a known quarantine reason: {meta}")
 
     def _valid_columns(self, rows: pl.DataFrame) -> pl.DataFrame:

@@ -2,13 +2,22 @@
 
 One dataset holds every case (one row each, named by id) and is validated once per module;
 each test then checks its own row. The same dataset, copied to S3, must validate identically.
+Special files (FIFOs, sockets, devices), other buckets and a stalled S3 object have tests of
+their own below: they cannot be copied to S3, or need their own bucket or endpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import http.server
 import io
 import os
+import socket
+import stat
 import struct
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -18,9 +27,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from hang_guard import call_within
+
 from counterfactual_lab import validation as v
+from counterfactual_lab.errors import TransientStorageError
 from counterfactual_lab.spec import DatasetSpec, ValidationLimits
-from counterfactual_lab.storage import ImageStore
+from counterfactual_lab.storage import ImageStore, is_transient
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 LIMITS = ValidationLimits(max_pixels=64 * 64, max_image_bytes=20_000, caption_max_chars=200)
@@ -73,6 +85,11 @@ CASES: dict[str, str | None] = {
     "escape-relative": v.REASON_PATH_ESCAPES_ROOT,
     "escape-absolute": v.REASON_PATH_ESCAPES_ROOT,
     "escape-uri": v.REASON_PATH_ESCAPES_ROOT,
+    # data-evil/ shares the root's name as a prefix: only a component-wise check keeps it out.
+    "escape-sibling-prefix": v.REASON_PATH_ESCAPES_ROOT,
+    "invalid-path-nul": v.REASON_INVALID_IMAGE_PATH,
+    "invalid-path-control": v.REASON_INVALID_IMAGE_PATH,
+    "invalid-path-too-long": v.REASON_INVALID_IMAGE_PATH,
     "null-caption": v.REASON_MISSING_CAPTION,
     "blank-caption": v.REASON_BLANK_CAPTION,
     "long-caption": v.REASON_CAPTION_TOO_LONG,
@@ -82,11 +99,14 @@ CASES: dict[str, str | None] = {
 
 
 def build_bad_dataset(base: Path) -> Path:
-    """``base/data`` (the dataset root) and ``base/outside.png`` (a valid image outside it)."""
+    """``base/data`` (the dataset root), ``base/outside.png`` and ``base/data-evil/x.png``
+    (valid images outside it)."""
     root = base / "data"
     (root / "images").mkdir(parents=True)
     outside = base / "outside.png"
     outside.write_bytes(small_png(9))
+    (base / "data-evil").mkdir()
+    (base / "data-evil" / "x.png").write_bytes(small_png(12))
     (root / "images" / "ok.png").write_bytes(small_png(2))
     noise = png(Image.effect_noise((64, 64), 80).convert("RGB"))
     rows = [
@@ -111,6 +131,10 @@ def build_bad_dataset(base: Path) -> Path:
         row("dup", inline(small_png(8))),
         row("dup", inline(small_png(10))),
         row(None, inline(small_png(11))),
+        row("escape-sibling-prefix", by_path("../data-evil/x.png")),
+        row("invalid-path-nul", by_path("images/ok.png\x00.txt")),
+        row("invalid-path-control", by_path("images/o\x1bk.png")),
+        row("invalid-path-too-long", by_path("a/" * 2600 + "ok.png")),
     ]
     table = pa.Table.from_pylist(
         rows,
@@ -169,7 +193,7 @@ def test_null_id_is_quarantined(outcome):
 
 
 def test_nothing_is_lost(outcome):
-    assert outcome.rows_in == 21
+    assert outcome.rows_in == 25
     assert outcome.valid.height + outcome.quarantined == outcome.rows_in
     assert sum(outcome.by_reason.values()) == outcome.quarantined
     assert outcome.quarantine["row_index"].n_unique() == outcome.quarantined  # one line per row
@@ -197,8 +221,16 @@ def test_attribute_values_use_the_vocabulary_spelling(outcome):
 
 def test_escaping_paths_are_never_read(bad_root, outcome):
     # outside.png is a perfectly valid image: only the path check can reject it.
-    for case in ("escape-relative", "escape-absolute"):
+    for case in ("escape-relative", "escape-absolute", "escape-sibling-prefix"):
         assert "escapes the dataset root" in outcome.quarantine.filter(pl.col("id") == case)["detail"][0]
+
+
+def test_invalid_paths_say_why_in_one_short_line(outcome):
+    detail = dict(outcome.quarantine.filter(pl.col("reason") == v.REASON_INVALID_IMAGE_PATH).select("id", "detail").rows())
+    assert "NUL byte" in detail["invalid-path-nul"]
+    assert "U+001B" in detail["invalid-path-control"]
+    assert "5,206 bytes long" in detail["invalid-path-too-long"]
+    assert all("\n" not in d and len(d) < 300 for d in detail.values())  # the 5 kB path is cut
 
 
 def test_symlink_leading_outside_the_root_is_not_followed(tmp_path):
@@ -243,3 +275,179 @@ def test_local_and_s3_copies_validate_identically(bad_root, outcome, s3_bucket, 
     assert all(uri.startswith(f"s3://{s3_bucket}/out/images/") for uri in remote.valid["image_uri"])
     stored = {k["Key"] for k in client.list_objects_v2(Bucket=s3_bucket, Prefix="out/images/")["Contents"]}
     assert {f"out/images/{key}.png" for key in remote.valid["content_key"]} <= stored
+
+
+# -- special files: never opened, never hang -------------------------------------------------
+
+
+def validate_within(spec: DatasetSpec, seconds: float, fifos: list[Path]) -> v.ValidationOutcome:
+    """``ingest_and_validate(spec)``, failing the test (never hanging it) after ``seconds``."""
+    return call_within(seconds, lambda: v.ingest_and_validate(spec), fifos, what="validation")
+
+
+def test_special_files_are_quarantined_without_being_opened(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "ok.png").write_bytes(small_png(1))
+    os.mkfifo(root / "fifo.png")
+    (root / "folder.png").mkdir()
+    sock = socket.socket(socket.AF_UNIX)
+    with contextlib.chdir(root):  # a relative name: AF_UNIX paths are limited to ~100 bytes
+        sock.bind("socket.png")
+    os.symlink(root / "fifo.png", root / "link-to-fifo.png")  # a symlink inside the root is followed, then checked
+    rows = [row(name, by_path(f"{name}.png")) for name in ("ok", "fifo", "folder", "socket", "link-to-fifo")]
+    pq.write_table(pa.Table.from_pylist(rows), root / "d.parquet")
+    try:
+        outcome = validate_within(spec_for(str(root)), 60, [root / "fifo.png"])
+    finally:
+        sock.close()
+    assert outcome.rows_in == 5 and outcome.valid["id"].to_list() == ["ok"]
+    quarantined = {r["id"]: r for r in outcome.quarantine.to_dicts()}
+    assert {i: r["reason"] for i, r in quarantined.items()} == {
+        name: v.REASON_NOT_A_REGULAR_FILE for name in ("fifo", "folder", "socket", "link-to-fifo")
+    }
+    assert "is a FIFO (named pipe), not a regular file" in quarantined["fifo"]["detail"]
+    assert "is a directory" in quarantined["folder"]["detail"]
+    assert "is a socket" in quarantined["socket"]["detail"]
+
+
+def test_character_device_inside_the_root_is_quarantined(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    try:  # /dev/zero's numbers: endless zeros, size 0 — read today as a valid row without an image
+        os.mknod(root / "zero.png", stat.S_IFCHR | 0o600, os.makedev(1, 5))
+    except PermissionError:
+        pytest.skip("creating a device node needs CAP_MKNOD (root); test_regular_files covers the check")
+    pq.write_table(pa.Table.from_pylist([row("device", by_path("zero.png"))]), root / "d.parquet")
+    outcome = validate_within(spec_for(str(root)), 60, [])
+    assert outcome.valid.height == 0
+    assert outcome.quarantine.select("reason", "detail").row(0) == (
+        v.REASON_NOT_A_REGULAR_FILE,
+        "image 'zero.png' is a character device, not a regular file; only regular files are read",
+    )
+
+
+# -- S3: other buckets and stalled objects ----------------------------------------------------
+
+
+@pytest.mark.s3
+def test_cross_bucket_reference_is_refused(s3_bucket):
+    import boto3
+
+    client = boto3.client("s3")
+    other = f"{s3_bucket}-other"
+    client.create_bucket(Bucket=other)
+    # A valid image the same credentials can read: only the root check stands in the way.
+    client.put_object(Bucket=other, Key="images/secret.png", Body=small_png(3))
+    client.put_object(Bucket=s3_bucket, Key="data/images/ok.png", Body=small_png(4))
+    rows = [
+        row("cross-bucket", by_path(f"s3://{other}/images/secret.png")),
+        row("cross-bucket-s3a", by_path(f"s3a://{other}/images/secret.png")),
+        row("same-bucket-uri", by_path(f"s3://{s3_bucket}/data/images/ok.png")),
+    ]
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    client.put_object(Bucket=s3_bucket, Key="data/d.parquet", Body=buffer.getvalue())
+
+    outcome = v.ingest_and_validate(spec_for(f"s3://{s3_bucket}/data"))
+    assert outcome.valid["id"].to_list() == ["same-bucket-uri"]
+    for case in ("cross-bucket", "cross-bucket-s3a"):
+        reason, detail = outcome.quarantine.filter(pl.col("id") == case).select("reason", "detail").row(0)
+        assert reason == v.REASON_PATH_ESCAPES_ROOT
+        assert f"it is in bucket {other!r}, not {s3_bucket!r}" in detail
+
+
+class StallingS3Proxy:
+    """An HTTP proxy in front of the moto server that never answers a GET of one key.
+
+    Everything else (listings, HEAD, the Parquet file) passes through, so only reading that
+    image's bytes stalls, as an object on a failing disk of an S3-compatible store would.
+    """
+
+    def __init__(self, upstream: str, stalled_key: str) -> None:
+        host, port = upstream.removeprefix("http://").split(":")
+        self.release = threading.Event()
+        release = self.release
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            stalled = 0
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if self.command == "GET" and self.path.split("?")[0].endswith(stalled_key):
+                    Handler.stalled += 1
+                    release.wait(120)
+                    self.close_connection = True
+                    return
+                upstream_conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                upstream_conn.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+                response = upstream_conn.getresponse()
+                data = response.read()
+                upstream_conn.close()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = forward
+
+        self.handler = Handler
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_remote_read_deadline_follows_the_timeouts():
+    from counterfactual_lab.storage import S3_TIMEOUTS, read_deadline_seconds, storage_options_for
+
+    assert read_deadline_seconds("s3://b/data") == 3 * (10 + 30) == 120
+    assert read_deadline_seconds("/local/data") is None
+    mine = {"config_kwargs": {"read_timeout": 5, "retries": {"max_attempts": 2}}}  # botocore: 2 retries
+    assert read_deadline_seconds("s3://b/data", mine) == 3 * (10 + 5)
+    merged = storage_options_for("s3://b/data", mine)["config_kwargs"]
+    assert merged == {**S3_TIMEOUTS, "read_timeout": 5, "retries": {"max_attempts": 2}}
+    merged["retries"]["mode"] = "legacy"  # botocore edits this dict in place: nothing shared changes
+    assert mine["config_kwargs"]["retries"] == {"max_attempts": 2}
+    assert S3_TIMEOUTS["retries"] == {"total_max_attempts": 3, "mode": "standard"}
+
+
+@pytest.mark.s3
+def test_a_stalled_s3_image_ends_the_read_within_its_deadline(s3_bucket, s3_endpoint):
+    import boto3
+
+    client = boto3.client("s3")
+    for key in ("data/images/ok.png", "data/images/stalled.png"):
+        client.put_object(Bucket=s3_bucket, Key=key, Body=small_png(5))
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([row("ok", by_path("images/ok.png")), row("stalled", by_path("images/stalled.png"))]), buffer)
+    client.put_object(Bucket=s3_bucket, Key="data/d.parquet", Body=buffer.getvalue())
+    proxy = StallingS3Proxy(s3_endpoint, "images/stalled.png")
+    # 1 s per request and one botocore attempt: a 2 s deadline for the whole read, s3fs's own retries included.
+    options = {"endpoint_url": proxy.url, "config_kwargs": {"connect_timeout": 1, "read_timeout": 1, "retries": {"total_max_attempts": 1}}}
+    spec = DatasetSpec(name="stall", uri=f"s3://{s3_bucket}/data", limits=LIMITS, storage_options=options)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransientStorageError) as info:
+            v.ingest_and_validate(spec, workers=1)
+    finally:
+        proxy.close()
+    elapsed = time.monotonic() - started
+    assert proxy.handler.stalled >= 1  # the read really reached the stalled object
+    assert "image 'images/stalled.png' could not be read: no complete read within 2 s" in str(info.value)
+    assert elapsed < 30, f"a 2 s read deadline took {elapsed:.0f} s"
+    assert is_transient(info.value)  # the task's retry policy tries the stage again

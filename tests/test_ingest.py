@@ -154,3 +154,44 @@ def test_wrong_image_column_type_is_named(tmp_path):
 def test_s3_missing_bucket_is_unreadable(s3_bucket):
     with pytest.raises(DatasetUnreadable, match="does not exist"):
         open_dataset(spec(f"s3://{s3_bucket}-missing/data"))
+
+
+@pytest.mark.parametrize(
+    "image_type, message",
+    [
+        (
+            pa.struct([("bytes", pa.string()), ("path", pa.int64())]),
+            "image struct column 'image' has field 'bytes' of type string; expected binary",
+        ),
+        (
+            pa.struct([("bytes", pa.binary()), ("path", pa.int64())]),
+            "image struct column 'image' has field 'path' of type int64; expected string",
+        ),
+    ],
+    ids=["bytes-as-string", "path-as-int"],
+)
+def test_wrongly_typed_image_struct_is_one_schema_error(tmp_path, image_type, message):
+    values = [{"bytes": "not bytes", "path": 7}] if image_type.field("bytes").type == pa.string() else [{"bytes": png((1, 2, 3)), "path": 7}]
+    pq.write_table(pa.table({"image": pa.array(values, image_type), "caption": ["a man"]}), tmp_path / "d.parquet")
+    with pytest.raises(DatasetUnreadable, match=message) as info:
+        list(ingest(spec(tmp_path)))
+    assert "\n" not in str(info.value) and str(tmp_path) in str(info.value)
+
+
+def test_binary_text_column_is_a_schema_error_not_a_crash(tmp_path):
+    table = pa.table({
+        "id": pa.array([b"\xff\xfe not utf-8"], pa.binary()),
+        "image": pa.array([png((1, 1, 1))], pa.binary()),
+        "caption": ["a man"],
+    })
+    pq.write_table(table, tmp_path / "d.parquet")
+    with pytest.raises(DatasetUnreadable, match=r"column 'id' has type binary; expected text"):
+        list(ingest(spec(tmp_path)))
+
+
+def test_all_null_columns_are_rows_without_image_or_caption(tmp_path):
+    # pyarrow types a column of nulls as `null`: each row is then missing its value, row by row.
+    pq.write_table(pa.table({"id": ["a", "b"], "image": pa.nulls(2), "caption": pa.nulls(2)}), tmp_path / "d.parquet")
+    rows = read_ingested(spec(tmp_path))
+    assert rows["image_error"].to_list() == ["missing_image", "missing_image"]
+    assert rows["caption"].to_list() == [None, None]

@@ -1,0 +1,88 @@
+"""Only regular files are read: anything else is named, never opened, never waited on."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+
+import pytest
+
+from counterfactual_lab.regular_files import NotARegularFile, file_kind, read_regular_file
+
+
+def test_a_regular_file_is_read_up_to_the_limit(tmp_path):
+    path = tmp_path / "a.png"
+    path.write_bytes(b"x" * 100)
+    assert read_regular_file(str(path), 100) == (b"x" * 100, 100)
+    assert read_regular_file(str(path), 99) == (None, 100)  # over the limit: size only, not read
+
+
+def test_a_symlink_to_a_regular_file_is_followed(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"abc")
+    os.symlink(tmp_path / "a.png", tmp_path / "link.png")
+    assert read_regular_file(str(tmp_path / "link.png"), 10) == (b"abc", 3)
+
+
+@pytest.mark.parametrize("path, kind", [("/dev/zero", "character device"), ("/dev/null", "character device")])
+def test_devices_are_refused(path, kind):
+    # /dev/zero never ends and reports size 0: read, it would look like an empty but valid file.
+    with pytest.raises(NotARegularFile) as info:
+        read_regular_file(path, 1000)
+    assert info.value.kind == kind
+
+
+def test_fifo_socket_and_directory_are_refused_without_opening(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    with socket.socket(socket.AF_UNIX) as sock, contextlib.chdir(tmp_path):
+        sock.bind("sock")  # a relative name: AF_UNIX paths are limited to ~100 bytes
+        kinds = {}
+        for name in ("fifo", "sock", "."):
+            with pytest.raises(NotARegularFile) as info:
+                read_regular_file(str(tmp_path / name), 1000)  # a FIFO opened for reading would block here
+            kinds[name] = info.value.kind
+    assert kinds == {"fifo": "FIFO (named pipe)", "sock": "socket", ".": "directory"}
+
+
+def test_missing_file_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_regular_file(str(tmp_path / "nope.png"), 10)
+
+
+def test_file_kind_names():
+    assert file_kind(os.stat("/").st_mode) == "directory"
+    assert file_kind(os.lstat("/dev/null").st_mode) == "character device"
+
+
+def test_a_file_swapped_for_a_fifo_after_the_check_is_not_waited_on(tmp_path, monkeypatch):
+    """The race: stat sees a regular file, then the path becomes a FIFO before it is opened."""
+    import threading
+
+    from counterfactual_lab import regular_files
+
+    path = tmp_path / "a.png"
+    path.write_bytes(b"abc")
+    real_open = os.open
+
+    def swap_then_open(name, flags, *args):
+        os.remove(path)
+        os.mkfifo(path)
+        return real_open(name, flags, *args)
+
+    monkeypatch.setattr(regular_files.os, "open", swap_then_open)
+    outcome: dict[str, BaseException] = {}
+
+    def read() -> None:
+        try:
+            read_regular_file(str(path), 10)
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            outcome["error"] = exc
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():
+        os.close(real_open(path, os.O_WRONLY | os.O_NONBLOCK))  # release the blocked reader
+        pytest.fail("the swapped-in FIFO was opened in blocking mode")
+    assert isinstance(outcome.get("error"), NotARegularFile)
+    assert "FIFO (named pipe) swapped in" in str(outcome["error"])
