@@ -176,14 +176,18 @@ def locate_run(
     dataset spec when the caller has already resolved it (see :func:`audited_spec`).
     """
     from counterfactual_lab.fingerprints import dataset_fingerprint
-    from counterfactual_lab.model_identity import model_identity
+    from counterfactual_lab.method_params import METHODS_WITHOUT_WEIGHTS
+    from counterfactual_lab.model_identity import model_identity, weightless_identity
 
     spec = audited_spec(config, dataset_uri, spec)
     fingerprint = dataset_fingerprint(spec)
     models = {}
     for role in model_roles(spec, evaluate):
         section = getattr(config, MODEL_SECTIONS[role])
-        models[role] = model_identity(section.model, section.revision)
+        if role == "generator" and config.generation.method in METHODS_WITHOUT_WEIGHTS:
+            models[role] = weightless_identity(config.generation.method, section.model)
+        else:
+            models[role] = model_identity(section.model, section.revision)
     identity = run_identity(config, spec, fingerprint.value, models)
     return RunLocation(
         spec=spec,

@@ -33,6 +33,14 @@ METHOD_PARAMS: dict[str, dict[str, Any]] = {
 # LEDITS++ needs sides divisible by 32 (its attention masks work at a quarter of the latents).
 SIDE_MULTIPLE = {"instruct-pix2pix": 8, "img2img": 8, "ledits": 32}
 
+# The planted-bias world's editor (counterfactual_lab/validity): it exists to validate the
+# audit and loads no weights, so its `generation.model` names nothing to load or hash.
+from counterfactual_lab.validity import editor as _validation  # noqa: E402  (numpy and PIL only)
+
+METHOD_PARAMS[_validation.METHOD] = dict(_validation.PARAMS)
+SIDE_MULTIPLE[_validation.METHOD] = _validation.SIDE_MULTIPLE
+METHODS_WITHOUT_WEIGHTS = frozenset({_validation.METHOD})
+
 # Pipeline ``__call__`` arguments the editors set from other config keys (or per item): a
 # ``generation.params`` entry may not set them, and the error says where they come from.
 SET_ELSEWHERE: dict[str, str] = {
@@ -49,17 +57,6 @@ SET_ELSEWHERE: dict[str, str] = {
     "output_type": "the editor (PIL images)",
     "num_images_per_prompt": "generation.seeds_per_target",
 }
-
-# Ranges of the numeric params; anything outside is refused before a run starts.
-PARAM_RANGES: dict[str, tuple[float, float, bool]] = {  # name: (low, high, low is inclusive)
-    "strength": (0.0, 1.0, False),
-    "image_guidance_scale": (0.0, 100.0, True),
-    "eta": (0.0, 1.0, True),
-    "edit_guidance_scale": (0.0, 100.0, True),
-    "edit_threshold": (0.0, 1.0, True),
-    "skip": (0.0, 1.0, True),
-}
-
 
 # Ranges of the numeric params; anything outside is refused before a run starts.
 PARAM_RANGES: dict[str, tuple[float, float, bool]] = {  # name: (low, high, low is inclusive)

@@ -88,6 +88,12 @@ def model_identity(model: str, revision: str | None = None) -> ModelIdentity:
     )
 
 
+def weightless_identity(method: str, model: str) -> ModelIdentity:
+    """The identity of a generation method that loads no weights (the planted-bias world's
+    ``validation`` editor): the method itself is the generator; ``model`` names nothing."""
+    return ModelIdentity(model=model, revision=None, source="none", key=f"method:{method}")
+
+
 def folder_sha256(root: str | Path) -> tuple[dict[str, str], dict[str, str]]:
     """(weight files, other files) under ``root``: relative POSIX path → sha256; hidden paths skipped."""
     root = Path(root)

@@ -24,14 +24,14 @@ def check_audit(config: AuditConfig, dataset_uri: str | None = None, *, evaluate
     ``evaluate=False`` (``cflab generate``) skips the model under audit. Raises a
     :class:`~counterfactual_lab.errors.UserError` naming the key at fault.
     """
-    from counterfactual_lab.method_params import check_method_params
+    from counterfactual_lab.method_params import METHODS_WITHOUT_WEIGHTS, check_method_params
 
     spec = config.dataset_spec(dataset_uri)
     generates = not spec.columns.counterfactual_set  # an evaluate-only dataset needs no generator
     if generates:
         check_method_params(config.generation)
     roles = {"judge.model": config.judge.model} if generates else {}
-    if generates:
+    if generates and config.generation.method not in METHODS_WITHOUT_WEIGHTS:
         roles = {"generation.model": config.generation.model, **roles}
     if evaluate:
         roles["audit.model"] = config.audit.model

@@ -171,7 +171,7 @@ def test_two_audits_of_the_same_config_at_once_generate_each_item_once(prefect_s
     run = read_run(results[0])
     acc = assert_accounting_closes(run)
     planned = acc["planned"]
-    assert planned == 16
+    assert planned == 40  # 8 rows × (reconstruction + counterfactual) × 2 seeds + 8 controls
     # Each work item generated exactly once, by one of the two audits; each batch one pipeline call.
     assert len(made) == planned and set(Counter(made).values()) == {1}
     assert set(made) == set(run.counterfactuals["content_key"])

@@ -133,16 +133,27 @@ def error_lines(stderr: str) -> list[str]:
 
 @pytest.mark.prefect
 @pytest.mark.slow
-def test_an_audit_whose_items_all_fail_is_published_failed_and_exits_1(prefect_server, tiny_models, tmp_path_factory, capsys):
-    """img2img with strength 0.2 over 2 steps leaves the diffusers pipeline 0 denoising steps: it
-    raises on every call, so each of the 8 work items fails on its own (a real editor failure, as
-    MemoryError was for the huge resolution of the hardening probe). Judge and evaluation still run."""
+def test_an_audit_whose_items_all_fail_is_published_failed_and_exits_1(
+    prefect_server, tiny_models, tmp_path_factory, capsys, monkeypatch
+):
+    """Every call of the real img2img pipeline raises (an injected fault standing in for the
+    MemoryError of the hardening probe's huge resolution: configs that cannot make an image are
+    now refused before the run starts), so each of the 8 work items fails on its own. Judge and
+    evaluation still run."""
+    import diffusers
+
     from test_audit_flow import audit_home, generate_batch_calls, write_config
+
+    def broken_call(self, *args, **kwargs):
+        raise RuntimeError("injected: the pipeline cannot make this image")
+
+    monkeypatch.setattr(diffusers.StableDiffusionImg2ImgPipeline, "__call__", broken_call)
 
     inputs = audit_home(tmp_path_factory, tiny_models)
     root = tmp_path_factory.mktemp("failed-run")
     out = root / "out"
-    failing = {"seeds_per_target": 1, "batch_size": 8, "params": {"strength": 0.2}}
+    # The older plan (no reconstructions or controls) keeps the count at one item per row.
+    failing = {"seeds_per_target": 1, "batch_size": 8, "reconstruction": False}
     config = write_config(root / "audit.yaml", inputs, str(out), generation=failing)
 
     capsys.readouterr()

@@ -327,8 +327,6 @@ EDITORS: dict[str, type[DiffusersEditor]] = {
 from counterfactual_lab.validity import editor as _validation  # noqa: E402
 
 EDITORS[_validation.METHOD] = _validation.ValidationEditor  # type: ignore[assignment]
-METHOD_PARAMS[_validation.METHOD] = dict(_validation.PARAMS)
-SIDE_MULTIPLE[_validation.METHOD] = _validation.SIDE_MULTIPLE
 
 
 _editors: dict[tuple[str, str], DiffusersEditor] = {}
