@@ -110,7 +110,11 @@ class AuditModelConfig(BaseModel):
     top_k: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
     bootstrap_samples: int = Field(1000, ge=50)
+    bootstrap_seed: int = Field(0, ge=0, description="seed of the bootstrap resamples (docs/metrics.md)")
     confidence: float = Field(0.95, gt=0, lt=1)
+    min_group_size: int = Field(
+        5, ge=1, description="groups with fewer images are left out of selection rate, parity and equalized odds"
+    )
 
 
 class OutputConfig(BaseModel):

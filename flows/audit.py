@@ -129,7 +129,7 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
     if evaluate:
         predictions, retrieval = _evaluate(pool, config, store, device)
         tables["predictions"] = predictions
-        tables["metrics"] = compute_fairness_metrics(predictions, retrieval, counterfactuals, config.audit)
+        tables["metrics"] = compute_fairness_metrics(predictions, retrieval, counterfactuals, config.audit, config.attributes)
 
     counts = generation_counts(records)
     accounting = row_accounting(outcome.rows_in, outcome.valid.height, outcome.quarantined, counterfactuals)

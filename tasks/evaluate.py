@@ -26,6 +26,11 @@ def evaluate_batch(
 
 @task(name="compute-metrics")
 def compute_fairness_metrics(
-    predictions: pl.DataFrame, retrieval: pl.DataFrame, counterfactuals: pl.DataFrame, audit: AuditModelConfig
+    predictions: pl.DataFrame,
+    retrieval: pl.DataFrame,
+    counterfactuals: pl.DataFrame,
+    audit: AuditModelConfig,
+    attribute_values: dict[str, list[str]] | None = None,
 ) -> pl.DataFrame:
-    return compute_metrics(predictions, retrieval, counterfactuals, audit)
+    """The metrics table; ``attribute_values`` is the config's ``attributes`` (the values of each attribute)."""
+    return compute_metrics(predictions, retrieval, counterfactuals, audit, attribute_values)
