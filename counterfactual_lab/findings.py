@@ -11,8 +11,9 @@ sit beside the row they control, not on their own):
   flip rate and the absolute gap only *above* the control counts (a change smaller than the
   generator's own variation is not bias), for the signed gap either side. Otherwise the
   sentence says "no difference detected at this sample size" with n. Where the run has no
-  control (``real_vs_generated``: reconstruction off; ``evaluate_only``), the interval is
-  compared with the no-effect value (0) and the sentence says there was no control.
+  control (``real_vs_generated``: reconstruction off; ``evaluate_only``), the flip rate and the
+  signed gap are compared with the no-effect value (0) and the sentence says there was no
+  control; the absolute gap, positive whenever anything varies, is then reported, not called.
 * **Group and retrieval metrics** (selection rate, parity, equalized odds, skew, NDKL) and CITS
   are reported with their intervals but never called: no control measures how much of them
   the generator's own variation produces, and spreads such as max − min or NDKL are ≥ 0 by
@@ -60,7 +61,16 @@ REFERENCE_NONE = "none"
 
 # Pair metrics the audit calls: which side of the reference counts as a difference.
 _CALLED_METRICS = {"flip_rate": "above", "prob_gap_abs": "above", "prob_gap_signed": "either"}
-_NO_EFFECT = {"flip_rate": 0.0, "prob_gap_abs": 0.0, "prob_gap_signed": 0.0}
+# Without a control, a metric is compared with the value that means no change, when an interval
+# can reach it under no effect. The mean |Δ| cannot: it is positive whenever anything varies
+# (the generator's own noise), so without a control it is reported, not called.
+_NO_EFFECT = {"flip_rate": 0.0, "prob_gap_signed": 0.0}
+
+REAL_VS_GENERATED_WARNING = (
+    "Reconstruction was off: pairs compare original photos with generated images, and group and retrieval "
+    "metrics rank a pool of real and generated images, so a difference may only measure whether an image "
+    "was generated (real vs generated)."
+)
 
 STRATUM_TITLES = {
     STRATUM_GENERATED: "generated vs generated",
@@ -71,8 +81,7 @@ STRATUM_TITLES = {
 _STRATUM_PREFIX = {
     STRATUM_GENERATED: "",
     STRATUM_EVALUATE_ONLY: "Counterfactual sets: ",
-    STRATUM_REAL_VS_GENERATED: "Real vs generated (originals compared with generated images, which may only measure "
-                               "that an image was generated): ",
+    STRATUM_REAL_VS_GENERATED: "Real vs generated: ",
     STRATUM_OBSERVATIONAL: "Observational (originals only, descriptive): ",
 }
 
@@ -182,7 +191,7 @@ def _assess(row: dict[str, Any], controls: Mapping[tuple, dict[str, Any]]) -> di
                            control_ci_high=control["ci_high"], control_n=control["n"])
                 if control["value"] is not None:
                     out["called"] = _excludes(row, control["ci_low"], control["ci_high"], side)
-        else:
+        elif kind in _NO_EFFECT:
             no_effect = _NO_EFFECT[kind]
             out.update(reference=REFERENCE_NO_EFFECT, no_effect=no_effect,
                        called=_excludes(row, no_effect, no_effect, side))
@@ -327,6 +336,9 @@ def _descriptive_sentence(row: Mapping[str, Any]) -> str:
         what = row["metric"] + "".join(f" {p}" for p in (row.get("group"), row.get("label")) if p)
         where = f" for {query}" if row.get("query") else ""
         return f"{attribute} {what}{where} is undefined: {row.get('note') or 'no reason recorded'}"
+    if kind == "prob_gap_abs":
+        return (f"{_subject(row)}: {_measure(row)} ({_sample(row, 'pairs')}); there was no control in this run, and a "
+                "mean absolute change is positive whenever anything varies, so it is reported, not compared with 0")
     if kind == "selection_rate":
         return (f"{attribute} {row['group']} images are labelled {_label(row)} {percent(value)} of the time"
                 f"{interval(row, percent)} ({images.lstrip(', ')})")
@@ -445,6 +457,8 @@ def summary_markdown(manifest: Mapping[str, Any], metrics: pl.DataFrame, report_
     if findings.height:
         lines.append(f"{called} difference(s) called (interval excludes the control's, or no change where there "
                      "was no control).")
+        if (findings["stratum"] == STRATUM_REAL_VS_GENERATED).any():
+            lines.append(f"**{REAL_VS_GENERATED_WARNING}**")
         lines.append("")
     lines += [f"- {_md_cell(s)}" for s in findings["sentence"].head(8).to_list()] or ["- no metrics were computed"]
     table = headline_table(metrics, max_rows=20)

@@ -24,6 +24,7 @@ from typing import Any
 import polars as pl
 
 from counterfactual_lab.findings import (
+    REAL_VS_GENERATED_WARNING,
     REFERENCE_NONE,
     STRATUM_TITLES,
     assess_findings,
@@ -158,11 +159,7 @@ def _findings_section(metrics: pl.DataFrame) -> str:
         "the source images behind them.</p>",
     ]
     if (findings["stratum"] == STRATUM_REAL_VS_GENERATED).any():
-        parts.append(
-            '<p class="problem">Reconstruction was off: pairs compare original photos with generated images and '
-            "group metrics rank a pool of mixed real and generated images, so a difference may only measure "
-            "whether an image was generated (real vs generated).</p>"
-        )
+        parts.append(f'<p class="problem">{e(REAL_VS_GENERATED_WARNING)}</p>')
     if compared.height:
         parts.append(_findings_table(compared.to_dicts()))
     if descriptive.height:

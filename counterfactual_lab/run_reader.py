@@ -15,12 +15,14 @@ import polars as pl
 
 from counterfactual_lab.errors import UserError
 from counterfactual_lab.findings import (
+    REAL_VS_GENERATED_WARNING,
     accounting_lines,
     assess_findings,
     headline_table,
     models_line,
     table_cells,
 )
+from counterfactual_lab.metrics.schema import STRATUM_REAL_VS_GENERATED
 from counterfactual_lab.publish import MANIFEST_NAME, REPORT_NAME, TABLE_NAMES
 from counterfactual_lab.storage import exists, filesystem, join, read_bytes
 
@@ -117,6 +119,8 @@ control) and the headline metrics with their intervals and controls."""
     called = int(findings["called"].sum())
     lines.append("Headline findings:")
     lines.append(f"  {called} difference(s) called (an interval that excludes its control's; docs/metrics.md)")
+    if (findings["stratum"] == STRATUM_REAL_VS_GENERATED).any():
+        lines.append(f"  {REAL_VS_GENERATED_WARNING}")
     lines += [f"  - {sentence}" for sentence in findings["sentence"].head(8).to_list()]
     lines.append("")
     lines.append(f"Headline metrics ({_confidence(manifest)} bootstrap interval):")

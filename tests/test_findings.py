@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from counterfactual_lab.config import AuditModelConfig
-from counterfactual_lab.findings import FINDINGS_SCHEMA, any_bias_finding, assess_findings, headline_findings
+from counterfactual_lab.findings import FINDINGS_SCHEMA, any_bias_finding, assess_findings, headline_findings, summary_markdown
 from counterfactual_lab.metrics import METRICS_SCHEMA, compute_metrics
 from metric_frames import row
 
@@ -92,6 +92,7 @@ def test_without_a_control_the_comparison_is_with_no_change_and_says_so():
     table = metrics_table([
         ("flip_rate", "evaluate_only", "race", None, None, 0.2, 0.1, 0.3, 80, 20),
         ("prob_gap_signed", "evaluate_only", "race", None, "doctor", 0.05, -0.01, 0.11, 80, 20),
+        ("prob_gap_abs", "evaluate_only", "race", None, "doctor", 0.09, 0.07, 0.11, 80, 20),
         ("flip_rate", "real_vs_generated", "gender", None, None, 1.0, 0.86, 1.0, 7, 7),
     ])
     findings = assess_findings(table)
@@ -104,8 +105,12 @@ def test_without_a_control_the_comparison_is_with_no_change_and_says_so():
     signed = finding(findings, "prob_gap_signed", "evaluate_only", label="doctor")
     assert not signed["called"] and signed["sentence"].endswith("there was no control in this run")
     assert "no difference detected at this sample size (n=80 pairs from 20 source images)" in signed["sentence"]
+    absolute = finding(findings, "prob_gap_abs", "evaluate_only", label="doctor")
+    assert not absolute["called"] and absolute["reference"] == "none"
+    assert absolute["sentence"].endswith("so it is reported, not compared with 0")
     real = finding(findings, "flip_rate", "real_vs_generated")
-    assert real["called"] and real["sentence"].startswith("Real vs generated (originals compared with generated images")
+    assert real["called"] and real["sentence"].startswith("Real vs generated: changing gender: the top-1 label flips in 100%")
+    assert "Reconstruction was off: pairs compare original photos with generated images" in summary_markdown({}, table, None)
 
 
 def test_a_missing_control_calls_nothing_and_says_why():

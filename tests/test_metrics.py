@@ -240,3 +240,14 @@ def test_bad_predictions_say_what_is_wrong():
     with pytest.raises(ValueError, match="variants \\['edited'\\]"):
         compute_metrics(frame.with_columns(pl.lit("edited").alias("variant")), pl.DataFrame(), pl.DataFrame(), AUDIT)
     assert wilson_interval(0, 10, 0.95)[1] == pytest.approx(Z95**2 / (10 + Z95**2))
+
+
+def test_pairs_from_fewer_sources_than_min_group_size_get_no_interval():
+    # Each transition rests on 2 source images, the whole attribute on 4.
+    audit = AUDIT.model_copy(update={"min_group_size": 3})
+    metrics = compute_metrics(generated_predictions(), pl.DataFrame(), pl.DataFrame(), audit)
+    transition = one(metrics, "flip_rate", group="male→female")
+    assert transition["value"] == pytest.approx(0.5) and transition["ci_low"] is None and transition["ci_high"] is None
+    assert transition["note"] == "fewer than min_group_size=3 source images (2): no interval"
+    overall = one(metrics, "flip_rate", stratum="generated", group=None)
+    assert overall["ci_low"] is not None and overall["note"] is None

@@ -10,11 +10,13 @@ For P pairs (from → to, see :mod:`counterfactual_lab.metrics.pairs`):
 The same three over control pairs (reconstruction → control image: same source, same value,
 another seed) are ``control_flip_rate``, ``control_prob_gap_abs`` and ``control_prob_gap_signed``:
 how much the answer moves when nothing protected changes. Intervals: cluster bootstrap by
-source; the flip rate is a proportion (Wilson at the number of sources when 0/P or P/P).
+source; the flip rate is a proportion (Wilson at the number of sources when 0/P or P/P). Rows
+resting on fewer than ``audit.min_group_size`` source images keep their value but get no interval.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -54,8 +56,14 @@ def probability_gap(pairs: pl.DataFrame, label: str) -> tuple[float | None, floa
     return float(np.abs(delta).mean()), float(delta.mean())
 
 
-def _estimates(pairs: pl.DataFrame, labels: list[str], settings: IntervalSettings) -> list[tuple[str, str | None, Estimate]]:
-    """(metric, label, estimate) for one subset of pairs."""
+def _estimates(pairs: pl.DataFrame, labels: list[str], settings: IntervalSettings, min_sources: int
+               ) -> list[tuple[str, str | None, Estimate]]:
+    """(metric, label, estimate) for one subset of pairs.
+
+    With fewer than ``min_sources`` source images behind the pairs the values stand without an
+    interval (a bootstrap over a handful of sources has almost nothing to resample), so no
+    difference can be called on them.
+    """
     usable = pairs.filter(pl.col("top1_to").is_not_null() & pl.col("top1_from").is_not_null())
     if usable.height == 0:
         none = Estimate.undefined("no pairs")
@@ -66,11 +74,15 @@ def _estimates(pairs: pl.DataFrame, labels: list[str], settings: IntervalSetting
         delta = pair_deltas(usable, label)
         out.append((PROB_GAP_ABS, label, mean_estimate(np.abs(delta), clusters, settings)))
         out.append((PROB_GAP_SIGNED, label, mean_estimate(delta, clusters, settings)))
+    sources = out[0][2].n_sources
+    if sources < min_sources:
+        note = f"fewer than min_group_size={min_sources} source images ({sources}): no interval"
+        out = [(m, label, replace(e, low=None, high=None, skipped=None).with_note(note)) for m, label, e in out]
     return out
 
 
 def pair_metric_rows(
-    pairs: pl.DataFrame, attribute: str, stratum: str, labels: list[str], settings: IntervalSettings
+    pairs: pl.DataFrame, attribute: str, stratum: str, labels: list[str], settings: IntervalSettings, min_sources: int = 1
 ) -> list[dict[str, Any]]:
     """Flip rate and gaps of one attribute's pairs: overall (group null) and per transition."""
     rows = []
@@ -79,13 +91,13 @@ def pair_metric_rows(
         for transition in sorted(pairs["transition"].unique().to_list())
     ]
     for transition, subset in subsets:
-        for metric, label, estimate in _estimates(subset, labels, settings):
+        for metric, label, estimate in _estimates(subset, labels, settings, min_sources):
             rows.append(metric_row(metric, stratum, attribute, estimate, group=transition, label=label))
     return rows
 
 
 def control_metric_rows(
-    controls: pl.DataFrame, attribute: str, stratum: str, labels: list[str], settings: IntervalSettings
+    controls: pl.DataFrame, attribute: str, stratum: str, labels: list[str], settings: IntervalSettings, min_sources: int = 1
 ) -> list[dict[str, Any]]:
     """``control_flip_rate`` and ``control_prob_gap_abs/_signed`` of one attribute (group null).
 
@@ -96,5 +108,5 @@ def control_metric_rows(
         missing = Estimate.undefined("no control pairs (no kept control image beside a kept set of the same source)")
         estimates = [(FLIP_RATE, None, missing)] + [(m, label, missing) for label in labels for m in (PROB_GAP_ABS, PROB_GAP_SIGNED)]
     else:
-        estimates = _estimates(controls, labels, settings)
+        estimates = _estimates(controls, labels, settings, min_sources)
     return [metric_row(CONTROL_PREFIX + metric, stratum, attribute, estimate, label=label) for metric, label, estimate in estimates]

@@ -35,6 +35,7 @@ from counterfactual_lab.metrics.schema import (
     STRATUM_GENERATED,
     STRATUM_OBSERVATIONAL,
     STRATUM_REAL_VS_GENERATED,
+    VARIANT_ORIGINAL,
     VARIANT_RECONSTRUCTION,
     metrics_frame,
 )
@@ -122,10 +123,13 @@ def compute_metrics(
     for attribute in sorted(predictions["attribute"].drop_nulls().unique().to_list()):
         rows_of = predictions.filter(pl.col("attribute") == attribute)
         values = _spelled_as_in(attribute_values.get(attribute) if attribute_values else None, rows_of)
-        if comparison is not None:
-            rows += pair_metric_rows(_PAIRS[comparison](rows_of, labels), attribute, comparison, labels, settings)
+        # An attribute with generated images gets pair rows (undefined, with a note, when none pair up);
+        # one with originals only (nothing generated for it) is observational only.
+        if comparison is not None and (rows_of["variant"] != VARIANT_ORIGINAL).any():
+            floor = audit.min_group_size
+            rows += pair_metric_rows(_PAIRS[comparison](rows_of, labels), attribute, comparison, labels, settings, floor)
             if comparison == STRATUM_GENERATED:
-                rows += control_metric_rows(control_pairs(rows_of, labels), attribute, comparison, labels, settings)
+                rows += control_metric_rows(control_pairs(rows_of, labels), attribute, comparison, labels, settings, floor)
             rows += _pool_rows(comparison_pool(rows_of, comparison), retrieval, attribute, comparison, audit, settings, values)
         rows += _pool_rows(observational_pool(rows_of), retrieval, attribute, STRATUM_OBSERVATIONAL, audit, settings, values)
         cits_stratum = STRATUM_GENERATED if generated else STRATUM_REAL_VS_GENERATED
