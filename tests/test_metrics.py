@@ -251,3 +251,25 @@ def test_pairs_from_fewer_sources_than_min_group_size_get_no_interval():
     assert transition["note"] == "fewer than min_group_size=3 source images (2): no interval"
     overall = one(metrics, "flip_rate", stratum="generated", group=None)
     assert overall["ci_low"] is not None and overall["note"] is None
+
+
+def test_resamples_where_a_group_is_missing_are_skipped_and_counted():
+    # 12 sources: group b lives in source s0 alone (2 images). A resample without s0 has one group:
+    # parity is undefined there (skipped), not 0 — and the count is exactly those resamples.
+    from counterfactual_lab.metrics.intervals import ClusterBootstrap, IntervalSettings, cluster_codes
+
+    frame = pl.DataFrame(
+        [row("s0-1", "s0", "original", "b", 0.9), row("s0-2", "s0", "original", "b", 0.9)]
+        + [row(f"s{i}", f"s{i}", "original", "a", 0.9 if i % 3 else 0.1) for i in range(1, 12)]
+    )
+    audit = AUDIT.model_copy(update={"bootstrap_samples": 400})
+    metrics = compute_metrics(frame, pl.DataFrame(), pl.DataFrame(), audit)
+    parity_row = one(metrics, "demographic_parity_difference", label="doctor")
+    codes, c = cluster_codes(frame["source_id"].to_list())
+    s0 = codes[0]
+    counts = np.concatenate(list(ClusterBootstrap(c, IntervalSettings(400, 0.95, 0)).count_blocks()))
+    without_b = int((counts[:, s0] == 0).sum())
+    assert without_b > 100  # (11/12)^12 ≈ 35% of 400
+    assert parity_row["skipped_resamples"] == without_b
+    # b is always selected, a in 8 of 11 (s3, s6, s9 not): difference 3/11, its interval from the resamples with both.
+    assert parity_row["value"] == pytest.approx(3 / 11) and parity_row["ci_low"] >= 0.0
