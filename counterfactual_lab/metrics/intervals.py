@@ -21,6 +21,7 @@ The same seed gives the same interval, bit for bit.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -33,8 +34,8 @@ from counterfactual_lab.metrics.schema import Estimate
 DEFAULT_SEED = 0
 METHOD_CLUSTER_PERCENTILE = "cluster percentile bootstrap (resampling source images)"
 METHOD_WILSON_AT_SOURCES = "Wilson score interval with n = number of source images (proportions at 0/n or n/n)"
-# Cells (resamples × sources) of one block of resample counts: bounds memory at ~64 MiB.
-_CHUNK_CELLS = 1 << 23
+# Cells (resamples × sources) of one block of resample counts: bounds memory at 32 MiB a block.
+_CHUNK_CELLS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -86,15 +87,15 @@ class ClusterBootstrap:
         return self.settings.n_resamples
 
     def count_blocks(self) -> Iterator[np.ndarray]:
-        """Blocks of resample counts, ``(b, C)`` int arrays, in the same order on every call."""
-        c, total = self.n_clusters, self.settings.n_resamples
-        rng = np.random.default_rng(self.settings.seed)
-        step = max(1, min(total, _CHUNK_CELLS // c))
+        """Blocks of resample counts, ``(b, C)`` float arrays, in the same order on every call."""
+        c, total, seed = self.n_clusters, self.settings.n_resamples, self.settings.seed
+        if total * c <= _CHUNK_CELLS:  # one block: drawn once per (C, B, seed), shared by every metric
+            yield _counts(c, total, seed)
+            return
+        rng = np.random.default_rng(seed)
+        step = max(1, _CHUNK_CELLS // c)
         for start in range(0, total, step):
-            b = min(step, total - start)
-            draws = rng.integers(0, c, size=(b, c))
-            flat = (draws + c * np.arange(b)[:, None]).ravel()
-            yield np.bincount(flat, minlength=b * c).reshape(b, c)
+            yield _draw(rng, c, min(step, total - start))
 
     def sums(self, per_cluster: np.ndarray) -> np.ndarray:
         """Resampled totals: ``per_cluster`` is (C,) or (C, k) per-cluster sums; returns (B,) or (B, k)."""
@@ -102,6 +103,19 @@ class ClusterBootstrap:
         if x.shape[0] != self.n_clusters:
             raise ValueError(f"expected {self.n_clusters} per-cluster rows, got {x.shape[0]}")
         return np.concatenate([counts @ x for counts in self.count_blocks()], axis=0)
+
+
+def _draw(rng: np.random.Generator, c: int, b: int) -> np.ndarray:
+    draws = rng.integers(0, c, size=(b, c))
+    flat = (draws + c * np.arange(b)[:, None]).ravel()
+    return np.bincount(flat, minlength=b * c).reshape(b, c).astype(float)
+
+
+@functools.lru_cache(maxsize=8)
+def _counts(c: int, b: int, seed: int) -> np.ndarray:
+    counts = _draw(np.random.default_rng(seed), c, b)
+    counts.flags.writeable = False  # shared between callers
+    return counts
 
 
 def z_value(confidence: float) -> float:

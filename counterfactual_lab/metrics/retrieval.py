@@ -78,30 +78,15 @@ def skew_at_k(ranked_groups: Sequence[str], k: int, desired: Mapping[str, float]
     return {g: (float(np.log(t / p)) if t > 0 else None) for g, t, p in zip(names, top, d)}
 
 
-def _kl_rows(prefix_shares: np.ndarray, desired: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(prefix_shares > 0, prefix_shares * np.log(prefix_shares / desired), 0.0)
-    return terms.sum(axis=-1)
-
-
 def ndkl(ranked_groups: Sequence[str], desired: Mapping[str, float], k: int | None = None) -> float:
     """NDKL of the ranking against ``desired``: over every position (``k=None``) or the first ``k``."""
     names, codes, d = _encode(ranked_groups, desired)
-    return float(_ndkl_of_codes(codes, len(names), d, k)[1])
-
-
-def _ndkl_of_codes(codes: np.ndarray, n_groups: int, desired: np.ndarray, k: int | None) -> tuple[float, float]:
-    """(NDKL over all positions, NDKL over the first k) of one expanded ranking."""
-    positions = np.arange(1, len(codes) + 1)
-    prefix = np.cumsum(np.eye(n_groups)[codes], axis=0) / positions[:, None]
-    kl = _kl_rows(prefix, desired)
-    discount = 1.0 / np.log2(positions + 1)
-    whole = float((kl * discount).sum() / discount.sum())
-    if k is None:
-        return whole, whole
-    _check_k(k)
-    k = min(k, len(codes))
-    return whole, float((kl[:k] * discount[:k]).sum() / discount[:k].sum())
+    if k is not None:
+        _check_k(k)
+    n = len(codes)
+    whole, truncated = _ndkl_of_resamples(codes, np.ones((1, n), dtype=np.int64), len(names), d[None, :],
+                                          np.array([min(k, n) if k is not None else n]))
+    return float(truncated[0])
 
 
 def ranking_replicates(
@@ -130,12 +115,47 @@ def ranking_replicates(
     max_skew = np.where(in_scope, skew, -np.inf).max(axis=1)
     min_skew = np.where(in_scope, skew, np.inf).min(axis=1)
     min_skew = np.where(np.isfinite(min_skew), min_skew, np.nan)
-    ndkl_all, ndkl_k = np.empty(len(w)), np.empty(len(w))
-    for b in range(len(w)):
-        expanded = np.repeat(codes, w[b].astype(np.int64))
-        ndkl_all[b], ndkl_k[b] = _ndkl_of_codes(expanded, n_groups, d[b], int(k_b[b]))
+    ndkl_all, ndkl_k = _ndkl_of_resamples(codes, w.astype(np.int64), n_groups, np.array(d, dtype=float), k_b)
     return {"skew": np.where(np.isfinite(skew), skew, np.nan), "max_skew": max_skew, "min_skew": min_skew,
             "ndkl": ndkl_all, "ndkl_k": ndkl_k}
+
+
+def _ndkl_of_resamples(codes: np.ndarray, copies: np.ndarray, n_groups: int, desired: np.ndarray, k_b: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(NDKL over all positions, NDKL over the first k_b) of every resample at once.
+
+    Each resample's ranking is the items in rank order, each repeated ``copies[b, i]`` times; all
+    rankings are laid end to end and the prefix shares come from one running count per group,
+    less the count at the start of the resample's own ranking. ``desired``: (b, G), one D per
+    resample. KL(P‖D) = Σ P ln P − Σ P ln D, with 0 · ln 0 = 0 (and D = 0 only where P = 0).
+    """
+    b = copies.shape[0]
+    lengths = copies.sum(axis=1)
+    flat = np.repeat(np.tile(codes, b), copies.ravel())
+    row = np.repeat(np.arange(b), lengths)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    position = np.arange(1, flat.size + 1, dtype=float) - starts[row]
+    shares = np.zeros((flat.size, n_groups))
+    shares[np.arange(flat.size), flat] = 1.0
+    np.cumsum(shares, axis=0, out=shares)
+    before = np.vstack([np.zeros((1, n_groups)), shares])[starts]  # counts before each resample's ranking
+    shares -= before[row]
+    shares /= position[:, None]
+    log_shares = np.zeros_like(shares)
+    np.log(shares, out=log_shares, where=shares > 0)
+    log_desired = np.zeros_like(desired)
+    np.log(desired, out=log_desired, where=desired > 0)
+    kl = np.einsum("tg,tg->t", shares, log_shares)
+    if np.allclose(desired, desired[:1]):  # one D for every resample (the uniform one)
+        kl -= shares @ log_desired[0]
+    else:
+        kl -= np.einsum("tg,tg->t", shares, log_desired[row])
+    discount = 1.0 / np.log2(position + 1)
+    whole = np.bincount(row, kl * discount, minlength=b) / np.bincount(row, discount, minlength=b)
+    top = position <= k_b[row]
+    truncated = np.bincount(row, np.where(top, kl * discount, 0.0), minlength=b) / np.bincount(
+        row, np.where(top, discount, 0.0), minlength=b)
+    return whole, truncated
 
 
 def ranked_pool(pool: pl.DataFrame, retrieval: pl.DataFrame, query: str) -> pl.DataFrame:
