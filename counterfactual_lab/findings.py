@@ -314,7 +314,7 @@ def _pair_sentence(row: Mapping[str, Any]) -> str:
                     "so no difference is called")
         if row["called"]:
             direction = "above" if row["ci_low"] > row["control_ci_high"] else "below"
-            return f"{subject}: {_measure(row)}, {direction} {_control(row)} ({sample})"
+            return f"{subject}: {_measure(row)} ({sample}), {direction} {_control(row)}"
         return f"{subject}: no difference detected at this sample size ({sample}): {_measure(row)} vs {_control(row)}"
     # No control in this run: compared with no change.
     if row["called"]:

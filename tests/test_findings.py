@@ -54,8 +54,8 @@ def test_called_only_where_the_interval_excludes_the_controls():
     assert overall["called"] and overall["reference"] == "control"
     assert (overall["control_value"], overall["control_ci_low"], overall["control_ci_high"], overall["control_n"]) == (0.10, 0.05, 0.15, 60)
     assert overall["sentence"] == (
-        "changing gender: the top-1 label flips in 40% of pairs [30%, 50%], above the control's 10% [5%, 15%] "
-        "(same source and value, another seed; n=60 pairs) (n=120 pairs from 60 source images)"
+        "changing gender: the top-1 label flips in 40% of pairs [30%, 50%] (n=120 pairs from 60 source images), "
+        "above the control's 10% [5%, 15%] (same source and value, another seed; n=60 pairs)"
     )
     # [8%, 20%] overlaps the control's [5%, 15%]: no difference detected, with n.
     overlapping = finding(findings, "flip_rate", group="male→female")
@@ -67,7 +67,7 @@ def test_called_only_where_the_interval_excludes_the_controls():
     assert not finding(findings, "flip_rate", group="female→male")["called"]
     # The signed gap counts on either side: [−0.18, −0.06] lies below [−0.02, 0.04].
     signed = finding(findings, "prob_gap_signed", label="doctor")
-    assert signed["called"] and "changes by -0.12 on average [-0.18, -0.06], below the control's +0.01" in signed["sentence"]
+    assert signed["called"] and "changes by -0.12 on average [-0.18, -0.06] (n=120 pairs from 60 source images), below the control's +0.01" in signed["sentence"]
     assert not finding(findings, "prob_gap_abs", label="doctor")["called"]
 
 

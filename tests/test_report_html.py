@@ -246,8 +246,8 @@ def test_dataset_text_is_escaped(images):
 def test_findings_charts_and_skew_plots_are_drawn(images):
     html = render(images)
     parsed = parse(html)
-    assert ("gender male→female: the top-1 label flips in 23% of pairs [19%, 27%], above the control&#x27;s 6% [3%, 10%]"
-            in html)
+    assert ("gender male→female: the top-1 label flips in 23% of pairs [19%, 27%] (n=120 pairs from 60 source images), "
+            "above the control&#x27;s 6% [3%, 10%]" in html)
     assert "3 difference(s) called." in html
     # Each comparison sits beside its control in the findings table, with its verdict.
     assert "<td>23% [19%, 27%]</td><td>control 6% [3%, 10%]</td><td><span class=\"flip\">called</span></td>" in html
@@ -335,11 +335,11 @@ def test_report_renders_for_an_empty_run(images):
 def test_findings_sentences_in_plain_words():
     findings = headline_findings(metrics_frame(), max_items=30)
     assert findings[0] == (
-        "age young→old: the top-1 label flips in 40% of pairs [30%, 50%], above the control's 10% [5%, 16%] "
-        "(same source and value, another seed; n=30 pairs) (n=60 pairs from 30 source images)")
+        "age young→old: the top-1 label flips in 40% of pairs [30%, 50%] (n=60 pairs from 30 source images), "
+        "above the control's 10% [5%, 16%] (same source and value, another seed; n=30 pairs)")
     assert (
-        "gender male→female: P('doctor') changes by -0.02 on average [-0.03, -0.015], below the control's +0 "
-        "[-0.01, 0.01] (same source and value, another seed; n=115 pairs) (n=120 pairs from 60 source images)"
+        "gender male→female: P('doctor') changes by -0.02 on average [-0.03, -0.015] (n=120 pairs from 60 source "
+        "images), below the control's +0 [-0.01, 0.01] (same source and value, another seed; n=115 pairs)"
     ) in findings
     assert (
         "across gender groups, the share labelled 'doctor' differs by up to 12 percentage points "
@@ -384,5 +384,5 @@ def test_headline_table_is_json_safe_and_summary_links_the_report():
     assert "mean nothing" in text
     assert "[Open the full report](s3://bucket/out/run-1/report.html)" in text
     assert "3 difference(s) called" in text
-    assert "- age young→old: the top-1 label flips in 40% of pairs [30%, 50%], above the control's 10%" in text
+    assert "- age young→old: the top-1 label flips in 40% of pairs [30%, 50%] (n=60 pairs from 30 source images), above" in text
     assert "| flip_rate | generated | age | young→old |  |  | 0.4 | [0.3, 0.5] | 0.1 [0.05, 0.16] | yes | 60 |" in text

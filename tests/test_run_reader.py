@@ -148,8 +148,8 @@ def test_headline_names_run_models_accounting_and_metrics_with_intervals(tmp_pat
     assert "Quarantined by reason: missing caption 1, undecodable image 1" in lines
     assert "  1 difference(s) called (an interval that excludes its control's; docs/metrics.md)" in lines
     assert (
-        "  - gender male→female: the top-1 label flips in 25% of pairs [10%, 40%], above the control's 5% [1%, 8%] "
-        "(same source and value, another seed; n=40 pairs) (n=40 pairs from 20 source images)"
+        "  - gender male→female: the top-1 label flips in 25% of pairs [10%, 40%] (n=40 pairs from 20 source images), "
+        "above the control's 5% [1%, 8%] (same source and value, another seed; n=40 pairs)"
     ) in lines
     table = lines[lines.index("Headline metrics (95% bootstrap interval):") + 1 :]
     assert table[0].split() == ["metric", "stratum", "attribute", "group", "label", "query", "value", "interval",
