@@ -50,3 +50,46 @@ def one(metrics: pl.DataFrame, metric: str, **where) -> dict:
         frame = frame.filter(pl.col(column).is_null() if value is None else pl.col(column) == value)
     assert frame.height == 1, f"{metric} {where}: {frame}"
     return frame.row(0, named=True)
+
+
+def recompute_pair_metrics(predictions: pl.DataFrame, labels: list[str]) -> dict[tuple, tuple[float, int, int]]:
+    """An independent recomputation of the overall pair metrics from ``predictions.parquet``, in plain Python.
+
+    Returns {(stratum, attribute, metric, label): (value, pairs, sources)} for flip_rate (label
+    None) and prob_gap_signed / prob_gap_abs per label, pairing as docs/metrics.md says:
+    reconstruction → counterfactual within a set; original → counterfactual on (source, attribute)
+    when there is no reconstruction; every ordered pair of a set's members in evaluate-only.
+    """
+    rows = predictions.to_dicts()
+    variants = {r["variant"] for r in rows}
+    pairs: dict[str, list[tuple[dict, dict]]] = {}
+    if "reconstruction" in variants:
+        stratum = "generated"
+        for a in rows:
+            if a["variant"] == "reconstruction" and not a.get("control") and a.get("set_id") is not None:
+                for b in rows:
+                    if b["variant"] == "counterfactual" and (b["attribute"], b.get("set_id")) == (a["attribute"], a["set_id"]):
+                        pairs.setdefault(a["attribute"], []).append((a, b))
+    elif "original" in variants:
+        stratum = "real_vs_generated"
+        for a in rows:
+            if a["variant"] == "original":
+                for b in rows:
+                    if b["variant"] == "counterfactual" and (b["attribute"], b["source_id"]) == (a["attribute"], a["source_id"]):
+                        pairs.setdefault(a["attribute"], []).append((a, b))
+    else:
+        stratum = "evaluate_only"
+        for a in rows:
+            for b in rows:
+                if (a["attribute"], a.get("set_id")) == (b["attribute"], b.get("set_id")) and a["group"] != b["group"] \
+                        and a["group"] is not None and b["group"] is not None:
+                    pairs.setdefault(a["attribute"], []).append((a, b))
+    out = {}
+    for attribute, members in pairs.items():
+        n, sources = len(members), len({a["source_id"] for a, _ in members})
+        out[(stratum, attribute, "flip_rate", None)] = (sum(a["top1"] != b["top1"] for a, b in members) / n, n, sources)
+        for label in labels:
+            deltas = [b[f"score_{label}"] - a[f"score_{label}"] for a, b in members]
+            out[(stratum, attribute, "prob_gap_signed", label)] = (sum(deltas) / n, n, sources)
+            out[(stratum, attribute, "prob_gap_abs", label)] = (sum(abs(d) for d in deltas) / n, n, sources)
+    return out

@@ -273,3 +273,19 @@ def test_resamples_where_a_group_is_missing_are_skipped_and_counted():
     assert parity_row["skipped_resamples"] == without_b
     # b is always selected, a in 8 of 11 (s3, s6, s9 not): difference 3/11, its interval from the resamples with both.
     assert parity_row["value"] == pytest.approx(3 / 11) and parity_row["ci_low"] >= 0.0
+
+
+def test_the_independent_recomputation_agrees_on_every_design():
+    """tests/metric_frames.recompute_pair_metrics (used end to end) against compute_metrics on all three designs."""
+    from metric_frames import recompute_pair_metrics
+
+    evaluate_only = pl.DataFrame([row(f"A-{g}", "A", "counterfactual", g, p, set_id="A", attribute="race")
+                                  for g, p in (("a", 0.9), ("b", 0.8), ("c", 0.2))])
+    real_vs_generated = generated_predictions().filter(pl.col("variant") != "reconstruction")
+    for frame in (generated_predictions(), evaluate_only, real_vs_generated):
+        metrics = compute_metrics(frame, pl.DataFrame(), pl.DataFrame(), AUDIT)
+        expected = recompute_pair_metrics(frame, LABELS)
+        assert expected
+        for (stratum, attribute, metric, label), (value, n, sources) in expected.items():
+            found = one(metrics, metric, stratum=stratum, attribute=attribute, group=None, label=label)
+            assert (found["value"], found["n"], found["n_sources"]) == (pytest.approx(value), n, sources)
