@@ -9,7 +9,9 @@ sit beside the row they control, not on their own):
   protected changes (same source, same value, another seed). A difference is **called** only
   when the metric's interval excludes the control's — the intervals do not overlap; for the
   flip rate and the absolute gap only *above* the control counts (a change smaller than the
-  generator's own variation is not bias), for the signed gap either side. Otherwise the
+  generator's own variation is not bias), for the signed gap either side, and the signed gap's
+  interval must also exclude 0 (its pairs share a seed, so 0 is no change, while the control,
+  made at another seed, can carry a shift of its own). Otherwise the
   sentence says "no difference detected at this sample size" with n. Where the run has no
   control (``real_vs_generated``: reconstruction off; ``evaluate_only``), the flip rate and the
   signed gap are compared with the no-effect value (0) and the sentence says there was no
@@ -191,6 +193,11 @@ def _assess(row: dict[str, Any], controls: Mapping[tuple, dict[str, Any]]) -> di
                            control_ci_high=control["ci_high"], control_n=control["n"])
                 if control["value"] is not None:
                     out["called"] = _excludes(row, control["ci_low"], control["ci_high"], side)
+                    if side == "either":
+                        # A signed gap compares images of one seed, so no change means 0; the control
+                        # (another seed) can carry a shift of its own. Both must be excluded.
+                        out["no_effect"] = _NO_EFFECT[kind]
+                        out["called"] = out["called"] and _excludes(row, _NO_EFFECT[kind], _NO_EFFECT[kind], side)
         elif kind in _NO_EFFECT:
             no_effect = _NO_EFFECT[kind]
             out.update(reference=REFERENCE_NO_EFFECT, no_effect=no_effect,
@@ -314,7 +321,8 @@ def _pair_sentence(row: Mapping[str, Any]) -> str:
                     "so no difference is called")
         if row["called"]:
             direction = "above" if row["ci_low"] > row["control_ci_high"] else "below"
-            return f"{subject}: {_measure(row)} ({sample}), {direction} {_control(row)}"
+            zero = "excludes no change (0) and lies " if row.get("no_effect") is not None else ""
+            return f"{subject}: {_measure(row)} ({sample}), {zero}{direction} {_control(row)}"
         return f"{subject}: no difference detected at this sample size ({sample}): {_measure(row)} vs {_control(row)}"
     # No control in this run: compared with no change.
     if row["called"]:

@@ -39,6 +39,8 @@ GENERATED = metrics_table([
     ("control_flip_rate", "generated", "gender", None, None, 0.10, 0.05, 0.15, 60, 60),
     ("prob_gap_signed", "generated", "gender", None, "doctor", -0.12, -0.18, -0.06, 120, 60),
     ("control_prob_gap_signed", "generated", "gender", None, "doctor", 0.01, -0.02, 0.04, 60, 60),
+    ("prob_gap_signed", "generated", "gender", None, "nurse", 0.01, -0.02, 0.04, 120, 60),
+    ("control_prob_gap_signed", "generated", "gender", None, "nurse", 0.2, 0.15, 0.25, 60, 60),
     ("prob_gap_abs", "generated", "gender", None, "doctor", 0.13, 0.10, 0.16, 120, 60),
     ("control_prob_gap_abs", "generated", "gender", None, "doctor", 0.12, 0.09, 0.15, 60, 60),
     ("demographic_parity_difference", "generated", "gender", None, "doctor", 0.3, 0.2, 0.4, 240, 60),
@@ -67,7 +69,11 @@ def test_called_only_where_the_interval_excludes_the_controls():
     assert not finding(findings, "flip_rate", group="female→male")["called"]
     # The signed gap counts on either side: [−0.18, −0.06] lies below [−0.02, 0.04].
     signed = finding(findings, "prob_gap_signed", label="doctor")
-    assert signed["called"] and "changes by -0.12 on average [-0.18, -0.06] (n=120 pairs from 60 source images), below the control's +0.01" in signed["sentence"]
+    assert signed["called"] and signed["no_effect"] == 0.0
+    assert ("changes by -0.12 on average [-0.18, -0.06] (n=120 pairs from 60 source images), excludes no change (0) "
+            "and lies below the control's +0.01") in signed["sentence"]
+    # Away from the control's shift (made at another seed) but not from 0: not called.
+    assert not finding(findings, "prob_gap_signed", label="nurse")["called"]
     assert not finding(findings, "prob_gap_abs", label="doctor")["called"]
 
 

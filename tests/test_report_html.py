@@ -339,7 +339,8 @@ def test_findings_sentences_in_plain_words():
         "above the control's 10% [5%, 16%] (same source and value, another seed; n=30 pairs)")
     assert (
         "gender male→female: P('doctor') changes by -0.02 on average [-0.03, -0.015] (n=120 pairs from 60 source "
-        "images), below the control's +0 [-0.01, 0.01] (same source and value, another seed; n=115 pairs)"
+        "images), excludes no change (0) and lies below the control's +0 [-0.01, 0.01] (same source and value, "
+        "another seed; n=115 pairs)"
     ) in findings
     assert (
         "across gender groups, the share labelled 'doctor' differs by up to 12 percentage points "
