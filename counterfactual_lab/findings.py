@@ -11,8 +11,9 @@ sit beside the row they control, not on their own):
   flip rate and the absolute gap only *above* the control counts (a change smaller than the
   generator's own variation is not bias), for the signed gap either side, and the signed gap's
   interval must also exclude 0 (its pairs share a seed, so 0 is no change, while the control,
-  made at another seed, can carry a shift of its own). Otherwise the
-  sentence says "no difference detected at this sample size" with n. Where the run has no
+  made at another seed, can carry a shift of its own). Otherwise the sentence
+  (:mod:`counterfactual_lab.finding_sentences`) says "no difference detected at this sample
+  size" with n. Where the run has no
   control (``real_vs_generated``: reconstruction off; ``evaluate_only``), the flip rate and the
   signed gap are compared with the no-effect value (0) and the sentence says there was no
   control; the absolute gap, positive whenever anything varies, is then reported, not called.
@@ -35,10 +36,24 @@ from typing import Any
 
 import polars as pl
 
+from counterfactual_lab.finding_sentences import (  # noqa: F401  (re-exported for the report and cflab report)
+    REAL_VS_GENERATED_WARNING,
+    REFERENCE_CONTROL,
+    REFERENCE_NO_EFFECT,
+    REFERENCE_NONE,
+    STRATUM_TITLES,
+    finding_sentence,
+    interval,
+    metric_k,
+    metric_kind,
+    missing,
+    number,
+    percent,
+    points,
+)
 from counterfactual_lab.metrics.schema import (
     CONTROL_PREFIX,
     STRATA,
-    STRATUM_EVALUATE_ONLY,
     STRATUM_GENERATED,
     STRATUM_OBSERVATIONAL,
     STRATUM_REAL_VS_GENERATED,
@@ -57,35 +72,12 @@ FINDINGS_SCHEMA = {
     "called": pl.Boolean, "sentence": pl.String,
 }
 
-REFERENCE_CONTROL = "control"
-REFERENCE_NO_EFFECT = "no effect"
-REFERENCE_NONE = "none"
-
 # Pair metrics the audit calls: which side of the reference counts as a difference.
 _CALLED_METRICS = {"flip_rate": "above", "prob_gap_abs": "above", "prob_gap_signed": "either"}
 # Without a control, a metric is compared with the value that means no change, when an interval
 # can reach it under no effect. The mean |Δ| cannot: it is positive whenever anything varies
 # (the generator's own noise), so without a control it is reported, not called.
 _NO_EFFECT = {"flip_rate": 0.0, "prob_gap_signed": 0.0}
-
-REAL_VS_GENERATED_WARNING = (
-    "Reconstruction was off: pairs compare original photos with generated images, and group and retrieval "
-    "metrics rank a pool of real and generated images, so a difference may only measure whether an image "
-    "was generated (real vs generated)."
-)
-
-STRATUM_TITLES = {
-    STRATUM_GENERATED: "generated vs generated",
-    STRATUM_EVALUATE_ONLY: "counterfactual sets (evaluate-only)",
-    STRATUM_REAL_VS_GENERATED: "real vs generated (reconstruction off)",
-    STRATUM_OBSERVATIONAL: "observational (originals only)",
-}
-_STRATUM_PREFIX = {
-    STRATUM_GENERATED: "",
-    STRATUM_EVALUATE_ONLY: "Counterfactual sets: ",
-    STRATUM_REAL_VS_GENERATED: "Real vs generated: ",
-    STRATUM_OBSERVATIONAL: "Observational (originals only, descriptive): ",
-}
 
 # Headline order of metric kinds.
 _KIND_ORDER = (
@@ -94,65 +86,13 @@ _KIND_ORDER = (
 )
 
 
-def metric_kind(metric: str) -> str:
-    """``max_skew@10`` -> ``max_skew``; other names are their own kind."""
-    return metric.split("@", 1)[0]
-
-
-def metric_k(metric: str) -> str | None:
-    """``max_skew@10`` -> ``"10"``; None when the name carries no K."""
-    return metric.split("@", 1)[1] if "@" in metric else None
-
-
-# -- formatting ---------------------------------------------------------------------------------
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and not math.isfinite(value))
-
-
-def percent(value: float | None) -> str:
-    """0.234 -> '23%', 0.004 -> '0.4%'."""
-    if _missing(value):
-        return "n/a"
-    scaled = value * 100
-    if abs(scaled) >= 10 or scaled == round(scaled):
-        return f"{scaled:.0f}%"
-    return f"{scaled:.1f}%"
-
-
-def points(value: float | None) -> str:
-    """A difference of two shares in percentage points: 0.12 -> '12 percentage points'."""
-    if _missing(value):
-        return "n/a percentage points"
-    return f"{percent(value).rstrip('%')} percentage points"
-
-
-def number(value: float | None) -> str:
-    if _missing(value):
-        return "n/a"
-    return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
-
-
-def interval(row: Mapping[str, Any], fmt=number, prefix: str = "") -> str:
-    """' [low, high]' or '' when the row has no interval."""
-    low, high = row.get(f"{prefix}ci_low"), row.get(f"{prefix}ci_high")
-    if _missing(low) or _missing(high):
-        return ""
-    return f" [{fmt(low)}, {fmt(high)}]"
-
-
-def _fmt(kind: str):
-    return percent if kind in ("flip_rate", "selection_rate") else number
-
-
 # -- the assessment -------------------------------------------------------------------------------
 
 
 def _rows(metrics: pl.DataFrame) -> list[dict[str, Any]]:
-    missing = [c for c in ("metric", "attribute", "value") if c not in metrics.columns]
-    if missing:
-        raise ValueError(f"metrics table lacks columns {missing}; has {metrics.columns}")
+    absent = [c for c in ("metric", "attribute", "value") if c not in metrics.columns]
+    if absent:
+        raise ValueError(f"metrics table lacks columns {absent}; has {metrics.columns}")
     rows = metrics.to_dicts()
     for row in rows:
         for column in METRIC_COLUMNS:
@@ -160,7 +100,7 @@ def _rows(metrics: pl.DataFrame) -> list[dict[str, Any]]:
         # Tables written before strata existed compared originals with counterfactuals.
         if row["stratum"] is None:
             row["stratum"] = STRATUM_REAL_VS_GENERATED
-        if _missing(row["value"]):
+        if missing(row["value"]):
             row["value"] = None
     return rows
 
@@ -171,7 +111,7 @@ def _control_key(row: Mapping[str, Any]) -> tuple:
 
 def _excludes(row: Mapping[str, Any], low: float | None, high: float | None, side: str) -> bool:
     """Whether the row's interval lies above [low, high] (or, for ``either``, above or below it)."""
-    if row["value"] is None or _missing(row["ci_low"]) or _missing(row["ci_high"]) or low is None or high is None:
+    if row["value"] is None or missing(row["ci_low"]) or missing(row["ci_high"]) or low is None or high is None:
         return False
     above = row["ci_low"] > high
     below = row["ci_high"] < low
@@ -269,124 +209,6 @@ def _headline_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                        -_effect_size(queues[queue(r)][0]), str(r["attribute"])))
 
 
-# -- sentences ------------------------------------------------------------------------------------
-
-
-def _subject(row: Mapping[str, Any]) -> str:
-    """'gender male→female' or 'changing gender' when the row covers every direction."""
-    return f"{row['attribute']} {row['group']}" if row.get("group") else f"changing {row['attribute']}"
-
-
-def _label(row: Mapping[str, Any]) -> str:
-    return f"'{row['label']}'" if row.get("label") else "the predicted label"
-
-
-def _sample(row: Mapping[str, Any], unit: str) -> str:
-    if row.get("n") is None:
-        return ""
-    sources = f" from {row['n_sources']} source images" if row.get("n_sources") is not None else ""
-    return f"n={row['n']} {unit}{sources}"
-
-
-def _measure(row: Mapping[str, Any], value_key: str = "value", prefix: str = "") -> str:
-    """The pair metric's value in words, with its interval."""
-    kind = metric_kind(row["metric"])
-    value = row[value_key]
-    ci = interval(row, _fmt(kind), prefix)
-    if kind == "flip_rate":
-        return f"the top-1 label flips in {percent(value)} of pairs{ci}"
-    if kind == "prob_gap_abs":
-        return f"P({_label(row)}) moves by {number(value)} on average{ci}"
-    signed = "n/a" if value is None else f"{value:+.3g}"
-    return f"P({_label(row)}) changes by {signed} on average{ci}"
-
-
-def _control(row: Mapping[str, Any]) -> str:
-    kind = metric_kind(row["metric"])
-    value = row["control_value"]
-    text = percent(value) if kind == "flip_rate" else (f"{value:+.3g}" if kind == "prob_gap_signed" else number(value))
-    control_n = f"; n={row['control_n']} pairs" if row.get("control_n") is not None else ""
-    return f"the control's {text}{interval(row, _fmt(kind), 'control_')} (same source and value, another seed{control_n})"
-
-
-def _pair_sentence(row: Mapping[str, Any]) -> str:
-    kind = metric_kind(row["metric"])
-    sample = _sample(row, "pairs")
-    subject = _subject(row)
-    if row["value"] is None:
-        return f"{subject}: {row['metric']} is undefined ({row.get('note') or 'no reason recorded'})"
-    if row["reference"] == REFERENCE_CONTROL:
-        if row["control_value"] is None:
-            return (f"{subject}: {_measure(row)} ({sample}); no control was measured for {row['attribute']}, "
-                    "so no difference is called")
-        if row["called"]:
-            direction = "above" if row["ci_low"] > row["control_ci_high"] else "below"
-            zero = "excludes no change (0) and lies " if row.get("no_effect") is not None else ""
-            return f"{subject}: {_measure(row)} ({sample}), {zero}{direction} {_control(row)}"
-        return f"{subject}: no difference detected at this sample size ({sample}): {_measure(row)} vs {_control(row)}"
-    # No control in this run: compared with no change.
-    if row["called"]:
-        return (f"{subject}: {_measure(row)} ({sample}); this excludes no change ({number(row['no_effect'])}), "
-                "but there was no control in this run, so the generator's own variation is not ruled out")
-    return (f"{subject}: no difference detected at this sample size ({sample}): {_measure(row)}; "
-            "there was no control in this run")
-
-
-def _descriptive_sentence(row: Mapping[str, Any]) -> str:
-    """A metric that is reported but not called, in plain words with its interval and n."""
-    kind, k = metric_kind(row["metric"]), metric_k(row["metric"])
-    value, attribute = row["value"], row["attribute"]
-    query = f"'{row['query']}'" if row.get("query") else "the retrieval query"
-    top = f"top {k}" if k else "whole ranking"
-    images = _sample(row, "images")
-    images = f", {images}" if images else ""
-    if value is None:
-        what = row["metric"] + "".join(f" {p}" for p in (row.get("group"), row.get("label")) if p)
-        where = f" for {query}" if row.get("query") else ""
-        return f"{attribute} {what}{where} is undefined: {row.get('note') or 'no reason recorded'}"
-    if kind == "prob_gap_abs":
-        return (f"{_subject(row)}: {_measure(row)} ({_sample(row, 'pairs')}); there was no control in this run, and a "
-                "mean absolute change is positive whenever anything varies, so it is reported, not compared with 0")
-    if kind == "selection_rate":
-        return (f"{attribute} {row['group']} images are labelled {_label(row)} {percent(value)} of the time"
-                f"{interval(row, percent)} ({images.lstrip(', ')})")
-    if kind == "demographic_parity_difference":
-        return (f"across {attribute} groups, the share labelled {_label(row)} differs by up to {points(value)} "
-                f"(demographic parity difference {number(value)}{interval(row)}{images})")
-    if kind == "demographic_parity_ratio":
-        return (f"the least-favoured {attribute} group is labelled {_label(row)} {number(value)}× as often as the "
-                f"most-favoured (demographic parity ratio{interval(row)}{images}; 1 is parity)")
-    if kind == "equalized_odds_difference":
-        return (f"error rates for {_label(row)} differ across {attribute} groups by up to {points(value)} "
-                f"(equalized odds difference {number(value)}{interval(row)}{images})")
-    if kind in ("max_skew", "min_skew"):
-        which = "over" if kind == "max_skew" else "under"
-        group = f" ({row['group']})" if row.get("group") else ""
-        name = "MaxSkew" if kind == "max_skew" else "MinSkew"
-        return (f"for {query}, the most {which}-represented {attribute} group{group} fills the {top} at "
-                f"{number(math.exp(value))}× its desired share ({name} {number(value)}{interval(row)}{images})")
-    if kind == "skew":
-        return (f"for {query}, {attribute} {row['group']} fills the {top} at {number(math.exp(value))}× its desired "
-                f"share (Skew {number(value)}{interval(row)}{images})")
-    if kind == "ndkl":
-        return (f"for {query}, the {attribute} mix of the {top} diverges from the desired mix by NDKL "
-                f"{number(value)}{interval(row)} (0 = the desired mix at every rank{images})")
-    if kind == "cits":
-        who = " ".join(str(p) for p in (attribute, row.get("group")) if p)
-        return (f"{who} counterfactuals score {number(value)} on CITS, the project's own counterfactual image-text "
-                f"score{interval(row)} ({_sample(row, 'counterfactuals')})")
-    extras = ", ".join(f"{c} {row[c]}" for c in ("group", "label", "query") if row.get(c))
-    return f"{row['metric']} for {attribute}{f' ({extras})' if extras else ''} is {number(value)}{interval(row)}{images}"
-
-
-def finding_sentence(row: Mapping[str, Any]) -> str:
-    """The sentence of one assessed row (see :func:`assess_findings`)."""
-    prefix = _STRATUM_PREFIX.get(row["stratum"], f"{row['stratum']}: ")
-    if row.get("reference") in (REFERENCE_CONTROL, REFERENCE_NO_EFFECT):
-        return prefix + _pair_sentence(row)
-    return prefix + _descriptive_sentence(row)
-
-
 # -- headlines ------------------------------------------------------------------------------------
 
 
@@ -410,7 +232,7 @@ def headline_table(metrics: pl.DataFrame, max_rows: int | None = None) -> list[d
     for row in findings.select(_TABLE_COLUMNS).to_dicts():
         for column in ("value", "ci_low", "ci_high", "control_value", "control_ci_low", "control_ci_high"):
             v = row[column]
-            row[column] = None if _missing(v) else round(float(v), 4)
+            row[column] = None if missing(v) else round(float(v), 4)
         table.append(row)
     return table
 

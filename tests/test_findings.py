@@ -168,3 +168,8 @@ def test_generator_noise_alone_is_not_called_and_a_planted_shift_is():
         (pl.col("metric") == "prob_gap_signed") & (pl.col("group") == "male→female") & (pl.col("label") == "doctor")).row(0, named=True))
         for m in planted]
     assert sum(inside) >= 8
+
+
+def test_a_table_without_the_metric_columns_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"metrics table lacks columns \['value'\]"):
+        assess_findings(pl.DataFrame({"metric": ["flip_rate"], "attribute": ["gender"]}))
