@@ -165,7 +165,11 @@ class AuditModelConfig(BaseModel):
     top_k: int = Field(10, ge=1, le=MAX_TOP_K)
     batch_size: int = Field(32, ge=1, le=MAX_EMBEDDING_BATCH)
     bootstrap_samples: int = Field(1000, ge=50, le=MAX_BOOTSTRAP_SAMPLES)
+    bootstrap_seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the bootstrap resamples (docs/metrics.md)")
     confidence: float = Field(0.95, gt=0, lt=1)
+    min_group_size: int = Field(
+        5, ge=1, description="groups with fewer images are left out of selection rate, parity and equalized odds"
+    )
 
     @field_validator("labels", "queries")
     @classmethod

@@ -23,7 +23,7 @@ Two probes run on it:
   (cos(image, own caption));
 * :func:`retrieval_scores` — cos(image, query) for each neutral ``audit.queries`` entry,
   one row per (query, pool image): ``query, id, content_key, score``. Retrieval fairness
-  ranks these per attribute (see :mod:`counterfactual_lab.retrieval_fairness`).
+  ranks these per attribute (see :mod:`counterfactual_lab.metrics.retrieval`).
 
 Each distinct image (by ``content_key``) is embedded once, whatever number of rows or
 probes use it, and the embedder's cache shares it with the judge when they use one model.

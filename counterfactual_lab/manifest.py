@@ -119,21 +119,13 @@ def config_block(config: Any) -> dict[str, Any]:
 
 
 def metric_parameters(audit: Any) -> dict[str, Any]:
-    """The ``metrics`` section: every parameter that changes a number in ``metrics.parquet``.
-
-    Built from the config's ``audit`` section and the metrics' fixed constants; once the metrics
-    package exposes its own ``metric_parameters(audit_config)``, this returns that.
-    """
-    from counterfactual_lab.bootstrap import DEFAULT_SEED
-    from counterfactual_lab.retrieval_fairness import DEFAULT_EPSILON
+    """The ``metrics`` section: every parameter that changes a number in ``metrics.parquet``
+    (:func:`counterfactual_lab.metrics.parameters.metric_parameters`), plus the labels, prompt
+    and queries the model under audit was asked with."""
+    from counterfactual_lab.metrics.parameters import metric_parameters as parameters
 
     return {
-        "bootstrap_seed": DEFAULT_SEED,
-        "bootstrap_samples": audit.bootstrap_samples,
-        "confidence": audit.confidence,
-        "interval_method": "percentile bootstrap",
-        "top_k": audit.top_k,
-        "skew_epsilon": DEFAULT_EPSILON,
+        **parameters(audit),
         "labels": list(audit.labels),
         "prompt": audit.prompt,
         "queries": list(audit.queries),

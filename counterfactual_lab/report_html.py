@@ -25,13 +25,17 @@ from typing import Any
 import polars as pl
 
 from counterfactual_lab.findings import (
-    headline_findings,
+    REAL_VS_GENERATED_WARNING,
+    REFERENCE_NONE,
+    STRATUM_TITLES,
+    assess_findings,
     metric_k,
     metric_kind,
     models_line,
     number,
     percent,
 )
+from counterfactual_lab.metrics.schema import CONTROL_PREFIX, STRATA, STRATUM_GENERATED, STRATUM_REAL_VS_GENERATED
 from counterfactual_lab.manifest import ROW_ACCOUNTING_KEYS, check_row_accounting
 from counterfactual_lab.run_failure import failure_banner
 from counterfactual_lab.storage import read_image
@@ -40,15 +44,19 @@ THUMBNAIL_PX = 256
 
 # Bar charts drawn for these metric kinds, in this order: (kind, title, value is a share, axis).
 # Metrics bounded by [0, 1] keep the whole axis so small gaps are not drawn as large ones.
+# Pair metrics are drawn with their control (control_<kind>) beside them.
 _BAR_CHARTS = (
-    ("flip_rate", "Counterfactual flip rate: share of pairs whose top-1 label changes", True, (0.0, 1.0)),
+    ("flip_rate", "Counterfactual flip rate: share of pairs whose top-1 label changes (control beside)", True, (0.0, 1.0)),
+    ("prob_gap_abs", "Mean absolute change of label probability, reference → counterfactual (control beside)", False, None),
+    ("prob_gap_signed", "Mean signed change of label probability, reference → counterfactual (control beside)", False, None),
     ("demographic_parity_difference", "Demographic parity difference of predicted labels across groups", False, (0.0, 1.0)),
     ("demographic_parity_ratio", "Demographic parity ratio (1 = parity)", False, (0.0, 1.0)),
     ("equalized_odds_difference", "Equalized odds difference", False, (0.0, 1.0)),
-    ("prob_gap_abs", "Mean absolute change of label probability, original → counterfactual", False, None),
-    ("cits", "CITS (the project's counterfactual image-text score)", False, None),
+    ("cits", "CITS (the project's own counterfactual image-text score)", False, None),
 )
 _SKEW_KINDS = ("skew", "max_skew", "min_skew", "ndkl")
+# Descriptive rows listed per stratum under the comparisons in the findings section (the rest: "All metrics").
+_DESCRIPTIVE_SHOWN = 8
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem auto;max-width:1100px;
@@ -142,14 +150,65 @@ def _run_section(manifest: Mapping[str, Any]) -> str:
 
 
 def _findings_section(metrics: pl.DataFrame) -> str:
-    if metrics.is_empty():
+    findings = assess_findings(metrics)
+    if findings.is_empty():
         return "<h2>Headline findings</h2><p>No metrics were computed in this run.</p>"
-    items = "".join(f"<li>{e(sentence)}</li>" for sentence in headline_findings(metrics))
-    return (
-        "<h2>Headline findings</h2>"
-        "<p>Brackets hold the 95% bootstrap confidence interval; n is the number of pairs or images.</p>"
-        f"<ul>{items}</ul>"
-    )
+    compared = findings.filter(pl.col("reference") != REFERENCE_NONE)
+    descriptive = findings.filter(pl.col("reference") == REFERENCE_NONE)
+    called = int(findings["called"].sum())
+    parts = [
+        "<h2>Headline findings</h2>",
+        f"<p><strong>{called} difference(s) called.</strong> A counterfactual difference is called only where its "
+        "interval excludes its control's: the change of the answer when nothing protected changes (same source, "
+        "same value, another seed). Where a run has no control, it is compared with no change, and the finding "
+        "says so. Brackets hold the cluster-bootstrap interval (sources resampled); n counts pairs or images and "
+        "the source images behind them.</p>",
+    ]
+    if (findings["stratum"] == STRATUM_REAL_VS_GENERATED).any():
+        parts.append(f'<p class="problem">{e(REAL_VS_GENERATED_WARNING)}</p>')
+    if compared.height:
+        parts.append(_findings_table(compared.to_dicts()))
+    if descriptive.height:
+        parts.append(
+            "<h3>Reported, not called</h3><p>Group, retrieval and observational metrics have no control, so no "
+            "difference is called on them (docs/metrics.md).</p>"
+        )
+        hidden = 0
+        for stratum in [s for s in STRATA if s in set(descriptive["stratum"])]:
+            sentences = descriptive.filter(pl.col("stratum") == stratum)["sentence"].to_list()
+            shown = sentences[:_DESCRIPTIVE_SHOWN]
+            hidden += len(sentences) - len(shown)
+            parts.append(f"<h4>{e(STRATUM_TITLES[stratum])}</h4><ul>" + "".join(f"<li>{e(x)}</li>" for x in shown) + "</ul>")
+        if hidden:
+            parts.append(f"<p>{hidden} more in the metrics table below.</p>")
+    return "".join(parts)
+
+
+def _findings_table(rows: list[dict[str, Any]]) -> str:
+    """Each comparison beside its control (or the no-effect value) and the verdict."""
+    body = []
+    for row in rows:
+        fmt = percent if metric_kind(row["metric"]) == "flip_rate" else number
+        estimate = fmt(row["value"]) + _bracket(row["ci_low"], row["ci_high"], fmt)
+        if row["reference"] == "control":
+            reference = ("not measured" if row["control_value"] is None
+                         else fmt(row["control_value"]) + _bracket(row["control_ci_low"], row["control_ci_high"], fmt))
+            reference = f"control {reference}"
+        else:
+            reference = f"no control; no change = {fmt(row['no_effect'])}"
+        verdict = '<span class="flip">called</span>' if row["called"] else "no difference detected"
+        body.append(
+            f"<tr><td>{e(STRATUM_TITLES.get(row['stratum'], row['stratum']))}</td><td>{e(row['sentence'])}</td>"
+            f"<td>{e(estimate)}</td><td>{e(reference)}</td><td>{verdict}</td></tr>"
+        )
+    return ("<table><tr><th>stratum</th><th>finding</th><th>estimate</th><th>beside</th><th>verdict</th></tr>"
+            + "".join(body) + "</table>")
+
+
+def _bracket(low: float | None, high: float | None, fmt: Callable[[float | None], str]) -> str:
+    if low is None or high is None:
+        return ""
+    return f" [{fmt(low)}, {fmt(high)}]"
 
 
 def _charts_section(metrics: pl.DataFrame) -> str:
@@ -157,39 +216,48 @@ def _charts_section(metrics: pl.DataFrame) -> str:
         return ""
     parts = []
     for kind, title, is_share, domain in _BAR_CHARTS:
-        rows = _metric_rows(metrics, lambda m, kind=kind: metric_kind(m) == kind)
-        if not rows:
+        rows = _metric_rows(metrics, lambda m, kind=kind: m in (kind, CONTROL_PREFIX + kind))
+        if not any(metric_kind(r["metric"]) == kind for r in rows):
             continue
         bars = [Bar(_bar_label(r), r["value"], r.get("ci_low"), r.get("ci_high"), r.get("n")) for r in rows]
         fmt = percent if is_share else number
         parts.append(f"<h3>{e(title)}</h3>" + bar_chart_svg(bars, fmt=fmt, domain=domain))
     if not parts:
         return ""
-    return "<h2>Metrics by attribute</h2><p>Bars are point estimates; whiskers the 95% interval.</p>" + "".join(parts)
+    return (
+        "<h2>Metrics by attribute</h2><p>Bars are point estimates; whiskers the cluster-bootstrap interval. "
+        "A bar labelled <em>control</em> is the same measure when nothing protected changes (another seed); "
+        "bars from the observational or real-vs-generated strata say so.</p>" + "".join(parts)
+    )
 
 
 def _skew_section(metrics: pl.DataFrame) -> str:
     if metrics.is_empty() or "query" not in metrics.columns:
         return ""
-    rows = _metric_rows(metrics, lambda m: metric_kind(m) in _SKEW_KINDS)
+    rows = _metric_rows(metrics, lambda m: metric_kind(m) in _SKEW_KINDS, keep_undefined=True)
     queries = sorted({r["query"] for r in rows if r.get("query") is not None})
     if not queries:
         return ""
     parts = [
         "<h2>Retrieval skew per query</h2>",
-        "<p>Skew<sub>a</sub>@K = ln(share of group a in the top K / share of a in the pool): 0 is "
-        "proportional, positive over-represented, negative under-represented. NDKL is 0 when every "
-        "prefix of the ranking has the pool's mix (Geyik et al. 2019).</p>",
+        "<p>Skew<sub>a</sub>@K = ln(share of group a in the top K / its desired share): 0 is the desired share, "
+        "positive over-represented, negative under-represented; a group absent from the top K is shown as n/a "
+        "(its skew is −∞). NDKL is 0 when every prefix of the ranking has the desired mix (Geyik et al. 2019); "
+        "NDKL@K stops at rank K. The desired mix is uniform over the attribute's values for generated sets, the "
+        "pool's own mix for the observational stratum.</p>",
     ]
+    names = {"skew": "Skew", "max_skew": "MaxSkew", "min_skew": "MinSkew", "ndkl": "NDKL"}
     for query in queries:
         q_rows = [r for r in rows if r.get("query") == query]
-        q_rows.sort(key=lambda r: (str(r["attribute"]), _SKEW_KINDS.index(metric_kind(r["metric"])), str(r.get("group"))))
+        q_rows.sort(key=lambda r: (_stratum_rank(r), str(r["attribute"]), _SKEW_KINDS.index(metric_kind(r["metric"])),
+                                   r["metric"], str(r.get("group"))))
         bars = []
         for r in q_rows:
             k = metric_k(r["metric"])
-            name = {"skew": "Skew", "max_skew": "MaxSkew", "min_skew": "MinSkew", "ndkl": "NDKL"}[metric_kind(r["metric"])]
-            label = f"{r['attribute']} {name}" + (f"@{k}" if k else "") + (f" ({r['group']})" if r.get("group") else "")
-            bars.append(Bar(label, r["value"], r.get("ci_low"), r.get("ci_high"), r.get("n")))
+            label = (f"{r['attribute']} {names[metric_kind(r['metric'])]}" + (f"@{k}" if k else "")
+                     + (f" ({r['group']})" if r.get("group") else "") + _stratum_tag(r))
+            value = float("nan") if r["value"] is None else r["value"]
+            bars.append(Bar(label, value, r.get("ci_low"), r.get("ci_high"), r.get("n")))
         parts.append(f"<h3>Query: {e(query)}</h3>" + bar_chart_svg(bars, fmt=number))
     return "".join(parts)
 
@@ -453,17 +521,36 @@ def _provenance_section(manifest: Mapping[str, Any]) -> str:
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _metric_rows(metrics: pl.DataFrame, keep: Callable[[str], bool]) -> list[dict[str, Any]]:
+def _metric_rows(metrics: pl.DataFrame, keep: Callable[[str], bool], keep_undefined: bool = False) -> list[dict[str, Any]]:
+    """Rows whose metric ``keep`` accepts, by stratum, attribute, label, control last, group, query."""
     rows = [r for r in metrics.to_dicts() if keep(str(r.get("metric")))]
-    rows = [r for r in rows if r.get("value") is not None and not (isinstance(r["value"], float) and math.isnan(r["value"]))]
-    rows.sort(key=lambda r: (str(r.get("attribute")), str(r.get("group")), str(r.get("label")), str(r.get("query"))))
+    for r in rows:
+        if isinstance(r.get("value"), float) and math.isnan(r["value"]):
+            r["value"] = None
+    if not keep_undefined:
+        rows = [r for r in rows if r.get("value") is not None]
+    rows.sort(key=lambda r: (_stratum_rank(r), str(r.get("attribute")), str(r.get("label")),
+                             str(r.get("metric")).startswith(CONTROL_PREFIX), str(r.get("group")), str(r.get("query"))))
     return rows
+
+
+def _stratum_rank(row: Mapping[str, Any]) -> int:
+    stratum = row.get("stratum") or STRATUM_REAL_VS_GENERATED  # tables before strata compared real with generated
+    return STRATA.index(stratum) if stratum in STRATA else len(STRATA)
+
+
+def _stratum_tag(row: Mapping[str, Any]) -> str:
+    """'' for the generated stratum, else ' [observational]' etc., so no bar hides where it comes from."""
+    stratum = row.get("stratum") or STRATUM_REAL_VS_GENERATED
+    return "" if stratum == STRATUM_GENERATED else f" [{stratum.replace('_', ' ')}]"
 
 
 def _bar_label(row: Mapping[str, Any]) -> str:
     parts = [str(row.get("attribute"))]
+    if str(row.get("metric")).startswith(CONTROL_PREFIX):
+        parts.append("control (another seed)")
     parts += [str(row[c]) for c in ("group", "label", "query") if row.get(c) is not None]
-    return " · ".join(parts)
+    return " · ".join(parts) + _stratum_tag(row)
 
 
 def _key_value_table(rows: Sequence[tuple[Any, Any]]) -> str:

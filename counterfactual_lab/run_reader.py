@@ -14,7 +14,15 @@ from typing import Any
 import polars as pl
 
 from counterfactual_lab.errors import UserError
-from counterfactual_lab.findings import accounting_lines, headline_findings, headline_table, models_line, number
+from counterfactual_lab.findings import (
+    REAL_VS_GENERATED_WARNING,
+    accounting_lines,
+    assess_findings,
+    headline_table,
+    models_line,
+    table_cells,
+)
+from counterfactual_lab.metrics.schema import STRATUM_REAL_VS_GENERATED
 from counterfactual_lab.publish import MANIFEST_NAME, REPORT_NAME, TABLE_NAMES
 from counterfactual_lab.run_failure import failure_banner, is_failed
 from counterfactual_lab.storage import exists, filesystem, join, read_bytes
@@ -90,7 +98,9 @@ def _has_any_file(uri: str, storage_options: dict[str, Any] | None) -> bool:
 
 
 def format_headline(run: RunTables, max_rows: int = 20) -> str:
-    """Terminal text for ``cflab report``: run id, models, row accounting, headline metrics with CIs."""
+    """Terminal text for ``cflab report``: run id, models, row accounting, the findings
+(:func:`~counterfactual_lab.findings.assess_findings`: called ones first, each beside its
+control) and the headline metrics with their intervals and controls."""
     manifest = run.manifest
     dataset = manifest.get("dataset") or {}
     lines = [
@@ -113,10 +123,15 @@ def format_headline(run: RunTables, max_rows: int = 20) -> str:
     if run.metrics.is_empty():
         lines.append("No metrics in this run.")
         return "\n".join(lines) + "\n"
+    findings = assess_findings(run.metrics)
+    called = int(findings["called"].sum())
     lines.append("Headline findings:")
-    lines += [f"  - {sentence}" for sentence in headline_findings(run.metrics)]
+    lines.append(f"  {called} difference(s) called (an interval that excludes its control's; docs/metrics.md)")
+    if (findings["stratum"] == STRATUM_REAL_VS_GENERATED).any():
+        lines.append(f"  {REAL_VS_GENERATED_WARNING}")
+    lines += [f"  - {sentence}" for sentence in findings["sentence"].head(8).to_list()]
     lines.append("")
-    lines.append("Headline metrics (95% bootstrap interval):")
+    lines.append(f"Headline metrics ({_confidence(manifest)} bootstrap interval):")
     table = headline_table(run.metrics)
     lines += _aligned_table(table[:max_rows])
     if len(table) > max_rows:
@@ -126,13 +141,22 @@ def format_headline(run: RunTables, max_rows: int = 20) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _confidence(manifest: dict[str, Any]) -> str:
+    """The run's interval level as '95%' (from the manifest's metric parameters or config)."""
+    level = (manifest.get("metrics") or {}).get("confidence")
+    if level is None:
+        level = ((manifest.get("config") or {}).get("audit") or {}).get("confidence", 0.95)
+    return f"{100 * float(level):g}%"
+
+
 def _aligned_table(rows: list[dict[str, Any]]) -> list[str]:
-    header = ["metric", "attribute", "group", "label", "query", "value", "interval", "n"]
+    header = ["metric", "stratum", "attribute", "group", "label", "query", "value", "interval", "control", "called", "n"]
     body = []
     for row in rows:
-        ci = f"[{number(row['ci_low'])}, {number(row['ci_high'])}]" if row["ci_low"] is not None else ""
-        cells = [row["metric"], row["attribute"], row["group"], row["label"], row["query"], number(row["value"]), ci, row["n"]]
-        body.append(["" if c is None else str(c) for c in cells])
+        cells = table_cells(row)
+        values = [row["metric"], row["stratum"], row["attribute"], row["group"], row["label"], row["query"],
+                  cells["value"], cells["interval"], cells["control"], cells["called"], row["n"]]
+        body.append(["" if c is None else str(c) for c in values])
     # Drop columns that are empty in every row (e.g. query for a run without retrieval metrics).
     keep = [i for i in range(len(header)) if any(r[i] for r in body)]
     widths = {i: max(len(header[i]), *(len(r[i]) for r in body)) for i in keep}

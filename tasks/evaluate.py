@@ -28,6 +28,11 @@ def evaluate_batch(
 
 @task(name="compute-metrics", cache_policy=NO_CACHE, persist_result=False)
 def compute_fairness_metrics(
-    predictions: pl.DataFrame, retrieval: pl.DataFrame, counterfactuals: pl.DataFrame, audit: AuditModelConfig
+    predictions: pl.DataFrame,
+    retrieval: pl.DataFrame,
+    counterfactuals: pl.DataFrame,
+    audit: AuditModelConfig,
+    attribute_values: dict[str, list[str]] | None = None,
 ) -> pl.DataFrame:
-    return compute_metrics(predictions, retrieval, counterfactuals, audit)
+    """The metrics table; ``attribute_values`` is the config's ``attributes`` (the values of each attribute)."""
+    return compute_metrics(predictions, retrieval, counterfactuals, audit, attribute_values)

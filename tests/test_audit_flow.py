@@ -231,6 +231,25 @@ def test_full_audit_publishes_every_file_of_the_output_contract(first_run, out):
     assert {"flip_rate", "cits"} <= set(run.metrics["metric"])
 
 
+def test_published_metrics_equal_an_independent_recomputation(first_run):
+    """Exact values end to end: the overall pair metrics of metrics.parquet, recomputed from
+    predictions.parquet in plain Python (tests/metric_frames.py), with their n and sources."""
+    from metric_frames import recompute_pair_metrics
+
+    run, _ = first_run
+    labels = [c.removeprefix("score_") for c in run.predictions.columns if c.startswith("score_")]
+    expected = recompute_pair_metrics(run.predictions, labels)
+    assert expected, "the run has pairs to compare"
+    for (stratum, attribute, metric, label), (value, n, sources) in expected.items():
+        rows = run.metrics.filter(
+            (pl.col("metric") == metric) & (pl.col("stratum") == stratum) & (pl.col("attribute") == attribute)
+            & pl.col("group").is_null() & (pl.col("label").is_null() if label is None else pl.col("label") == label)
+        )
+        assert rows.height == 1, (stratum, attribute, metric, label)
+        row = rows.row(0, named=True)
+        assert (row["value"], row["n"], row["n_sources"]) == (pytest.approx(value, abs=1e-12), n, sources), row
+
+
 def test_an_unchanged_complete_run_is_returned_without_running_any_stage(first_run, config, out):
     """Same config, same data, same library: the complete run already answers the audit."""
     from flows.audit import dataset_audit

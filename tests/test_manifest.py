@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from counterfactual_lab.audit_run import locate_run
-from counterfactual_lab.bootstrap import DEFAULT_SEED
+
 from counterfactual_lab.config import AuditConfig
 from counterfactual_lab.errors import UserError
 from counterfactual_lab.manifest import library_versions, metric_parameters
@@ -61,7 +61,7 @@ def test_metric_parameters_follow_the_config():
         "audit": {"bootstrap_samples": 321, "confidence": 0.8, "top_k": 7, "labels": ["a", "b"], "queries": ["q"]},
     }).audit
     parameters = metric_parameters(audit)
-    assert parameters["bootstrap_seed"] == DEFAULT_SEED
+    assert parameters["bootstrap_seed"] == 0  # audit.bootstrap_seed, default 0
     assert (parameters["bootstrap_samples"], parameters["confidence"], parameters["top_k"]) == (321, 0.8, 7)
     assert parameters["labels"] == ["a", "b"] and parameters["queries"] == ["q"]
 

@@ -69,27 +69,36 @@ def parse(html: str) -> StrictParser:
 
 
 def metrics_frame() -> pl.DataFrame:
+    q, nurse_q = "a photo of a doctor", "a photo of a <b>nurse</b>"
     rows = [
-        ("flip_rate", "gender", "male→female", None, None, 0.23, 0.19, 0.27, 120),
-        ("flip_rate", "gender", "female→male", None, None, 0.05, 0.02, 0.09, 110),
-        ("flip_rate", "age", "young→old", None, None, 0.40, 0.30, 0.50, 60),
-        ("demographic_parity_difference", "gender", None, "doctor", None, 0.12, 0.05, 0.20, 230),
-        ("demographic_parity_ratio", "gender", None, "doctor", None, 0.8, 0.7, 0.9, 230),
-        ("prob_gap_abs", "gender", "male→female", "doctor", None, 0.04, 0.03, 0.05, 120),
-        ("prob_gap_signed", "gender", "male→female", "doctor", None, -0.02, -0.03, -0.01, 120),
-        ("skew@10", "gender", "male", None, "a photo of a doctor", 0.41, 0.2, 0.6, 10),
-        ("skew@10", "gender", "female", None, "a photo of a doctor", -0.69, -0.9, -0.4, 10),
-        ("max_skew@10", "gender", "male", None, "a photo of a doctor", 0.41, 0.2, 0.6, 10),
-        ("min_skew@10", "gender", "female", None, "a photo of a doctor", -0.69, -0.9, -0.4, 10),
-        ("ndkl@10", "gender", None, None, "a photo of a doctor", 0.12, None, None, 10),
-        ("max_skew@10", "gender", None, None, "a photo of a <b>nurse</b>", 0.1, 0.0, 0.2, 10),
-        ("cits", "gender", None, None, None, 0.62, 0.6, 0.64, 120),
+        # metric, stratum, attribute, group, label, query, value, ci_low, ci_high, n, n_sources, note
+        ("flip_rate", "generated", "gender", "male→female", None, None, 0.23, 0.19, 0.27, 120, 60, None),
+        ("flip_rate", "generated", "gender", "female→male", None, None, 0.05, 0.02, 0.09, 110, 55, None),
+        ("flip_rate", "generated", "age", "young→old", None, None, 0.40, 0.30, 0.50, 60, 30, None),
+        ("control_flip_rate", "generated", "gender", None, None, None, 0.06, 0.03, 0.10, 115, 115, None),
+        ("control_flip_rate", "generated", "age", None, None, None, 0.10, 0.05, 0.16, 30, 30, None),
+        ("demographic_parity_difference", "generated", "gender", None, "doctor", None, 0.12, 0.05, 0.20, 230, 115, None),
+        ("demographic_parity_ratio", "generated", "gender", None, "doctor", None, 0.8, 0.7, 0.9, 230, 115, None),
+        ("prob_gap_abs", "generated", "gender", "male→female", "doctor", None, 0.04, 0.03, 0.05, 120, 60, None),
+        ("prob_gap_signed", "generated", "gender", "male→female", "doctor", None, -0.02, -0.03, -0.015, 120, 60, None),
+        ("control_prob_gap_abs", "generated", "gender", None, "doctor", None, 0.03, 0.02, 0.04, 115, 115, None),
+        ("control_prob_gap_signed", "generated", "gender", None, "doctor", None, 0.0, -0.01, 0.01, 115, 115, None),
+        ("skew@10", "generated", "gender", "male", None, q, 0.41, 0.2, 0.6, 230, 115, None),
+        ("skew@10", "generated", "gender", "female", None, q, None, None, None, 230, 115,
+         "female is absent from the top 10 (0 of 10): skew is −∞"),
+        ("max_skew@10", "generated", "gender", "male", None, q, 0.41, 0.2, 0.6, 230, 115, None),
+        ("min_skew@10", "generated", "gender", "female", None, q, -0.69, -0.9, -0.4, 230, 115, None),
+        ("ndkl@10", "generated", "gender", None, None, q, 0.12, None, None, 230, 115, None),
+        ("max_skew@10", "generated", "gender", None, None, nurse_q, 0.1, 0.0, 0.2, 230, 115, None),
+        ("cits", "generated", "gender", None, None, None, 0.62, 0.6, 0.64, 120, 60, None),
+        ("demographic_parity_difference", "observational", "gender", None, "doctor", None, 0.3, 0.1, 0.5, 48, 48, None),
     ]
     return pl.DataFrame(
-        rows,
+        [(*r[:11], None, r[11]) for r in rows],
         schema={
-            "metric": pl.String, "attribute": pl.String, "group": pl.String, "label": pl.String,
+            "metric": pl.String, "stratum": pl.String, "attribute": pl.String, "group": pl.String, "label": pl.String,
             "query": pl.String, "value": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64,
+            "n_sources": pl.Int64, "skipped_resamples": pl.Int64, "note": pl.String,
         },
         orient="row",
     )
@@ -237,15 +246,21 @@ def test_dataset_text_is_escaped(images):
 def test_findings_charts_and_skew_plots_are_drawn(images):
     html = render(images)
     parsed = parse(html)
-    assert "gender male→female flips the top-1 label in 23% of pairs [19%, 27%] (n=120)" in html
-    # One SVG per bar-chart metric present (flip, DP diff, DP ratio, prob gap, CITS) + one per query.
-    assert parsed.tags.count("svg") == 5 + 2
+    assert ("gender male→female: the top-1 label flips in 23% of pairs [19%, 27%] (n=120 pairs from 60 source images), "
+            "above the control&#x27;s 6% [3%, 10%]" in html)
+    assert "3 difference(s) called." in html
+    # Each comparison sits beside its control in the findings table, with its verdict.
+    assert "<td>23% [19%, 27%]</td><td>control 6% [3%, 10%]</td><td><span class=\"flip\">called</span></td>" in html
+    assert "<td>5% [2%, 9%]</td><td>control 6% [3%, 10%]</td><td>no difference detected</td>" in html
+    assert "Observational (originals only, descriptive): across gender groups" in html
+    # One SVG per bar-chart kind present (flip, abs gap, signed gap, DP diff, DP ratio, CITS) + one per query.
+    assert parsed.tags.count("svg") == 6 + 2
+    assert "gender · control (another seed)" in html
+    assert "gender · doctor [observational]" in html
     assert "Query: a photo of a doctor" in html
     assert "gender Skew@10 (female)" in html and "gender MaxSkew@10 (male)" in html
-    # Whiskers: one path per bar with an interval; NDKL has none.
-    with_interval = metrics_frame().filter(
-        pl.col("ci_low").is_not_null() & ~pl.col("metric").is_in(["prob_gap_signed", "equalized_odds_difference"])
-    )
+    # Whiskers: one path per drawn bar with an interval (every row but NDKL@10 and the absent skew).
+    with_interval = metrics_frame().filter(pl.col("ci_low").is_not_null() & ~pl.col("metric").is_in(["equalized_odds_difference"]))
     assert parsed.tags.count("path") == with_interval.height
 
 
@@ -318,43 +333,46 @@ def test_report_renders_for_an_empty_run(images):
 
 
 def test_findings_sentences_in_plain_words():
-    findings = headline_findings(metrics_frame(), max_items=20)
-    assert findings[0] == "age young→old flips the top-1 label in 40% of pairs [30%, 50%] (n=60)"
-    assert "gender male→female flips the top-1 label in 23% of pairs [19%, 27%] (n=120)" in findings
+    findings = headline_findings(metrics_frame(), max_items=30)
+    assert findings[0] == (
+        "age young→old: the top-1 label flips in 40% of pairs [30%, 50%] (n=60 pairs from 30 source images), "
+        "above the control's 10% [5%, 16%] (same source and value, another seed; n=30 pairs)")
+    assert (
+        "gender male→female: P('doctor') changes by -0.02 on average [-0.03, -0.015] (n=120 pairs from 60 source "
+        "images), excludes no change (0) and lies below the control's +0 [-0.01, 0.01] (same source and value, "
+        "another seed; n=115 pairs)"
+    ) in findings
     assert (
         "across gender groups, the share labelled 'doctor' differs by up to 12 percentage points "
-        "(demographic parity difference 0.12 [0.05, 0.2], n=230)"
-    ) in findings
-    assert (
-        "gender male→female lowers P('doctor') by 0.02 on average (signed change -0.02 [-0.03, -0.01], n=120)"
+        "(demographic parity difference 0.12 [0.05, 0.2], n=230 images from 115 source images)"
     ) in findings
     min_skew = next(f for f in findings if "MinSkew" in f)
-    assert f"{math.exp(-0.69):.3g}× its share" in min_skew and "top 10" in min_skew
-    assert (
-        f"for 'a photo of a doctor', gender female fills the top 10 at {math.exp(-0.69):.3g}× its share of the pool "
-        "(Skew -0.69 [-0.9, -0.4], n=10)"
-    ) in findings
+    assert f"{math.exp(-0.69):.3g}× its desired share" in min_skew and "top 10" in min_skew
+    assert "gender skew@10 female for 'a photo of a doctor' is undefined: female is absent from the top 10" in " ".join(findings)
     assert "most over-represented gender group (male)" in next(f for f in findings if "MaxSkew" in f)
     ndkl = next(f for f in findings if "NDKL" in f)
     assert "[" not in ndkl, "no interval is printed when the row has none"
-    assert len(findings) == metrics_frame().height
+    assert len(findings) == metrics_frame().filter(~pl.col("metric").str.starts_with("control_")).height
 
 
-def test_findings_take_one_per_kind_and_attribute_before_seconds():
-    findings = headline_findings(metrics_frame(), max_items=4)
-    assert len(findings) == 4
-    assert findings[0].startswith("age young→old flips")
-    assert findings[1].startswith("gender male→female flips"), "the larger gender flip rate comes first"
-    assert "demographic parity difference" in findings[2] and "MaxSkew" in findings[3]
-    assert not any("female→male" in f for f in headline_findings(metrics_frame(), max_items=8))
+def test_findings_put_called_ones_first_one_per_kind_and_attribute():
+    findings = headline_findings(metrics_frame(), max_items=5)
+    assert findings[0].startswith("age young→old: the top-1 label flips")
+    assert findings[1].startswith("gender male→female: the top-1 label flips"), "the larger gender flip rate comes first"
+    assert "below the control's" in findings[2]
+    assert findings[3].startswith("gender female→male: no difference detected at this sample size (n=110 pairs")
+    assert findings[4].startswith("gender male→female: no difference detected at this sample size (n=120 pairs")
     assert headline_findings(metrics_frame(), max_items=0) == []
 
 
-def test_findings_skip_rows_without_a_value():
+def test_findings_of_undefined_rows_say_why():
     frame = metrics_frame().with_columns(
-        pl.when(pl.col("metric") == "flip_rate").then(None).otherwise(pl.col("value")).alias("value")
+        pl.when(pl.col("metric") == "flip_rate").then(None).otherwise(pl.col("value")).alias("value"),
+        pl.when(pl.col("metric") == "flip_rate").then(pl.lit("no pairs")).otherwise(pl.col("note")).alias("note"),
     )
-    assert not any("flips" in f for f in headline_findings(frame, max_items=20))
+    findings = headline_findings(frame, max_items=30)
+    assert not any("flips in" in f for f in findings)
+    assert "age young→old: flip_rate is undefined (no pairs)" in findings
 
 
 def test_headline_table_is_json_safe_and_summary_links_the_report():
@@ -366,8 +384,10 @@ def test_headline_table_is_json_safe_and_summary_links_the_report():
     assert text.splitlines()[0] == "# Counterfactual audit run-1"
     assert "mean nothing" in text
     assert "[Open the full report](s3://bucket/out/run-1/report.html)" in text
-    assert "- age young→old flips the top-1 label in 40% of pairs [30%, 50%] (n=60)" in text
-    assert "| flip_rate | age | young→old |  |  | 0.4 | [0.3, 0.5] | 60 |" in text
+    assert "3 difference(s) called" in text
+    assert "- age young→old: the top-1 label flips in 40% of pairs [30%, 50%] (n=60 pairs from 30 source images), above" in text
+    assert "| flip_rate | generated | age | young→old |  |  | 0.4 | [0.3, 0.5] | 0.1 [0.05, 0.16] | yes | 60 |" in text
+
 
 
 def test_examples_compare_each_counterfactual_with_its_sets_reconstruction(images):

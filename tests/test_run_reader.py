@@ -18,16 +18,21 @@ ACCOUNTING = {"rows_in": 12, "valid": 10, "quarantined": 2, "planned": 8, "kept"
 def metrics() -> pl.DataFrame:
     return pl.DataFrame(
         {
-            "metric": ["flip_rate", "flip_rate", "demographic_parity_difference", "max_skew@5"],
-            "attribute": ["gender", "gender", "gender", "gender"],
-            "group": ["male→female", "female→male", None, None],
-            "label": [None, None, "doctor", None],
-            "query": [None, None, None, "a photo of a doctor"],
-            "value": [0.25, 0.125, 0.1, 0.3],
-            "ci_low": [0.1, 0.0, 0.02, None],
-            "ci_high": [0.4, 0.3, 0.2, None],
-            "n": [40, 40, 80, 5],
-        }
+            "metric": ["flip_rate", "flip_rate", "control_flip_rate", "demographic_parity_difference", "max_skew@5"],
+            "stratum": ["generated"] * 5,
+            "attribute": ["gender"] * 5,
+            "group": ["male→female", "female→male", None, None, None],
+            "label": [None, None, None, "doctor", None],
+            "query": [None, None, None, None, "a photo of a doctor"],
+            "value": [0.25, 0.125, 0.05, 0.1, 0.3],
+            "ci_low": [0.1, 0.0, 0.01, 0.02, None],
+            "ci_high": [0.4, 0.3, 0.08, 0.2, None],
+            "n": [40, 40, 40, 80, 5],
+            "n_sources": [20, 20, 40, 40, 5],
+            "skipped_resamples": [0, 0, 0, 0, None],
+            "note": [None, None, None, None, None],
+        },
+        schema_overrides={"note": pl.String},
     )
 
 
@@ -86,7 +91,7 @@ def test_a_moved_run_still_reads(tmp_path):
     moved = tmp_path / "here" / "run-7"
     moved.parent.mkdir()
     Path(publisher.run_uri).rename(moved)
-    assert read_run(str(moved) + "/").metrics.height == 4
+    assert read_run(str(moved) + "/").metrics.height == 5
 
 
 def test_incomplete_run_is_refused(tmp_path):
@@ -141,11 +146,17 @@ def test_headline_names_run_models_accounting_and_metrics_with_intervals(tmp_pat
     assert "Rows: 12 in = 10 valid + 2 quarantined." in lines
     assert "Work items: 8 planned = 5 kept + 2 dropped + 1 failed." in lines
     assert "Quarantined by reason: missing caption 1, undecodable image 1" in lines
-    assert "  - gender male→female flips the top-1 label in 25% of pairs [10%, 40%] (n=40)" in lines
+    assert "  1 difference(s) called (an interval that excludes its control's; docs/metrics.md)" in lines
+    assert (
+        "  - gender male→female: the top-1 label flips in 25% of pairs [10%, 40%] (n=40 pairs from 20 source images), "
+        "above the control's 5% [1%, 8%] (same source and value, another seed; n=40 pairs)"
+    ) in lines
     table = lines[lines.index("Headline metrics (95% bootstrap interval):") + 1 :]
-    assert table[0].split() == ["metric", "attribute", "group", "label", "query", "value", "interval", "n"]
+    assert table[0].split() == ["metric", "stratum", "attribute", "group", "label", "query", "value", "interval",
+                                "control", "called", "n"]
     flip = next(line for line in table if "male→female" in line and "female→male" not in line)
-    assert flip.split() == ["flip_rate", "gender", "male→female", "0.25", "[0.1,", "0.4]", "40"]
+    assert flip.split() == ["flip_rate", "generated", "gender", "male→female", "0.25", "[0.1,", "0.4]", "0.05", "[0.01,",
+                            "0.08]", "yes", "40"]
     assert lines[-1] == f"Report: {tmp_path / 'run-7' / 'report.html'}"
     assert "DOES NOT CLOSE" not in text
 
@@ -165,7 +176,7 @@ def test_headline_of_a_real_model_run_has_no_warning(tmp_path):
 def test_read_run_from_s3(s3_bucket):
     publisher = publish(f"s3://{s3_bucket}/out")
     run = read_run(publisher.run_uri)
-    assert run.metrics.height == 4
+    assert run.metrics.height == 5
     assert json.loads(json.dumps(run.manifest))["run_id"] == "run-7"
     with pytest.raises(UserError, match="no run at"):
         read_run(f"s3://{s3_bucket}/out/nothing-here")

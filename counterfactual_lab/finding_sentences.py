@@ -1,0 +1,214 @@
+"""Findings in plain words: the sentence of each assessed metric row, and the number formats.
+
+:func:`finding_sentence` writes one row of :func:`counterfactual_lab.findings.assess_findings`
+as a sentence with its interval, n (pairs or images, and the source images behind them) and,
+for a counterfactual comparison, its control beside it or the note that there was none.
+Rows outside the ``generated`` stratum say which stratum they are from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from counterfactual_lab.metrics.schema import (
+    STRATUM_EVALUATE_ONLY,
+    STRATUM_GENERATED,
+    STRATUM_OBSERVATIONAL,
+    STRATUM_REAL_VS_GENERATED,
+)
+
+REFERENCE_CONTROL = "control"
+REFERENCE_NO_EFFECT = "no effect"
+REFERENCE_NONE = "none"
+
+REAL_VS_GENERATED_WARNING = (
+    "Reconstruction was off: pairs compare original photos with generated images, and group and retrieval "
+    "metrics rank a pool of real and generated images, so a difference may only measure whether an image "
+    "was generated (real vs generated)."
+)
+
+STRATUM_TITLES = {
+    STRATUM_GENERATED: "generated vs generated",
+    STRATUM_EVALUATE_ONLY: "counterfactual sets (evaluate-only)",
+    STRATUM_REAL_VS_GENERATED: "real vs generated (reconstruction off)",
+    STRATUM_OBSERVATIONAL: "observational (originals only)",
+}
+_STRATUM_PREFIX = {
+    STRATUM_GENERATED: "",
+    STRATUM_EVALUATE_ONLY: "Counterfactual sets: ",
+    STRATUM_REAL_VS_GENERATED: "Real vs generated: ",
+    STRATUM_OBSERVATIONAL: "Observational (originals only, descriptive): ",
+}
+
+def metric_kind(metric: str) -> str:
+    """``max_skew@10`` -> ``max_skew``; other names are their own kind."""
+    return metric.split("@", 1)[0]
+
+
+def metric_k(metric: str) -> str | None:
+    """``max_skew@10`` -> ``"10"``; None when the name carries no K."""
+    return metric.split("@", 1)[1] if "@" in metric else None
+
+
+
+# -- formatting ---------------------------------------------------------------------------------
+
+
+def missing(value: Any) -> bool:
+    """Whether a number is absent: None, NaN or infinite."""
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def percent(value: float | None) -> str:
+    """0.234 -> '23%', 0.004 -> '0.4%'."""
+    if missing(value):
+        return "n/a"
+    scaled = value * 100
+    if abs(scaled) >= 10 or scaled == round(scaled):
+        return f"{scaled:.0f}%"
+    return f"{scaled:.1f}%"
+
+
+def points(value: float | None) -> str:
+    """A difference of two shares in percentage points: 0.12 -> '12 percentage points'."""
+    if missing(value):
+        return "n/a percentage points"
+    return f"{percent(value).rstrip('%')} percentage points"
+
+
+def number(value: float | None) -> str:
+    if missing(value):
+        return "n/a"
+    return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
+
+
+def interval(row: Mapping[str, Any], fmt=number, prefix: str = "") -> str:
+    """' [low, high]' or '' when the row has no interval."""
+    low, high = row.get(f"{prefix}ci_low"), row.get(f"{prefix}ci_high")
+    if missing(low) or missing(high):
+        return ""
+    return f" [{fmt(low)}, {fmt(high)}]"
+
+
+def _fmt(kind: str):
+    return percent if kind in ("flip_rate", "selection_rate") else number
+
+
+# -- sentences ------------------------------------------------------------------------------------
+
+
+def _subject(row: Mapping[str, Any]) -> str:
+    """'gender male→female' or 'changing gender' when the row covers every direction."""
+    return f"{row['attribute']} {row['group']}" if row.get("group") else f"changing {row['attribute']}"
+
+
+def _label(row: Mapping[str, Any]) -> str:
+    return f"'{row['label']}'" if row.get("label") else "the predicted label"
+
+
+def _sample(row: Mapping[str, Any], unit: str) -> str:
+    if row.get("n") is None:
+        return ""
+    sources = f" from {row['n_sources']} source images" if row.get("n_sources") is not None else ""
+    return f"n={row['n']} {unit}{sources}"
+
+
+def _measure(row: Mapping[str, Any], value_key: str = "value", prefix: str = "") -> str:
+    """The pair metric's value in words, with its interval."""
+    kind = metric_kind(row["metric"])
+    value = row[value_key]
+    ci = interval(row, _fmt(kind), prefix)
+    if kind == "flip_rate":
+        return f"the top-1 label flips in {percent(value)} of pairs{ci}"
+    if kind == "prob_gap_abs":
+        return f"P({_label(row)}) moves by {number(value)} on average{ci}"
+    signed = "n/a" if value is None else f"{value:+.3g}"
+    return f"P({_label(row)}) changes by {signed} on average{ci}"
+
+
+def _control(row: Mapping[str, Any]) -> str:
+    kind = metric_kind(row["metric"])
+    value = row["control_value"]
+    text = percent(value) if kind == "flip_rate" else (f"{value:+.3g}" if kind == "prob_gap_signed" else number(value))
+    control_n = f"; n={row['control_n']} pairs" if row.get("control_n") is not None else ""
+    return f"the control's {text}{interval(row, _fmt(kind), 'control_')} (same source and value, another seed{control_n})"
+
+
+def _pair_sentence(row: Mapping[str, Any]) -> str:
+    kind = metric_kind(row["metric"])
+    sample = _sample(row, "pairs")
+    subject = _subject(row)
+    if row["value"] is None:
+        return f"{subject}: {row['metric']} is undefined ({row.get('note') or 'no reason recorded'})"
+    if row["reference"] == REFERENCE_CONTROL:
+        if row["control_value"] is None:
+            return (f"{subject}: {_measure(row)} ({sample}); no control was measured for {row['attribute']}, "
+                    "so no difference is called")
+        if row["called"]:
+            direction = "above" if row["ci_low"] > row["control_ci_high"] else "below"
+            zero = "excludes no change (0) and lies " if row.get("no_effect") is not None else ""
+            return f"{subject}: {_measure(row)} ({sample}), {zero}{direction} {_control(row)}"
+        return f"{subject}: no difference detected at this sample size ({sample}): {_measure(row)} vs {_control(row)}"
+    # No control in this run: compared with no change.
+    if row["called"]:
+        return (f"{subject}: {_measure(row)} ({sample}); this excludes no change ({number(row['no_effect'])}), "
+                "but there was no control in this run, so the generator's own variation is not ruled out")
+    return (f"{subject}: no difference detected at this sample size ({sample}): {_measure(row)}; "
+            "there was no control in this run")
+
+
+def _descriptive_sentence(row: Mapping[str, Any]) -> str:
+    """A metric that is reported but not called, in plain words with its interval and n."""
+    kind, k = metric_kind(row["metric"]), metric_k(row["metric"])
+    value, attribute = row["value"], row["attribute"]
+    query = f"'{row['query']}'" if row.get("query") else "the retrieval query"
+    top = f"top {k}" if k else "whole ranking"
+    images = _sample(row, "images")
+    images = f", {images}" if images else ""
+    if value is None:
+        what = row["metric"] + "".join(f" {p}" for p in (row.get("group"), row.get("label")) if p)
+        where = f" for {query}" if row.get("query") else ""
+        return f"{attribute} {what}{where} is undefined: {row.get('note') or 'no reason recorded'}"
+    if kind == "prob_gap_abs":
+        return (f"{_subject(row)}: {_measure(row)} ({_sample(row, 'pairs')}); there was no control in this run, and a "
+                "mean absolute change is positive whenever anything varies, so it is reported, not compared with 0")
+    if kind == "selection_rate":
+        return (f"{attribute} {row['group']} images are labelled {_label(row)} {percent(value)} of the time"
+                f"{interval(row, percent)} ({images.lstrip(', ')})")
+    if kind == "demographic_parity_difference":
+        return (f"across {attribute} groups, the share labelled {_label(row)} differs by up to {points(value)} "
+                f"(demographic parity difference {number(value)}{interval(row)}{images})")
+    if kind == "demographic_parity_ratio":
+        return (f"the least-favoured {attribute} group is labelled {_label(row)} {number(value)}× as often as the "
+                f"most-favoured (demographic parity ratio{interval(row)}{images}; 1 is parity)")
+    if kind == "equalized_odds_difference":
+        return (f"error rates for {_label(row)} differ across {attribute} groups by up to {points(value)} "
+                f"(equalized odds difference {number(value)}{interval(row)}{images})")
+    if kind in ("max_skew", "min_skew"):
+        which = "over" if kind == "max_skew" else "under"
+        group = f" ({row['group']})" if row.get("group") else ""
+        name = "MaxSkew" if kind == "max_skew" else "MinSkew"
+        return (f"for {query}, the most {which}-represented {attribute} group{group} fills the {top} at "
+                f"{number(math.exp(value))}× its desired share ({name} {number(value)}{interval(row)}{images})")
+    if kind == "skew":
+        return (f"for {query}, {attribute} {row['group']} fills the {top} at {number(math.exp(value))}× its desired "
+                f"share (Skew {number(value)}{interval(row)}{images})")
+    if kind == "ndkl":
+        return (f"for {query}, the {attribute} mix of the {top} diverges from the desired mix by NDKL "
+                f"{number(value)}{interval(row)} (0 = the desired mix at every rank{images})")
+    if kind == "cits":
+        who = " ".join(str(p) for p in (attribute, row.get("group")) if p)
+        return (f"{who} counterfactuals score {number(value)} on CITS, the project's own counterfactual image-text "
+                f"score{interval(row)} ({_sample(row, 'counterfactuals')})")
+    extras = ", ".join(f"{c} {row[c]}" for c in ("group", "label", "query") if row.get(c))
+    return f"{row['metric']} for {attribute}{f' ({extras})' if extras else ''} is {number(value)}{interval(row)}{images}"
+
+
+def finding_sentence(row: Mapping[str, Any]) -> str:
+    """The sentence of one assessed row (see :func:`assess_findings`)."""
+    prefix = _STRATUM_PREFIX.get(row["stratum"], f"{row['stratum']}: ")
+    if row.get("reference") in (REFERENCE_CONTROL, REFERENCE_NO_EFFECT):
+        return prefix + _pair_sentence(row)
+    return prefix + _descriptive_sentence(row)

@@ -1,0 +1,41 @@
+"""Fairness metrics of the model under audit: the ``metrics.parquet`` table and its parts.
+
+One idea per module (docs/metrics.md has the definitions and the design):
+
+==============================  ======================================================
+:mod:`.schema`                  the table's columns, strata, variants, one estimate
+:mod:`.strata`                  the run's design: which stratum, which pool
+:mod:`.pairs`                   which images are compared: counterfactual and control pairs
+:mod:`.counterfactual_fairness` flip rate and probability gaps (and their controls)
+:mod:`.group_fairness`          selection rate, demographic parity, equalized odds
+:mod:`.retrieval`               Skew@K, MaxSkew@K, MinSkew@K, NDKL, NDKL@K
+:mod:`.cits`                    CITS, the project's own counterfactual image-text score
+:mod:`.intervals`               cluster bootstrap by source, Wilson at 0/n and n/n
+:mod:`.table`                   :func:`compute_metrics`: all of it as one table
+:mod:`.parameters`              :func:`metric_parameters`: what the manifest records
+==============================  ======================================================
+"""
+
+from counterfactual_lab.metrics.parameters import metric_parameters
+from counterfactual_lab.metrics.schema import (
+    CONTROL_PREFIX,
+    METRICS_SCHEMA,
+    STRATA,
+    STRATUM_EVALUATE_ONLY,
+    STRATUM_GENERATED,
+    STRATUM_OBSERVATIONAL,
+    STRATUM_REAL_VS_GENERATED,
+)
+from counterfactual_lab.metrics.table import compute_metrics
+
+__all__ = [
+    "CONTROL_PREFIX",
+    "METRICS_SCHEMA",
+    "STRATA",
+    "STRATUM_EVALUATE_ONLY",
+    "STRATUM_GENERATED",
+    "STRATUM_OBSERVATIONAL",
+    "STRATUM_REAL_VS_GENERATED",
+    "compute_metrics",
+    "metric_parameters",
+]

@@ -1,0 +1,121 @@
+"""Which images are compared with which: counterfactual pairs and control pairs.
+
+A pair is an ordered (from, to) of two predictions of the same attribute; its transition is
+``"<from group>→<to group>"``. Every pair frame has the columns::
+
+    attribute, source_id, set_id, from_group, to_group, transition,
+    top1_from, top1_to, score_<label>_from, score_<label>_to   (one pair of score columns per label)
+
+``source_id`` is the cluster the bootstrap resamples. The three designs (docs/metrics.md):
+
+* :func:`reconstruction_pairs` — generated vs generated: within one set (``attribute, set_id``:
+  one source, one seed) the reconstruction → each counterfactual;
+* :func:`member_pairs` — evaluate-only: within one counterfactual set every ordered pair of
+  members whose groups differ (both directions, so no value is privileged);
+* :func:`original_pairs` — reconstruction off: the original → each counterfactual of the same
+  (source_id, attribute); it compares a real photo with a generated image.
+
+:func:`control_pairs` pairs each control image (same source, same value, a seed no set uses)
+with the reconstruction of every kept set of the same (source_id, attribute): the change in the
+answer when nothing protected changes.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from counterfactual_lab.evaluate import score_column
+from counterfactual_lab.metrics.schema import (
+    UNKNOWN_GROUP,
+    VARIANT_COUNTERFACTUAL,
+    VARIANT_ORIGINAL,
+    VARIANT_RECONSTRUCTION,
+)
+
+_KEYS = ("attribute", "source_id", "set_id")
+
+
+def pair_columns(labels: list[str]) -> list[str]:
+    """The columns of a pair frame, in order."""
+    scores = [f"{score_column(label)}_{side}" for label in labels for side in ("from", "to")]
+    return ["attribute", "source_id", "set_id", "from_group", "to_group", "transition", "top1_from", "top1_to", *scores]
+
+
+def _side(frame: pl.DataFrame, labels: list[str], side: str, keys: list[str]) -> pl.DataFrame:
+    return frame.select(
+        *keys,
+        pl.col("group").alias(f"{side}_group"),
+        pl.col("top1").alias(f"top1_{side}"),
+        *[pl.col(score_column(label)).alias(f"{score_column(label)}_{side}") for label in labels],
+    )
+
+
+def _finish(pairs: pl.DataFrame, labels: list[str]) -> pl.DataFrame:
+    pairs = pairs.with_columns(
+        (pl.col("from_group").fill_null(UNKNOWN_GROUP) + "→" + pl.col("to_group").fill_null(UNKNOWN_GROUP)).alias("transition")
+    )
+    return pairs.select(pair_columns(labels)).sort(["attribute", "source_id", "set_id", "transition"], nulls_last=True)
+
+
+def _empty(labels: list[str]) -> pl.DataFrame:
+    schema = {c: pl.String for c in pair_columns(labels)}
+    schema.update({f"{score_column(label)}_{side}": pl.Float64 for label in labels for side in ("from", "to")})
+    return pl.DataFrame(schema=schema)
+
+
+def _variant(predictions: pl.DataFrame, variant: str, control: bool = False) -> pl.DataFrame:
+    return predictions.filter((pl.col("variant") == variant) & (pl.col("control").fill_null(False) == control))
+
+
+def reconstruction_pairs(predictions: pl.DataFrame, labels: list[str]) -> pl.DataFrame:
+    """(reconstruction → counterfactual) within each (attribute, set_id)."""
+    references = _variant(predictions, VARIANT_RECONSTRUCTION).filter(pl.col("set_id").is_not_null())
+    members = _variant(predictions, VARIANT_COUNTERFACTUAL).filter(pl.col("set_id").is_not_null())
+    if references.height == 0 or members.height == 0:
+        return _empty(labels)
+    keys = ["attribute", "set_id"]
+    left = _side(references, labels, "from", [*keys, "source_id"]).unique(subset=keys, keep="first", maintain_order=True)
+    right = _side(members, labels, "to", keys)
+    return _finish(left.join(right, on=keys, how="inner"), labels)
+
+
+def member_pairs(predictions: pl.DataFrame, labels: list[str]) -> pl.DataFrame:
+    """Every ordered pair of members with different (known) groups within each (attribute, set_id)."""
+    members = _variant(predictions, VARIANT_COUNTERFACTUAL).filter(
+        pl.col("set_id").is_not_null() & pl.col("group").is_not_null()
+    )
+    if members.height == 0:
+        return _empty(labels)
+    keys = ["attribute", "set_id"]
+    left = _side(members, labels, "from", [*keys, "source_id"])
+    right = _side(members, labels, "to", keys)
+    pairs = left.join(right, on=keys, how="inner").filter(pl.col("from_group") != pl.col("to_group"))
+    return _finish(pairs, labels)
+
+
+def original_pairs(predictions: pl.DataFrame, labels: list[str]) -> pl.DataFrame:
+    """(original → counterfactual) on (source_id, attribute): real vs generated."""
+    originals = _variant(predictions, VARIANT_ORIGINAL)
+    edits = _variant(predictions, VARIANT_COUNTERFACTUAL)
+    if originals.height == 0 or edits.height == 0:
+        return _empty(labels)
+    keys = ["attribute", "source_id"]
+    left = _side(originals, labels, "from", keys).unique(subset=keys, keep="first", maintain_order=True)
+    right = _side(edits, labels, "to", [*keys, "set_id"])
+    return _finish(left.join(right, on=keys, how="inner"), labels)
+
+
+def control_pairs(predictions: pl.DataFrame, labels: list[str]) -> pl.DataFrame:
+    """(kept set's reconstruction → control image) for every kept set of the control's (source_id, attribute).
+
+    ``set_id`` is the reconstruction's set; the transition is ``value→value`` (nothing
+    protected changes).
+    """
+    controls = _variant(predictions, VARIANT_RECONSTRUCTION, control=True)
+    references = _variant(predictions, VARIANT_RECONSTRUCTION).filter(pl.col("set_id").is_not_null())
+    if controls.height == 0 or references.height == 0:
+        return _empty(labels)
+    keys = ["attribute", "source_id"]
+    left = _side(references, labels, "from", [*keys, "set_id"]).unique(subset=["attribute", "set_id"], keep="first", maintain_order=True)
+    right = _side(controls, labels, "to", keys)
+    return _finish(left.join(right, on=keys, how="inner"), labels)

@@ -1,0 +1,40 @@
+"""Every parameter that changes a number in ``metrics.parquet``, for the run manifest.
+
+:func:`metric_parameters` is what a reader needs, besides the data and the model, to recompute
+the metrics table bit for bit: the bootstrap seed and resample count, the confidence level,
+K, the smallest group compared, how intervals and the desired retrieval distribution are
+chosen, and which CITS definition was used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from counterfactual_lab.metrics.intervals import METHOD_CLUSTER_PERCENTILE, METHOD_WILSON_AT_SOURCES, IntervalSettings
+
+CITS_DEFINITION = "harmonic mean of max(0, cos(I1,T1)), max(0, cos(I1-I0,T1-T0)), max(0, cos(I0,I1))"
+
+
+def metric_parameters(audit_config: Any) -> dict[str, Any]:
+    """JSON-safe metric parameters of an :class:`~counterfactual_lab.config.AuditModelConfig`."""
+    settings = IntervalSettings.from_audit(audit_config)
+    return {
+        "bootstrap_seed": settings.seed,
+        "bootstrap_samples": settings.n_resamples,
+        "confidence": settings.confidence,
+        "top_k": int(audit_config.top_k),
+        "min_group_size": int(audit_config.min_group_size),
+        "resampling_unit": "source image (source_id): cluster bootstrap",
+        "interval_methods": {
+            "means, gaps, parity, equalized odds, skew, NDKL, CITS": METHOD_CLUSTER_PERCENTILE,
+            "proportions at 0/n or n/n (flip rate, selection rate)": METHOD_WILSON_AT_SOURCES,
+        },
+        "undefined_resamples": "skipped and counted in skipped_resamples",
+        "retrieval_desired_distribution": {
+            "generated": "uniform over the attribute's configured values",
+            "evaluate_only": "uniform over the attribute's configured values",
+            "observational": "the pool's own mix",
+            "real_vs_generated": "the pool's own mix",
+        },
+        "cits": CITS_DEFINITION,
+    }

@@ -1,0 +1,175 @@
+"""assess_findings: a difference is called only where its interval excludes its control's (or no
+change, where there was no control); each finding carries its control and a sentence with n."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from counterfactual_lab.config import AuditModelConfig
+from counterfactual_lab.findings import FINDINGS_SCHEMA, any_bias_finding, assess_findings, headline_findings, summary_markdown
+from counterfactual_lab.metrics import METRICS_SCHEMA, compute_metrics
+from metric_frames import row
+
+
+def metrics_table(rows: list[tuple]) -> pl.DataFrame:
+    """(metric, stratum, attribute, group, label, value, ci_low, ci_high, n, n_sources[, note]) tuples."""
+    full = []
+    for r in rows:
+        metric, stratum, attribute, group, label, value, low, high, n, sources, *note = r
+        full.append({"metric": metric, "stratum": stratum, "attribute": attribute, "group": group, "label": label,
+                     "query": None, "value": value, "ci_low": low, "ci_high": high, "n": n, "n_sources": sources,
+                     "skipped_resamples": 0, "note": note[0] if note else None})
+    return pl.DataFrame(full, schema=METRICS_SCHEMA)
+
+
+def finding(findings: pl.DataFrame, metric: str, stratum: str = "generated", group=None, label=None) -> dict:
+    frame = findings.filter((pl.col("metric") == metric) & (pl.col("stratum") == stratum))
+    frame = frame.filter(pl.col("group").is_null() if group is None else pl.col("group") == group)
+    frame = frame.filter(pl.col("label").is_null() if label is None else pl.col("label") == label)
+    assert frame.height == 1, frame
+    return frame.row(0, named=True)
+
+
+GENERATED = metrics_table([
+    ("flip_rate", "generated", "gender", None, None, 0.40, 0.30, 0.50, 120, 60),
+    ("flip_rate", "generated", "gender", "male→female", None, 0.14, 0.08, 0.20, 60, 30),
+    ("flip_rate", "generated", "gender", "female→male", None, 0.02, 0.00, 0.06, 60, 30),
+    ("control_flip_rate", "generated", "gender", None, None, 0.10, 0.05, 0.15, 60, 60),
+    ("prob_gap_signed", "generated", "gender", None, "doctor", -0.12, -0.18, -0.06, 120, 60),
+    ("control_prob_gap_signed", "generated", "gender", None, "doctor", 0.01, -0.02, 0.04, 60, 60),
+    ("prob_gap_signed", "generated", "gender", None, "nurse", 0.01, -0.02, 0.04, 120, 60),
+    ("control_prob_gap_signed", "generated", "gender", None, "nurse", 0.2, 0.15, 0.25, 60, 60),
+    ("prob_gap_abs", "generated", "gender", None, "doctor", 0.13, 0.10, 0.16, 120, 60),
+    ("control_prob_gap_abs", "generated", "gender", None, "doctor", 0.12, 0.09, 0.15, 60, 60),
+    ("demographic_parity_difference", "generated", "gender", None, "doctor", 0.3, 0.2, 0.4, 240, 60),
+    ("demographic_parity_difference", "observational", "gender", None, "doctor", 0.5, 0.4, 0.6, 60, 60),
+])
+
+
+def test_called_only_where_the_interval_excludes_the_controls():
+    findings = assess_findings(GENERATED)
+    assert findings.columns == list(FINDINGS_SCHEMA)
+    assert not findings["metric"].str.starts_with("control_").any(), "controls sit beside their metric, not on their own"
+    overall = finding(findings, "flip_rate")
+    assert overall["called"] and overall["reference"] == "control"
+    assert (overall["control_value"], overall["control_ci_low"], overall["control_ci_high"], overall["control_n"]) == (0.10, 0.05, 0.15, 60)
+    assert overall["sentence"] == (
+        "changing gender: the top-1 label flips in 40% of pairs [30%, 50%] (n=120 pairs from 60 source images), "
+        "above the control's 10% [5%, 15%] (same source and value, another seed; n=60 pairs)"
+    )
+    # [8%, 20%] overlaps the control's [5%, 15%]: no difference detected, with n.
+    overlapping = finding(findings, "flip_rate", group="male→female")
+    assert not overlapping["called"] and overlapping["control_value"] == 0.10, "a transition is compared with its attribute's control"
+    assert overlapping["sentence"].startswith(
+        "gender male→female: no difference detected at this sample size (n=60 pairs from 30 source images): "
+        "the top-1 label flips in 14% of pairs [8%, 20%] vs the control's 10%")
+    # Fewer flips than the control is not bias.
+    assert not finding(findings, "flip_rate", group="female→male")["called"]
+    # The signed gap counts on either side: [−0.18, −0.06] lies below [−0.02, 0.04].
+    signed = finding(findings, "prob_gap_signed", label="doctor")
+    assert signed["called"] and signed["no_effect"] == 0.0
+    assert ("changes by -0.12 on average [-0.18, -0.06] (n=120 pairs from 60 source images), excludes no change (0) "
+            "and lies below the control's +0.01") in signed["sentence"]
+    # Away from the control's shift (made at another seed) but not from 0: not called.
+    assert not finding(findings, "prob_gap_signed", label="nurse")["called"]
+    assert not finding(findings, "prob_gap_abs", label="doctor")["called"]
+
+
+def test_group_and_observational_rows_are_reported_but_never_called():
+    findings = assess_findings(GENERATED)
+    parity = finding(findings, "demographic_parity_difference", label="doctor")
+    assert not parity["called"] and parity["reference"] == "none"
+    observational = finding(findings, "demographic_parity_difference", "observational", label="doctor")
+    assert not observational["called"] and observational["sentence"].startswith("Observational (originals only, descriptive): ")
+
+
+def test_headline_puts_called_findings_first():
+    sentences = headline_findings(GENERATED, max_items=3)
+    assert sentences[0].startswith("changing gender: the top-1 label flips in 40%")
+    assert "below the control's" in sentences[1]
+    assert "no difference detected at this sample size" in sentences[2]
+    assert any_bias_finding(GENERATED)
+    assert not any_bias_finding(GENERATED.filter(~pl.col("metric").is_in(["flip_rate", "prob_gap_signed"])))
+
+
+def test_without_a_control_the_comparison_is_with_no_change_and_says_so():
+    table = metrics_table([
+        ("flip_rate", "evaluate_only", "race", None, None, 0.2, 0.1, 0.3, 80, 20),
+        ("prob_gap_signed", "evaluate_only", "race", None, "doctor", 0.05, -0.01, 0.11, 80, 20),
+        ("prob_gap_abs", "evaluate_only", "race", None, "doctor", 0.09, 0.07, 0.11, 80, 20),
+        ("flip_rate", "real_vs_generated", "gender", None, None, 1.0, 0.86, 1.0, 7, 7),
+    ])
+    findings = assess_findings(table)
+    flips = finding(findings, "flip_rate", "evaluate_only")
+    assert flips["called"] and flips["reference"] == "no effect" and flips["no_effect"] == 0.0
+    assert flips["sentence"] == (
+        "Counterfactual sets: changing race: the top-1 label flips in 20% of pairs [10%, 30%] (n=80 pairs from 20 "
+        "source images); this excludes no change (0), but there was no control in this run, so the generator's own "
+        "variation is not ruled out")
+    signed = finding(findings, "prob_gap_signed", "evaluate_only", label="doctor")
+    assert not signed["called"] and signed["sentence"].endswith("there was no control in this run")
+    assert "no difference detected at this sample size (n=80 pairs from 20 source images)" in signed["sentence"]
+    absolute = finding(findings, "prob_gap_abs", "evaluate_only", label="doctor")
+    assert not absolute["called"] and absolute["reference"] == "none"
+    assert absolute["sentence"].endswith("so it is reported, not compared with 0")
+    real = finding(findings, "flip_rate", "real_vs_generated")
+    assert real["called"] and real["sentence"].startswith("Real vs generated: changing gender: the top-1 label flips in 100%")
+    assert "Reconstruction was off: pairs compare original photos with generated images" in summary_markdown({}, table, None)
+
+
+def test_a_missing_control_calls_nothing_and_says_why():
+    table = metrics_table([
+        ("flip_rate", "generated", "gender", None, None, 0.4, 0.3, 0.5, 120, 60),
+        ("control_flip_rate", "generated", "gender", None, None, None, None, None, 0, 0, "no control pairs"),
+    ])
+    flips = finding(assess_findings(table), "flip_rate")
+    assert not flips["called"] and "no control was measured for gender" in flips["sentence"]
+
+
+def test_tables_from_before_strata_read_as_real_vs_generated():
+    legacy = pl.DataFrame({"metric": ["flip_rate"], "attribute": ["gender"], "group": [None], "label": [None],
+                           "query": [None], "value": [0.25], "ci_low": [0.1], "ci_high": [0.4], "n": [40]},
+                          schema_overrides={"group": pl.String, "label": pl.String, "query": pl.String})
+    flips = finding(assess_findings(legacy), "flip_rate", "real_vs_generated")
+    assert flips["called"] and flips["n_sources"] is None
+    assert "(n=40 pairs)" in flips["sentence"]
+    assert assess_findings(pl.DataFrame()).columns == list(FINDINGS_SCHEMA)
+
+
+def _world(seed: int, effect: float) -> pl.DataFrame:
+    """40 sources × 2 seeds; every generated image has the generator's own noise (sd 0.05 on p);
+    the counterfactual adds ``effect`` to p(doctor) when the attribute changes."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(40):
+        own, other = ("male", "female") if s % 2 else ("female", "male")
+        base = rng.uniform(0.2, 0.8)
+        for k in range(2):
+            set_id = f"s{s}-{k}"
+            rows.append(row(f"s{s}r{k}", f"s{s}", "reconstruction", own, float(np.clip(base + rng.normal(0, 0.05), 0, 1)), set_id=set_id, seed=k))
+            shift = effect if own == "male" else -effect
+            rows.append(row(f"s{s}c{k}", f"s{s}", "counterfactual", other, float(np.clip(base + shift + rng.normal(0, 0.05), 0, 1)), set_id=set_id, seed=k))
+        rows.append(row(f"s{s}x", f"s{s}", "reconstruction", own, float(np.clip(base + rng.normal(0, 0.05), 0, 1)), seed=2, control=True))
+    return pl.DataFrame(rows)
+
+
+def test_generator_noise_alone_is_not_called_and_a_planted_shift_is():
+    """A small planted-bias world on hand-built frames: 10 runs without an effect, 10 with one."""
+    audit = AuditModelConfig(labels=["doctor", "nurse"], queries=[], bootstrap_samples=200, min_group_size=1)
+    values = {"gender": ["female", "male"]}
+    null_calls = [any_bias_finding(compute_metrics(_world(i, 0.0), pl.DataFrame(), pl.DataFrame(), audit, values)) for i in range(10)]
+    planted = [compute_metrics(_world(100 + i, 0.15), pl.DataFrame(), pl.DataFrame(), audit, values) for i in range(10)]
+    assert sum(null_calls) <= 1
+    assert all(any_bias_finding(m) for m in planted)
+    # The planted shift (+0.15 on male→female for 'doctor') lies inside the reported interval in most runs.
+    inside = [(lambda r: r["ci_low"] <= 0.15 <= r["ci_high"])(m.filter(
+        (pl.col("metric") == "prob_gap_signed") & (pl.col("group") == "male→female") & (pl.col("label") == "doctor")).row(0, named=True))
+        for m in planted]
+    assert sum(inside) >= 8
+
+
+def test_a_table_without_the_metric_columns_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"metrics table lacks columns \['value'\]"):
+        assess_findings(pl.DataFrame({"metric": ["flip_rate"], "attribute": ["gender"]}))
