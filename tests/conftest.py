@@ -41,7 +41,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """Start moto's ThreadedMotoServer on 127.0.0.1 and point the AWS variables at it."""
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    # Its request log (werkzeug, INFO) would reach stderr once any test has put an INFO handler
+    # on the root logger, and break the tests that assert cflab prints exactly one line there.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
