@@ -105,6 +105,11 @@ def image_content_key(image) -> str:
     return digest.hexdigest()
 
 
+def is_remote_uri(uri: str) -> bool:
+    """True for an object-store or web URI (``s3://``, ``gs://``, ``https://``), False for a local file."""
+    return "://" in uri and not uri.startswith("file://")
+
+
 def _model_identity(model: str, revision: str | None) -> str:
     """What names these weights: the hub id and revision, or a local folder and its weight files."""
     if not is_local_model(model):
@@ -242,28 +247,46 @@ class ClipEmbedder:
     ) -> np.ndarray:
         """Like :meth:`embed_images`, but only images missing from the cache are loaded.
 
-        ``load_image(uri)`` returns a PIL image; loads of one chunk run on ``load_workers``
-        threads (object-store reads wait on the network, not the CPU) while the previous
-        chunk's batches run through the model.
+        ``load_image(uri)`` returns a PIL image. Local files (a path or ``file://``) load in
+        the calling thread, one batch at a time: decoding a PNG is CPU work, and on a small
+        machine loader threads only take cores from the model and the processor (measured in
+        ``bench/evaluate.py``: 4 loader threads on 2 cores cost ~25% of the stage). Remote
+        URIs (``s3://`` and other object stores) wait on the network instead, so their loads
+        run on ``load_workers`` threads, a chunk ahead of the batches in the model.
         """
         if len(keys) != len(uris):
             raise ValueError(f"embed_image_uris got {len(uris)} URIs but {len(keys)} keys")
 
         def compute(missing: list[int]) -> np.ndarray:
-            chunk = max(batch_size * 4, 1)
-            parts = []
-            with ThreadPoolExecutor(max_workers=max(1, load_workers)) as pool:
-                pending = None
-                for start in range(0, len(missing), chunk):
-                    future = pool.map(load_image, [uris[i] for i in missing[start : start + chunk]])
-                    if pending is not None:
-                        parts.append(self._image_features(list(pending), batch_size))
-                    pending = future
-                if pending is not None:
-                    parts.append(self._image_features(list(pending), batch_size))
+            wanted = [uris[i] for i in missing]
+            if any(is_remote_uri(uri) for uri in wanted):
+                parts = self._embed_prefetched(wanted, load_image, batch_size, load_workers)
+            else:
+                step = max(batch_size, 1)
+                parts = [
+                    self._image_features([load_image(uri) for uri in wanted[start : start + step]], batch_size)
+                    for start in range(0, len(wanted), step)
+                ]
             return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
         return self._embed_cached("image", list(keys), compute)
+
+    def _embed_prefetched(
+        self, uris: list[str], load_image: Callable[[str], Any], batch_size: int, load_workers: int
+    ) -> list[np.ndarray]:
+        """Embed remote images: each chunk is fetched on threads while the previous one is in the model."""
+        chunk = max(batch_size * 4, 1)
+        parts = []
+        with ThreadPoolExecutor(max_workers=max(1, load_workers)) as pool:
+            pending = None
+            for start in range(0, len(uris), chunk):
+                future = pool.map(load_image, uris[start : start + chunk])
+                if pending is not None:
+                    parts.append(self._image_features(list(pending), batch_size))
+                pending = future
+            if pending is not None:
+                parts.append(self._image_features(list(pending), batch_size))
+        return parts
 
     def embed_texts(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """(n, d) normalised text embeddings, cached by the text itself."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from counterfactual_lab.embeddings import ClipEmbedder, embedding_cache, image_content_key
+from counterfactual_lab.embeddings import ClipEmbedder, embedding_cache, image_content_key, is_remote_uri
 from counterfactual_lab.errors import UnsafeModelError, UserError
 
 
@@ -77,6 +79,26 @@ def test_embed_image_uris_loads_each_missing_key_once(clip):
     out = clip.embed_image_uris(["0", "1", "0", "2"], ["u0", "u1", "u0", "u2"], load, batch_size=2)
     assert sorted(loads) == ["0", "1", "2"]
     np.testing.assert_array_equal(out[0], out[2])
+
+
+def test_local_images_load_in_the_calling_thread_and_remote_ones_on_loader_threads(clip):
+    """Local decoding is CPU work that loader threads would take from the model; remote
+    reads wait on the network, so they are fetched on threads. Same embeddings either way."""
+    images = _images(5, seed=6)
+    threads: dict[str, set[int]] = {"local": set(), "remote": set()}
+
+    def load(uri):
+        threads["remote" if uri.startswith("s3://") else "local"].add(threading.get_ident())
+        return images[int(uri.rsplit("/", 1)[-1])]
+
+    local = clip.embed_image_uris([f"/data/{i}" for i in range(5)], [f"l{i}" for i in range(5)], load, batch_size=2)
+    remote = clip.embed_image_uris([f"s3://bucket/{i}" for i in range(5)], [f"r{i}" for i in range(5)], load, batch_size=2)
+    assert threads["local"] == {threading.get_ident()}
+    assert threads["remote"] and threading.get_ident() not in threads["remote"]
+    np.testing.assert_array_equal(local, remote)
+    assert [is_remote_uri(u) for u in ("s3://b/k", "https://h/x.png", "file:///x.png", "/x.png", "x.png")] == [
+        True, True, False, False, False,
+    ]
 
 
 def test_text_cache(clip):
