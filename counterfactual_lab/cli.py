@@ -111,10 +111,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Print a finished run's headline metrics."""
-    from counterfactual_lab.run_reader import format_headline, read_run
+    """Print a finished run's headline metrics, or list the runs of an output folder."""
+    from counterfactual_lab.run_reader import report_text
 
-    print(format_headline(read_run(args.run_uri)))
+    print(report_text(args.run_uri), end="")
     return EXIT_OK
 
 
