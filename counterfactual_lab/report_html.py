@@ -441,6 +441,15 @@ def _truncate(value: Any, limit: int = 200) -> Any:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def thumbnail_data_uri(image: Any, max_px: int = THUMBNAIL_PX) -> str:
+    """A PIL image as a ``data:image/png;base64,...`` URI, shrunk to fit ``max_px`` (never enlarged)."""
+    image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    image.thumbnail((max_px, max_px))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 class _ImageInliner:
     """Loads each URI once, shrinks it to a thumbnail, and returns ``<img>`` tags with a PNG data URI."""
 
@@ -453,12 +462,7 @@ class _ImageInliner:
     def data_uri(self, uri: str) -> str | None:
         if uri not in self._cache:
             try:
-                image = self._load(uri)
-                image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-                image.thumbnail((self._max_px, self._max_px))
-                buffer = io.BytesIO()
-                image.save(buffer, format="PNG", optimize=True)
-                self._cache[uri] = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+                self._cache[uri] = thumbnail_data_uri(self._load(uri), self._max_px)
             except Exception as exc:  # a missing image must not take the whole report down
                 self._cache[uri] = None
                 self.errors[uri] = f"{type(exc).__name__}: {exc}"
