@@ -555,6 +555,17 @@ def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return ticks
 
 
+def _tick_labels(ticks: list[float], fmt: Callable[[float | None], str]) -> list[str]:
+    """Axis labels with one number of decimals for the whole axis (0, 0.2, …, 1.0, not 0.2 … 1.00)."""
+    if fmt is not number or len(ticks) < 2:
+        return [fmt(t) for t in ticks]
+    step = min(b - a for a, b in zip(ticks, ticks[1:]))
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    if round(step * 10**decimals, 6) % 1:  # a 2.5 step needs one more decimal
+        decimals += 1
+    return [f"{t:.{decimals}f}" for t in ticks]
+
+
 def _value_text(bar: Bar, fmt: Callable[[float | None], str]) -> str:
     """'0.23 [0.19, 0.27] n=120': the value column of a defined bar."""
     interval = f" [{fmt(bar.low)}, {fmt(bar.high)}]" if _finite(bar.low) and _finite(bar.high) else ""
@@ -604,10 +615,11 @@ def bar_chart_svg(
     if hi == lo:
         hi = lo + 1.0
     ticks = _nice_ticks(lo, hi)
+    tick_labels = _tick_labels(ticks, fmt)
     # Tick labels are centred on their tick: the end ones need half their width beside the plot.
     if ticks:
-        label_w = max(label_w, text_width(fmt(ticks[0])) / 2 + _PAD)
-        value_w = max(value_w, text_width(fmt(ticks[-1])) / 2 + _PAD)
+        label_w = max(label_w, text_width(tick_labels[0]) / 2 + _PAD)
+        value_w = max(value_w, text_width(tick_labels[-1]) / 2 + _PAD)
     total_w = max(float(width), label_w + MIN_PLOT_PX + value_w)
     plot_w = total_w - label_w - value_w
     height = top + row_h * len(bars) + axis_h
@@ -623,10 +635,10 @@ def bar_chart_svg(
     axis_y = top + row_h * len(bars)
     if header:
         out.append(f'<text x="{label_w:.1f}" y="{8 + row_h / 2 + 4:.1f}" fill="#57606a" font-style="italic">{e(header)}</text>')
-    for tick in ticks:
+    for tick, tick_label in zip(ticks, tick_labels):
         tx = x(tick)
         out.append(f'<line x1="{tx:.1f}" y1="{top}" x2="{tx:.1f}" y2="{axis_y}" stroke="#eaeef2"/>')
-        out.append(f'<text x="{tx:.1f}" y="{axis_y + 15}" text-anchor="middle" fill="#57606a">{e(fmt(tick))}</text>')
+        out.append(f'<text x="{tx:.1f}" y="{axis_y + 15}" text-anchor="middle" fill="#57606a">{e(tick_label)}</text>')
     for i, bar in enumerate(bars):
         y = top + i * row_h
         mid = y + row_h / 2

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from counterfactual_lab.findings import headline_findings, headline_table, summary_markdown
+from counterfactual_lab.findings import headline_findings, headline_table, percent, summary_markdown
 from counterfactual_lab.report_html import Bar, bar_chart_svg, image_loader, number, render_report, select_examples
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -518,3 +518,14 @@ def test_dropped_examples_say_what_the_model_answered(images):
     html = render(images)
     assert "doctor on the original; the counterfactual was not evaluated (dropped by the judge)" in html
     assert "→ None" not in html
+
+
+def test_axis_labels_share_their_decimals():
+    def ticks(svg: str) -> list[str]:
+        return [t["s"] for t in svg_charts(svg)[0]["texts"] if t["anchor"] == "middle"]
+
+    assert ticks(bar_chart_svg([Bar("a", 0.5)], domain=(0.0, 1.0))) == ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]
+    assert ticks(bar_chart_svg([Bar("a", 0.02)])) == ["0.000", "0.005", "0.010", "0.015", "0.020"]
+    assert ticks(bar_chart_svg([Bar("a", 9.0)])) == ["0", "2", "4", "6", "8"]
+    assert ticks(bar_chart_svg([Bar("a", 1.2)]))[:3] == ["0.00", "0.25", "0.50"]
+    assert ticks(bar_chart_svg([Bar("a", 0.4)], fmt=percent, domain=(0.0, 1.0)))[-1] == "100%"
