@@ -205,15 +205,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Print a finished run's headline metrics."""
+    """Print a finished run's headline metrics, or list the runs of an output folder."""
     from counterfactual_lab.errors import TooManyFailedItems
     from counterfactual_lab.run_failure import failure_banner
-    from counterfactual_lab.run_reader import format_headline, read_run
+    from counterfactual_lab.publish import MANIFEST_NAME
+    from counterfactual_lab.run_reader import read_run, report_text
+    from counterfactual_lab.storage import exists, join
 
-    run = read_run(args.run_uri)
-    print(format_headline(run))
-    if run.failed:  # finished, but not an audit to rely on: exit 1 like the audit did
-        raise TooManyFailedItems(failure_banner(run.manifest))
+    print(report_text(args.run_uri), end="")
+    if exists(join(args.run_uri.rstrip("/"), MANIFEST_NAME)):  # one run, not a folder of runs
+        run = read_run(args.run_uri)
+        if run.failed:  # finished, but not an audit to rely on: exit 1 like the audit did
+            raise TooManyFailedItems(failure_banner(run.manifest))
     return EXIT_OK
 
 

@@ -73,6 +73,7 @@ figure.pair{margin:0;border:1px solid #d0d7de;border-radius:6px;padding:.5rem;fo
 .pair img{width:100%;height:auto;image-rendering:auto;border-radius:3px}
 .flip{color:#cf222e;font-weight:600}.missing{background:#f6f8fa;padding:2rem .3rem;color:#57606a}
 svg text{font-family:inherit;font-size:11px}details{margin:.5rem 0}pre{white-space:pre-wrap;font-size:.75rem}
+svg.chart{display:block;width:100%;height:auto}.wide{overflow-x:auto}.undefined{color:#57606a;font-style:italic}
 """
 
 
@@ -219,7 +220,7 @@ def _charts_section(metrics: pl.DataFrame) -> str:
         rows = _metric_rows(metrics, lambda m, kind=kind: m in (kind, CONTROL_PREFIX + kind))
         if not any(metric_kind(r["metric"]) == kind for r in rows):
             continue
-        bars = [Bar(_bar_label(r), r["value"], r.get("ci_low"), r.get("ci_high"), r.get("n")) for r in rows]
+        bars = [Bar(_bar_label(r), r["value"], r.get("ci_low"), r.get("ci_high"), r.get("n"), r.get("note")) for r in rows]
         fmt = percent if is_share else number
         parts.append(f"<h3>{e(title)}</h3>" + bar_chart_svg(bars, fmt=fmt, domain=domain))
     if not parts:
@@ -234,7 +235,7 @@ def _charts_section(metrics: pl.DataFrame) -> str:
 def _skew_section(metrics: pl.DataFrame) -> str:
     if metrics.is_empty() or "query" not in metrics.columns:
         return ""
-    rows = _metric_rows(metrics, lambda m: metric_kind(m) in _SKEW_KINDS, keep_undefined=True)
+    rows = _metric_rows(metrics, lambda m: metric_kind(m) in _SKEW_KINDS)
     queries = sorted({r["query"] for r in rows if r.get("query") is not None})
     if not queries:
         return ""
@@ -256,8 +257,7 @@ def _skew_section(metrics: pl.DataFrame) -> str:
             k = metric_k(r["metric"])
             label = (f"{r['attribute']} {names[metric_kind(r['metric'])]}" + (f"@{k}" if k else "")
                      + (f" ({r['group']})" if r.get("group") else "") + _stratum_tag(r))
-            value = float("nan") if r["value"] is None else r["value"]
-            bars.append(Bar(label, value, r.get("ci_low"), r.get("ci_high"), r.get("n")))
+            bars.append(Bar(label, r["value"], r.get("ci_low"), r.get("ci_high"), r.get("n"), r.get("note")))
         parts.append(f"<h3>Query: {e(query)}</h3>" + bar_chart_svg(bars, fmt=number))
     return "".join(parts)
 
@@ -406,7 +406,12 @@ def _pair_figure(pair: _Pair, images: "_ImageInliner") -> str:
     )
     if row.get("attribute_ok") is not None:
         scores += ("; " if scores else "") + f"attribute check {'passed' if row['attribute_ok'] else 'failed'}"
-    if pair.reference_top1 is not None or pair.counterfactual_top1 is not None:
+    if pair.counterfactual_top1 is None and (pair.reference_top1 is not None or pair.original_top1 is not None):
+        # The model under audit only sees kept counterfactuals: say what it answered, not "→ None".
+        why = "" if row.get("kept") else " (dropped by the judge)"
+        seen = pair.reference_top1 if pair.reference_top1 is not None else pair.original_top1
+        prediction = e(f"{seen} on the {pair.reference}; the counterfactual was not evaluated{why}")
+    elif pair.reference_top1 is not None or pair.counterfactual_top1 is not None:
         verdict = f"{pair.reference}: {pair.reference_top1} → counterfactual: {pair.counterfactual_top1}"
         prediction = f'<span class="flip">{e(verdict)} (flipped)</span>' if pair.flipped else e(verdict)
         if pair.reconstruction_uri and pair.original_top1 is not None:
@@ -490,15 +495,26 @@ def _quarantine_summary(quarantine: pl.DataFrame | None, acc: Mapping[str, Any])
 def _metrics_table_section(metrics: pl.DataFrame) -> str:
     if metrics.is_empty():
         return ""
-    columns = [c for c in ("metric", "attribute", "group", "label", "query", "value", "ci_low", "ci_high", "n") if c in metrics.columns]
+    wanted = ("metric", "stratum", "attribute", "group", "label", "query", "value", "ci_low", "ci_high", "n", "n_sources", "note")
+    columns = [c for c in wanted if c in metrics.columns]
     head = "".join(f"<th>{e(c)}</th>" for c in columns)
+
+    def cell(row: Mapping[str, Any], column: str) -> str:
+        value = row[column]
+        if column == "value" and (value is None or (isinstance(value, float) and math.isnan(value))):
+            return '<td class="undefined">undefined</td>'
+        if isinstance(value, float):
+            return f"<td>{e(number(value))}</td>"
+        return f"<td>{e(value)}</td>"
+
     body = "".join(
-        "<tr>" + "".join(f"<td>{e(number(r[c]) if isinstance(r[c], float) else r[c])}</td>" for c in columns) + "</tr>"
-        for r in metrics.select(columns).to_dicts()
+        "<tr>" + "".join(cell(r, c) for c in columns) + "</tr>" for r in metrics.select(columns).to_dicts()
     )
+    undefined = metrics.filter(pl.col("value").is_null() | pl.col("value").cast(pl.Float64).is_nan()).height if "value" in metrics.columns else 0
+    note = f"; {undefined} undefined (value null, the reason in note)" if undefined else ""
     return (
-        f"<h2>All metrics</h2><details><summary>{metrics.height} rows (also in metrics.parquet)</summary>"
-        f"<table><tr>{head}</tr>{body}</table></details>"
+        f"<h2>All metrics</h2><details><summary>{metrics.height} rows{note} (also in metrics.parquet)</summary>"
+        f'<div class="wide"><table><tr>{head}</tr>{body}</table></div></details>'
     )
 
 
@@ -521,14 +537,13 @@ def _provenance_section(manifest: Mapping[str, Any]) -> str:
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _metric_rows(metrics: pl.DataFrame, keep: Callable[[str], bool], keep_undefined: bool = False) -> list[dict[str, Any]]:
-    """Rows whose metric ``keep`` accepts, by stratum, attribute, label, control last, group, query."""
+def _metric_rows(metrics: pl.DataFrame, keep: Callable[[str], bool]) -> list[dict[str, Any]]:
+    """Rows whose metric ``keep`` accepts, undefined ones included (drawn as "undefined: <note>"),
+    by stratum, attribute, label, control last, group, query."""
     rows = [r for r in metrics.to_dicts() if keep(str(r.get("metric")))]
     for r in rows:
         if isinstance(r.get("value"), float) and math.isnan(r["value"]):
             r["value"] = None
-    if not keep_undefined:
-        rows = [r for r in rows if r.get("value") is not None]
     rows.sort(key=lambda r: (_stratum_rank(r), str(r.get("attribute")), str(r.get("label")),
                              str(r.get("metric")).startswith(CONTROL_PREFIX), str(r.get("group")), str(r.get("query"))))
     return rows
@@ -562,6 +577,15 @@ def _truncate(value: Any, limit: int = 200) -> Any:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def thumbnail_data_uri(image: Any, max_px: int = THUMBNAIL_PX) -> str:
+    """A PIL image as a ``data:image/png;base64,...`` URI, shrunk to fit ``max_px`` (never enlarged)."""
+    image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    image.thumbnail((max_px, max_px))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 class _ImageInliner:
     """Loads each URI once, shrinks it to a thumbnail, and returns ``<img>`` tags with a PNG data URI."""
 
@@ -574,12 +598,7 @@ class _ImageInliner:
     def data_uri(self, uri: str) -> str | None:
         if uri not in self._cache:
             try:
-                image = self._load(uri)
-                image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-                image.thumbnail((self._max_px, self._max_px))
-                buffer = io.BytesIO()
-                image.save(buffer, format="PNG", optimize=True)
-                self._cache[uri] = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+                self._cache[uri] = thumbnail_data_uri(self._load(uri), self._max_px)
             except Exception as exc:  # a missing image must not take the whole report down
                 self._cache[uri] = None
                 self.errors[uri] = f"{type(exc).__name__}: {exc}"
@@ -596,20 +615,64 @@ class _ImageInliner:
 
 # --- SVG bar chart -------------------------------------------------------------------------
 
+# Charts are drawn at the page's content width (body max-width minus padding) and scaled by CSS
+# (``svg.chart``) to whatever width the window has, so text keeps its size on a full page.
+CHART_WIDTH = 1060
+CHART_FONT_PX = 11
+MIN_PLOT_PX = 260
+_LABEL_SHARE = 0.4  # a label column never takes more than this share of the chart
+_PAD = 8
+
 
 @dataclass(frozen=True)
 class Bar:
-    """One bar: a label, a point estimate and an optional interval."""
+    """One bar: a label, a point estimate, an optional interval, and why it is undefined when it is."""
 
     label: str
-    value: float
+    value: float | None
     low: float | None = None
     high: float | None = None
     n: int | None = None
+    note: str | None = None  # the reason a null value is undefined (metrics.parquet ``note``)
 
 
 def _finite(v: float | None) -> bool:
     return v is not None and isinstance(v, int | float) and math.isfinite(v)
+
+
+# Widths in em of a sans-serif at its widest (Arial, Segoe UI, Roboto, DejaVu Sans), rounded up,
+# so an estimate is never narrower than the browser draws the text.
+_NARROW = set("iljI.,:;'!|` ")
+_WIDE = set("mwMW@%&")
+
+
+def text_width(text: str, font_px: float = CHART_FONT_PX) -> float:
+    """A conservative estimate of ``text``'s rendered width in px (no font metrics offline).
+
+    Narrow ASCII (``i l . , :`` space) 0.4 em, wide (``m w M W @ % &``) 1.0 em, other ASCII
+    0.68 em (Arial's digits and lower case are 0.5–0.56 em), anything else (→, ·, accents, CJK) 1.1 em.
+    """
+    em = 0.0
+    for ch in text:
+        if ch in _NARROW:
+            em += 0.4
+        elif ch in _WIDE:
+            em += 1.0
+        elif ch.isascii():
+            em += 0.68
+        else:
+            em += 1.1
+    return em * font_px
+
+
+def fit_text(text: str, max_px: float, font_px: float = CHART_FONT_PX) -> str:
+    """``text``, cut with an ellipsis where needed so that :func:`text_width` is at most ``max_px``."""
+    if text_width(text, font_px) <= max_px:
+        return text
+    cut = text
+    while cut and text_width(cut + "…", font_px) > max_px:
+        cut = cut[:-1]
+    return cut.rstrip() + "…" if cut else ""
 
 
 def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -628,56 +691,107 @@ def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return ticks
 
 
+def _tick_labels(ticks: list[float], fmt: Callable[[float | None], str]) -> list[str]:
+    """Axis labels with one number of decimals for the whole axis (0, 0.2, …, 1.0, not 0.2 … 1.00)."""
+    if fmt is not number or len(ticks) < 2:
+        return [fmt(t) for t in ticks]
+    step = min(b - a for a, b in zip(ticks, ticks[1:]))
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    if round(step * 10**decimals, 6) % 1:  # a 2.5 step needs one more decimal
+        decimals += 1
+    return [f"{t:.{decimals}f}" for t in ticks]
+
+
+def _value_text(bar: Bar, fmt: Callable[[float | None], str]) -> str:
+    """'0.23 [0.19, 0.27] n=120': the value column of a defined bar."""
+    interval = f" [{fmt(bar.low)}, {fmt(bar.high)}]" if _finite(bar.low) and _finite(bar.high) else ""
+    n = f" n={bar.n}" if bar.n is not None else ""
+    return f"{fmt(bar.value)}{interval}{n}"
+
+
+def _undefined_text(bar: Bar) -> str:
+    """'undefined: <reason>' for a bar whose value is null or NaN."""
+    reason = bar.note or "no value was computed (no reason recorded)"
+    n = f" (n={bar.n})" if bar.n is not None else ""
+    return f"undefined: {reason}{n}"
+
+
 def bar_chart_svg(
     bars: Sequence[Bar],
     *,
     fmt: Callable[[float | None], str] = number,
     domain: tuple[float, float] | None = None,
-    width: int = 760,
+    width: int = CHART_WIDTH,
 ) -> str:
-    """A horizontal bar chart with interval whiskers, as inline SVG.
+    """A horizontal bar chart with interval whiskers, as inline SVG that scales to the page width.
 
     The axis spans ``domain`` widened to hold every bar and whisker, and always includes 0,
-    so negative values (signed gaps, MinSkew) extend left of the zero line.
+    so negative values (signed gaps, MinSkew) extend left of the zero line. Every text is
+    measured (:func:`text_width`): the label column is as wide as the longest label (at
+    most 40% of ``width``; longer labels are cut, the full one is the row's tooltip), the
+    value column as wide as the longest value, and the viewBox grows when the plot would be
+    narrower than ``MIN_PLOT_PX``, so no text is ever clipped. A bar whose value is null or
+    NaN is drawn as the words "undefined: <note>"; a chart whose values are all 0 says
+    "0 for every group" above its rows.
     """
-    label_w, value_w, row_h, top, axis_h = 250, 190, 22, 8, 24
-    plot_w = width - label_w - value_w
-    points = [b.value for b in bars if _finite(b.value)]
-    points += [v for b in bars for v in (b.low, b.high) if _finite(v)]
+    row_h, axis_h = 22, 24
+    defined = [b for b in bars if _finite(b.value)]
+    all_zero = bool(defined) and all(
+        b.value == 0 and all(v in (None, 0) or not _finite(v) for v in (b.low, b.high)) for b in defined
+    )
+    header = ("0 for every group" if len(defined) == len(bars) else "0 for every group with a value") if all_zero else None
+    top = 8 + (row_h if header else 0)
+
+    label_w = min(max((text_width(b.label) for b in bars), default=0.0) + 2 * _PAD, width * _LABEL_SHARE)
+    value_texts = [_value_text(b, fmt) if _finite(b.value) else "" for b in bars]
+    value_w = max((text_width(t) for t in value_texts), default=0.0) + 2 * _PAD
+    points = [b.value for b in defined] + [v for b in defined for v in (b.low, b.high) if _finite(v)]
     lo = min([0.0, *points, *(domain[:1] if domain else [])])
     hi = max([0.0, *points, *(domain[1:] if domain else [])])
     if hi == lo:
         hi = lo + 1.0
+    ticks = _nice_ticks(lo, hi)
+    tick_labels = _tick_labels(ticks, fmt)
+    # Tick labels are centred on their tick: the end ones need half their width beside the plot.
+    if ticks:
+        label_w = max(label_w, text_width(tick_labels[0]) / 2 + _PAD)
+        value_w = max(value_w, text_width(tick_labels[-1]) / 2 + _PAD)
+    total_w = max(float(width), label_w + MIN_PLOT_PX + value_w)
+    plot_w = total_w - label_w - value_w
     height = top + row_h * len(bars) + axis_h
+    total_w = math.ceil(total_w)
 
     def x(v: float) -> float:
         return label_w + (v - lo) / (hi - lo) * plot_w
 
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" width="{total_w}" height="{height}" '
+        f'viewBox="0 0 {total_w} {height}" preserveAspectRatio="xMinYMin meet">'
     ]
     axis_y = top + row_h * len(bars)
-    for tick in _nice_ticks(lo, hi):
+    if header:
+        out.append(f'<text x="{label_w:.1f}" y="{8 + row_h / 2 + 4:.1f}" fill="#57606a" font-style="italic">{e(header)}</text>')
+    for tick, tick_label in zip(ticks, tick_labels):
         tx = x(tick)
         out.append(f'<line x1="{tx:.1f}" y1="{top}" x2="{tx:.1f}" y2="{axis_y}" stroke="#eaeef2"/>')
-        out.append(f'<text x="{tx:.1f}" y="{axis_y + 15}" text-anchor="middle" fill="#57606a">{e(fmt(tick))}</text>')
+        out.append(f'<text x="{tx:.1f}" y="{axis_y + 15}" text-anchor="middle" fill="#57606a">{e(tick_label)}</text>')
     for i, bar in enumerate(bars):
         y = top + i * row_h
         mid = y + row_h / 2
-        label = _truncate(bar.label, 42)
-        out.append(f'<text x="{label_w - 6}" y="{mid + 4:.1f}" text-anchor="end">{e(label)}</text>')
+        label = fit_text(bar.label, label_w - 2 * _PAD)
+        title = f"<title>{e(bar.label)}</title>" if label != bar.label else ""
+        out.append(f'<text x="{label_w - _PAD:.1f}" y="{mid + 4:.1f}" text-anchor="end">{title}{e(label)}</text>')
         if not _finite(bar.value):
-            out.append(f'<text x="{x(0) + 4:.1f}" y="{mid + 4:.1f}" fill="#57606a">n/a</text>')
+            reason = _undefined_text(bar)
+            shown = fit_text(reason, total_w - label_w - 2 * _PAD)
+            tip = f"<title>{e(bar.label)}: {e(reason)}</title>" if shown != reason else ""
+            out.append(f'<text x="{label_w + _PAD:.1f}" y="{mid + 4:.1f}" fill="#57606a" font-style="italic">{tip}{e(shown)}</text>')
             continue
         x0, x1 = sorted((x(0), x(bar.value)))
         colour = "#0969da" if bar.value >= 0 else "#bf8700"
-        interval = f" [{fmt(bar.low)}, {fmt(bar.high)}]" if _finite(bar.low) and _finite(bar.high) else ""
-        n = f" n={bar.n}" if bar.n is not None else ""
-        tooltip = f"{bar.label}: {fmt(bar.value)}{interval}{n}"
         out.append(
             f'<rect x="{x0:.1f}" y="{y + 4}" width="{max(x1 - x0, 1):.1f}" height="{row_h - 8}" fill="{colour}">'
-            f"<title>{e(tooltip)}</title></rect>"
+            f"<title>{e(bar.label)}: {e(value_texts[i])}</title></rect>"
         )
         if _finite(bar.low) and _finite(bar.high):
             wl, wh = x(bar.low), x(bar.high)
@@ -685,9 +799,7 @@ def bar_chart_svg(
                 f'<path d="M{wl:.1f},{mid:.1f}H{wh:.1f}M{wl:.1f},{mid - 5:.1f}V{mid + 5:.1f}'
                 f'M{wh:.1f},{mid - 5:.1f}V{mid + 5:.1f}" stroke="#1f2328" stroke-width="1.3" fill="none"/>'
             )
-        out.append(
-            f'<text x="{label_w + plot_w + 6}" y="{mid + 4:.1f}">{e(fmt(bar.value) + interval + n)}</text>'
-        )
+        out.append(f'<text x="{label_w + plot_w + _PAD:.1f}" y="{mid + 4:.1f}">{e(value_texts[i])}</text>')
     out.append(f'<line x1="{x(0):.1f}" y1="{top}" x2="{x(0):.1f}" y2="{axis_y}" stroke="#1f2328"/>')
     out.append("</svg>")
     return "".join(out)

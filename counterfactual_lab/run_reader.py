@@ -1,14 +1,18 @@
 """Read a published run back (local or ``s3://``) and summarise it for the terminal.
 
-``cflab report RUN_URI`` is :func:`read_run` then :func:`format_headline`. A run without
-``manifest.json`` is refused: its tables may be from an interrupted or unfinished publish.
+``cflab report URI`` is :func:`report_text`: for a run folder, :func:`read_run` then
+:func:`format_headline`; for an output root (the folder runs are written under, ``OUT``),
+:func:`list_runs` then :func:`format_run_list`. A run without ``manifest.json`` is refused:
+its tables may be from an interrupted or unfinished publish.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import polars as pl
@@ -62,8 +66,8 @@ def read_run(run_uri: str, storage_options: dict[str, Any] | None = None) -> Run
     run_uri = run_uri.rstrip("/")
     manifest_uri = join(run_uri, MANIFEST_NAME)
     if not exists(manifest_uri, storage_options):
-        if not _has_any_file(run_uri, storage_options):
-            raise UserError(f"no run at {run_uri}: nothing there, and no manifest.json (check the URI)")
+        if not _has_run_files(run_uri, storage_options):
+            raise UserError(f"no run at {run_uri}: nothing there that a run writes, no manifest.json (check the URI)")
         raise UserError(
             f"run at {run_uri} is incomplete: no manifest.json (the run was interrupted or is still running)"
         )
@@ -89,12 +93,133 @@ def read_run(run_uri: str, storage_options: dict[str, Any] | None = None) -> Run
     return RunTables(run_uri=run_uri, manifest=manifest, **frames)
 
 
-def _has_any_file(uri: str, storage_options: dict[str, Any] | None) -> bool:
+def report_text(uri: str, storage_options: dict[str, Any] | None = None) -> str:
+    """What ``cflab report URI`` prints: a run's headline, or the list of runs under an output root."""
+    uri = uri.rstrip("/")
+    if not exists(join(uri, MANIFEST_NAME), storage_options):
+        runs = list_runs(uri, storage_options)
+        if runs:
+            return format_run_list(uri, runs)
+    return format_headline(read_run(uri, storage_options))
+
+
+# --- a folder of runs ------------------------------------------------------------------------
+
+STATUS_COMPLETE, STATUS_INCOMPLETE, STATUS_FAILED = "complete", "incomplete", "failed"
+# Files only a run folder holds; a sibling folder without any (OUT/images, anything else) is not a run.
+_RUN_FILES = {MANIFEST_NAME, REPORT_NAME, "validation.json", "expectations.json", *(f"{t}.parquet" for t in TABLE_NAMES)}
+_RUN_ID_SUFFIX = re.compile(r"(-generate)?-[0-9a-f]{12}$")
+
+
+@dataclass(frozen=True)
+class RunListing:
+    """One run folder under an output root, as ``cflab report OUT`` lists it.
+
+    ``status``: ``complete`` (a manifest), ``failed`` (a manifest that says so) or
+    ``incomplete`` (no manifest: interrupted, or still running). ``finished_at`` is the
+    manifest's; ``last_written`` the newest file's time (what tells a stalled run from a running one).
+    """
+
+    run_id: str
+    run_uri: str
+    dataset: str | None
+    status: str
+    finished_at: str | None
+    last_written: str | None
+    report_uri: str | None
+    problem: str | None = None  # e.g. a damaged manifest.json
+
+
+def list_runs(root_uri: str, storage_options: dict[str, Any] | None = None) -> list[RunListing]:
+    """Every run folder directly under ``root_uri`` (local or ``s3://``), newest first.
+
+    One listing of the root, one per run folder and one read of each manifest; tables are not read.
+    An empty list means ``root_uri`` holds no run folders (or does not exist).
+    """
+    fs, path = filesystem(root_uri, storage_options)
+    try:
+        entries = fs.ls(path, detail=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    runs = []
+    for entry in entries:
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if entry.get("type") != "directory" or name.startswith("."):
+            continue
+        try:
+            files = {f["name"].rstrip("/").rsplit("/", 1)[-1]: f for f in fs.ls(entry["name"], detail=True)}
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if not _RUN_FILES & set(files):
+            continue
+        runs.append(_listing(join(root_uri.rstrip("/"), name), name, files, storage_options))
+    return sorted(runs, key=lambda r: (r.finished_at or r.last_written or "", r.run_id), reverse=True)
+
+
+def _listing(run_uri: str, name: str, files: dict[str, dict], storage_options: dict[str, Any] | None) -> RunListing:
+    times = [t for t in (_modified(f) for f in files.values()) if t is not None]
+    last_written = max(times).isoformat(timespec="seconds") if times else None
+    report = join(run_uri, REPORT_NAME) if REPORT_NAME in files else None
+    dataset = _RUN_ID_SUFFIX.sub("", name) if _RUN_ID_SUFFIX.search(name) else None
+    if MANIFEST_NAME not in files:
+        return RunListing(name, run_uri, dataset, STATUS_INCOMPLETE, None, last_written, report)
+    try:
+        manifest = json.loads(read_bytes(join(run_uri, MANIFEST_NAME), storage_options))
+        if not isinstance(manifest, dict):
+            raise ValueError("expected an object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return RunListing(name, run_uri, dataset, STATUS_INCOMPLETE, None, last_written, report,
+                          problem=f"damaged manifest.json ({exc})")
+    status = STATUS_FAILED if manifest.get("status") == STATUS_FAILED else STATUS_COMPLETE
+    dataset = (manifest.get("dataset") or {}).get("name") or dataset
+    finished = manifest.get("finished_at")
+    return RunListing(str(manifest.get("run_id") or name), run_uri, dataset, status,
+                      None if finished is None else str(finished), last_written, report)
+
+
+def _modified(info: dict[str, Any]) -> datetime | None:
+    """A listing entry's modification time (``mtime`` locally, ``LastModified`` on S3), in UTC."""
+    value = info.get("mtime", info.get("LastModified"))
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, tz=timezone.utc)
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return None
+
+
+def format_run_list(root_uri: str, runs: list[RunListing]) -> str:
+    """Terminal text for ``cflab report OUT``: one aligned row per run, newest first, then what the states mean."""
+    header = ["run id", "dataset", "finished at", "status", "report"]
+    rows = []
+    for run in runs:
+        finished = run.finished_at or (f"- (last write {run.last_written})" if run.last_written else "-")
+        rows.append([run.run_id, run.dataset or "-", finished, run.status, run.report_uri or "-"])
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header) - 1)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)) + "  " + cells[-1]
+
+    count = f"{len(runs)} run{'s' if len(runs) != 1 else ''}"
+    lines = [f"{count} under {root_uri} (newest first):", "", line(header), *(line(r) for r in rows), ""]
+    if any(r.status == STATUS_INCOMPLETE and not r.problem for r in runs):
+        lines.append("incomplete: no manifest.json, so the run was interrupted or is still running "
+                     "(`cflab audit` with the same config finishes it).")
+    lines += [f"{r.run_id}: {r.problem}" for r in runs if r.problem]
+    if any(r.status == STATUS_FAILED for r in runs):
+        lines.append("failed: the run published what it had and marked itself failed; its report says why.")
+    shown = next((r for r in runs if r.status != STATUS_INCOMPLETE), runs[0])
+    lines.append(f"Headline of one run: cflab report {shown.run_uri}")
+    return "\n".join(lines) + "\n"
+
+
+def _has_run_files(uri: str, storage_options: dict[str, Any] | None) -> bool:
+    """True when ``uri`` holds any file a run writes (so it is a run, finished or not)."""
     fs, path = filesystem(uri, storage_options)
     try:
-        return bool(fs.ls(path, detail=False))
+        names = {name.rstrip("/").rsplit("/", 1)[-1] for name in fs.ls(path, detail=False)}
     except (FileNotFoundError, NotADirectoryError):
         return False
+    return bool(_RUN_FILES & names)
 
 
 def format_headline(run: RunTables, max_rows: int = 20) -> str:

@@ -3,7 +3,9 @@
 ``runtime.task_runner: threads`` runs fan-out on a thread pool of ``max_workers``.
 ``runtime.task_runner: ray`` runs it on prefect-ray's ``RayTaskRunner``: the cluster at
 ``runtime.ray_address`` (``ray://head:10001``, ``auto``), or a local Ray instance of
-``max_workers`` CPUs when no address is given. On Ray, tasks tagged ``gpu`` ask Ray for
+``max_workers`` CPUs when no address is given. Ray is an optional extra
+(``pip install 'counterfactual-lab[ray]'``): asking for it without the extra installed is a
+one-line :class:`ConfigError` naming the extra (:func:`require_ray_extra`). On Ray, tasks tagged ``gpu`` ask Ray for
 GPUs (``remote_options(num_gpus=...)``) when ``runtime.device`` is ``cuda``, or ``auto``
 and the cluster has GPUs.
 
@@ -17,6 +19,7 @@ on other machines need an address they can reach, which only the operator knows.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import os
 from typing import Any
@@ -32,6 +35,10 @@ NO_API_URL = (
     "PREFECT_API_URL is not set (Prefect would run on a temporary server, and each Ray worker "
     "would start its own). Start one with `prefect server start` and "
     "`export PREFECT_API_URL=http://<host>:4200/api`, or use runtime.task_runner 'threads'."
+)
+RAY_EXTRA_MISSING = (
+    "runtime.task_runner 'ray' needs Ray, an optional extra that is not installed (no module {module!r}): "
+    "pip install 'counterfactual-lab[ray]', or use runtime.task_runner 'threads'"
 )
 LOOPBACK_API_URL = (
     "runtime.ray_address {address!r} is a remote Ray cluster, but PREFECT_API_URL {api_url!r} "
@@ -93,7 +100,17 @@ def _requests_gpus(runtime: RuntimeConfig) -> bool | None:
     return False
 
 
+def require_ray_extra() -> None:
+    """Raise :class:`ConfigError` naming the ``ray`` extra unless ray and prefect-ray import."""
+    for module in ("ray", "prefect_ray"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise ConfigError(RAY_EXTRA_MISSING.format(module=module)) from None
+
+
 def _ray_runner_class():
+    require_ray_extra()
     from prefect_ray import RayTaskRunner
     from prefect_ray.context import RemoteOptionsContext, remote_options
 
@@ -153,6 +170,7 @@ def make_task_runner(runtime: RuntimeConfig, gpus_per_task: float = 1.0) -> Task
     if runtime.task_runner == "threads":
         return ThreadPoolTaskRunner(max_workers=runtime.max_workers)
     if runtime.task_runner == "ray":
+        require_ray_extra()  # first: nothing else about a Ray run matters until Ray is installed
         api_url = check_ray_prefect_api(runtime.ray_address, current_prefect_api_url())
         env_vars = {"PREFECT_API_URL": api_url}
         env_vars.update({k: os.environ[k] for k in _WORKER_ENV if k in os.environ})

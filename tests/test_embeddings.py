@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from counterfactual_lab.embeddings import ClipEmbedder, embedding_cache, image_content_key
+from counterfactual_lab.embeddings import ClipEmbedder, embedding_cache, image_content_key, is_remote_uri, loader_threads
 from counterfactual_lab.errors import UnsafeModelError, UserError
 
 
@@ -77,6 +79,44 @@ def test_embed_image_uris_loads_each_missing_key_once(clip):
     out = clip.embed_image_uris(["0", "1", "0", "2"], ["u0", "u1", "u0", "u2"], load, batch_size=2)
     assert sorted(loads) == ["0", "1", "2"]
     np.testing.assert_array_equal(out[0], out[2])
+
+
+@pytest.mark.parametrize(
+    ("uris", "device", "cores", "model_threads", "expected"),
+    [
+        (["/data/a.png"], "cpu", 2, 2, 0),  # the bench machine: both cores run the model, load in line
+        (["file:///data/a.png"], "cpu", 16, 16, 0),  # torch's default: a thread per core
+        (["/data/a.png"], "cpu", 16, 8, 4),  # spare cores: up to load_workers loader threads
+        (["/data/a.png"], "cuda", 16, 1, 4),  # an accelerator: overlap decoding with the GPU
+        (["/data/a.png"], "cuda", 2, 1, 1),
+        (["/data/a.png", "s3://bucket/b.png"], "cpu", 2, 2, 4),  # remote: the threads wait on the network
+    ],
+)
+def test_loader_threads_only_use_cores_the_model_leaves_free(uris, device, cores, model_threads, expected):
+    assert loader_threads(uris, device, 4, cores=cores, model_threads=model_threads) == expected
+
+
+def test_images_load_in_the_calling_thread_without_spare_cores_and_on_threads_otherwise(clip, monkeypatch):
+    """Same embeddings either way; only where the loads run differs."""
+    import counterfactual_lab.embeddings as embeddings
+
+    images = _images(5, seed=6)
+    threads: dict[str, set[int]] = {}
+
+    def load(uri):
+        threads.setdefault(uri.split("/")[1], set()).add(threading.get_ident())
+        return images[int(uri.rsplit("/", 1)[-1])]
+
+    monkeypatch.setattr(embeddings, "usable_cores", lambda: torch.get_num_threads())  # no core to spare
+    inline = clip.embed_image_uris([f"/busy/{i}" for i in range(5)], [f"b{i}" for i in range(5)], load, batch_size=2)
+    monkeypatch.setattr(embeddings, "usable_cores", lambda: torch.get_num_threads() + 2)
+    threaded = clip.embed_image_uris([f"/spare/{i}" for i in range(5)], [f"s{i}" for i in range(5)], load, batch_size=2)
+    assert threads["busy"] == {threading.get_ident()}
+    assert threads["spare"] and threading.get_ident() not in threads["spare"]
+    np.testing.assert_array_equal(inline, threaded)
+    assert [is_remote_uri(u) for u in ("s3://b/k", "https://h/x.png", "file:///x.png", "/x.png", "x.png")] == [
+        True, True, False, False, False,
+    ]
 
 
 def test_text_cache(clip):

@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from counterfactual_lab.findings import headline_findings, headline_table, summary_markdown
-from counterfactual_lab.report_html import image_loader, render_report, select_examples
+from counterfactual_lab.findings import headline_findings, headline_table, percent, summary_markdown
+from counterfactual_lab.report_html import Bar, bar_chart_svg, image_loader, number, render_report, select_examples
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 EVIL_CAPTION = '<script>alert("caption")</script> a doctor'
@@ -438,3 +438,168 @@ def test_examples_without_reconstructions_say_the_comparison_is_real_vs_generate
     html = render(images)
     assert "compared with the <b>real original</b>" in html and "generated vs real" in html
     assert "original: doctor → counterfactual: nurse (flipped)" in html
+
+
+    assert "- age young→old flips the top-1 label in 40% of pairs [30%, 50%] (n=60)" in text
+    assert "| flip_rate | age | young→old |  |  | 0.4 | [0.3, 0.5] | 60 |" in text
+
+
+# --- charts: sizes, zeros, undefined values ---------------------------------------------------
+
+
+def test_estimated_width(text: str, font_px: float = 11.0) -> float:
+    """A width estimate of our own, independent of the report's: 0.62 em per ASCII character
+    (Arial, Segoe UI and Roboto draw digits and lower case at 0.50–0.56 em), 0.35 em for the
+    narrow ones, 1 em for anything else (arrows, middle dots, accents)."""
+    return font_px * sum(0.35 if ch in "iljI.,:;'!| " else 0.62 if ch.isascii() else 1.0 for ch in text)
+
+
+test_estimated_width.__test__ = False  # a helper, not a test
+
+
+class SvgTexts(HTMLParser):
+    """Every <svg>'s viewBox and the anchor, position and visible text of each of its <text>s."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.charts: list[dict] = []
+        self._text: dict | None = None
+        self._in_title = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "svg":
+            _, _, w, h = (float(v) for v in attrs["viewbox"].split())  # HTMLParser lower-cases attribute names
+            self.charts.append({"width": w, "height": h, "class": attrs.get("class"), "texts": []})
+        elif tag == "text":
+            self._text = {"x": float(attrs["x"]), "y": float(attrs["y"]), "anchor": attrs.get("text-anchor", "start"), "s": ""}
+        elif tag == "title":
+            self._in_title = True
+
+    def handle_endtag(self, tag):
+        if tag == "text" and self._text is not None:
+            self.charts[-1]["texts"].append(self._text)
+            self._text = None
+        elif tag == "title":
+            self._in_title = False
+
+    def handle_data(self, data):
+        if self._text is not None and not self._in_title:
+            self._text["s"] += data
+
+
+def svg_charts(html: str) -> list[dict]:
+    parser = SvgTexts()
+    parser.feed(html)
+    return parser.charts
+
+
+def assert_texts_fit(chart: dict) -> None:
+    for text in chart["texts"]:
+        width = test_estimated_width(text["s"])
+        left = {"start": text["x"], "middle": text["x"] - width / 2, "end": text["x"] - width}[text["anchor"]]
+        assert left >= 0 and left + width <= chart["width"], (
+            f"{text['s']!r} spans [{left:.0f}, {left + width:.0f}] px, outside the viewBox width {chart['width']:.0f}"
+        )
+        assert text["y"] - 11 >= 0 and text["y"] + 3 <= chart["height"], f"{text['s']!r} is cut at the top or bottom"
+
+
+def wide_metrics() -> pl.DataFrame:
+    """The issue's cases: long labels and intervals ("n=28" clipped to "n=2"), an all-zero chart,
+    and a parity ratio undefined for most groups (6 of 8 rows used to vanish)."""
+    schema = {"metric": pl.String, "attribute": pl.String, "group": pl.String, "label": pl.String, "query": pl.String,
+              "value": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64, "note": pl.String}
+    rows = [
+        ("flip_rate", "race", "Middle Eastern→Latino", None, None, 0.123456, 0.0456, 0.2345, 28, None),
+        ("flip_rate", "gender", "non-binary→female", None, None, 0.5, 0.25, 0.75, 1234567, None),
+        ("prob_gap_abs", "age", "middle-aged→elderly", "a very long label name for a profession", None,
+         0.0123, 0.00456, 0.0234, 28, None),
+        ("equalized_odds_difference", "gender", None, "doctor", None, 0.0, 0.0, 0.0, 28, None),
+        ("equalized_odds_difference", "age", None, "doctor", None, 0.0, 0.0, 0.0, 40, None),
+    ]
+    rows += [("demographic_parity_ratio", "gender", None, label, None, 0.8, 0.7, 0.9, 28, None) for label in ("doctor", "nurse")]
+    rows += [
+        ("demographic_parity_ratio", "age", None, label, None, None, None, None, 28,
+         f"no group predicted '{label}' (0 / 0): the ratio is undefined")
+        for label in ("doctor", "nurse", "teacher", "engineer", "pilot", "chef")
+    ]
+    rows += [("max_skew@10", "gender", "male", None, "a photo of a doctor at work in a hospital", 0.41, 0.2, 0.6, 10, None)]
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def test_report_svg_text_fits_its_viewbox(images):
+    for metrics in (metrics_frame(), wide_metrics()):
+        charts = svg_charts(render(images, metrics=metrics))
+        assert charts
+        for chart in charts:
+            assert_texts_fit(chart)
+    texts = [t["s"] for chart in svg_charts(render(images, metrics=wide_metrics())) for t in chart["texts"]]
+    assert "12% [4.6%, 23%] n=28" in texts, "the whole value text is drawn, n=28 and all"
+    assert "50% [25%, 75%] n=1234567" in texts
+
+
+def test_bar_chart_keeps_every_text_inside_for_extreme_labels_and_values():
+    bars = [
+        Bar("W" * 80, 123456.789, -98765.4321, 234567.891, 10**9),
+        Bar("→·é" * 30, None, note="x" * 400),
+        Bar("a", -0.000123, -0.000456, 0.0),
+    ]
+    chart = svg_charts(bar_chart_svg(bars, fmt=number, width=300))[0]
+    assert_texts_fit(chart)
+    assert chart["width"] >= 300
+
+
+def test_charts_use_the_page_width():
+    chart = svg_charts(bar_chart_svg([Bar("gender · male→female", 0.2, 0.1, 0.3, 28)]))[0]
+    assert chart["class"] == "chart" and chart["width"] >= 1000  # the page's content width, not ~60% of it
+    from counterfactual_lab.report_html import _CSS
+
+    assert "svg.chart{display:block;width:100%;height:auto}" in _CSS
+
+
+def test_an_all_zero_chart_says_so(images):
+    html = render(images, metrics=wide_metrics())
+    odds = html.split("Equalized odds difference</h3>", 1)[1].split("</svg>", 1)[0]
+    assert "0 for every group" in odds
+    assert "0 for every group" not in html.split("Counterfactual flip rate", 1)[1].split("</svg>", 1)[0]
+    partly = bar_chart_svg([Bar("a", 0.0, 0.0, 0.0), Bar("b", None, note="no pairs")])
+    assert "0 for every group with a value" in partly
+
+
+def test_undefined_values_are_drawn_with_their_reason_not_dropped(images):
+    html = render(images, metrics=wide_metrics())
+    ratio = html.split("Demographic parity ratio (1 = parity)</h3>", 1)[1].split("</svg>", 1)[0]
+    chart = svg_charts(ratio + "</svg>")[0]
+    labels = [t["s"] for t in chart["texts"] if t["anchor"] == "end"]
+    assert len(labels) == 8, "all 8 rows are drawn, the 6 undefined ones too"
+    texts = [t["s"] for t in chart["texts"]]
+    assert "undefined: no group predicted 'chef' (0 / 0): the ratio is undefined (n=28)" in texts
+    assert ratio.count("<rect") == 2
+    nan = bar_chart_svg([Bar("age · doctor", float("nan"))])
+    assert "undefined: no value was computed (no reason recorded)" in nan
+
+
+def test_metrics_table_shows_undefined_values_and_their_note(images):
+    html = render(images, metrics=wide_metrics())
+    table = html.split("<h2>All metrics</h2>", 1)[1]
+    assert "6 undefined (value null, the reason in note)" in table
+    assert '<td class="undefined">undefined</td>' in table
+    assert "<th>note</th>" in table and "no group predicted &#x27;pilot&#x27; (0 / 0): the ratio is undefined" in table
+
+
+def test_dropped_examples_say_what_the_model_answered(images):
+    counterfactuals, predictions, _ = frames(images)
+    html = render(images)
+    assert "doctor on the original; the counterfactual was not evaluated (dropped by the judge)" in html
+    assert "→ None" not in html
+
+
+def test_axis_labels_share_their_decimals():
+    def ticks(svg: str) -> list[str]:
+        return [t["s"] for t in svg_charts(svg)[0]["texts"] if t["anchor"] == "middle"]
+
+    assert ticks(bar_chart_svg([Bar("a", 0.5)], domain=(0.0, 1.0))) == ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]
+    assert ticks(bar_chart_svg([Bar("a", 0.02)])) == ["0.000", "0.005", "0.010", "0.015", "0.020"]
+    assert ticks(bar_chart_svg([Bar("a", 9.0)])) == ["0", "2", "4", "6", "8"]
+    assert ticks(bar_chart_svg([Bar("a", 1.2)]))[:3] == ["0.00", "0.25", "0.50"]
+    assert ticks(bar_chart_svg([Bar("a", 0.4)], fmt=percent, domain=(0.0, 1.0)))[-1] == "100%"

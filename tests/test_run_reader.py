@@ -180,3 +180,92 @@ def test_read_run_from_s3(s3_bucket):
     assert json.loads(json.dumps(run.manifest))["run_id"] == "run-7"
     with pytest.raises(UserError, match="no run at"):
         read_run(f"s3://{s3_bucket}/out/nothing-here")
+
+
+# --- `cflab report OUT`: a folder of runs ---------------------------------------------------
+
+
+def output_root(out: str) -> dict[str, str]:
+    """An output root as runs leave it: complete, failed, interrupted, plus the image store."""
+    complete = publish(out, run_id="sample-0123456789ab").run_uri
+    failed = RunPublisher(out, "sample-ba9876543210", "sample")
+    failed.write_table("metrics", metrics())
+    failed.write_text("report.html", "<html></html>")
+    failed.write_manifest({"run_id": "sample-ba9876543210", "status": "failed", "dataset": {"name": "sample"},
+                           "finished_at": "2025-01-02T08:00:00"})
+    interrupted = RunPublisher(out, "other-generate-00000000aaaa", "other")
+    interrupted.write_table("counterfactuals", counterfactuals())
+    return {"complete": complete, "failed": failed.run_uri, "interrupted": interrupted.run_uri}
+
+
+def test_a_folder_of_runs_is_listed_with_status_dataset_time_and_report(tmp_path):
+    from counterfactual_lab.run_reader import list_runs
+
+    runs = output_root(str(tmp_path))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "ab.png").write_bytes(b"png")  # the shared image store is not a run
+    (tmp_path / "notes").mkdir()  # nor is a folder without run files
+    listed = {r.run_id: r for r in list_runs(str(tmp_path))}
+    assert set(listed) == {"sample-0123456789ab", "sample-ba9876543210", "other-generate-00000000aaaa"}
+    assert listed["sample-0123456789ab"].status == "complete"
+    assert listed["sample-0123456789ab"].report_uri is None  # this test run wrote no report.html
+    assert listed["sample-ba9876543210"].status == "failed"
+    assert listed["sample-ba9876543210"].report_uri == f"{runs['failed']}/report.html"
+    interrupted = listed["other-generate-00000000aaaa"]
+    assert (interrupted.status, interrupted.dataset, interrupted.finished_at) == ("incomplete", "other", None)
+    assert interrupted.last_written is not None
+
+
+def test_cflab_report_on_the_output_root_lists_runs_instead_of_refusing(tmp_path, capsys):
+    from counterfactual_lab.cli import EXIT_OK, main
+
+    runs = output_root(str(tmp_path))
+    assert main(["report", str(tmp_path)]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    lines = captured.out.splitlines()
+    assert lines[0] == f"3 runs under {tmp_path} (newest first):"
+    assert lines[2].split() == ["run", "id", "dataset", "finished", "at", "status", "report"]
+    rows = {line.split()[0]: line for line in lines[3:6]}
+    assert rows["sample-ba9876543210"].split() == [
+        "sample-ba9876543210", "sample", "2025-01-02T08:00:00", "failed", f"{runs['failed']}/report.html",
+    ]
+    assert rows["sample-0123456789ab"].split()[1:4] == ["sample", "2025-01-01T12:05:00", "complete"]
+    incomplete = rows["other-generate-00000000aaaa"].split()
+    assert incomplete[:4] == ["other-generate-00000000aaaa", "other", "-", "(last"] and incomplete[-2:] == ["incomplete", "-"]
+    assert "incomplete: no manifest.json, so the run was interrupted or is still running" in captured.out
+    assert lines[-1] == f"Headline of one run: cflab report {runs['failed']}"  # the newest that finished
+    # A run folder itself still prints its headline.
+    assert main(["report", runs["complete"]]) == EXIT_OK
+    assert capsys.readouterr().out.startswith("run sample-0123456789ab")
+
+
+def test_a_damaged_manifest_is_listed_not_fatal(tmp_path):
+    from counterfactual_lab.run_reader import format_run_list, list_runs
+
+    output_root(str(tmp_path))
+    (tmp_path / "sample-0123456789ab" / "manifest.json").write_text("{trunc")
+    text = format_run_list(str(tmp_path), list_runs(str(tmp_path)))
+    assert "sample-0123456789ab: damaged manifest.json" in text
+
+
+def test_an_empty_folder_is_still_an_error(tmp_path):
+    from counterfactual_lab.run_reader import report_text
+
+    with pytest.raises(UserError, match="no run at"):
+        report_text(str(tmp_path / "nothing"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes").mkdir()
+    with pytest.raises(UserError, match="no run at"):
+        report_text(str(tmp_path / "empty"))
+
+
+@pytest.mark.s3
+def test_a_folder_of_runs_on_s3_is_listed(s3_bucket):
+    from counterfactual_lab.run_reader import list_runs, report_text
+
+    output_root(f"s3://{s3_bucket}/out")
+    listed = {r.run_id: r.status for r in list_runs(f"s3://{s3_bucket}/out")}
+    assert listed == {"sample-0123456789ab": "complete", "sample-ba9876543210": "failed",
+                      "other-generate-00000000aaaa": "incomplete"}
+    assert report_text(f"s3://{s3_bucket}/out/").startswith(f"3 runs under s3://{s3_bucket}/out ")

@@ -12,7 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from counterfactual_lab.config import RuntimeConfig
 from counterfactual_lab.errors import ConfigError
-from tasks.runners import check_ray_prefect_api, make_task_runner
+from tasks.runners import check_ray_prefect_api, make_task_runner, require_ray_extra
 
 
 def test_threads_runner_has_the_configured_worker_cap():
@@ -27,6 +27,24 @@ def test_ray_without_a_prefect_server_is_refused_with_what_to_do():
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         with pytest.raises(ConfigError, match="PREFECT_API_URL is not set"):
             make_task_runner(RuntimeConfig(task_runner="ray"))
+
+
+@pytest.mark.parametrize("module", ["ray", "prefect_ray"])
+def test_ray_without_the_extra_installed_names_the_extra(monkeypatch, module):
+    # A None entry in sys.modules makes `import module` raise ImportError, as if not installed.
+    monkeypatch.setitem(sys.modules, module, None)
+    expected = (
+        f"runtime.task_runner 'ray' needs Ray, an optional extra that is not installed (no module {module!r}): "
+        "pip install 'counterfactual-lab[ray]', or use runtime.task_runner 'threads'"
+    )
+    with pytest.raises(ConfigError) as err:
+        make_task_runner(RuntimeConfig(task_runner="ray"))  # refused before the API URL is even looked at
+    assert str(err.value) == expected and "\n" not in str(err.value)
+    assert isinstance(make_task_runner(RuntimeConfig(task_runner="threads")), ThreadPoolTaskRunner)
+
+
+def test_ray_extra_check_passes_where_it_is_installed():
+    require_ray_extra()  # the test extra includes the ray extra
 
 
 @pytest.mark.parametrize(
