@@ -440,10 +440,6 @@ def test_examples_without_reconstructions_say_the_comparison_is_real_vs_generate
     assert "original: doctor → counterfactual: nurse (flipped)" in html
 
 
-    assert "- age young→old flips the top-1 label in 40% of pairs [30%, 50%] (n=60)" in text
-    assert "| flip_rate | age | young→old |  |  | 0.4 | [0.3, 0.5] | 60 |" in text
-
-
 # --- charts: sizes, zeros, undefined values ---------------------------------------------------
 
 
