@@ -26,6 +26,7 @@ from counterfactual_lab.metrics.schema import (
     STRATUM_OBSERVATIONAL,
     STRATUM_REAL_VS_GENERATED,
 )
+from counterfactual_lab.metrics.strata import design_stratum
 from counterfactual_lab.metrics.table import compute_metrics
 
 __all__ = [
@@ -37,5 +38,6 @@ __all__ = [
     "STRATUM_OBSERVATIONAL",
     "STRATUM_REAL_VS_GENERATED",
     "compute_metrics",
+    "design_stratum",
     "metric_parameters",
 ]
