@@ -166,8 +166,10 @@ def _not_detected(row: Mapping[str, Any], sample: str) -> str:
     """'no difference detected at this sample size (n=…)', or, where the configured intervals
     differ but the family-wise ones do not, that the run's many comparisons account for it."""
     if _adjusted(row) and _configured_excludes(row):
+        overlap = ("the intervals overlap" if row["reference"] == REFERENCE_CONTROL
+                   else f"the interval reaches no change ({number(row['no_effect'])})")
         return (f"no difference detected once the run's {row['comparisons']} comparisons are accounted for "
-                f"({sample}; at the family-wise {percent_level(row['confidence_adjusted'])} level the intervals overlap)")
+                f"({sample}; at the family-wise {percent_level(row['confidence_adjusted'])} level {overlap})")
     return f"no difference detected at this sample size ({sample})"
 
 
@@ -202,8 +204,10 @@ def _pair_sentence(row: Mapping[str, Any]) -> str:
         return f"{subject}: {_not_detected(row, sample)}: {_measure(row)} vs {_control(row)}"
     # No control in this run: compared with no change.
     if row["called"]:
-        return (f"{subject}: {_measure(row)} ({sample}); this excludes no change ({number(row['no_effect'])}){_family_clause(row)}, "
-                "but there was no control in this run, so the generator's own variation is not ruled out")
+        family = _family_clause(row)
+        return (f"{subject}: {_measure(row)} ({sample}); this excludes no change ({number(row['no_effect'])}){family}"
+                f"{'; but' if family else ', but'} there was no control in this run, so the generator's own variation "
+                "is not ruled out")
     return f"{subject}: {_not_detected(row, sample)}: {_measure(row)}; there was no control in this run"
 
 

@@ -313,3 +313,19 @@ def test_the_run_verdict_tells_no_finding_from_undefined():
 def test_a_table_without_the_metric_columns_is_refused_by_name():
     with pytest.raises(ValueError, match=r"metrics table lacks columns \['value'\]"):
         assess_findings(pl.DataFrame({"metric": ["flip_rate"], "attribute": ["gender"]}))
+
+
+def test_without_a_control_the_family_wise_interval_must_exclude_no_change():
+    table = metrics_table([
+        ("flip_rate", "evaluate_only", "race", None, None, 0.2, 0.1, 0.3, 80, 20),
+        ("prob_gap_signed", "evaluate_only", "race", None, "doctor", 0.05, 0.01, 0.09, 80, 20),
+    ], {("flip_rate", None, None): (0.05, 0.35), ("prob_gap_signed", None, "doctor"): (-0.01, 0.11)}, comparisons=10)
+    findings = assess_findings(table)
+    flips = finding(findings, "flip_rate", "evaluate_only")
+    assert flips["called"] and flips["sentence"].endswith(
+        "this excludes no change (0); at the family-wise 99.5% level (10 comparisons in this run): [5%, 35%]; but there "
+        "was no control in this run, so the generator's own variation is not ruled out")
+    signed = finding(findings, "prob_gap_signed", "evaluate_only", label="doctor")
+    assert not signed["called"] and signed["verdict"] == "no difference detected"
+    assert ("no difference detected once the run's 10 comparisons are accounted for (n=80 pairs from 20 source images; "
+            "at the family-wise 99.5% level the interval reaches no change (0))") in signed["sentence"]
