@@ -18,10 +18,10 @@ from counterfactual_lab.findings import (
     verdict_lines,
 )
 from counterfactual_lab.metrics import METRICS_SCHEMA, compute_metrics
-from counterfactual_lab.metrics.schema import CONTRACT_COLUMNS
+from counterfactual_lab.metrics.schema import FAMILY_WISE_SCHEMA
 from metric_frames import row
 
-FAMILY_COLUMNS = [c for c in METRICS_SCHEMA if c not in CONTRACT_COLUMNS]
+FAMILY_COLUMNS = list(FAMILY_WISE_SCHEMA)
 
 
 def metrics_table(rows: list[tuple], family: dict[tuple, tuple[float, float]] | None = None, comparisons: int = 70

@@ -28,7 +28,7 @@ import polars as pl
 # re-exported here for the metrics modules.
 from counterfactual_lab.evaluate import VARIANT_COUNTERFACTUAL, VARIANT_ORIGINAL, VARIANT_RECONSTRUCTION  # noqa: F401
 
-METRICS_SCHEMA = {
+_CONTRACT_SCHEMA = {
     "metric": pl.String,
     "stratum": pl.String,
     "attribute": pl.String,
@@ -43,14 +43,15 @@ METRICS_SCHEMA = {
     "skipped_resamples": pl.Int64,
     "note": pl.String,
 }
-# The shared contract's columns; the family-wise ones follow them in METRICS_SCHEMA.
-CONTRACT_COLUMNS = tuple(METRICS_SCHEMA)
-METRICS_SCHEMA.update({
+# The shared contract's columns; the family-wise ones follow them.
+CONTRACT_COLUMNS = tuple(_CONTRACT_SCHEMA)
+FAMILY_WISE_SCHEMA = {
     "ci_low_adjusted": pl.Float64,
     "ci_high_adjusted": pl.Float64,
     "confidence_adjusted": pl.Float64,
     "comparisons": pl.Int64,
-})
+}
+METRICS_SCHEMA = {**_CONTRACT_SCHEMA, **FAMILY_WISE_SCHEMA}
 
 # Strata: which images a row compares (docs/metrics.md, "Design").
 STRATUM_GENERATED = "generated"  # counterfactual vs reconstruction, balanced generated sets: the findings
@@ -58,7 +59,6 @@ STRATUM_OBSERVATIONAL = "observational"  # originals only: descriptive
 STRATUM_REAL_VS_GENERATED = "real_vs_generated"  # reconstruction off: originals vs counterfactuals
 STRATUM_EVALUATE_ONLY = "evaluate_only"  # a dataset of counterfactual sets
 STRATA = (STRATUM_GENERATED, STRATUM_EVALUATE_ONLY, STRATUM_REAL_VS_GENERATED, STRATUM_OBSERVATIONAL)
-
 
 CONTROL_PREFIX = "control_"
 UNKNOWN_GROUP = "unknown"
