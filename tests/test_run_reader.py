@@ -172,16 +172,6 @@ def test_headline_of_a_real_model_run_has_no_warning(tmp_path):
     assert "mean nothing" not in text
 
 
-@pytest.mark.s3
-def test_read_run_from_s3(s3_bucket):
-    publisher = publish(f"s3://{s3_bucket}/out")
-    run = read_run(publisher.run_uri)
-    assert run.metrics.height == 5
-    assert json.loads(json.dumps(run.manifest))["run_id"] == "run-7"
-    with pytest.raises(UserError, match="no run at"):
-        read_run(f"s3://{s3_bucket}/out/nothing-here")
-
-
 def test_headline_of_a_run_that_compared_nothing_says_undefined_not_no_difference(tmp_path):
     # Every gender set was dropped by the judge: the comparison rows are null with the reason.
     no_pairs = "no pairs: every set of this attribute was dropped by the judge"
@@ -195,3 +185,14 @@ def test_headline_of_a_run_that_compared_nothing_says_undefined_not_no_differenc
     lines = format_headline(read_run(publisher.run_uri)).splitlines()
     assert "  0 difference(s) called (an interval that excludes its control's; docs/metrics.md)" in lines
     assert f'  gender: undefined, not "no difference" ({no_pairs}).' in lines
+
+
+@pytest.mark.s3
+def test_read_run_from_s3(s3_bucket):
+    publisher = publish(f"s3://{s3_bucket}/out")
+    run = read_run(publisher.run_uri)
+    assert run.metrics.height == 5
+    assert json.loads(json.dumps(run.manifest))["run_id"] == "run-7"
+    with pytest.raises(UserError, match="no run at"):
+        read_run(f"s3://{s3_bucket}/out/nothing-here")
+
