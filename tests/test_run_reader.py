@@ -195,4 +195,3 @@ def test_read_run_from_s3(s3_bucket):
     assert json.loads(json.dumps(run.manifest))["run_id"] == "run-7"
     with pytest.raises(UserError, match="no run at"):
         read_run(f"s3://{s3_bucket}/out/nothing-here")
-
