@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from counterfactual_lab.metrics.intervals import percent_level  # noqa: F401  (re-exported for findings)
 from counterfactual_lab.metrics.schema import (
     STRATUM_EVALUATE_ONLY,
     STRATUM_GENERATED,
@@ -22,6 +23,13 @@ from counterfactual_lab.metrics.schema import (
 REFERENCE_CONTROL = "control"
 REFERENCE_NO_EFFECT = "no effect"
 REFERENCE_NONE = "none"
+
+# A row's verdict: a difference called; compared and none detected; the comparison could not be
+# made (no value, no interval, no control); reported, never called (descriptive metrics).
+VERDICT_CALLED = "called"
+VERDICT_NOT_DETECTED = "no difference detected"
+VERDICT_UNDEFINED = "undefined"
+VERDICT_REPORTED = "reported"
 
 REAL_VS_GENERATED_WARNING = (
     "Reconstruction was off: pairs compare original photos with generated images, and group and retrieval "
@@ -136,6 +144,49 @@ def _control(row: Mapping[str, Any]) -> str:
     return f"the control's {text}{interval(row, _fmt(kind), 'control_')} (same source and value, another seed{control_n})"
 
 
+def _adjusted(row: Mapping[str, Any]) -> bool:
+    return row.get("comparisons") is not None and not missing(row.get("ci_low_adjusted"))
+
+
+def _family_clause(row: Mapping[str, Any]) -> str:
+    """'; at the family-wise 99.9% level over the run's m comparisons: [a, b] vs the control's [c, d]'."""
+    if not _adjusted(row):
+        return ""
+    fmt = _fmt(metric_kind(row["metric"]))
+    own = interval({"ci_low": row["ci_low_adjusted"], "ci_high": row["ci_high_adjusted"]}, fmt).strip()
+    control = ""
+    if row["reference"] == REFERENCE_CONTROL:
+        bounds = interval({"ci_low": row.get("control_ci_low_adjusted"), "ci_high": row.get("control_ci_high_adjusted")}, fmt)
+        control = f" vs the control's{bounds}" if bounds else ""
+    return (f"; at the family-wise {percent_level(row['confidence_adjusted'])} level ({row['comparisons']} "
+            f"comparisons in this run): {own}{control}")
+
+
+def _not_detected(row: Mapping[str, Any], sample: str) -> str:
+    """'no difference detected at this sample size (n=…)', or, where the configured intervals
+    differ but the family-wise ones do not, that the run's many comparisons account for it."""
+    if _adjusted(row) and _configured_excludes(row):
+        overlap = ("the intervals overlap" if row["reference"] == REFERENCE_CONTROL
+                   else f"the interval reaches no change ({number(row['no_effect'])})")
+        return (f"no difference detected once the run's {row['comparisons']} comparisons are accounted for "
+                f"({sample}; at the family-wise {percent_level(row['confidence_adjusted'])} level {overlap})")
+    return f"no difference detected at this sample size ({sample})"
+
+
+def _configured_excludes(row: Mapping[str, Any]) -> bool:
+    """Whether the configured interval alone lies clear of the reference (control or no change)."""
+    low, high = row.get("ci_low"), row.get("ci_high")
+    if missing(low) or missing(high):
+        return False
+    if row["reference"] == REFERENCE_CONTROL:
+        c_low, c_high = row.get("control_ci_low"), row.get("control_ci_high")
+        if missing(c_low) or missing(c_high):
+            return False
+        clear = low > c_high or (metric_kind(row["metric"]) == "prob_gap_signed" and high < c_low)
+        return clear and (row.get("no_effect") is None or not low <= row["no_effect"] <= high)
+    return row.get("no_effect") is not None and not low <= row["no_effect"] <= high
+
+
 def _pair_sentence(row: Mapping[str, Any]) -> str:
     kind = metric_kind(row["metric"])
     sample = _sample(row, "pairs")
@@ -147,16 +198,17 @@ def _pair_sentence(row: Mapping[str, Any]) -> str:
             return (f"{subject}: {_measure(row)} ({sample}); no control was measured for {row['attribute']}, "
                     "so no difference is called")
         if row["called"]:
-            direction = "above" if row["ci_low"] > row["control_ci_high"] else "below"
+            direction = "above" if row["value"] > row["control_value"] else "below"
             zero = "excludes no change (0) and lies " if row.get("no_effect") is not None else ""
-            return f"{subject}: {_measure(row)} ({sample}), {zero}{direction} {_control(row)}"
-        return f"{subject}: no difference detected at this sample size ({sample}): {_measure(row)} vs {_control(row)}"
+            return f"{subject}: {_measure(row)} ({sample}), {zero}{direction} {_control(row)}{_family_clause(row)}"
+        return f"{subject}: {_not_detected(row, sample)}: {_measure(row)} vs {_control(row)}"
     # No control in this run: compared with no change.
     if row["called"]:
-        return (f"{subject}: {_measure(row)} ({sample}); this excludes no change ({number(row['no_effect'])}), "
-                "but there was no control in this run, so the generator's own variation is not ruled out")
-    return (f"{subject}: no difference detected at this sample size ({sample}): {_measure(row)}; "
-            "there was no control in this run")
+        family = _family_clause(row)
+        return (f"{subject}: {_measure(row)} ({sample}); this excludes no change ({number(row['no_effect'])}){family}"
+                f"{'; but' if family else ', but'} there was no control in this run, so the generator's own variation "
+                "is not ruled out")
+    return f"{subject}: {_not_detected(row, sample)}: {_measure(row)}; there was no control in this run"
 
 
 def _descriptive_sentence(row: Mapping[str, Any]) -> str:

@@ -17,13 +17,23 @@ sit beside the row they control, not on their own):
   control (``real_vs_generated``: reconstruction off; ``evaluate_only``), the flip rate and the
   signed gap are compared with the no-effect value (0) and the sentence says there was no
   control; the absolute gap, positive whenever anything varies, is then reported, not called.
+* **Family-wise.** A run makes many such comparisons (attributes × transitions × labels ×
+  metrics) and "any bias finding" is any one of them, so each is decided on its interval at the
+  family-wise level 1 − (1 − c)/m for the run's m callable comparisons (Bonferroni:
+  ``ci_low_adjusted``/``ci_high_adjusted`` of the row and of its control, from the same
+  replicates as the configured interval, which the sentence still shows). A row without the
+  family-wise columns (a table written before them) is decided on its configured interval.
+* **Undefined is not "no difference".** A comparison with no value (no pairs: e.g. every set
+  of the attribute dropped by the judge), no interval or no control has ``verdict``
+  "undefined"; :func:`bias_verdict` of a run is "finding", "no finding" or "undefined" (no call,
+  and some attribute's comparison could not be made).
 * **Group and retrieval metrics** (selection rate, parity, equalized odds, skew, NDKL) and CITS
   are reported with their intervals but never called: no control measures how much of them
   the generator's own variation produces, and spreads such as max − min or NDKL are ≥ 0 by
   construction, so "excludes 0" is no evidence.
 * The ``observational`` stratum (originals only) is descriptive and never called.
 
-"Any bias finding" of a run = any row with ``called``. :func:`headline_findings`,
+"Any bias finding" of a run = any row with ``called`` (:func:`any_bias_finding`). :func:`headline_findings`,
 :func:`headline_table` and :func:`summary_markdown` (the Prefect summary), ``cflab report``
 and the HTML report all read this one assessment.
 """
@@ -43,6 +53,7 @@ from counterfactual_lab.finding_sentences import (  # noqa: F401  (re-exported f
     REFERENCE_NONE,
     STRATUM_TITLES,
     finding_sentence,
+    percent_level,
     interval,
     metric_k,
     metric_kind,
@@ -51,16 +62,18 @@ from counterfactual_lab.finding_sentences import (  # noqa: F401  (re-exported f
     percent,
     points,
 )
+from counterfactual_lab.finding_sentences import VERDICT_CALLED, VERDICT_NOT_DETECTED, VERDICT_REPORTED, VERDICT_UNDEFINED
+from counterfactual_lab.metrics.counterfactual_fairness import CALLED_AGAINST_CONTROL, NO_EFFECT
 from counterfactual_lab.metrics.schema import (
     CONTROL_PREFIX,
+    METRICS_SCHEMA,
     STRATA,
     STRATUM_GENERATED,
     STRATUM_OBSERVATIONAL,
     STRATUM_REAL_VS_GENERATED,
 )
 
-METRIC_COLUMNS = ("metric", "stratum", "attribute", "group", "label", "query", "value", "ci_low", "ci_high", "n",
-                  "n_sources", "skipped_resamples", "note")
+METRIC_COLUMNS = tuple(METRICS_SCHEMA)
 
 FINDINGS_SCHEMA = {
     "metric": pl.String, "stratum": pl.String, "attribute": pl.String, "group": pl.String, "label": pl.String,
@@ -69,15 +82,16 @@ FINDINGS_SCHEMA = {
     "reference": pl.String,  # "control", "no effect" or "none" (descriptive: never called)
     "control_metric": pl.String, "control_value": pl.Float64, "control_ci_low": pl.Float64,
     "control_ci_high": pl.Float64, "control_n": pl.Int64, "no_effect": pl.Float64,
+    # The family-wise intervals the call is decided on (null where the table has none).
+    "ci_low_adjusted": pl.Float64, "ci_high_adjusted": pl.Float64,
+    "control_ci_low_adjusted": pl.Float64, "control_ci_high_adjusted": pl.Float64,
+    "confidence_adjusted": pl.Float64, "comparisons": pl.Int64,
+    "verdict": pl.String,  # "called", "no difference detected", "undefined" or "reported" (never called)
     "called": pl.Boolean, "sentence": pl.String,
 }
 
-# Pair metrics the audit calls: which side of the reference counts as a difference.
-_CALLED_METRICS = {"flip_rate": "above", "prob_gap_abs": "above", "prob_gap_signed": "either"}
-# Without a control, a metric is compared with the value that means no change, when an interval
-# can reach it under no effect. The mean |Δ| cannot: it is positive whenever anything varies
-# (the generator's own noise), so without a control it is reported, not called.
-_NO_EFFECT = {"flip_rate": 0.0, "prob_gap_signed": 0.0}
+# A run's verdict (bias_verdict).
+RUN_FINDING, RUN_NO_FINDING, RUN_UNDEFINED = "finding", "no finding", "undefined"
 
 # Headline order of metric kinds.
 _KIND_ORDER = (
@@ -109,39 +123,69 @@ def _control_key(row: Mapping[str, Any]) -> tuple:
     return (row["stratum"], row["attribute"], row["label"])
 
 
-def _excludes(row: Mapping[str, Any], low: float | None, high: float | None, side: str) -> bool:
-    """Whether the row's interval lies above [low, high] (or, for ``either``, above or below it)."""
-    if row["value"] is None or missing(row["ci_low"]) or missing(row["ci_high"]) or low is None or high is None:
+def _call_interval(row: Mapping[str, Any], prefix: str = "") -> tuple[float | None, float | None]:
+    """The interval a call is decided on: the family-wise one where the row carries it, else the configured one."""
+    if row.get("comparisons") is not None:
+        low, high = row.get(f"{prefix}ci_low_adjusted"), row.get(f"{prefix}ci_high_adjusted")
+    else:
+        low, high = row.get(f"{prefix}ci_low"), row.get(f"{prefix}ci_high")
+    return (None if missing(low) else low), (None if missing(high) else high)
+
+
+def _excludes(interval: tuple[float | None, float | None], low: float | None, high: float | None, side: str) -> bool:
+    """Whether ``interval`` lies above [low, high] (or, for ``either``, above or below it)."""
+    row_low, row_high = interval
+    if row_low is None or row_high is None or low is None or high is None:
         return False
-    above = row["ci_low"] > high
-    below = row["ci_high"] < low
+    above = row_low > high
+    below = row_high < low
     return above or (side == "either" and below)
+
+
+def _verdict(out: Mapping[str, Any]) -> str:
+    if out["reference"] == REFERENCE_NONE:
+        return VERDICT_REPORTED
+    if out["called"]:
+        return VERDICT_CALLED
+    if out["value"] is None or missing(out["ci_low"]) or missing(out["ci_high"]):
+        return VERDICT_UNDEFINED
+    if out["reference"] == REFERENCE_CONTROL and (out["control_value"] is None or missing(out["control_ci_low"])):
+        return VERDICT_UNDEFINED
+    return VERDICT_NOT_DETECTED
 
 
 def _assess(row: dict[str, Any], controls: Mapping[tuple, dict[str, Any]]) -> dict[str, Any]:
     kind = metric_kind(row["metric"])
     out = {c: row.get(c) for c in FINDINGS_SCHEMA if c in METRIC_COLUMNS}
     out.update(reference=REFERENCE_NONE, control_metric=None, control_value=None, control_ci_low=None,
-               control_ci_high=None, control_n=None, no_effect=None, called=False)
-    if kind in _CALLED_METRICS and row["stratum"] != STRATUM_OBSERVATIONAL:
-        side = _CALLED_METRICS[kind]
+               control_ci_high=None, control_n=None, no_effect=None, control_ci_low_adjusted=None,
+               control_ci_high_adjusted=None, called=False)
+    if kind in CALLED_AGAINST_CONTROL and row["stratum"] != STRATUM_OBSERVATIONAL:
+        side = CALLED_AGAINST_CONTROL[kind]
+        interval = _call_interval(row)
         if row["stratum"] == STRATUM_GENERATED:
             control = controls.get((CONTROL_PREFIX + kind, *_control_key(row)))
             out.update(reference=REFERENCE_CONTROL, control_metric=CONTROL_PREFIX + kind)
             if control is not None:
                 out.update(control_value=control["value"], control_ci_low=control["ci_low"],
-                           control_ci_high=control["ci_high"], control_n=control["n"])
+                           control_ci_high=control["ci_high"], control_n=control["n"],
+                           control_ci_low_adjusted=control.get("ci_low_adjusted"),
+                           control_ci_high_adjusted=control.get("ci_high_adjusted"))
                 if control["value"] is not None:
-                    out["called"] = _excludes(row, control["ci_low"], control["ci_high"], side)
+                    out["called"] = _excludes(interval, *_call_interval(control), side)
                     if side == "either":
                         # A signed gap compares images of one seed, so no change means 0; the control
                         # (another seed) can carry a shift of its own. Both must be excluded.
-                        out["no_effect"] = _NO_EFFECT[kind]
-                        out["called"] = out["called"] and _excludes(row, _NO_EFFECT[kind], _NO_EFFECT[kind], side)
-        elif kind in _NO_EFFECT:
-            no_effect = _NO_EFFECT[kind]
+                        out["no_effect"] = NO_EFFECT[kind]
+                        out["called"] = out["called"] and _excludes(interval, NO_EFFECT[kind], NO_EFFECT[kind], side)
+        elif kind in NO_EFFECT:
+            no_effect = NO_EFFECT[kind]
             out.update(reference=REFERENCE_NO_EFFECT, no_effect=no_effect,
-                       called=_excludes(row, no_effect, no_effect, side))
+                       called=_excludes(interval, no_effect, no_effect, side))
+    if out["reference"] == REFERENCE_NONE:
+        # Rows nothing is called on carry no family-wise interval.
+        out.update(ci_low_adjusted=None, ci_high_adjusted=None, confidence_adjusted=None, comparisons=None)
+    out["verdict"] = _verdict(out)
     out["sentence"] = finding_sentence(out)
     return out
 
@@ -238,8 +282,51 @@ def headline_table(metrics: pl.DataFrame, max_rows: int | None = None) -> list[d
 
 
 def any_bias_finding(metrics: pl.DataFrame) -> bool:
-    """Whether any difference is called in the run's metrics."""
+    """Whether any difference is called in the run's metrics (False also when nothing could be
+    compared: :func:`bias_verdict` tells "no finding" from "undefined")."""
     return bool(assess_findings(metrics)["called"].any())
+
+
+def _undefined_comparisons(findings: pl.DataFrame) -> pl.DataFrame:
+    """The whole-attribute comparisons (group null) that could not be made: verdict undefined."""
+    return findings.filter((pl.col("verdict") == VERDICT_UNDEFINED) & pl.col("group").is_null())
+
+
+def bias_verdict(metrics: pl.DataFrame) -> str:
+    """The run's answer: "finding" (some difference called), "no finding" (every attribute was
+    compared and nothing called) or "undefined" (nothing called, and some attribute's comparison
+    could not be made — no pairs, no interval, no control — or the run has no comparison at all)."""
+    findings = assess_findings(metrics)
+    if findings["called"].any():
+        return RUN_FINDING
+    compared = findings.filter(pl.col("verdict").is_in([VERDICT_NOT_DETECTED, VERDICT_UNDEFINED]))
+    if compared.is_empty() or not _undefined_comparisons(findings).is_empty():
+        return RUN_UNDEFINED
+    return RUN_NO_FINDING
+
+
+def verdict_lines(findings: pl.DataFrame) -> list[str]:
+    """Lines under the count of called differences: the family-wise level the calls are made at,
+    and each attribute whose comparison is undefined, with the reason (so no reader takes a run
+    that could compare nothing for one that found no difference)."""
+    lines = []
+    family = findings.filter(pl.col("comparisons").is_not_null())
+    if family.height:
+        m, level = int(family["comparisons"].max()), float(family["confidence_adjusted"].min())
+        lines.append(f"Calls are family-wise over the run's {m} comparisons (Bonferroni: each decided on "
+                     f"{percent_level(level)} intervals), so a run without any bias gets any call with probability "
+                     f"about {percent_level(min(1.0, m * (1.0 - level)))} at most.")
+    undefined = _undefined_comparisons(findings)
+    seen = set()
+    for row in undefined.iter_rows(named=True):
+        key = (row["stratum"], row["attribute"])
+        if key in seen:
+            continue
+        seen.add(key)
+        prefix = "" if row["stratum"] == STRATUM_GENERATED else f"{STRATUM_TITLES.get(row['stratum'], row['stratum'])}: "
+        why = row["note"] or ("no control was measured" if row["value"] is not None else "no reason recorded")
+        lines.append(f"{prefix}{row['attribute']}: undefined, not \"no difference\" ({why}).")
+    return lines
 
 
 def models_line(manifest: Mapping[str, Any]) -> str:
@@ -287,6 +374,7 @@ def summary_markdown(manifest: Mapping[str, Any], metrics: pl.DataFrame, report_
     if findings.height:
         lines.append(f"{called} difference(s) called (interval excludes the control's, or no change where there "
                      "was no control).")
+        lines += verdict_lines(findings)
         if (findings["stratum"] == STRATUM_REAL_VS_GENERATED).any():
             lines.append(f"**{REAL_VS_GENERATED_WARNING}**")
         lines.append("")

@@ -25,6 +25,7 @@ from counterfactual_lab.findings import (
     headline_table,
     models_line,
     table_cells,
+    verdict_lines,
 )
 from counterfactual_lab.metrics.schema import STRATUM_REAL_VS_GENERATED
 from counterfactual_lab.publish import MANIFEST_NAME, REPORT_NAME, TABLE_NAMES
@@ -252,6 +253,7 @@ control) and the headline metrics with their intervals and controls."""
     called = int(findings["called"].sum())
     lines.append("Headline findings:")
     lines.append(f"  {called} difference(s) called (an interval that excludes its control's; docs/metrics.md)")
+    lines += [f"  {line}" for line in verdict_lines(findings)]
     if (findings["stratum"] == STRATUM_REAL_VS_GENERATED).any():
         lines.append(f"  {REAL_VS_GENERATED_WARNING}")
     lines += [f"  - {sentence}" for sentence in findings["sentence"].head(8).to_list()]

@@ -149,7 +149,8 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
     if evaluate:
         predictions, retrieval = _evaluate(pool, config, store, device)
         tables["predictions"] = predictions
-        tables["metrics"] = compute_fairness_metrics(predictions, retrieval, counterfactuals, config.audit, config.attributes)
+        tables["metrics"] = compute_fairness_metrics(predictions, retrieval, counterfactuals, config.audit, config.attributes,
+                                                     config.generation.reconstruction, bool(spec.columns.counterfactual_set))
 
     counts = generation_counts(records)
     # More failed work items than runtime.max_failed_fraction: publish what there is, marked failed.

@@ -10,6 +10,7 @@ from counterfactual_lab.config import AuditModelConfig
 from counterfactual_lab.embeddings import ClipEmbedder
 from counterfactual_lab.evaluate import predict, retrieval_scores
 from counterfactual_lab.metrics import compute_metrics
+from counterfactual_lab.metrics.strata import design_stratum
 from counterfactual_lab.storage import ImageStore
 from tasks.retry import RETRY_OPTIONS
 
@@ -33,6 +34,10 @@ def compute_fairness_metrics(
     counterfactuals: pl.DataFrame,
     audit: AuditModelConfig,
     attribute_values: dict[str, list[str]] | None = None,
+    reconstruction: bool | None = None,
+    evaluate_only: bool = False,
 ) -> pl.DataFrame:
-    """The metrics table; ``attribute_values`` is the config's ``attributes`` (the values of each attribute)."""
-    return compute_metrics(predictions, retrieval, counterfactuals, audit, attribute_values)
+    """The metrics table; ``attribute_values`` is the config's ``attributes`` (the values of each attribute);
+    ``reconstruction`` (``generation.reconstruction``) and ``evaluate_only`` give the run's design (None: read from the pool)."""
+    design = None if reconstruction is None else design_stratum(reconstruction, evaluate_only)
+    return compute_metrics(predictions, retrieval, counterfactuals, audit, attribute_values, design=design)

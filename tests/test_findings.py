@@ -8,19 +8,36 @@ import polars as pl
 import pytest
 
 from counterfactual_lab.config import AuditModelConfig
-from counterfactual_lab.findings import FINDINGS_SCHEMA, any_bias_finding, assess_findings, headline_findings, summary_markdown
+from counterfactual_lab.findings import (
+    FINDINGS_SCHEMA,
+    any_bias_finding,
+    assess_findings,
+    bias_verdict,
+    headline_findings,
+    summary_markdown,
+    verdict_lines,
+)
 from counterfactual_lab.metrics import METRICS_SCHEMA, compute_metrics
+from counterfactual_lab.metrics.schema import FAMILY_WISE_SCHEMA
 from metric_frames import row
 
+FAMILY_COLUMNS = list(FAMILY_WISE_SCHEMA)
 
-def metrics_table(rows: list[tuple]) -> pl.DataFrame:
-    """(metric, stratum, attribute, group, label, value, ci_low, ci_high, n, n_sources[, note]) tuples."""
+
+def metrics_table(rows: list[tuple], family: dict[tuple, tuple[float, float]] | None = None, comparisons: int = 70
+                  ) -> pl.DataFrame:
+    """(metric, stratum, attribute, group, label, value, ci_low, ci_high, n, n_sources[, note]) tuples;
+    ``family``: {(metric, group, label): (ci_low_adjusted, ci_high_adjusted)} at 1 − 0.05/``comparisons``."""
     full = []
     for r in rows:
         metric, stratum, attribute, group, label, value, low, high, n, sources, *note = r
+        adjusted = (family or {}).get((metric, group, label))
         full.append({"metric": metric, "stratum": stratum, "attribute": attribute, "group": group, "label": label,
                      "query": None, "value": value, "ci_low": low, "ci_high": high, "n": n, "n_sources": sources,
-                     "skipped_resamples": 0, "note": note[0] if note else None})
+                     "skipped_resamples": 0, "note": note[0] if note else None,
+                     "ci_low_adjusted": adjusted[0] if adjusted else None, "ci_high_adjusted": adjusted[1] if adjusted else None,
+                     "confidence_adjusted": 1 - 0.05 / comparisons if adjusted else None,
+                     "comparisons": comparisons if adjusted else None})
     return pl.DataFrame(full, schema=METRICS_SCHEMA)
 
 
@@ -170,6 +187,145 @@ def test_generator_noise_alone_is_not_called_and_a_planted_shift_is():
     assert sum(inside) >= 8
 
 
+MANY_LABELS = ["doctor", "nurse", "teacher"]
+MANY_ATTRIBUTES = {"gender": ["female", "male"], "age": ["young", "middle", "old"]}
+
+
+def _many_world(seed: int, shift: float, sources: int = 40, noise: float = 0.3) -> pl.DataFrame:
+    """A run with many comparisons: 2 attributes (2 and 3 values), 3 labels, 40 sources × 2 seeds,
+    a control each. Every generated image has the generator's own noise (sd ``noise`` on each
+    label's logit); turning a source old adds ``shift`` to the logit of 'doctor'. 70 callable
+    comparisons: (1 + 2 transitions) for gender and (1 + 6) for age, × (flip rate + 2 gaps × 3 labels)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+
+    def add(id_, source, variant, attribute, group, logits, *, set_id=None, seed=None, control=False):
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        rows.append({"id": id_, "source_id": source, "variant": variant, "control": control, "attribute": attribute,
+                     "group": group, "seed": seed, "set_id": set_id, "caption": "c", "image_uri": f"mem://{id_}",
+                     "content_key": f"k-{id_}", "label": None, **{f"score_{l}": float(x) for l, x in zip(MANY_LABELS, p)},
+                     "top1": MANY_LABELS[int(np.argmax(p))]})
+
+    for s in range(sources):
+        base = rng.normal(0, 1, len(MANY_LABELS))
+        for attribute, values in MANY_ATTRIBUTES.items():
+            own = values[s % len(values)]
+            add(f"s{s}", f"s{s}", "original", attribute, own, base)
+            for k in range(2):
+                for value in values:
+                    logits = base + rng.normal(0, noise, len(MANY_LABELS))
+                    if attribute == "age" and value == "old" and own != "old":
+                        logits[0] += shift
+                    add(f"s{s}-{attribute}-{k}-{value}", f"s{s}", "reconstruction" if value == own else "counterfactual",
+                        attribute, value, logits, set_id=f"s{s}-{attribute}-{k}", seed=k)
+            add(f"s{s}-{attribute}-x", f"s{s}", "reconstruction", attribute, own,
+                base + rng.normal(0, noise, len(MANY_LABELS)), seed=2, control=True)
+    return pl.DataFrame(rows)
+
+
+@pytest.mark.slow
+def test_many_comparisons_without_an_effect_rarely_get_any_call_and_a_planted_shift_is_still_found():
+    """Family-wise error: 12 seeded runs of 70 comparisons without any effect, 3 with a planted shift."""
+    audit = AuditModelConfig(labels=MANY_LABELS, queries=[], bootstrap_samples=200, min_group_size=1)
+
+    def run(seed: int, shift: float) -> pl.DataFrame:
+        return compute_metrics(_many_world(seed, shift), pl.DataFrame(), pl.DataFrame(), audit, MANY_ATTRIBUTES, design="generated")
+
+    null = [run(i, 0.0) for i in range(12)]
+    assert {m["comparisons"].max() for m in null} == {70}
+    assert sum(any_bias_finding(m) for m in null) <= 1
+    # Each comparison on its own (the configured 95% intervals) calls noise in many of the same runs.
+    assert sum(any_bias_finding(m.drop(FAMILY_COLUMNS)) for m in null) >= 3
+    for i in range(3):
+        called = assess_findings(run(500 + i, 1.0)).filter(pl.col("called"))
+        doctor = called.filter((pl.col("metric") == "prob_gap_signed") & (pl.col("label") == "doctor"))
+        assert doctor.height, f"planted run {i}: the shift was not found"
+        # Only the planted change is called (raising one label's logit lowers the others' probabilities too).
+        assert set(called["attribute"]) == {"age"} and set(called["group"].drop_nulls()) <= {"young→old", "middle→old"}
+
+
+FAMILY_ROWS = [
+    ("flip_rate", "generated", "gender", None, None, 0.30, 0.20, 0.40, 120, 60),
+    ("flip_rate", "generated", "gender", "male→female", None, 0.35, 0.24, 0.46, 60, 30),
+    ("control_flip_rate", "generated", "gender", None, None, 0.10, 0.05, 0.15, 60, 60),
+    ("prob_gap_abs", "generated", "gender", None, "doctor", 0.20, 0.17, 0.23, 120, 60),
+    ("control_prob_gap_abs", "generated", "gender", None, "doctor", 0.10, 0.08, 0.12, 60, 60),
+]
+
+
+def test_calls_are_decided_on_the_family_wise_intervals():
+    # Configured 95% intervals: every metric lies clear of its control. Family-wise (70 comparisons):
+    # the overall flip rate [0.17, 0.43] still clears the control's [0.03, 0.16]; the transition's
+    # [0.15, 0.55] overlaps it; the gap's [0.15, 0.25] overlaps its control's family-wise [0.06, 0.16].
+    family = {("flip_rate", None, None): (0.17, 0.43), ("flip_rate", "male→female", None): (0.15, 0.55),
+              ("control_flip_rate", None, None): (0.03, 0.16), ("prob_gap_abs", None, "doctor"): (0.15, 0.25),
+              ("control_prob_gap_abs", None, "doctor"): (0.06, 0.16)}
+    findings = assess_findings(metrics_table(FAMILY_ROWS, family))
+    overall = finding(findings, "flip_rate")
+    assert overall["called"] and overall["verdict"] == "called"
+    assert (overall["ci_low_adjusted"], overall["control_ci_high_adjusted"], overall["comparisons"]) == (0.17, 0.16, 70)
+    assert overall["sentence"].endswith(
+        "above the control's 10% [5%, 15%] (same source and value, another seed; n=60 pairs); at the family-wise "
+        "99.93% level (70 comparisons in this run): [17%, 43%] vs the control's [3%, 16%]")
+    transition = finding(findings, "flip_rate", group="male→female")
+    assert not transition["called"] and transition["verdict"] == "no difference detected"
+    assert transition["sentence"].startswith(
+        "gender male→female: no difference detected once the run's 70 comparisons are accounted for (n=60 pairs from "
+        "30 source images; at the family-wise 99.93% level the intervals overlap): the top-1 label flips in 35% of pairs "
+        "[24%, 46%]")
+    gap = finding(findings, "prob_gap_abs", label="doctor")
+    assert not gap["called"], "the control's family-wise interval counts, not its configured one"
+    # Without the family-wise columns (a table written before them) the configured intervals decide.
+    legacy = assess_findings(metrics_table(FAMILY_ROWS).drop(FAMILY_COLUMNS))
+    assert finding(legacy, "flip_rate", group="male→female")["called"] and finding(legacy, "prob_gap_abs", label="doctor")["called"]
+    lines = verdict_lines(findings)
+    assert lines == ["Calls are family-wise over the run's 70 comparisons (Bonferroni: each decided on 99.93% intervals), "
+                     "so a run without any bias gets any call with probability about 5% at most."]
+
+
+def test_the_run_verdict_tells_no_finding_from_undefined():
+    compared = metrics_table([
+        ("flip_rate", "generated", "gender", None, None, 0.12, 0.08, 0.16, 120, 60),
+        ("control_flip_rate", "generated", "gender", None, None, 0.10, 0.05, 0.15, 60, 60),
+    ])
+    assert bias_verdict(compared) == "no finding" and not any_bias_finding(compared)
+    no_pairs = "no pairs: every set of this attribute was dropped by the judge"
+    with_age = pl.concat([compared, metrics_table([
+        ("flip_rate", "generated", "age", None, None, None, None, None, 0, 0, no_pairs),
+        ("control_flip_rate", "generated", "age", None, None, None, None, None, 0, 0, "no control pairs"),
+    ])])
+    findings = assess_findings(with_age)
+    age = findings.filter(pl.col("attribute") == "age").row(0, named=True)
+    assert (age["verdict"], age["called"]) == ("undefined", False)
+    assert age["sentence"] == f"changing age: flip_rate is undefined ({no_pairs})"
+    assert bias_verdict(with_age) == "undefined"
+    assert verdict_lines(findings) == [f'age: undefined, not "no difference" ({no_pairs}).']
+    assert f'age: undefined, not "no difference" ({no_pairs}).' in summary_markdown({}, with_age, None)
+    # A control that is missing leaves the comparison undefined too; a call anywhere is a finding.
+    missing_control = compared.filter(pl.col("metric") == "flip_rate")
+    assert assess_findings(missing_control)["verdict"].to_list() == ["undefined"]
+    assert bias_verdict(missing_control) == "undefined"
+    assert bias_verdict(pl.concat([GENERATED, with_age], how="diagonal_relaxed")) == "finding"
+    assert bias_verdict(pl.DataFrame()) == "undefined"
+
+
 def test_a_table_without_the_metric_columns_is_refused_by_name():
     with pytest.raises(ValueError, match=r"metrics table lacks columns \['value'\]"):
         assess_findings(pl.DataFrame({"metric": ["flip_rate"], "attribute": ["gender"]}))
+
+
+def test_without_a_control_the_family_wise_interval_must_exclude_no_change():
+    table = metrics_table([
+        ("flip_rate", "evaluate_only", "race", None, None, 0.2, 0.1, 0.3, 80, 20),
+        ("prob_gap_signed", "evaluate_only", "race", None, "doctor", 0.05, 0.01, 0.09, 80, 20),
+    ], {("flip_rate", None, None): (0.05, 0.35), ("prob_gap_signed", None, "doctor"): (-0.01, 0.11)}, comparisons=10)
+    findings = assess_findings(table)
+    flips = finding(findings, "flip_rate", "evaluate_only")
+    assert flips["called"] and flips["sentence"].endswith(
+        "this excludes no change (0); at the family-wise 99.5% level (10 comparisons in this run): [5%, 35%]; but there "
+        "was no control in this run, so the generator's own variation is not ruled out")
+    signed = finding(findings, "prob_gap_signed", "evaluate_only", label="doctor")
+    assert not signed["called"] and signed["verdict"] == "no difference detected"
+    assert ("no difference detected once the run's 10 comparisons are accounted for (n=80 pairs from 20 source images; "
+            "at the family-wise 99.5% level the interval reaches no change (0))") in signed["sentence"]

@@ -116,6 +116,29 @@ def _equalized_odds(rng, settings):
     return 0.22, estimate.low, estimate.high
 
 
+def _parity_difference_at_parity(rng, settings):
+    # Equal selection rates (0.4): the difference is 0, the case the pairwise spread interval exists for
+    # (the spread's own percentile interval would exclude 0 whenever anything varies).
+    groups = np.tile(["a", "b"], 60)
+    _, diff, _ = parity(rng.random(120) < 0.4, groups, np.repeat(np.arange(60), 2), settings)
+    return 0.0, diff.low, diff.high
+
+
+def _parity_ratio_at_parity(rng, settings):
+    groups = np.tile(["a", "b"], 60)
+    _, _, ratio = parity(rng.random(120) < 0.4, groups, np.repeat(np.arange(60), 2), settings)
+    return 1.0, ratio.low, ratio.high
+
+
+def _equalized_odds_at_parity(rng, settings):
+    # TPR 0.7 and FPR 0.2 in both groups: equalized odds 0.
+    groups = np.tile(["a", "b"], 80)
+    y_true = rng.random(160) < 0.5
+    y_pred = rng.random(160) < np.where(y_true, 0.7, 0.2)
+    estimate = equalized_odds(y_true, y_pred, groups, np.repeat(np.arange(80), 2), settings)
+    return 0.0, estimate.low, estimate.high
+
+
 def _wilson(rng, settings):
     successes = int((rng.random(50) < 0.1).sum())
     low, high = wilson_interval(successes, 50, settings.confidence)
@@ -132,6 +155,9 @@ CASES = {
     "parity difference (pairwise spread)": (_parity_difference, (0.92, 0.99), (0.72, 0.88)),
     "parity ratio (pairwise log ratio)": (_parity_ratio, (0.92, 0.99), (0.72, 0.88)),
     "equalized odds (pairwise spread)": (_equalized_odds, (0.93, 1.0), (0.78, 0.96)),
+    "parity difference at parity": (_parity_difference_at_parity, (0.92, 0.99), (0.72, 0.88)),
+    "parity ratio at parity": (_parity_ratio_at_parity, (0.92, 0.99), (0.72, 0.88)),
+    "equalized odds at parity": (_equalized_odds_at_parity, (0.93, 1.0), (0.78, 0.96)),
     "Wilson score": (_wilson, (0.92, 0.99), (0.72, 0.88)),
 }
 
@@ -144,3 +170,27 @@ def test_coverage_simulation(name):
     assert bounds95[0] <= coverage95 <= bounds95[1], f"{name}: 95% interval covers {coverage95:.3f}"
     assert bounds80[0] <= coverage80 <= bounds80[1], f"{name}: 80% interval covers {coverage80:.3f}"
     assert (widths95 >= widths80 - 1e-12).all() and widths95.mean() > 1.2 * widths80.mean()
+
+
+def test_pairwise_intervals_of_many_groups_get_enough_resamples_for_their_tails():
+    # 7 groups: 21 pairs, each at 1 − 0.05/21, whose 0.12% tails hold about one of 1,000 replicates.
+    # Ten in each tail need 20·21/0.05 = 8,400 resamples; equalized odds (TPR and FPR pairs) 16,800.
+    from counterfactual_lab.metrics.group_fairness import pairwise_settings
+
+    assert pairwise_settings(IntervalSettings(1000), 21).n_resamples == 8400
+    assert pairwise_settings(IntervalSettings(1000), 42).n_resamples == 16800
+    assert pairwise_settings(IntervalSettings(1000), 1).n_resamples == 1000  # two groups: 400 would do
+    assert pairwise_settings(IntervalSettings(20_000), 21).n_resamples == 20_000
+
+
+def test_blocks_of_resamples_are_one_stream():
+    # However the resamples are cut into blocks (by memory), they are the same resamples.
+    import counterfactual_lab.metrics.intervals as intervals
+
+    bootstrap = ClusterBootstrap(13, IntervalSettings(500, 0.95, 4))
+    whole = np.concatenate(list(bootstrap.count_blocks()))
+    small = np.concatenate(list(bootstrap.count_blocks(cells_per_resample=intervals._CHUNK_CELLS // 7)))
+    assert whole.shape == small.shape == (500, 13) and (whole == small).all()
+    # Raising the count only adds resamples: the first 500 of 2,000 are these.
+    more = np.concatenate(list(ClusterBootstrap(13, IntervalSettings(2000, 0.95, 4)).count_blocks()))
+    assert (more[:500] == whole).all()

@@ -49,6 +49,10 @@ def test_control_pairs_are_the_control_beside_each_kept_set_of_its_source():
 def test_generated_stratum_rows_by_hand():
     metrics = compute_metrics(generated_predictions(), pl.DataFrame(), pl.DataFrame(), AUDIT, {"gender": ["female", "male"]})
     assert metrics.columns == list(METRICS_SCHEMA)
+    # The shared contract's columns in its order, then the family-wise ones.
+    assert metrics.columns == ["metric", "stratum", "attribute", "group", "label", "query", "value", "ci_low", "ci_high", "n",
+                               "n_sources", "skipped_resamples", "note", "ci_low_adjusted", "ci_high_adjusted",
+                               "confidence_adjusted", "comparisons"]
     flips = one(metrics, "flip_rate", stratum="generated", group=None)
     assert (flips["value"], flips["n"], flips["n_sources"], flips["skipped_resamples"]) == (pytest.approx(0.25), 4, 4, 0)
     assert flips["ci_low"] <= 0.25 <= flips["ci_high"]
@@ -219,6 +223,13 @@ def test_metric_parameters_name_every_parameter():
     assert {k: params[k] for k in ("bootstrap_seed", "bootstrap_samples", "confidence", "top_k", "min_group_size")} == {
         "bootstrap_seed": 3, "bootstrap_samples": 500, "confidence": 0.9, "top_k": 7, "min_group_size": 4}
     assert "Wilson" in " ".join(params["interval_methods"].values())
+    # Each interval method under its own name: the spreads are not plain cluster percentiles.
+    methods = params["interval_methods"]
+    assert methods["demographic parity difference, equalized odds difference"].startswith("simultaneous pairwise spread")
+    assert methods["demographic parity ratio"].startswith("simultaneous pairwise log ratio")
+    assert not any("parity" in key for key, method in methods.items() if method.startswith("cluster percentile"))
+    assert params["family_wise_adjustment"].startswith("Bonferroni over the m comparisons a run can call")
+    assert params["resamples"].startswith("bootstrap_samples, raised") and "ceil(20 m / (1 - confidence))" in params["resamples"]
     import json
 
     json.dumps(params)
@@ -289,3 +300,109 @@ def test_the_independent_recomputation_agrees_on_every_design():
         for (stratum, attribute, metric, label), (value, n, sources) in expected.items():
             found = one(metrics, metric, stratum=stratum, attribute=attribute, group=None, label=label)
             assert (found["value"], found["n"], found["n_sources"]) == (pytest.approx(value), n, sources)
+
+
+def _originals_only(attribute: str) -> pl.DataFrame:
+    """The four sources of generated_predictions as originals of ``attribute`` (nothing generated survived)."""
+    frame = generated_predictions().filter(pl.col("variant") == "original")
+    return frame.with_columns(pl.lit(attribute).alias("attribute"))
+
+
+def test_an_attribute_without_kept_sets_gets_undefined_comparison_rows_not_none():
+    # Gender has its sets; every age set was dropped, so age holds originals only.
+    predictions = pl.concat([generated_predictions(), _originals_only("age")])
+    values = {"gender": ["female", "male"], "age": ["old", "young"]}
+    for design in ("generated", None):  # the config's design, or read from the pool (gender's sets show it)
+        metrics = compute_metrics(predictions, pl.DataFrame(), pl.DataFrame(), AUDIT, values, design=design)
+        age = metrics.filter((pl.col("attribute") == "age") & (pl.col("stratum") == "generated"))
+        flips = one(age, "flip_rate", group=None)
+        assert flips["value"] is None and flips["note"] == "no pairs: no kept set of this attribute is in the evaluation pool"
+        assert one(age, "prob_gap_signed", group=None, label="nurse")["value"] is None
+        assert one(age, "control_flip_rate")["note"].startswith("no control pairs")
+        assert one(metrics, "flip_rate", stratum="generated", attribute="gender", group=None)["value"] == pytest.approx(0.25)
+
+
+def test_a_run_whose_judge_dropped_every_set_is_undefined_not_no_finding(tmp_path):
+    from counterfactual_lab.findings import any_bias_finding, bias_verdict, summary_markdown
+
+    judged = pl.DataFrame({"source_id": ["s1", "s1", "s2"], "attribute": ["gender"] * 3, "kept": [False] * 3,
+                           "variant": ["reconstruction", "counterfactual", "counterfactual"], "control": [False] * 3})
+    values = {"gender": ["female", "male"], "age": ["old", "young"]}
+    metrics = compute_metrics(_originals_only("gender"), pl.DataFrame(), judged, AUDIT, values, design="generated")
+    flips = one(metrics, "flip_rate", stratum="generated", attribute="gender", group=None)
+    assert flips["value"] is None and flips["note"] == "no pairs: every set of this attribute was dropped by the judge"
+    assert one(metrics, "flip_rate", stratum="generated", attribute="age", group=None)["note"] == (
+        "no pairs: no set of this attribute was generated")
+    assert not any_bias_finding(metrics) and bias_verdict(metrics) == "undefined"
+    assert ('gender: undefined, not "no difference" (no pairs: every set of this attribute was dropped by the judge).'
+            in summary_markdown({}, metrics, None))
+    # Reconstruction off: the same words for counterfactuals; evaluate-only: no set had two values.
+    off = compute_metrics(_originals_only("gender"), pl.DataFrame(), judged.drop("variant", "control"), AUDIT, values,
+                          design="real_vs_generated")
+    assert one(off, "flip_rate", stratum="real_vs_generated", attribute="gender", group=None)["note"] == (
+        "no pairs: every counterfactual of this attribute was dropped by the judge")
+    lone = pl.DataFrame([row("A-a", "A", "counterfactual", "a", 0.9, set_id="A", attribute="race")])
+    sets = compute_metrics(lone, pl.DataFrame(), pl.DataFrame(), AUDIT, design="evaluate_only")
+    assert one(sets, "flip_rate", stratum="evaluate_only", group=None)["note"] == (
+        "no pairs: no counterfactual set of this attribute has two members with different values")
+    # Nothing evaluated at all: every configured attribute still says its comparison is undefined.
+    nothing = compute_metrics(pl.DataFrame(), pl.DataFrame(), pl.DataFrame(), AUDIT, values, design="generated")
+    assert sorted(nothing.filter(pl.col("metric") == "flip_rate")["attribute"].to_list()) == ["age", "gender"]
+    assert bias_verdict(nothing) == "undefined"
+
+
+def test_the_audit_task_passes_the_configs_design():
+    from tasks.evaluate import compute_fairness_metrics
+
+    values = {"gender": ["female", "male"]}
+    configured = compute_fairness_metrics.fn(_originals_only("gender"), pl.DataFrame(), pl.DataFrame(), AUDIT, values,
+                                             reconstruction=True)
+    assert one(configured, "flip_rate", stratum="generated", group=None)["value"] is None
+    inferred = compute_fairness_metrics.fn(_originals_only("gender"), pl.DataFrame(), pl.DataFrame(), AUDIT, values)
+    assert set(inferred["stratum"]) == {"observational"}, "without the design, a pool of originals cannot tell"
+    off = compute_fairness_metrics.fn(_originals_only("gender"), pl.DataFrame(), pl.DataFrame(), AUDIT, values,
+                                      reconstruction=False)
+    assert one(off, "flip_rate", stratum="real_vs_generated", group=None)["value"] is None
+    sets = compute_fairness_metrics.fn(pl.DataFrame(), pl.DataFrame(), pl.DataFrame(), AUDIT, values, reconstruction=True,
+                                       evaluate_only=True)
+    assert set(sets["stratum"]) == {"evaluate_only"}
+
+
+def test_a_design_the_pool_contradicts_is_refused():
+    with pytest.raises(ValueError, match=r"predictions hold \['reconstruction'\] images, which a 'real_vs_generated' run"):
+        compute_metrics(generated_predictions(), pl.DataFrame(), pl.DataFrame(), AUDIT, design="real_vs_generated")
+    with pytest.raises(ValueError, match=r"design must be one of .*got 'observational' \(originals are described"):
+        compute_metrics(generated_predictions(), pl.DataFrame(), pl.DataFrame(), AUDIT, design="observational")
+
+
+def test_pair_rows_and_controls_carry_the_family_wise_interval():
+    from counterfactual_lab.metrics.intervals import IntervalSettings, resamples_for_level
+
+    metrics = compute_metrics(generated_predictions(), pl.DataFrame(), pl.DataFrame(), AUDIT, {"gender": ["female", "male"]})
+    # m = 3 subsets (all pairs, male→female, female→male) × (flip rate + 2 gaps × 2 labels) = 15.
+    flips = one(metrics, "flip_rate", stratum="generated", group=None)
+    assert flips["comparisons"] == 15 and flips["confidence_adjusted"] == pytest.approx(1 - 0.05 / 15)
+    assert flips["ci_low_adjusted"] <= flips["ci_low"] <= flips["ci_high"] <= flips["ci_high_adjusted"]
+    control = one(metrics, "control_prob_gap_signed", label="doctor")
+    assert control["comparisons"] == 15 and control["ci_low_adjusted"] < control["ci_low"]
+    # The 0/2 transition gets Wilson at both levels (2 sources).
+    none_flip = one(metrics, "flip_rate", group="female→male")
+    assert (none_flip["ci_low_adjusted"], none_flip["ci_high_adjusted"]) == (0.0, pytest.approx(wilson_interval(0, 2, 1 - 0.05 / 15)[1]))
+    # Rows nothing is called on carry none.
+    assert metrics.filter(pl.col("stratum") == "observational")["comparisons"].null_count() == metrics.filter(
+        pl.col("stratum") == "observational").height
+    assert one(metrics, "demographic_parity_difference", stratum="generated", label="doctor")["comparisons"] is None
+    # Enough resamples for ten replicates in each tail of the family-wise level: 20·m/(1 − c).
+    assert resamples_for_level(1 - 0.05 / 15) == 6000 == IntervalSettings(200).for_family(15).n_resamples
+    assert IntervalSettings(100_000).for_family(15).n_resamples == 100_000
+
+
+def test_far_out_levels_are_capped_and_say_so():
+    from counterfactual_lab.metrics.intervals import MAX_RESAMPLES, IntervalSettings
+
+    settings = IntervalSettings(1000).for_family(1000)  # 20·1000/0.05 = 400,000 > the most allowed
+    assert settings.n_resamples == MAX_RESAMPLES
+    assert settings.tail_note(settings.confidence_adjusted) == (
+        "the 99.995% interval rests on about 2.5 replicates in each tail (100000 resamples, at most 100000): "
+        "its ends are uncertain")
+    assert IntervalSettings(1000).for_family(15).tail_note(1 - 0.05 / 15) is None

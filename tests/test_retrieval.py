@@ -116,3 +116,51 @@ def test_bad_inputs_say_what_is_wrong():
         skew_at_k(RANKED, 0, UNIFORM)
     with pytest.raises(ValueError, match=r"groups \['x'\] are not in the desired distribution"):
         ndkl(["x"], UNIFORM)
+
+
+def _large_ranking(sources: int, seed: int = 0) -> pl.DataFrame:
+    """A ranked pool of ``sources`` × 2 images (a reconstruction and a counterfactual, one of each gender)."""
+    rng = np.random.default_rng(seed)
+    n = 2 * sources
+    return pl.DataFrame({"id": [f"i{i}" for i in range(n)], "content_key": [f"k{i}" for i in range(n)],
+                         "source_id": [f"s{i // 2}" for i in range(n)], "group": ["female", "male"] * sources,
+                         "score": rng.random(n)}).sort("score", descending=True)
+
+
+def _peak_bytes(ranked: pl.DataFrame, settings) -> int:
+    import tracemalloc
+
+    from counterfactual_lab.metrics.retrieval import retrieval_rows
+
+    tracemalloc.start()
+    try:
+        retrieval_rows(ranked, "gender", "generated", QUERY, 10, settings, ["female", "male"])
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_bootstrap_memory_of_retrieval_does_not_grow_with_the_pool():
+    # Each resample expands to its whole ranking (N items × G prefix shares): blocks of resamples are
+    # sized by N·G, so the peak is one block's, whatever N. Sized by sources alone, 1,000 resamples of
+    # 3,000 images took 358 MiB and of 6,000 images ~700 MiB.
+    from counterfactual_lab.metrics.intervals import _CHUNK_CELLS, IntervalSettings
+
+    settings = IntervalSettings(1000)
+    small, large = (_peak_bytes(_large_ranking(s), settings) for s in (1500, 3000))
+    bound = 48 * _CHUNK_CELLS  # 192 MiB: a few float64 arrays of one block's cells
+    assert small < bound and large < bound, f"peak {small / 2**20:.0f} MiB and {large / 2**20:.0f} MiB"
+    assert large < 1.15 * small, f"peak grows with the pool: {small / 2**20:.0f} MiB -> {large / 2**20:.0f} MiB"
+
+
+def test_retrieval_intervals_do_not_depend_on_the_block_size(monkeypatch):
+    import counterfactual_lab.metrics.intervals as intervals
+    from counterfactual_lab.metrics.retrieval import retrieval_rows
+
+    ranked = _large_ranking(60, seed=3)
+    settings = intervals.IntervalSettings(300, 0.95, 7)
+    whole = retrieval_rows(ranked, "gender", "generated", QUERY, 10, settings, ["female", "male"])
+    monkeypatch.setattr(intervals, "_CHUNK_CELLS", 1000)  # blocks of 1000 // (120·2) = 4 resamples
+    assert len(list(intervals.ClusterBootstrap(60, settings).count_blocks(cells_per_resample=240))) == 75
+    blocked = retrieval_rows(ranked, "gender", "generated", QUERY, 10, settings, ["female", "male"])
+    assert blocked == whole

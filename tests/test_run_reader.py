@@ -172,6 +172,21 @@ def test_headline_of_a_real_model_run_has_no_warning(tmp_path):
     assert "mean nothing" not in text
 
 
+def test_headline_of_a_run_that_compared_nothing_says_undefined_not_no_difference(tmp_path):
+    # Every gender set was dropped by the judge: the comparison rows are null with the reason.
+    no_pairs = "no pairs: every set of this attribute was dropped by the judge"
+    undefined = metrics().filter(pl.col("metric") == "flip_rate").head(1).with_columns(
+        pl.lit(None, pl.String).alias("group"), pl.lit(None, pl.Float64).alias("value"),
+        pl.lit(None, pl.Float64).alias("ci_low"), pl.lit(None, pl.Float64).alias("ci_high"),
+        pl.lit(0).alias("n"), pl.lit(0).alias("n_sources"), pl.lit(no_pairs).alias("note"))
+    publisher = RunPublisher(str(tmp_path), "run-none", "sample")
+    uri = publisher.write_table("metrics", undefined)
+    publisher.write_manifest({"run_id": "run-none", "tables": {"metrics": uri}})
+    lines = format_headline(read_run(publisher.run_uri)).splitlines()
+    assert "  0 difference(s) called (an interval that excludes its control's; docs/metrics.md)" in lines
+    assert f'  gender: undefined, not "no difference" ({no_pairs}).' in lines
+
+
 @pytest.mark.s3
 def test_read_run_from_s3(s3_bucket):
     publisher = publish(f"s3://{s3_bucket}/out")

@@ -12,24 +12,45 @@ another seed) are ``control_flip_rate``, ``control_prob_gap_abs`` and ``control_
 how much the answer moves when nothing protected changes. Intervals: cluster bootstrap by
 source; the flip rate is a proportion (Wilson at the number of sources when 0/P or P/P). Rows
 resting on fewer than ``audit.min_group_size`` source images keep their value but get no interval.
+
+Which of them a difference can be called on, and against what (:data:`CALLED_AGAINST_CONTROL`,
+:data:`NO_EFFECT`, read by :mod:`counterfactual_lab.findings`), and how many such comparisons a
+run makes (:func:`count_comparisons`: the m of the family-wise interval, known from the pairs
+before any resample is drawn) are defined here too.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from counterfactual_lab.evaluate import score_column
-from counterfactual_lab.metrics.intervals import IntervalSettings, mean_estimate, proportion_estimate
-from counterfactual_lab.metrics.schema import CONTROL_PREFIX, Estimate, metric_row
+from counterfactual_lab.metrics.intervals import IntervalSettings, at_the_edge, mean_estimates
+from counterfactual_lab.metrics.schema import CONTROL_PREFIX, STRATUM_GENERATED, STRATUM_OBSERVATIONAL, Estimate, metric_row
 
 FLIP_RATE = "flip_rate"
 PROB_GAP_ABS = "prob_gap_abs"
 PROB_GAP_SIGNED = "prob_gap_signed"
 PAIR_METRICS = (FLIP_RATE, PROB_GAP_ABS, PROB_GAP_SIGNED)
+
+# The metrics a difference is called on where the run has a control (the generated stratum), and
+# which side of the control counts: more flips or more movement than the generator's own variation
+# ("above"); a signed shift either way ("either").
+CALLED_AGAINST_CONTROL = {FLIP_RATE: "above", PROB_GAP_ABS: "above", PROB_GAP_SIGNED: "either"}
+# Without a control, the value that means no change, for the metrics whose interval can reach it
+# under no effect. The mean |Δ| cannot: it is positive whenever anything varies (the generator's
+# own noise), so without a control it is reported, not called.
+NO_EFFECT = {FLIP_RATE: 0.0, PROB_GAP_SIGNED: 0.0}
+
+
+def called_metrics(stratum: str) -> tuple[str, ...]:
+    """The pair metrics a difference can be called on in ``stratum`` (none in the observational one)."""
+    if stratum == STRATUM_OBSERVATIONAL:
+        return ()
+    return tuple(CALLED_AGAINST_CONTROL) if stratum == STRATUM_GENERATED else tuple(NO_EFFECT)
 
 
 def pair_flips(pairs: pl.DataFrame) -> np.ndarray:
@@ -56,42 +77,94 @@ def probability_gap(pairs: pl.DataFrame, label: str) -> tuple[float | None, floa
     return float(np.abs(delta).mean()), float(delta.mean())
 
 
-def _estimates(pairs: pl.DataFrame, labels: list[str], settings: IntervalSettings, min_sources: int
-               ) -> list[tuple[str, str | None, Estimate]]:
-    """(metric, label, estimate) for one subset of pairs.
+def usable_pairs(pairs: pl.DataFrame) -> pl.DataFrame:
+    """The pairs with a top-1 answer on both sides (the others cannot be compared)."""
+    return pairs.filter(pl.col("top1_to").is_not_null() & pl.col("top1_from").is_not_null())
+
+
+def pair_subsets(pairs: pl.DataFrame) -> list[tuple[str | None, pl.DataFrame]]:
+    """(transition, its pairs): every pair first (transition None), then each transition in order."""
+    return [(None, pairs)] + [
+        (transition, pairs.filter(pl.col("transition") == transition))
+        for transition in sorted(pairs["transition"].unique().to_list())
+    ]
+
+
+def _with_interval(pairs: pl.DataFrame, min_sources: int) -> bool:
+    """Whether a subset of pairs gets an interval: usable pairs from at least ``min_sources`` sources."""
+    usable = usable_pairs(pairs)
+    return usable.height > 0 and usable["source_id"].n_unique() >= min_sources
+
+
+def count_comparisons(
+    pairs_by_attribute: Mapping[str, pl.DataFrame],
+    stratum: str,
+    labels: list[str],
+    min_sources: int,
+    controls_by_attribute: Mapping[str, pl.DataFrame] | None = None,
+) -> int:
+    """m: the rows of a run a difference can be called on, counted from the pairs before any resample.
+
+    For every attribute, every subset of its pairs (all of them, each transition) that gets an
+    interval contributes one row per callable metric (:func:`called_metrics`: the flip rate, and
+    per label each callable gap). In the ``generated`` stratum an attribute whose control gets
+    no interval (no control pair, or too few sources) can call nothing and contributes none.
+    """
+    metrics = called_metrics(stratum)
+    per_subset = (FLIP_RATE in metrics) + len(labels) * sum(m in metrics for m in (PROB_GAP_ABS, PROB_GAP_SIGNED))
+    total = 0
+    for attribute, pairs in pairs_by_attribute.items():
+        if stratum == STRATUM_GENERATED:
+            controls = (controls_by_attribute or {}).get(attribute)
+            if controls is None or not _with_interval(controls, min_sources):
+                continue
+        total += per_subset * sum(_with_interval(subset, min_sources) for _, subset in pair_subsets(usable_pairs(pairs)))
+    return total
+
+
+def _estimates(pairs: pl.DataFrame, labels: list[str], settings: IntervalSettings, min_sources: int,
+               no_pairs: str = "no pairs") -> list[tuple[str, str | None, Estimate]]:
+    """(metric, label, estimate) for one subset of pairs; ``no_pairs`` says why when there are none.
 
     With fewer than ``min_sources`` source images behind the pairs the values stand without an
     interval (a bootstrap over a handful of sources has almost nothing to resample), so no
-    difference can be called on them.
+    difference can be called on them. Every metric of the subset shares one set of resamples.
     """
-    usable = pairs.filter(pl.col("top1_to").is_not_null() & pl.col("top1_from").is_not_null())
+    usable = usable_pairs(pairs)
+    keys = [(FLIP_RATE, None)] + [(m, label) for label in labels for m in (PROB_GAP_ABS, PROB_GAP_SIGNED)]
     if usable.height == 0:
-        none = Estimate.undefined("no pairs")
-        return [(FLIP_RATE, None, none)] + [(m, label, none) for label in labels for m in (PROB_GAP_ABS, PROB_GAP_SIGNED)]
-    clusters = usable["source_id"].to_numpy()
-    out = [(FLIP_RATE, None, proportion_estimate(pair_flips(usable), clusters, settings))]
+        none = Estimate.undefined(no_pairs)
+        return [(m, label, none) for m, label in keys]
+    columns = [pair_flips(usable).astype(float)]
     for label in labels:
         delta = pair_deltas(usable, label)
-        out.append((PROB_GAP_ABS, label, mean_estimate(np.abs(delta), clusters, settings)))
-        out.append((PROB_GAP_SIGNED, label, mean_estimate(delta, clusters, settings)))
-    sources = out[0][2].n_sources
+        columns += [np.abs(delta), delta]
+    estimates = mean_estimates(np.column_stack(columns), usable["source_id"].to_numpy(), settings)
+    estimates[0] = at_the_edge(estimates[0], settings)  # the flip rate is a proportion
+    out = [(m, label, e) for (m, label), e in zip(keys, estimates)]
+    sources = estimates[0].n_sources
     if sources < min_sources:
         note = f"fewer than min_group_size={min_sources} source images ({sources}): no interval"
-        out = [(m, label, replace(e, low=None, high=None, skipped=None).with_note(note)) for m, label, e in out]
+        out = [(m, label, e.without_interval().with_note(note)) for m, label, e in out]
     return out
 
 
 def pair_metric_rows(
-    pairs: pl.DataFrame, attribute: str, stratum: str, labels: list[str], settings: IntervalSettings, min_sources: int = 1
+    pairs: pl.DataFrame, attribute: str, stratum: str, labels: list[str], settings: IntervalSettings, min_sources: int = 1,
+    no_pairs: str = "no pairs",
 ) -> list[dict[str, Any]]:
-    """Flip rate and gaps of one attribute's pairs: overall (group null) and per transition."""
+    """Flip rate and gaps of one attribute's pairs: overall (group null) and per transition.
+
+    Without any pair the overall rows are undefined with ``no_pairs`` as the note (why there are
+    none). The family-wise interval (``settings.comparisons``) is kept on the metrics a difference
+    can be called on in ``stratum`` only.
+    """
     rows = []
-    subsets = [(None, pairs)] + [
-        (transition, pairs.filter(pl.col("transition") == transition))
-        for transition in sorted(pairs["transition"].unique().to_list())
-    ]
-    for transition, subset in subsets:
-        for metric, label, estimate in _estimates(subset, labels, settings, min_sources):
+    callable_here = called_metrics(stratum)
+    for transition, subset in pair_subsets(pairs):
+        for metric, label, estimate in _estimates(subset, labels, settings, min_sources, no_pairs):
+            if metric not in callable_here:
+                estimate = estimate.without_adjustment()
             rows.append(metric_row(metric, stratum, attribute, estimate, group=transition, label=label))
     return rows
 
@@ -102,11 +175,9 @@ def control_metric_rows(
     """``control_flip_rate`` and ``control_prob_gap_abs/_signed`` of one attribute (group null).
 
     Without control pairs (every control dropped, or none planned) the rows are undefined
-    with a note, so a reader sees the control is missing rather than zero.
+    with a note, so a reader sees the control is missing rather than zero. With
+    ``settings.comparisons`` they carry the family-wise interval, as the rows they control do.
     """
-    if controls.height == 0:
-        missing = Estimate.undefined("no control pairs (no kept control image beside a kept set of the same source)")
-        estimates = [(FLIP_RATE, None, missing)] + [(m, label, missing) for label in labels for m in (PROB_GAP_ABS, PROB_GAP_SIGNED)]
-    else:
-        estimates = _estimates(controls, labels, settings, min_sources)
+    missing = "no control pairs (no kept control image beside a kept set of the same source)"
+    estimates = _estimates(controls, labels, settings, min_sources, no_pairs=missing)
     return [metric_row(CONTROL_PREFIX + metric, stratum, attribute, estimate, label=label) for metric, label, estimate in estimates]

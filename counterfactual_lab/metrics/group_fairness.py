@@ -27,6 +27,10 @@ The parity and equalized-odds differences are spreads (max − min ≥ 0), whose
 interval would exclude 0 whenever anything varies; their intervals come from simultaneous
 intervals of the signed pairwise differences (:func:`spread_interval`), and the ratio's
 (≤ 1, biased the same way at parity) from the signed pairwise log ratios (:func:`ratio_interval`).
+Those pairwise intervals are at the Bonferroni level 1 − (1 − c)/m for the m pairs of groups
+(m = 21 for 7 groups, 42 TPR and FPR pairs for equalized odds), whose tails a thousand resamples
+barely reach: they are drawn with enough resamples for TAIL_REPLICATES replicates in each tail
+(:meth:`~counterfactual_lab.metrics.intervals.IntervalSettings.at_level`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import polars as pl
 from counterfactual_lab.metrics.intervals import (
     ClusterBootstrap,
     IntervalSettings,
+    bonferroni_level,
     cluster_codes,
     percentile_interval,
     proportion_estimate,
@@ -49,6 +54,22 @@ SELECTION_RATE = "selection_rate"
 PARITY_DIFFERENCE = "demographic_parity_difference"
 PARITY_RATIO = "demographic_parity_ratio"
 EQUALIZED_ODDS = "equalized_odds_difference"
+
+METHOD_PAIRWISE_SPREAD = (
+    "simultaneous pairwise spread: percentile intervals of the signed pairwise differences of the group rates "
+    "at the Bonferroni level 1 - (1 - confidence)/pairs, combined into an interval for max - min "
+    "(cluster bootstrap by source; equalized odds over the TPR and FPR pairs together)"
+)
+METHOD_PAIRWISE_LOG_RATIO = (
+    "simultaneous pairwise log ratio: percentile intervals of ln(r_g / r_h) for each pair of groups at the "
+    "Bonferroni level 1 - (1 - confidence)/pairs, combined into an interval for min / max "
+    "(cluster bootstrap by source)"
+)
+
+
+def pairwise_settings(settings: IntervalSettings, pairs: int) -> IntervalSettings:
+    """``settings`` with enough resamples for the Bonferroni level over ``pairs`` pairwise intervals."""
+    return settings.at_level(bonferroni_level(settings.confidence, max(1, pairs)))
 
 
 def split_small_groups(groups: pl.Series, min_group_size: int) -> tuple[list[str], str | None]:
@@ -157,19 +178,22 @@ def parity(y_pred: np.ndarray, groups: np.ndarray, clusters: np.ndarray, setting
     rates = hits.sum(axis=0) / sizes.sum(axis=0)
     difference = float(_spread(rates))
     ratio = float(rates.min() / rates.max()) if rates.max() > 0 else None
-    diff_ci, ratio_ci, skipped = (None, None), (None, None), None
+    diff_ci, ratio_ci, skipped, note = (None, None), (None, None), None, None
     if settings is not None:
+        pairs = g * (g - 1) // 2
+        settings = pairwise_settings(settings, pairs)
+        note = settings.tail_note(bonferroni_level(settings.confidence, pairs))
         totals = ClusterBootstrap(c, settings).sums(np.hstack([sizes, hits]))
         boot_rates = _rates(totals[:, g:], totals[:, :g])
         low, high, skipped = spread_interval([boot_rates], settings.confidence)
         diff_ci = (low, high)
         ratio_ci = ratio_interval(boot_rates, settings.confidence)
     by_group = {str(name): float(r) for name, r in zip(names, rates)}
-    diff = Estimate(difference, diff_ci[0], diff_ci[1], n, n_sources, skipped)
+    diff = Estimate(difference, diff_ci[0], diff_ci[1], n, n_sources, skipped, note)
     if ratio is None:
         ratio_estimate = Estimate.undefined("no group is ever given this label (0/0)", n, n_sources)
     else:
-        ratio_estimate = Estimate(ratio, ratio_ci[0], ratio_ci[1], n, n_sources, skipped)
+        ratio_estimate = Estimate(ratio, ratio_ci[0], ratio_ci[1], n, n_sources, skipped, note)
     return by_group, diff, ratio_estimate
 
 
@@ -200,10 +224,12 @@ def equalized_odds(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, c
     value = float(max(_spread(true_pos / positives), _spread(false_pos / negatives)))
     if settings is None:
         return Estimate(value, None, None, n, c)
+    pairs = 2 * (g * (g - 1) // 2)  # TPR pairs and FPR pairs
+    settings = pairwise_settings(settings, pairs)
     totals = ClusterBootstrap(c, settings).sums(np.hstack(parts))
     pos, tp, neg, fp = (totals[:, i * g:(i + 1) * g] for i in range(4))
     low, high, skipped = spread_interval([_rates(tp, pos), _rates(fp, neg)], settings.confidence)
-    return Estimate(value, low, high, n, c, skipped)
+    return Estimate(value, low, high, n, c, skipped, settings.tail_note(bonferroni_level(settings.confidence, pairs)))
 
 
 def group_fairness_rows(

@@ -21,7 +21,10 @@ own mix for the observational stratum of originals. K larger than the pool is ca
 Intervals: cluster bootstrap by source. A resample is a multiset of pool items (every image of a
 drawn source, as many times as it was drawn), ranked by the same scores; copies of one image are
 adjacent. Resamples where a statistic is undefined (a group absent from the top K) are skipped
-and counted.
+and counted. A resample of a pool of N items in G groups holds about N·G prefix shares (NDKL reads
+the group mix of every prefix), so resamples are processed in blocks of at most
+``_CHUNK_CELLS / (N·G)`` (:meth:`~counterfactual_lab.metrics.intervals.ClusterBootstrap.count_blocks`):
+memory stays bounded whatever the size of the pool.
 """
 
 from __future__ import annotations
@@ -115,6 +118,7 @@ def ranking_replicates(
     max_skew = np.where(in_scope, skew, -np.inf).max(axis=1)
     min_skew = np.where(in_scope, skew, np.inf).min(axis=1)
     min_skew = np.where(np.isfinite(min_skew), min_skew, np.nan)
+    del before, take  # (b, n) each: free them before the NDKL pass
     ndkl_all, ndkl_k = _ndkl_of_resamples(codes, w.astype(np.int64), n_groups, np.array(d, dtype=float), k_b)
     return {"skew": np.where(np.isfinite(skew), skew, np.nan), "max_skew": max_skew, "min_skew": min_skew,
             "ndkl": ndkl_all, "ndkl_k": ndkl_k}
@@ -131,30 +135,36 @@ def _ndkl_of_resamples(codes: np.ndarray, copies: np.ndarray, n_groups: int, des
     """
     b = copies.shape[0]
     lengths = copies.sum(axis=1)
-    flat = np.repeat(np.tile(codes, b), copies.ravel())
-    row = np.repeat(np.arange(b), lengths)
+    total = int(lengths.sum())
+    row = np.repeat(np.arange(b, dtype=np.int32), lengths)  # int32: one of several arrays of one entry per position
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    position = np.arange(1, flat.size + 1, dtype=float) - starts[row]
-    shares = np.zeros((flat.size, n_groups))
-    shares[np.arange(flat.size), flat] = 1.0
-    np.cumsum(shares, axis=0, out=shares)
-    before = np.vstack([np.zeros((1, n_groups)), shares])[starts]  # counts before each resample's ranking
-    shares -= before[row]
-    shares /= position[:, None]
-    log_shares = np.zeros_like(shares)
-    np.log(shares, out=log_shares, where=shares > 0)
+    position = np.arange(1, total + 1, dtype=float)
+    position -= starts[row]
+    discount = 1.0 / np.log2(position + 1)
     log_desired = np.zeros_like(desired)
     np.log(desired, out=log_desired, where=desired > 0)
-    kl = np.einsum("tg,tg->t", shares, log_shares)
-    if np.allclose(desired, desired[:1]):  # one D for every resample (the uniform one)
-        kl -= shares @ log_desired[0]
-    else:
-        kl -= np.einsum("tg,tg->t", shares, log_desired[row])
-    discount = 1.0 / np.log2(position + 1)
-    whole = np.bincount(row, kl * discount, minlength=b) / np.bincount(row, discount, minlength=b)
+    one_d = bool(np.allclose(desired, desired[:1]))  # one D for every resample (the uniform one)
+    flat = np.repeat(np.tile(codes.astype(np.int32), b), copies.ravel())
+    # KL(P_i ‖ D) accumulated one group at a time: memory holds a few arrays of one number per
+    # position, never one of a number per (position, group).
+    kl = np.zeros(total)
+    share = np.empty(total)
+    log_share = np.empty(total)
+    for g in range(n_groups):
+        np.cumsum(flat == g, out=share)
+        before = np.where(starts > 0, share[np.maximum(starts - 1, 0)], 0.0)  # count before each resample's ranking
+        share -= before[row]
+        share /= position
+        log_share.fill(0.0)
+        np.log(share, out=log_share, where=share > 0)
+        log_share -= log_desired[0, g] if one_d else log_desired[row, g]
+        share *= log_share
+        kl += share
+    del flat, share, log_share
+    kl *= discount
+    whole = np.bincount(row, kl, minlength=b) / np.bincount(row, discount, minlength=b)
     top = position <= k_b[row]
-    truncated = np.bincount(row, np.where(top, kl * discount, 0.0), minlength=b) / np.bincount(
-        row, np.where(top, discount, 0.0), minlength=b)
+    truncated = np.bincount(row[top], kl[top], minlength=b) / np.bincount(row[top], discount[top], minlength=b)
     return whole, truncated
 
 
@@ -197,9 +207,10 @@ def retrieval_rows(
     n = len(codes)
     k = min(top_k, n)
     point = ranking_replicates(codes, np.ones((1, n)), len(names), k, desired)
-    # Per-item copies in each resample = the resample's count of the item's source.
+    # Per-item copies in each resample = the resample's count of the item's source. Each resample
+    # expands to its whole ranking (≈ n items × G shares), so blocks are sized by n·G, not by C.
     reps: dict[str, list[np.ndarray]] = {key: [] for key in point}
-    for counts in ClusterBootstrap(c, settings).count_blocks():
+    for counts in ClusterBootstrap(c, settings).count_blocks(cells_per_resample=n * len(names)):
         for key, value in ranking_replicates(codes, counts[:, c_codes], len(names), k, desired).items():
             reps[key].append(value)
     boot = {key: np.concatenate(parts, axis=0) for key, parts in reps.items()}

@@ -5,6 +5,14 @@ Columns, in this order (fixed by the shared contract; other tools read them)::
     metric, stratum, attribute, group, label, query, value, ci_low, ci_high, n, n_sources,
     skipped_resamples, note
 
+then the family-wise columns, added after them (docs/metrics.md, "How many comparisons")::
+
+    ci_low_adjusted, ci_high_adjusted, confidence_adjusted, comparisons
+
+the interval at level ``confidence_adjusted`` = 1 − (1 − c)/m for the m comparisons a run can
+call (``comparisons``), drawn from the same replicates; set on the rows a difference can be
+called on and on their controls, null elsewhere.
+
 An undefined value is a null ``value`` with a non-null ``note`` saying why; a ``note`` may also
 accompany a defined value (e.g. the groups left out for being too small).
 """
@@ -16,7 +24,11 @@ from typing import Any
 
 import polars as pl
 
-METRICS_SCHEMA = {
+# predictions.parquet `variant` values (names other tools rely on), defined where the pool is built;
+# re-exported here for the metrics modules.
+from counterfactual_lab.evaluate import VARIANT_COUNTERFACTUAL, VARIANT_ORIGINAL, VARIANT_RECONSTRUCTION  # noqa: F401
+
+_CONTRACT_SCHEMA = {
     "metric": pl.String,
     "stratum": pl.String,
     "attribute": pl.String,
@@ -31,6 +43,15 @@ METRICS_SCHEMA = {
     "skipped_resamples": pl.Int64,
     "note": pl.String,
 }
+# The shared contract's columns; the family-wise ones follow them.
+CONTRACT_COLUMNS = tuple(_CONTRACT_SCHEMA)
+FAMILY_WISE_SCHEMA = {
+    "ci_low_adjusted": pl.Float64,
+    "ci_high_adjusted": pl.Float64,
+    "confidence_adjusted": pl.Float64,
+    "comparisons": pl.Int64,
+}
+METRICS_SCHEMA = {**_CONTRACT_SCHEMA, **FAMILY_WISE_SCHEMA}
 
 # Strata: which images a row compares (docs/metrics.md, "Design").
 STRATUM_GENERATED = "generated"  # counterfactual vs reconstruction, balanced generated sets: the findings
@@ -38,11 +59,6 @@ STRATUM_OBSERVATIONAL = "observational"  # originals only: descriptive
 STRATUM_REAL_VS_GENERATED = "real_vs_generated"  # reconstruction off: originals vs counterfactuals
 STRATUM_EVALUATE_ONLY = "evaluate_only"  # a dataset of counterfactual sets
 STRATA = (STRATUM_GENERATED, STRATUM_EVALUATE_ONLY, STRATUM_REAL_VS_GENERATED, STRATUM_OBSERVATIONAL)
-
-# predictions.parquet `variant` values (names other tools rely on).
-VARIANT_ORIGINAL = "original"
-VARIANT_RECONSTRUCTION = "reconstruction"
-VARIANT_COUNTERFACTUAL = "counterfactual"
 
 CONTROL_PREFIX = "control_"
 UNKNOWN_GROUP = "unknown"
@@ -55,6 +71,8 @@ class Estimate:
     ``n``: rows or pairs used; ``n_sources``: clusters (source images) among them;
     ``skipped``: bootstrap resamples where the statistic was undefined (None when not
     bootstrapped); ``note``: why ``value`` is None, or what was left out.
+    ``adjusted_low``/``adjusted_high``: the interval at the family-wise level
+    ``confidence_adjusted`` for ``comparisons`` comparisons (None when not adjusted).
     """
 
     value: float | None
@@ -64,6 +82,10 @@ class Estimate:
     n_sources: int = 0
     skipped: int | None = None
     note: str | None = None
+    adjusted_low: float | None = None
+    adjusted_high: float | None = None
+    confidence_adjusted: float | None = None
+    comparisons: int | None = None
 
     @classmethod
     def undefined(cls, note: str, n: int = 0, n_sources: int = 0) -> "Estimate":
@@ -73,6 +95,15 @@ class Estimate:
         if not note:
             return self
         return replace(self, note=note if self.note is None else f"{self.note}; {note}")
+
+    def without_interval(self) -> "Estimate":
+        """The value alone: no interval at any level, not bootstrapped."""
+        return replace(self, low=None, high=None, skipped=None, adjusted_low=None, adjusted_high=None,
+                       confidence_adjusted=None, comparisons=None)
+
+    def without_adjustment(self) -> "Estimate":
+        """Without the family-wise interval (a row no difference is called on)."""
+        return replace(self, adjusted_low=None, adjusted_high=None, confidence_adjusted=None, comparisons=None)
 
 
 def metric_row(
@@ -89,14 +120,22 @@ def metric_row(
     if estimate.value is None and not estimate.note:
         raise ValueError(f"{metric} ({stratum}, {attribute}) is undefined without a note saying why")
     value = None if estimate.value is None else float(estimate.value)
+    adjusted = value is not None and estimate.adjusted_low is not None and estimate.adjusted_high is not None
+
+    def optional(x: float | None) -> float | None:
+        return None if value is None or x is None else float(x)
+
     return {
         "metric": metric, "stratum": stratum, "attribute": attribute, "group": group, "label": label,
         "query": query, "value": value,
-        "ci_low": None if value is None or estimate.low is None else float(estimate.low),
-        "ci_high": None if value is None or estimate.high is None else float(estimate.high),
+        "ci_low": optional(estimate.low), "ci_high": optional(estimate.high),
         "n": int(estimate.n), "n_sources": int(estimate.n_sources),
         "skipped_resamples": None if estimate.skipped is None else int(estimate.skipped),
         "note": estimate.note,
+        "ci_low_adjusted": optional(estimate.adjusted_low) if adjusted else None,
+        "ci_high_adjusted": optional(estimate.adjusted_high) if adjusted else None,
+        "confidence_adjusted": float(estimate.confidence_adjusted) if adjusted and estimate.confidence_adjusted else None,
+        "comparisons": int(estimate.comparisons) if adjusted and estimate.comparisons is not None else None,
     }
 
 

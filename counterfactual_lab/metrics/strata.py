@@ -12,6 +12,12 @@
   ordered pair of members of a set; group and retrieval metrics run on the whole pool.
 
 Originals always form the ``observational`` stratum as well: descriptive, not a comparison.
+
+The design is the config's (:func:`design_stratum`: ``generation.reconstruction`` and whether the
+dataset holds counterfactual sets), not what survived the judge: when the judge drops every set
+of an attribute, its predictions hold originals only, yet its comparison is still due and
+undefined. :func:`comparison_stratum` reads the design from the pool only where the caller does
+not give it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import polars as pl
 
 from counterfactual_lab.metrics.schema import (
     STRATUM_EVALUATE_ONLY,
+    STRATUM_OBSERVATIONAL,
     STRATUM_GENERATED,
     STRATUM_REAL_VS_GENERATED,
     VARIANT_COUNTERFACTUAL,
@@ -30,6 +37,14 @@ from counterfactual_lab.metrics.schema import (
 )
 
 _VARIANTS = (VARIANT_ORIGINAL, VARIANT_RECONSTRUCTION, VARIANT_COUNTERFACTUAL)
+# The strata a run's comparisons can belong to (one per design).
+DESIGNS = (STRATUM_GENERATED, STRATUM_REAL_VS_GENERATED, STRATUM_EVALUATE_ONLY)
+# Variants a design's pool cannot hold.
+_FOREIGN = {
+    STRATUM_GENERATED: (),
+    STRATUM_REAL_VS_GENERATED: (VARIANT_RECONSTRUCTION,),
+    STRATUM_EVALUATE_ONLY: (VARIANT_ORIGINAL, VARIANT_RECONSTRUCTION),
+}
 _REQUIRED = ("id", "source_id", "variant", "attribute", "group", "content_key", "top1")
 # Columns of the pool contract that older pools lack, with the value they mean there.
 _DEFAULTS = {"control": (False, pl.Boolean), "seed": (None, pl.Int64), "set_id": (None, pl.String), "label": (None, pl.String)}
@@ -53,6 +68,25 @@ def normalise_predictions(predictions: pl.DataFrame, labels: Sequence[str]) -> p
         raise ValueError("predictions have rows without a source_id (every row needs the source it derives from)")
     added = [pl.lit(value, dtype=dtype).alias(name) for name, (value, dtype) in _DEFAULTS.items() if name not in predictions.columns]
     return predictions.with_columns(added) if added else predictions
+
+
+def design_stratum(reconstruction: bool, evaluate_only: bool = False) -> str:
+    """The stratum of a run's comparisons from its config: ``evaluate_only`` (the dataset holds
+    counterfactual sets) → ``evaluate_only``; else ``generation.reconstruction`` on → ``generated``,
+    off → ``real_vs_generated``."""
+    if evaluate_only:
+        return STRATUM_EVALUATE_ONLY
+    return STRATUM_GENERATED if reconstruction else STRATUM_REAL_VS_GENERATED
+
+
+def check_design(predictions: pl.DataFrame, design: str) -> None:
+    """Refuse a design the pool contradicts (e.g. reconstructions in a run with reconstruction off)."""
+    if design not in DESIGNS:
+        hint = " (originals are described, never compared)" if design == STRATUM_OBSERVATIONAL else ""
+        raise ValueError(f"design must be one of {list(DESIGNS)}, got {design!r}{hint}")
+    foreign = sorted(set(predictions["variant"].unique().to_list()) & set(_FOREIGN[design]))
+    if foreign:
+        raise ValueError(f"predictions hold {foreign} images, which a {design!r} run does not make")
 
 
 def comparison_stratum(predictions: pl.DataFrame) -> str | None:

@@ -11,6 +11,15 @@ content_key, score) — and the judge's ``counterfactuals`` (for CITS). Per attr
 2. the ``observational`` stratum (originals): the group and retrieval metrics, descriptive;
 3. CITS of the kept counterfactuals.
 
+Every attribute of the config is covered: one whose pairs are all gone (every set dropped by the
+judge) gets its pair rows undefined, with the reason, rather than no rows at all.
+
+The pairs of every attribute are built first, so that the number m of comparisons the run can
+call (:func:`~counterfactual_lab.metrics.counterfactual_fairness.count_comparisons`) is known
+before any resample is drawn; the pair and control rows then carry, beside the interval at
+``audit.confidence``, the family-wise one at 1 − (1 − c)/m (Bonferroni), drawn from the same
+replicates with enough resamples for its tails (:mod:`~counterfactual_lab.metrics.intervals`).
+
 The desired distribution of retrieval is uniform over the attribute's values
 (``attribute_values``, the config's ``attributes``; without it, the groups present) in the
 ``generated`` and ``evaluate_only`` strata, and the pool's own mix in the ``observational`` and
@@ -19,13 +28,14 @@ The desired distribution of retrieval is uniform over the attribute's values
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import polars as pl
 
 from counterfactual_lab.metrics.cits import cits_rows
-from counterfactual_lab.metrics.counterfactual_fairness import control_metric_rows, pair_metric_rows
+from counterfactual_lab.metrics.counterfactual_fairness import control_metric_rows, count_comparisons, pair_metric_rows
 from counterfactual_lab.metrics.group_fairness import group_fairness_rows
 from counterfactual_lab.metrics.intervals import IntervalSettings
 from counterfactual_lab.metrics.pairs import control_pairs, member_pairs, original_pairs, reconstruction_pairs
@@ -35,17 +45,19 @@ from counterfactual_lab.metrics.schema import (
     STRATUM_GENERATED,
     STRATUM_OBSERVATIONAL,
     STRATUM_REAL_VS_GENERATED,
-    VARIANT_ORIGINAL,
     VARIANT_RECONSTRUCTION,
     metrics_frame,
 )
 from counterfactual_lab.metrics.strata import (
+    check_design,
     comparison_pool,
     comparison_stratum,
     normalise_predictions,
     observational_pool,
     restrict_groups,
 )
+
+logger = logging.getLogger(__name__)
 
 _PAIRS = {
     STRATUM_GENERATED: reconstruction_pairs,
@@ -54,6 +66,16 @@ _PAIRS = {
 }
 # Strata whose pool is balanced by design: the desired distribution is uniform over the values.
 _UNIFORM_DESIRED = (STRATUM_GENERATED, STRATUM_EVALUATE_ONLY)
+# Why an attribute has no pairs, per design: (judged and all dropped, never generated, neither known).
+_NO_PAIRS = {
+    STRATUM_GENERATED: ("every set of this attribute was dropped by the judge",
+                        "no set of this attribute was generated",
+                        "no kept set of this attribute is in the evaluation pool"),
+    STRATUM_REAL_VS_GENERATED: ("every counterfactual of this attribute was dropped by the judge",
+                                "no counterfactual of this attribute was generated",
+                                "no kept counterfactual of this attribute is in the evaluation pool"),
+}
+_NO_SET_PAIRS = "no counterfactual set of this attribute has two members with different values"
 
 
 def _with_note(rows: list[dict[str, Any]], note: str | None) -> list[dict[str, Any]]:
@@ -94,42 +116,83 @@ def _pool_rows(
     return _with_note(rows, left_out)
 
 
+def _no_pairs_note(design: str, attribute: str, counterfactuals: pl.DataFrame) -> str:
+    """Why ``attribute`` has no pairs, from the judge's output where it tells."""
+    if design == STRATUM_EVALUATE_ONLY:
+        return f"no pairs: {_NO_SET_PAIRS}"
+    dropped, never, unknown = _NO_PAIRS[design]
+    if not {"attribute", "kept"} <= set(counterfactuals.columns):
+        return f"no pairs: {unknown}"
+    judged = counterfactuals.filter(pl.col("attribute") == attribute)
+    if "control" in judged.columns:
+        judged = judged.filter(~pl.col("control").fill_null(False))
+    if judged.height == 0:
+        return f"no pairs: {never}"
+    return f"no pairs: {dropped if not judged['kept'].fill_null(False).any() else unknown}"
+
+
+def _empty_predictions(labels: Sequence[str]) -> pl.DataFrame:
+    """A predictions frame without rows (nothing was evaluated), with every column the metrics read."""
+    from counterfactual_lab.evaluate import POOL_SCHEMA, score_column
+
+    return pl.DataFrame(schema={**POOL_SCHEMA, **{score_column(label): pl.Float64 for label in labels}, "top1": pl.String})
+
+
 def compute_metrics(
     predictions: pl.DataFrame,
     retrieval: pl.DataFrame,
     counterfactuals: pl.DataFrame,
     audit: Any,
     attribute_values: Mapping[str, Sequence[str]] | None = None,
+    *,
+    design: str | None = None,
 ) -> pl.DataFrame:
     """The metrics table (:data:`~counterfactual_lab.metrics.schema.METRICS_SCHEMA`) of one run.
 
     ``audit`` is the :class:`~counterfactual_lab.config.AuditModelConfig` (labels, queries,
     top_k, min_group_size, bootstrap settings); ``attribute_values`` maps each attribute to
     the values the config lists for it (the uniform desired distribution of retrieval, and
-    the groups of the balanced generated sets).
+    the groups of the balanced generated sets); every attribute in it gets its comparison rows.
+    ``design`` is the stratum of the run's comparisons as the config sets it
+    (:func:`~counterfactual_lab.metrics.strata.design_stratum`); None reads it from the pool,
+    which cannot tell a run whose judge dropped every set from one that generated nothing.
     """
     labels = list(audit.labels)
     settings = IntervalSettings.from_audit(audit)
-    if predictions.height == 0:
+    empty = predictions is None or predictions.height == 0
+    if empty and design is None:
         return metrics_frame([])
-    predictions = normalise_predictions(predictions, labels)
+    predictions = normalise_predictions(_empty_predictions(labels) if empty else predictions, labels)
     retrieval = retrieval if retrieval is not None else pl.DataFrame()
     counterfactuals = counterfactuals if counterfactuals is not None else pl.DataFrame()
-    comparison = comparison_stratum(predictions)
+    if design is not None:
+        check_design(predictions, design)
+    comparison = design if design is not None else comparison_stratum(predictions)
     generated = comparison == STRATUM_GENERATED or (
         "variant" in counterfactuals.columns and (counterfactuals["variant"] == VARIANT_RECONSTRUCTION).any()
     )
+    attributes = sorted(set(attribute_values or {}) | set(predictions["attribute"].drop_nulls().unique().to_list()))
+    rows_by = {attribute: predictions.filter(pl.col("attribute") == attribute) for attribute in attributes}
+    floor = audit.min_group_size
+    # Every pair before any resample: the family-wise level needs m, the number of callable comparisons.
+    pairs_by, controls_by = {}, {}
+    if comparison is not None:
+        pairs_by = {a: _PAIRS[comparison](rows_of, labels) for a, rows_of in rows_by.items()}
+        if comparison == STRATUM_GENERATED:
+            controls_by = {a: control_pairs(rows_of, labels) for a, rows_of in rows_by.items()}
+    comparisons = count_comparisons(pairs_by, comparison, labels, floor, controls_by) if comparison else 0
+    family = settings.for_family(comparisons) if comparisons else settings
+    shortfall = family.tail_note(family.confidence_adjusted) if comparisons else None
+    if shortfall:
+        logger.warning("family-wise intervals over %d comparisons: %s", comparisons, shortfall)
     rows: list[dict[str, Any]] = []
-    for attribute in sorted(predictions["attribute"].drop_nulls().unique().to_list()):
-        rows_of = predictions.filter(pl.col("attribute") == attribute)
+    for attribute, rows_of in rows_by.items():
         values = _spelled_as_in(attribute_values.get(attribute) if attribute_values else None, rows_of)
-        # An attribute with generated images gets pair rows (undefined, with a note, when none pair up);
-        # one with originals only (nothing generated for it) is observational only.
-        if comparison is not None and (rows_of["variant"] != VARIANT_ORIGINAL).any():
-            floor = audit.min_group_size
-            rows += pair_metric_rows(_PAIRS[comparison](rows_of, labels), attribute, comparison, labels, settings, floor)
+        if comparison is not None:
+            no_pairs = _no_pairs_note(comparison, attribute, counterfactuals)
+            rows += pair_metric_rows(pairs_by[attribute], attribute, comparison, labels, family, floor, no_pairs)
             if comparison == STRATUM_GENERATED:
-                rows += control_metric_rows(control_pairs(rows_of, labels), attribute, comparison, labels, settings, floor)
+                rows += control_metric_rows(controls_by[attribute], attribute, comparison, labels, family, floor)
             rows += _pool_rows(comparison_pool(rows_of, comparison), retrieval, attribute, comparison, audit, settings, values)
         rows += _pool_rows(observational_pool(rows_of), retrieval, attribute, STRATUM_OBSERVATIONAL, audit, settings, values)
         cits_stratum = STRATUM_GENERATED if generated else STRATUM_REAL_VS_GENERATED
