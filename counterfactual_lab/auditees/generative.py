@@ -1,0 +1,176 @@
+"""The forward passes of a generative model under audit, batched: no caching, no config.
+
+:class:`GenerativeRunner` turns (image, prompt text) rows into what the probes read:
+
+* :meth:`~GenerativeRunner.answer_sums` — for each row, the next-token probability summed over
+  each group of answer token ids (:mod:`.answers`): one forward pass per batch;
+* :meth:`~GenerativeRunner.option_logliks` — for each row and option, log p(option tokens |
+  image, prompt) = Σ_t log p(o_t | image, prompt, o_<t): every (row, option) sequence in one
+  padded batch, scored from one forward pass;
+* :meth:`~GenerativeRunner.generate` — sampled continuations (:mod:`.sampling`) with the KV cache.
+
+Each batch is padded once, by the processor, to its longest row. The probes pad on the right:
+every row's tokens then sit at positions 0…n−1 whatever the batch, so no model needs position
+ids derived from a mask, and only the logits of the positions read are computed
+(``logits_to_keep``, where the model takes it). ``generate`` pads on the left, as it requires.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from counterfactual_lab.auditees.loading import LoadedModel
+from counterfactual_lab.auditees.prompts import answer_separator, image_token
+from counterfactual_lab.auditees.sampling import CounterNoiseSampler
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One sampled continuation: its text (special tokens removed) and its token count (to EOS)."""
+
+    text: str
+    tokens: int
+
+
+class GenerativeRunner:
+    """Batched forward passes and generation over one loaded model (module doc)."""
+
+    def __init__(self, loaded: LoadedModel, batch_size: int = 8) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.loaded = loaded
+        self.batch_size = batch_size
+        forward = inspect.signature(loaded.model.forward).parameters
+        self._keeps_logits = "logits_to_keep" in forward
+        self._continuations: dict[tuple[str, str], list[int]] = {}
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
+    # -- inputs ------------------------------------------------------------------------------
+    def _inputs(self, images: Sequence[Any], texts: Sequence[str], side: str) -> dict[str, torch.Tensor]:
+        rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
+        inputs = self.loaded.processor(images=rgb, text=list(texts), padding=True, padding_side=side, return_tensors="pt")
+        out = {}
+        for name, value in inputs.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.loaded.device)
+                if value.is_floating_point():
+                    value = value.to(self.loaded.dtype)
+                out[name] = value
+        return out
+
+    def _logits_at(self, inputs: dict[str, torch.Tensor], positions: list[list[int]]) -> list[torch.Tensor]:
+        """For each row, float32 logits (len(positions[row]), V) at its ``positions``."""
+        wanted = sorted({p for row in positions for p in row})
+        kwargs: dict[str, Any] = {}
+        if self._keeps_logits:
+            kwargs["logits_to_keep"] = torch.tensor(wanted, device=self.loaded.device)
+        with torch.inference_mode():
+            logits = self.loaded.model(**inputs, use_cache=False, **kwargs).logits
+        column = {p: i for i, p in enumerate(wanted)} if self._keeps_logits else {p: p for p in wanted}
+        return [logits[row, [column[p] for p in rows]].float() for row, rows in enumerate(positions)]
+
+    # -- next-token answers --------------------------------------------------------------------
+    def answer_sums(self, images: Sequence[Any], texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """(N, K): for row i and answer group k, Σ_{t ∈ token_ids[k]} p(t | image_i, text_i)."""
+        groups = [torch.tensor(list(ids), dtype=torch.long) for ids in token_ids]
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = slice(start, start + self.batch_size)
+            inputs = self._inputs(images[batch], texts[batch], side="right")
+            lengths = inputs["attention_mask"].sum(dim=1).tolist()
+            last = self._logits_at(inputs, [[n - 1] for n in lengths])
+            probs = torch.softmax(torch.cat(last), dim=-1).cpu()
+            out.append(torch.stack([probs[:, g].sum(dim=1) for g in groups], dim=1).double().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(groups)))
+
+    # -- option likelihoods --------------------------------------------------------------------
+    def continuation_tokens(self, prompt_text: str, option: str) -> list[int]:
+        """The token ids ``option`` adds after ``prompt_text`` (with :func:`answer_separator`).
+
+        Both are tokenized as one string; the option's tokens are those after the longest
+        common prefix with the prompt alone, so a tokenizer that merges across the boundary
+        still scores exactly the tokens the model would read.
+        """
+        key = (prompt_text, option)
+        cached = self._continuations.get(key)
+        if cached is None:
+            alone = self.tokenizer.encode(prompt_text, add_special_tokens=False)
+            joined = self.tokenizer.encode(prompt_text + answer_separator(prompt_text) + option, add_special_tokens=False)
+            common = 0
+            while common < min(len(alone), len(joined)) and alone[common] == joined[common]:
+                common += 1
+            cached = joined[common:]
+            if not cached:
+                raise ValueError(f"option {option!r} adds no tokens after the prompt {prompt_text!r}")
+            self._continuations[key] = cached
+        return cached
+
+    def option_logliks(self, images: Sequence[Any], texts: Sequence[str], options: Sequence[str]) -> np.ndarray:
+        """(N, L): log p(option_l's tokens | image_i, text_i), summed over the option's tokens."""
+        rows = [(i, l) for i in range(len(texts)) for l in range(len(options))]
+        out = np.zeros((len(texts), len(options)))
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            sep = [answer_separator(texts[i]) for i, _ in batch]
+            full = [texts[i] + s + options[l] for (i, l), s in zip(batch, sep)]
+            inputs = self._inputs([images[i] for i, _ in batch], full, side="right")
+            lengths = inputs["attention_mask"].sum(dim=1).tolist()
+            tokens = [self.continuation_tokens(texts[i], options[l]) for i, l in batch]
+            # The option's tokens are the row's last len(tokens) tokens; the logits that predict
+            # them sit one position earlier.
+            positions = [list(range(n - len(t) - 1, n - 1)) for n, t in zip(lengths, tokens)]
+            scored = zip(batch, self._logits_at(inputs, positions), tokens, lengths)
+            for r, ((i, l), logits, ids, n) in enumerate(scored):
+                expected = inputs["input_ids"][r, n - len(ids) : n].tolist()
+                if expected != ids:
+                    raise RuntimeError(
+                        f"option {options[l]!r} tokenized as {ids} alone but {expected} in the model's input; "
+                        "the processor changed the text it was given"
+                    )
+                logp = torch.log_softmax(logits, dim=-1)
+                out[i, l] = float(logp[torch.arange(len(ids)), torch.tensor(ids, device=logp.device)].sum())
+        return out
+
+    # -- generation ----------------------------------------------------------------------------
+    def generate(
+        self, images: Sequence[Any], texts: Sequence[str], seeds: Sequence[int], *, temperature: float, max_new_tokens: int
+    ) -> list[Generation]:
+        """One sampled continuation per row, seeded per row (:mod:`.sampling`), KV cache on."""
+        from transformers import GenerationConfig
+
+        tokenizer = self.tokenizer
+        eos = self.loaded.model.generation_config.eos_token_id
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), 0)
+        forbidden = []
+        token = image_token(self.loaded.processor)
+        if token is not None:
+            forbidden.append(tokenizer.convert_tokens_to_ids(token))
+        # Decoding is what the audit config says, never the sampling defaults the model ships.
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+            eos_token_id=sorted(eos_ids) or None, pad_token_id=pad,
+        )
+        out: list[Generation] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = slice(start, start + self.batch_size)
+            inputs = self._inputs(images[batch], texts[batch], side="left")
+            length = inputs["input_ids"].shape[1]
+            sampler = CounterNoiseSampler(list(seeds[batch]), length, temperature, forbidden)
+            with torch.inference_mode():
+                sequences = self.loaded.model.generate(**inputs, generation_config=config, logits_processor=[sampler])
+            for row in sequences[:, length:].tolist():
+                ended = next((k for k, t in enumerate(row) if t in eos_ids), len(row))
+                kept = row[:ended]
+                out.append(Generation(tokenizer.decode(kept, skip_special_tokens=True), len(kept)))
+        return out

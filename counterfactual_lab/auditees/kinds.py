@@ -1,0 +1,73 @@
+"""What kind of model is under audit, from ``audit.kind`` or, when absent, from the model's config.
+
+Reading ``config.json`` loads no weights and runs no code (``trust_remote_code=False``):
+
+* a model type in transformers' zero-shot image classification mapping (CLIP, SigLIP, SigLIP 2,
+  ALIGN, …): ``contrastive``;
+* a captioning model type (:data:`CAPTIONER_TYPES`: BLIP, GIT, Pix2Struct, Kosmos-2, and any
+  ``vision-encoder-decoder``): ``captioner``;
+* any other model type ``AutoModelForImageTextToText`` loads (LLaVA, LLaVA-NeXT, Qwen-VL,
+  SmolVLM/Idefics3, PaliGemma, InstructBLIP, Gemma 3, …): ``vlm``.
+
+Anything else is an error that names the model type and asks for ``audit.kind``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from counterfactual_lab.errors import ConfigError
+
+CONTRASTIVE = "contrastive"
+VLM = "vlm"
+CAPTIONER = "captioner"
+KINDS = (CONTRASTIVE, VLM, CAPTIONER)
+GENERATIVE_KINDS = (VLM, CAPTIONER)
+
+# Image-to-text models that continue a caption rather than answer a conversation.
+CAPTIONER_TYPES = frozenset({"blip", "git", "pix2struct", "kosmos-2", "vision-encoder-decoder"})
+
+
+def resolve_kind(audit) -> str:
+    """``audit.kind``, or the kind of ``audit.model`` read from its config (module doc)."""
+    if audit.kind is not None:
+        return audit.kind
+    return infer_kind(audit.model, audit.revision)
+
+
+@lru_cache(maxsize=64)
+def infer_kind(model: str, revision: str | None = None) -> str:
+    """The kind of ``model`` (hub id or local folder) from its ``config.json``; ConfigError when unknown."""
+    model_type = _model_type(model, revision)
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+        MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    if model_type in MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+        return CONTRASTIVE
+    if model_type in CAPTIONER_TYPES:
+        return CAPTIONER
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return VLM
+    raise ConfigError(
+        f"audit.model {model} is a {model_type!r} model, which is neither a contrastive image-text model "
+        "(CLIP, SigLIP) nor one AutoModelForImageTextToText loads; set audit.kind if it is one of "
+        f"{', '.join(KINDS)}"
+    )
+
+
+def _model_type(model: str, revision: str | None) -> str:
+    from transformers import AutoConfig
+
+    from counterfactual_lab.model_safety import safe_load_kwargs
+
+    kwargs = {k: v for k, v in safe_load_kwargs(model, revision).items() if k in ("revision", "trust_remote_code")}
+    try:
+        config = AutoConfig.from_pretrained(model, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"audit.model {model}: cannot read its config to tell what kind of model it is ({str(exc).splitlines()[0]}); "
+            "set audit.kind (contrastive, vlm or captioner) or give a local folder written by save_pretrained"
+        ) from None
+    return str(getattr(config, "model_type", "") or "")
