@@ -14,8 +14,6 @@ Anything else is an error that names the model type and asks for ``audit.kind``.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from counterfactual_lab.errors import ConfigError
 
 CONTRASTIVE = "contrastive"
@@ -29,13 +27,22 @@ CAPTIONER_TYPES = frozenset({"blip", "git", "pix2struct", "kosmos-2", "vision-en
 
 
 def resolve_kind(audit) -> str:
-    """``audit.kind``, or the kind of ``audit.model`` read from its config (module doc)."""
+    """``audit.kind``, or the kind of ``audit.model`` read from its config (module doc).
+
+    A config that lists no generative probe and names a model whose config cannot be read here (a
+    hub id not in the local cache, offline) is the contrastive audit it always was; one that lists
+    generative probes needs its model's kind, and gets the error saying to set ``audit.kind``.
+    """
     if audit.kind is not None:
         return audit.kind
-    return infer_kind(audit.model, audit.revision)
+    try:
+        return infer_kind(audit.model, audit.revision)
+    except ConfigError:
+        if audit.generative_keys_set():
+            raise
+        return CONTRASTIVE
 
 
-@lru_cache(maxsize=64)
 def infer_kind(model: str, revision: str | None = None) -> str:
     """The kind of ``model`` (hub id or local folder) from its ``config.json``; ConfigError when unknown."""
     model_type = _model_type(model, revision)
