@@ -97,7 +97,7 @@ def generation_values(generations: pl.DataFrame, lexicon_names: Sequence[str], t
                       ) -> dict[Family, tuple[pl.DataFrame, pl.DataFrame | None]]:
     """family → (per-image values ``content_key, prompt, value``, per-generation flags
     ``content_key, prompt, flag`` for the proportion families, else None)."""
-    if generations.height == 0:
+    if generations is None or generations.height == 0:
         return {}
     out: dict[Family, tuple[pl.DataFrame, pl.DataFrame | None]] = {}
     keys = ["content_key", "prompt"]
@@ -125,6 +125,8 @@ def generation_values(generations: pl.DataFrame, lexicon_names: Sequence[str], t
 def probe_values(probes: pl.DataFrame) -> dict[Family, tuple[pl.DataFrame, None]]:
     """family → per-image values of the yes/no and rating probes."""
     out: dict[Family, tuple[pl.DataFrame, None]] = {}
+    if probes is None or probes.height == 0:
+        return out
     for probe, family in ((PROBE_YES_NO, YES_PROB), (PROBE_RATING, RATING)):
         rows = probes.filter((pl.col("probe") == probe) & pl.col(VALUE).is_not_null() & pl.col(VALUE).is_not_nan())
         if rows.height:

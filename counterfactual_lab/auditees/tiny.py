@@ -49,7 +49,7 @@ CHAT_TEMPLATE = (
 # Words that become single tokens (with and without a leading space).
 # Earlier words' merges outrank later ones: the labels come first, so "to" cannot split "doctor".
 _WORDS = (
-    "doctor nurse teacher engineer yes no Yes No YES NO a an the of is are this that person people photo image picture describe "
+    "doctor nurse teacher engineer yes no Yes No YES NO 1 2 3 4 5 6 7 8 9 a an the of is are this that person people photo image picture describe "
     "yourself pretend you your I am answer question scale how what which who from to on in and or "
     "competent warm friendly kind smart capable cold lazy "
     "man woman young old elderly male female rate rating keywords characteristics"
