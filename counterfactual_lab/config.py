@@ -165,8 +165,8 @@ class JudgeConfig(BaseModel):
 AuditKind = Literal["contrastive", "vlm", "captioner"]
 # The probe prompts' config keys that only a generative model can answer.
 GENERATIVE_KEYS = ("choice_prompt", "yes_no", "ratings", "generate.prompts", "toxicity_model")
-# ... and those a captioner cannot: it continues a caption, it answers no question.
-QUESTION_KEYS = ("yes_no", "ratings")
+# ... and those a captioner is not asked: it is audited through its captions (audit.generate).
+QUESTION_KEYS = ("choice_prompt", "yes_no", "ratings")
 
 
 class GenerateConfig(BaseModel):
@@ -274,9 +274,11 @@ class AuditModelConfig(BaseModel):
         if kind == "captioner":
             questions = [key for key in QUESTION_KEYS if key in keys]
             if questions:
-                return (f"audit.{questions[0]} asks questions, which a captioner ({self.model}) does not answer; "
-                        "use audit.kind: vlm, or audit.choice_prompt and audit.generate with a captioner")
-        if kind in ("vlm", "captioner") and not keys:
+                return (f"audit.{questions[0]} asks a question, and a captioner ({self.model}) is audited through its "
+                        "captions: list audit.generate.prompts ({image} alone for an unconditional caption), or use audit.kind: vlm")
+        if kind == "captioner" and "generate.prompts" not in keys:
+            return f"audit.kind captioner needs audit.generate.prompts: a captioner ({self.model}) is audited through its captions"
+        if kind == "vlm" and not keys:
             return (f"audit.kind {kind} needs at least one probe: audit.choice_prompt, audit.yes_no, "
                     "audit.ratings or audit.generate.prompts")
         return None

@@ -233,3 +233,52 @@ def test_loading_refuses_pickle_only_and_remote_code_folders(models, tmp_path, b
     clear_loaded_models()
     with pytest.raises(UnsafeModelError, match=words):
         load_generative(str(folder), None, "cpu")
+
+
+def test_the_tiny_models_load_through_the_auto_classes_marked_as_random_weights(models, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoModelForSequenceClassification, AutoProcessor, AutoTokenizer
+
+    from counterfactual_lab.audit_run import is_tiny_model
+    from counterfactual_lab.auditees.kinds import infer_kind
+    from counterfactual_lab.auditees.tiny import build_tiny_auditee_models
+
+    vlm = AutoModelForImageTextToText.from_pretrained(models["vlm"], use_safetensors=True, trust_remote_code=False)
+    processor = AutoProcessor.from_pretrained(models["vlm"])
+    assert type(vlm).__name__ == "LlavaForConditionalGeneration" and processor.image_token == "<image>"
+    assert processor.chat_template and infer_kind(str(models["vlm"])) == "vlm"
+    classifier = AutoModelForSequenceClassification.from_pretrained(models["toxicity"], use_safetensors=True)
+    AutoTokenizer.from_pretrained(models["toxicity"])
+    assert classifier.config.id2label == {0: "non-toxic", 1: "toxic"}
+    assert is_tiny_model(str(models["vlm"])) and is_tiny_model(str(models["toxicity"]))
+    rebuilt = build_tiny_auditee_models(tmp_path)  # the same seed gives the same weights
+    for name in ("vlm", "toxicity"):
+        assert (rebuilt[name] / "model.safetensors").read_bytes() == (models[name] / "model.safetensors").read_bytes()
+
+
+def test_a_captioner_is_audited_through_its_captions(tmp_path):
+    from counterfactual_lab.auditees import load_auditee
+    from counterfactual_lab.auditees.kinds import infer_kind
+    from counterfactual_lab.auditees.tiny import build_tiny_captioner
+    from counterfactual_lab.config import AuditModelConfig
+
+    folder = build_tiny_captioner(tmp_path / "blip")
+    assert infer_kind(str(folder)) == "captioner"  # BLIP's model type is also a contrastive one: the architecture decides
+    rng = np.random.default_rng(0)
+    uris = []
+    for i in range(3):
+        uris.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray((rng.random((36, 36, 3)) * 255).astype("uint8")).save(uris[-1])
+    pool = pl.DataFrame({"content_key": ["a", "b", "c"], "image_uri": uris})
+    answers = []
+    for batch_size in (3, 1):
+        audit = AuditModelConfig(model=str(folder), generate={"prompts": ["{image}", "a photo of"], "samples": 2, "max_new_tokens": 5},
+                                 batch_size=batch_size)
+        auditee = load_auditee(audit, "cpu", model_key="sha256:blip")
+        assert auditee.kind == "captioner" and auditee.prompt_format == "raw"
+        answers.append(auditee.answer(pool, lambda uri: Image.open(uri).convert("RGB")))
+    generations = answers[0].generations
+    assert generations.height == 3 * 2 * 2 and generations["tokens"].is_between(1, 5).all()
+    assert generations["text"].str.len_chars().min() > 0
+    assert answers[1].generations.equals(generations)  # the same captions in batches of one
+    with pytest.raises(Exception, match="audited through its captions"):
+        AuditModelConfig(kind="captioner", model=str(folder), yes_no=["Is this a doctor?"], generate={"prompts": ["{image}"]})

@@ -165,11 +165,12 @@ class GenerativeRunner:
         for start in range(0, len(texts), self.batch_size):
             batch = slice(start, start + self.batch_size)
             inputs = self._inputs(images[batch], texts[batch], side="left")
-            length = inputs["input_ids"].shape[1]
-            sampler = CounterNoiseSampler(list(seeds[batch]), length, temperature, forbidden)
+            sampler = CounterNoiseSampler(list(seeds[batch]), temperature, forbidden)
             with torch.inference_mode():
                 sequences = self.loaded.model.generate(**inputs, generation_config=config, logits_processor=[sampler])
-            for row in sequences[:, length:].tolist():
+            # The last `steps` tokens are the new ones, whatever the model did to the prompt before them.
+            new = sequences[:, sequences.shape[1] - sampler.steps :] if sampler.steps else sequences[:, :0]
+            for row in new.tolist():
                 ended = next((k for k, t in enumerate(row) if t in eos_ids), len(row))
                 kept = row[:ended]
                 out.append(Generation(tokenizer.decode(kept, skip_special_tokens=True), len(kept)))

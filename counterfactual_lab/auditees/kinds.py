@@ -2,8 +2,8 @@
 
 Reading ``config.json`` loads no weights and runs no code (``trust_remote_code=False``):
 
-* a model type in transformers' zero-shot image classification mapping (CLIP, SigLIP, SigLIP 2,
-  ALIGN, …): ``contrastive``;
+* a model whose architecture is not a generative one and whose type is in transformers' zero-shot
+  image classification mapping (CLIP, SigLIP, SigLIP 2, ALIGN, BLIP's ``BlipModel``, …): ``contrastive``;
 * a captioning model type (:data:`CAPTIONER_TYPES`: BLIP, GIT, Pix2Struct, Kosmos-2, and any
   ``vision-encoder-decoder``): ``captioner``;
 * any other model type ``AutoModelForImageTextToText`` loads (LLaVA, LLaVA-NeXT, Qwen-VL,
@@ -45,18 +45,23 @@ def resolve_kind(audit) -> str:
 
 def infer_kind(model: str, revision: str | None = None) -> str:
     """The kind of ``model`` (hub id or local folder) from its ``config.json``; ConfigError when unknown."""
-    model_type = _model_type(model, revision)
+    model_type, architectures = _model_type(model, revision)
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
         MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES,
     )
 
-    if model_type in MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+    generative_classes = {
+        name for value in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values()
+        for name in (value if isinstance(value, list | tuple) else [value])
+    }
+    # The architecture first: BLIP's model type names both a contrastive model (BlipModel) and a
+    # captioner (BlipForConditionalGeneration).
+    generative = any(a in generative_classes for a in architectures)
+    if not generative and model_type in MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING_NAMES:
         return CONTRASTIVE
-    if model_type in CAPTIONER_TYPES:
-        return CAPTIONER
-    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
-        return VLM
+    if generative or model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES or model_type in CAPTIONER_TYPES:
+        return CAPTIONER if model_type in CAPTIONER_TYPES else VLM
     raise ConfigError(
         f"audit.model {model} is a {model_type!r} model, which is neither a contrastive image-text model "
         "(CLIP, SigLIP) nor one AutoModelForImageTextToText loads; set audit.kind if it is one of "
@@ -64,7 +69,7 @@ def infer_kind(model: str, revision: str | None = None) -> str:
     )
 
 
-def _model_type(model: str, revision: str | None) -> str:
+def _model_type(model: str, revision: str | None) -> tuple[str, list[str]]:
     from transformers import AutoConfig
 
     from counterfactual_lab.model_safety import safe_load_kwargs
@@ -77,4 +82,4 @@ def _model_type(model: str, revision: str | None) -> str:
             f"audit.model {model}: cannot read its config to tell what kind of model it is ({str(exc).splitlines()[0]}); "
             "set audit.kind (contrastive, vlm or captioner) or give a local folder written by save_pretrained"
         ) from None
-    return str(getattr(config, "model_type", "") or "")
+    return str(getattr(config, "model_type", "") or ""), list(getattr(config, "architectures", None) or [])

@@ -68,26 +68,28 @@ def counter_uniform(seeds: torch.Tensor, step: int, vocab_size: int) -> torch.Te
 class CounterNoiseSampler:
     """A ``generate`` logits processor: Gumbel-max sampling with per-sequence counter-based noise.
 
-    ``seeds``: one per batch row; ``prompt_length``: the padded prompt's length (the step is
-    ``input_ids.shape[1] - prompt_length``); ``forbidden``: token ids the model may not emit
+    ``seeds``: one per batch row; the step is counted by the calls, not read off the sequence
+    length (a captioner's ``generate`` may rewrite its prompt: BLIP swaps in its decoder's start
+    token and drops the trailing separator), so ``steps`` also says how many tokens are new; ``forbidden``: token ids the model may not emit
     (its image placeholder); ``temperature`` 0: no noise (greedy).
     """
 
-    def __init__(self, seeds: list[int], prompt_length: int, temperature: float, forbidden: list[int] = ()) -> None:
+    def __init__(self, seeds: list[int], temperature: float, forbidden: list[int] = ()) -> None:
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         self.seeds = torch.tensor(seeds, dtype=torch.int64)
-        self.prompt_length = prompt_length
         self.temperature = float(temperature)
         self.forbidden = list(forbidden)
+        self.steps = 0  # tokens generated so far: how many of a sequence's last tokens are new
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.steps += 1
         scores = scores.float()
         if self.forbidden:
             scores[:, self.forbidden] = -torch.inf
         if self.temperature == 0:
             return scores
-        step = input_ids.shape[1] - self.prompt_length
+        step = self.steps - 1
         uniform = counter_uniform(self.seeds.to(scores.device), step, scores.shape[1])
         gumbel = -torch.log(-torch.log(uniform))
         return scores / self.temperature + gumbel

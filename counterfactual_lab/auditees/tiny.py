@@ -189,6 +189,43 @@ def build_tiny_toxicity(directory: str | Path, seed: int = 0) -> Path:
     return directory
 
 
+def build_tiny_captioner(directory: str | Path, seed: int = 0) -> Path:
+    """A random-weight BLIP captioner (``BlipForConditionalGeneration``, what ``AutoModelForImageTextToText``
+    loads for BLIP) with a WordPiece tokenizer made in code, saved in ``directory``. Not part of
+    ``cflab models tiny``: the tests use it for the ``captioner`` kind."""
+    from counterfactual_lab.image_processors import prefer_pil_image_processors
+
+    prefer_pil_image_processors()
+    from transformers import (
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+        BlipTextConfig,
+        BlipVisionConfig,
+    )
+
+    directory = Path(directory)
+    chars = [chr(c) for c in range(33, 127)]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", *(w.lower() for w in _WORDS), *chars, *("##" + c for c in chars)]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, bos_token="[DEC]")
+    text = BlipTextConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=128, bos_token_id=vocab["[DEC]"], pad_token_id=vocab["[PAD]"], sep_token_id=vocab["[SEP]"],
+    )
+    vision = BlipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
+    torch.manual_seed(seed)
+    model = BlipForConditionalGeneration(BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16))
+    model.save_pretrained(directory, safe_serialization=True)
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer).save_pretrained(directory)
+    from counterfactual_lab.tiny_models import TINY_MARKER
+
+    (directory / TINY_MARKER).write_text("Random weights: outputs and metrics mean nothing.\n")
+    return directory
+
+
 _BUILDERS = {VLM_NAME: build_tiny_vlm, TOXICITY_NAME: build_tiny_toxicity}
 
 
