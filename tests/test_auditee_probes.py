@@ -282,3 +282,20 @@ def test_a_captioner_is_audited_through_its_captions(tmp_path):
     assert answers[1].generations.equals(generations)  # the same captions in batches of one
     with pytest.raises(Exception, match="audited through its captions"):
         AuditModelConfig(kind="captioner", model=str(folder), yes_no=["Is this a doctor?"], generate={"prompts": ["{image}"]})
+
+
+@pytest.mark.s3
+def test_the_answer_cache_holds_on_s3_for_any_process(s3_bucket):
+    from counterfactual_lab.auditees.answer_cache import answer_key
+
+    root = f"s3://{s3_bucket}/out"
+    fields = [{"probe": "yes_no", "content_key": f"k{i}", "prompt": "q", "model": "sha256:m"} for i in range(3)]
+    keys = [answer_key(f) for f in fields]
+    AnswerCache(root).put_many("yes_no", {k: (f, {"sums": [0.1 * i, 0.2]}) for i, (k, f) in enumerate(zip(keys, fields))})
+    other = AnswerCache(root)  # another process, another machine: only the store is shared
+    found = other.get_many("yes_no", [*keys, "f" * 64])
+    assert found == {k: {"sums": [0.1 * i, 0.2]} for i, k in enumerate(keys)}
+    import s3fs
+
+    s3fs.S3FileSystem(anon=False).pipe(other.uri("yes_no", keys[0]).removeprefix("s3://"), b"\x80\x04garbage")
+    assert set(AnswerCache(root).get_many("yes_no", keys)) == set(keys[1:])
