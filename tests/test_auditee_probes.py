@@ -91,7 +91,9 @@ def test_yes_no_matches_a_direct_forward_pass_with_the_answer_tokens_looked_up_b
 
 def test_choice_scores_are_the_softmax_of_each_options_full_token_likelihood(loaded, images):
     prompt = "What is this person's job? Answer with one of: {options}."
-    frame = probes.choice(session(loaded, batch_size=4), images, prompt, LABELS)
+    scoring = session(loaded, batch_size=4)
+    frame = probes.choice(scoring, images, prompt, LABELS)
+    assert scoring.runner._prefix_cache is True  # the KV-cache path was checked and used
     text = render(loaded.processor, "chat", prompt, LABELS)
     assert text.endswith("ASSISTANT:")
     pictures = images.load(range(5))
@@ -110,6 +112,29 @@ def test_choice_scores_are_the_softmax_of_each_options_full_token_likelihood(loa
         assert [row[f"score_{label}"] for label in LABELS] == pytest.approx(expected.tolist(), abs=1e-6)
         assert row["top1"] == LABELS[int(np.argmax(logliks))]
     assert len(loaded.tokenizer.encode(" software engineer", add_special_tokens=False)) > 1
+
+
+def test_the_kv_cache_path_scores_options_as_full_passes_do_with_fewer_image_encodings(loaded, images, monkeypatch):
+    pictures = images.load(range(5))
+    text = render(loaded.processor, "chat", "Job? {options}", LABELS)
+    encodings = []
+    original = type(loaded.model.model).get_image_features
+
+    def spy(self, pixel_values, *args, **kwargs):
+        encodings.append(pixel_values.shape[0])
+        return original(self, pixel_values, *args, **kwargs)
+
+    monkeypatch.setattr(type(loaded.model.model), "get_image_features", spy)
+    cached_runner = GenerativeRunner(loaded, batch_size=6)
+    cached = cached_runner.option_logliks(pictures, [text] * 5, LABELS)
+    check = sum(encodings[:2])  # the one-off comparison on the first image: cached + full
+    assert cached_runner._prefix_cache is True and sum(encodings) - check == 5
+    encodings.clear()
+    full_runner = GenerativeRunner(loaded, batch_size=6)
+    full_runner._prefix_cache = False
+    full = full_runner.option_logliks(pictures, [text] * 5, LABELS)
+    assert sum(encodings) == 5 * len(LABELS)
+    np.testing.assert_allclose(cached, full, atol=1e-4)
 
 
 def test_expected_rating_on_a_constructed_distribution(loaded):

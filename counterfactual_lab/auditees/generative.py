@@ -5,8 +5,9 @@
 * :meth:`~GenerativeRunner.answer_sums` — for each row, the next-token probability summed over
   each group of answer token ids (:mod:`.answers`): one forward pass per batch;
 * :meth:`~GenerativeRunner.option_logliks` — for each row and option, log p(option tokens |
-  image, prompt) = Σ_t log p(o_t | image, prompt, o_<t): every (row, option) sequence in one
-  padded batch, scored from one forward pass;
+  image, prompt) = Σ_t log p(o_t | image, prompt, o_<t): each (image, prompt) prefix runs once
+  and its KV cache is repeated for the options, whose tokens alone run again (checked once per
+  runner against full passes, which are the fallback);
 * :meth:`~GenerativeRunner.generate` — sampled continuations (:mod:`.sampling`) with the KV cache.
 
 Each batch is padded once, by the processor, to its longest row. The probes pad on the right:
@@ -18,6 +19,7 @@ ids derived from a mask, and only the logits of the positions read are computed
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,8 @@ import torch
 from counterfactual_lab.auditees.loading import LoadedModel
 from counterfactual_lab.auditees.prompts import answer_separator, image_token
 from counterfactual_lab.auditees.sampling import CounterNoiseSampler
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,11 @@ class GenerativeRunner:
         self.batch_size = batch_size
         forward = inspect.signature(loaded.model.forward).parameters
         self._keeps_logits = "logits_to_keep" in forward
-        self._continuations: dict[tuple[str, str], list[int]] = {}
+        self._keep_last = {"logits_to_keep": 1} if self._keeps_logits else {}
+        # transformers 5 renamed the forward's past_key_values to cache.
+        self._cache_kwarg = "cache" if "cache" in forward else "past_key_values"
+        self._continuations: dict[tuple[str, str], tuple[list[int], bool]] = {}
+        self._prefix_cache: bool | None = None  # decided on the first option batch
 
     @property
     def tokenizer(self) -> Any:
@@ -100,6 +108,10 @@ class GenerativeRunner:
         common prefix with the prompt alone, so a tokenizer that merges across the boundary
         still scores exactly the tokens the model would read.
         """
+        return self._continuation(prompt_text, option)[0]
+
+    def _continuation(self, prompt_text: str, option: str) -> tuple[list[int], bool]:
+        """(option tokens, whether the prompt's own tokens end where they begin)."""
         key = (prompt_text, option)
         cached = self._continuations.get(key)
         if cached is None:
@@ -108,14 +120,89 @@ class GenerativeRunner:
             common = 0
             while common < min(len(alone), len(joined)) and alone[common] == joined[common]:
                 common += 1
-            cached = joined[common:]
-            if not cached:
+            if common == len(joined):
                 raise ValueError(f"option {option!r} adds no tokens after the prompt {prompt_text!r}")
-            self._continuations[key] = cached
+            cached = self._continuations[key] = (joined[common:], common == len(alone))
         return cached
 
     def option_logliks(self, images: Sequence[Any], texts: Sequence[str], options: Sequence[str]) -> np.ndarray:
-        """(N, L): log p(option_l's tokens | image_i, text_i), summed over the option's tokens."""
+        """(N, L): log p(option_l's tokens | image_i, text_i), summed over the option's tokens.
+
+        With the KV cache (when :meth:`prefix_cache_agrees`): each (image, prompt) prefix runs
+        once, its cache is repeated for the L options, and only the options' tokens run again;
+        ``batch_size // L`` images per pass keep the cache the size of ``batch_size`` sequences.
+        Otherwise every (image, option) sequence runs in full.
+        """
+        if self._prefix_cache is None and len(texts):
+            self._prefix_cache = self.prefix_cache_agrees(images[0], texts[0], options)
+        if not self._prefix_cache:
+            return self._option_logliks_full(images, texts, options)
+        out = np.zeros((len(texts), len(options)))
+        per_pass = max(1, self.batch_size // max(1, len(options)))
+        for start in range(0, len(texts), per_pass):
+            rows = list(range(start, min(start + per_pass, len(texts))))
+            scored = self._option_logliks_cached([images[i] for i in rows], [texts[i] for i in rows], options)
+            if scored is None:  # prefixes of unequal length, or a tokenizer merging across the boundary
+                scored = self._option_logliks_full([images[i] for i in rows], [texts[i] for i in rows], options)
+            out[rows] = scored
+        return out
+
+    def prefix_cache_agrees(self, image: Any, text: str, options: Sequence[str]) -> bool:
+        """Whether the cached path gives the full forward pass's numbers for one row (checked once per
+        runner: a model whose positions or cache the expansion does not fit falls back to full passes)."""
+        try:
+            cached = self._option_logliks_cached([image], [text], options)
+        except (TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            logger.info("option scoring without the KV cache for %s: %s", self.loaded.name, exc)
+            return False
+        if cached is None:
+            return True  # nothing to compare on this row; later batches decide row by row
+        full = self._option_logliks_full([image], [text], options)
+        tolerance = 1e-3 if self.loaded.dtype == torch.float32 else 5e-2
+        agrees = bool(np.allclose(cached, full, rtol=tolerance, atol=tolerance))
+        if not agrees:
+            logger.info("option scoring without the KV cache for %s: cached %s vs full %s", self.loaded.name, cached, full)
+        return agrees
+
+    def _option_logliks_cached(self, images: Sequence[Any], texts: Sequence[str], options: Sequence[str]) -> np.ndarray | None:
+        tokens = [[self._continuation(text, option) for option in options] for text in texts]
+        if not all(clean for row in tokens for _, clean in row):
+            return None
+        inputs = self._inputs(images, texts, side="right")
+        mask = inputs["attention_mask"]
+        if not bool(mask.all()):
+            return None  # prefixes of unequal length: the options would not follow on from each
+        device, n_options = self.loaded.device, len(options)
+        with torch.inference_mode():
+            first = self.loaded.model(**inputs, use_cache=True, **self._keep_last)
+            cache = first.get("cache")
+            cache = cache if cache is not None else first.get("past_key_values")
+            first_logp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)
+            ids = [[t for t, _ in row] for row in tokens]
+            out = np.array([[float(first_logp[i, row[l][0]]) for l in range(n_options)] for i, row in enumerate(ids)])
+            width = max(len(t) for row in ids for t in row) - 1
+            if width == 0:
+                return out
+            # The options' tokens but the last, after each prefix: they predict the options' later tokens.
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            follow = torch.full((len(texts) * n_options, width), pad, dtype=torch.long)
+            follow_mask = torch.zeros_like(follow)
+            for r, t in enumerate(t for row in ids for t in row):
+                follow[r, : len(t) - 1] = torch.tensor(t[:-1])
+                follow_mask[r, : len(t) - 1] = 1
+            cache.batch_repeat_interleave(n_options)
+            length = mask.shape[1]
+            later = self.loaded.model(
+                input_ids=follow.to(device), attention_mask=torch.cat([mask.repeat_interleave(n_options, 0), follow_mask.to(device)], 1),
+                cache_position=torch.arange(length, length + width, device=device), use_cache=True, **{self._cache_kwarg: cache},
+            )
+            logp = torch.log_softmax(later.logits.float(), dim=-1)
+        for r, t in enumerate(t for row in ids for t in row):
+            if len(t) > 1:
+                out[r // n_options, r % n_options] += float(logp[r, torch.arange(len(t) - 1), torch.tensor(t[1:])].sum())
+        return out
+
+    def _option_logliks_full(self, images: Sequence[Any], texts: Sequence[str], options: Sequence[str]) -> np.ndarray:
         rows = [(i, l) for i in range(len(texts)) for l in range(len(options))]
         out = np.zeros((len(texts), len(options)))
         for start in range(0, len(rows), self.batch_size):

@@ -123,16 +123,22 @@ def choice(session: ProbeSession, images: ProbeImages, prompt: str, labels: Sequ
                              options=list(labels) if "{options}" in prompt else None) for i, label in rows]
 
     def compute(todo: list[int]) -> list[dict[str, Any]]:
-        pictures = images.load([rows[k][0] for k in todo])
-        by_label: dict[str, list[int]] = {}
-        for position, k in enumerate(todo):
-            by_label.setdefault(rows[k][1], []).append(position)
-        logliks = [0.0] * len(todo)
-        for label, positions in by_label.items():  # one label per call: each row scores one option
-            values = session.runner.option_logliks([pictures[j] for j in positions], [text] * len(positions), [label])
-            for j, value in zip(positions, values[:, 0]):
-                logliks[j] = float(value)
-        return [{"loglik": v} for v in logliks]
+        # Images missing the same labels (on a cold cache: all of them) are scored together, so the
+        # runner runs each image's prefix once for all its options.
+        missing: dict[int, list[int]] = {}
+        for k in todo:
+            missing.setdefault(rows[k][0], []).append(k)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for image, ks in missing.items():
+            groups.setdefault(tuple(rows[k][1] for k in ks), []).append(image)
+        logliks: dict[int, float] = {}
+        for labels_missing, image_indices in groups.items():
+            pictures = images.load(image_indices)
+            values = session.runner.option_logliks(pictures, [text] * len(pictures), list(labels_missing))
+            for row, image in enumerate(image_indices):
+                for column, k in enumerate(missing[image]):
+                    logliks[k] = float(values[row, column])
+        return [{"loglik": logliks[k]} for k in todo]
 
     answers = cached_answers(PROBE_CHOICE, fields, compute, session.cache, session.counts)
     logliks = np.array([a["loglik"] for a in answers], dtype=np.float64).reshape(len(images), len(labels))
