@@ -63,7 +63,9 @@ def assert_one_line(err: str, *words: str) -> None:
     ({"toxicity_model": "VLM"}, ["audit.toxicity_model", "is not a text classifier", "LlavaForConditionalGeneration"]),
     ({"model": "CLIP"}, ["audit.choice_prompt needs a generative model under audit", "(audit.model is a contrastive model)"]),
     ({"generate": {"prompts": [DESCRIBE], "temperature": 0, "samples": 3}}, ["temperature 0 is greedy decoding"]),
-], ids=["prompt-without-image", "missing-lexicon", "toxicity-not-a-classifier", "contrastive-with-questions", "greedy-samples"])
+    ({"kind": "vlm", "model": "CLIP"}, ["audit.kind is vlm, but audit.model", "is a contrastive model"]),
+], ids=["prompt-without-image", "missing-lexicon", "toxicity-not-a-classifier", "contrastive-with-questions", "greedy-samples",
+        "declared-kind-contradicts-the-model"])
 def test_a_bad_generative_config_is_one_line_before_prefect_and_leaves_no_run_folder(
     inputs, small_config, tmp_path, capsys, monkeypatch, change, words
 ):

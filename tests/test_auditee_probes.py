@@ -324,3 +324,25 @@ def test_the_answer_cache_holds_on_s3_for_any_process(s3_bucket):
 
     s3fs.S3FileSystem(anon=False).pipe(other.uri("yes_no", keys[0]).removeprefix("s3://"), b"\x80\x04garbage")
     assert set(AnswerCache(root).get_many("yes_no", keys)) == set(keys[1:])
+
+
+def test_the_contrastive_adapter_answers_as_todays_clip_path(tmp_path, images):
+    from counterfactual_lab.auditees import load_auditee
+    from counterfactual_lab.config import AuditModelConfig
+    from counterfactual_lab.embeddings import ClipEmbedder
+    from counterfactual_lab.evaluate import POOL_SCHEMA, predict, retrieval_scores
+    from counterfactual_lab.tiny_models import build_tiny_clip
+
+    clip = str(build_tiny_clip(tmp_path / "clip"))
+    rows = [{**{c: None for c in POOL_SCHEMA}, "id": f"i{i}", "source_id": f"s{i}", "variant": "original", "control": False,
+             "attribute": "gender", "group": "female", "caption": "a photo of a person", "image_uri": uri, "content_key": key}
+            for i, (key, uri) in enumerate(zip(images.content_keys, images.image_uris))]
+    pool = pl.DataFrame(rows, schema=POOL_SCHEMA)
+    audit = AuditModelConfig(model=clip, queries=["a photo of a doctor"])
+    auditee = load_auditee(audit, "cpu")  # kind read from the CLIP config: contrastive
+    assert auditee.kind == "contrastive"
+    answers = auditee.answer(pool, images.load_image)
+    embedder = ClipEmbedder.load(clip, device="cpu")
+    assert answers.predictions.equals(predict(pool, audit, embedder, images.load_image))
+    assert answers.retrieval.equals(retrieval_scores(pool, audit.queries, embedder, images.load_image))
+    assert answers.counts is None and answers.generations.is_empty()

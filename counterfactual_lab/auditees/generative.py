@@ -89,6 +89,10 @@ class GenerativeRunner:
     # -- next-token answers --------------------------------------------------------------------
     def answer_sums(self, images: Sequence[Any], texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """(N, K): for row i and answer group k, Σ_{t ∈ token_ids[k]} p(t | image_i, text_i)."""
+        with self.loaded.lock:
+            return self._answer_sums(images, texts, token_ids)
+
+    def _answer_sums(self, images: Sequence[Any], texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         groups = [torch.tensor(list(ids), dtype=torch.long) for ids in token_ids]
         out = []
         for start in range(0, len(texts), self.batch_size):
@@ -133,6 +137,10 @@ class GenerativeRunner:
         ``batch_size // L`` images per pass keep the cache the size of ``batch_size`` sequences.
         Otherwise every (image, option) sequence runs in full.
         """
+        with self.loaded.lock:
+            return self._option_logliks(images, texts, options)
+
+    def _option_logliks(self, images: Sequence[Any], texts: Sequence[str], options: Sequence[str]) -> np.ndarray:
         if self._prefix_cache is None and len(texts):
             self._prefix_cache = self.prefix_cache_agrees(images[0], texts[0], options)
         if not self._prefix_cache:
@@ -232,6 +240,12 @@ class GenerativeRunner:
         self, images: Sequence[Any], texts: Sequence[str], seeds: Sequence[int], *, temperature: float, max_new_tokens: int
     ) -> list[Generation]:
         """One sampled continuation per row, seeded per row (:mod:`.sampling`), KV cache on."""
+        with self.loaded.lock:
+            return self._generate(images, texts, seeds, temperature=temperature, max_new_tokens=max_new_tokens)
+
+    def _generate(
+        self, images: Sequence[Any], texts: Sequence[str], seeds: Sequence[int], *, temperature: float, max_new_tokens: int
+    ) -> list[Generation]:
         from transformers import GenerationConfig
 
         tokenizer = self.tokenizer

@@ -12,7 +12,7 @@ life of the process, so every batch a worker runs reuses it.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,6 +33,9 @@ class LoadedModel:
     revision: str | None
     device: str
     dtype: torch.dtype
+    # One caller at a time: batches of one worker share the model, and a fast tokenizer whose
+    # padding is set per call fails ("Already borrowed") when two threads call it at once.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def tokenizer(self) -> Any:

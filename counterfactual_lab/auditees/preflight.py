@@ -29,6 +29,8 @@ def check_auditee(config: Any) -> str:
 
         load_lexicon(audit.lexicon, config.base_dir)
     kind = resolve_kind(audit)
+    if audit.kind is not None:
+        _check_declared_kind(audit)
     problem = audit.kind_problem(kind)
     if problem:
         raise ConfigError(problem if audit.kind is not None else f"{problem} (audit.model is a {kind} model)")
@@ -40,6 +42,18 @@ def check_auditee(config: Any) -> str:
     if audit.toxicity_model is not None:
         check_text_classifier(audit.toxicity_model, audit.toxicity_revision)
     return kind
+
+
+def _check_declared_kind(audit: Any) -> None:
+    """``audit.kind`` must agree with the model's config where it can be read: contrastive or not."""
+    from counterfactual_lab.auditees.kinds import CONTRASTIVE, infer_kind
+
+    try:
+        found = infer_kind(audit.model, audit.revision)
+    except ConfigError:
+        return  # unreadable here (a hub model not cached); loading will tell
+    if (found == CONTRASTIVE) != (audit.kind == CONTRASTIVE):
+        raise ConfigError(f"audit.kind is {audit.kind}, but audit.model {audit.model} is a {found} model (its config.json says so)")
 
 
 def _processor(model: str, revision: str | None) -> Any | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,7 @@ class ToxicityScorer:
     toxic_index: int
     multi_label: bool
     max_length: int
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def load(cls, model: str, revision: str | None = None, device: str = "auto") -> "ToxicityScorer":
@@ -103,6 +104,10 @@ class ToxicityScorer:
 
     def score(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """The toxic label's probability of each text (module doc), float64."""
+        with self.lock:
+            return self._score(texts, batch_size)
+
+    def _score(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         out = []
         for start in range(0, len(texts), batch_size):
             batch = [t if t else " " for t in texts[start : start + batch_size]]  # an empty text still gets a score
