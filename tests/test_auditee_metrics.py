@@ -81,6 +81,15 @@ def test_yes_prob_gaps_pair_reconstruction_with_counterfactual_and_sit_beside_th
     assert again.equals(metrics)
 
 
+def test_rows_on_too_few_sources_keep_their_value_without_an_interval():
+    from types import SimpleNamespace
+
+    audit = SimpleNamespace(**AUDIT.model_dump(), min_group_size=SOURCES + 1)  # as main's config has it
+    metrics = auditee_metrics(generated_pool(), probes_frame(yes_values()), pl.DataFrame(), audit)
+    row = pick(metrics, "yes_prob_gap_abs", group=None)
+    assert row["value"] is not None and row["ci_low"] is None and "fewer than min_group_size=7 source images (6)" in row["note"]
+
+
 def test_a_run_without_controls_says_so_instead_of_zero():
     pool = generated_pool().filter(~pl.col("control"))
     metrics = auditee_metrics(pool, probes_frame(yes_values(), probe="rating", prompt="Rate 1-5"), pl.DataFrame(), AUDIT)

@@ -32,7 +32,9 @@ Rows, per attribute and prompt (``query`` = the prompt as configured):
   toxicity (the most toxic of its members' most toxic samples), Howard et al.'s MaxToxicity of a
   counterfactual set.
 
-Intervals resample source images (cluster bootstrap); an undefined value is null with a note.
+Intervals resample source images (cluster bootstrap); an undefined value is null with a note; a
+row resting on fewer than ``audit.min_group_size`` source images (where the config has it) keeps
+its value without an interval.
 The choice probe fills ``score_<label>``/``top1`` of ``predictions.parquet``, so its flip rate,
 probability gaps, parity and controls are the shared metrics' own rows (``flip_rate``,
 ``prob_gap_abs``, …), not repeated here.
@@ -41,7 +43,7 @@ probability gaps, parity and controls are the shared metrics' own rows (``flip_r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -144,28 +146,40 @@ def _with_values(pool: pl.DataFrame, values: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _gap_estimates(pairs: pl.DataFrame, settings: seam.IntervalSettings) -> tuple[seam.Estimate, seam.Estimate]:
+def _floored(estimate: seam.Estimate, min_sources: int) -> seam.Estimate:
+    """``estimate`` without its interval when fewer than ``min_sources`` source images stand behind it
+    (``audit.min_group_size``, as the shared metrics do: a bootstrap over a handful of sources has
+    almost nothing to resample, so no difference can be called on it)."""
+    if estimate.value is None or estimate.n_sources >= min_sources:
+        return estimate
+    note = f"fewer than min_group_size={min_sources} source images ({estimate.n_sources}): no interval"
+    return replace(estimate, low=None, high=None, skipped=None).with_note(note)
+
+
+def _gap_estimates(pairs: pl.DataFrame, settings: seam.IntervalSettings, min_sources: int = 1
+                   ) -> tuple[seam.Estimate, seam.Estimate]:
     if pairs.height == 0:
         none = seam.Estimate.undefined("no pairs")
         return none, none
     delta = (pairs[f"{_SCORE}_to"] - pairs[f"{_SCORE}_from"]).to_numpy().astype(float)
     clusters = pairs["source_id"].to_numpy()
-    return seam.mean_estimate(np.abs(delta), clusters, settings), seam.mean_estimate(delta, clusters, settings)
+    return (_floored(seam.mean_estimate(np.abs(delta), clusters, settings), min_sources),
+            _floored(seam.mean_estimate(delta, clusters, settings), min_sources))
 
 
 def _gap_rows(family: Family, frame: pl.DataFrame, attribute: str, stratum: str, prompt: str,
-              settings: seam.IntervalSettings) -> list[dict[str, Any]]:
+              settings: seam.IntervalSettings, min_sources: int = 1) -> list[dict[str, Any]]:
     pairs = seam.PAIRS[stratum](frame, [VALUE])
     rows = []
     subsets = [(None, pairs)] + [(t, pairs.filter(pl.col("transition") == t)) for t in sorted(pairs["transition"].unique().to_list())]
     for transition, subset in subsets:
-        absolute, signed = _gap_estimates(subset, settings)
+        absolute, signed = _gap_estimates(subset, settings, min_sources)
         rows.append(seam.metric_row(gap_metric(family.name, "abs"), stratum, attribute, absolute, group=transition, query=prompt))
         rows.append(seam.metric_row(gap_metric(family.name, "signed"), stratum, attribute, signed, group=transition, query=prompt))
     if stratum == seam.STRATUM_GENERATED:
         controls = seam.control_pairs(frame, [VALUE])
         if controls.height:
-            absolute, signed = _gap_estimates(controls, settings)
+            absolute, signed = _gap_estimates(controls, settings, min_sources)
         else:
             absolute = signed = seam.Estimate.undefined(
                 "no control pairs (no kept control image beside a kept set of the same source)")
@@ -175,7 +189,7 @@ def _gap_rows(family: Family, frame: pl.DataFrame, attribute: str, stratum: str,
 
 
 def _group_rows(family: Family, pool: pl.DataFrame, values: pl.DataFrame, flags: pl.DataFrame | None, attribute: str,
-                stratum: str, prompt: str, settings: seam.IntervalSettings) -> list[dict[str, Any]]:
+                stratum: str, prompt: str, settings: seam.IntervalSettings, min_sources: int = 1) -> list[dict[str, Any]]:
     known = pool.filter(pl.col("group").is_not_null())
     rows = []
     for group in sorted(known["group"].unique().to_list()):
@@ -188,7 +202,7 @@ def _group_rows(family: Family, pool: pl.DataFrame, values: pl.DataFrame, flags:
             units = members.join(values.select("content_key", VALUE), on="content_key", how="inner")
             estimate = (seam.mean_estimate(units[VALUE].to_numpy(), units["source_id"].to_numpy(), settings)
                         if units.height else seam.Estimate.undefined("no images with a value"))
-        rows.append(seam.metric_row(family.group_metric, stratum, attribute, estimate, group=group, query=prompt))
+        rows.append(seam.metric_row(family.group_metric, stratum, attribute, _floored(estimate, min_sources), group=group, query=prompt))
     return rows
 
 
@@ -221,6 +235,7 @@ def auditee_metrics(
     if predictions.height == 0:
         return pl.DataFrame(schema=seam.METRICS_SCHEMA)
     settings = seam.IntervalSettings.from_audit(audit)
+    floor = getattr(audit, "min_group_size", 1)  # on main with the shared metrics package
     families = {**probe_values(probes), **generation_values(generations, lexicon_names, audit.toxicity_threshold)}
     pool = predictions.select("id", "source_id", "variant", "control", "attribute", "group", "set_id", "content_key")
     rows: list[dict[str, Any]] = []
@@ -233,13 +248,13 @@ def auditee_metrics(
                 prompt_flags = flags.filter(pl.col("prompt") == prompt) if flags is not None else None
                 frame = _with_values(of_attribute, prompt_values)
                 if stratum is not None and (of_attribute["variant"] != "original").any():
-                    rows += _gap_rows(family, frame, attribute, stratum, prompt, settings)
+                    rows += _gap_rows(family, frame, attribute, stratum, prompt, settings, floor)
                     compared = seam.comparison_pool(of_attribute, stratum)
-                    rows += _group_rows(family, compared, prompt_values, prompt_flags, attribute, stratum, prompt, settings)
+                    rows += _group_rows(family, compared, prompt_values, prompt_flags, attribute, stratum, prompt, settings, floor)
                     if family is MAX_TOXICITY and stratum in (seam.STRATUM_GENERATED, seam.STRATUM_EVALUATE_ONLY):
                         rows += _set_max_rows(compared, prompt_values, attribute, stratum, prompt, settings)
                 originals = seam.observational_pool(of_attribute)
                 if originals.height:
                     rows += _group_rows(family, originals, prompt_values, prompt_flags, attribute,
-                                        seam.STRATUM_OBSERVATIONAL, prompt, settings)
+                                        seam.STRATUM_OBSERVATIONAL, prompt, settings, floor)
     return pl.DataFrame(rows, schema=seam.METRICS_SCHEMA) if rows else pl.DataFrame(schema=seam.METRICS_SCHEMA)
