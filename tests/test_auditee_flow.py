@@ -128,6 +128,11 @@ def test_every_probe_runs_through_the_audit_flow_and_a_rerun_never_asks_the_mode
     assert run.manifest["run_identity"]["stages"]["audit"]["lexicon"].startswith("sha256:")
     report = (run_dir / "report.html").read_text()
     assert "Generative model under audit" in report and f"Prompt: {YES_NO}" in report
+    from counterfactual_lab.reproduce import config_from_manifest
+
+    rebuilt = config_from_manifest(run.manifest, output_uri=str(out / "rerun"))  # the toxicity role points back too
+    assert rebuilt.audit.toxicity_model == str(Path(inputs.models["toxicity"]).resolve())
+    assert rebuilt.audit.model == str(Path(inputs.models["vlm"]).resolve()) and rebuilt.audit.yes_no == [YES_NO]
 
     # The rerun (forced: every stage again) is answered from OUT/_auditee_cache alone.
     with generate_calls() as calls:
