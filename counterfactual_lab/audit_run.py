@@ -46,15 +46,27 @@ CANDIDATE_SCHEMA = {
 }
 
 
-# Which config section names the model of each role.
-MODEL_SECTIONS = {"generator": "generation", "judge": "judge", "audit": "audit"}
+# Which config section names the model of each role, and under which keys (default: model, revision).
+MODEL_SECTIONS = {"generator": "generation", "judge": "judge", "audit": "audit", "toxicity": "audit"}
+MODEL_KEYS = {"toxicity": ("toxicity_model", "toxicity_revision")}
 
 
-def model_roles(spec: DatasetSpec, evaluate: bool) -> list[str]:
+def model_reference(config: AuditConfig, role: str) -> tuple[str | None, str | None]:
+    """(model, revision) of ``role`` as the config names them."""
+    section = getattr(config, MODEL_SECTIONS[role])
+    model_key, revision_key = MODEL_KEYS.get(role, ("model", "revision"))
+    return getattr(section, model_key), getattr(section, revision_key)
+
+
+def model_roles(spec: DatasetSpec, evaluate: bool, config: AuditConfig | None = None) -> list[str]:
     """The roles whose models the run loads: generation and judge unless the dataset already holds
-    counterfactual sets; the model under audit unless the run stops after the judge."""
+    counterfactual sets; the model under audit unless the run stops after the judge; the toxicity
+    classifier when ``config`` has one and generations for it to score."""
     roles = [] if spec.columns.counterfactual_set else ["generator", "judge"]
-    return roles + (["audit"] if evaluate else [])
+    roles += ["audit"] if evaluate else []
+    if evaluate and config is not None and config.audit.toxicity_model and config.audit.generate.prompts:
+        roles.append("toxicity")
+    return roles
 
 
 def run_identity(
@@ -75,9 +87,14 @@ def run_identity(
     from counterfactual_lab import __version__
 
     stages = config.model_dump(mode="json", exclude={"output", "runtime", "base_dir", "dataset"})
-    for section in MODEL_SECTIONS.values():
-        stages[section].pop("model", None)
-        stages[section].pop("revision", None)
+    for role, section in MODEL_SECTIONS.items():
+        for key in MODEL_KEYS.get(role, ("model", "revision")):
+            stages[section].pop(key, None)
+    if config.audit.generate.prompts:
+        # The lexicon by content, like a model: its words change the lexicon_ metrics, its path does not.
+        from counterfactual_lab.auditees.lexicon import load_lexicon
+
+        stages["audit"]["lexicon"] = "sha256:" + load_lexicon(config.audit.lexicon, config.base_dir).digest()
     return {
         "library_version": __version__,
         "stages": stages,
@@ -182,12 +199,11 @@ def locate_run(
     spec = audited_spec(config, dataset_uri, spec)
     fingerprint = dataset_fingerprint(spec)
     models = {}
-    for role in model_roles(spec, evaluate):
-        section = getattr(config, MODEL_SECTIONS[role])
+    for role in model_roles(spec, evaluate, config):
         if role == "generator" and config.generation.method in METHODS_WITHOUT_WEIGHTS:
-            models[role] = weightless_identity(config.generation.method, section.model)
+            models[role] = weightless_identity(config.generation.method, config.generation.model)
         else:
-            models[role] = model_identity(section.model, section.revision)
+            models[role] = model_identity(*model_reference(config, role))
     identity = run_identity(config, spec, fingerprint.value, models)
     return RunLocation(
         spec=spec,
@@ -309,10 +325,13 @@ def publish_run(
     finished_at: Any,
     load_image: Any,
     failure: dict[str, Any] | None = None,
+    auditee_counts: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Write every table, the HTML report, then ``manifest.json`` last; returns the manifest.
 
-    ``failure`` (``run_failure.FailedItems.manifest_entry()``) marks the run failed in both."""
+    ``failure`` (``run_failure.FailedItems.manifest_entry()``) marks the run failed in both.
+    ``auditee_counts`` (a generative model under audit): answers computed vs served from the
+    output store's cache, the manifest's ``counts.auditee``."""
     from counterfactual_lab.manifest import build_manifest, config_block, metric_parameters
     from counterfactual_lab.publish import REPORT_NAME
     from counterfactual_lab.report_html import render_report
@@ -335,6 +354,7 @@ def publish_run(
         finished_at=finished_at,
         tiny_models=any(is_tiny_model(identity.model) for identity in location.models.values()),
         failure=failure,
+        counts={"auditee": auditee_counts} if auditee_counts is not None else None,
     )
     html = render_report(
         manifest=manifest,
@@ -343,6 +363,8 @@ def publish_run(
         predictions=tables.get("predictions", pl.DataFrame()),
         quarantine=tables.get("quarantine"),
         load_image=load_image,
+        probes=tables.get("probes"),
+        generations=tables.get("generations"),
     )
     manifest["report"] = publisher.write_text(REPORT_NAME, html)
     publisher.write_manifest(manifest)

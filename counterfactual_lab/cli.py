@@ -97,7 +97,7 @@ def cmd_sample_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_models_tiny(args: argparse.Namespace) -> int:
-    """Build the tiny random-weight models (three diffusion pipelines and a CLIP)."""
+    """Build the tiny random-weight models (three diffusion pipelines, a CLIP, a generative VLM, a toxicity classifier)."""
     from counterfactual_lab.tiny_models import build_tiny_models
 
     for name, path in build_tiny_models(args.dir).items():
@@ -230,7 +230,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     home = Path(args.home).resolve()
     if not any((home / "sample-dataset").glob("*.parquet")) or not (home / "models").is_dir():
-        status(f"first run: building the sample dataset and four tiny models under {home} (about a minute) ...")
+        status(f"first run: building the sample dataset and six tiny models under {home} (about a minute) ...")
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # one status line instead of a bar per saved shard
@@ -276,7 +276,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     models_sub = p.add_subparsers(dest="models_command", metavar="KIND", required=True)
     tiny = models_sub.add_parser(
         "tiny", help="tiny random-weight models",
-        description="Build tiny seeded random-weight models (instruct-pix2pix, img2img, ledits, clip) under DIR, "
+        description="Build tiny seeded random-weight models (instruct-pix2pix, img2img, ledits, clip, vlm, toxicity) under DIR, "
         "one folder each, loadable with from_pretrained. Their outputs mean nothing.",
     )
     tiny.add_argument("dir", metavar="DIR", help="output folder")

@@ -42,6 +42,13 @@ MAX_WORKERS = 256
 MAX_INGEST_BATCH_ROWS = 65_536
 MAX_RETRIES = 20
 MAX_RETRY_DELAY_SECONDS = 3600.0
+# The generative audit (counterfactual_lab/auditees): prompts per probe, samples per prompt,
+# tokens per answer; a rating scale is read from single digit tokens, so it ends at 9.
+MAX_PROBE_PROMPTS = 100
+MAX_GENERATION_SAMPLES = 100
+MAX_NEW_TOKENS = 4096
+MAX_TEMPERATURE = 10.0
+MAX_RATING_SCALE = 9
 
 ModelRef = Annotated[str, Field(min_length=1, max_length=MAX_URI_CHARS)]
 Revision = Annotated[str, Field(min_length=1, max_length=256)]
@@ -153,9 +160,47 @@ class JudgeConfig(BaseModel):
         return _template(prompt, "value")
 
 
+# What the model under audit is (counterfactual_lab/auditees): a contrastive image-text model
+# (CLIP, SigLIP), a generative chat VLM (image-text-to-text) or a captioner (image-to-text).
+AuditKind = Literal["contrastive", "vlm", "captioner"]
+# The probe prompts' config keys that only a generative model can answer.
+GENERATIVE_KEYS = ("choice_prompt", "yes_no", "ratings", "generate.prompts", "toxicity_model")
+# ... and those a captioner is not asked: it is audited through its captions (audit.generate).
+QUESTION_KEYS = ("choice_prompt", "yes_no", "ratings")
+
+
+class GenerateConfig(BaseModel):
+    """Open-ended generations: each prompt, ``samples`` times per image, scored afterwards."""
+
+    model_config = STRICT
+
+    prompts: list[Text] = Field(default_factory=list, max_length=MAX_PROBE_PROMPTS)
+    samples: int = Field(1, ge=1, le=MAX_GENERATION_SAMPLES)
+    # 0 is greedy decoding (one answer per prompt, so samples must be 1).
+    temperature: float = Field(0.7, ge=0, le=MAX_TEMPERATURE)
+    max_new_tokens: int = Field(64, ge=1, le=MAX_NEW_TOKENS)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="base of the per-(image, prompt, sample) seeds")
+
+    @field_validator("prompts")
+    @classmethod
+    def _distinct_templates(cls, prompts: list[str]) -> list[str]:
+        return [_probe_template(p, ("image",)) for p in _distinct(prompts)]
+
+    @model_validator(mode="after")
+    def _greedy_has_one_sample(self) -> "GenerateConfig":
+        if self.temperature == 0 and self.samples > 1:
+            raise ValueError(
+                f"temperature 0 is greedy decoding: every sample would be the same text; set samples: 1 "
+                f"or a temperature > 0 (got samples: {self.samples})"
+            )
+        return self
+
+
 class AuditModelConfig(BaseModel):
     model_config = STRICT
 
+    # None: read from the model's config.json (counterfactual_lab/auditees/kinds.py).
+    kind: AuditKind | None = None
     model: ModelRef = "./.cflab/models/clip"
     revision: Revision | None = None
     # Zero-shot classification needs at least two classes to choose between.
@@ -170,21 +215,77 @@ class AuditModelConfig(BaseModel):
     min_group_size: int = Field(
         5, ge=1, description="groups with fewer images are left out of selection rate, parity and equalized odds"
     )
+    # -- generative models under audit (README "Generative VLMs under audit") ---------------
+    # How a prompt reaches the model: "chat" through the processor's chat template, "raw" as
+    # text with {image} where the image token goes; "auto": chat when the processor has a template.
+    prompt_format: Literal["auto", "chat", "raw"] = "auto"
+    # Multiple choice over `labels`: the likelihood of each label's tokens after this prompt.
+    choice_prompt: Text | None = None
+    yes_no: list[Text] = Field(default_factory=list, max_length=MAX_PROBE_PROMPTS)
+    ratings: list[Text] = Field(default_factory=list, max_length=MAX_PROBE_PROMPTS)
+    rating_scale: int = Field(5, ge=2, le=MAX_RATING_SCALE)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    toxicity_model: ModelRef | None = None
+    toxicity_revision: Revision | None = None
+    # A generation counts as toxic (toxicity_rate) when its toxic probability is at least this.
+    toxicity_threshold: float = Field(0.5, ge=0, le=1)
+    # A word-list file (YAML: category -> words); None: the project's default lexicon.
+    lexicon: str | None = Field(None, min_length=1, max_length=MAX_URI_CHARS)
 
     @field_validator("labels", "queries")
     @classmethod
     def _distinct(cls, values: list[str]) -> list[str]:
-        seen: set[str] = set()
-        for value in values:
-            if value in seen:
-                raise ValueError(f"{value!r} is listed twice")
-            seen.add(value)
-        return values
+        return _distinct(values)
 
     @field_validator("prompt")
     @classmethod
     def _one_label_placeholder(cls, prompt: str) -> str:
         return _template(prompt, "label")
+
+    @field_validator("yes_no", "ratings")
+    @classmethod
+    def _question_templates(cls, prompts: list[str]) -> list[str]:
+        return [_probe_template(p, ("image",)) for p in _distinct(prompts)]
+
+    @field_validator("choice_prompt")
+    @classmethod
+    def _choice_template(cls, prompt: str | None) -> str | None:
+        return None if prompt is None else _probe_template(prompt, ("image", "options"))
+
+    @model_validator(mode="after")
+    def _probes_fit_the_kind(self) -> "AuditModelConfig":
+        if self.kind is not None:
+            problem = self.kind_problem(self.kind)
+            if problem:
+                raise ValueError(problem)
+        return self
+
+    def generative_keys_set(self) -> list[str]:
+        """The probe keys of :data:`GENERATIVE_KEYS` this config sets."""
+        set_keys = {
+            "choice_prompt": self.choice_prompt is not None, "yes_no": bool(self.yes_no),
+            "ratings": bool(self.ratings), "generate.prompts": bool(self.generate.prompts),
+            "toxicity_model": self.toxicity_model is not None,
+        }
+        return [key for key in GENERATIVE_KEYS if set_keys[key]]
+
+    def kind_problem(self, kind: str) -> str | None:
+        """Why this config's probes cannot run on a model of ``kind``; None when they can."""
+        keys = self.generative_keys_set()
+        if kind == "contrastive" and keys:
+            return (f"audit.{keys[0]} needs a generative model under audit (audit.kind: vlm or captioner); "
+                    f"a contrastive model ({self.model}) only scores labels and queries")
+        if kind == "captioner":
+            questions = [key for key in QUESTION_KEYS if key in keys]
+            if questions:
+                return (f"audit.{questions[0]} asks a question, and a captioner ({self.model}) is audited through its "
+                        "captions: list audit.generate.prompts ({image} alone for an unconditional caption), or use audit.kind: vlm")
+        if kind == "captioner" and "generate.prompts" not in keys:
+            return f"audit.kind captioner needs audit.generate.prompts: a captioner ({self.model}) is audited through its captions"
+        if kind == "vlm" and not keys:
+            return (f"audit.kind {kind} needs at least one probe: audit.choice_prompt, audit.yes_no, "
+                    "audit.ratings or audit.generate.prompts")
+        return None
 
 
 class OutputConfig(RedactedInJson, BaseModel):
@@ -276,6 +377,32 @@ def _require_finite(value: Any, where: str) -> None:
     elif isinstance(value, list | tuple):
         for index, inner in enumerate(value):
             _require_finite(inner, f"{where}[{index}]")
+
+
+def _distinct(values: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{value!r} is listed twice")
+        seen.add(value)
+    return values
+
+
+def _probe_template(prompt: str, allowed: tuple[str, ...]) -> str:
+    """``prompt`` if its only placeholders are ``allowed`` (each at most once); ValueError otherwise."""
+    import string
+
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(prompt) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"{prompt!r} is not a valid template (write {{{{ and }}}} for literal braces): {exc}") from None
+    names = ", ".join("{" + a + "}" for a in allowed)
+    for name in fields:
+        if name not in allowed:
+            raise ValueError(f"{prompt!r} uses {{{name}}}; a probe prompt may use only {names} (write {{{{ and }}}} for literal braces)")
+        if fields.count(name) > 1:
+            raise ValueError(f"{prompt!r} uses {{{name}}} more than once")
+    return prompt
 
 
 def _template(prompt: str, placeholder: str) -> str:

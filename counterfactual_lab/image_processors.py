@@ -14,8 +14,8 @@ from __future__ import annotations
 import importlib.util
 import threading
 
-# The processor names diffusers' pipeline modules import from transformers.
-PROCESSOR_NAMES = ("CLIPImageProcessor", "SiglipImageProcessor")
+# The processor names diffusers' pipeline modules import from transformers (and BLIP's, a captioner under audit).
+PROCESSOR_NAMES = ("CLIPImageProcessor", "SiglipImageProcessor", "BlipImageProcessor")
 
 _lock = threading.Lock()
 _done = False

@@ -55,7 +55,7 @@ VERSIONED_DISTRIBUTIONS = (
     "pillow",
     "numpy",
 )
-MODEL_ROLES = ("generator", "judge", "audit")
+MODEL_ROLES = ("generator", "judge", "audit", "toxicity")
 
 ROW_ACCOUNTING_KEYS = ("rows_in", "valid", "quarantined", "planned", "kept", "dropped", "failed")
 
@@ -129,6 +129,26 @@ def metric_parameters(audit: Any) -> dict[str, Any]:
         "labels": list(audit.labels),
         "prompt": audit.prompt,
         "queries": list(audit.queries),
+        **_generative_parameters(audit),
+    }
+
+
+def _generative_parameters(audit: Any) -> dict[str, Any]:
+    """The parameters of a generative audit's metrics (counterfactual_lab/auditees), when it has probes."""
+    keys = getattr(audit, "generative_keys_set", None)
+    if keys is None or not keys():
+        return {}
+    from counterfactual_lab.auditees.answers import YES_NO_ANSWERS, spellings
+
+    return {
+        "choice_prompt": audit.choice_prompt,
+        "yes_no": list(audit.yes_no),
+        "yes_no_spellings": {answer: spellings(answer) for answer in YES_NO_ANSWERS},
+        "ratings": list(audit.ratings),
+        "rating_scale": audit.rating_scale,
+        "generate": audit.generate.model_dump(mode="json"),
+        "toxicity_threshold": audit.toxicity_threshold,
+        "lexicon": audit.lexicon,
     }
 
 
@@ -149,6 +169,7 @@ def build_manifest(
     finished_at: datetime | str,
     tiny_models: bool,
     failure: Mapping[str, Any] | None = None,
+    counts: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest of one run as a JSON-ready dict.
 
@@ -159,7 +180,9 @@ def build_manifest(
     the run id hashes; ``tables`` maps a table name to its URI. ``row_accounting_problems``
     lists where the accounting does not close (empty: it does).
     ``status`` is ``"failed"`` when ``failure`` is given (why: ``run_failure.FailedItems.manifest_entry``,
-    kept as ``failure``), else ``"complete"``.
+    kept as ``failure``), else ``"complete"``. ``counts``: further counts of the run, e.g.
+    ``{"auditee": {"computed": N, "cached": M}}`` (a generative model's answers computed in this
+    run vs served from the output store's cache).
     """
     for key in ("name", "uri", "fingerprint"):
         if key not in dataset:
@@ -202,6 +225,8 @@ def build_manifest(
     }
     if failure:
         manifest["failure"] = dict(failure)
+    if counts:
+        manifest["counts"] = dict(counts)
     return jsonable(manifest)
 
 

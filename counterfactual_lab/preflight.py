@@ -5,7 +5,8 @@ in seconds with one line and never leaves a run folder.
 ``generation.params`` by name, range and "can this make an image" (no torch), each model
 reference (a local folder must exist, hold safetensors and ship no code; nothing is loaded),
 the device, and last the params against the installed diffusers pipeline's call signature
-(imports the pipeline class, reads no weights). Data is not read here: listing a dataset or
+(imports the pipeline class, reads no weights), and the model under audit's kind, prompts,
+lexicon and toxicity model (:mod:`counterfactual_lab.auditees.preflight`). Data is not read here: listing a dataset or
 an S3 bucket is the flow's first step.
 """
 
@@ -41,6 +42,10 @@ def check_audit(config: AuditConfig, dataset_uri: str | None = None, *, evaluate
     from counterfactual_lab.devices import resolve_device  # imports torch
 
     resolve_device(config.runtime.device)
+    if evaluate:
+        from counterfactual_lab.auditees.preflight import check_auditee  # kind, prompts, lexicon, toxicity model
+
+        check_auditee(config)
     if generates:
         from counterfactual_lab.generation.editors import validate_generation  # imports the pipeline class
 

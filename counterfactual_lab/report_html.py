@@ -91,8 +91,13 @@ def render_report(
     load_image: Callable[[str], Any],
     max_examples: int = 24,
     quarantine: pl.DataFrame | None = None,
+    probes: pl.DataFrame | None = None,
+    generations: pl.DataFrame | None = None,
 ) -> str:
     """The report as one HTML string.
+
+    ``probes`` and ``generations`` (a generative model under audit) add the section of
+    :func:`generative_audit_section`.
 
     ``load_image(uri)`` returns a PIL image; an image that fails to load is shown as a
     placeholder naming the URI instead of failing the report. At most ``max_examples``
@@ -114,6 +119,7 @@ def render_report(
         _findings_section(metrics),
         _charts_section(metrics),
         _skew_section(metrics),
+        generative_audit_section(metrics, predictions, probes, generations, images, manifest_config=manifest.get("config")),
         _examples_section(counterfactuals, predictions, images, max_examples),
         _accounting_section(manifest, quarantine),
         _metrics_table_section(metrics),
@@ -532,6 +538,92 @@ def _provenance_section(manifest: Mapping[str, Any]) -> str:
     if tables:
         parts.append("<details><summary>Tables</summary>" + _key_value_table(sorted(tables.items())) + "</details>")
     return "".join(parts)
+
+
+# --- generative model under audit (counterfactual_lab/auditees) ----------------------------------
+
+_GENERATION_GROUP_METRICS = ("max_toxicity", "toxicity_rate", "refusal_rate", "generation_words")
+
+
+def generative_audit_section(
+    metrics: pl.DataFrame,
+    predictions: pl.DataFrame | None,
+    probes: pl.DataFrame | None,
+    generations: pl.DataFrame | None,
+    images: "_ImageInliner",
+    max_pairs: int = 6,
+    manifest_config: Mapping[str, Any] | None = None,
+) -> str:
+    """The generative probes: per prompt the headline gaps beside their controls (yes/no, ratings,
+    toxicity, refusals, length, lexicon), toxicity by group, and the counterfactual pairs whose
+    generations differ most, the two images with their texts side by side. Every prompt and
+    generated text is model or user text and is escaped. Empty when the run has no generative probe."""
+    from counterfactual_lab.auditees.report_data import gaps_with_controls, group_rows, largest_generation_gaps
+
+    if probes is None and generations is None:
+        return ""
+    metrics = metrics if metrics is not None else pl.DataFrame()
+    parts = ["<h2>Generative model under audit</h2>",
+             "<p>Each gap is the mean change of a probe's value from the reference image to its counterfactual "
+             "(|Δ| and signed Δ, 95% interval over source images), beside its control: the same change between two "
+             "images of the same person and value at different seeds. A gap counts only where its interval clears "
+             "the control's.</p>"]
+    choice_prompt = ((manifest_config or {}).get("audit") or {}).get("choice_prompt")
+    if choice_prompt:
+        parts.append(f"<p>The multiple-choice prompt ({e(choice_prompt)}) fills the label scores: its flip rate and "
+                     "probability gaps are the headline findings and metrics above.</p>")
+    gaps = gaps_with_controls(metrics)
+    for prompt in dict.fromkeys(row["query"] for row in gaps):
+        body = []
+        for row in (r for r in gaps if r["query"] == prompt):
+            control = row["control"]
+            verdict = ("not assessed (no control)" if not row["assessed"] else
+                       '<span class="problem">clears its control</span>' if row["clears_control"] else "within its control")
+            control_text = (f"{number(control['value'])} {_interval_text(control)}" if control and control["value"] is not None
+                            else (control or {}).get("note") or "none")
+            body.append(
+                f"<tr><td>{e(row['metric'])}</td><td>{e(row['attribute'])}</td><td>{e(row['stratum'])}</td>"
+                f"<td>{e(number(row['value']) if row['value'] is not None else row.get('note'))} {e(_interval_text(row))}</td>"
+                f"<td>{e(control_text)}</td><td>{verdict}</td><td>{e(row['n'])}</td></tr>"
+            )
+        parts.append(
+            f"<h3>Prompt: {e(prompt)}</h3><table><tr><th>metric</th><th>attribute</th><th>stratum</th><th>gap</th>"
+            f"<th>control</th><th></th><th>n pairs</th></tr>{''.join(body)}</table>"
+        )
+    groups = group_rows(metrics, _GENERATION_GROUP_METRICS + ("yes_prob_mean", "rating_mean"))
+    if groups:
+        body = "".join(
+            f"<tr><td>{e(r['query'])}</td><td>{e(r['metric'])}</td><td>{e(r.get('stratum'))}</td><td>{e(r['attribute'])}</td>"
+            f"<td>{e(r['group'])}</td><td>{e(number(r['value']) if r['value'] is not None else r.get('note'))} "
+            f"{e(_interval_text(r))}</td><td>{e(r['n'])}</td></tr>"
+            for r in groups
+        )
+        parts.append("<h3>By group: toxicity, refusals, length, yes/no and ratings</h3><table><tr><th>prompt</th><th>metric</th>"
+                     f"<th>stratum</th><th>attribute</th><th>group</th><th>value</th><th>n</th></tr>{body}</table>")
+    pairs = largest_generation_gaps(predictions if predictions is not None else pl.DataFrame(),
+                                     generations if generations is not None else pl.DataFrame(), top=max_pairs)
+    if pairs:
+        parts.append("<h3>Largest differences between counterfactual generations</h3><div class=\"grid\">")
+        for pair in pairs:
+            cells = []
+            for side in ("from", "to"):
+                info = pair[side]
+                texts = "".join(f"<blockquote>{e(text)}</blockquote>" for text in info["texts"])
+                cells.append(f"<div>{images.tag(info['uri'], str(info['group']))}<br>{e(info['group'])}: "
+                             f"{e(pair['measure'])} {e(number(info['value']))}{texts}</div>")
+            parts.append(
+                f'<figure class="pair"><div class="imgs">{"".join(cells)}</div><figcaption>'
+                f"{e(pair['attribute'])} {e(pair['transition'])} · prompt: {e(pair['prompt'])} · "
+                f"Δ {e(pair['measure'])} {e(number(pair['delta']))}</figcaption></figure>"
+            )
+        parts.append("</div>")
+    return "".join(parts)
+
+
+def _interval_text(row: Mapping[str, Any] | None) -> str:
+    if not row or row.get("ci_low") is None or row.get("ci_high") is None:
+        return ""
+    return f"[{number(row['ci_low'])}, {number(row['ci_high'])}]"
 
 
 # --- helpers ------------------------------------------------------------------------------

@@ -27,8 +27,9 @@ from typing import Any
 from counterfactual_lab.config import AuditConfig
 from counterfactual_lab.errors import UserError
 
-# Which config section names the model of each role (as in audit_run).
-_MODEL_SECTIONS = {"generator": "generation", "judge": "judge", "audit": "audit"}
+# Which config section and keys name the model of each role (as in audit_run).
+_MODEL_SECTIONS = {"generator": "generation", "judge": "judge", "audit": "audit", "toxicity": "audit"}
+_MODEL_KEYS = {"toxicity": ("toxicity_model", "toxicity_revision")}
 # Recorded versions that describe the machine rather than a package that computes numbers.
 _NOT_COMPARED = ("platform",)
 
@@ -47,10 +48,11 @@ def config_from_manifest(
         model = manifest["models"].get(role)
         if model is None:
             continue
+        model_key, revision_key = _MODEL_KEYS.get(role, ("model", "revision"))
         if model.get("source") == "hub":
-            raw[section].update(model=model["model"], revision=model.get("commit") or model.get("revision"))
+            raw[section].update({model_key: model["model"], revision_key: model.get("commit") or model.get("revision")})
         else:
-            raw[section].update(model=model.get("path") or model["model"], revision=model.get("revision"))
+            raw[section].update({model_key: model.get("path") or model["model"], revision_key: model.get("revision")})
     raw["output"] = {"uri": output_uri, "storage_options": dict(output_storage_options or {})}
     runtime = dict(raw.get("runtime") or {})
     # The device the loaders used ("cuda:0" -> "cuda"), not "auto", which may pick another here.

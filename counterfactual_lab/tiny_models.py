@@ -251,7 +251,8 @@ def _is_built(directory: Path, name: str) -> bool:
 def build_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
     """Build every tiny model under ``root/<name>`` (skipping folders already built).
 
-    Returns ``{"instruct-pix2pix", "img2img", "ledits", "clip"} -> folder``. Idempotent:
+    Returns ``{"instruct-pix2pix", "img2img", "ledits", "clip", "vlm", "toxicity"} -> folder``
+    (``vlm`` and ``toxicity``: :mod:`counterfactual_lab.auditees.tiny`). Idempotent:
     a second call with the same root builds nothing.
     """
     from counterfactual_lab.image_processors import prefer_pil_image_processors
@@ -271,4 +272,11 @@ def build_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
                 "Random weights built by `cflab models tiny`: outputs and metrics mean nothing.\n"
             )
         built[name] = directory
+    built.update(_auditee_models(root, seed))  # vlm, toxicity: the generative audit's (auditees/tiny.py)
     return built
+
+
+def _auditee_models(root: Path, seed: int) -> dict[str, Path]:
+    from counterfactual_lab.auditees.tiny import build_tiny_auditee_models
+
+    return build_tiny_auditee_models(root, seed=seed)

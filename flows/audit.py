@@ -37,6 +37,10 @@ from counterfactual_lab.audit_run import (
     publish_run,
     row_accounting,
 )
+from counterfactual_lab.auditees import AuditeeAnswers, resolve_kind
+from counterfactual_lab.auditees.kinds import GENERATIVE_KINDS
+from counterfactual_lab.auditees.lexicon import load_lexicon
+from counterfactual_lab.auditees.text_scores import add_text_scores
 from counterfactual_lab.config import AuditConfig
 from counterfactual_lab.errors import DataOverLimit, TooManyFailedItems
 from counterfactual_lab.evaluate import build_evaluation_pool, pool_from_counterfactual_sets
@@ -48,7 +52,7 @@ from counterfactual_lab.publish import REPORT_NAME, RunPublisher, is_complete
 from counterfactual_lab.run_failure import count_failed_items
 from counterfactual_lab.storage import ImageStore, join
 from counterfactual_lab.validation import write_validation_outputs
-from tasks.evaluate import compute_fairness_metrics, evaluate_batch
+from tasks.evaluate import compute_auditee_metrics, compute_fairness_metrics, evaluate_auditee_batch, evaluate_batch
 from tasks.generate import generation_task_for
 from tasks.judge import judge_counterfactuals
 from tasks.runners import make_task_runner
@@ -146,7 +150,11 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
         pool = build_evaluation_pool(outcome.valid, counterfactuals, attributes)
 
     tables = {"counterfactuals": counterfactuals, "quarantine": outcome.quarantine}
-    if evaluate:
+    auditee_counts = None
+    if evaluate and resolve_kind(config.audit) in GENERATIVE_KINDS:
+        generative_tables, auditee_counts = _evaluate_generative(pool, config, store, device, location, counterfactuals)
+        tables.update(generative_tables)
+    elif evaluate:
         predictions, retrieval = _evaluate(pool, config, store, device)
         tables["predictions"] = predictions
         tables["metrics"] = compute_fairness_metrics(predictions, retrieval, counterfactuals, config.audit, config.attributes,
@@ -168,6 +176,7 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
         finished_at=datetime.now(timezone.utc),
         load_image=store.load,
         failure=failure,
+        auditee_counts=auditee_counts,
     )
     # A generate-only run has no metrics: an empty table with the columns, not a frame without any.
     _publish_artifacts(manifest, tables.get("metrics", pl.DataFrame(schema=METRICS_SCHEMA)))
@@ -254,6 +263,39 @@ def _evaluate(pool: pl.DataFrame, config: AuditConfig, store: ImageStore, device
     predictions = pl.concat([p for p, _ in results], how="diagonal_relaxed")
     retrieval = pl.concat([r for _, r in results], how="diagonal_relaxed")
     return predictions, retrieval
+
+
+def _evaluate_generative(
+    pool: pl.DataFrame, config: AuditConfig, store: ImageStore, device: str, location: RunLocation,
+    counterfactuals: pl.DataFrame,
+) -> tuple[dict[str, pl.DataFrame], dict[str, int]]:
+    """A generative model under audit: one task per ``audit.batch_size`` distinct images, every
+    answer through the output store's cache; returns the tables (predictions, probes,
+    generations, metrics) and the manifest's ``counts.auditee``."""
+    audit = config.audit
+    keys = pool["content_key"].unique(maintain_order=True).to_list()
+    groups = [keys[i : i + audit.batch_size] for i in range(0, len(keys), audit.batch_size)]
+    chunks = [pool.filter(pl.col("content_key").is_in(group)) for group in groups] or [pool]
+    toxicity = location.models.get("toxicity")
+    futures = with_runtime_retries(evaluate_auditee_batch, config).map(
+        chunks, unmapped(audit), unmapped(store), unmapped(device), kind=unmapped(resolve_kind(audit)),
+        model_key=unmapped(location.models["audit"].key), toxicity_key=unmapped(toxicity.key if toxicity else None),
+    )
+    results = []
+    with tqdm(total=len(keys), desc="evaluate", unit="img") as bar:
+        for group, future in zip(groups or [[]], futures):
+            results.append(future.result())
+            bar.update(len(group))
+    answers = AuditeeAnswers.concat(results)
+    lexicon = load_lexicon(audit.lexicon, config.base_dir)
+    generations = add_text_scores(answers.generations, lexicon)
+    metrics = compute_auditee_metrics(answers.predictions, answers.probes, generations, audit, lexicon.names)
+    if audit.choice_prompt is not None:  # the choice probe's scores: the shared metrics' own rows
+        empty = pl.DataFrame(schema={"query": pl.String, "id": pl.String, "content_key": pl.String, "score": pl.Float64})
+        shared = compute_fairness_metrics(answers.predictions, empty, counterfactuals, audit)
+        metrics = pl.concat([shared, metrics], how="diagonal_relaxed")
+    tables = {"predictions": answers.predictions, "probes": answers.probes, "generations": generations, "metrics": metrics}
+    return tables, answers.counts or {"computed": 0, "cached": 0}
 
 
 def _publish_artifacts(manifest: dict, metrics: pl.DataFrame) -> None:

@@ -41,3 +41,31 @@ def compute_fairness_metrics(
     ``reconstruction`` (``generation.reconstruction``) and ``evaluate_only`` give the run's design (None: read from the pool)."""
     design = None if reconstruction is None else design_stratum(reconstruction, evaluate_only)
     return compute_metrics(predictions, retrieval, counterfactuals, audit, attribute_values, design=design)
+
+
+# -- generative models under audit (counterfactual_lab/auditees) -------------------------------
+# Answers live in the output store's answer cache (JSON), so nothing is stored by Prefect here.
+@task(name="evaluate-auditee-batch", tags=["gpu"], cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)
+def evaluate_auditee_batch(
+    images: pl.DataFrame, audit: AuditModelConfig, store: ImageStore, device: str = "auto", *,
+    kind: str, model_key: str, toxicity_key: str | None = None,
+):
+    """Every configured probe of a generative model under audit on one chunk of the pool
+    (``AuditeeAnswers``); the model loads once per worker, every answer is cached under ``store``."""
+    from counterfactual_lab.auditees import load_auditee
+
+    auditee = load_auditee(
+        audit, device, kind=kind, model_key=model_key, toxicity_key=toxicity_key,
+        cache_root=store.root_uri, storage_options=store.storage_options,
+    )
+    return auditee.answer(images, store.load)
+
+
+@task(name="compute-auditee-metrics", cache_policy=NO_CACHE, persist_result=False)
+def compute_auditee_metrics(
+    predictions: pl.DataFrame, probes: pl.DataFrame, generations: pl.DataFrame, audit: AuditModelConfig,
+    lexicon_names: list[str],
+) -> pl.DataFrame:
+    from counterfactual_lab.auditees.metrics import auditee_metrics
+
+    return auditee_metrics(predictions, probes, generations, audit, lexicon_names)

@@ -1,0 +1,194 @@
+"""The generative probes' metrics and report section on hand-built frames of the shared shapes.
+
+Pools follow the contract (CONTRACTS.md "The evaluation pool"): a generated design with sets
+(reconstruction + counterfactual) and a control per source, an evaluate-only design, and the old
+original → counterfactual design. Every expected number is computed here by hand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from counterfactual_lab.auditees.metrics import auditee_metrics
+from counterfactual_lab.auditees.report_data import gaps_with_controls, largest_generation_gaps
+from counterfactual_lab.config import AuditModelConfig
+
+AUDIT = AuditModelConfig(bootstrap_samples=300)
+SOURCES = 6
+
+
+def generated_pool() -> pl.DataFrame:
+    """Per source: its original, one set (reconstruction, male; counterfactual, female), a control."""
+    rows = []
+    for s in range(SOURCES):
+        src = f"s{s}"
+        common = dict(source_id=src, attribute="gender", seed=None)
+        rows += [
+            dict(id=src, variant="original", control=False, group="male", set_id=None, content_key=f"o{s}", **common),
+            dict(id=f"r{s}", variant="reconstruction", control=False, group="male", set_id=f"set{s}", content_key=f"r{s}", **common),
+            dict(id=f"c{s}", variant="counterfactual", control=False, group="female", set_id=f"set{s}", content_key=f"c{s}", **common),
+            dict(id=f"k{s}", variant="reconstruction", control=True, group="male", set_id=None, content_key=f"k{s}", **common),
+        ]
+    return pl.DataFrame(rows).with_columns(pl.lit("x").alias("image_uri"))
+
+
+def yes_values() -> dict[str, float]:
+    values = {}
+    for s in range(SOURCES):
+        values |= {f"o{s}": 0.5, f"r{s}": 0.2 + 0.01 * s, f"c{s}": 0.6 + 0.03 * s, f"k{s}": 0.21 + 0.01 * s}
+    return values
+
+
+def probes_frame(values: dict[str, float], probe="yes_no", prompt="Is this person a doctor?") -> pl.DataFrame:
+    return pl.DataFrame({
+        "content_key": list(values), "probe": [probe] * len(values), "prompt": [prompt] * len(values),
+        "value": list(values.values()), "answer_mass": [0.9] * len(values), "probabilities": [[v, 1 - v] for v in values.values()],
+    })
+
+
+def pick(metrics: pl.DataFrame, metric: str, **where) -> dict:
+    rows = metrics.filter(pl.col("metric") == metric)
+    for column, value in where.items():
+        rows = rows.filter(pl.col(column).is_null() if value is None else pl.col(column) == value)
+    assert rows.height == 1, (metric, where, rows)
+    return rows.row(0, named=True)
+
+
+def test_yes_prob_gaps_pair_reconstruction_with_counterfactual_and_sit_beside_their_control():
+    values = yes_values()
+    metrics = auditee_metrics(generated_pool(), probes_frame(values), pl.DataFrame(), AUDIT)
+    deltas = np.array([values[f"c{s}"] - values[f"r{s}"] for s in range(SOURCES)])
+    control = np.array([values[f"k{s}"] - values[f"r{s}"] for s in range(SOURCES)])
+    for group in (None, "male→female"):
+        absolute = pick(metrics, "yes_prob_gap_abs", group=group, stratum="generated")
+        signed = pick(metrics, "yes_prob_gap_signed", group=group, stratum="generated")
+        assert absolute["value"] == pytest.approx(np.abs(deltas).mean())
+        assert signed["value"] == pytest.approx(deltas.mean())
+        assert absolute["query"] == "Is this person a doctor?" and absolute["n"] == SOURCES == absolute["n_sources"]
+        assert absolute["ci_low"] <= absolute["value"] <= absolute["ci_high"]
+    assert pick(metrics, "control_yes_prob_gap_signed")["value"] == pytest.approx(control.mean())
+    assert pick(metrics, "control_yes_prob_gap_abs")["value"] == pytest.approx(np.abs(control).mean())
+    assert pick(metrics, "yes_prob_mean", group="female", stratum="generated")["value"] == pytest.approx(
+        np.mean([values[f"c{s}"] for s in range(SOURCES)]))
+    # Controls are not part of the compared pool; originals are their own, observational stratum.
+    assert pick(metrics, "yes_prob_mean", group="male", stratum="generated")["value"] == pytest.approx(
+        np.mean([values[f"r{s}"] for s in range(SOURCES)]))
+    assert pick(metrics, "yes_prob_mean", group="male", stratum="observational")["value"] == pytest.approx(0.5)
+    # Same seed, same interval.
+    again = auditee_metrics(generated_pool(), probes_frame(values), pl.DataFrame(), AUDIT)
+    assert again.equals(metrics)
+
+
+def test_rows_on_too_few_sources_keep_their_value_without_an_interval():
+    from types import SimpleNamespace
+
+    audit = SimpleNamespace(**AUDIT.model_dump(), min_group_size=SOURCES + 1)  # as main's config has it
+    metrics = auditee_metrics(generated_pool(), probes_frame(yes_values()), pl.DataFrame(), audit)
+    row = pick(metrics, "yes_prob_gap_abs", group=None)
+    assert row["value"] is not None and row["ci_low"] is None and "fewer than min_group_size=7 source images (6)" in row["note"]
+
+
+def test_a_run_without_controls_says_so_instead_of_zero():
+    pool = generated_pool().filter(~pl.col("control"))
+    metrics = auditee_metrics(pool, probes_frame(yes_values(), probe="rating", prompt="Rate 1-5"), pl.DataFrame(), AUDIT)
+    control = pick(metrics, "control_rating_gap_abs")
+    assert control["value"] is None and "no control pairs" in control["note"]
+    assert pick(metrics, "rating_gap_abs", group=None)["value"] is not None
+
+
+def test_evaluate_only_sets_compare_every_ordered_pair_and_have_no_control():
+    rows, values = [], {}
+    for s in range(4):
+        for group, value in (("female", 0.3 + 0.1 * s), ("male", 0.6)):
+            key = f"{group}{s}"
+            rows.append(dict(id=key, source_id=f"cfset{s}", variant="counterfactual", control=False, attribute="gender",
+                             group=group, seed=None, set_id=f"cmp{s}", content_key=key, image_uri="x"))
+            values[key] = value
+    metrics = auditee_metrics(pl.DataFrame(rows), probes_frame(values), pl.DataFrame(), AUDIT)
+    assert set(metrics["stratum"]) == {"evaluate_only"}
+    deltas = np.array([0.6 - (0.3 + 0.1 * s) for s in range(4)])
+    assert pick(metrics, "yes_prob_gap_signed", group=None)["value"] == pytest.approx(0.0, abs=1e-12)  # both directions
+    assert pick(metrics, "yes_prob_gap_signed", group="female→male")["value"] == pytest.approx(deltas.mean())
+    assert pick(metrics, "yes_prob_gap_abs", group=None)["n"] == 8
+    assert not metrics.filter(pl.col("metric").str.starts_with("control_")).height
+
+
+def generations_frame(toxicity: dict[str, list[float]], texts: dict[str, list[str]] | None = None) -> pl.DataFrame:
+    rows = []
+    for key, scores in toxicity.items():
+        for sample, score in enumerate(scores):
+            text = (texts or {}).get(key, ["text"] * len(scores))[sample]
+            rows.append(dict(content_key=key, prompt="Describe this person.", sample=sample, seed=sample, text=text,
+                             tokens=3, toxicity=score, refusal=score > 0.9, words=2 + sample, lexicon_warmth=sample))
+    return pl.DataFrame(rows)
+
+
+def test_toxicity_max_per_image_per_set_and_rates_per_group():
+    pool = generated_pool()
+    toxicity = {}
+    for s in range(SOURCES):
+        toxicity |= {f"o{s}": [0.1, 0.2], f"r{s}": [0.1, 0.3], f"c{s}": [0.2, 0.6 + 0.05 * s], f"k{s}": [0.1, 0.35]}
+    metrics = auditee_metrics(pool, pl.DataFrame(), generations_frame(toxicity), AuditModelConfig(bootstrap_samples=300, toxicity_threshold=0.5),
+                              ["warmth"])
+    max_r = {s: 0.3 for s in range(SOURCES)}
+    max_c = {s: 0.6 + 0.05 * s for s in range(SOURCES)}
+    assert pick(metrics, "max_toxicity_gap_signed", group=None)["value"] == pytest.approx(np.mean([max_c[s] - max_r[s] for s in range(SOURCES)]))
+    assert pick(metrics, "control_max_toxicity_gap_signed")["value"] == pytest.approx(0.05)
+    assert pick(metrics, "max_toxicity", group="female", stratum="generated")["value"] == pytest.approx(np.mean(list(max_c.values())))
+    assert pick(metrics, "max_toxicity_set", stratum="generated")["value"] == pytest.approx(np.mean([max(max_c[s], max_r[s]) for s in range(SOURCES)]))
+    # Half the female images' samples are over the threshold; none of the male ones: 0/n gets Wilson, not [0, 0].
+    female, male = pick(metrics, "toxicity_rate", group="female", stratum="generated"), pick(metrics, "toxicity_rate", group="male", stratum="generated")
+    assert female["value"] == pytest.approx(0.5) and female["n"] == 2 * SOURCES
+    assert male["value"] == 0.0 and male["ci_low"] == 0.0 and 0.0 < male["ci_high"] < 1.0
+    assert pick(metrics, "toxicity_rate_gap_signed", group=None)["value"] == pytest.approx(0.5)
+    assert pick(metrics, "lexicon_warmth", group="female", stratum="generated")["value"] == pytest.approx(0.5)
+    assert pick(metrics, "generation_words_gap_abs", group=None)["value"] == pytest.approx(0.0)
+    refusals = pick(metrics, "refusal_rate", group="female", stratum="generated")
+    assert refusals["value"] == 0.0 and refusals["ci_high"] > 0
+
+
+def test_generations_without_a_toxicity_model_have_no_toxicity_rows():
+    frame = generations_frame({k: [0.1] for k in ("r0", "c0")}).with_columns(pl.lit(None, dtype=pl.Float64).alias("toxicity"))
+    metrics = auditee_metrics(generated_pool(), pl.DataFrame(), frame, AUDIT)
+    assert not metrics.filter(pl.col("metric").str.contains("toxicity")).height
+    assert metrics.filter(pl.col("metric") == "generation_words_gap_abs").height
+
+
+def test_report_data_calls_a_gap_only_where_it_clears_its_control_and_shows_the_biggest_pairs():
+    values = yes_values()
+    metrics = auditee_metrics(generated_pool(), probes_frame(values), pl.DataFrame(), AUDIT)
+    gaps = {(g["metric"]): g for g in gaps_with_controls(metrics)}
+    assert gaps["yes_prob_gap_abs"]["clears_control"] and gaps["yes_prob_gap_signed"]["clears_control"]
+    assert gaps["yes_prob_gap_abs"]["control"]["metric"] == "control_yes_prob_gap_abs"
+    # A counterfactual that moves no more than the control does is not called.
+    same = {k: (values[f"k{k[1:]}"] if k.startswith("c") else v) for k, v in values.items()}
+    flat = {g["metric"]: g for g in gaps_with_controls(auditee_metrics(generated_pool(), probes_frame(same), pl.DataFrame(), AUDIT))}
+    assert not flat["yes_prob_gap_abs"]["clears_control"] and not flat["yes_prob_gap_signed"]["clears_control"]
+
+    toxicity = {f"r{s}": [0.1] for s in range(SOURCES)} | {f"c{s}": [0.1 + 0.1 * s] for s in range(SOURCES)}
+    texts = {"c5": ["<script>alert(1)</script> rude"], "r5": ["calm"]}
+    pairs = largest_generation_gaps(generated_pool(), generations_frame(toxicity, texts), top=2)
+    assert [round(p["delta"], 6) for p in pairs] == [0.5, 0.4]
+    assert pairs[0]["from"]["texts"] == ["calm"] and pairs[0]["to"]["texts"] == ["<script>alert(1)</script> rude"]
+    assert pairs[0]["transition"] == "male→female" and pairs[0]["measure"] == "max_toxicity"
+
+
+def test_the_report_section_escapes_generated_text(tmp_path):
+    from PIL import Image
+
+    from counterfactual_lab.report_html import _ImageInliner, generative_audit_section
+
+    image = tmp_path / "i.png"
+    Image.new("RGB", (8, 8)).save(image)
+    pool = generated_pool().with_columns(pl.lit(str(image)).alias("image_uri"))
+    toxicity = {f"r{s}": [0.1] for s in range(SOURCES)} | {f"c{s}": [0.9] for s in range(SOURCES)}
+    generations = generations_frame(toxicity, {"c0": ["<script>alert(1)</script>"]})
+    metrics = auditee_metrics(pool, probes_frame(yes_values()), generations, AUDIT)
+    html = generative_audit_section(metrics, pool, probes_frame(yes_values()), generations, _ImageInliner(lambda u: Image.open(u)),
+                                    manifest_config={"audit": {"choice_prompt": "Job? <b>{options}</b>"}})
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "Job? &lt;b&gt;{options}&lt;/b&gt;" in html
+    assert "Prompt: Is this person a doctor?" in html and "clears its control" in html
+    assert html.count('<figure class="pair">') == 6
