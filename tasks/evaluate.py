@@ -63,9 +63,21 @@ def evaluate_auditee_batch(
 
 @task(name="compute-auditee-metrics", cache_policy=NO_CACHE, persist_result=False)
 def compute_auditee_metrics(
-    predictions: pl.DataFrame, probes: pl.DataFrame, generations: pl.DataFrame, audit: AuditModelConfig,
+    predictions: pl.DataFrame,
+    probes: pl.DataFrame,
+    generations: pl.DataFrame,
+    counterfactuals: pl.DataFrame,
+    audit: AuditModelConfig,
     lexicon_names: list[str],
+    attribute_values: dict[str, list[str]] | None = None,
+    reconstruction: bool | None = None,
+    evaluate_only: bool = False,
 ) -> pl.DataFrame:
-    from counterfactual_lab.auditees.metrics import auditee_metrics
+    """The metrics table of a generative model under audit: the choice probe's shared rows and the
+    probe gaps, one family-wise m over both (``counterfactual_lab.auditees.run_metrics``); the
+    design as :func:`compute_fairness_metrics` takes it."""
+    from counterfactual_lab.auditees.run_metrics import generative_run_metrics
 
-    return auditee_metrics(predictions, probes, generations, audit, lexicon_names)
+    design = None if reconstruction is None else design_stratum(reconstruction, evaluate_only)
+    return generative_run_metrics(predictions, probes, generations, counterfactuals, audit, lexicon_names,
+                                  attribute_values, design=design)

@@ -82,12 +82,14 @@ def test_yes_prob_gaps_pair_reconstruction_with_counterfactual_and_sit_beside_th
 
 
 def test_rows_on_too_few_sources_keep_their_value_without_an_interval():
-    from types import SimpleNamespace
-
-    audit = SimpleNamespace(**AUDIT.model_dump(), min_group_size=SOURCES + 1)  # as main's config has it
+    audit = AUDIT.model_copy(update={"min_group_size": SOURCES + 1})
     metrics = auditee_metrics(generated_pool(), probes_frame(yes_values()), pl.DataFrame(), audit)
     row = pick(metrics, "yes_prob_gap_abs", group=None)
     assert row["value"] is not None and row["ci_low"] is None and "fewer than min_group_size=7 source images (6)" in row["note"]
+    # Nothing rests on enough sources to be called: no family, no family-wise interval.
+    assert metrics["comparisons"].is_null().all() and metrics["ci_low_adjusted"].is_null().all()
+    enough = auditee_metrics(generated_pool(), probes_frame(yes_values()), pl.DataFrame(), AUDIT.model_copy(update={"min_group_size": SOURCES}))
+    assert pick(enough, "yes_prob_gap_abs", group=None)["ci_low"] is not None
 
 
 def test_a_run_without_controls_says_so_instead_of_zero():
