@@ -19,6 +19,9 @@ call (:func:`~counterfactual_lab.metrics.counterfactual_fairness.count_compariso
 before any resample is drawn; the pair and control rows then carry, beside the interval at
 ``audit.confidence``, the family-wise one at 1 − (1 − c)/m (Bonferroni), drawn from the same
 replicates with enough resamples for its tails (:mod:`~counterfactual_lab.metrics.intervals`).
+:func:`count_metric_comparisons` gives that m without computing anything else, and
+``extra_comparisons`` adds the comparisons the same run calls in other rows (a generative model's
+probe gaps: :mod:`counterfactual_lab.auditees.run_metrics`), so one family spans both tables.
 
 The desired distribution of retrieval is uniform over the attribute's values
 (``attribute_values``, the config's ``attributes``; without it, the groups present) in the
