@@ -283,7 +283,9 @@ class AuditRun:
     """A finished audit run: its manifest, its tables as polars DataFrames, its report.
 
     ``metrics``, ``predictions``, ``counterfactuals`` and ``quarantine`` are the run's
-    Parquet tables (an empty frame for a table the run did not write). In Jupyter the run
+    Parquet tables, and with a generative model under audit ``probes`` (yes/no and rating
+    answers) and ``generations`` (the texts and their scores); an empty frame for a table the
+    run did not write. In Jupyter the run
     shows itself as its models, row accounting and headline findings, with the report's path.
     """
 
@@ -297,6 +299,8 @@ class AuditRun:
     predictions = property(lambda self: self._tables.predictions)
     counterfactuals = property(lambda self: self._tables.counterfactuals)
     quarantine = property(lambda self: self._tables.quarantine)
+    probes = property(lambda self: self._tables.probes, doc="probes.parquet: yes/no and rating answers (generative runs).")
+    generations = property(lambda self: self._tables.generations, doc="generations.parquet: texts and scores (generative runs).")
     report_uri = property(lambda self: self._tables.report_uri, doc="The run's report.html.")
 
     @property
@@ -333,6 +337,8 @@ class AuditRun:
         link = f"<a href='{e(Path(report).as_uri())}'>{e(report)}</a>" if "://" not in report else e(report)
         finished = manifest.get("finished_at")
         failed = " <b style='color:#cf222e'>(failed)</b>" if self.status == "failed" else ""
+        generative = (f", <code>.probes</code> ({self.probes.height} rows), <code>.generations</code> "
+                      f"({self.generations.height} rows)") if self.probes.height or self.generations.height else ""
         return (
             "<div class='cflab-run'>"
             f"<p style='border-left:4px solid {colour};padding:.3rem .6rem;font-weight:600'>{e(models_line(manifest))}</p>"
@@ -341,7 +347,7 @@ class AuditRun:
             + "".join(f"<div>{e(line)}</div>" for line in accounting_lines(manifest))
             + f"<p><b>Headline findings</b>{(' — ' + e(summary)) if summary else ''}</p><ul>{findings}</ul>"
             f"<p>Tables: <code>.metrics</code> ({self.metrics.height} rows), <code>.predictions</code>, "
-            f"<code>.counterfactuals</code>, <code>.quarantine</code>. Report: {link}</p>"
+            f"<code>.counterfactuals</code>, <code>.quarantine</code>{generative}. Report: {link}</p>"
             "</div>"
         )
 

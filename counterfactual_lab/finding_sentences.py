@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from counterfactual_lab.auditees.metrics import gap_value_words
+from counterfactual_lab.metrics.counterfactual_fairness import GAP_ABS_SUFFIX, GAP_SIGNED_SUFFIX
 from counterfactual_lab.metrics.intervals import percent_level  # noqa: F401  (re-exported for findings)
 from counterfactual_lab.metrics.schema import (
     STRATUM_EVALUATE_ONLY,
@@ -123,6 +125,19 @@ def _sample(row: Mapping[str, Any], unit: str) -> str:
     return f"n={row['n']} {unit}{sources}"
 
 
+def _gap_subject(row: Mapping[str, Any]) -> str:
+    """What a gap is the change of: "P('doctor')", or a generative probe's value and prompt
+    ("P(yes) for 'Is this person a doctor?'")."""
+    words = gap_value_words(row["metric"])
+    if words is None:
+        return f"P({_label(row)})"
+    return f"{words} for '{row['query']}'" if row.get("query") else words
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if missing(value) else f"{value:+.3g}"
+
+
 def _measure(row: Mapping[str, Any], value_key: str = "value", prefix: str = "") -> str:
     """The pair metric's value in words, with its interval."""
     kind = metric_kind(row["metric"])
@@ -130,16 +145,15 @@ def _measure(row: Mapping[str, Any], value_key: str = "value", prefix: str = "")
     ci = interval(row, _fmt(kind), prefix)
     if kind == "flip_rate":
         return f"the top-1 label flips in {percent(value)} of pairs{ci}"
-    if kind == "prob_gap_abs":
-        return f"P({_label(row)}) moves by {number(value)} on average{ci}"
-    signed = "n/a" if value is None else f"{value:+.3g}"
-    return f"P({_label(row)}) changes by {signed} on average{ci}"
+    if kind.endswith(GAP_ABS_SUFFIX):
+        return f"{_gap_subject(row)} moves by {number(value)} on average{ci}"
+    return f"{_gap_subject(row)} changes by {_signed(value)} on average{ci}"
 
 
 def _control(row: Mapping[str, Any]) -> str:
     kind = metric_kind(row["metric"])
     value = row["control_value"]
-    text = percent(value) if kind == "flip_rate" else (f"{value:+.3g}" if kind == "prob_gap_signed" else number(value))
+    text = percent(value) if kind == "flip_rate" else (_signed(value) if kind.endswith(GAP_SIGNED_SUFFIX) else number(value))
     control_n = f"; n={row['control_n']} pairs" if row.get("control_n") is not None else ""
     return f"the control's {text}{interval(row, _fmt(kind), 'control_')} (same source and value, another seed{control_n})"
 
@@ -182,7 +196,7 @@ def _configured_excludes(row: Mapping[str, Any]) -> bool:
         c_low, c_high = row.get("control_ci_low"), row.get("control_ci_high")
         if missing(c_low) or missing(c_high):
             return False
-        clear = low > c_high or (metric_kind(row["metric"]) == "prob_gap_signed" and high < c_low)
+        clear = low > c_high or (metric_kind(row["metric"]).endswith(GAP_SIGNED_SUFFIX) and high < c_low)
         return clear and (row.get("no_effect") is None or not low <= row["no_effect"] <= high)
     return row.get("no_effect") is not None and not low <= row["no_effect"] <= high
 
@@ -223,7 +237,7 @@ def _descriptive_sentence(row: Mapping[str, Any]) -> str:
         what = row["metric"] + "".join(f" {p}" for p in (row.get("group"), row.get("label")) if p)
         where = f" for {query}" if row.get("query") else ""
         return f"{attribute} {what}{where} is undefined: {row.get('note') or 'no reason recorded'}"
-    if kind == "prob_gap_abs":
+    if kind.endswith(GAP_ABS_SUFFIX):
         return (f"{_subject(row)}: {_measure(row)} ({_sample(row, 'pairs')}); there was no control in this run, and a "
                 "mean absolute change is positive whenever anything varies, so it is reported, not compared with 0")
     if kind == "selection_rate":

@@ -3,20 +3,22 @@
 :func:`assess_findings` turns ``metrics.parquet`` into one row per metric row (control rows
 sit beside the row they control, not on their own):
 
-* **Counterfactual pair metrics** (``flip_rate``, ``prob_gap_abs``, ``prob_gap_signed``) are the
-  comparisons the audit can call. In the ``generated`` stratum each is compared with its
-  control of the same attribute (and label): ``control_flip_rate`` etc., the change when nothing
+* **Counterfactual pair metrics** (``flip_rate``, ``prob_gap_abs``, ``prob_gap_signed``, and a
+  generative model's probe gaps ``<F>_gap_abs``/``<F>_gap_signed``: ``yes_prob``, ``rating``,
+  ``max_toxicity``, … per prompt) are the comparisons the audit can call. In the ``generated``
+  stratum each is compared with its control of the same attribute (and label, and prompt:
+  ``query``): ``control_flip_rate``, ``control_yes_prob_gap_abs`` etc., the change when nothing
   protected changes (same source, same value, another seed). A difference is **called** only
   when the metric's interval excludes the control's — the intervals do not overlap; for the
-  flip rate and the absolute gap only *above* the control counts (a change smaller than the
-  generator's own variation is not bias), for the signed gap either side, and the signed gap's
+  flip rate and an absolute gap only *above* the control counts (a change smaller than the
+  generator's own variation is not bias), for a signed gap either side, and a signed gap's
   interval must also exclude 0 (its pairs share a seed, so 0 is no change, while the control,
   made at another seed, can carry a shift of its own). Otherwise the sentence
   (:mod:`counterfactual_lab.finding_sentences`) says "no difference detected at this sample
   size" with n. Where the run has no
   control (``real_vs_generated``: reconstruction off; ``evaluate_only``), the flip rate and the
-  signed gap are compared with the no-effect value (0) and the sentence says there was no
-  control; the absolute gap, positive whenever anything varies, is then reported, not called.
+  signed gaps are compared with the no-effect value (0) and the sentence says there was no
+  control; an absolute gap, positive whenever anything varies, is then reported, not called.
 * **Family-wise.** A run makes many such comparisons (attributes × transitions × labels ×
   metrics) and "any bias finding" is any one of them, so each is decided on its interval at the
   family-wise level 1 − (1 − c)/m for the run's m callable comparisons (Bonferroni:
@@ -63,7 +65,7 @@ from counterfactual_lab.finding_sentences import (  # noqa: F401  (re-exported f
     points,
 )
 from counterfactual_lab.finding_sentences import VERDICT_CALLED, VERDICT_NOT_DETECTED, VERDICT_REPORTED, VERDICT_UNDEFINED
-from counterfactual_lab.metrics.counterfactual_fairness import CALLED_AGAINST_CONTROL, NO_EFFECT
+from counterfactual_lab.metrics.counterfactual_fairness import called_side, no_effect_value
 from counterfactual_lab.metrics.schema import (
     CONTROL_PREFIX,
     METRICS_SCHEMA,
@@ -120,7 +122,9 @@ def _rows(metrics: pl.DataFrame) -> list[dict[str, Any]]:
 
 
 def _control_key(row: Mapping[str, Any]) -> tuple:
-    return (row["stratum"], row["attribute"], row["label"])
+    """What a row shares with its control: stratum, attribute, label (a label probability's gap) and
+    query (a generative probe's prompt); a transition is compared with its attribute's control."""
+    return (row["stratum"], row["attribute"], row["label"], row["query"])
 
 
 def _call_interval(row: Mapping[str, Any], prefix: str = "") -> tuple[float | None, float | None]:
@@ -160,8 +164,8 @@ def _assess(row: dict[str, Any], controls: Mapping[tuple, dict[str, Any]]) -> di
     out.update(reference=REFERENCE_NONE, control_metric=None, control_value=None, control_ci_low=None,
                control_ci_high=None, control_n=None, no_effect=None, control_ci_low_adjusted=None,
                control_ci_high_adjusted=None, called=False)
-    if kind in CALLED_AGAINST_CONTROL and row["stratum"] != STRATUM_OBSERVATIONAL:
-        side = CALLED_AGAINST_CONTROL[kind]
+    side = called_side(kind)
+    if side is not None and row["stratum"] != STRATUM_OBSERVATIONAL:
         interval = _call_interval(row)
         if row["stratum"] == STRATUM_GENERATED:
             control = controls.get((CONTROL_PREFIX + kind, *_control_key(row)))
@@ -176,10 +180,11 @@ def _assess(row: dict[str, Any], controls: Mapping[tuple, dict[str, Any]]) -> di
                     if side == "either":
                         # A signed gap compares images of one seed, so no change means 0; the control
                         # (another seed) can carry a shift of its own. Both must be excluded.
-                        out["no_effect"] = NO_EFFECT[kind]
-                        out["called"] = out["called"] and _excludes(interval, NO_EFFECT[kind], NO_EFFECT[kind], side)
-        elif kind in NO_EFFECT:
-            no_effect = NO_EFFECT[kind]
+                        zero = no_effect_value(kind)
+                        out["no_effect"] = zero
+                        out["called"] = out["called"] and _excludes(interval, zero, zero, side)
+        elif no_effect_value(kind) is not None:
+            no_effect = no_effect_value(kind)
             out.update(reference=REFERENCE_NO_EFFECT, no_effect=no_effect,
                        called=_excludes(interval, no_effect, no_effect, side))
     if out["reference"] == REFERENCE_NONE:

@@ -27,6 +27,10 @@ MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.html"
 # The tables of the output contract, in the order a run writes them.
 TABLE_NAMES = ("counterfactuals", "predictions", "metrics", "quarantine")
+# The tables only a run with a generative model under audit writes (README "Generative VLMs under audit").
+GENERATIVE_TABLE_NAMES = ("probes", "generations")
+# Every table a run may write: what a reader of a run looks for.
+RUN_TABLE_NAMES = TABLE_NAMES + GENERATIVE_TABLE_NAMES
 
 
 def is_complete(run_uri: str, storage_options: dict[str, Any] | None = None) -> bool:

@@ -567,7 +567,7 @@ def generative_audit_section(
              "<p>Each gap is the mean change of a probe's value from the reference image to its counterfactual "
              "(|Δ| and signed Δ, 95% interval over source images), beside its control: the same change between two "
              "images of the same person and value at different seeds. A gap counts only where its interval clears "
-             "the control's.</p>"]
+             "the control's, at the family-wise level over the run's comparisons (the findings above).</p>"]
     choice_prompt = ((manifest_config or {}).get("audit") or {}).get("choice_prompt")
     if choice_prompt:
         parts.append(f"<p>The multiple-choice prompt ({e(choice_prompt)}) fills the label scores: its flip rate and "
@@ -578,7 +578,8 @@ def generative_audit_section(
         for row in (r for r in gaps if r["query"] == prompt):
             control = row["control"]
             verdict = ("not assessed (no control)" if not row["assessed"] else
-                       '<span class="problem">clears its control</span>' if row["clears_control"] else "within its control")
+                       '<span class="problem">clears its control</span>' if row["clears_control"] else
+                       "undefined" if row.get("verdict") == "undefined" else "within its control")
             control_text = (f"{number(control['value'])} {_interval_text(control)}" if control and control["value"] is not None
                             else (control or {}).get("note") or "none")
             body.append(

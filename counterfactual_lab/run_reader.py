@@ -17,9 +17,11 @@ from typing import Any
 
 import polars as pl
 
+from counterfactual_lab.auditees.metrics import is_probe_metric
 from counterfactual_lab.errors import UserError
 from counterfactual_lab.findings import (
     REAL_VS_GENERATED_WARNING,
+    REFERENCE_NONE,
     accounting_lines,
     assess_findings,
     headline_table,
@@ -28,14 +30,15 @@ from counterfactual_lab.findings import (
     verdict_lines,
 )
 from counterfactual_lab.metrics.schema import STRATUM_REAL_VS_GENERATED
-from counterfactual_lab.publish import MANIFEST_NAME, REPORT_NAME, TABLE_NAMES
+from counterfactual_lab.publish import MANIFEST_NAME, REPORT_NAME, RUN_TABLE_NAMES
 from counterfactual_lab.run_failure import failure_banner, is_failed
 from counterfactual_lab.storage import exists, filesystem, join, read_bytes
 
 
 @dataclass(frozen=True)
 class RunTables:
-    """The tables and manifest of one complete run. A table the run did not write is an empty frame."""
+    """The tables and manifest of one complete run. A table the run did not write is an empty frame
+    (``probes`` and ``generations`` are written by a run with a generative model under audit only)."""
 
     run_uri: str
     manifest: dict[str, Any]
@@ -43,6 +46,8 @@ class RunTables:
     predictions: pl.DataFrame = field(default_factory=pl.DataFrame)
     metrics: pl.DataFrame = field(default_factory=pl.DataFrame)
     quarantine: pl.DataFrame = field(default_factory=pl.DataFrame)
+    probes: pl.DataFrame = field(default_factory=pl.DataFrame)
+    generations: pl.DataFrame = field(default_factory=pl.DataFrame)
 
     @property
     def run_id(self) -> str:
@@ -80,7 +85,7 @@ def read_run(run_uri: str, storage_options: dict[str, Any] | None = None) -> Run
         raise UserError(f"run at {run_uri} has a damaged manifest.json: expected an object")
     listed = manifest.get("tables") or {}
     frames: dict[str, pl.DataFrame] = {}
-    for name in TABLE_NAMES:
+    for name in RUN_TABLE_NAMES:
         uri = join(run_uri, f"{name}.parquet")
         if not exists(uri, storage_options):
             if name in listed:
@@ -108,7 +113,7 @@ def report_text(uri: str, storage_options: dict[str, Any] | None = None) -> str:
 
 STATUS_COMPLETE, STATUS_INCOMPLETE, STATUS_FAILED = "complete", "incomplete", "failed"
 # Files only a run folder holds; a sibling folder without any (OUT/images, anything else) is not a run.
-_RUN_FILES = {MANIFEST_NAME, REPORT_NAME, "validation.json", "expectations.json", *(f"{t}.parquet" for t in TABLE_NAMES)}
+_RUN_FILES = {MANIFEST_NAME, REPORT_NAME, "validation.json", "expectations.json", *(f"{t}.parquet" for t in RUN_TABLE_NAMES)}
 _RUN_ID_SUFFIX = re.compile(r"(-generate)?-[0-9a-f]{12}$")
 
 
@@ -257,6 +262,7 @@ control) and the headline metrics with their intervals and controls."""
     if (findings["stratum"] == STRATUM_REAL_VS_GENERATED).any():
         lines.append(f"  {REAL_VS_GENERATED_WARNING}")
     lines += [f"  - {sentence}" for sentence in findings["sentence"].head(8).to_list()]
+    lines += _generative_lines(findings)
     lines.append("")
     lines.append(f"Headline metrics ({_confidence(manifest)} bootstrap interval):")
     table = headline_table(run.metrics)
@@ -266,6 +272,23 @@ control) and the headline metrics with their intervals and controls."""
     lines.append("")
     lines.append(f"Report: {run.report_uri}")
     return "\n".join(lines) + "\n"
+
+
+def _generative_lines(findings: pl.DataFrame, per_prompt: int = 3) -> list[str]:
+    """The gaps of a generative model's probes (yes/no, ratings, generations), per prompt: how many
+    were compared and called, then the called ones' sentences (or, with none called, the largest)."""
+    names = [m for m in findings["metric"].unique().to_list() if "_gap_" in m and is_probe_metric(m)]
+    gaps = findings.filter(pl.col("metric").is_in(names) & (pl.col("reference") != REFERENCE_NONE))
+    if gaps.is_empty():
+        return []
+    lines = ["", "Generative probes (each gap beside its control, called as above):"]
+    for prompt in gaps["query"].unique(maintain_order=True).to_list():
+        of_prompt = gaps.filter(pl.col("query") == prompt)
+        called = of_prompt.filter(pl.col("called"))
+        lines.append(f"  '{prompt}': {called.height} of {of_prompt.height} gap(s) called")
+        shown = called if called.height else of_prompt.head(1)
+        lines += [f"    - {sentence}" for sentence in shown["sentence"].head(per_prompt).to_list()]
+    return lines
 
 
 def _confidence(manifest: dict[str, Any]) -> str:

@@ -152,7 +152,8 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
     tables = {"counterfactuals": counterfactuals, "quarantine": outcome.quarantine}
     auditee_counts = None
     if evaluate and resolve_kind(config.audit) in GENERATIVE_KINDS:
-        generative_tables, auditee_counts = _evaluate_generative(pool, config, store, device, location, counterfactuals)
+        generative_tables, auditee_counts = _evaluate_generative(pool, config, store, device, location, counterfactuals,
+                                                                 bool(spec.columns.counterfactual_set))
         tables.update(generative_tables)
     elif evaluate:
         predictions, retrieval = _evaluate(pool, config, store, device)
@@ -267,7 +268,7 @@ def _evaluate(pool: pl.DataFrame, config: AuditConfig, store: ImageStore, device
 
 def _evaluate_generative(
     pool: pl.DataFrame, config: AuditConfig, store: ImageStore, device: str, location: RunLocation,
-    counterfactuals: pl.DataFrame,
+    counterfactuals: pl.DataFrame, evaluate_only: bool,
 ) -> tuple[dict[str, pl.DataFrame], dict[str, int]]:
     """A generative model under audit: one task per ``audit.batch_size`` distinct images, every
     answer through the output store's cache; returns the tables (predictions, probes,
@@ -289,11 +290,9 @@ def _evaluate_generative(
     answers = AuditeeAnswers.concat(results)
     lexicon = load_lexicon(audit.lexicon, config.base_dir)
     generations = add_text_scores(answers.generations, lexicon)
-    metrics = compute_auditee_metrics(answers.predictions, answers.probes, generations, audit, lexicon.names)
-    if audit.choice_prompt is not None:  # the choice probe's scores: the shared metrics' own rows
-        empty = pl.DataFrame(schema={"query": pl.String, "id": pl.String, "content_key": pl.String, "score": pl.Float64})
-        shared = compute_fairness_metrics(answers.predictions, empty, counterfactuals, audit)
-        metrics = pl.concat([shared, metrics], how="diagonal_relaxed")
+    # The choice probe's shared rows and the probe gaps, one family-wise m; the design from the config.
+    metrics = compute_auditee_metrics(answers.predictions, answers.probes, generations, counterfactuals, audit, lexicon.names,
+                                      config.attributes, config.generation.reconstruction, evaluate_only)
     tables = {"predictions": answers.predictions, "probes": answers.probes, "generations": generations, "metrics": metrics}
     return tables, answers.counts or {"computed": 0, "cached": 0}
 

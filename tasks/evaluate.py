@@ -6,9 +6,9 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from counterfactual_lab.auditees import load_auditee
+from counterfactual_lab.auditees.kinds import CONTRASTIVE
 from counterfactual_lab.config import AuditModelConfig
-from counterfactual_lab.embeddings import ClipEmbedder
-from counterfactual_lab.evaluate import predict, retrieval_scores
 from counterfactual_lab.metrics import compute_metrics
 from counterfactual_lab.metrics.strata import design_stratum
 from counterfactual_lab.storage import ImageStore
@@ -20,11 +20,11 @@ from tasks.retry import RETRY_OPTIONS
 def evaluate_batch(
     images: pl.DataFrame, audit: AuditModelConfig, store: ImageStore, device: str = "auto"
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(predictions, retrieval scores) of the model under audit for one chunk of images."""
-    embedder = ClipEmbedder.load(audit.model, audit.revision, device)
-    predictions = predict(images, audit, embedder, store.load)
-    retrieval = retrieval_scores(images, audit.queries, embedder, store.load)
-    return predictions, retrieval
+    """(predictions, retrieval scores) of the contrastive model under audit for one chunk of images,
+    through its auditee adapter (``counterfactual_lab.auditees.contrastive``: the same ``predict`` and
+    ``retrieval_scores`` with the process-wide embedder), so both kinds of model go through one interface."""
+    answers = load_auditee(audit, device, kind=CONTRASTIVE).answer(images, store.load)
+    return answers.predictions, answers.retrieval
 
 
 @task(name="compute-metrics", cache_policy=NO_CACHE, persist_result=False)
@@ -52,8 +52,6 @@ def evaluate_auditee_batch(
 ):
     """Every configured probe of a generative model under audit on one chunk of the pool
     (``AuditeeAnswers``); the model loads once per worker, every answer is cached under ``store``."""
-    from counterfactual_lab.auditees import load_auditee
-
     auditee = load_auditee(
         audit, device, kind=kind, model_key=model_key, toxicity_key=toxicity_key,
         cache_root=store.root_uri, storage_options=store.storage_options,
@@ -63,9 +61,21 @@ def evaluate_auditee_batch(
 
 @task(name="compute-auditee-metrics", cache_policy=NO_CACHE, persist_result=False)
 def compute_auditee_metrics(
-    predictions: pl.DataFrame, probes: pl.DataFrame, generations: pl.DataFrame, audit: AuditModelConfig,
+    predictions: pl.DataFrame,
+    probes: pl.DataFrame,
+    generations: pl.DataFrame,
+    counterfactuals: pl.DataFrame,
+    audit: AuditModelConfig,
     lexicon_names: list[str],
+    attribute_values: dict[str, list[str]] | None = None,
+    reconstruction: bool | None = None,
+    evaluate_only: bool = False,
 ) -> pl.DataFrame:
-    from counterfactual_lab.auditees.metrics import auditee_metrics
+    """The metrics table of a generative model under audit: the choice probe's shared rows and the
+    probe gaps, one family-wise m over both (``counterfactual_lab.auditees.run_metrics``); the
+    design as :func:`compute_fairness_metrics` takes it."""
+    from counterfactual_lab.auditees.run_metrics import generative_run_metrics
 
-    return auditee_metrics(predictions, probes, generations, audit, lexicon_names)
+    design = None if reconstruction is None else design_stratum(reconstruction, evaluate_only)
+    return generative_run_metrics(predictions, probes, generations, counterfactuals, audit, lexicon_names,
+                                  attribute_values, design=design)

@@ -153,6 +153,21 @@ def test_open_run_gives_polars_tables_and_a_jupyter_summary(tmp_path):
     assert page.links == [(tmp_path / "run-7" / "report.html").as_uri()]
 
 
+def test_open_run_of_a_generative_run_exposes_its_probes_and_generations(tmp_path):
+    from test_run_reader import generations, probes, publish_generative
+
+    run = cfl.open_run(publish_generative(str(tmp_path)).run_uri)
+    assert run.probes.drop("run_id", "dataset").equals(probes())
+    assert run.generations["text"].to_list() == generations()["text"].to_list()
+    assert run.findings()[0].startswith("changing gender: P(yes) for 'Is this person a doctor? Answer yes or no.' moves by 0.4")
+    text = " ".join(visible(run._repr_html_()).text)
+    assert ".probes (2 rows)" in text and ".generations (2 rows)" in text
+    # A run without a generative model: empty frames, nothing said about them.
+    contrastive = cfl.open_run(publish(str(tmp_path)).run_uri)
+    assert contrastive.probes.is_empty() and contrastive.generations.is_empty()
+    assert ".probes" not in " ".join(visible(contrastive._repr_html_()).text)
+
+
 def test_the_summary_puts_called_findings_first_where_controls_exist(tmp_path, monkeypatch):
     """With ``findings.assess_findings`` (the control comparison), called findings lead, with a count."""
     from counterfactual_lab import findings

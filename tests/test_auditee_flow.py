@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from counterfactual_lab.api import open_run
 from counterfactual_lab.cli import EXIT_USAGE, main
 
 YES_NO = "Is this person a doctor? Answer yes or no."
@@ -81,6 +82,29 @@ def test_a_bad_generative_config_is_one_line_before_prefect_and_leaves_no_run_fo
     assert "Prefect server" not in captured.err and not out.exists()
 
 
+def assert_one_family_and_calls_only_past_the_control(metrics: pl.DataFrame) -> None:
+    """Every row a difference can be called on — the choice probe's and the probe gaps — carries the
+    family-wise interval over one m, and a call is made only where that interval clears the control's."""
+    from counterfactual_lab.findings import assess_findings
+
+    findings = assess_findings(metrics)
+    compared = findings.filter((pl.col("reference") == "control") & pl.col("ci_low").is_not_null())
+    assert {"flip_rate", "yes_prob_gap_abs", "rating_gap_signed", "max_toxicity_gap_abs"} <= set(compared["metric"])
+    assert compared["ci_low_adjusted"].is_not_null().all() and compared["ci_high_adjusted"].is_not_null().all()
+    m = compared["comparisons"].unique().to_list()
+    callable_rows = compared.filter(pl.col("control_ci_low").is_not_null())
+    assert len(m) == 1 and m[0] == callable_rows.height, "one family: m counts every callable row, shared and probe"
+    assert compared["confidence_adjusted"].unique().to_list() == [pytest.approx(1 - 0.05 / m[0])]
+    controls = metrics.filter(pl.col("metric").str.starts_with("control_") & pl.col("value").is_not_null())
+    assert controls["comparisons"].is_not_null().all()
+    for row in findings.filter(pl.col("called")).iter_rows(named=True):  # random weights: a call must clear the control
+        above = row["ci_low_adjusted"] > row["control_ci_high_adjusted"]
+        below = row["ci_high_adjusted"] < row["control_ci_low_adjusted"]
+        signed = row["metric"].endswith("_gap_signed")
+        assert row["reference"] == "control" and (above or (signed and below)), row
+        assert not signed or not row["ci_low_adjusted"] <= 0 <= row["ci_high_adjusted"], row
+
+
 def generate_calls():
     """Spy on the tiny VLM's ``generate`` (transformers' own): every call counted, none changed."""
     from test_audit_flow import count_calls
@@ -122,6 +146,11 @@ def test_every_probe_runs_through_the_audit_flow_and_a_rerun_never_asks_the_mode
     names = set(metrics["metric"])
     for prefix in ("yes_prob_gap", "rating_gap", "max_toxicity", "toxicity_rate", "lexicon_", "control_yes_prob_gap", "flip_rate"):
         assert any(name.startswith(prefix) for name in names), prefix
+    assert_one_family_and_calls_only_past_the_control(metrics)
+    opened = open_run(run.run_uri)  # the Python API reads the generative tables back
+    assert opened.probes.drop("run_id", "dataset").equals(probes.drop("run_id", "dataset"))
+    assert opened.generations.height == generations.height and "text" in opened.generations.columns
+    assert "Generative probes (each gap beside its control, called as above):" in opened.headline()
     asked = images * (2 + 1 + 1 + SAMPLES + SAMPLES)  # 2 labels, yes/no, rating, samples, their toxicity
     assert run.manifest["counts"]["auditee"] == {"computed": asked, "cached": 0}
     assert set(run.manifest["models"]) == {"generator", "judge", "audit", "toxicity"}

@@ -7,6 +7,8 @@ original → counterfactual design. Every expected number is computed here by ha
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
 import polars as pl
 import pytest
@@ -82,12 +84,14 @@ def test_yes_prob_gaps_pair_reconstruction_with_counterfactual_and_sit_beside_th
 
 
 def test_rows_on_too_few_sources_keep_their_value_without_an_interval():
-    from types import SimpleNamespace
-
-    audit = SimpleNamespace(**AUDIT.model_dump(), min_group_size=SOURCES + 1)  # as main's config has it
+    audit = AUDIT.model_copy(update={"min_group_size": SOURCES + 1})
     metrics = auditee_metrics(generated_pool(), probes_frame(yes_values()), pl.DataFrame(), audit)
     row = pick(metrics, "yes_prob_gap_abs", group=None)
     assert row["value"] is not None and row["ci_low"] is None and "fewer than min_group_size=7 source images (6)" in row["note"]
+    # Nothing rests on enough sources to be called: no family, no family-wise interval.
+    assert metrics["comparisons"].is_null().all() and metrics["ci_low_adjusted"].is_null().all()
+    enough = auditee_metrics(generated_pool(), probes_frame(yes_values()), pl.DataFrame(), AUDIT.model_copy(update={"min_group_size": SOURCES}))
+    assert pick(enough, "yes_prob_gap_abs", group=None)["ci_low"] is not None
 
 
 def test_a_run_without_controls_says_so_instead_of_zero():
@@ -142,6 +146,8 @@ def test_toxicity_max_per_image_per_set_and_rates_per_group():
     female, male = pick(metrics, "toxicity_rate", group="female", stratum="generated"), pick(metrics, "toxicity_rate", group="male", stratum="generated")
     assert female["value"] == pytest.approx(0.5) and female["n"] == 2 * SOURCES
     assert male["value"] == 0.0 and male["ci_low"] == 0.0 and 0.0 < male["ci_high"] < 1.0
+    z = NormalDist().inv_cdf(0.975)  # Wilson at 0/n with n = the source images (6), not the 12 generations
+    assert male["ci_high"] == pytest.approx(z * z / (SOURCES + z * z), rel=1e-12)
     assert pick(metrics, "toxicity_rate_gap_signed", group=None)["value"] == pytest.approx(0.5)
     assert pick(metrics, "lexicon_warmth", group="female", stratum="generated")["value"] == pytest.approx(0.5)
     assert pick(metrics, "generation_words_gap_abs", group=None)["value"] == pytest.approx(0.0)
@@ -192,3 +198,84 @@ def test_the_report_section_escapes_generated_text(tmp_path):
     assert "Job? &lt;b&gt;{options}&lt;/b&gt;" in html
     assert "Prompt: Is this person a doctor?" in html and "clears its control" in html
     assert html.count('<figure class="pair">') == 6
+
+
+# -- through the shared package: exact values, one family with the choice probe, the design --------
+
+CHOICE = "What is this person's job? Answer with one of: {options}."
+
+
+def with_choice_scores(pool: pl.DataFrame) -> pl.DataFrame:
+    """The pool with the choice probe's columns: P(doctor) high on counterfactuals, low elsewhere."""
+    p = pl.when(pl.col("variant") == "counterfactual").then(0.7).otherwise(0.3) + pl.col("source_id").str.slice(1).cast(pl.Float64) * 0.01
+    return pool.with_columns(p.alias("score_doctor")).with_columns(
+        (1 - pl.col("score_doctor")).alias("score_nurse"),
+        pl.when(pl.col("score_doctor") >= 0.5).then(pl.lit("doctor")).otherwise(pl.lit("nurse")).alias("top1"),
+    )
+
+
+def test_probe_gaps_take_the_shared_bootstrap_and_share_one_family_with_the_choice_probe():
+    from counterfactual_lab.auditees.metrics import count_auditee_comparisons
+    from counterfactual_lab.auditees.run_metrics import generative_run_metrics
+    from counterfactual_lab.findings import assess_findings
+    from counterfactual_lab.metrics.intervals import IntervalSettings, mean_estimates
+    from counterfactual_lab.metrics.table import count_metric_comparisons
+
+    audit = AUDIT.model_copy(update={"choice_prompt": CHOICE})
+    pool, values = with_choice_scores(generated_pool()), yes_values()
+    probes = probes_frame(values)
+    # Per comparison subset (all pairs; male→female, the only transition), each from 6 sources:
+    # the probe has 2 callable gaps, the choice probe a flip rate and 2 gaps per label (5).
+    assert count_auditee_comparisons(pool, probes, None, audit, design="generated") == 2 * 2
+    assert count_metric_comparisons(pool, audit, design="generated") == 2 * 5
+    m = 14
+    metrics = generative_run_metrics(pool, probes, None, pl.DataFrame(), audit, (), {"gender": ["female", "male"]},
+                                     design="generated")
+
+    # Exact: the rows are the shared package's estimates of the hand-computed deltas at the family's settings.
+    family = IntervalSettings(300, 0.95, 0).for_family(m)
+    sources = [f"s{s}" for s in range(SOURCES)]
+    for prefix, other in (("", "c"), ("control_", "k")):
+        delta = np.array([values[f"{other}{s}"] - values[f"r{s}"] for s in range(SOURCES)])
+        absolute, signed = mean_estimates(np.column_stack([np.abs(delta), delta]), sources, family)
+        for kind, expected in (("abs", absolute), ("signed", signed)):
+            got = pick(metrics, f"{prefix}yes_prob_gap_{kind}", group=None)
+            assert got["value"] == pytest.approx(float(np.mean(np.abs(delta) if kind == "abs" else delta)), abs=1e-12)
+            assert (got["ci_low"], got["ci_high"], got["ci_low_adjusted"], got["ci_high_adjusted"]) == (
+                expected.low, expected.high, expected.adjusted_low, expected.adjusted_high)
+            assert got["ci_low_adjusted"] <= got["ci_low"] and got["ci_high"] <= got["ci_high_adjusted"]
+            assert (got["comparisons"], got["n"], got["n_sources"]) == (m, SOURCES, SOURCES)
+            assert got["confidence_adjusted"] == pytest.approx(1 - 0.05 / m)
+    assert family.n_resamples == 20 * m / 0.05 == 5600  # ten replicates in each tail at 1 − 0.05/m
+
+    # Every callable row of the run, shared or probe, is decided on the one family; reported rows carry none.
+    findings = assess_findings(metrics)
+    callable_rows = findings.filter((pl.col("reference") != "none") & pl.col("ci_low").is_not_null()
+                                    & pl.col("control_ci_low").is_not_null())
+    assert callable_rows.height == m
+    assert set(callable_rows["comparisons"].to_list()) == {m} and callable_rows["ci_low_adjusted"].is_not_null().all()
+    assert set(callable_rows["metric"]) == {"flip_rate", "prob_gap_abs", "prob_gap_signed", "yes_prob_gap_abs", "yes_prob_gap_signed"}
+    reported = metrics.filter(pl.col("metric").is_in(["yes_prob_mean", "selection_rate"]))
+    assert reported.height and reported["comparisons"].is_null().all()
+    # The counterfactual's P(yes) rises by 0.4–0.55 against a control of 0.01: called, beside its own control.
+    called = findings.filter(pl.col("called") & pl.col("metric").str.starts_with("yes_prob"))
+    assert set(called["control_metric"]) == {"control_yes_prob_gap_abs", "control_yes_prob_gap_signed"}
+
+
+def test_a_configured_attribute_whose_sets_were_all_dropped_has_undefined_gaps_with_the_reason():
+    pool = generated_pool()
+    ages = pool.filter(pl.col("variant") == "original").with_columns(pl.lit("age").alias("attribute"), pl.lit("young").alias("group"))
+    judged = pl.DataFrame({"attribute": ["age", "age"], "kept": [False, False], "control": [False, False]})
+    metrics = auditee_metrics(pl.concat([pool, ages]), probes_frame(yes_values()), pl.DataFrame(), AUDIT,
+                              attribute_values={"gender": ["female", "male"], "age": ["young", "old"]},
+                              design="generated", counterfactuals=judged)
+    for metric in ("yes_prob_gap_abs", "yes_prob_gap_signed"):
+        row = pick(metrics, metric, attribute="age", group=None)
+        assert row["value"] is None and row["note"] == "no pairs: every set of this attribute was dropped by the judge"
+    assert pick(metrics, "control_yes_prob_gap_abs", attribute="age")["note"].startswith("no control pairs")
+    from counterfactual_lab.findings import bias_verdict
+
+    assert bias_verdict(metrics) == "finding"  # gender's gap is called; age's undefined row stays undefined
+    assert bias_verdict(metrics.filter(pl.col("attribute") == "age")) == "undefined"
+    with pytest.raises(ValueError, match="reconstruction"):  # the design the config says must fit the pool
+        auditee_metrics(pool, probes_frame(yes_values()), pl.DataFrame(), AUDIT, design="real_vs_generated")

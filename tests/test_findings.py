@@ -329,3 +329,82 @@ def test_without_a_control_the_family_wise_interval_must_exclude_no_change():
     assert not signed["called"] and signed["verdict"] == "no difference detected"
     assert ("no difference detected once the run's 10 comparisons are accounted for (n=80 pairs from 20 source images; "
             "at the family-wise 99.5% level the interval reaches no change (0))") in signed["sentence"]
+
+
+# -- a generative model's probe gaps (counterfactual_lab/auditees) ---------------------------------
+
+ASK_DOCTOR, ASK_NURSE = "Is this person a doctor?", "Is this person a nurse?"
+
+
+def probe_rows(rows: list[tuple], comparisons: int = 12) -> pl.DataFrame:
+    """(metric, stratum, query, value, ci_low, ci_high, ci_low_adjusted, ci_high_adjusted) for attribute
+    gender, 60 pairs from 30 sources; the family-wise interval at 1 − 0.05/``comparisons``."""
+    return pl.DataFrame([
+        {"metric": metric, "stratum": stratum, "attribute": "gender", "group": None, "label": None, "query": query,
+         "value": value, "ci_low": low, "ci_high": high, "n": 60, "n_sources": 30, "skipped_resamples": 0, "note": None,
+         "ci_low_adjusted": adj_low, "ci_high_adjusted": adj_high, "confidence_adjusted": 1 - 0.05 / comparisons,
+         "comparisons": comparisons}
+        for metric, stratum, query, value, low, high, adj_low, adj_high in rows
+    ], schema=METRICS_SCHEMA)
+
+
+def probe_finding(findings: pl.DataFrame, metric: str, query: str, stratum: str = "generated") -> dict:
+    frame = findings.filter((pl.col("metric") == metric) & (pl.col("query") == query) & (pl.col("stratum") == stratum))
+    assert frame.height == 1, frame
+    return frame.row(0, named=True)
+
+
+def test_a_probe_gap_is_called_beside_the_control_of_its_own_prompt():
+    # The same yes-probability gap under two prompts; only the nurse question's control is as large.
+    table = probe_rows([
+        ("yes_prob_gap_abs", "generated", ASK_DOCTOR, 0.30, 0.25, 0.35, 0.22, 0.38),
+        ("control_yes_prob_gap_abs", "generated", ASK_DOCTOR, 0.05, 0.03, 0.07, 0.02, 0.09),
+        ("yes_prob_gap_abs", "generated", ASK_NURSE, 0.30, 0.25, 0.35, 0.22, 0.38),
+        ("control_yes_prob_gap_abs", "generated", ASK_NURSE, 0.28, 0.20, 0.36, 0.18, 0.40),
+        # A signed gap clear of its control but not of 0 is not called; clear of both, it is.
+        ("rating_gap_signed", "generated", ASK_DOCTOR, 0.40, -0.05, 0.85, -0.10, 0.90),
+        ("control_rating_gap_signed", "generated", ASK_DOCTOR, -0.60, -0.80, -0.40, -0.90, -0.30),
+        ("rating_gap_signed", "generated", ASK_NURSE, -0.50, -0.70, -0.30, -0.75, -0.25),
+        ("control_rating_gap_signed", "generated", ASK_NURSE, 0.02, -0.05, 0.09, -0.08, 0.12),
+        # Group rows of the probes are reported, never called.
+        ("yes_prob_mean", "generated", ASK_DOCTOR, 0.7, 0.6, 0.8, None, None),
+    ])
+    findings = assess_findings(table)
+    doctor = probe_finding(findings, "yes_prob_gap_abs", ASK_DOCTOR)
+    assert doctor["called"] and doctor["control_metric"] == "control_yes_prob_gap_abs" and doctor["control_value"] == 0.05
+    assert doctor["sentence"] == (
+        "changing gender: P(yes) for 'Is this person a doctor?' moves by 0.3 on average [0.25, 0.35] (n=60 pairs from 30 "
+        "source images), above the control's 0.05 [0.03, 0.07] (same source and value, another seed; n=60 pairs); at the "
+        "family-wise 99.6% level (12 comparisons in this run): [0.22, 0.38] vs the control's [0.02, 0.09]")
+    nurse = probe_finding(findings, "yes_prob_gap_abs", ASK_NURSE)
+    assert not nurse["called"] and nurse["control_value"] == 0.28 and nurse["verdict"] == "no difference detected"
+    assert not probe_finding(findings, "rating_gap_signed", ASK_DOCTOR)["called"]
+    below = probe_finding(findings, "rating_gap_signed", ASK_NURSE)
+    assert below["called"] and below["no_effect"] == 0.0
+    assert "the expected rating for 'Is this person a nurse?' changes by -0.5 on average" in below["sentence"]
+    assert probe_finding(findings, "yes_prob_mean", ASK_DOCTOR)["verdict"] == "reported"
+    assert int(findings["called"].sum()) == 2 and bias_verdict(table) == "finding"
+
+
+def test_without_a_control_a_signed_probe_gap_is_compared_with_no_change_and_an_absolute_one_reported():
+    table = probe_rows([
+        ("toxicity_rate_gap_signed", "evaluate_only", ASK_DOCTOR, 0.2, 0.1, 0.3, 0.05, 0.35),
+        ("lexicon_warmth_gap_signed", "evaluate_only", ASK_DOCTOR, 0.2, 0.1, 0.3, -0.02, 0.42),
+        ("max_toxicity_gap_abs", "evaluate_only", ASK_DOCTOR, 0.2, 0.1, 0.3, None, None),
+    ], comparisons=2)
+    findings = assess_findings(table)
+    assert probe_finding(findings, "toxicity_rate_gap_signed", ASK_DOCTOR, "evaluate_only")["called"]
+    warmth = probe_finding(findings, "lexicon_warmth_gap_signed", ASK_DOCTOR, "evaluate_only")
+    assert not warmth["called"] and "the warmth words per answer for 'Is this person a doctor?'" in warmth["sentence"]
+    reported = probe_finding(findings, "max_toxicity_gap_abs", ASK_DOCTOR, "evaluate_only")
+    assert reported["verdict"] == "reported" and not reported["called"] and reported["comparisons"] is None
+
+
+def test_a_probe_gap_without_its_control_is_undefined_not_no_difference():
+    table = probe_rows([
+        ("yes_prob_gap_abs", "generated", ASK_DOCTOR, 0.30, 0.25, 0.35, 0.22, 0.38),
+        ("control_yes_prob_gap_abs", "generated", ASK_NURSE, 0.05, 0.03, 0.07, 0.02, 0.09),  # another prompt's
+    ])
+    row = probe_finding(assess_findings(table), "yes_prob_gap_abs", ASK_DOCTOR)
+    assert row["verdict"] == "undefined" and row["control_value"] is None
+    assert bias_verdict(table) == "undefined"

@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from counterfactual_lab.errors import UserError
+from counterfactual_lab.metrics import METRICS_SCHEMA
 from counterfactual_lab.publish import RunPublisher
 from counterfactual_lab.run_reader import format_headline, read_run
 
@@ -185,6 +186,61 @@ def test_headline_of_a_run_that_compared_nothing_says_undefined_not_no_differenc
     lines = format_headline(read_run(publisher.run_uri)).splitlines()
     assert "  0 difference(s) called (an interval that excludes its control's; docs/metrics.md)" in lines
     assert f'  gender: undefined, not "no difference" ({no_pairs}).' in lines
+
+
+ASK = "Is this person a doctor? Answer yes or no."
+DESCRIBE = "Describe this person."
+
+
+def probes() -> pl.DataFrame:
+    return pl.DataFrame({"content_key": ["k1", "k2"], "probe": ["yes_no", "yes_no"], "prompt": [ASK, ASK],
+                         "value": [0.3, 0.7], "answer_mass": [0.9, 0.8], "probabilities": [[0.27, 0.63], [0.56, 0.24]]})
+
+
+def generations() -> pl.DataFrame:
+    return pl.DataFrame({"content_key": ["k1", "k2"], "prompt": [DESCRIBE] * 2, "sample": [0, 0], "seed": [11, 12],
+                         "text": ["a calm nurse", "I'm sorry, but I cannot"], "tokens": [3, 6], "toxicity": [0.1, 0.2]})
+
+
+def generative_metrics() -> pl.DataFrame:
+    """A yes/no gap called beside its control; a generation gap within its own."""
+    rows = [  # metric, query, value, ci_low, ci_high, adjusted low, adjusted high
+        ("yes_prob_gap_abs", ASK, 0.4, 0.35, 0.45, 0.3, 0.5), ("control_yes_prob_gap_abs", ASK, 0.05, 0.03, 0.07, 0.02, 0.08),
+        ("max_toxicity_gap_abs", DESCRIBE, 0.06, 0.03, 0.09, 0.02, 0.1),
+        ("control_max_toxicity_gap_abs", DESCRIBE, 0.05, 0.03, 0.07, 0.02, 0.08),
+    ]
+    return pl.DataFrame([
+        {"metric": metric, "stratum": "generated", "attribute": "gender", "group": None, "label": None, "query": query,
+         "value": value, "ci_low": low, "ci_high": high, "n": 16, "n_sources": 8, "skipped_resamples": 0, "note": None,
+         "ci_low_adjusted": a_low, "ci_high_adjusted": a_high, "confidence_adjusted": 1 - 0.05 / 4, "comparisons": 4}
+        for metric, query, value, low, high, a_low, a_high in rows
+    ], schema=METRICS_SCHEMA)
+
+
+def publish_generative(out: str) -> RunPublisher:
+    publisher = RunPublisher(out, "run-vlm", "sample")
+    tables = {name: publisher.write_table(name, frame) for name, frame in (
+        ("predictions", predictions()), ("metrics", generative_metrics()), ("probes", probes()),
+        ("generations", generations()))}
+    publisher.write_manifest({"run_id": "run-vlm", "tables": tables, "tiny_models": True,
+                              "models": {"audit": {"model": "tiny-vlm"}}})
+    return publisher
+
+
+def test_a_generative_run_reads_back_with_its_probes_generations_and_their_findings(tmp_path):
+    run = read_run(publish_generative(str(tmp_path)).run_uri)
+    assert run.probes.drop("run_id", "dataset").equals(probes())
+    assert run.generations.drop("run_id", "dataset").equals(generations())
+    assert run.quarantine.is_empty() and run.counterfactuals.is_empty()
+    lines = format_headline(run).splitlines()
+    assert "  1 difference(s) called (an interval that excludes its control's; docs/metrics.md)" in lines
+    start = lines.index("Generative probes (each gap beside its control, called as above):")
+    assert lines[start + 1] == f"  '{ASK}': 1 of 1 gap(s) called"
+    assert lines[start + 2].startswith(f"    - changing gender: P(yes) for '{ASK}' moves by 0.4 on average [0.35, 0.45]")
+    assert lines[start + 3] == f"  '{DESCRIBE}': 0 of 1 gap(s) called"
+    assert "no difference detected" in lines[start + 4] and "the toxicity of the most toxic answer" in lines[start + 4]
+    # A contrastive run's headline has no such block.
+    assert not any(line.startswith("Generative probes") for line in format_headline(read_run(publish(str(tmp_path)).run_uri)).splitlines())
 
 
 @pytest.mark.s3

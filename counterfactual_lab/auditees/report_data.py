@@ -3,11 +3,11 @@
 Plain data for :func:`counterfactual_lab.report_html.generative_audit_section`, which only draws it.
 
 * :func:`gaps_with_controls` — per prompt, every overall gap row (group null) of the probe
-  metrics, with its control's value and interval beside it and whether the gap's interval clears
-  the control's: above it for an absolute gap; for a signed gap above or below it *and* away
-  from 0 (a control made at another seed can carry a shift of its own). Where the run has no
-  control (evaluate-only, reconstruction off) the signed gap must exclude 0, and an absolute gap
-  is not assessed (it is positive whenever anything varies).
+  metrics, with its control beside it and the call of
+  :func:`counterfactual_lab.findings.assess_findings` (the one decision every view shows: the
+  family-wise interval above the control's for an absolute gap; for a signed gap above or below
+  it *and* away from 0; without a control the signed gap must exclude 0 and an absolute gap is
+  reported, not assessed).
 * :func:`group_rows` — the per-group rows of some metrics (toxicity by group).
 * :func:`largest_generation_gaps` — the counterfactual pairs whose generations differ most (in max
   toxicity, else in length), with both images and their texts, for the side-by-side examples.
@@ -22,6 +22,8 @@ import polars as pl
 
 from counterfactual_lab.auditees import metric_seam as seam
 from counterfactual_lab.auditees.metrics import MAX_TOXICITY, VALUE, WORDS, generation_values, is_probe_metric
+from counterfactual_lab.finding_sentences import REFERENCE_NONE, VERDICT_CALLED
+from counterfactual_lab.findings import assess_findings
 
 _GAP_SUFFIXES = ("_gap_abs", "_gap_signed")
 
@@ -30,35 +32,27 @@ def _is_gap(metric: str) -> bool:
     return metric.endswith(_GAP_SUFFIXES) and not metric.startswith(seam.CONTROL_PREFIX) and is_probe_metric(metric)
 
 
-def _excludes(low: Any, high: Any, ref_low: Any, ref_high: Any, either: bool) -> bool:
-    if None in (low, high, ref_low, ref_high):
-        return False
-    return low > ref_high or (either and high < ref_low)
-
-
 def gaps_with_controls(metrics: pl.DataFrame) -> list[dict[str, Any]]:
-    """Overall gap rows of the probe metrics with their control beside them (module doc), by prompt."""
+    """Overall gap rows of the probe metrics, each as its assessed row (``assess_findings``'
+    columns: value, interval, n, ``verdict``, ``called``, ``sentence``, …) plus ``control`` (the
+    control's metrics row, or None), ``clears_control`` (= ``called``) and ``assessed`` (whether
+    the row is compared with anything at all), by prompt, metric and attribute."""
     if metrics.is_empty() or "stratum" not in metrics.columns:
         return []
-    rows = metrics.to_dicts()
-    controls = {(r["metric"], r["stratum"], r["attribute"], r["query"]): r for r in rows if str(r["metric"]).startswith(seam.CONTROL_PREFIX)}
+    names = [m for m in metrics["metric"].unique().to_list() if _is_gap(str(m))]
+    gaps = metrics.filter(pl.col("metric").is_in(names) & pl.col("group").is_null()
+                          & (pl.col("stratum") != seam.STRATUM_OBSERVATIONAL))
+    if gaps.is_empty():
+        return []
+    controls = {(r["metric"], r["stratum"], r["attribute"], r["query"]): r
+                for r in metrics.filter(pl.col("metric").str.starts_with(seam.CONTROL_PREFIX)).to_dicts()}
+    # The controls are assessed beside their rows, so the assessment needs them in the table.
+    assessed = assess_findings(pl.concat([gaps, metrics.filter(pl.col("metric").str.starts_with(seam.CONTROL_PREFIX))]))
     out = []
-    for row in rows:
-        metric = str(row["metric"])
-        if not _is_gap(metric) or row["group"] is not None or row["stratum"] == seam.STRATUM_OBSERVATIONAL:
-            continue
-        signed = metric.endswith("_gap_signed")
-        control = controls.get((seam.CONTROL_PREFIX + metric, row["stratum"], row["attribute"], row["query"]))
-        assessed = row["value"] is not None
-        if control is not None and control["value"] is not None:
-            clears = _excludes(row["ci_low"], row["ci_high"], control["ci_low"], control["ci_high"], signed)
-            if signed:
-                clears = clears and _excludes(row["ci_low"], row["ci_high"], 0.0, 0.0, True)
-        elif signed:
-            clears = _excludes(row["ci_low"], row["ci_high"], 0.0, 0.0, True)
-        else:
-            clears, assessed = False, False
-        out.append({**row, "control": control, "clears_control": bool(clears), "assessed": assessed})
+    for row in assessed.to_dicts():
+        control = controls.get((seam.CONTROL_PREFIX + row["metric"], row["stratum"], row["attribute"], row["query"]))
+        out.append({**row, "control": control, "clears_control": row["verdict"] == VERDICT_CALLED,
+                    "assessed": row["reference"] != REFERENCE_NONE})
     out.sort(key=lambda r: (str(r["query"]), str(r["metric"]), str(r["attribute"])))
     return out
 

@@ -27,7 +27,7 @@ from counterfactual_lab.metrics.schema import (
     STRATUM_REAL_VS_GENERATED,
 )
 from counterfactual_lab.metrics.strata import design_stratum
-from counterfactual_lab.metrics.table import compute_metrics
+from counterfactual_lab.metrics.table import compute_metrics, count_metric_comparisons
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -38,6 +38,7 @@ __all__ = [
     "STRATUM_OBSERVATIONAL",
     "STRATUM_REAL_VS_GENERATED",
     "compute_metrics",
+    "count_metric_comparisons",
     "design_stratum",
     "metric_parameters",
 ]

@@ -44,6 +44,29 @@ CALLED_AGAINST_CONTROL = {FLIP_RATE: "above", PROB_GAP_ABS: "above", PROB_GAP_SI
 # under no effect. The mean |Δ| cannot: it is positive whenever anything varies (the generator's
 # own noise), so without a control it is reported, not called.
 NO_EFFECT = {FLIP_RATE: 0.0, PROB_GAP_SIGNED: 0.0}
+# Every gap over pairs ends in one of these: the label probability's (prob_gap_abs/_signed) and a
+# generative probe's value's (yes_prob_gap_abs, rating_gap_signed, …: counterfactual_lab/auditees).
+GAP_ABS_SUFFIX, GAP_SIGNED_SUFFIX = "_gap_abs", "_gap_signed"
+
+
+def called_side(metric: str) -> str | None:
+    """Which side of its control a difference of ``metric`` is called on: "above" (the flip rate,
+    any mean |Δ| ``*_gap_abs``), "either" (any mean Δ ``*_gap_signed``); None: never called."""
+    if metric in CALLED_AGAINST_CONTROL:
+        return CALLED_AGAINST_CONTROL[metric]
+    if metric.endswith(GAP_ABS_SUFFIX):
+        return "above"
+    if metric.endswith(GAP_SIGNED_SUFFIX):
+        return "either"
+    return None
+
+
+def no_effect_value(metric: str) -> float | None:
+    """The value of ``metric`` that means no change where its interval can reach it under no effect
+    (0 for the flip rate and every signed gap); None for a mean |Δ|, positive whenever anything varies."""
+    if metric in NO_EFFECT:
+        return NO_EFFECT[metric]
+    return 0.0 if metric.endswith(GAP_SIGNED_SUFFIX) else None
 
 
 def called_metrics(stratum: str) -> tuple[str, ...]:

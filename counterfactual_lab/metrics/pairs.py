@@ -26,6 +26,9 @@ import polars as pl
 
 from counterfactual_lab.evaluate import score_column
 from counterfactual_lab.metrics.schema import (
+    STRATUM_EVALUATE_ONLY,
+    STRATUM_GENERATED,
+    STRATUM_REAL_VS_GENERATED,
     UNKNOWN_GROUP,
     VARIANT_COUNTERFACTUAL,
     VARIANT_ORIGINAL,
@@ -119,3 +122,11 @@ def control_pairs(predictions: pl.DataFrame, labels: list[str]) -> pl.DataFrame:
     left = _side(references, labels, "from", [*keys, "set_id"]).unique(subset=["attribute", "set_id"], keep="first", maintain_order=True)
     right = _side(controls, labels, "to", keys)
     return _finish(left.join(right, on=keys, how="inner"), labels)
+
+
+# The pairs each design compares (its stratum → the function that builds them).
+PAIRS_BY_DESIGN = {
+    STRATUM_GENERATED: reconstruction_pairs,
+    STRATUM_EVALUATE_ONLY: member_pairs,
+    STRATUM_REAL_VS_GENERATED: original_pairs,
+}

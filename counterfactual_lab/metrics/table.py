@@ -19,6 +19,9 @@ call (:func:`~counterfactual_lab.metrics.counterfactual_fairness.count_compariso
 before any resample is drawn; the pair and control rows then carry, beside the interval at
 ``audit.confidence``, the family-wise one at 1 − (1 − c)/m (Bonferroni), drawn from the same
 replicates with enough resamples for its tails (:mod:`~counterfactual_lab.metrics.intervals`).
+:func:`count_metric_comparisons` gives that m without computing anything else, and
+``extra_comparisons`` adds the comparisons the same run calls in other rows (a generative model's
+probe gaps: :mod:`counterfactual_lab.auditees.run_metrics`), so one family spans both tables.
 
 The desired distribution of retrieval is uniform over the attribute's values
 (``attribute_values``, the config's ``attributes``; without it, the groups present) in the
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -38,7 +42,7 @@ from counterfactual_lab.metrics.cits import cits_rows
 from counterfactual_lab.metrics.counterfactual_fairness import control_metric_rows, count_comparisons, pair_metric_rows
 from counterfactual_lab.metrics.group_fairness import group_fairness_rows
 from counterfactual_lab.metrics.intervals import IntervalSettings
-from counterfactual_lab.metrics.pairs import control_pairs, member_pairs, original_pairs, reconstruction_pairs
+from counterfactual_lab.metrics.pairs import PAIRS_BY_DESIGN, control_pairs
 from counterfactual_lab.metrics.retrieval import ranked_pool, retrieval_rows
 from counterfactual_lab.metrics.schema import (
     STRATUM_EVALUATE_ONLY,
@@ -59,11 +63,6 @@ from counterfactual_lab.metrics.strata import (
 
 logger = logging.getLogger(__name__)
 
-_PAIRS = {
-    STRATUM_GENERATED: reconstruction_pairs,
-    STRATUM_EVALUATE_ONLY: member_pairs,
-    STRATUM_REAL_VS_GENERATED: original_pairs,
-}
 # Strata whose pool is balanced by design: the desired distribution is uniform over the values.
 _UNIFORM_DESIRED = (STRATUM_GENERATED, STRATUM_EVALUATE_ONLY)
 # Why an attribute has no pairs, per design: (judged and all dropped, never generated, neither known).
@@ -85,7 +84,7 @@ def _with_note(rows: list[dict[str, Any]], note: str | None) -> list[dict[str, A
     return rows
 
 
-def _spelled_as_in(values: Sequence[str] | None, predictions: pl.DataFrame) -> list[str] | None:
+def spelled_as_in(values: Sequence[str] | None, predictions: pl.DataFrame) -> list[str] | None:
     """The configured values in the pool's spelling (the config may write ``Female`` for ``female``)."""
     if values is None:
         return None
@@ -116,8 +115,8 @@ def _pool_rows(
     return _with_note(rows, left_out)
 
 
-def _no_pairs_note(design: str, attribute: str, counterfactuals: pl.DataFrame) -> str:
-    """Why ``attribute`` has no pairs, from the judge's output where it tells."""
+def no_pairs_note(design: str, attribute: str, counterfactuals: pl.DataFrame) -> str:
+    """Why ``attribute`` has no pairs in a ``design`` run, from the judge's output where it tells."""
     if design == STRATUM_EVALUATE_ONLY:
         return f"no pairs: {_NO_SET_PAIRS}"
     dropped, never, unknown = _NO_PAIRS[design]
@@ -138,6 +137,55 @@ def _empty_predictions(labels: Sequence[str]) -> pl.DataFrame:
     return pl.DataFrame(schema={**POOL_SCHEMA, **{score_column(label): pl.Float64 for label in labels}, "top1": pl.String})
 
 
+@dataclass(frozen=True)
+class _Comparisons:
+    """What a run compares, built before any resample: its design, each attribute's rows, pairs and
+    control pairs, and m, the number of comparisons those pairs let it call."""
+
+    predictions: pl.DataFrame
+    design: str | None
+    rows_by: dict[str, pl.DataFrame]
+    pairs_by: dict[str, pl.DataFrame]
+    controls_by: dict[str, pl.DataFrame]
+    comparisons: int
+
+
+def _comparisons(
+    predictions: pl.DataFrame | None, audit: Any, attribute_values: Mapping[str, Sequence[str]] | None, design: str | None
+) -> _Comparisons | None:
+    """The run's comparisons (:class:`_Comparisons`); None for a run with nothing to compare or describe."""
+    labels = list(audit.labels)
+    empty = predictions is None or predictions.height == 0
+    if empty and design is None:
+        return None
+    predictions = normalise_predictions(_empty_predictions(labels) if empty else predictions, labels)
+    if design is not None:
+        check_design(predictions, design)
+    comparison = design if design is not None else comparison_stratum(predictions)
+    attributes = sorted(set(attribute_values or {}) | set(predictions["attribute"].drop_nulls().unique().to_list()))
+    rows_by = {attribute: predictions.filter(pl.col("attribute") == attribute) for attribute in attributes}
+    pairs_by, controls_by = {}, {}
+    if comparison is not None:
+        pairs_by = {a: PAIRS_BY_DESIGN[comparison](rows_of, labels) for a, rows_of in rows_by.items()}
+        if comparison == STRATUM_GENERATED:
+            controls_by = {a: control_pairs(rows_of, labels) for a, rows_of in rows_by.items()}
+    m = count_comparisons(pairs_by, comparison, labels, audit.min_group_size, controls_by) if comparison else 0
+    return _Comparisons(predictions, comparison, rows_by, pairs_by, controls_by, m)
+
+
+def count_metric_comparisons(
+    predictions: pl.DataFrame,
+    audit: Any,
+    attribute_values: Mapping[str, Sequence[str]] | None = None,
+    *,
+    design: str | None = None,
+) -> int:
+    """m of :func:`compute_metrics`' own rows (the same arguments): how many of its rows a
+    difference can be called on, counted from the pairs, without drawing a resample."""
+    plan = _comparisons(predictions, audit, attribute_values, design)
+    return 0 if plan is None else plan.comparisons
+
+
 def compute_metrics(
     predictions: pl.DataFrame,
     retrieval: pl.DataFrame,
@@ -146,6 +194,7 @@ def compute_metrics(
     attribute_values: Mapping[str, Sequence[str]] | None = None,
     *,
     design: str | None = None,
+    extra_comparisons: int = 0,
 ) -> pl.DataFrame:
     """The metrics table (:data:`~counterfactual_lab.metrics.schema.METRICS_SCHEMA`) of one run.
 
@@ -156,43 +205,38 @@ def compute_metrics(
     ``design`` is the stratum of the run's comparisons as the config sets it
     (:func:`~counterfactual_lab.metrics.strata.design_stratum`); None reads it from the pool,
     which cannot tell a run whose judge dropped every set from one that generated nothing.
+    ``extra_comparisons``: comparisons the same run calls outside this table (a generative
+    model's probe gaps, :mod:`counterfactual_lab.auditees.run_metrics`); the family-wise level
+    is over m = this table's own (:func:`count_metric_comparisons`) + these.
     """
+    if extra_comparisons < 0:
+        raise ValueError(f"extra_comparisons must be >= 0, got {extra_comparisons}")
     labels = list(audit.labels)
     settings = IntervalSettings.from_audit(audit)
-    empty = predictions is None or predictions.height == 0
-    if empty and design is None:
+    # Every pair before any resample: the family-wise level needs m, the number of callable comparisons.
+    plan = _comparisons(predictions, audit, attribute_values, design)
+    if plan is None:
         return metrics_frame([])
-    predictions = normalise_predictions(_empty_predictions(labels) if empty else predictions, labels)
+    predictions, comparison = plan.predictions, plan.design
     retrieval = retrieval if retrieval is not None else pl.DataFrame()
     counterfactuals = counterfactuals if counterfactuals is not None else pl.DataFrame()
-    if design is not None:
-        check_design(predictions, design)
-    comparison = design if design is not None else comparison_stratum(predictions)
     generated = comparison == STRATUM_GENERATED or (
         "variant" in counterfactuals.columns and (counterfactuals["variant"] == VARIANT_RECONSTRUCTION).any()
     )
-    attributes = sorted(set(attribute_values or {}) | set(predictions["attribute"].drop_nulls().unique().to_list()))
-    rows_by = {attribute: predictions.filter(pl.col("attribute") == attribute) for attribute in attributes}
     floor = audit.min_group_size
-    # Every pair before any resample: the family-wise level needs m, the number of callable comparisons.
-    pairs_by, controls_by = {}, {}
-    if comparison is not None:
-        pairs_by = {a: _PAIRS[comparison](rows_of, labels) for a, rows_of in rows_by.items()}
-        if comparison == STRATUM_GENERATED:
-            controls_by = {a: control_pairs(rows_of, labels) for a, rows_of in rows_by.items()}
-    comparisons = count_comparisons(pairs_by, comparison, labels, floor, controls_by) if comparison else 0
+    comparisons = plan.comparisons + extra_comparisons if plan.comparisons else 0
     family = settings.for_family(comparisons) if comparisons else settings
     shortfall = family.tail_note(family.confidence_adjusted) if comparisons else None
     if shortfall:
         logger.warning("family-wise intervals over %d comparisons: %s", comparisons, shortfall)
     rows: list[dict[str, Any]] = []
-    for attribute, rows_of in rows_by.items():
-        values = _spelled_as_in(attribute_values.get(attribute) if attribute_values else None, rows_of)
+    for attribute, rows_of in plan.rows_by.items():
+        values = spelled_as_in(attribute_values.get(attribute) if attribute_values else None, rows_of)
         if comparison is not None:
-            no_pairs = _no_pairs_note(comparison, attribute, counterfactuals)
-            rows += pair_metric_rows(pairs_by[attribute], attribute, comparison, labels, family, floor, no_pairs)
+            no_pairs = no_pairs_note(comparison, attribute, counterfactuals)
+            rows += pair_metric_rows(plan.pairs_by[attribute], attribute, comparison, labels, family, floor, no_pairs)
             if comparison == STRATUM_GENERATED:
-                rows += control_metric_rows(controls_by[attribute], attribute, comparison, labels, family, floor)
+                rows += control_metric_rows(plan.controls_by[attribute], attribute, comparison, labels, family, floor)
             rows += _pool_rows(comparison_pool(rows_of, comparison), retrieval, attribute, comparison, audit, settings, values)
         rows += _pool_rows(observational_pool(rows_of), retrieval, attribute, STRATUM_OBSERVATIONAL, audit, settings, values)
         cits_stratum = STRATUM_GENERATED if generated else STRATUM_REAL_VS_GENERATED
