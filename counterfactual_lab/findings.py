@@ -11,9 +11,10 @@ sit beside the row they control, not on their own):
   protected changes (same source, same value, another seed). A difference is **called** only
   when the metric's interval excludes the control's — the intervals do not overlap; for the
   flip rate and an absolute gap only *above* the control counts (a change smaller than the
-  generator's own variation is not bias), for a signed gap either side, and a signed gap's
-  interval must also exclude 0 (its pairs share a seed, so 0 is no change, while the control,
-  made at another seed, can carry a shift of its own). Otherwise the sentence
+  generator's own variation is not bias); a signed gap's interval must lie beyond both 0 and the
+  control's interval, on one side (its pairs share a seed, so 0 is no change, while the control,
+  made at another seed, can carry a shift of its own: a gap between 0 and the control is smaller
+  than what the generator alone does). Otherwise the sentence
   (:mod:`counterfactual_lab.finding_sentences`) says "no difference detected at this sample
   size" with n. Where the run has no
   control (``real_vs_generated``: reconstruction off; ``evaluate_only``), the flip rate and the
@@ -176,13 +177,16 @@ def _assess(row: dict[str, Any], controls: Mapping[tuple, dict[str, Any]]) -> di
                            control_ci_low_adjusted=control.get("ci_low_adjusted"),
                            control_ci_high_adjusted=control.get("ci_high_adjusted"))
                 if control["value"] is not None:
-                    out["called"] = _excludes(interval, *_call_interval(control), side)
-                    if side == "either":
+                    low, high = _call_interval(control)
+                    if side == "either" and low is not None and high is not None:
                         # A signed gap compares images of one seed, so no change means 0; the control
-                        # (another seed) can carry a shift of its own. Both must be excluded.
+                        # (another seed) can carry a shift of its own. The gap must lie beyond both,
+                        # on one side: past the band from 0 to the control's interval. A gap between
+                        # 0 and the control (smaller than what the generator alone does) is no call.
                         zero = no_effect_value(kind)
                         out["no_effect"] = zero
-                        out["called"] = out["called"] and _excludes(interval, zero, zero, side)
+                        low, high = min(low, zero), max(high, zero)
+                    out["called"] = _excludes(interval, low, high, side)
         elif no_effect_value(kind) is not None:
             no_effect = no_effect_value(kind)
             out.update(reference=REFERENCE_NO_EFFECT, no_effect=no_effect,

@@ -94,6 +94,24 @@ def test_called_only_where_the_interval_excludes_the_controls():
     assert not finding(findings, "prob_gap_abs", label="doctor")["called"]
 
 
+def test_a_signed_gap_between_zero_and_its_control_is_not_called():
+    """Clear of 0 and clear of the control, but on the control's side of 0 and smaller: the
+    generator alone moves the answer more than the change does (a random VLM's P(yes) moved by
+    +1.2e-5 against a control of +0.004). Beyond the control, on either side, it is called."""
+    table = metrics_table([
+        ("prob_gap_signed", "generated", "gender", None, "doctor", 1.2e-5, 1.1e-6, 2.0e-5, 120, 60),
+        ("control_prob_gap_signed", "generated", "gender", None, "doctor", 0.0037, 0.0033, 0.0042, 60, 60),
+        ("prob_gap_signed", "generated", "gender", None, "nurse", 0.01, 0.006, 0.014, 120, 60),
+        ("control_prob_gap_signed", "generated", "gender", None, "nurse", 0.0037, 0.0033, 0.0042, 60, 60),
+        ("prob_gap_signed", "generated", "gender", None, "teacher", -0.01, -0.014, -0.006, 120, 60),
+        ("control_prob_gap_signed", "generated", "gender", None, "teacher", 0.0037, 0.0033, 0.0042, 60, 60),
+    ])
+    findings = assess_findings(table)
+    assert not finding(findings, "prob_gap_signed", label="doctor")["called"]
+    assert finding(findings, "prob_gap_signed", label="nurse")["called"]
+    assert finding(findings, "prob_gap_signed", label="teacher")["called"]
+
+
 def test_group_and_observational_rows_are_reported_but_never_called():
     findings = assess_findings(GENERATED)
     parity = finding(findings, "demographic_parity_difference", label="doctor")
