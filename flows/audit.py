@@ -131,7 +131,7 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
 
     if spec.columns.counterfactual_set:
         # Evaluate-only: the dataset already holds counterfactual sets.
-        counterfactuals = pl.DataFrame()
+        counterfactuals = candidates = pl.DataFrame()
         records: list = []
         pool = pool_from_counterfactual_sets(outcome.valid, attributes)
     else:
@@ -151,9 +151,11 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
         tables["predictions"] = predictions
         tables["metrics"] = compute_fairness_metrics(predictions, retrieval, counterfactuals, config.audit, config.attributes)
 
-    counts = generation_counts(records)
+    counts = generation_counts(records)  # images: one record per unique content key
     # More failed work items than runtime.max_failed_fraction: publish what there is, marked failed.
-    failed_items = count_failed_items(records, config.runtime.max_failed_fraction)
+    # Counted over the candidate rows (work items, as row_accounting counts them), not the
+    # records: a shared image that failed fails every item that needed it.
+    failed_items = count_failed_items(candidates, config.runtime.max_failed_fraction)
     failure = failed_items.manifest_entry() if failed_items.over_limit else None
     accounting = row_accounting(outcome.rows_in, outcome.valid.height, outcome.quarantined, counterfactuals)
     manifest = publish_run(
