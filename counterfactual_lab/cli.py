@@ -19,11 +19,9 @@ own when ``PREFECT_API_URL`` is unset (``flows/temporary_server.py``: it never o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from counterfactual_lab import __version__
 from counterfactual_lab.errors import DataOverLimit, UserError
@@ -120,7 +118,9 @@ def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate:
     # Every key of the config (generation.params included), before Prefect starts a flow run or
     # a server: a bad config is one line in seconds and leaves no run folder.
     check_audit(audit_config, dataset, evaluate=evaluate)
-    with prefect_api():
+    from flows.temporary_server import prefect_api  # the flows layer: the library never imports Prefect
+
+    with prefect_api(status):
         from flows.audit import dataset_audit
         from flows.console import configure_console
 
@@ -148,42 +148,6 @@ def _complete_run(config, dataset: str | None, out: str | None, evaluate: bool) 
     print(f"cflab: run {location.run_id} is already complete (same config, models and data); "
           "--force runs it again", file=sys.stderr)
     return location.run_uri
-
-
-@contextlib.contextmanager
-def prefect_api() -> Iterator[str | None]:
-    """The Prefect API to run flows on: ``PREFECT_API_URL`` when set, else a temporary local
-    server for the duration of the block (it dies with this process, even on ``kill -9``)."""
-    import flows  # noqa: F401  (this project's Prefect defaults, before Prefect reads its settings)
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
-
-    if get_current_settings().api.url:
-        yield get_current_settings().api.url
-        return
-    from flows.temporary_server import TemporaryPrefectServer
-
-    server = TemporaryPrefectServer()
-    status(f"starting a temporary Prefect server (up to {server.timeout:.0f} s; "
-           "set PREFECT_API_URL to use a running one) ...")
-    started = time.monotonic()
-    with server as api_url:
-        status(f"Prefect server ready at {api_url} ({time.monotonic() - started:.0f} s)")
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            try:
-                yield api_url
-            finally:
-                _send_pending_logs_and_events()
-
-
-def _send_pending_logs_and_events(timeout: float = 10.0) -> None:
-    """Let Prefect's background workers deliver queued logs and events while the server is
-    still up (otherwise they try at exit and print "Error logging to API")."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for worker in (APILogWorker, EventsWorker):
-        with contextlib.suppress(Exception):
-            worker.drain_all(timeout=timeout)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
