@@ -107,10 +107,13 @@ def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate:
     """Check the config, then run the Prefect audit flow (imported here: the library itself never
     imports Prefect) on ``PREFECT_API_URL`` or a temporary server."""
     from counterfactual_lab.config import AuditConfig
-    from counterfactual_lab.preflight import check_audit
+    from counterfactual_lab.preflight import check_audit, check_config
 
     audit_config = AuditConfig.from_yaml(config)
-    if not force:
+    # The spec and generation.params first: a typo is one line in about a second, before any
+    # storage is asked anything (the completeness check below lists the dataset).
+    spec = check_config(audit_config, dataset)
+    if not force and not _needs_secret_block(audit_config, spec):
         # An unchanged complete run is answered from the output store alone: no Prefect, no torch.
         done = _complete_run(audit_config, dataset, out, evaluate)
         if done is not None:
@@ -128,20 +131,27 @@ def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate:
         return dataset_audit(config_uri=config, dataset_uri=dataset, output_uri=out, evaluate=evaluate, force=force)
 
 
+def _needs_secret_block(config, spec) -> bool:
+    """True when the dataset's or the output's credentials live in a Prefect Secret block: only
+    the flow (with Prefect) can read them, so the no-Prefect shortcut cannot locate the run."""
+    return bool(spec.storage_options_secret or config.output.storage_options_secret)
+
+
 def _complete_run(config, dataset: str | None, out: str | None, evaluate: bool) -> str | None:
     """The run folder when this exact run (same config, models and data) is already complete, else None.
 
-    Best effort: where the run cannot be located without Prefect (a dataset whose credentials
-    live in a Prefect Secret block, say), the flow decides instead, after the full config check.
+    Best effort: whatever stops it from locating the run without Prefect (storage that wants
+    credentials this process lacks, an unreachable endpoint, a bad model path) means "not known
+    to be complete"; the flow then decides, after the full config check, and reports any real
+    problem as its own one-line error.
     """
     from counterfactual_lab.audit_run import locate_run
-    from counterfactual_lab.errors import UserError
     from counterfactual_lab.publish import is_complete
 
     try:
         location = locate_run(config, dataset, out, evaluate)
         complete = is_complete(location.run_uri, location.storage_options)
-    except (UserError, OSError):
+    except Exception:  # noqa: BLE001 - a shortcut: any failure falls through to the full path
         return None
     if not complete:
         return None

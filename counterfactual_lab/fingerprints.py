@@ -43,6 +43,7 @@ from counterfactual_lab.file_hashes import NotARegularFile, sha256_files, stat_k
 from counterfactual_lab.images import ImageRejected
 from counterfactual_lab.ingest import DatasetSource, open_dataset
 from counterfactual_lab.spec import DatasetSpec
+from counterfactual_lab.storage import credentials_hint, is_credentials_error
 
 FINGERPRINT_VERSION = 1
 PATH_BATCH_ROWS = 65_536
@@ -221,6 +222,10 @@ class _S3Tokens:
             listing = fs.find(source.root, detail=True)
         except OSError as exc:
             raise DatasetUnreadable(f"dataset {source.uri} cannot be listed: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:
+            if is_credentials_error(exc):  # botocore's, not an OSError
+                raise DatasetUnreadable(f"dataset {credentials_hint(source.uri, exc)}") from None
+            raise
         self._etags = {path: _etag(info) for path, info in listing.items() if info.get("type", "file") == "file"}
 
     def of_file(self, path: str) -> str:

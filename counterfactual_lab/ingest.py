@@ -36,7 +36,15 @@ from counterfactual_lab.images import ImageHeader, ImageRejected, content_key, d
 from counterfactual_lab.images import REASON_DECOMPRESSION_BOMB
 from counterfactual_lab.regular_files import NotARegularFile, read_regular_file
 from counterfactual_lab.spec import DatasetSpec
-from counterfactual_lab.storage import ImageStore, filesystem, is_transient, join, read_deadline_seconds
+from counterfactual_lab.storage import (
+    ImageStore,
+    credentials_hint,
+    filesystem,
+    is_credentials_error,
+    is_transient,
+    join,
+    read_deadline_seconds,
+)
 
 REASON_MISSING_IMAGE = "missing_image"
 REASON_IMAGE_NOT_FOUND = "image_not_found"
@@ -251,6 +259,10 @@ def open_dataset(spec: DatasetSpec) -> DatasetSource:
         if is_transient(exc):
             raise
         raise DatasetUnreadable(f"dataset {uri} cannot be read: {_first_line(exc)}") from None
+    except Exception as exc:
+        if is_credentials_error(exc):  # botocore's, not an OSError
+            raise DatasetUnreadable(f"dataset {credentials_hint(uri, exc)}") from None
+        raise
     files = sorted(f for f in files if single or not _hidden(posixpath.relpath(f, root)))
     if not files:
         raise DatasetUnreadable(f"dataset {uri} holds no *.parquet files")
