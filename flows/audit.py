@@ -38,6 +38,7 @@ from counterfactual_lab.audit_run import (
     row_accounting,
 )
 from counterfactual_lab.config import AuditConfig
+from counterfactual_lab.devices import generation_precision
 from counterfactual_lab.errors import DataOverLimit, TooManyFailedItems
 from counterfactual_lab.evaluate import build_evaluation_pool, pool_from_counterfactual_sets
 from counterfactual_lab.findings import headline_table, summary_markdown
@@ -135,7 +136,10 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
         records: list = []
         pool = pool_from_counterfactual_sets(outcome.valid, attributes)
     else:
-        items = plan_work_items(outcome.valid, config, spec, generator_identity=location.models["generator"].key)
+        items = plan_work_items(
+            outcome.valid, config, spec, generator_identity=location.models["generator"].key,
+            precision=generation_precision(config.generation.method, device),
+        )
         # Items sharing a content key (img2img reconstructions of several attributes) are made once.
         records = _generate(unique_by_content_key(items), config, store, device)
         candidates = candidates_frame(items, records, config.generation.method)
