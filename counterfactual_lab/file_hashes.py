@@ -30,6 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+# One exception for "not a regular file", wherever a path is read (a FIFO would block a reader).
+from counterfactual_lab.regular_files import NotARegularFile, file_kind, open_regular_file
+
 CACHE_DIR_ENV = "CFLAB_CACHE_DIR"
 CACHE_FILE_NAME = "file-hashes.sqlite"
 CHUNK_BYTES = 4 * 1024 * 1024
@@ -38,10 +41,6 @@ CHUNK_BYTES = 4 * 1024 * 1024
 HASH_WORKERS = min(4, os.cpu_count() or 1)
 
 logger = logging.getLogger(__name__)
-
-
-class NotARegularFile(OSError):
-    """The path is a FIFO, device, socket or folder: its "content" cannot be hashed (a FIFO would block)."""
 
 
 def cache_dir() -> Path:
@@ -69,14 +68,19 @@ def stat_key(path: str | os.PathLike) -> StatKey:
     real = os.path.realpath(path)
     info = os.stat(real)
     if not stat.S_ISREG(info.st_mode):
-        raise NotARegularFile(f"{path} is not a regular file")
+        raise NotARegularFile(str(path), file_kind(info.st_mode))
     return StatKey(real, info.st_size, info.st_mtime_ns, info.st_ino)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """The sha256 (hex) of a file's bytes, read in chunks (never whole in memory)."""
+def sha256_file(path: str | os.PathLike, inode: int | None = None) -> str:
+    """The sha256 (hex) of a regular file's bytes, read in chunks (never whole in memory).
+
+    Opened only as a regular file (:func:`~counterfactual_lab.regular_files.open_regular_file`:
+    a FIFO swapped in after the stat raises :class:`NotARegularFile` instead of blocking);
+    ``inode``: the one its stat key saw, so a file replaced meanwhile is not hashed under that key.
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular_file(path, inode=inode) as handle:
         while chunk := handle.read(CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
@@ -98,13 +102,13 @@ def sha256_files(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
         missing = sorted({k for k in keys.values() if k not in known}, key=lambda k: k.path)
         if missing:
             with ThreadPoolExecutor(max_workers=min(HASH_WORKERS, len(missing))) as pool:
-                fresh = dict(zip(missing, pool.map(lambda k: sha256_file(k.path), missing)))
+                fresh = dict(zip(missing, pool.map(lambda k: sha256_file(k.path, k.inode), missing)))
             # A file that changed while it was read must not be remembered under its old key.
             fresh = {k: h for k, h in fresh.items() if _unchanged(k)}
             cache.store(fresh)
             known.update(fresh)
         return {
-            given: known[key] if key in known else sha256_file(key.path)
+            given: known[key] if key in known else sha256_file(key.path, key.inode)
             for given, key in keys.items()
         }
     finally:

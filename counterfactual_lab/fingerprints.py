@@ -39,9 +39,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from counterfactual_lab.errors import DatasetUnreadable
-from counterfactual_lab.file_hashes import NotARegularFile, sha256_files, stat_key
+from counterfactual_lab.file_hashes import sha256_files, stat_key
 from counterfactual_lab.images import ImageRejected
 from counterfactual_lab.ingest import DatasetSource, open_dataset
+from counterfactual_lab.regular_files import NotARegularFile
 from counterfactual_lab.spec import DatasetSpec
 from counterfactual_lab.storage import credentials_hint, is_credentials_error
 
