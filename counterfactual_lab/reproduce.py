@@ -24,11 +24,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from counterfactual_lab.audit_run import MODEL_SECTIONS
 from counterfactual_lab.config import AuditConfig
 from counterfactual_lab.errors import UserError
 
-# Which config section names the model of each role (as in audit_run).
-_MODEL_SECTIONS = {"generator": "generation", "judge": "judge", "audit": "audit"}
 # Recorded versions that describe the machine rather than a package that computes numbers.
 _NOT_COMPARED = ("platform",)
 
@@ -43,7 +42,7 @@ def config_from_manifest(
     raw = {k: dict(v) if isinstance(v, Mapping) else v for k, v in manifest["config"].items()}
     recorded_spec = manifest["run_identity"].get("dataset", {}).get("spec") or {}
     raw["dataset"] = {"name": manifest["dataset"]["name"], "uri": manifest["dataset"]["uri"], **recorded_spec}
-    for role, section in _MODEL_SECTIONS.items():
+    for role, section in MODEL_SECTIONS.items():
         model = manifest["models"].get(role)
         if model is None:
             continue

@@ -156,10 +156,22 @@ def test_the_editor_rejects_what_it_cannot_render():
         editor.edit([item_for(row, "young", attribute="age")], [source])
     with pytest.raises(UserError, match="no rendering for gender value 'non-binary'"):
         editor.edit([item_for(row, "non-binary")], [source])
-    with pytest.raises(UserError, match="\\['strength'\\] not understood by method 'validation'"):
-        ValidationEditor(GenerationConfig(method="validation", params={"strength": 0.5}))
-    with pytest.raises(UserError, match="noise_std must be a number >= 0"):
-        ValidationEditor(GenerationConfig(method="validation", params={"noise_std": -1}))
+    # One check for every method's params (method_params.check_method_params): the preflight
+    # and the editor refuse the same values with the same line.
+    from counterfactual_lab.method_params import check_method_params
+
+    refused = {
+        "strength": (0.5, "generation.params.strength is not understood by method 'validation'"),
+        "noise_std": (-1, "generation.params.noise_std must be in [0, 255], got -1"),
+        "cast_std": (1e6, "generation.params.cast_std must be in [0, 255], got 1000000.0"),
+        "blur": ("yes", "generation.params.blur must be true or false, got 'yes'"),
+    }
+    for name, (value, message) in refused.items():
+        generation = GenerationConfig(method="validation", params={name: value})
+        for check in (check_method_params, ValidationEditor):
+            with pytest.raises(UserError) as info:
+                check(generation)
+            assert str(info.value).startswith(message), (check, str(info.value))
     with pytest.raises(ConfigError, match="method"):
         AuditConfig.parse_config({"dataset": {"uri": "x"}, "generation": {"method": "validate"}})
 
