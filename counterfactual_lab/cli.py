@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from counterfactual_lab import __version__
 from counterfactual_lab.errors import DataOverLimit, UserError
+from counterfactual_lab.redaction import mask_known, remember_secrets
 
 EXIT_OK = 0
 EXIT_OVER_LIMIT = 1
@@ -54,6 +55,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         spec = DatasetSpec.for_uri(args.dataset_uri)
     else:
         raise UserError("validate needs a DATASET_URI or --spec FILE")
+    remember_secrets(spec.model_dump())  # inline credentials: masked in any error line
     if spec.storage_options_secret:  # a Prefect Secret block: read through the flows layer
         from flows.secrets import load_secret_options
 
@@ -110,9 +112,11 @@ def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate:
     from counterfactual_lab.preflight import check_audit, check_config
 
     audit_config = AuditConfig.from_yaml(config)
+    remember_secrets(audit_config.model_dump())  # inline credentials: masked in any error line
     # The spec and generation.params first: a typo is one line in about a second, before any
     # storage is asked anything (the completeness check below lists the dataset).
     spec = check_config(audit_config, dataset)
+    remember_secrets(spec.model_dump())  # a spec file's inline credentials too
     if not force and not _needs_secret_block(audit_config, spec):
         # An unchanged complete run is answered from the output store alone: no Prefect, no torch.
         done = _complete_run(audit_config, dataset, out, evaluate)
@@ -352,9 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one line (traceback with --debug)
         if isinstance(exc, SystemExit):
             raise
+        # Error text may quote a credential (a URI with a password, a library echoing an
+        # option): masked with every secret this process was handed, like log records are.
         if debug:
-            traceback.print_exc(file=sys.stderr)
-        _fail(describe_error(exc, debug))
+            print(mask_known(traceback.format_exc()), end="", file=sys.stderr)
+        _fail(mask_known(describe_error(exc, debug)))
         return EXIT_OVER_LIMIT if isinstance(exc, DataOverLimit) else EXIT_USAGE
 
 
