@@ -267,7 +267,12 @@ def as_cache_hits(records: list[Any]) -> list[Any]:
 
 
 def generation_counts(records: list[Any]) -> dict[str, int]:
-    """How many items were generated, served from the store, or failed; OOM halvings."""
+    """How many *images* were generated, served from the store, or failed; OOM halvings.
+
+    One generation record per unique content key: work items that share a key (an ``img2img``
+    reconstruction asked for by several attributes) share one image and count once here, while
+    ``row_accounting`` and a failed run's ``failure`` count work items (candidate rows).
+    """
     statuses = Counter(record.status for record in records)
     return {
         "generated": statuses.get("generated", 0),

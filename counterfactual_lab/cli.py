@@ -19,14 +19,13 @@ own when ``PREFECT_API_URL`` is unset (``flows/temporary_server.py``: it never o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from counterfactual_lab import __version__
 from counterfactual_lab.errors import DataOverLimit, UserError
+from counterfactual_lab.redaction import mask_known, remember_secrets
 
 EXIT_OK = 0
 EXIT_OVER_LIMIT = 1
@@ -56,6 +55,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         spec = DatasetSpec.for_uri(args.dataset_uri)
     else:
         raise UserError("validate needs a DATASET_URI or --spec FILE")
+    remember_secrets(spec.model_dump())  # inline credentials: masked in any error line
     if spec.storage_options_secret:  # a Prefect Secret block: read through the flows layer
         from flows.secrets import load_secret_options
 
@@ -109,10 +109,15 @@ def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate:
     """Check the config, then run the Prefect audit flow (imported here: the library itself never
     imports Prefect) on ``PREFECT_API_URL`` or a temporary server."""
     from counterfactual_lab.config import AuditConfig
-    from counterfactual_lab.preflight import check_audit
+    from counterfactual_lab.preflight import check_audit, check_config
 
     audit_config = AuditConfig.from_yaml(config)
-    if not force:
+    remember_secrets(audit_config.model_dump())  # inline credentials: masked in any error line
+    # The spec and generation.params first: a typo is one line in about a second, before any
+    # storage is asked anything (the completeness check below lists the dataset).
+    spec = check_config(audit_config, dataset)
+    remember_secrets(spec.model_dump())  # a spec file's inline credentials too
+    if not force and not _needs_secret_block(audit_config, spec):
         # An unchanged complete run is answered from the output store alone: no Prefect, no torch.
         done = _complete_run(audit_config, dataset, out, evaluate)
         if done is not None:
@@ -120,7 +125,9 @@ def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate:
     # Every key of the config (generation.params included), before Prefect starts a flow run or
     # a server: a bad config is one line in seconds and leaves no run folder.
     check_audit(audit_config, dataset, evaluate=evaluate)
-    with prefect_api():
+    from flows.temporary_server import prefect_api  # the flows layer: the library never imports Prefect
+
+    with prefect_api(status):
         from flows.audit import dataset_audit
         from flows.console import configure_console
 
@@ -128,62 +135,33 @@ def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate:
         return dataset_audit(config_uri=config, dataset_uri=dataset, output_uri=out, evaluate=evaluate, force=force)
 
 
+def _needs_secret_block(config, spec) -> bool:
+    """True when the dataset's or the output's credentials live in a Prefect Secret block: only
+    the flow (with Prefect) can read them, so the no-Prefect shortcut cannot locate the run."""
+    return bool(spec.storage_options_secret or config.output.storage_options_secret)
+
+
 def _complete_run(config, dataset: str | None, out: str | None, evaluate: bool) -> str | None:
     """The run folder when this exact run (same config, models and data) is already complete, else None.
 
-    Best effort: where the run cannot be located without Prefect (a dataset whose credentials
-    live in a Prefect Secret block, say), the flow decides instead, after the full config check.
+    Best effort: whatever stops it from locating the run without Prefect (storage that wants
+    credentials this process lacks, an unreachable endpoint, a bad model path) means "not known
+    to be complete"; the flow then decides, after the full config check, and reports any real
+    problem as its own one-line error.
     """
     from counterfactual_lab.audit_run import locate_run
-    from counterfactual_lab.errors import UserError
     from counterfactual_lab.publish import is_complete
 
     try:
         location = locate_run(config, dataset, out, evaluate)
         complete = is_complete(location.run_uri, location.storage_options)
-    except (UserError, OSError):
+    except Exception:  # noqa: BLE001 - a shortcut: any failure falls through to the full path
         return None
     if not complete:
         return None
     print(f"cflab: run {location.run_id} is already complete (same config, models and data); "
           "--force runs it again", file=sys.stderr)
     return location.run_uri
-
-
-@contextlib.contextmanager
-def prefect_api() -> Iterator[str | None]:
-    """The Prefect API to run flows on: ``PREFECT_API_URL`` when set, else a temporary local
-    server for the duration of the block (it dies with this process, even on ``kill -9``)."""
-    import flows  # noqa: F401  (this project's Prefect defaults, before Prefect reads its settings)
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
-
-    if get_current_settings().api.url:
-        yield get_current_settings().api.url
-        return
-    from flows.temporary_server import TemporaryPrefectServer
-
-    server = TemporaryPrefectServer()
-    status(f"starting a temporary Prefect server (up to {server.timeout:.0f} s; "
-           "set PREFECT_API_URL to use a running one) ...")
-    started = time.monotonic()
-    with server as api_url:
-        status(f"Prefect server ready at {api_url} ({time.monotonic() - started:.0f} s)")
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            try:
-                yield api_url
-            finally:
-                _send_pending_logs_and_events()
-
-
-def _send_pending_logs_and_events(timeout: float = 10.0) -> None:
-    """Let Prefect's background workers deliver queued logs and events while the server is
-    still up (otherwise they try at exit and print "Error logging to API")."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for worker in (APILogWorker, EventsWorker):
-        with contextlib.suppress(Exception):
-            worker.drain_all(timeout=timeout)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -381,9 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one line (traceback with --debug)
         if isinstance(exc, SystemExit):
             raise
+        # Error text may quote a credential (a URI with a password, a library echoing an
+        # option): masked with every secret this process was handed, like log records are.
         if debug:
-            traceback.print_exc(file=sys.stderr)
-        _fail(describe_error(exc, debug))
+            print(mask_known(traceback.format_exc()), end="", file=sys.stderr)
+        _fail(mask_known(describe_error(exc, debug)))
         return EXIT_OVER_LIMIT if isinstance(exc, DataOverLimit) else EXIT_USAGE
 
 

@@ -120,7 +120,11 @@ class GenerationConfig(BaseModel):
         return self
 
     def fingerprint_fields(self) -> dict[str, Any]:
-        """What identifies the generator: everything that changes the output pixels."""
+        """What identifies the generator in the config: every key that changes the output pixels.
+
+        The content keys add the model's identity (its files' sha256) and what this machine
+        changes: device type, dtype and package versions (``devices.generation_precision``).
+        """
         return {
             "method": self.method,
             "model": self.model,

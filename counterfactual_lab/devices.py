@@ -37,3 +37,33 @@ def dtype_for(device: torch.device | str) -> torch.dtype:
     """fp16 on CUDA (half the memory, tensor cores), fp32 on CPU and MPS."""
     device = torch.device(device)
     return torch.float16 if device.type == "cuda" else torch.float32
+
+
+# Distributions whose versions change a diffusion editor's pixels: the kernels (torch), the
+# pipelines and schedulers (diffusers), the text encoders (transformers).
+PIXEL_DISTRIBUTIONS = ("torch", "diffusers", "transformers")
+
+
+def generation_precision(method: str, device_preference: str = "auto") -> dict[str, object]:
+    """What besides the config changes a generation method's pixels on this machine: the device
+    type and dtype the loaders will use (fp16 on CUDA, fp32 elsewhere: :func:`dtype_for`) and the
+    versions of :data:`PIXEL_DISTRIBUTIONS`. Empty for a method that loads no weights (the
+    planted-bias world's ``validation`` editor computes in numpy, the same everywhere).
+
+    Part of the generator fingerprint in every content key (``plan.plan_work_items``), so images
+    made in fp16 on a GPU are not reused by a CPU run in fp32, or after an upgrade of diffusers.
+    """
+    from importlib import metadata
+
+    from counterfactual_lab.method_params import METHODS_WITHOUT_WEIGHTS
+
+    if method in METHODS_WITHOUT_WEIGHTS:
+        return {}
+    device = resolve_device(device_preference)
+    versions = {}
+    for dist in PIXEL_DISTRIBUTIONS:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {"device": device.type, "dtype": str(dtype_for(device)).removeprefix("torch."), "versions": versions}

@@ -39,10 +39,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from counterfactual_lab.errors import DatasetUnreadable
-from counterfactual_lab.file_hashes import NotARegularFile, sha256_files, stat_key
+from counterfactual_lab.file_hashes import StatKey, sha256_files, sha256_of_keys, stat_key
 from counterfactual_lab.images import ImageRejected
 from counterfactual_lab.ingest import DatasetSource, open_dataset
+from counterfactual_lab.regular_files import NotARegularFile
 from counterfactual_lab.spec import DatasetSpec
+from counterfactual_lab.storage import credentials_hint, is_credentials_error
 
 FINGERPRINT_VERSION = 1
 PATH_BATCH_ROWS = 65_536
@@ -174,7 +176,7 @@ class _LocalTokens:
 
     def of_images(self, refs: list[str]) -> list[tuple[str, str]]:
         entries: dict[str, str] = {}
-        to_hash: dict[str, str] = {}  # relative path -> filesystem path
+        to_hash: dict[str, StatKey] = {}  # relative path -> the file's stat key
         for ref in refs:
             resolved = _resolve(self.source, ref)
             if isinstance(resolved, tuple):
@@ -182,27 +184,26 @@ class _LocalTokens:
                 continue
             relative = self.source.relative(resolved)
             try:
-                stat_key(resolved)
+                to_hash[relative] = stat_key(resolved, real=self.source.real_path(resolved))
             except FileNotFoundError:
                 entries[relative] = MISSING
             except NotARegularFile:
                 entries[relative] = NOT_A_REGULAR_FILE  # a FIFO would block a reader: never opened
             except (OSError, ValueError):
                 entries[relative] = UNREADABLE
-            else:
-                to_hash[relative] = resolved
         try:
-            hashes = sha256_files(to_hash.values())
+            hashes = sha256_of_keys(to_hash)
         except OSError:
-            # A file vanished or became unreadable between stat and read: hash one by one.
+            # A file vanished, became unreadable or was swapped for a FIFO between stat and
+            # read: hash one by one.
             hashes = {}
-            for path in to_hash.values():
+            for relative, key in to_hash.items():
                 try:
-                    hashes.update(sha256_files([path]))
+                    hashes.update(sha256_of_keys({relative: key}))
                 except OSError:
                     pass
-        for relative, path in to_hash.items():
-            entries[relative] = f"sha256:{hashes[path]}" if path in hashes else UNREADABLE
+        for relative in to_hash:
+            entries[relative] = f"sha256:{hashes[relative]}" if relative in hashes else UNREADABLE
         return sorted(entries.items())
 
 
@@ -221,6 +222,10 @@ class _S3Tokens:
             listing = fs.find(source.root, detail=True)
         except OSError as exc:
             raise DatasetUnreadable(f"dataset {source.uri} cannot be listed: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:
+            if is_credentials_error(exc):  # botocore's, not an OSError
+                raise DatasetUnreadable(f"dataset {credentials_hint(source.uri, exc)}") from None
+            raise
         self._etags = {path: _etag(info) for path, info in listing.items() if info.get("type", "file") == "file"}
 
     def of_file(self, path: str) -> str:

@@ -4,7 +4,8 @@ Over-generate, then judge (the filtering of InstructPix2Pix and SocialCounterfac
 an attribute check they lack). Every candidate is scored with a CLIP-family judge model:
 
 * ``text_similarity``      = cos(I₁, T₁)            the image shows its caption (alignment);
-* ``direction_similarity`` = cos(I₁ − I₀, T₁ − T₀)  the image moved the way the caption moved;
+* ``direction_similarity`` = cos(I₁ − I₀, T₁ − T₀)  the image moved the way the caption moved
+  (I₀: the set's reconstruction in sets, else the original; see below);
 * ``image_similarity``     = cos(I₀, I₁)            the rest of the scene was preserved;
 * ``attribute_margin``     = cos(I₁, P(target)) − max over other values v of cos(I₁, P(v)),
   with P(v) the attribute prompt of value v; ``attribute_ok`` = margin > 0.
@@ -14,6 +15,15 @@ and, if ``check_attribute``, the attribute check holds. A reconstruction (``vari
 "reconstruction": the source's own value, caption unchanged, so T₁ = T₀) has no direction:
 it is scored on alignment and preservation only (``direction_similarity`` and the attribute
 check null, never a reason to drop).
+
+Which image is I₀. Preservation (``image_similarity``) is always measured against the real
+original: it asks whether the scene survived. The direction, in sets, is measured from the
+set's reconstruction (same source, attribute and seed; T₀ its caption, the unchanged one): the
+reconstruction carries the generator's own artifact, which the counterfactual carries too, so
+I₁ − I_reconstruction is the edit alone, while I₁ − I_original is the edit plus that artifact,
+which can dominate it and scores an unedited copy almost as well as a real edit. Where the set
+has no reconstruction image (it failed; its set is dropped anyway) and with
+``generation.reconstruction: false`` the direction is measured from the original, as before.
 
 Which candidates are kept:
 
@@ -163,9 +173,9 @@ def score_candidates(
     t0 = embedder.embed_texts([r["caption"] for r in picked], batch_size=batch_size)
     t1 = embedder.embed_texts([r["counterfactual_caption"] for r in picked], batch_size=batch_size)
     text_sim = text_similarity(i1, t1)
-    direction_sim = directional_similarity(i0, i1, t0, t1)
-    image_sim = image_similarity(i0, i1)
     edited = [not is_reconstruction(r) for r in picked]
+    direction_sim = directional_similarity(direction_origins(picked, i0, i1), i1, t0, t1)
+    image_sim = image_similarity(i0, i1)
 
     margins: list[float | None] = [None] * len(picked)
     if judge.check_attribute:
@@ -194,6 +204,27 @@ def score_candidates(
             attribute_margin=margin,
         )
     return scores
+
+
+def direction_origins(rows: list[dict], originals: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """I₀ of each row's direction (see the module docstring): for a counterfactual whose set has
+    a reconstruction among ``rows``, that reconstruction's embedding (``images`` row); else the
+    original's (``originals`` row). ``rows``, ``originals`` and ``images`` are aligned."""
+    origins = np.array(originals, dtype=np.float64, copy=True)
+    reconstruction_of = {
+        _set_key(row): j for j, row in enumerate(rows) if is_reconstruction(row) and not row.get("control")
+    }
+    for j, row in enumerate(rows):
+        k = None if is_reconstruction(row) else reconstruction_of.get(_set_key(row))
+        if k is not None:
+            origins[j] = images[k]
+    return origins
+
+
+def _set_key(row: dict) -> tuple:
+    """(source, attribute, seed): the set a candidate belongs to (``source_id`` when present)."""
+    source = row["source_id"] if row.get("source_id") is not None else row["source_key"]
+    return source, row["attribute"], row["seed"]
 
 
 def verdict(score: JudgeScores, judge: JudgeConfig) -> str | None:

@@ -59,6 +59,16 @@ MODEL_ROLES = ("generator", "judge", "audit", "toxicity")
 
 ROW_ACCOUNTING_KEYS = ("rows_in", "valid", "quarantined", "planned", "kept", "dropped", "failed")
 
+# What each count of the manifest counts. Work items that share a content key (an img2img
+# reconstruction asked for by several attributes) share one image, so the two differ.
+COUNT_UNITS = {
+    "generation_counts": "images: one per unique content key (generated, served from the store, or failed)",
+    "cache_hits": "images served from the store or the task cache",
+    "row_accounting": "rows_in/valid/quarantined: dataset rows; planned/kept/dropped/failed: work items "
+    "(rows of counterfactuals.parquet)",
+    "failure": "work items, as row_accounting counts them",
+}
+
 
 def library_versions() -> dict[str, str]:
     """``{"python": ..., dist: version}`` for the installed distributions that matter; absent ones are left out."""
@@ -217,6 +227,7 @@ def build_manifest(
         "row_accounting": dict(row_accounting),
         "row_accounting_problems": check_row_accounting(row_accounting),
         "generation_counts": dict(generation_counts),
+        "count_units": dict(COUNT_UNITS),
         "cache_hits": int(cache_hits),
         "tables": dict(tables),
         "config": dict(config),

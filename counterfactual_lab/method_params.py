@@ -66,7 +66,13 @@ PARAM_RANGES: dict[str, tuple[float, float, bool]] = {  # name: (low, high, low 
     "edit_guidance_scale": (0.0, 100.0, True),
     "edit_threshold": (0.0, 1.0, True),
     "skip": (0.0, 1.0, True),
+    # The validation editor's artifact, in grey levels of an 8-bit channel.
+    "cast_std": (0.0, 255.0, True),
+    "noise_std": (0.0, 255.0, True),
 }
+
+# Params that are switches: true or false, nothing else.
+BOOLEAN_PARAMS = frozenset({"blur"})
 
 
 def check_method_params(generation: GenerationConfig) -> dict[str, Any]:
@@ -92,6 +98,9 @@ def check_method_params(generation: GenerationConfig) -> dict[str, Any]:
             f"generation.params.{name} is not understood by method {method!r}{hint}; it accepts {sorted(allowed)}"
         )
     params = {**allowed, **generation.params}
+    for name in sorted(BOOLEAN_PARAMS & set(generation.params)):
+        if not isinstance(params[name], bool):
+            raise UserError(f"generation.params.{name} must be true or false, got {params[name]!r}")
     for name, (low, high, low_inclusive) in PARAM_RANGES.items():
         if name not in generation.params or params[name] is None:
             continue

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from counterfactual_lab.errors import UnsafeModelError
+from counterfactual_lab.regular_files import NotARegularFile, read_regular_file
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -39,6 +40,10 @@ def check_local_model_dir(model: str) -> None:
         )
 
 
+# A model's JSON configs are kilobytes (a tokenizer's can reach a few megabytes); a larger
+# "config" is not read into memory.
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
+
 # Config files in which transformers and diffusers name code to import from the model folder.
 CODE_REFERENCING_FILES = ("config.json", "model_index.json", "preprocessor_config.json", "processor_config.json",
                           "tokenizer_config.json", "image_processor_config.json")
@@ -61,9 +66,24 @@ def check_no_custom_code(model: str) -> None:
         )
     for path in sorted(p for name in CODE_REFERENCING_FILES for p in root.rglob(name)):
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            text, size = read_regular_file(str(path), MAX_CONFIG_BYTES)
+        except NotARegularFile as exc:
+            # A FIFO would block this check, and the loader after it, forever.
+            raise UnsafeModelError(
+                f"model {model}: {path.relative_to(root)} is a {exc.kind}, not a regular file; "
+                "a model folder holds regular files only"
+            ) from None
+        except OSError:
             continue  # an unreadable config fails at load time with its own message
+        if text is None:
+            raise UnsafeModelError(
+                f"model {model}: {path.relative_to(root)} has {size:,} bytes, over the "
+                f"{MAX_CONFIG_BYTES:,}-byte limit for a JSON config"
+            )
+        try:
+            data = json.loads(text.decode("utf-8"))
+        except ValueError:
+            continue  # not JSON: the loader names it
         if isinstance(data, dict) and "auto_map" in data:
             raise UnsafeModelError(
                 f"model {model} needs custom code ({path.relative_to(root)} has an auto_map); "

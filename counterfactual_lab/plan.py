@@ -152,7 +152,8 @@ def unique_by_content_key(items: list[WorkItem]) -> list[WorkItem]:
 
 
 def plan_work_items(
-    valid: "pl.DataFrame", config: "AuditConfig", spec: "DatasetSpec", generator_identity: str | None = None
+    valid: "pl.DataFrame", config: "AuditConfig", spec: "DatasetSpec", generator_identity: str | None = None,
+    precision: dict[str, Any] | None = None,
 ) -> list[WorkItem]:
     """Every work item of the audit, in a deterministic order (see the module docstring).
 
@@ -166,11 +167,18 @@ def plan_work_items(
     ``generator_identity`` (``model_identity(...).key``: the sha256 of the model's files, or a
     hub commit) names the generator in every key in place of the config's spelling of its path,
     so a relative and an absolute path to one model plan the same keys and share every image.
+
+    ``precision`` (:func:`counterfactual_lab.devices.generation_precision`: the device type, the
+    dtype and the versions of the packages that change pixels) enters the fingerprint too, so an
+    fp16 CUDA image is never served to an fp32 CPU run. The audit flow always passes it; without
+    it (an empty dict or None) the fingerprint is the config's alone.
     """
     generation = config.generation
     fields = generation.fingerprint_fields()
     if generator_identity is not None:
         fields.update(model=generator_identity, revision=None)
+    if precision:
+        fields["precision"] = dict(precision)
     fingerprint = generator_fingerprint(fields)
     seeds = list(range(generation.seed, generation.seed + generation.seeds_per_target))
     control_seed = generation.seed + generation.seeds_per_target

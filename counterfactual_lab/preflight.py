@@ -19,18 +19,31 @@ from counterfactual_lab.errors import ConfigError
 from counterfactual_lab.spec import DatasetSpec
 
 
+def check_config(config: AuditConfig, dataset_uri: str | None = None) -> DatasetSpec:
+    """The checks that read nothing but the config and cost milliseconds: the dataset spec (with
+    ``dataset_uri`` overriding the config's dataset) and ``generation.params``. Returns the spec.
+
+    ``cflab`` runs these before anything that may touch data or storage, so a typo is one line
+    in about a second whatever else the config names (a Secret block, an S3 dataset).
+    """
+    from counterfactual_lab.method_params import check_method_params
+
+    spec = config.dataset_spec(dataset_uri)
+    if not spec.columns.counterfactual_set:  # an evaluate-only dataset needs no generator
+        check_method_params(config.generation)
+    return spec
+
+
 def check_audit(config: AuditConfig, dataset_uri: str | None = None, *, evaluate: bool = True) -> DatasetSpec:
     """Check ``config`` (with ``dataset_uri`` overriding its dataset) for a run; return the dataset spec.
 
     ``evaluate=False`` (``cflab generate``) skips the model under audit. Raises a
     :class:`~counterfactual_lab.errors.UserError` naming the key at fault.
     """
-    from counterfactual_lab.method_params import METHODS_WITHOUT_WEIGHTS, check_method_params
+    from counterfactual_lab.method_params import METHODS_WITHOUT_WEIGHTS
 
-    spec = config.dataset_spec(dataset_uri)
+    spec = check_config(config, dataset_uri)
     generates = not spec.columns.counterfactual_set  # an evaluate-only dataset needs no generator
-    if generates:
-        check_method_params(config.generation)
     roles = {"judge.model": config.judge.model} if generates else {}
     if generates and config.generation.method not in METHODS_WITHOUT_WEIGHTS:
         roles = {"generation.model": config.generation.model, **roles}

@@ -118,6 +118,23 @@ def mask(text: str, secrets: set[str] | frozenset[str]) -> str:
     return redact_text(text)
 
 
+# The secret values this process has been handed (inline storage options of the configs and
+# specs it loaded, Secret blocks it resolved), so that text that was never a config (an error
+# message, a traceback) can be masked before it is printed: :func:`mask_known`.
+_known: set[str] = set()
+
+
+def remember_secrets(*holders: Any) -> None:
+    """Remember the secret values in ``holders`` (configs, specs, option dicts) for :func:`mask_known`."""
+    for holder in holders:
+        _known.update(secret_values(holder))
+
+
+def mask_known(text: str) -> str:
+    """``text`` with every secret this process was handed, and any URL password, replaced."""
+    return mask(text, frozenset(_known))
+
+
 class RedactedInJson:
     """Mixin for pydantic models that may hold secrets: their JSON-mode dump is redacted.
 

@@ -467,7 +467,7 @@ def _accounting_section(manifest: Mapping[str, Any], quarantine: pl.DataFrame | 
         parts.append("<p>Row accounting was not recorded.</p>")
     generation = manifest.get("generation_counts") or {}
     if generation:
-        parts.append("<h3>Generation</h3>" + _key_value_table(
+        parts.append("<h3>Generation (images: one per unique content key)</h3>" + _key_value_table(
             [(k, json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v) for k, v in generation.items()]
         ))
     if manifest.get("cache_hits") is not None:

@@ -24,12 +24,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from counterfactual_lab.audit_run import MODEL_KEYS, MODEL_SECTIONS
 from counterfactual_lab.config import AuditConfig
 from counterfactual_lab.errors import UserError
 
-# Which config section and keys name the model of each role (as in audit_run).
-_MODEL_SECTIONS = {"generator": "generation", "judge": "judge", "audit": "audit", "toxicity": "audit"}
-_MODEL_KEYS = {"toxicity": ("toxicity_model", "toxicity_revision")}
 # Recorded versions that describe the machine rather than a package that computes numbers.
 _NOT_COMPARED = ("platform",)
 
@@ -44,11 +42,11 @@ def config_from_manifest(
     raw = {k: dict(v) if isinstance(v, Mapping) else v for k, v in manifest["config"].items()}
     recorded_spec = manifest["run_identity"].get("dataset", {}).get("spec") or {}
     raw["dataset"] = {"name": manifest["dataset"]["name"], "uri": manifest["dataset"]["uri"], **recorded_spec}
-    for role, section in _MODEL_SECTIONS.items():
+    for role, section in MODEL_SECTIONS.items():
         model = manifest["models"].get(role)
         if model is None:
             continue
-        model_key, revision_key = _MODEL_KEYS.get(role, ("model", "revision"))
+        model_key, revision_key = MODEL_KEYS.get(role, ("model", "revision"))
         if model.get("source") == "hub":
             raw[section].update({model_key: model["model"], revision_key: model.get("commit") or model.get("revision")})
         else:

@@ -1,10 +1,16 @@
 """When a run has failed, and how it says so.
 
 A run *fails* when more than ``runtime.max_failed_fraction`` of its planned work items failed
-to generate (their generation records have status ``failed``)::
+to generate. Work items are the rows of the run's candidate table (``counterfactuals.parquet``,
+one per planned item, status ``failed`` when its image could not be made), the same rows that
+the manifest's ``row_accounting`` counts::
 
-    failed_fraction = failed items / planned items        (0 when nothing was planned)
+    failed_fraction = failed work items / planned work items   (0 when nothing was planned)
     failed          = failed_fraction > max_failed_fraction
+
+Not generation records: several work items can share one content key (an ``img2img``
+reconstruction asked for by several attributes is made once), so records count *images*
+(the manifest's ``generation_counts``), and an image that failed fails every item that needed it.
 
 A failed run still publishes everything it has, but its manifest says ``"status": "failed"``
 with the counts and the commonest error (:meth:`FailedItems.manifest_entry`), its report
@@ -22,9 +28,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import polars as pl
 
 RUN_COMPLETE, RUN_FAILED = "complete", "failed"
 MAX_QUOTED_ERROR_CHARS = 300
@@ -49,8 +57,8 @@ def _one_line(text: str, limit: int = MAX_QUOTED_ERROR_CHARS) -> str:
 class FailedItems:
     """How many of a run's work items failed, against the limit, and the commonest error."""
 
-    planned: int
-    failed: int
+    planned: int  # work items (candidate rows)
+    failed: int  # of those, the ones whose image could not be made
     max_fraction: float
     commonest_error: str | None = None  # the most frequent message of the commonest error type
     commonest_count: int = 0  # failed items whose error has that type
@@ -67,6 +75,7 @@ class FailedItems:
         """The manifest's ``failure`` object."""
         return {
             "reason": "too many failed work items",
+            "unit": "work items (rows of counterfactuals.parquet, as in row_accounting)",
             "failed_items": self.failed,
             "planned_items": self.planned,
             "failed_fraction": round(self.fraction, 6),
@@ -80,17 +89,21 @@ class FailedItems:
         return _sentence(self.manifest_entry()) + f"; published as failed: {run_uri}"
 
 
-def count_failed_items(records: Iterable[Any], max_fraction: float) -> FailedItems:
-    """:class:`FailedItems` of one run's generation records (one per planned work item)."""
-    records = list(records)
-    errors = [str(r.error or "no error recorded") for r in records if r.status == "failed"]
+def count_failed_items(candidates: pl.DataFrame, max_fraction: float) -> FailedItems:
+    """:class:`FailedItems` of one run's candidate table: one row per planned work item, with
+    ``status`` (``failed`` when its image could not be made) and ``error``. A frame without
+    rows (an evaluate-only dataset plans nothing) has nothing failed."""
+    if candidates.is_empty():
+        return FailedItems(planned=0, failed=0, max_fraction=max_fraction)
+    failed_rows = candidates.filter(pl.col("status") == "failed")
+    errors = [str(error or "no error recorded") for error in failed_rows["error"].to_list()]
     if not errors:
-        return FailedItems(planned=len(records), failed=0, max_fraction=max_fraction)
+        return FailedItems(planned=candidates.height, failed=0, max_fraction=max_fraction)
     kinds = Counter(error_kind(error) for error in errors)
     kind, count = min(kinds.items(), key=lambda item: (-item[1], item[0]))  # most items; ties by name
     example, _ = Counter(e for e in errors if error_kind(e) == kind).most_common(1)[0]
     return FailedItems(
-        planned=len(records), failed=len(errors), max_fraction=max_fraction,
+        planned=candidates.height, failed=len(errors), max_fraction=max_fraction,
         commonest_error=_one_line(example), commonest_count=count,
     )
 

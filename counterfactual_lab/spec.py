@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from counterfactual_lab.errors import ConfigError
-from counterfactual_lab.redaction import RedactedInJson
+from counterfactual_lab.redaction import RedactedInJson, is_secret_key, redact
 from counterfactual_lab.yaml_files import load_yaml_file
 
 # Bounds on what a spec can set; each is documented in the README's Datasets section.
@@ -206,8 +206,14 @@ def _first_error(exc: ValidationError, model: type[BaseModel] | None = None) -> 
             return f"{where}.{head}: {rest}"
         return f"{where}: {message}"
     if err["type"] != "missing" and "input" in err:
-        shown = repr(err["input"])
-        message += f" (got {shown[:60] + '...' if len(shown) > 60 else shown})"
+        # (A Secret block's name, storage_options_secret, is a name, not a secret.)
+        if any(part.endswith("storage_options") or (is_secret_key(part) and part != "storage_options_secret")
+               for part in loc):
+            # Whatever sits under storage_options (or a secret-looking key) may be a credential.
+            message += " (value not shown: it may be a credential)"
+        else:
+            shown = repr(redact(err["input"]))
+            message += f" (got {shown[:60] + '...' if len(shown) > 60 else shown})"
     return f"{where}: {message}"
 
 

@@ -106,6 +106,29 @@ def is_transient(exc: BaseException) -> bool:
     return re.search(r"(?<![0-9a-z])50[03](?![0-9a-z])", text) is not None
 
 
+# botocore's errors for credentials it cannot find or use. They are not OSErrors (s3fs passes
+# them through), so an ``except OSError`` misses them; callers that turn storage errors into
+# one-line messages test for them with :func:`is_credentials_error`.
+CREDENTIAL_ERRORS = frozenset({
+    "NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError", "NoAuthTokenError",
+    "TokenRetrievalError", "UnauthorizedSSOTokenError", "SSOTokenLoadError",
+})
+
+
+def is_credentials_error(exc: BaseException) -> bool:
+    """True for a botocore error about missing or unusable credentials (no botocore import)."""
+    return any(cls.__module__.startswith("botocore") and cls.__name__ in CREDENTIAL_ERRORS for cls in type(exc).__mro__)
+
+
+def credentials_hint(uri: str, exc: BaseException) -> str:
+    """One line for a credentials error on ``uri``."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return (
+        f"{uri}: no usable credentials ({first}); set them in the environment (AWS_ACCESS_KEY_ID, ...), "
+        "in storage_options, or name a Prefect Secret block with storage_options_secret"
+    )
+
+
 @contextlib.contextmanager
 def naming_the_path(uri: str) -> Iterator[None]:
     """Let an I/O error that does not say where it happened (a full disk, an S3 "Access

@@ -42,6 +42,7 @@ from counterfactual_lab.auditees.kinds import GENERATIVE_KINDS
 from counterfactual_lab.auditees.lexicon import load_lexicon
 from counterfactual_lab.auditees.text_scores import add_text_scores
 from counterfactual_lab.config import AuditConfig
+from counterfactual_lab.devices import generation_precision
 from counterfactual_lab.errors import DataOverLimit, TooManyFailedItems
 from counterfactual_lab.evaluate import build_evaluation_pool, pool_from_counterfactual_sets
 from counterfactual_lab.findings import headline_table, summary_markdown
@@ -135,11 +136,14 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
 
     if spec.columns.counterfactual_set:
         # Evaluate-only: the dataset already holds counterfactual sets.
-        counterfactuals = pl.DataFrame()
+        counterfactuals = candidates = pl.DataFrame()
         records: list = []
         pool = pool_from_counterfactual_sets(outcome.valid, attributes)
     else:
-        items = plan_work_items(outcome.valid, config, spec, generator_identity=location.models["generator"].key)
+        items = plan_work_items(
+            outcome.valid, config, spec, generator_identity=location.models["generator"].key,
+            precision=generation_precision(config.generation.method, device),
+        )
         # Items sharing a content key (img2img reconstructions of several attributes) are made once.
         records = _generate(unique_by_content_key(items), config, store, device)
         candidates = candidates_frame(items, records, config.generation.method)
@@ -161,9 +165,11 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
         tables["metrics"] = compute_fairness_metrics(predictions, retrieval, counterfactuals, config.audit, config.attributes,
                                                      config.generation.reconstruction, bool(spec.columns.counterfactual_set))
 
-    counts = generation_counts(records)
+    counts = generation_counts(records)  # images: one record per unique content key
     # More failed work items than runtime.max_failed_fraction: publish what there is, marked failed.
-    failed_items = count_failed_items(records, config.runtime.max_failed_fraction)
+    # Counted over the candidate rows (work items, as row_accounting counts them), not the
+    # records: a shared image that failed fails every item that needed it.
+    failed_items = count_failed_items(candidates, config.runtime.max_failed_fraction)
     failure = failed_items.manifest_entry() if failed_items.over_limit else None
     accounting = row_accounting(outcome.rows_in, outcome.valid.height, outcome.quarantined, counterfactuals)
     manifest = publish_run(

@@ -18,7 +18,7 @@ from typing import Any
 
 from counterfactual_lab.config import AuditConfig
 from counterfactual_lab.errors import ConfigError
-from counterfactual_lab.redaction import mask, secret_values
+from counterfactual_lab.redaction import mask, remember_secrets, secret_values
 from counterfactual_lab.spec import DatasetSpec
 
 
@@ -39,6 +39,7 @@ def load_secret_options(block_name: str, key: str) -> dict[str, Any]:
             value = None
     if not isinstance(value, dict):
         raise ConfigError(f"{key}: the Prefect Secret block {block_name!r} must hold a JSON object of storage options")
+    remember_secrets(value)  # masked in any error line cflab prints (redaction.mask_known)
     return value
 
 
@@ -56,7 +57,11 @@ def resolve_secret_blocks(config: AuditConfig, spec: DatasetSpec) -> tuple[Audit
 
 
 class SecretMaskingFilter(logging.Filter):
-    """Replaces the run's secret values in a record's message before any handler writes it."""
+    """Replaces the run's secret values in a record before any handler writes it: its message,
+    its exception's traceback (``exc_info``, ``exc_text``: an error message may quote a
+    credential) and its stack (``stack_info``)."""
+
+    _formatter = logging.Formatter()
 
     def __init__(self, secrets: set[str]) -> None:
         super().__init__(name="cflab-secret-mask")
@@ -70,6 +75,15 @@ class SecretMaskingFilter(logging.Filter):
         masked = mask(message, self.secrets)
         if masked != message:
             record.msg, record.args = masked, None
+        if record.exc_info and record.exc_info[0] is not None:
+            # Formatted here, masked, and handed on as text: a formatter appends exc_text and
+            # never formats an exc_info that is gone.
+            text = record.exc_text or self._formatter.formatException(record.exc_info)
+            record.exc_text, record.exc_info = mask(text, self.secrets), None
+        elif record.exc_text:
+            record.exc_text = mask(record.exc_text, self.secrets)
+        if record.stack_info:
+            record.stack_info = mask(record.stack_info, self.secrets)
         return True
 
 
@@ -82,6 +96,7 @@ def mask_secrets_in_logs(*holders: Any) -> None:
     secrets: set[str] = set()
     for holder in holders:
         secrets |= secret_values(holder)
+    remember_secrets(*holders)  # and in error lines cflab prints (redaction.mask_known)
     if not secrets:
         return
     loggers = [logging.getLogger()] + [

@@ -12,16 +12,22 @@ with ``kill -9``. This one:
 * stops it on exit (``with TemporaryPrefectServer() as api_url: ...``).
 
 Its output goes to a log file (``server_log``), named in the error when it fails to start.
+
+:func:`prefect_api` is what ``cflab`` runs its flows inside: ``PREFECT_API_URL`` when set, else
+such a server for the duration of the block. It lives here, not in the CLI, because the library
+(``counterfactual_lab``, the CLI included) never imports Prefect.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from counterfactual_lab.errors import UserError
@@ -128,3 +134,38 @@ class TemporaryPrefectServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def prefect_api(say: Callable[[str], None] = lambda message: None) -> Iterator[str | None]:
+    """The Prefect API to run flows on: ``PREFECT_API_URL`` when set, else a temporary local
+    server for the duration of the block (it dies with this process, even on ``kill -9``).
+    ``say`` reports the server's start to the user (``cflab`` prints it on stderr)."""
+    import flows  # noqa: F401  (this project's Prefect defaults, before Prefect reads its settings)
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    if get_current_settings().api.url:
+        yield get_current_settings().api.url
+        return
+    server = TemporaryPrefectServer()
+    say(f"starting a temporary Prefect server (up to {server.timeout:.0f} s; "
+        "set PREFECT_API_URL to use a running one) ...")
+    started = time.monotonic()
+    with server as api_url:
+        say(f"Prefect server ready at {api_url} ({time.monotonic() - started:.0f} s)")
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            try:
+                yield api_url
+            finally:
+                send_pending_logs_and_events()
+
+
+def send_pending_logs_and_events(timeout: float = 10.0) -> None:
+    """Let Prefect's background workers deliver queued logs and events while the server is
+    still up (otherwise they try at exit and print "Error logging to API")."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=timeout)

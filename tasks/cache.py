@@ -11,6 +11,12 @@ booleans, None, or small lists / dicts / dataclasses / pydantic models of those 
 example the output URI, which the returned image URIs depend on). Anything else is left
 out of the key, so whatever it changes must already be in the content keys.
 
+Credentials never enter the key: a ``storage_options`` field (of the ``ImageStore``, say) is
+left out whole (options say how to reach the store, ``root_uri`` says which store it is), and
+any other secret-looking key (:func:`counterfactual_lab.redaction.is_secret_key`) is hashed as
+a placeholder. Otherwise every credential rotation would invalidate every cached batch, and a
+hash of the secret would sit in the shared key storage under every cache record's name.
+
 Prefect keeps each cache record's metadata in its own small file in ``key_storage`` (see
 :func:`generation_cache_policy`). That storage is always wrapped in
 ``tasks.result_serialization.VerifiedKeyStorage``: a record is handed to Prefect only if it
@@ -35,9 +41,15 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
+from counterfactual_lab.redaction import is_secret_key, redact_text
+
 # Bump when the meaning of a cached result changes (e.g. the result's shape).
 # 2: records stored as data-only JSON (tasks/result_serialization.py), no longer pickled.
 GENERATION_CACHE_VERSION = "2"
+
+# Fields that say how to reach storage, not what is stored: never part of a key.
+_NOT_IDENTITY_FIELDS = frozenset({"storage_options"})
+_SECRET_PLACEHOLDER = "<secret>"
 
 # Inputs larger than this (in scalar elements) are never hashed.
 _MAX_PLAIN_ELEMENTS = 256
@@ -58,19 +70,29 @@ def _plain(value: Any, budget: list[int]) -> Any:
     if isinstance(value, str):
         if len(value) > _MAX_PLAIN_STRING:
             raise _NotPlain
-        return value
+        return redact_text(value)  # a password in a URI (scheme://user:password@host) is not identity
     if isinstance(value, list | tuple):
         return [_plain(v, budget) for v in value]
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
             raise _NotPlain
-        return {k: _plain(v, budget) for k, v in sorted(value.items())}
+        return _plain_fields(sorted(value.items()), budget)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name), budget) for f in dataclasses.fields(value)}
+        return _plain_fields(((f.name, getattr(value, f.name)) for f in dataclasses.fields(value)), budget)
     model_dump = getattr(value, "model_dump", None)  # pydantic models
     if callable(model_dump):
         return _plain(model_dump(mode="json"), budget)
     raise _NotPlain
+
+
+def _plain_fields(fields: Any, budget: list[int]) -> dict[str, Any]:
+    """Named fields as :func:`_plain` would hash them: storage options left out, secrets as a placeholder."""
+    plain: dict[str, Any] = {}
+    for name, value in fields:
+        if name in _NOT_IDENTITY_FIELDS:
+            continue
+        plain[name] = _SECRET_PLACEHOLDER if is_secret_key(name) and value else _plain(value, budget)
+    return plain
 
 
 def content_key_of(item: Any) -> str:
@@ -124,7 +146,7 @@ class WorkItemsCachePolicy(CachePolicy):
             if name == self.items_parameter:
                 continue
             try:
-                small[name] = _plain(value, [_MAX_PLAIN_ELEMENTS])
+                small.update(_plain_fields([(name, value)], [_MAX_PLAIN_ELEMENTS]))
             except _NotPlain:
                 continue  # large or opaque (a pipeline, an image): never hashed
         payload = json.dumps(

@@ -250,6 +250,34 @@ def test_published_metrics_equal_an_independent_recomputation(first_run):
         assert (row["value"], row["n"], row["n_sources"]) == (pytest.approx(value, abs=1e-12), n, sources), row
 
 
+def test_content_keys_name_the_device_dtype_and_versions_the_images_were_made_with(first_run, config, out):
+    """fp16 CUDA pixels differ from fp32 CPU pixels: the flow's content keys carry the precision
+    this machine generates with, so images made under another one are never reused."""
+    from counterfactual_lab.audit_run import locate_run
+    from counterfactual_lab.config import AuditConfig
+    from counterfactual_lab.devices import generation_precision
+    from counterfactual_lab.plan import plan_work_items
+    from counterfactual_lab.storage import ImageStore
+    from counterfactual_lab.validation import ingest_and_validate
+
+    run, _ = first_run
+    audit_config = AuditConfig.from_yaml(config)
+    location = locate_run(audit_config, None, out)
+    valid = ingest_and_validate(location.spec, image_store=ImageStore(out)).valid
+    here = generation_precision(audit_config.generation.method, audit_config.runtime.device)
+    assert (here["device"], here["dtype"]) == ("cpu", "float32") and here["versions"]["diffusers"]
+
+    def keys(precision):
+        items = plan_work_items(valid, audit_config, location.spec, generator_identity=location.models["generator"].key,
+                                precision=precision)
+        return {item.content_key for item in items}
+
+    assert set(run.counterfactuals["content_key"]) == keys(here)
+    on_a_gpu = {**here, "device": "cuda", "dtype": "float16"}
+    upgraded = {**here, "versions": {**here["versions"], "diffusers": "99.0"}}
+    assert keys(on_a_gpu).isdisjoint(keys(here)) and keys(upgraded).isdisjoint(keys(here))
+
+
 def test_an_unchanged_complete_run_is_returned_without_running_any_stage(first_run, config, out):
     """Same config, same data, same library: the complete run already answers the audit."""
     from flows.audit import dataset_audit

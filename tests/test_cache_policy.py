@@ -153,3 +153,21 @@ def test_real_task_is_cached_on_content_keys_and_lookups_use_key_storage(prefect
         stored = json.loads((result_dir / name).read_bytes())
         assert stored["format"] == RECORDS_FORMAT and len(stored["records"]) == 2
         assert "__class__" not in (result_dir / name).read_text()
+
+
+def test_credentials_never_enter_the_key():
+    """Rotating a credential keeps every cached batch; the store's root (which store) still counts."""
+    policy = WorkItemsCachePolicy()
+    items = [item(0), item(1)]
+
+    def store(root: str, secret: str) -> ImageStore:
+        return ImageStore(root, {"key": "AKIA-1", "secret": secret, "endpoint_url": "http://minio:9000",
+                                 "client_kwargs": {"aws_session_token": secret}})
+
+    before = key(policy, items=items, store=store("s3://b/out", "old-secret-1234"))
+    assert key(policy, items=items, store=store("s3://b/out", "rotated-secret-5678")) == before
+    assert key(policy, items=items, store=ImageStore("s3://b/out")) == before  # options say how, not which store
+    assert key(policy, items=items, store=store("s3://b/elsewhere", "old-secret-1234")) != before
+    # A secret given as a plain input or inside a URI is no identity either.
+    assert key(policy, items=items, token="tok-1111") == key(policy, items=items, token="tok-2222")
+    assert key(policy, items=items, out="s3://u:pw-1@h/b") == key(policy, items=items, out="s3://u:pw-2@h/b")

@@ -64,22 +64,53 @@ def test_a_lock_has_one_holder_at_a_time_on_s3(s3_bucket):
     assert_exclusive(f"s3://{s3_bucket}/out/.locks")
 
 
+def lock_record(locks: StoreLockManager, key: str) -> dict[str, Any] | None:
+    """The lock file of ``key`` as its holders wrote it (None when there is none)."""
+    return locks._read(locks.lock_path(key))
+
+
+def wait_until(condition: Any, what: str, timeout: float = 60.0) -> Any:
+    """Poll ``condition()`` until it is truthy: waits on events, not on how long they take."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"{what}: not within {timeout:.0f} s")
+
+
+# Leases of seconds, not fractions of one: on two busy cores a heartbeat thread can lose a
+# second. The tests assert the order of what happened (renewed before the old expiry, taken
+# over only after it), never how many seconds it took.
+LEASE_SECONDS = 3.0
+
+
 def test_a_held_lock_is_renewed_and_an_abandoned_one_expires(tmp_path):
-    holder = StoreLockManager(str(tmp_path), lease_seconds=0.6, poll_seconds=0.05)
-    other = StoreLockManager(str(tmp_path), lease_seconds=0.6, poll_seconds=0.05)
+    holder = StoreLockManager(str(tmp_path), lease_seconds=LEASE_SECONDS, poll_seconds=0.05)
+    other = StoreLockManager(str(tmp_path), lease_seconds=LEASE_SECONDS, poll_seconds=0.05)
     assert holder.acquire_lock("k", "a")
-    # Held for more than two leases: the heartbeat keeps it.
-    assert not other.acquire_lock("k", "b", acquire_timeout=1.5)
+    first = lock_record(other, "k")["expires_at"]
+    # The heartbeat pushes the expiry forward: two renewals, each later than the one before.
+    renewed = wait_until(lambda: (r := lock_record(other, "k")) and r["expires_at"] > first and r, "a first renewal")
+    wait_until(lambda: lock_record(other, "k")["expires_at"] > renewed["expires_at"], "a second renewal")
+    # Past the first lease's end the lock is still held, by "a" alone.
+    wait_until(lambda: time.time() > first, "the first lease's end")
+    assert not other.acquire_lock("k", "b", acquire_timeout=0)
     assert other.is_locked("k") and other.is_lock_holder("k", "a") and not other.is_lock_holder("k", "b")
     holder.release_lock("k", "a")
+    assert lock_record(other, "k") is None
     assert other.acquire_lock("k", "b", acquire_timeout=0)
     other.release_lock("k", "b")
 
     # A fixed lease (hold_timeout) is not renewed: once it runs out, another takes over.
-    assert holder.acquire_lock("k", "a", hold_timeout=0.3)
-    started = time.monotonic()
-    assert other.acquire_lock("k", "b", acquire_timeout=5)
-    assert 0.2 < time.monotonic() - started < 3
+    assert holder.acquire_lock("k", "a", hold_timeout=1.0)
+    fixed = lock_record(other, "k")
+    assert not other.acquire_lock("k", "b", acquire_timeout=0)  # still within its lease
+    assert other.acquire_lock("k", "b", acquire_timeout=60)
+    taken_at = time.time()
+    assert taken_at >= fixed["expires_at"]  # taken over only after the lease ran out ...
+    assert lock_record(other, "k")["holder"] == "b"  # ... which nobody had renewed
     # The old holder's release must not free the new holder's key.
     holder.release_lock("k", "a")
     assert other.is_locked("k") and other.is_lock_holder("k", "b")
@@ -105,9 +136,12 @@ def test_a_lock_whose_holder_was_killed_is_taken_over_at_once(tmp_path):
         assert not locks.acquire_lock("batch-key", "next", acquire_timeout=0)  # alive: it is respected
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait(timeout=30)
-        started = time.monotonic()
-        assert locks.acquire_lock("batch-key", "next", acquire_timeout=30)
-        assert time.monotonic() - started < 5
+        killed = lock_record(locks, "batch-key")
+        assert killed["holder"] == "killed-holder"
+        # Well within the dead holder's 10-minute lease, the lock is taken over: its process is gone.
+        assert locks.acquire_lock("batch-key", "next", acquire_timeout=60)
+        assert time.time() < killed["expires_at"]
+        assert lock_record(locks, "batch-key")["holder"] == "next"
     finally:
         if holder.poll() is None:
             holder.kill()

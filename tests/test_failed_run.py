@@ -15,16 +15,17 @@ import pytest
 
 from counterfactual_lab.cli import EXIT_OK, EXIT_OVER_LIMIT, main
 from counterfactual_lab.errors import DataOverLimit, TooManyFailedItems
-from counterfactual_lab.generation import GenerationRecord
 from counterfactual_lab.manifest import build_manifest
 from counterfactual_lab.publish import MANIFEST_NAME, REPORT_NAME, RunPublisher, is_complete
 from counterfactual_lab.run_failure import count_failed_items, error_kind, failure_banner
 from counterfactual_lab.run_reader import format_headline, read_run
 
 
-def records(failed_errors: list[str | None], ok: int) -> list[GenerationRecord]:
-    made = [GenerationRecord(f"{i:064x}", f"out/images/{i}.png", "generated") for i in range(ok)]
-    return made + [GenerationRecord(f"f{i:063x}", None, "failed", error=e) for i, e in enumerate(failed_errors)]
+def records(failed_errors: list[str | None], ok: int) -> pl.DataFrame:
+    """A candidate table (one row per work item): ``ok`` made, one failed row per error."""
+    statuses = ["generated"] * ok + ["failed"] * len(failed_errors)
+    return pl.DataFrame({"status": statuses, "error": [None] * ok + list(failed_errors)},
+                        schema={"status": pl.String, "error": pl.String})
 
 
 # ---- the rule ----
@@ -47,8 +48,32 @@ def test_a_run_fails_only_above_the_limit_and_names_the_commonest_error():
     failure = count_failed_items(records([memory, memory, *other_paths], ok=0), 0.1)
     assert failure.commonest_count == 3 and "FileNotFoundError" in failure.commonest_error
     assert error_kind(unreadable) == "FileNotFoundError" and error_kind("weird failure: x") == "weird failure"
-    # Nothing planned (an evaluate-only dataset): nothing failed.
-    assert not count_failed_items([], 0.0).over_limit
+    # Nothing planned (an evaluate-only dataset: its candidate frame has no columns): nothing failed.
+    assert not count_failed_items(pl.DataFrame(), 0.0).over_limit
+
+
+def test_failed_work_items_are_counted_over_candidate_rows_not_images():
+    """Two work items (the gender and the age reconstruction of one source) share one image:
+    when it fails, both items failed. 2 of 3 items is over a 50% limit; 1 of 2 images is not."""
+    from counterfactual_lab.audit_run import candidates_frame, generation_counts
+    from counterfactual_lab.generation import GenerationRecord
+    from counterfactual_lab.plan import WorkItem, unique_by_content_key
+
+    def item(attribute: str, key: str) -> WorkItem:
+        return WorkItem(source_id="r1", source_key="s" * 64, source_image_uri="out/images/s.png", caption="a man",
+                        attribute=attribute, source_value="male", target_value="male", seed=0,
+                        counterfactual_caption="a man", explanation="", instruction="", generator="g",
+                        content_key=key, variant="reconstruction")
+
+    items = [item("gender", "shared"), item("age", "shared"), item("gender", "other")]
+    made = [GenerationRecord("shared", None, "failed", error="RuntimeError: boom"),
+            GenerationRecord("other", "out/images/other.png", "generated")]
+    assert len(unique_by_content_key(items)) == len(made) == 2
+    candidates = candidates_frame(items, made, "img2img")
+    failure = count_failed_items(candidates, 0.5)
+    assert (failure.failed, failure.planned, failure.over_limit) == (2, 3, True)
+    assert failure.manifest_entry()["unit"].startswith("work items")
+    assert generation_counts(made)["failed"] == 1  # images
 
 
 def test_max_failed_fraction_is_a_config_key_with_a_small_default():
@@ -197,3 +222,48 @@ def test_an_audit_whose_items_all_fail_is_published_failed_and_exits_1(
     manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
     assert manifest["status"] == "complete" and "failure" not in manifest
     assert 'id="run-failed"' not in (run_dir / REPORT_NAME).read_text()
+
+
+@pytest.mark.prefect
+@pytest.mark.slow
+def test_with_reconstructions_a_failed_run_counts_work_items_like_its_row_accounting(
+    prefect_server, tiny_models, tmp_path_factory, capsys, monkeypatch
+):
+    """The same injected fault with reconstructions and controls on, over two attributes: an
+    img2img reconstruction (and control) is one image shared by the gender and the age items of
+    its source and seed, so there are fewer images than work items. The failure counts work
+    items, exactly as ``row_accounting`` does; ``generation_counts`` counts images."""
+    import diffusers
+
+    from test_audit_flow import audit_home, write_config
+
+    def broken_call(self, *args, **kwargs):
+        raise RuntimeError("injected: the pipeline cannot make this image")
+
+    monkeypatch.setattr(diffusers.StableDiffusionImg2ImgPipeline, "__call__", broken_call)
+
+    inputs = audit_home(tmp_path_factory, tiny_models)
+    root = tmp_path_factory.mktemp("failed-run-sets")
+    config = write_config(
+        root / "audit.yaml", inputs, str(root / "out"),
+        attributes={"gender": ["female", "male"], "age": ["young", "elderly"]},
+        generation={"seeds_per_target": 1, "keep_per_target": 1, "batch_size": 16, "reconstruction": True},
+    )
+    capsys.readouterr()
+    code, stdout = run_cli(["audit", "--config", config])
+    lines = error_lines(capsys.readouterr().err)
+    assert code == EXIT_OVER_LIMIT and len(lines) == 1, lines
+    run_dir = Path(lines[0].rsplit("published as failed: ", 1)[1])
+    manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
+    counterfactuals = pl.read_parquet(run_dir / "counterfactuals.parquet")
+    accounting, failure, images = manifest["row_accounting"], manifest["failure"], manifest["generation_counts"]
+
+    planned = counterfactuals.height
+    assert set(counterfactuals["variant"]) == {"reconstruction", "counterfactual"} and counterfactuals["control"].any()
+    assert (failure["failed_items"], failure["planned_items"]) == (accounting["failed"], accounting["planned"]) == (planned, planned)
+    assert failure["commonest_error_count"] == planned and failure["failed_fraction"] == 1.0
+    assert lines[0].startswith(f"cflab: error: {planned} of {planned} work items failed (100.0%")
+    # Images: one per content key, fewer than the work items that share them.
+    assert images["failed"] == counterfactuals["content_key"].n_unique() < planned
+    assert manifest["count_units"]["generation_counts"].startswith("images")
+    assert manifest["count_units"]["failure"].startswith("work items")

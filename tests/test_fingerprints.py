@@ -6,6 +6,7 @@ on purpose.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -57,9 +58,9 @@ def count_hashes(monkeypatch) -> list[str]:
     read: list[str] = []
     original = file_hashes.sha256_file
 
-    def spy(path):
+    def spy(path, *args):
         read.append(str(path))
-        return original(path)
+        return original(path, *args)
 
     monkeypatch.setattr(file_hashes, "sha256_file", spy)
     return read
@@ -208,3 +209,50 @@ def test_on_s3_copies_share_their_etag_fingerprint_and_a_changed_image_changes_i
     deleted = dataset_fingerprint(DatasetSpec(uri=f"s3://{s3_bucket}/two"))
     assert len({one.value, changed.value, deleted.value}) == 3
     assert deleted.unresolved_images == 1
+
+
+@contextlib.contextmanager
+def sqlite_statements():
+    """Every SQL statement the hash cache runs meanwhile."""
+    statements: list[str] = []
+    original = file_hashes._Cache.open
+
+    def traced(cls):
+        cache = original()
+        if cache.connection is not None:
+            cache.connection.set_trace_callback(statements.append)
+        return cache
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(file_hashes._Cache, "open", classmethod(traced))
+        yield statements
+
+
+def test_hash_cache_lookups_are_batched_not_one_query_per_file(tmp_path):
+    files = []
+    for index in range(file_hashes.LOOKUP_BATCH * 2 + 1):
+        path = tmp_path / "files" / f"{index}.bin"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(str(index).encode())
+        files.append(path)
+    first = file_hashes.sha256_files(files)
+    file_hashes.forget_memo()  # as a new process would: only the SQLite cache knows them
+    with sqlite_statements() as statements:
+        assert file_hashes.sha256_files(files) == first
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 3  # 1001 paths, 500 per query
+
+
+def test_a_second_fingerprint_in_one_process_asks_no_cache_and_reads_no_file(tmp_path, monkeypatch):
+    """``cflab audit`` fingerprints the dataset twice (the CLI, then the flow): the second time
+    every file costs a stat and a memo lookup. The memo is keyed on the stat tuple, so a file
+    changed meanwhile is still read again."""
+    data = path_dataset(tmp_path / "d")
+    first = fingerprint(data)
+    read = count_hashes(monkeypatch)
+    with sqlite_statements() as statements:
+        assert fingerprint(data) == first
+    assert read == [] and statements == []
+    image = next((data / "images").iterdir())
+    image.write_bytes(image.read_bytes() + b"\0")
+    assert fingerprint(data) != first and read == [os.path.realpath(image)]

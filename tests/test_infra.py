@@ -54,6 +54,35 @@ def test_dockerfile_copies_what_exists_and_runs_the_worker_of_prefect_yaml():
     assert any("cflab --help" in args for kind, args in instructions if kind == "RUN")
 
 
+def test_every_dockerfile_install_is_pinned_by_the_constraints_file():
+    """The image installs what CI tested: each ``pip install`` of a package (pip itself aside)
+    passes ``-c constraints.txt``, copied in before, and every package named is pinned there."""
+    instructions = dockerfile_instructions()
+    pinned = {
+        line.split("==", 1)[0].strip().lower(): line.split("==", 1)[1].strip()
+        for line in (REPO / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.lstrip().startswith("#")
+    }
+    copied_at = next(i for i, (kind, args) in enumerate(instructions) if kind == "COPY" and "constraints.txt" in args.split()[:-1])
+    installs = []
+    for index, (kind, args) in enumerate(instructions):
+        if kind != "RUN":
+            continue
+        for command in args.split("&&"):
+            words = command.split()
+            if "pip" not in words or "install" not in words or "--upgrade" in words and "pip" == words[-1]:
+                continue
+            installs.append(command.strip())
+            assert "-c constraints.txt" in " ".join(words), f"unpinned: {command.strip()}"
+            assert index > copied_at, f"{command.strip()} runs before constraints.txt is copied in"
+            for word in words[words.index("install") + 1:]:
+                name = re.split(r"[\[<>=!~ ]", word.strip('"'), maxsplit=1)[0].lower()
+                if word.startswith("-") or word.startswith("$") or name in ("", ".", "constraints.txt"):
+                    continue
+                assert name in pinned, f"{name} is installed but not pinned in constraints.txt"
+    assert len(installs) == 3, installs  # torch, the Prefect/Ray stack, the project
+
+
 def test_cflab_command_points_at_an_existing_function():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, function = scripts["cflab"].partition(":")

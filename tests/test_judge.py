@@ -216,7 +216,7 @@ def _verdicts(out: pl.DataFrame) -> dict:
 # Each counterfactual fails exactly one check; its set's reconstruction passes. (vector, thresholds, reason)
 SINGLE_FAILURES = {
     "text": ([1, 0, 0.1, 0, 0.2], {"text": 0.8}, "below_text_threshold"),
-    # Moves towards "male": a negative direction. abs(direction) = 0.71 would pass the threshold.
+    # Moves towards "male": a negative direction. abs(direction) = 0.70 would pass the threshold.
     "direction": ([1, 1.2, 0, 0, 0], {}, "below_direction_threshold"),
     "image": ([1, 0, 1, 0, 0], {"text": 0.8}, "below_image_threshold"),
     "attribute": ([1, 0.5, 0.4, 0, 0], {"text": 0.8, "check_attribute": True}, "attribute_check_failed"),
@@ -239,7 +239,9 @@ def test_a_counterfactual_failing_one_check_alone_drops_with_that_reason_and_tak
     }
     assert [name for name, ok in passed.items() if not ok] == [check], cf  # fails this check alone
     if check == "direction":
-        assert cf["direction_similarity"] == pytest.approx(-0.7071, abs=1e-4)
+        # From the reconstruction: I₁ − I_r = (0, 0.7, 0, 0, −0.1), T₁ − T₀ = (0, −1, 1, 0, 0):
+        # cos = −0.7 / (√0.5 · √2) = −0.7
+        assert cf["direction_similarity"] == pytest.approx(-0.7, abs=1e-9)
     assert _verdicts(out) == {"cf": (False, reason), "recon": (False, "set_incomplete")}
 
 
@@ -270,11 +272,13 @@ def test_a_reconstruction_is_judged_on_alignment_and_preservation_only(vector, r
 
 def test_whole_sets_are_kept_best_by_mean_direction_and_controls_on_their_own():
     images = {
-        # seed 0: female d = 1.000, non-binary d = 0.657 (mean 0.83; the single best direction)
+        # Directions from each set's reconstruction.
+        # seed 0: female d = 0.990, non-binary d = 0.754 (mean 0.87)
         "r0": [1, 0.5, 0, 0, 0.1], "f0": [1, 0, 0.5, 0, 0], "n0": [1, 0.3, 0, 0.3, 0.4],
-        # seed 1: both d = 0.949 (mean 0.95): the best set
+        # seed 1: both d = 0.994 (mean 0.99): the best set
         "r1": [1, 0.5, 0, 0, 0.2], "f1": [1, 0.1, 0.5, 0, 0.2], "n1": [1, 0.1, 0, 0.5, 0.2],
-        # seed 2: the best counterfactuals, but the reconstruction lost the scene
+        # seed 2: clean edits of the original (d = 1.0 from it; 0.77 from the reconstruction),
+        # but the reconstruction lost the scene
         "r2": [0.2, 1, 0, 0, 0], "f2": [1, 0, 0.5, 0, 0], "n2": [1, 0, 0, 0.5, 0],
         # the control (seed 3), and one that fails on its own (seed 3 of another source)
         "control": [1, 0.5, 0, 0, 0.3], "bad_control": [0.2, 1, 0, 0, 0],
@@ -302,3 +306,32 @@ def test_whole_sets_are_kept_best_by_mean_direction_and_controls_on_their_own():
     }
     two = judge_candidates(candidates, judge, embedder, load_image=None, keep_per_target=2, vocabulary=VOCABULARY)
     assert set(two.filter(pl.col("kept"))["content_key"]) == {"r0", "f0", "n0", "r1", "f1", "n1", "control"}
+
+
+def test_in_a_set_the_direction_is_measured_from_the_reconstruction_and_preservation_from_the_original():
+    """The generator's artifact here happens to move every image a little towards "female"
+    (the reconstruction too). Measured from the original, an unedited copy of the reconstruction
+    has a perfect direction; measured from the reconstruction, it has none, and the real edit
+    keeps its perfect one. Preservation is still against the original."""
+    artifact = [0, -0.2, 0.2, 0, 0]
+    recon = list(np.add(SOURCE, artifact))      # (1, 0.3, 0.2, 0, 0)
+    copy = list(recon)                          # the edit did nothing
+    edit = list(np.add(recon, [0, -0.3, 0.3, 0, 0]))
+    judge, embedder = _set_judge({"recon0": recon, "copy": copy, "recon1": recon, "edit": edit}, text=-1, image=-1)
+    candidates = pl.DataFrame([_member("recon0", 0, "reconstruction"), _member("copy", 0),
+                               _member("recon1", 1, "reconstruction"), _member("edit", 1)])
+    out = judge_candidates(candidates, judge, embedder, load_image=None, keep_per_target=1, vocabulary=VOCABULARY)
+    scores = {row["content_key"]: row for row in out.iter_rows(named=True)}
+    # I₁ − I_r: the copy (0, 0, 0, 0, 0) has no direction; the edit (0, −0.3, 0.3, 0, 0) is T₁ − T₀'s.
+    assert scores["copy"]["direction_similarity"] == 0.0
+    assert scores["edit"]["direction_similarity"] == pytest.approx(1.0)
+    # cos(I₀, I₁) with I₀ the original (1, 0.5, 0, 0, 0): for the copy 1.15 / (√1.25 · √1.13)
+    assert scores["copy"]["image_similarity"] == pytest.approx(1.15 / (np.sqrt(1.25) * np.sqrt(1.13)))
+    assert _verdicts(out) == {"recon0": (False, "set_incomplete"), "copy": (False, "below_direction_threshold"),
+                              "recon1": (True, None), "edit": (True, None)}
+
+    # Without reconstructions (generation.reconstruction: false) the original is I₀, as before:
+    # the copy's artifact (0, −0.2, 0.2, 0, 0) is exactly the caption's direction.
+    alone = candidates.filter(pl.col("variant") == "counterfactual").drop("variant", "control")
+    old_design = judge_candidates(alone, judge, embedder, load_image=None, keep_per_target=2, vocabulary=VOCABULARY)
+    assert old_design["direction_similarity"].to_list() == pytest.approx([1.0, 1.0])

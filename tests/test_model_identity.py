@@ -27,9 +27,9 @@ def count_hashes(monkeypatch) -> list[str]:
     read: list[str] = []
     original = file_hashes.sha256_file
 
-    def spy(path):
+    def spy(path, *args):
         read.append(str(path))
-        return original(path)
+        return original(path, *args)
 
     monkeypatch.setattr(file_hashes, "sha256_file", spy)
     return read

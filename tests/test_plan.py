@@ -155,3 +155,27 @@ def test_rows_need_a_stored_image_and_batches_a_positive_size():
     with pytest.raises(ValueError, match="at least 1"):
         chunk([1, 2], 0)
     assert chunk([1, 2, 3], 2) == [[1, 2], [3]]
+
+
+def test_the_precision_enters_every_content_key_and_weightless_methods_have_none():
+    import importlib.metadata
+
+    from counterfactual_lab.config import AuditConfig
+    from counterfactual_lab.devices import generation_precision
+    from counterfactual_lab.plan import plan_work_items
+    from counterfactual_lab.spec import DatasetSpec
+
+    valid = pl.DataFrame({"id": ["r1"], "content_key": ["k1"], "caption": ["a young man reading"], "image_uri": ["u1"],
+                          "gender": ["male"]})
+    config = AuditConfig.parse_config({"dataset": {"uri": "unused"}, "attributes": {"gender": ["female", "male"]}})
+    cpu = generation_precision("img2img", "cpu")
+    assert cpu == {"device": "cpu", "dtype": "float32",
+                   "versions": {d: importlib.metadata.version(d) for d in ("torch", "diffusers", "transformers")}}
+    assert generation_precision("validation", "cpu") == {}  # numpy: the same pixels everywhere
+
+    def keys(precision):
+        return [item.content_key for item in plan_work_items(valid, config, DatasetSpec(uri="unused"), precision=precision)]
+
+    assert keys(cpu) == keys(dict(cpu)) and len(keys(cpu)) == 5
+    assert set(keys(cpu)).isdisjoint(keys({**cpu, "device": "cuda", "dtype": "float16"}))
+    assert set(keys(cpu)).isdisjoint(keys(None))  # the config's fingerprint alone is another generator

@@ -169,3 +169,24 @@ def test_prefect_server_start_in_the_repo_root_sends_no_telemetry():
     assert here.stdout.strip() == "False", here.stderr
     elsewhere = subprocess.run([sys.executable, "-c", code], cwd="/", env=env, capture_output=True, text=True, timeout=120)
     assert elsewhere.stdout.strip() == "True", "the setting must come from this repository's pyproject.toml"
+
+
+def test_the_command_table_lists_every_option_of_each_command():
+    """Each `cflab <command> ...` row of the README's command table names every option the
+    parser has for that command (``--force`` of ``generate`` was missing once)."""
+    import argparse
+
+    rows = dict(re.findall(r"^\| `cflab ([a-z][a-z-]*(?: [a-z]+)?)([^`]*)` \|", section("The `cflab` command"), flags=re.M))
+    assert rows, "the README's command table has no cflab rows"
+    top = subparser_choices(build_parser())
+    for command, usage in rows.items():
+        name, _, sub = command.partition(" ")
+        parser = top[name] if not sub else subparser_choices(top[name])[sub]
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction) or not action.option_strings:
+                continue
+            if action.default is argparse.SUPPRESS or set(action.option_strings) <= {"--verbose", "--debug"}:
+                continue  # the output flags every command shares, documented once
+            assert any(option in usage.split(" ") or f"[{option}" in usage for option in action.option_strings), (
+                f"`cflab {command}` in the README lacks {action.option_strings[0]}"
+            )

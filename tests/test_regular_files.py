@@ -86,3 +86,71 @@ def test_a_file_swapped_for_a_fifo_after_the_check_is_not_waited_on(tmp_path, mo
         pytest.fail("the swapped-in FIFO was opened in blocking mode")
     assert isinstance(outcome.get("error"), NotARegularFile)
     assert "FIFO (named pipe) swapped in" in str(outcome["error"])
+
+
+# ---- every local read of a named path goes through the one reader ----
+
+
+def test_there_is_one_not_a_regular_file_exception():
+    from counterfactual_lab import file_hashes, fingerprints, ingest
+
+    assert file_hashes.NotARegularFile is fingerprints.NotARegularFile is ingest.NotARegularFile is NotARegularFile
+
+
+def test_a_fifo_named_config_json_in_a_model_folder_is_refused_not_waited_on(tmp_path):
+    from hang_guard import call_within
+
+    from counterfactual_lab.errors import UnsafeModelError
+    from counterfactual_lab.model_safety import check_no_custom_code
+
+    model = tmp_path / "model"
+    (model / "text_encoder").mkdir(parents=True)
+    (model / "model_index.json").write_text('{"_class_name": "StableDiffusionImg2ImgPipeline"}')
+    fifo = model / "text_encoder" / "config.json"
+    os.mkfifo(fifo)
+    with pytest.raises(UnsafeModelError, match=r"text_encoder/config.json is a FIFO \(named pipe\), not a regular file"):
+        call_within(20, lambda: check_no_custom_code(str(model)), fifos=[fifo], what="the custom-code check")
+
+
+def test_a_referenced_image_swapped_for_a_fifo_after_its_stat_does_not_hang_the_fingerprint(tmp_path, monkeypatch):
+    """The race of issue 9 for the fingerprint: the image is a regular file when it is listed and
+    stat'ed, and a FIFO by the time its bytes are hashed. It ends up unreadable, not waited on."""
+    from hang_guard import call_within
+    from test_fingerprints import path_dataset
+
+    from counterfactual_lab import file_hashes
+    from counterfactual_lab.fingerprints import dataset_fingerprint
+    from counterfactual_lab.spec import DatasetSpec
+
+    monkeypatch.setenv("CFLAB_CACHE_DIR", str(tmp_path / "hash-cache"))
+    data = path_dataset(tmp_path / "d")
+    victim = sorted((data / "images").iterdir())[0]
+    lookup = file_hashes._Cache.lookup
+
+    def swap_after_stat(self, keys):
+        keys = list(keys)
+        if any(key.path == os.path.realpath(victim) for key in keys) and not victim.is_fifo():
+            victim.unlink()
+            os.mkfifo(victim)
+        return lookup(self, keys)
+
+    monkeypatch.setattr(file_hashes._Cache, "lookup", swap_after_stat)
+    details = call_within(30, lambda: dataset_fingerprint(DatasetSpec(uri=str(data))), fifos=[victim],
+                          what="the dataset fingerprint")
+    assert (details.referenced_images, details.unresolved_images) == (4, 1)
+
+
+def test_a_generation_source_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    from hang_guard import call_within
+
+    from counterfactual_lab.generation.batch import load_source
+    from counterfactual_lab.plan import WorkItem
+    from counterfactual_lab.storage import ImageStore
+
+    fifo = tmp_path / "source.png"
+    os.mkfifo(fifo)
+    item = WorkItem(source_id="r", source_key="k" * 64, source_image_uri=str(fifo), caption="c", attribute="gender",
+                    source_value="male", target_value="female", seed=0, counterfactual_caption="c", explanation="",
+                    instruction="", generator="g", content_key="c" * 64)
+    with pytest.raises(NotARegularFile):
+        call_within(20, lambda: load_source(item, ImageStore(str(tmp_path / "out"))), fifos=[fifo], what="load_source")

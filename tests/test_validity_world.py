@@ -156,10 +156,22 @@ def test_the_editor_rejects_what_it_cannot_render():
         editor.edit([item_for(row, "young", attribute="age")], [source])
     with pytest.raises(UserError, match="no rendering for gender value 'non-binary'"):
         editor.edit([item_for(row, "non-binary")], [source])
-    with pytest.raises(UserError, match="\\['strength'\\] not understood by method 'validation'"):
-        ValidationEditor(GenerationConfig(method="validation", params={"strength": 0.5}))
-    with pytest.raises(UserError, match="noise_std must be a number >= 0"):
-        ValidationEditor(GenerationConfig(method="validation", params={"noise_std": -1}))
+    # One check for every method's params (method_params.check_method_params): the preflight
+    # and the editor refuse the same values with the same line.
+    from counterfactual_lab.method_params import check_method_params
+
+    refused = {
+        "strength": (0.5, "generation.params.strength is not understood by method 'validation'"),
+        "noise_std": (-1, "generation.params.noise_std must be in [0, 255], got -1"),
+        "cast_std": (1e6, "generation.params.cast_std must be in [0, 255], got 1000000.0"),
+        "blur": ("yes", "generation.params.blur must be true or false, got 'yes'"),
+    }
+    for name, (value, message) in refused.items():
+        generation = GenerationConfig(method="validation", params={name: value})
+        for check in (check_method_params, ValidationEditor):
+            with pytest.raises(UserError) as info:
+                check(generation)
+            assert str(info.value).startswith(message), (check, str(info.value))
     with pytest.raises(ConfigError, match="method"):
         AuditConfig.parse_config({"dataset": {"uri": "x"}, "generation": {"method": "validate"}})
 
@@ -354,17 +366,6 @@ def test_rates_are_shares_of_runs():
 # ---- one tiny world through the real audit flow -------------------------------------------------
 
 
-def _has_generated_design() -> str | None:
-    """Why the findings block cannot run here, or None when it can."""
-    from counterfactual_lab import findings
-
-    if not hasattr(findings, "assess_findings"):
-        return "counterfactual_lab.findings.assess_findings is not in this code base yet (issue 8, validity-metrics)"
-    if "reconstruction" not in GenerationConfig.model_fields:
-        return "generation.reconstruction is not in this code base yet (issue 8, validity-data)"
-    return None
-
-
 def _audit(tmp_path: Path, name: str, config: dict) -> Path:
     from flows.audit import dataset_audit
 
@@ -380,9 +381,8 @@ def test_a_world_runs_through_the_audit_flow(prefect_server, world_models, tmp_p
 
     dataset = write_world(tmp_path / "world", rows=8, seed=0)
     out = str(tmp_path / "out")
-    old_design = False if "reconstruction" in GenerationConfig.model_fields else None
     config = world_audit_config(dataset, world_models["fair"], world_models["fair"], out, name="world-test",
-                                reconstruction=old_design, bootstrap_samples=50)
+                                reconstruction=False, bootstrap_samples=50)
     run = _audit(tmp_path, "fair-real-vs-generated", config)
 
     manifest = json.loads((run / "manifest.json").read_text())
@@ -401,17 +401,12 @@ def test_a_world_runs_through_the_audit_flow(prefect_server, world_models, tmp_p
     assert {"original", "counterfactual"} <= set(predictions["variant"])
     # Originals vs generated images (the old design): the fair model's P(doctor) drops on the
     # generated ones (the artifact), a difference that has nothing to do with gender.
-    metrics = pl.read_parquet(run / "metrics.parquet")
-    if "stratum" in metrics.columns:
-        metrics = metrics.filter(pl.col("stratum") == "real_vs_generated")
+    metrics = pl.read_parquet(run / "metrics.parquet").filter(pl.col("stratum") == "real_vs_generated")
     gap = metrics.filter((pl.col("metric") == "prob_gap_signed") & (pl.col("label") == "doctor")
                          & pl.col("group").is_not_null())
     assert gap.height == 2 and (gap["ci_high"] < 0).all()
 
-    reason = _has_generated_design()
-    if reason:
-        pytest.skip(f"findings block not run: {reason}")
-    # ---- after issue 8's merge: the generated-vs-generated audit finds the planted bias only ----
+    # ---- generated vs generated (the default design) finds the planted bias only ----
     from counterfactual_lab.findings import assess_findings
     from counterfactual_lab.validity.scoring import score_run
     from counterfactual_lab.validity.truth import planted_effect

@@ -114,9 +114,13 @@ def load_source(item: WorkItem, store: ImageStore) -> Image.Image:
     uri = item.source_image_uri
     if uri == store.uri(item.source_key):
         return store.get(item.source_key)
-    if "://" not in uri:  # a local path
-        with open(uri, "rb") as handle:
-            data = handle.read()
+    if "://" not in uri:  # a local path: a regular file only (a FIFO there would block the batch)
+        from counterfactual_lab.regular_files import read_regular_file
+        from counterfactual_lab.spec import MAX_IMAGE_BYTES
+
+        data, size = read_regular_file(uri, MAX_IMAGE_BYTES)
+        if data is None:
+            raise ValueError(f"{uri} has {size:,} bytes, over the {MAX_IMAGE_BYTES:,}-byte image limit")
     else:
         from counterfactual_lab.storage import read_bytes
 

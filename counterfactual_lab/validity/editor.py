@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from counterfactual_lab.errors import UserError
 from counterfactual_lab.plan import WorkItem
 from counterfactual_lab.validity.world import paint_feature
 
@@ -78,23 +77,16 @@ def apply_artifact(
 
 
 def validation_params(generation: GenerationConfig) -> dict[str, Any]:
-    """``generation.params`` for method ``validation`` with defaults filled; a clear error otherwise."""
-    unknown = sorted(set(generation.params) - set(PARAMS))
-    if unknown:
-        raise UserError(f"generation.params {unknown} not understood by method {METHOD!r}; it accepts {sorted(PARAMS)}")
-    params = {**PARAMS, **generation.params}
-    if not isinstance(params["blur"], bool):
-        raise UserError(f"generation.params.blur must be true or false, got {params['blur']!r}")
-    for name in ("cast_std", "noise_std"):
-        value = params[name]
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise UserError(f"generation.params.{name} must be a number >= 0, got {value!r}")
-        params[name] = float(value)
-    if generation.resolution is not None and generation.resolution % SIDE_MULTIPLE:
-        raise UserError(
-            f"generation.resolution {generation.resolution} must be a multiple of {SIDE_MULTIPLE} for method {METHOD!r}"
-        )
-    return params
+    """``generation.params`` for method ``validation`` with defaults filled, the std's as floats.
+
+    Checked by :func:`counterfactual_lab.method_params.check_method_params`, the one place every
+    method's params are checked (names, :data:`~counterfactual_lab.method_params.PARAM_RANGES`,
+    the side multiple); a :class:`~counterfactual_lab.errors.UserError` names the key.
+    """
+    from counterfactual_lab.method_params import check_method_params  # imports this module
+
+    params = check_method_params(generation)
+    return {**params, "cast_std": float(params["cast_std"]), "noise_std": float(params["noise_std"])}
 
 
 class ValidationEditor:
