@@ -87,6 +87,10 @@ class WorkItem:
     content_key: str
     variant: str = VARIANT_COUNTERFACTUAL  # "counterfactual" | "reconstruction"
     control: bool = False  # the reconstruction at the seed no candidate uses
+    # text2image-sets: the member's value of each attribute its template varies, in template order.
+    attribute_values: tuple[tuple[str, str], ...] = ()
+    # inpaint: the source's mask in the image store (white = edit), part of the content key.
+    mask_uri: str | None = None
 
     @property
     def set_id(self) -> str:

@@ -29,10 +29,17 @@ def check_audit(config: AuditConfig, dataset_uri: str | None = None, *, evaluate
     spec = config.dataset_spec(dataset_uri)
     generates = not spec.columns.counterfactual_set  # an evaluate-only dataset needs no generator
     if generates:
-        check_method_params(config.generation)
+        params = check_method_params(config.generation)
+        if config.generation.method == "text2image-sets":
+            from counterfactual_lab.text2image_sets import check_text2image
+
+            check_text2image(config, spec)
     roles = {"judge.model": config.judge.model} if generates else {}
     if generates:
         roles = {"generation.model": config.generation.model, **roles}
+        mask = params.get("mask")
+        if isinstance(mask, dict) and "model" in mask:
+            roles["generation.params.mask.model"] = mask["model"]
     if evaluate:
         roles["audit.model"] = config.audit.model
     for key, model in roles.items():

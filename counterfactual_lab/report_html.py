@@ -358,7 +358,10 @@ def _pair_figure(pair: _Pair, images: "_ImageInliner") -> str:
         ("source id", e(row.get("source_id"))),
     ]
     dl = "".join(f"<tr><th>{e(k)}</th><td>{v}</td></tr>" for k, v in details)
-    cells = [f"<div>{images.tag(row.get('source_image_uri'), 'original')}<br>original</div>"]
+    # (text2image-sets members have no original: their row's source image is empty)
+    cells = [f"<div>{images.tag(row.get('source_image_uri'), 'original')}<br>original</div>"] if row.get("source_image_uri") else []
+    if row.get("mask_uri"):  # inpainting: the region the edit was allowed to change
+        cells.append(f"<div>{images.tag(row.get('mask_uri'), 'mask')}<br>mask</div>")
     if pair.reconstruction_uri:
         cells.append(f"<div>{images.tag(pair.reconstruction_uri, 'reconstruction')}<br>reconstruction</div>")
     cells.append(f"<div>{images.tag(row.get('image_uri'), 'counterfactual')}<br>counterfactual</div>")

@@ -87,6 +87,14 @@ def tiny_models(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def generator_models(tiny_models):
+    """The tiny text2image, inpaint and clipseg models, beside the session's ``tiny_models``."""
+    from counterfactual_lab.tiny_models import GENERATOR_MODEL_NAMES, build_tiny_models
+
+    return build_tiny_models(next(iter(tiny_models.values())).parent, names=GENERATOR_MODEL_NAMES)
+
+
+@pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory):
     """A small deterministic sample dataset (Hugging Face image layout), one Parquet file."""
     from counterfactual_lab.sample_dataset import write_sample_dataset

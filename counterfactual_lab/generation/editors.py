@@ -31,7 +31,7 @@ from PIL import Image
 
 from counterfactual_lab.diffusion_loading import load_pipeline, pipeline_lock, resolve_device
 from counterfactual_lab.errors import UserError
-from counterfactual_lab.method_params import METHOD_PARAMS, SIDE_MULTIPLE, check_method_params
+from counterfactual_lab.method_params import EDITOR_ONLY_PARAMS, METHOD_PARAMS, SIDE_MULTIPLE, check_method_params
 from counterfactual_lab.plan import WorkItem
 
 if TYPE_CHECKING:  # only read as attributes, so a GPU box without pydantic can run the benches
@@ -121,7 +121,7 @@ def validate_generation(generation: GenerationConfig) -> dict[str, Any]:
     params = check_method_params(generation)
     accepted = pipeline_call_parameters(generation.method)
     if accepted is not None:
-        missing = sorted(name for name in generation.params if name != "concepts" and name not in accepted)
+        missing = sorted(name for name in generation.params if name not in EDITOR_ONLY_PARAMS and name not in accepted)
         if missing:
             raise UserError(
                 f"generation.params.{missing[0]} is not an argument of the installed diffusers pipeline for "
