@@ -32,16 +32,25 @@ import io
 import json
 import threading
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 from PIL import Image, ImageDraw
 
 from counterfactual_lab.plan import WorkItem
 
-MASK_SCHEMA = {"source_id": pl.String, "mask_key": pl.String, "mask_uri": pl.String, "mask_error": pl.String}
+if TYPE_CHECKING:  # polars is imported where frames are made: the editors (GPU benches) need none
+    import polars as pl
+
+# The columns of a masks frame, one row per source (all strings).
+MASK_COLUMNS = ("source_id", "mask_key", "mask_uri", "mask_error")
 EMPTY_MASK = "empty mask"
+
+
+def _masks_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    import polars as pl
+
+    return pl.DataFrame(rows, schema={name: pl.String for name in MASK_COLUMNS})
 
 
 class MaskError(ValueError):
@@ -112,7 +121,7 @@ def masked_item_key(content_key: str, mask_key: str) -> str:
 def column_masks(spec: Any, valid: pl.DataFrame, column: str, store: Any) -> pl.DataFrame:
     """The mask of every valid row from dataset column ``column`` (see the module docstring).
 
-    Returns :data:`MASK_SCHEMA` rows, one per valid row. A dataset without the column is an
+    Returns a masks frame (:data:`MASK_COLUMNS`), one row per valid row. A dataset without the column is an
     error naming it (:class:`~counterfactual_lab.errors.DatasetUnreadable`); a bad cell is
     that row's ``mask_error``.
     """
@@ -138,7 +147,7 @@ def column_masks(spec: Any, valid: pl.DataFrame, column: str, store: Any) -> pl.
                 found[row_id] = _store_cell(cell, row, source, store)
     rows = [found.get(row_id, {"mask_key": None, "mask_uri": None, "mask_error": "no row of the mask column matched"})
             | {"source_id": row_id} for row_id in by_id]
-    return pl.DataFrame(rows, schema=MASK_SCHEMA)
+    return _masks_frame(rows)
 
 
 def _row_ids(batch: Any, id_column: str | None, source: Any) -> list[str | None]:
@@ -261,7 +270,7 @@ def segment(images: list[Image.Image], prompt: str, network: Any, processor: Any
 
 def segmentation_masks(valid: pl.DataFrame, mask_spec: dict[str, Any], model_key: str, store: Any,
                        device: str = "auto", batch_size: int = 16) -> pl.DataFrame:
-    """The CLIPSeg mask of every valid row (:data:`MASK_SCHEMA`), computing only those not stored."""
+    """The CLIPSeg mask of every valid row (a masks frame), computing only those not stored."""
     rows = valid.select("id", "content_key", "image_uri").to_dicts()
     keys = {row["content_key"]: segmentation_key(row["content_key"], mask_spec, model_key) for row in rows}
     stored = store.existing(sorted(set(keys.values())))
@@ -288,7 +297,7 @@ def segmentation_masks(valid: pl.DataFrame, mask_spec: dict[str, Any], model_key
             error = _stored_mask_error(store, key, row["id"], mask_spec)
         out.append({"source_id": row["id"], "mask_key": None if error else key,
                     "mask_uri": None if error else store.uri(key), "mask_error": error})
-    return pl.DataFrame(out, schema=MASK_SCHEMA)
+    return _masks_frame(out)
 
 
 def _stored_mask_error(store: Any, key: str, row_id: str, mask_spec: dict[str, Any]) -> str | None:
@@ -301,7 +310,7 @@ def _stored_mask_error(store: Any, key: str, row_id: str, mask_spec: dict[str, A
 
 def prepare_masks(valid: pl.DataFrame, mask_spec: dict[str, Any], spec: Any, store: Any, *,
                   segmenter_key: str | None = None, device: str = "auto") -> pl.DataFrame:
-    """The mask of every valid row, by ``mask_spec`` (``params.mask``, checked): :data:`MASK_SCHEMA`."""
+    """The mask of every valid row, by ``mask_spec`` (``params.mask``, checked): a masks frame."""
     if "column" in mask_spec:
         return column_masks(spec, valid, mask_spec["column"], store)
     if segmenter_key is None:

@@ -50,12 +50,12 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import polars as pl
-
 from counterfactual_lab.errors import ConfigError
 from counterfactual_lab.plan import VARIANT_COUNTERFACTUAL, WorkItem, generator_fingerprint
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # polars is imported where frames are read or made (GPU benches plan without it)
+    import polars as pl
+
     from counterfactual_lab.config import AuditConfig
     from counterfactual_lab.spec import DatasetSpec
 
@@ -254,6 +254,8 @@ def chunk_sets(items: list[WorkItem], size: int) -> list[list[WorkItem]]:
 def template_outcome(set_templates: list[SetTemplate]) -> Any:
     """A :class:`~counterfactual_lab.validation.ValidationOutcome` of a template-only run: each
     template is one valid row (nothing to quarantine), so the row accounting closes as for data."""
+    import polars as pl
+
     from counterfactual_lab.validation import QUARANTINE_SCHEMA, ValidationOutcome
 
     valid = pl.DataFrame(
@@ -285,6 +287,8 @@ def sets_dataset_spec(sets_uri: str, name: str, vocabularies: dict[str, list[str
 
 def sets_rows(judged: pl.DataFrame, templates: dict[str, str], labels: dict[str, str | None]) -> list[dict[str, Any]]:
     """One row per member of a kept set (image bytes not yet read), sets in order, members in order."""
+    import polars as pl
+
     kept = judged.filter(pl.col("kept").fill_null(False))
     rows = []
     for row in kept.iter_rows(named=True):
