@@ -256,3 +256,16 @@ def test_a_segmentation_model_makes_the_masks(prefect_server, masked_dataset, ti
         patch.setattr(masks_module, "segment", lambda *a, **k: pytest.fail("segmented again"))
         again = segmentation_masks(valid, checked, manifest["models"]["segmenter"]["identity"], store, "cpu")
     assert again["mask_error"].null_count() == 3
+
+
+def test_preflight_names_a_missing_segmentation_model(tmp_path, masked_dataset, tiny_models, generator_models):
+    from counterfactual_lab.config import AuditConfig
+    from counterfactual_lab.preflight import check_audit
+
+    path = inpaint_config(tmp_path / "p.yaml", masked_dataset, tiny_models, generator_models, str(tmp_path / "out"),
+                          {"segment": "face", "model": str(tmp_path / "no-such-clipseg")})
+    with pytest.raises(UserError, match=r"generation.params.mask.model: .*no-such-clipseg does not exist"):
+        check_audit(AuditConfig.from_yaml(path))
+    good = inpaint_config(tmp_path / "g.yaml", masked_dataset, tiny_models, generator_models, str(tmp_path / "out"),
+                          {"segment": "face", "model": str(generator_models["clipseg"])})
+    assert check_audit(AuditConfig.from_yaml(good)).name == "masked"

@@ -375,3 +375,15 @@ def test_the_published_sets_validate_and_an_evaluate_only_audit_reads_them(templ
     # the same images, the same comparison groups, the same answers
     key = ["attribute", "content_key"]
     assert theirs.sort(key).select(*key, "set_id", "group", "top1").equals(ours.sort(key).select(*key, "set_id", "group", "top1"))
+
+
+def test_preflight_passes_a_template_config_without_a_dataset(tiny_models, generator_models, tmp_path):
+    from counterfactual_lab.preflight import check_audit
+
+    path = write_templates_config(tmp_path / "t.yaml", tiny_models, generator_models, str(tmp_path / "out"))
+    assert check_audit(AuditConfig.from_yaml(path)).uri == TEMPLATES_URI
+    broken = yaml.safe_load(Path(path).read_text())
+    broken["attributes"]["age"] = ["young", "elderly"]
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(broken))
+    with pytest.raises(ConfigError, match="attributes.age is in no template"):
+        check_audit(AuditConfig.from_yaml(tmp_path / "b.yaml"))
