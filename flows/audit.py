@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 
 from counterfactual_lab.audit_run import (
     as_cache_hits,
-    candidates_frame,
     generation_counts,
     RunLocation,
     locate_run,
