@@ -304,7 +304,14 @@ def _examples_section(
     if not kept and not dropped:
         parts.append("<p>No generated counterfactual images to show.</p>")
         return "".join(parts)
-    if any(p.reconstruction_uri for p in kept + dropped):
+    from_text = "method" in counterfactuals.columns and set(counterfactuals["method"].drop_nulls()) == {"text2image-sets"}
+    if from_text:
+        parts.append(
+            "<p>Counterfactual sets made from text (<code>text2image-sets</code>): there is no original; each member "
+            "was judged against the other members of its set, and the kept sets were published under "
+            "<code>sets/</code> and evaluated as a dataset of counterfactual sets.</p>"
+        )
+    elif any(p.reconstruction_uri for p in kept + dropped):
         parts.append(
             "<p>Each counterfactual is compared with the <b>reconstruction</b> of its set: the same source, seed and "
             "editor asked for the source's own value, so both images went through the same generator. The original "

@@ -349,7 +349,7 @@ def test_templates_make_judged_sets_published_as_a_valid_dataset_and_evaluated(t
     assert predictions.height == sets.height * 2  # once per audited attribute
     assert set(predictions["variant"]) == {"counterfactual"}
     assert set(predictions["source_id"]) == set(sets["counterfactual_set"])
-    assert (run / "metrics.parquet").exists()
+    assert (run / "metrics.parquet").exists() and "made from text" in (run / "report.html").read_text()
 
 
 @pytest.mark.slow
