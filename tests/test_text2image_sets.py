@@ -387,3 +387,37 @@ def test_preflight_passes_a_template_config_without_a_dataset(tiny_models, gener
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(broken))
     with pytest.raises(ConfigError, match="attributes.age is in no template"):
         check_audit(AuditConfig.from_yaml(tmp_path / "b.yaml"))
+
+
+class GroupingEditor:
+    """Records each call's items; out of memory above ``limit`` items (as a CUDA OOM reads)."""
+
+    method = "text2image-sets"
+
+    def __init__(self, limit: int):
+        self.limit, self.calls = limit, []
+
+    def batch_group(self, item):
+        return item.set_id
+
+    def edit(self, items, sources):
+        assert sources == [None] * len(items)  # text-to-image: no source image is read
+        if len(items) > self.limit:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.calls.append([i.set_id for i in items])
+        from PIL import Image
+
+        return [Image.new("RGB", (8, 8), (i.seed, 0, 0)) for i in items]
+
+
+def test_a_batch_packs_whole_sets_into_calls_and_halves_by_sets_on_oom(tmp_path):
+    cfg = config(seeds_per_target=2, batch_size=12)
+    items = plan_member_sets(templates_from_config(cfg, cfg.dataset_spec()), cfg)  # sets of 4, 4, 2, 2
+    editor = GroupingEditor(limit=6)
+    records = generate_batch(items, cfg.generation, ImageStore(str(tmp_path)), device="cpu", editor=editor)
+    assert [r.status for r in records] == ["generated"] * len(items)
+    assert {r.oom_halvings for r in records} == {1}
+    for call in editor.calls:  # after halving to 6: never a set split, never more than 6 items
+        assert len(call) <= 6
+        for set_id in set(call):
+            assert call.count(set_id) == sum(i.set_id == set_id for i in items)
