@@ -233,6 +233,9 @@ def load_segmenter(model: str, revision: str | None = None, device: str = "auto"
             raise UserError(f"cannot load the CLIPSeg model {model!r} (generation.params.mask.model): "
                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         network.to(device).eval()
+        from counterfactual_lab.runtime_record import record_model_load
+
+        record_model_load(model, revision, device, next(network.parameters()).dtype)  # the manifest's runtime
         _SEGMENTERS[key] = (network, processor)
         return network, processor
 

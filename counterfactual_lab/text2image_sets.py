@@ -229,8 +229,9 @@ def plan_member_sets(
         attribute = ATTRIBUTE_JOIN.join(set_template.attributes)
         reference = set_template.reference_prompt
         source_key = _key("set-template", set_template.template)
+        explanations = set_template.explanation or ("",) * len(set_template.members)
         for seed in range(generation.seed, generation.seed + generation.seeds_per_target):
-            for (pairs, prompt), explanation in zip(set_template.members, set_template.explanation):
+            for (pairs, prompt), explanation in zip(set_template.members, explanations):
                 items.append(WorkItem(
                     source_id=set_template.source_id, source_key=source_key, source_image_uri="",
                     caption=reference, attribute=attribute, source_value=None,
