@@ -46,6 +46,9 @@ CANDIDATE_SCHEMA = {
 }
 
 
+# text2image-sets: (attribute, value) of each attribute a set member varies, in template order.
+ATTRIBUTE_VALUES_TYPE = pl.List(pl.Struct({"attribute": pl.String, "value": pl.String}))
+
 # Which config section names the model of each role, and under which keys (default: model, revision).
 MODEL_SECTIONS = {"generator": "generation", "judge": "judge", "audit": "audit", "toxicity": "audit"}
 MODEL_KEYS = {"toxicity": ("toxicity_model", "toxicity_revision")}
@@ -95,6 +98,9 @@ def run_identity(
         from counterfactual_lab.auditees.lexicon import load_lexicon
 
         stages["audit"]["lexicon"] = "sha256:" + load_lexicon(config.audit.lexicon, config.base_dir).digest()
+    mask = stages["generation"]["params"].get("mask")
+    if isinstance(mask, dict):  # the CLIPSeg model of inpainting masks: by identity (models.segmenter)
+        mask.pop("model", None)
     return {
         "library_version": __version__,
         "stages": stages,
@@ -196,14 +202,20 @@ def locate_run(
     from counterfactual_lab.method_params import METHODS_WITHOUT_WEIGHTS
     from counterfactual_lab.model_identity import model_identity, weightless_identity
 
+    from counterfactual_lab.masks import segmenter_reference
+    from counterfactual_lab.text2image_sets import template_fingerprint
+
     spec = audited_spec(config, dataset_uri, spec)
-    fingerprint = dataset_fingerprint(spec)
+    fingerprint = template_fingerprint(config) if config.prompts_from_templates() else dataset_fingerprint(spec)
     models = {}
     for role in model_roles(spec, evaluate, config):
         if role == "generator" and config.generation.method in METHODS_WITHOUT_WEIGHTS:
             models[role] = weightless_identity(config.generation.method, config.generation.model)
         else:
             models[role] = model_identity(*model_reference(config, role))
+    segmenter = segmenter_reference(config.generation) if "generator" in models else None
+    if segmenter is not None:  # inpainting masks from CLIPSeg: a model the run loads too
+        models["segmenter"] = model_identity(segmenter, None)
     identity = run_identity(config, spec, fingerprint.value, models)
     return RunLocation(
         spec=spec,
@@ -223,7 +235,8 @@ def candidates_frame(items: list[WorkItem], records: list[Any], method: str) -> 
     ``variant`` ("counterfactual" | "reconstruction"), ``control`` and ``set_id`` (one per
     (source, attribute, seed), see :func:`counterfactual_lab.plan.set_id_for`) say how the
     judge groups the candidates and how the evaluation pool uses them. Items that share a
-    content key share its record (and image).
+    content key share its record (and image). ``inpaint`` adds ``mask_uri``; ``text2image-sets``
+    adds ``attribute_values`` (:data:`ATTRIBUTE_VALUES_TYPE`).
     """
     by_key = {record.content_key: record for record in records}
     rows = []
@@ -253,7 +266,15 @@ def candidates_frame(items: list[WorkItem], records: list[Any], method: str) -> 
                 "oom_halvings": record.oom_halvings if record else 0,
             }
         )
-    return pl.DataFrame(rows, schema=CANDIDATE_SCHEMA)
+    frame = pl.DataFrame(rows, schema=CANDIDATE_SCHEMA)
+    from counterfactual_lab.method_params import MASKED_METHODS, SOURCELESS_METHODS
+
+    if method in MASKED_METHODS:  # the mask each image was edited inside (null: its source had none)
+        frame = frame.with_columns(pl.Series("mask_uri", [item.mask_uri for item in items], dtype=pl.String))
+    if method in SOURCELESS_METHODS:  # a text-to-image set member's value of each attribute it varies
+        values = [[{"attribute": a, "value": v} for a, v in item.attribute_values] for item in items]
+        frame = frame.with_columns(pl.Series("attribute_values", values, dtype=ATTRIBUTE_VALUES_TYPE))
+    return frame
 
 
 def as_cache_hits(records: list[Any]) -> list[Any]:

@@ -97,10 +97,11 @@ def cmd_sample_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_models_tiny(args: argparse.Namespace) -> int:
-    """Build the tiny random-weight models (three diffusion pipelines, a CLIP, a generative VLM, a toxicity classifier)."""
-    from counterfactual_lab.tiny_models import build_tiny_models
+    """Build the tiny random-weight models (the demo's four, text2image, inpaint and clipseg, a
+    generative VLM and a toxicity classifier)."""
+    from counterfactual_lab.tiny_models import ALL_TINY_MODEL_NAMES, build_tiny_models
 
-    for name, path in build_tiny_models(args.dir).items():
+    for name, path in build_tiny_models(args.dir, names=ALL_TINY_MODEL_NAMES).items():
         print(f"{name}: {path}")
     return EXIT_OK
 
@@ -254,8 +255,8 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     models_sub = p.add_subparsers(dest="models_command", metavar="KIND", required=True)
     tiny = models_sub.add_parser(
         "tiny", help="tiny random-weight models",
-        description="Build tiny seeded random-weight models (instruct-pix2pix, img2img, ledits, clip, vlm, toxicity) under DIR, "
-        "one folder each, loadable with from_pretrained. Their outputs mean nothing.",
+        description="Build tiny seeded random-weight models (instruct-pix2pix, img2img, ledits, clip, text2image, "
+        "inpaint, clipseg, vlm, toxicity) under DIR, one folder each, loadable with from_pretrained. Their outputs mean nothing.",
     )
     tiny.add_argument("dir", metavar="DIR", help="output folder")
     tiny.set_defaults(handler=cmd_models_tiny)

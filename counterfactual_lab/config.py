@@ -18,7 +18,8 @@ from counterfactual_lab.spec import MAX_NAME_CHARS, MAX_URI_CHARS, SECRET_BLOCK_
 from counterfactual_lab.yaml_files import load_yaml_file
 
 # "validation": the planted-bias world's editor (counterfactual_lab/validity), which loads no model.
-GenerationMethod = Literal["instruct-pix2pix", "img2img", "ledits", "validation"]
+# "text2image-sets": counterfactual sets from caption templates; "inpaint": edits inside a mask.
+GenerationMethod = Literal["instruct-pix2pix", "img2img", "ledits", "validation", "text2image-sets", "inpaint"]
 
 # Upper bounds on every size a config can set: each keeps one run within what a machine can
 # hold (a 10⁶-pixel side asked for 21 GB; 10⁹ bootstrap resamples for 30 GiB). Documented in
@@ -110,6 +111,9 @@ class GenerationConfig(BaseModel):
     # Generate each source's own value too (a reconstruction) and a control per (row, attribute),
     # so counterfactuals are compared with generated images, not with real photos.
     reconstruction: bool = True
+    # Generate seeds in rounds and stop a target (a set) once keep_per_target passed the judge;
+    # seeds_per_target is then the ceiling (counterfactual_lab/rounds.py). False: every seed at once.
+    adaptive: bool = True
 
     @model_validator(mode="after")
     def _keep_within_seeds(self) -> "GenerationConfig":
@@ -132,7 +136,9 @@ class GenerationConfig(BaseModel):
             "steps": self.steps,
             "guidance_scale": self.guidance_scale,
             "resolution": self.resolution,
-            "params": dict(sorted(self.params.items())),
+            # Not the text2image templates (each member's key holds its own prompt) nor the
+            # inpainting mask spec (each item's key holds its mask's content key).
+            "params": {k: v for k, v in sorted(self.params.items()) if k not in ("templates", "mask")},
             # LEDITS++ seeds its one shared inversion per source with this seed, so it changes
             # the pixels of every item; the other methods seed per item (the item's own seed).
             **({"seed": self.seed} if self.method == "ledits" else {}),
@@ -325,7 +331,8 @@ class AuditConfig(RedactedInJson, BaseModel):
 
     model_config = STRICT
 
-    dataset: DatasetRef
+    # Required, except for text2image-sets with params.templates (which reads no dataset).
+    dataset: DatasetRef | None = None
     attributes: dict[Text, AttributeTargets] = Field(
         default_factory=lambda: {"gender": ["female", "male"]}, min_length=1, max_length=MAX_ATTRIBUTES
     )
@@ -355,13 +362,27 @@ class AuditConfig(RedactedInJson, BaseModel):
         except ValidationError as exc:
             raise ConfigError(f"{source} is invalid: {_first_error(exc, cls)}") from None
 
+    def prompts_from_templates(self) -> bool:
+        """True for ``text2image-sets`` with ``generation.params.templates``: the prompts come from
+        the templates and no dataset is read (see :mod:`counterfactual_lab.text2image_sets`)."""
+        return self.generation.method == "text2image-sets" and self.generation.params.get("templates") is not None
+
     def dataset_spec(self, uri_override: str | None = None) -> DatasetSpec:
         """The dataset to audit: the config's, or ``uri_override`` (a dataset URI, or a spec YAML file)."""
         base = Path(self.base_dir) if self.base_dir else None
-        if uri_override and uri_override.endswith((".yaml", ".yml")):
+        if self.prompts_from_templates():
+            from counterfactual_lab.text2image_sets import template_dataset_spec
+
+            spec = template_dataset_spec(self, uri_override)
+        elif self.dataset is None and not uri_override:
+            raise ConfigError(
+                "config 'dataset' is required: a spec file or a uri (only text2image-sets with "
+                "generation.params.templates reads no dataset)"
+            )
+        elif uri_override and uri_override.endswith((".yaml", ".yml")):
             spec = DatasetSpec.from_yaml(uri_override)
         else:
-            spec = self.dataset.resolve(base, uri_override)
+            spec = (self.dataset or DatasetRef()).resolve(base, uri_override)
         for attribute, targets in self.attributes.items():
             for value in targets:
                 if spec.canonical_value(attribute, value) is None:

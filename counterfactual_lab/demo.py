@@ -27,7 +27,7 @@ def demo_config(dataset_dir: Path, models: dict[str, Path], out_uri: str) -> dic
     A random-weight judge scores at random and its zero-shot attribute check tends to favour
     one value whatever the image, which would drop whole attributes from the demo: the
     thresholds let everything through and the check is off, so every attribute reaches the
-    report, and ranking still drops the weaker seed of each pair ("not_best_of_target").
+    report; with adaptive rounds (the default) the first of the two seeds then suffices.
     """
     clip = str(models["clip"])
     return {

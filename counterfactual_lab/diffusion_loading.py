@@ -25,6 +25,8 @@ PIPELINE_CLASSES = {
     "instruct-pix2pix": "StableDiffusionInstructPix2PixPipeline",
     "img2img": "StableDiffusionImg2ImgPipeline",
     "ledits": "LEditsPPPipelineStableDiffusion",
+    "text2image-sets": "StableDiffusionPipeline",
+    "inpaint": "StableDiffusionInpaintPipeline",
 }
 
 _cache: dict[tuple[str, str, str | None, str, str], Any] = {}

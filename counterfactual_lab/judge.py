@@ -36,6 +36,9 @@ Which candidates are kept:
   candidates of one (source, attribute, target value) the best ``keep_per_target`` by direction
   similarity are kept.
 
+Sets made from text alone (``text2image-sets``) have no source photo: their members are judged
+against each other (:mod:`counterfactual_lab.set_judge`).
+
 Every other candidate keeps the reason it was dropped (``drop_reason``): its own failed check
 (``generation_failed: <error>``, ``below_text_threshold``, ``below_direction_threshold``,
 ``below_image_threshold``, ``attribute_check_failed``), else ``set_incomplete`` (it passed but
@@ -269,6 +272,11 @@ def judge_candidates(
     """
     if keep_per_target < 1:
         raise ValueError(f"keep_per_target must be at least 1, got {keep_per_target}")
+    if _made_from_text(candidates):  # no source photo: members are judged against each other
+        from counterfactual_lab.set_judge import judge_member_sets
+
+        return judge_member_sets(candidates, judge, embedder, load_image, keep_per_target=keep_per_target,
+                                 vocabulary=vocabulary, batch_size=batch_size)
     _check_columns(candidates)
     scores = score_candidates(candidates, judge, embedder, load_image, vocabulary=vocabulary, batch_size=batch_size)
     rows = candidates.to_dicts()
@@ -298,6 +306,15 @@ def judge_candidates(
         pl.Series("kept", kept, dtype=pl.Boolean),
         pl.Series("drop_reason", reasons, dtype=pl.String),
     )
+
+
+def _made_from_text(candidates: pl.DataFrame) -> bool:
+    """True when every candidate was made by a method without a source image (``text2image-sets``)."""
+    from counterfactual_lab.method_params import SOURCELESS_METHODS
+
+    return (candidates.height > 0 and "method" in candidates.columns
+            and set(candidates["method"].drop_nulls().to_list()) <= SOURCELESS_METHODS
+            and candidates["method"].null_count() == 0)
 
 
 def _keep_per_target(

@@ -87,6 +87,10 @@ class WorkItem:
     content_key: str
     variant: str = VARIANT_COUNTERFACTUAL  # "counterfactual" | "reconstruction"
     control: bool = False  # the reconstruction at the seed no candidate uses
+    # text2image-sets: the member's value of each attribute its template varies, in template order.
+    attribute_values: tuple[tuple[str, str], ...] = ()
+    # inpaint: the source's mask in the image store (white = edit), part of the content key.
+    mask_uri: str | None = None
 
     @property
     def set_id(self) -> str:
@@ -114,13 +118,13 @@ def reconstruction_key(
 ) -> str:
     """The content key of a reconstruction: what its editor reads, the seed and the generator.
 
-    ``img2img`` reads the caption only; ``instruct-pix2pix`` the instruction; ``ledits`` the
+    ``img2img`` and ``inpaint`` read the caption only; ``instruct-pix2pix`` the instruction; ``ledits`` the
     value's concept word (the words depend on the value, not the attribute, and overrides
     are in the generator fingerprint). Any other method is keyed on everything the item
     carries, so nothing is shared that might differ.
     """
     reads: list[Any]
-    if method == "img2img":
+    if method in ("img2img", "inpaint"):  # inpaint's mask (per source) joins the key later (masks.attach_masks)
         reads = ["caption", caption]
     elif method == "instruct-pix2pix":
         reads = ["instruction", instruction]

@@ -40,13 +40,21 @@ def check_audit(config: AuditConfig, dataset_uri: str | None = None, *, evaluate
     ``evaluate=False`` (``cflab generate``) skips the model under audit. Raises a
     :class:`~counterfactual_lab.errors.UserError` naming the key at fault.
     """
-    from counterfactual_lab.method_params import METHODS_WITHOUT_WEIGHTS
+    from counterfactual_lab.method_params import METHODS_WITHOUT_WEIGHTS, check_method_params
 
     spec = check_config(config, dataset_uri)
     generates = not spec.columns.counterfactual_set  # an evaluate-only dataset needs no generator
+    params = check_method_params(config.generation) if generates else {}
+    if generates and config.generation.method == "text2image-sets":
+        from counterfactual_lab.text2image_sets import check_text2image
+
+        check_text2image(config, spec)
     roles = {"judge.model": config.judge.model} if generates else {}
     if generates and config.generation.method not in METHODS_WITHOUT_WEIGHTS:
         roles = {"generation.model": config.generation.model, **roles}
+        mask = params.get("mask")
+        if isinstance(mask, dict) and "model" in mask:
+            roles["generation.params.mask.model"] = mask["model"]
     if evaluate:
         roles["audit.model"] = config.audit.model
     for key, model in roles.items():

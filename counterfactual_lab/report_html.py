@@ -378,7 +378,14 @@ def _examples_section(
     if not kept and not dropped:
         parts.append("<p>No generated counterfactual images to show.</p>")
         return "".join(parts)
-    if any(p.reconstruction_uri for p in kept + dropped):
+    from_text = "method" in counterfactuals.columns and set(counterfactuals["method"].drop_nulls()) == {"text2image-sets"}
+    if from_text:
+        parts.append(
+            "<p>Counterfactual sets made from text (<code>text2image-sets</code>): there is no original; each member "
+            "was judged against the other members of its set, and the kept sets were published under "
+            "<code>sets/</code> and evaluated as a dataset of counterfactual sets.</p>"
+        )
+    elif any(p.reconstruction_uri for p in kept + dropped):
         parts.append(
             "<p>Each counterfactual is compared with the <b>reconstruction</b> of its set: the same source, seed and "
             "editor asked for the source's own value, so both images went through the same generator. The original "
@@ -437,7 +444,10 @@ def _pair_figure(pair: _Pair, images: "_ImageInliner") -> str:
         ("source id", e(row.get("source_id"))),
     ]
     dl = "".join(f"<tr><th>{e(k)}</th><td>{v}</td></tr>" for k, v in details)
-    cells = [f"<div>{images.tag(row.get('source_image_uri'), 'original')}<br>original</div>"]
+    # (text2image-sets members have no original: their row's source image is empty)
+    cells = [f"<div>{images.tag(row.get('source_image_uri'), 'original')}<br>original</div>"] if row.get("source_image_uri") else []
+    if row.get("mask_uri"):  # inpainting: the region the edit was allowed to change
+        cells.append(f"<div>{images.tag(row.get('mask_uri'), 'mask')}<br>mask</div>")
     if pair.reconstruction_uri:
         cells.append(f"<div>{images.tag(pair.reconstruction_uri, 'reconstruction')}<br>reconstruction</div>")
     cells.append(f"<div>{images.tag(row.get('image_uri'), 'counterfactual')}<br>counterfactual</div>")

@@ -96,6 +96,10 @@ def reproduction_differences(manifest: Mapping[str, Any]) -> list[str]:
 
     dataset = manifest.get("dataset") or {}
     spec_fields = (manifest.get("run_identity") or {}).get("dataset", {}).get("spec") or {}
+    from counterfactual_lab.text2image_sets import TEMPLATES_URI
+
+    if dataset.get("uri") == TEMPLATES_URI:  # text2image-sets from templates: they are in the config
+        return problems
     try:
         current_fp = dataset_fingerprint(DatasetSpec.parse_spec({"name": dataset.get("name", "dataset"),
                                                                  "uri": dataset.get("uri"), **spec_fields}))

@@ -25,6 +25,12 @@ from pathlib import Path
 import torch
 
 TINY_MODEL_NAMES = ("instruct-pix2pix", "img2img", "ledits", "clip")
+# Built by `cflab models tiny` beyond the demo's four: text2image, inpaint, clipseg
+# (builders in counterfactual_lab/tiny_generators.py).
+GENERATOR_MODEL_NAMES = ("text2image", "inpaint", "clipseg")
+# And the generative audit's: a VLM and a toxicity classifier (builders in counterfactual_lab/auditees/tiny.py).
+AUDITEE_MODEL_NAMES = ("vlm", "toxicity")
+ALL_TINY_MODEL_NAMES = TINY_MODEL_NAMES + GENERATOR_MODEL_NAMES + AUDITEE_MODEL_NAMES
 # Written into every tiny model folder, so reports can say their numbers mean nothing.
 TINY_MARKER = "CFLAB_TINY_RANDOM_WEIGHTS"
 DIFFUSION_METHODS = ("instruct-pix2pix", "img2img", "ledits")
@@ -244,16 +250,18 @@ def build_tiny_clip(directory: str | Path, seed: int = 0) -> Path:
 
 
 def _is_built(directory: Path, name: str) -> bool:
-    marker = "config.json" if name == "clip" else "model_index.json"
+    marker = "config.json" if name in ("clip", "clipseg") else "model_index.json"
     return (directory / marker).exists() and any(directory.rglob("*.safetensors"))
 
 
-def build_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Build every tiny model under ``root/<name>`` (skipping folders already built).
+def build_tiny_models(root: str | Path, seed: int = 0, names: tuple[str, ...] = TINY_MODEL_NAMES) -> dict[str, Path]:
+    """Build the tiny models ``names`` under ``root/<name>`` (skipping folders already built).
 
-    Returns ``{"instruct-pix2pix", "img2img", "ledits", "clip", "vlm", "toxicity"} -> folder``
-    (``vlm`` and ``toxicity``: :mod:`counterfactual_lab.auditees.tiny`). Idempotent:
-    a second call with the same root builds nothing.
+    Returns ``{name: folder}``; by default the demo's four (``{"instruct-pix2pix", "img2img",
+    "ledits", "clip"}``), :data:`ALL_TINY_MODEL_NAMES` adds ``text2image``, ``inpaint``,
+    ``clipseg`` (:mod:`counterfactual_lab.tiny_generators`), ``vlm`` and ``toxicity``
+    (:mod:`counterfactual_lab.auditees.tiny`). Idempotent: a second call with the same root
+    builds nothing.
     """
     from counterfactual_lab.image_processors import prefer_pil_image_processors
 
@@ -261,10 +269,20 @@ def build_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     built: dict[str, Path] = {}
-    for name in TINY_MODEL_NAMES:
+    unknown = sorted(set(names) - set(ALL_TINY_MODEL_NAMES))
+    if unknown:
+        raise ValueError(f"unknown tiny model(s) {unknown}; expected some of {list(ALL_TINY_MODEL_NAMES)}")
+    auditees = [name for name in names if name in AUDITEE_MODEL_NAMES]
+    for name in names:
+        if name in AUDITEE_MODEL_NAMES:
+            continue
         directory = root / name
         if not _is_built(directory, name):
-            if name == "clip":
+            if name in GENERATOR_MODEL_NAMES:
+                from counterfactual_lab.tiny_generators import BUILDERS
+
+                BUILDERS[name](directory, seed=seed)
+            elif name == "clip":
                 build_tiny_clip(directory, seed=seed)
             else:
                 build_tiny_diffusion(name, directory, seed=seed)
@@ -272,11 +290,8 @@ def build_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
                 "Random weights built by `cflab models tiny`: outputs and metrics mean nothing.\n"
             )
         built[name] = directory
-    built.update(_auditee_models(root, seed))  # vlm, toxicity: the generative audit's (auditees/tiny.py)
-    return built
+    if auditees:  # vlm, toxicity: the generative audit's (auditees/tiny.py)
+        from counterfactual_lab.auditees.tiny import build_tiny_auditee_models
 
-
-def _auditee_models(root: Path, seed: int) -> dict[str, Path]:
-    from counterfactual_lab.auditees.tiny import build_tiny_auditee_models
-
-    return build_tiny_auditee_models(root, seed=seed)
+        built.update({n: d for n, d in build_tiny_auditee_models(root, seed=seed, names=tuple(auditees)).items()})
+    return {name: built[name] for name in names}

@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 
 from counterfactual_lab.audit_run import (
     as_cache_hits,
-    candidates_frame,
     generation_counts,
     RunLocation,
     locate_run,
@@ -47,7 +46,18 @@ from counterfactual_lab.errors import DataOverLimit, TooManyFailedItems
 from counterfactual_lab.evaluate import build_evaluation_pool, pool_from_counterfactual_sets
 from counterfactual_lab.findings import headline_table, summary_markdown
 from counterfactual_lab.metrics import METRICS_SCHEMA
-from counterfactual_lab.plan import chunk, plan_work_items, unique_by_content_key
+from counterfactual_lab.masks import attach_masks
+from counterfactual_lab.method_params import MASKED_METHODS, SOURCELESS_METHODS, check_mask_spec
+from counterfactual_lab.plan import chunk, plan_work_items
+from counterfactual_lab.rounds import run_rounds
+from counterfactual_lab.text2image_sets import (
+    chunk_sets,
+    plan_member_sets,
+    publish_sets,
+    template_outcome,
+    templates_from_captions,
+    templates_from_config,
+)
 from counterfactual_lab.preflight import check_audit
 from counterfactual_lab.publish import REPORT_NAME, RunPublisher, is_complete
 from counterfactual_lab.run_failure import count_failed_items
@@ -56,6 +66,7 @@ from counterfactual_lab.validation import write_validation_outputs
 from tasks.evaluate import compute_auditee_metrics, compute_fairness_metrics, evaluate_auditee_batch, evaluate_batch
 from tasks.generate import generation_task_for
 from tasks.judge import judge_counterfactuals
+from tasks.masks import prepare_inpainting_masks
 from tasks.runners import make_task_runner
 from tasks.validate import validate_dataset
 from flows.secrets import mask_secrets_in_logs, resolve_secret_blocks
@@ -123,7 +134,11 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
     if publisher.mark_incomplete():
         logger.info("run %s: the earlier manifest was removed; the run is incomplete until it is published again", run_id)
 
-    outcome = with_runtime_retries(validate_dataset, config)(spec, store, config.runtime.ingest_batch_rows)
+    set_templates = templates_from_config(config, spec) if config.prompts_from_templates() else None
+    if set_templates is not None:  # text2image-sets from templates: no dataset; each template is a row
+        outcome = template_outcome(set_templates)
+    else:
+        outcome = with_runtime_retries(validate_dataset, config)(spec, store, config.runtime.ingest_batch_rows)
     write_validation_outputs(outcome, publisher.run_uri, options)
     if outcome.quarantined_fraction > config.runtime.max_invalid_fraction:
         raise DataOverLimit(
@@ -134,42 +149,69 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
     attributes = list(config.attributes)
     vocabulary = {attribute: spec.vocabulary(attribute) for attribute in attributes}
 
+    method = config.generation.method
+    generator = location.models["generator"].key if "generator" in location.models else None
+    precision = generation_precision(method, device)  # device type, dtype, versions: they change pixels
+    quarantine = outcome.quarantine
+    # What the metrics read as the judge's output: none for data that already are counterfactual sets.
+    judged_for_metrics: pl.DataFrame | None = None
     if spec.columns.counterfactual_set:
         # Evaluate-only: the dataset already holds counterfactual sets.
-        counterfactuals = candidates = pl.DataFrame()
+        counterfactuals = pl.DataFrame()
         records: list = []
+        counts = generation_counts(records)
         pool = pool_from_counterfactual_sets(outcome.valid, attributes)
+    elif method in SOURCELESS_METHODS:
+        # Text-to-image sets: generate and judge them, publish them as a dataset, evaluate that dataset.
+        if set_templates is None:
+            set_templates = templates_from_captions(outcome.valid, config, spec)
+        items = plan_member_sets(set_templates, config, generator_identity=generator, precision=precision)
+        records, counterfactuals, counts = _generate_and_judge(items, config, store, device, vocabulary)
+        sets_spec = publish_sets(
+            counterfactuals, store, publisher.run_uri, name=f"{run_id}-sets",
+            vocabularies={a: spec.vocabulary(a) for a in attributes},
+            templates={t.source_id: t.template for t in set_templates},
+            labels={t.source_id: t.label for t in set_templates}, storage_options=options,
+        )
+        logger.info("run %s: %d kept set member(s) published as a dataset at %s", run_id,
+                    counterfactuals.filter(pl.col("kept")).height if counterfactuals.height else 0, sets_spec.uri)
+        judged_for_metrics = pl.DataFrame()
+        pool = pl.DataFrame()
+        if evaluate:  # the evaluate-only path, on the sets as published
+            sets = with_runtime_retries(validate_dataset, config)(sets_spec, store, config.runtime.ingest_batch_rows)
+            quarantine = pl.concat([quarantine, sets.quarantine], how="vertical_relaxed")
+            pool = pool_from_counterfactual_sets(sets.valid, attributes)
     else:
-        items = plan_work_items(
-            outcome.valid, config, spec, generator_identity=location.models["generator"].key,
-            precision=generation_precision(config.generation.method, device),
-        )
-        # Items sharing a content key (img2img reconstructions of several attributes) are made once.
-        records = _generate(unique_by_content_key(items), config, store, device)
-        candidates = candidates_frame(items, records, config.generation.method)
-        counterfactuals = with_runtime_retries(judge_counterfactuals, config)(
-            candidates, config.judge, store,
-            keep_per_target=config.generation.keep_per_target, vocabulary=vocabulary, device=device,
-        )
+        items = plan_work_items(outcome.valid, config, spec, generator_identity=generator, precision=precision)
+        never_generated: dict[str, str] = {}
+        if method in MASKED_METHODS:  # each item edits inside its source's mask
+            masks = with_runtime_retries(prepare_inpainting_masks, config)(
+                outcome.valid, check_mask_spec(config.generation.params.get("mask")), spec, store,
+                segmenter_key=location.models["segmenter"].key if "segmenter" in location.models else None,
+                device=device,
+            )
+            items, never_generated = attach_masks(items, masks)
+        records, counterfactuals, counts = _generate_and_judge(items, config, store, device, vocabulary, never_generated)
         pool = build_evaluation_pool(outcome.valid, counterfactuals, attributes)
 
-    tables = {"counterfactuals": counterfactuals, "quarantine": outcome.quarantine}
+    tables = {"counterfactuals": counterfactuals, "quarantine": quarantine}
+    judged = counterfactuals if judged_for_metrics is None else judged_for_metrics
+    # Evaluated as counterfactual sets: a dataset of them, or the text-to-image sets this run made.
+    evaluate_only = bool(spec.columns.counterfactual_set) or method in SOURCELESS_METHODS
     auditee_counts = None
     if evaluate and resolve_kind(config.audit) in GENERATIVE_KINDS:
-        generative_tables, auditee_counts = _evaluate_generative(pool, config, store, device, location, counterfactuals,
-                                                                 bool(spec.columns.counterfactual_set))
+        generative_tables, auditee_counts = _evaluate_generative(pool, config, store, device, location, judged, evaluate_only)
         tables.update(generative_tables)
     elif evaluate:
         predictions, retrieval = _evaluate(pool, config, store, device)
         tables["predictions"] = predictions
-        tables["metrics"] = compute_fairness_metrics(predictions, retrieval, counterfactuals, config.audit, config.attributes,
-                                                     config.generation.reconstruction, bool(spec.columns.counterfactual_set))
+        tables["metrics"] = compute_fairness_metrics(predictions, retrieval, judged, config.audit, config.attributes,
+                                                     config.generation.reconstruction, evaluate_only)
 
-    counts = generation_counts(records)  # images: one record per unique content key
     # More failed work items than runtime.max_failed_fraction: publish what there is, marked failed.
     # Counted over the candidate rows (work items, as row_accounting counts them), not the
     # records: a shared image that failed fails every item that needed it.
-    failed_items = count_failed_items(candidates, config.runtime.max_failed_fraction)
+    failed_items = count_failed_items(counterfactuals, config.runtime.max_failed_fraction)
     failure = failed_items.manifest_entry() if failed_items.over_limit else None
     accounting = row_accounting(outcome.rows_in, outcome.valid.height, outcome.quarantined, counterfactuals)
     manifest = publish_run(
@@ -202,6 +244,28 @@ def with_runtime_retries(task: Any, config: AuditConfig) -> Any:
     )
 
 
+def _generate_and_judge(
+    items: list, config: AuditConfig, store: ImageStore, device: str, vocabulary: dict[str, list[str]],
+    never_generated: dict[str, str] | None = None,
+) -> tuple[list, pl.DataFrame, dict[str, int]]:
+    """Generate and judge in rounds of seeds (``counterfactual_lab.rounds.run_rounds``): each round
+    fans out one generation task per batch, then one judge task scores everything so far. Returns
+    (records, the judged candidates, the generation counts with ``calls``/``calls_fixed``/``rounds``)."""
+    judge = with_runtime_retries(judge_counterfactuals, config)
+    outcome = run_rounds(
+        items, config.generation,
+        generate=lambda batch: _generate(batch, config, store, device),
+        judge=lambda candidates: judge(candidates, config.judge, store, keep_per_target=config.generation.keep_per_target,
+                                       vocabulary=vocabulary, device=device),
+        never_generated=never_generated,
+    )
+    counts = outcome.counts(items, never_generated or {})
+    if config.generation.adaptive and counts["calls"] < counts["calls_fixed"]:
+        get_run_logger().info("adaptive over-generation: %d round(s), %d of the %d images a fixed plan asks for",
+                              outcome.rounds, counts["calls"], counts["calls_fixed"])
+    return outcome.records, outcome.judged, counts
+
+
 def _generate(items: list, config: AuditConfig, store: ImageStore, device: str) -> list:
     """Fan out one generation task per batch; progress in the terminal and in a Prefect artifact.
 
@@ -212,7 +276,9 @@ def _generate(items: list, config: AuditConfig, store: ImageStore, device: str) 
     points at images no longer in the store (an output folder removed, an S3 lifecycle rule);
     ``generate_batch`` then makes only the images that are missing.
     """
-    batches = chunk(items, config.generation.batch_size)
+    # Members of a text-to-image set share latents and attention: one task makes the whole set.
+    split = chunk_sets if config.generation.method in SOURCELESS_METHODS else chunk
+    batches = split(items, config.generation.batch_size)
     if not batches:
         return []
     progress_id = create_progress_artifact(progress=0.0, description=f"generation: {len(items)} work items")

@@ -86,10 +86,19 @@ def s3_bucket(s3_endpoint):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    """The tiny random-weight models (instruct-pix2pix, img2img, ledits, clip), built once."""
-    from counterfactual_lab.tiny_models import build_tiny_models
+    """The tiny random-weight models (instruct-pix2pix, img2img, ledits, clip, and the generative
+    audit's vlm and toxicity), built once."""
+    from counterfactual_lab.tiny_models import AUDITEE_MODEL_NAMES, TINY_MODEL_NAMES, build_tiny_models
 
-    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"), names=TINY_MODEL_NAMES + AUDITEE_MODEL_NAMES)
+
+
+@pytest.fixture(scope="session")
+def generator_models(tiny_models):
+    """The tiny text2image, inpaint and clipseg models, beside the session's ``tiny_models``."""
+    from counterfactual_lab.tiny_models import GENERATOR_MODEL_NAMES, build_tiny_models
+
+    return build_tiny_models(next(iter(tiny_models.values())).parent, names=GENERATOR_MODEL_NAMES)
 
 
 @pytest.fixture(scope="session")

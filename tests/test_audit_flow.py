@@ -54,12 +54,13 @@ def audit_home(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, 
 def write_config(path: Path, inputs: DemoInputs, out_uri: str, **sections: dict[str, Any]) -> str:
     """Write the small audit config to ``path``; ``sections`` update the demo config's sections.
 
-    Small: gender only, 2 seeds per target, 2 steps at 32 px, batches of 4, 50 bootstrap samples.
+    Small: gender only, 2 seeds per target, 2 steps at 32 px, batches of 4, 50 bootstrap samples;
+    every seed generated at once (``adaptive: false``: tests/test_rounds.py covers the rounds).
     ``attributes=`` and ``dataset=`` replace those sections instead of updating them.
     """
     config = demo_config(inputs.dataset_dir, inputs.models, out_uri)
     config["attributes"] = {"gender": ["female", "male"]}
-    config["generation"].update(steps=2, seeds_per_target=2, keep_per_target=1, batch_size=4, resolution=32)
+    config["generation"].update(steps=2, seeds_per_target=2, keep_per_target=1, batch_size=4, resolution=32, adaptive=False)
     config["audit"]["bootstrap_samples"] = 50
     for section, values in sections.items():
         if section in ("attributes", "dataset"):
@@ -195,7 +196,8 @@ def test_full_audit_publishes_every_file_of_the_output_contract(first_run, out):
     assert acc["dropped_by_reason"] == {"not_best_set": ROWS * 2}
     counts = run.manifest["generation_counts"]
     # one attribute: no image is shared between items
-    assert counts == {"generated": acc["planned"], "cache_hits": 0, "failed": 0, "oom_halvings": 0}
+    assert counts == {"generated": acc["planned"], "cache_hits": 0, "failed": 0, "oom_halvings": 0,
+                      "calls": acc["planned"], "calls_fixed": acc["planned"], "rounds": 1}
     assert calls == acc["planned"] // 4  # batches of 4 items, one pipeline call each
 
     for name in TABLE_NAMES:
@@ -318,7 +320,8 @@ def test_the_image_store_alone_prevents_regeneration_without_prefects_cache(firs
     planned = run.manifest["row_accounting"]["planned"]
     assert len(batches) == planned // 4  # the generation tasks really ran ...
     assert calls == []  # ... and found every image in the content-addressed store
-    assert run.manifest["generation_counts"] == {"generated": 0, "cache_hits": planned, "failed": 0, "oom_halvings": 0}
+    assert run.manifest["generation_counts"] == {"generated": 0, "cache_hits": planned, "failed": 0, "oom_halvings": 0,
+                                                 "calls": planned, "calls_fixed": planned, "rounds": 1}
     assert_same_tables(first, run)
 
 
@@ -349,7 +352,8 @@ def test_an_image_missing_from_the_store_is_made_again_despite_prefects_cache(fi
     planned = run.manifest["row_accounting"]["planned"]
     assert victim.is_file()
     assert len(calls) == 1
-    assert run.manifest["generation_counts"] == {"generated": 1, "cache_hits": planned - 1, "failed": 0, "oom_halvings": 0}
+    assert run.manifest["generation_counts"] == {"generated": 1, "cache_hits": planned - 1, "failed": 0, "oom_halvings": 0,
+                                                 "calls": planned, "calls_fixed": planned, "rounds": 1}
     assert_accounting_closes(run)
 
 

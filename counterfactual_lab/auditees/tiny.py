@@ -229,12 +229,16 @@ def build_tiny_captioner(directory: str | Path, seed: int = 0) -> Path:
 _BUILDERS = {VLM_NAME: build_tiny_vlm, TOXICITY_NAME: build_tiny_toxicity}
 
 
-def build_tiny_auditee_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Build ``root/vlm`` and ``root/toxicity`` unless already built; mark both as random weights."""
+def build_tiny_auditee_models(
+    root: str | Path, seed: int = 0, names: tuple[str, ...] = AUDITEE_MODEL_NAMES
+) -> dict[str, Path]:
+    """Build ``root/vlm`` and ``root/toxicity`` (or those of ``names``) unless already built;
+    mark each as random weights."""
     from counterfactual_lab.tiny_models import TINY_MARKER
 
     built: dict[str, Path] = {}
-    for name, builder in _BUILDERS.items():
+    for name in names:
+        builder = _BUILDERS[name]
         directory = Path(root) / name
         config = directory / "config.json"
         if not (config.exists() and any(directory.glob("*.safetensors")) and _loads_as(config, name)):

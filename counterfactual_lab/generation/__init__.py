@@ -1,4 +1,4 @@
-"""Counterfactual image generation: three diffusion editing methods behind one interface,
+"""Counterfactual image generation: the diffusion editing methods behind one interface,
 and the batch runner that fills the content-addressed image store."""
 
 from counterfactual_lab.generation.batch import (
@@ -20,6 +20,12 @@ from counterfactual_lab.generation.editors import (
     make_editor,
     validate_generation,
 )
+from counterfactual_lab.generation.inpaint import InpaintEditor
+from counterfactual_lab.generation.text2image import TextToImageSetsEditor
+
+# Registered here, not in editors.py: both modules build on editors.DiffusersEditor.
+EDITORS[TextToImageSetsEditor.method] = TextToImageSetsEditor
+EDITORS[InpaintEditor.method] = InpaintEditor
 
 __all__ = [
     "CACHED",
@@ -28,6 +34,8 @@ __all__ = [
     "GENERATED",
     "GenerationRecord",
     "ImageEditor",
+    "InpaintEditor",
+    "TextToImageSetsEditor",
     "Img2ImgEditor",
     "InstructPix2PixEditor",
     "LeditsEditor",

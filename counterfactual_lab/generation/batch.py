@@ -11,7 +11,15 @@ This is what a generation task runs (one task per batch, never one per image). I
   other error on a sub-batch its items are retried one by one, so a poisoned item fails alone;
 * configuration errors (:class:`UserError`) and storage errors are raised, not recorded: the
   first would fail every item the same way, the second is worth a task retry (items already
-  stored are then cache hits).
+  stored are then cache hits);
+* an editor may return an exception in place of one item's image (an inpainting mask with no
+  pixel set): that item is recorded ``failed`` with it, the others are stored.
+
+What an editor reads: the source image of each item, unless the method makes images from text
+alone (``SOURCELESS_METHODS``: the editor gets None); the item's mask too when the editor
+``reads_masks`` (``edit(items, sources, masks)``). An editor with ``batch_group(item)`` has the
+items of one group (the members of a text-to-image set) packed into the same call where the
+batch size allows.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from PIL import Image
 
 from counterfactual_lab.errors import UserError
 from counterfactual_lab.generation.editors import ImageEditor, make_editor
+from counterfactual_lab.method_params import SOURCELESS_METHODS
 from counterfactual_lab.plan import WorkItem
 
 if TYPE_CHECKING:  # imported lazily: storage needs fsspec, config needs pydantic (GPU benches lack both)
@@ -156,11 +165,13 @@ def generate_batch(
         records[key] = GenerationRecord(key, store.uri(key), CACHED)
     pending = [item for key, item in unique.items() if key not in records]
     if pending:
-        ready: list[tuple[WorkItem, Image.Image]] = []
+        ready: list[_Ready] = []
         sources: dict[str, Image.Image] = {}
+        masks: dict[str, Image.Image] = {}
+        reads_source = generation.method not in SOURCELESS_METHODS
         for item in pending:
             try:
-                if item.source_image_uri not in sources:
+                if reads_source and item.source_image_uri not in sources:
                     sources[item.source_image_uri] = load_source(item, store)
             except Exception as exc:
                 if _is_transient(exc):
@@ -170,18 +181,67 @@ def generate_batch(
                     error=f"source image {item.source_image_uri} unreadable: {_describe(exc)}",
                 )
                 continue
-            ready.append((item, sources[item.source_image_uri]))
+            try:
+                if item.mask_uri is not None and item.mask_uri not in masks:
+                    masks[item.mask_uri] = store.load(item.mask_uri)
+            except Exception as exc:
+                if _is_transient(exc):
+                    raise
+                records[item.content_key] = GenerationRecord(
+                    item.content_key, None, FAILED, error=f"mask {item.mask_uri} unreadable: {_describe(exc)}",
+                )
+                continue
+            ready.append((item, sources.get(item.source_image_uri) if reads_source else None,
+                          None if item.mask_uri is None else masks[item.mask_uri]))
         if ready:
             editor = editor or make_editor(generation, device)
             records.update(_run_all(ready, generation.batch_size, editor, store))
     return [records[item.content_key] for item in items]
 
 
-def _run_all(
-    ready: list[tuple[WorkItem, Image.Image]], batch_size: int, editor: ImageEditor, store: ImageStore
-) -> dict[str, GenerationRecord]:
+# (item, its source image or None, its mask or None)
+_Ready = tuple[WorkItem, Any, Any]
+
+
+def _edit(editor: ImageEditor, part: list[_Ready]) -> list[Any]:
+    items, sources = [item for item, _, _ in part], [source for _, source, _ in part]
+    if getattr(editor, "reads_masks", False):
+        return editor.edit(items, sources, [mask for _, _, mask in part])  # type: ignore[call-arg]
+    return editor.edit(items, sources)
+
+
+def pack(entries: list[Any], size: int, group_of: Any = None, *, split_groups: bool = True) -> list[list[Any]]:
+    """Consecutive parts of at most ``size`` entries; with ``group_of(entry)``, whole groups are kept
+    together where they fit. A group larger than ``size`` is split into parts of ``size``, or with
+    ``split_groups=False`` is a part of its own."""
+    if group_of is None:
+        return [entries[i : i + size] for i in range(0, len(entries), size)]
+    groups: dict[Any, list[Any]] = {}
+    for entry in entries:
+        groups.setdefault(group_of(entry), []).append(entry)
+    parts: list[list[Any]] = []
+    current: list[Any] = []
+    for members in groups.values():
+        if len(current) + len(members) > size and current:
+            parts.append(current)
+            current = []
+        if len(members) > size:
+            if split_groups:
+                parts.extend(members[i : i + size] for i in range(0, len(members), size))
+            else:
+                parts.append(members)
+            continue
+        current.extend(members)
+    if current:
+        parts.append(current)
+    return parts
+
+
+def _run_all(ready: list[_Ready], batch_size: int, editor: ImageEditor, store: ImageStore) -> dict[str, GenerationRecord]:
     records: dict[str, GenerationRecord] = {}
     state = {"size": max(1, min(batch_size, len(ready))), "halvings": 0}
+    group = getattr(editor, "batch_group", None)
+    group_of = None if group is None else (lambda entry: group(entry[0]))
 
     def fail(item: WorkItem, exc: BaseException) -> None:
         log.warning("work item %s failed: %s", item.content_key, _describe(exc))
@@ -189,18 +249,19 @@ def _run_all(
             item.content_key, None, FAILED, error=_describe(exc), oom_halvings=state["halvings"]
         )
 
-    def run_in_parts(items: list[tuple[WorkItem, Image.Image]]) -> None:
+    def run_in_parts(items: list[_Ready]) -> None:
         # The part size is re-read each time: a halving holds for everything after it.
-        position = 0
-        while position < len(items):
-            part = items[position : position + state["size"]]
-            position += len(part)
+        remaining = list(items)
+        while remaining:
+            part = pack(remaining, state["size"], group_of)[0]
+            taken = {id(entry) for entry in part}
+            remaining = [entry for entry in remaining if id(entry) not in taken]
             run(part)
 
-    def run(part: list[tuple[WorkItem, Image.Image]]) -> None:
+    def run(part: list[_Ready]) -> None:
         started = time.perf_counter()
         try:
-            images = editor.edit([item for item, _ in part], [source for _, source in part])
+            images = _edit(editor, part)
             if len(images) != len(part):
                 raise RuntimeError(f"editor returned {len(images)} images for {len(part)} items")
         except UserError:
@@ -224,7 +285,10 @@ def _run_all(
                 run([single])
             return
         seconds = (time.perf_counter() - started) / len(part)
-        for (item, _), image in zip(part, images):
+        for (item, _, _), image in zip(part, images):
+            if isinstance(image, BaseException):  # the editor could not make this item alone
+                fail(item, image)
+                continue
             uri = store.put_png(item.content_key, image)
             records[item.content_key] = GenerationRecord(
                 item.content_key, uri, GENERATED, oom_halvings=state["halvings"], seconds=seconds

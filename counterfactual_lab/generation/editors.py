@@ -1,4 +1,6 @@
-"""Three diffusion editing methods behind one interface: work items + source images in, images out.
+"""Diffusion editing methods behind one interface: work items + source images in, images out.
+
+(``inpaint`` and ``text2image-sets`` live in ``generation/inpaint.py`` and ``generation/text2image.py``.)
 
 * ``instruct-pix2pix``: ``StableDiffusionInstructPix2PixPipeline`` with the item's instruction
   ("make the man a woman") as prompt and ``image_guidance_scale`` (params, default 1.5).
@@ -31,7 +33,7 @@ from PIL import Image
 
 from counterfactual_lab.diffusion_loading import load_pipeline, pipeline_lock, resolve_device
 from counterfactual_lab.errors import UserError
-from counterfactual_lab.method_params import METHOD_PARAMS, SIDE_MULTIPLE, check_method_params
+from counterfactual_lab.method_params import EDITOR_ONLY_PARAMS, METHOD_PARAMS, SIDE_MULTIPLE, check_method_params
 from counterfactual_lab.plan import WorkItem
 
 if TYPE_CHECKING:  # only read as attributes, so a GPU box without pydantic can run the benches
@@ -58,7 +60,14 @@ MAX_CACHED_INVERSIONS = 256
 
 @runtime_checkable
 class ImageEditor(Protocol):
-    """Edits a batch: ``edit(items, sources)[i]`` is the counterfactual of ``sources[i]``."""
+    """Edits a batch: ``edit(items, sources)[i]`` is the counterfactual of ``sources[i]``.
+
+    Optional, read by :func:`counterfactual_lab.generation.batch.generate_batch`: ``reads_masks``
+    (``edit(items, sources, masks)``, the inpainting editor), ``batch_group(item)`` (items of one
+    group, a text-to-image set, share a call where the batch size allows), and an exception in
+    place of an image for an item the editor cannot make (that item alone fails). Methods in
+    ``method_params.SOURCELESS_METHODS`` get None for every source.
+    """
 
     method: str
 
@@ -121,7 +130,7 @@ def validate_generation(generation: GenerationConfig) -> dict[str, Any]:
     params = check_method_params(generation)
     accepted = pipeline_call_parameters(generation.method)
     if accepted is not None:
-        missing = sorted(name for name in generation.params if name != "concepts" and name not in accepted)
+        missing = sorted(name for name in generation.params if name not in EDITOR_ONLY_PARAMS and name not in accepted)
         if missing:
             raise UserError(
                 f"generation.params.{missing[0]} is not an argument of the installed diffusers pipeline for "
