@@ -34,9 +34,13 @@ def vlm_audit(models: dict[str, Path], **overrides) -> dict:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, tiny_models):
+    """The demo's inputs, with the session's tiny generative VLM and toxicity classifier beside its models."""
+    import dataclasses
+
     from test_audit_flow import audit_home
 
-    return audit_home(tmp_path_factory, tiny_models)
+    demo = audit_home(tmp_path_factory, tiny_models)
+    return dataclasses.replace(demo, models={**demo.models, "vlm": tiny_models["vlm"], "toxicity": tiny_models["toxicity"]})
 
 
 @pytest.fixture(scope="module")
