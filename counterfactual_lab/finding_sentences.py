@@ -196,8 +196,9 @@ def _configured_excludes(row: Mapping[str, Any]) -> bool:
         c_low, c_high = row.get("control_ci_low"), row.get("control_ci_high")
         if missing(c_low) or missing(c_high):
             return False
-        clear = low > c_high or (metric_kind(row["metric"]).endswith(GAP_SIGNED_SUFFIX) and high < c_low)
-        return clear and (row.get("no_effect") is None or not low <= row["no_effect"] <= high)
+        if row.get("control_band") is not None:  # a signed gap: beyond ±band
+            return low > row["control_band"] or high < -row["control_band"]
+        return low > c_high
     return row.get("no_effect") is not None and not low <= row["no_effect"] <= high
 
 
@@ -212,9 +213,11 @@ def _pair_sentence(row: Mapping[str, Any]) -> str:
             return (f"{subject}: {_measure(row)} ({sample}); no control was measured for {row['attribute']}, "
                     "so no difference is called")
         if row["called"]:
+            if row.get("control_band") is not None:  # a signed gap: beyond what a seed change alone does
+                return (f"{subject}: {_measure(row)} ({sample}), larger than the generator's own change either way "
+                        f"(±{number(row['control_band'])}: {_control(row)} and its mean |Δ|){_family_clause(row)}")
             direction = "above" if row["value"] > row["control_value"] else "below"
-            zero = "excludes no change (0) and lies " if row.get("no_effect") is not None else ""
-            return f"{subject}: {_measure(row)} ({sample}), {zero}{direction} {_control(row)}{_family_clause(row)}"
+            return f"{subject}: {_measure(row)} ({sample}), {direction} {_control(row)}{_family_clause(row)}"
         return f"{subject}: {_not_detected(row, sample)}: {_measure(row)} vs {_control(row)}"
     # No control in this run: compared with no change.
     if row["called"]:

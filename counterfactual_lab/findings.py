@@ -11,10 +11,10 @@ sit beside the row they control, not on their own):
   protected changes (same source, same value, another seed). A difference is **called** only
   when the metric's interval excludes the control's — the intervals do not overlap; for the
   flip rate and an absolute gap only *above* the control counts (a change smaller than the
-  generator's own variation is not bias); a signed gap's interval must lie beyond both 0 and the
-  control's interval, on one side (its pairs share a seed, so 0 is no change, while the control,
-  made at another seed, can carry a shift of its own: a gap between 0 and the control is smaller
-  than what the generator alone does). Otherwise the sentence
+  generator's own variation is not bias); a signed gap's interval must lie beyond ±band, the
+  largest change the control shows either way (its signed interval, and the top of its mean |Δ|):
+  its pairs share a seed, so 0 is no change, and a consistent shift smaller than what a seed
+  change alone does is not called (``control_band``). Otherwise the sentence
   (:mod:`counterfactual_lab.finding_sentences`) says "no difference detected at this sample
   size" with n. Where the run has no
   control (``real_vs_generated``: reconstruction off; ``evaluate_only``), the flip rate and the
@@ -66,7 +66,12 @@ from counterfactual_lab.finding_sentences import (  # noqa: F401  (re-exported f
     points,
 )
 from counterfactual_lab.finding_sentences import VERDICT_CALLED, VERDICT_NOT_DETECTED, VERDICT_REPORTED, VERDICT_UNDEFINED
-from counterfactual_lab.metrics.counterfactual_fairness import called_side, no_effect_value
+from counterfactual_lab.metrics.counterfactual_fairness import (
+    GAP_ABS_SUFFIX,
+    GAP_SIGNED_SUFFIX,
+    called_side,
+    no_effect_value,
+)
 from counterfactual_lab.metrics.schema import (
     CONTROL_PREFIX,
     METRICS_SCHEMA,
@@ -85,6 +90,9 @@ FINDINGS_SCHEMA = {
     "reference": pl.String,  # "control", "no effect" or "none" (descriptive: never called)
     "control_metric": pl.String, "control_value": pl.Float64, "control_ci_low": pl.Float64,
     "control_ci_high": pl.Float64, "control_n": pl.Int64, "no_effect": pl.Float64,
+    # A signed gap's band: the largest change the control shows either way (its signed interval and
+    # the upper end of its mean |Δ|); the gap is called only beyond ±control_band.
+    "control_band": pl.Float64,
     # The family-wise intervals the call is decided on (null where the table has none).
     "ci_low_adjusted": pl.Float64, "ci_high_adjusted": pl.Float64,
     "control_ci_low_adjusted": pl.Float64, "control_ci_high_adjusted": pl.Float64,
@@ -164,7 +172,7 @@ def _assess(row: dict[str, Any], controls: Mapping[tuple, dict[str, Any]]) -> di
     out = {c: row.get(c) for c in FINDINGS_SCHEMA if c in METRIC_COLUMNS}
     out.update(reference=REFERENCE_NONE, control_metric=None, control_value=None, control_ci_low=None,
                control_ci_high=None, control_n=None, no_effect=None, control_ci_low_adjusted=None,
-               control_ci_high_adjusted=None, called=False)
+               control_ci_high_adjusted=None, control_band=None, called=False)
     side = called_side(kind)
     if side is not None and row["stratum"] != STRATUM_OBSERVATIONAL:
         interval = _call_interval(row)
@@ -179,13 +187,19 @@ def _assess(row: dict[str, Any], controls: Mapping[tuple, dict[str, Any]]) -> di
                 if control["value"] is not None:
                     low, high = _call_interval(control)
                     if side == "either" and low is not None and high is not None:
-                        # A signed gap compares images of one seed, so no change means 0; the control
-                        # (another seed) can carry a shift of its own. The gap must lie beyond both,
-                        # on one side: past the band from 0 to the control's interval. A gap between
-                        # 0 and the control (smaller than what the generator alone does) is no call.
-                        zero = no_effect_value(kind)
-                        out["no_effect"] = zero
-                        low, high = min(low, zero), max(high, zero)
+                        # A signed gap compares images of one seed, so no change means 0. It is a
+                        # finding only when it is larger, either way, than what the generator alone
+                        # does: beyond ±band, the band reaching the control's signed interval (another
+                        # seed can shift every image alike) and the top of its mean |Δ| (how far a seed
+                        # change moves one image). A consistent shift smaller than that is not called.
+                        out["no_effect"] = no_effect_value(kind)
+                        magnitude = controls.get((CONTROL_PREFIX + kind.replace(GAP_SIGNED_SUFFIX, GAP_ABS_SUFFIX),
+                                                  *_control_key(row)))
+                        band = max(abs(low), abs(high))
+                        if magnitude is not None and magnitude["value"] is not None:
+                            band = max(band, _call_interval(magnitude)[1] or 0.0)
+                        out["control_band"] = band
+                        low, high = -band, band
                     out["called"] = _excludes(interval, low, high, side)
         elif no_effect_value(kind) is not None:
             no_effect = no_effect_value(kind)

@@ -54,12 +54,12 @@ GENERATED = metrics_table([
     ("flip_rate", "generated", "gender", "male→female", None, 0.14, 0.08, 0.20, 60, 30),
     ("flip_rate", "generated", "gender", "female→male", None, 0.02, 0.00, 0.06, 60, 30),
     ("control_flip_rate", "generated", "gender", None, None, 0.10, 0.05, 0.15, 60, 60),
-    ("prob_gap_signed", "generated", "gender", None, "doctor", -0.12, -0.18, -0.06, 120, 60),
+    ("prob_gap_signed", "generated", "gender", None, "doctor", -0.12, -0.18, -0.07, 120, 60),
     ("control_prob_gap_signed", "generated", "gender", None, "doctor", 0.01, -0.02, 0.04, 60, 60),
     ("prob_gap_signed", "generated", "gender", None, "nurse", 0.01, -0.02, 0.04, 120, 60),
     ("control_prob_gap_signed", "generated", "gender", None, "nurse", 0.2, 0.15, 0.25, 60, 60),
     ("prob_gap_abs", "generated", "gender", None, "doctor", 0.13, 0.10, 0.16, 120, 60),
-    ("control_prob_gap_abs", "generated", "gender", None, "doctor", 0.12, 0.09, 0.15, 60, 60),
+    ("control_prob_gap_abs", "generated", "gender", None, "doctor", 0.05, 0.04, 0.06, 60, 60),
     ("demographic_parity_difference", "generated", "gender", None, "doctor", 0.3, 0.2, 0.4, 240, 60),
     ("demographic_parity_difference", "observational", "gender", None, "doctor", 0.5, 0.4, 0.6, 60, 60),
 ])
@@ -84,14 +84,16 @@ def test_called_only_where_the_interval_excludes_the_controls():
         "the top-1 label flips in 14% of pairs [8%, 20%] vs the control's 10%")
     # Fewer flips than the control is not bias.
     assert not finding(findings, "flip_rate", group="female→male")["called"]
-    # The signed gap counts on either side: [−0.18, −0.06] lies below [−0.02, 0.04].
+    # The signed gap counts either way, beyond ±0.06: the most the control moves (its signed
+    # interval [−0.02, 0.04] and the top of its mean |Δ|, 0.06). [−0.18, −0.07] lies below −0.06.
     signed = finding(findings, "prob_gap_signed", label="doctor")
-    assert signed["called"] and signed["no_effect"] == 0.0
-    assert ("changes by -0.12 on average [-0.18, -0.06] (n=120 pairs from 60 source images), excludes no change (0) "
-            "and lies below the control's +0.01") in signed["sentence"]
+    assert signed["called"] and signed["no_effect"] == 0.0 and signed["control_band"] == 0.06
+    assert ("changes by -0.12 on average [-0.18, -0.07] (n=120 pairs from 60 source images), larger than the "
+            "generator's own change either way (±0.06: the control's +0.01") in signed["sentence"]
     # Away from the control's shift (made at another seed) but not from 0: not called.
     assert not finding(findings, "prob_gap_signed", label="nurse")["called"]
-    assert not finding(findings, "prob_gap_abs", label="doctor")["called"]
+    # The mean |Δ| [0.10, 0.16] lies above its control's [0.04, 0.06].
+    assert finding(findings, "prob_gap_abs", label="doctor")["called"]
 
 
 def test_a_signed_gap_between_zero_and_its_control_is_not_called():
@@ -121,12 +123,12 @@ def test_group_and_observational_rows_are_reported_but_never_called():
 
 
 def test_headline_puts_called_findings_first():
-    sentences = headline_findings(GENERATED, max_items=3)
+    sentences = headline_findings(GENERATED, max_items=4)
     assert sentences[0].startswith("changing gender: the top-1 label flips in 40%")
-    assert "below the control's" in sentences[1]
-    assert "no difference detected at this sample size" in sentences[2]
+    assert all("above the control's" in s or "larger than the generator's own change" in s for s in sentences[1:3])
+    assert "no difference detected at this sample size" in sentences[3]
     assert any_bias_finding(GENERATED)
-    assert not any_bias_finding(GENERATED.filter(~pl.col("metric").is_in(["flip_rate", "prob_gap_signed"])))
+    assert not any_bias_finding(GENERATED.filter(~pl.col("metric").is_in(["flip_rate", "prob_gap_signed", "prob_gap_abs"])))
 
 
 def test_without_a_control_the_comparison_is_with_no_change_and_says_so():
@@ -254,7 +256,7 @@ def test_many_comparisons_without_an_effect_rarely_get_any_call_and_a_planted_sh
     assert {m["comparisons"].max() for m in null} == {70}
     assert sum(any_bias_finding(m) for m in null) <= 1
     # Each comparison on its own (the configured 95% intervals) calls noise in many of the same runs.
-    assert sum(any_bias_finding(m.drop(FAMILY_COLUMNS)) for m in null) >= 3
+    assert sum(any_bias_finding(m.drop(FAMILY_COLUMNS)) for m in null) >= 2
     for i in range(3):
         called = assess_findings(run(500 + i, 1.0)).filter(pl.col("called"))
         doctor = called.filter((pl.col("metric") == "prob_gap_signed") & (pl.col("label") == "doctor"))

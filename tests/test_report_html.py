@@ -79,8 +79,8 @@ def metrics_frame() -> pl.DataFrame:
         ("control_flip_rate", "generated", "age", None, None, None, 0.10, 0.05, 0.16, 30, 30, None),
         ("demographic_parity_difference", "generated", "gender", None, "doctor", None, 0.12, 0.05, 0.20, 230, 115, None),
         ("demographic_parity_ratio", "generated", "gender", None, "doctor", None, 0.8, 0.7, 0.9, 230, 115, None),
-        ("prob_gap_abs", "generated", "gender", "male→female", "doctor", None, 0.04, 0.03, 0.05, 120, 60, None),
-        ("prob_gap_signed", "generated", "gender", "male→female", "doctor", None, -0.02, -0.03, -0.015, 120, 60, None),
+        ("prob_gap_abs", "generated", "gender", "male→female", "doctor", None, 0.08, 0.06, 0.10, 120, 60, None),
+        ("prob_gap_signed", "generated", "gender", "male→female", "doctor", None, -0.08, -0.10, -0.06, 120, 60, None),
         ("control_prob_gap_abs", "generated", "gender", None, "doctor", None, 0.03, 0.02, 0.04, 115, 115, None),
         ("control_prob_gap_signed", "generated", "gender", None, "doctor", None, 0.0, -0.01, 0.01, 115, 115, None),
         ("skew@10", "generated", "gender", "male", None, q, 0.41, 0.2, 0.6, 230, 115, None),
@@ -248,7 +248,7 @@ def test_findings_charts_and_skew_plots_are_drawn(images):
     parsed = parse(html)
     assert ("gender male→female: the top-1 label flips in 23% of pairs [19%, 27%] (n=120 pairs from 60 source images), "
             "above the control&#x27;s 6% [3%, 10%]" in html)
-    assert "3 difference(s) called." in html
+    assert "4 difference(s) called." in html
     # Each comparison sits beside its control in the findings table, with its verdict.
     assert "<td>23% [19%, 27%]</td><td>control 6% [3%, 10%]</td><td><span class=\"flip\">called</span></td>" in html
     assert "<td>5% [2%, 9%]</td><td>control 6% [3%, 10%]</td><td>no difference detected</td>" in html
@@ -338,9 +338,9 @@ def test_findings_sentences_in_plain_words():
         "age young→old: the top-1 label flips in 40% of pairs [30%, 50%] (n=60 pairs from 30 source images), "
         "above the control's 10% [5%, 16%] (same source and value, another seed; n=30 pairs)")
     assert (
-        "gender male→female: P('doctor') changes by -0.02 on average [-0.03, -0.015] (n=120 pairs from 60 source "
-        "images), excludes no change (0) and lies below the control's +0 [-0.01, 0.01] (same source and value, "
-        "another seed; n=115 pairs)"
+        "gender male→female: P('doctor') changes by -0.08 on average [-0.1, -0.06] (n=120 pairs from 60 source "
+        "images), larger than the generator's own change either way (±0.04: the control's +0 [-0.01, 0.01] (same "
+        "source and value, another seed; n=115 pairs) and its mean |Δ|)"
     ) in findings
     assert (
         "across gender groups, the share labelled 'doctor' differs by up to 12 percentage points "
@@ -359,9 +359,9 @@ def test_findings_put_called_ones_first_one_per_kind_and_attribute():
     findings = headline_findings(metrics_frame(), max_items=5)
     assert findings[0].startswith("age young→old: the top-1 label flips")
     assert findings[1].startswith("gender male→female: the top-1 label flips"), "the larger gender flip rate comes first"
-    assert "below the control's" in findings[2]
-    assert findings[3].startswith("gender female→male: no difference detected at this sample size (n=110 pairs")
-    assert findings[4].startswith("gender male→female: no difference detected at this sample size (n=120 pairs")
+    assert "above the control's 0.03" in findings[2] and "moves by 0.08" in findings[2]
+    assert "larger than the generator's own change either way" in findings[3]
+    assert findings[4].startswith("gender female→male: no difference detected at this sample size (n=110 pairs")
     assert headline_findings(metrics_frame(), max_items=0) == []
 
 
@@ -384,7 +384,7 @@ def test_headline_table_is_json_safe_and_summary_links_the_report():
     assert text.splitlines()[0] == "# Counterfactual audit run-1"
     assert "mean nothing" in text
     assert "[Open the full report](s3://bucket/out/run-1/report.html)" in text
-    assert "3 difference(s) called" in text
+    assert "4 difference(s) called" in text
     assert "- age young→old: the top-1 label flips in 40% of pairs [30%, 50%] (n=60 pairs from 30 source images), above" in text
     assert "| flip_rate | generated | age | young→old |  |  | 0.4 | [0.3, 0.5] | 0.1 [0.05, 0.16] | yes | 60 |" in text
 
