@@ -209,7 +209,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     home = Path(args.home).resolve()
     if not any((home / "sample-dataset").glob("*.parquet")) or not (home / "models").is_dir():
-        status(f"first run: building the sample dataset and six tiny models under {home} (about a minute) ...")
+        status(f"first run: building the sample dataset and four tiny models under {home} (about a minute) ...")
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # one status line instead of a bar per saved shard
