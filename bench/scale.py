@@ -100,6 +100,7 @@ RSS_SAMPLE_SECONDS = 0.05
 GENERATE_TASK = "generate-counterfactual-batch"
 EVALUATE_TASK = "evaluate-batch"
 NOOP_MIN_TASKS, NOOP_MAX_TASKS = 50, 2000  # no-op fan-out: as many tasks as the generate stage, within these
+NOOP_ATTEMPTS, NOOP_RETRY_SECONDS = 3, 20.0
 
 # Stages the flow runs in its own thread: (name in the results, module, attribute). Each is
 # wrapped where flows.audit looks it up; a name a code base does not have is skipped.
@@ -478,6 +479,9 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             run_uri = dataset_audit(config_uri=args.config)
         end = time.perf_counter()
     manifest = json.loads((Path(run_uri) / "manifest.json").read_text())
+    from counterfactual_lab.embeddings import embedding_cache
+
+    cache = embedding_cache()  # judge and evaluate share it when they use one model
     if args.intervals:
         # Every recorded interval, relative to the flow call's start: for reading a timeline.
         rows = [(kind, name, thread, round(s - start, 4), round(e - start, 4)) for kind, name, thread, s, e in recorder.intervals]
@@ -526,15 +530,22 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "evaluate": evaluate,
         "stages": result_stages,
         "not_measured": missing,
+        "embedding_cache": {"hits": cache.hits, "misses": cache.misses, "entries": len(cache), "max_entries": cache.max_entries},
         "load_average": {"start": [round(x, 2) for x in load_before], "end": [round(x, 2) for x in os.getloadavg()]},
         "run_uri": run_uri,
     }
     if not args.skip_noop and generate:
-        try:
-            result["noop_ms_per_task"] = noop_fan_out(min(max(generate["tasks"], NOOP_MIN_TASKS), NOOP_MAX_TASKS), args.config)
-        except Exception as exc:  # noqa: BLE001 - the audit's figures stand without it
-            # Seen after a 10⁵ run: the temporary SQLite server answers 503 while it writes the backlog.
-            result["noop_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        tasks = min(max(generate["tasks"], NOOP_MIN_TASKS), NOOP_MAX_TASKS)
+        for attempt in range(1, NOOP_ATTEMPTS + 1):
+            try:
+                result["noop_ms_per_task"] = noop_fan_out(tasks, args.config)
+                result.pop("noop_error", None)
+                break
+            except Exception as exc:  # noqa: BLE001 - the audit's figures stand without it
+                # Seen after every 10⁵ run: the temporary SQLite server answers 503 while it
+                # writes the backlog of the audit's task-run events. Wait and try again.
+                result["noop_error"] = f"attempt {attempt}: {type(exc).__name__}: {exc}"[:300]
+                time.sleep(NOOP_RETRY_SECONDS * attempt)
     if sampler_profile:
         result["profile"] = sampler_profile.report(top=60)
     return result
@@ -635,6 +646,9 @@ def print_size(size: int, r: dict[str, Any]) -> None:
         print(f"  no-op fan-out beside it: {noop['plain']:.1f} ms/task plain, {noop['tagged']:.1f} ms/task with the generation task's tags")
     print("  stages (s, peak RSS MB):  " + ", ".join(
         f"{k} {v['s']:.2f}" + (f" ({v['peak_rss_mb']:.0f})" if v["peak_rss_mb"] else "") for k, v in r["stages"].items()))
+    cache = r.get("embedding_cache") or {}
+    if cache:
+        print(f"  embedding cache: {cache['hits']} hits, {cache['misses']} misses, {cache['entries']} of {cache['max_entries']} entries")
     if r.get("not_measured"):
         print(f"  not measured (absent in this code base): {r['not_measured']}")
     if "profile" in r:
@@ -708,6 +722,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "stages_s": {k: v["s"] for k, v in r["stages"].items()},
             "load_average": r["load_average"],
             "not_measured": r["not_measured"],
+            "embedding_cache": r.get("embedding_cache"),
         }
     summary = {
         "bench": "scale",
