@@ -187,6 +187,15 @@ def exists(uri: str, options: dict[str, Any] | None = None) -> bool:
     return fs.exists(path)
 
 
+# ImageStore.existing on an object store: up to this many keys, one lookup each; more, one listing.
+LISTING_THRESHOLD = 256
+LOOKUP_THREADS = 8
+
+
+def _is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
 @dataclass(frozen=True)
 class ImageStore:
     """Content-addressed PNG store shared by every run under one output root.
@@ -204,8 +213,27 @@ class ImageStore:
         return exists(self.uri(key), self.storage_options)
 
     def existing(self, keys: list[str]) -> set[str]:
-        """The subset of ``keys`` already stored (one listing, not one request per key)."""
+        """The subset of ``keys`` already stored.
+
+        Cost follows ``len(keys)``, not the size of the store: every generation batch asks
+        about its own few keys while the store grows to every image of every run, so a
+        listing per batch made generation quadratic (10⁴ work items: 12.6 s of 74 s in
+        listings). Locally one ``stat`` per key. On an object store a few keys are looked up
+        one request each, on threads; more than :data:`LISTING_THRESHOLD` keys take one
+        listing (one request per 1,000 stored images).
+        """
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            return set()
         fs, path = filesystem(join(self.root_uri, "images"), self.storage_options)
+        if not _is_remote(self.root_uri):
+            return {k for k in keys if os.path.isfile(os.path.join(path, f"{k}.png"))}
+        if len(keys) <= LISTING_THRESHOLD:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(LOOKUP_THREADS, len(keys))) as pool:
+                found = pool.map(lambda k: fs.exists(f"{path}/{k}.png"), keys)
+                return {k for k, there in zip(keys, found) if there}
         try:
             names = {p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
         except FileNotFoundError:
