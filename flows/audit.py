@@ -43,6 +43,7 @@ from counterfactual_lab.auditees.lexicon import load_lexicon
 from counterfactual_lab.auditees.text_scores import add_text_scores
 from counterfactual_lab.config import AuditConfig
 from counterfactual_lab.devices import generation_precision
+from counterfactual_lab.embeddings import reserve_embedding_cache
 from counterfactual_lab.errors import DataOverLimit, TooManyFailedItems
 from counterfactual_lab.evaluate import build_evaluation_pool, pool_from_counterfactual_sets
 from counterfactual_lab.findings import headline_table, summary_markdown
@@ -68,7 +69,7 @@ from tasks.evaluate import compute_auditee_metrics, compute_fairness_metrics, ev
 from tasks.generate import generation_task_for
 from tasks.judge import judge_counterfactuals
 from tasks.masks import prepare_inpainting_masks
-from tasks.runners import make_task_runner
+from tasks.runners import GPU_TAG, make_task_runner
 from tasks.validate import validate_dataset
 from flows.secrets import mask_secrets_in_logs, resolve_secret_blocks
 
@@ -238,11 +239,27 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
 
 def with_runtime_retries(task: Any, config: AuditConfig) -> Any:
     """``task`` with the config's retry count and backoff base (``runtime.retries``,
-    ``runtime.retry_delay_seconds``); the transient-only condition and jitter stay."""
+    ``runtime.retry_delay_seconds``); the transient-only condition and jitter stay.
+
+    A ``gpu``-tagged task keeps its tag only where an accelerator may be used (a CUDA or MPS
+    device, or Ray, whose runner asks for GPUs by the tag): there the tag's concurrency limit
+    caps GPU work across flow runs. A CPU run on threads has no GPU to share, and each tagged
+    task run costs 40–100 ms of concurrency-slot bookkeeping (bench/scale.py), so it drops it.
+    """
     runtime = config.runtime
-    return task.with_options(
-        retries=runtime.retries, retry_delay_seconds=exponential_backoff(backoff_factor=runtime.retry_delay_seconds)
-    )
+    options: dict[str, Any] = {
+        "retries": runtime.retries,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=runtime.retry_delay_seconds),
+    }
+    if GPU_TAG in task.tags and not _may_use_accelerator(config):
+        options["tags"] = set(task.tags) - {GPU_TAG}
+    return task.with_options(**options)
+
+
+def _may_use_accelerator(config: AuditConfig) -> bool:
+    from counterfactual_lab.devices import resolve_device
+
+    return config.runtime.task_runner == "ray" or resolve_device(config.runtime.device) != "cpu"
 
 
 def _generate_and_judge(
@@ -253,6 +270,9 @@ def _generate_and_judge(
     fans out one generation task per batch, then one judge task scores everything so far. Returns
     (records, the judged candidates, the generation counts with ``calls``/``calls_fixed``/``rounds``)."""
     judge = with_runtime_retries(judge_counterfactuals, config)
+    # Room for every image and caption this process embeds (judge, then evaluation), so the model
+    # under audit reuses the judge's embeddings instead of re-embedding what an LRU evicted.
+    reserve_embedding_cache(4 * len(items) + 1024)
     outcome = run_rounds(
         items, config.generation,
         generate=lambda batch: _generate(batch, config, store, device),

@@ -170,3 +170,21 @@ def test_siglip_uses_its_sigmoid(tiny_siglip):
     with torch.inference_mode():
         logits = siglip.model(input_ids=text["input_ids"], pixel_values=pixels).logits_per_image
     np.testing.assert_allclose(probabilities, torch.sigmoid(logits).numpy(), atol=1e-4)
+
+
+def test_the_cache_grows_to_a_run_never_shrinks_and_is_capped():
+    from counterfactual_lab.embeddings import (
+        MAX_RESERVED_CACHE_ENTRIES,
+        embedding_cache,
+        reserve_embedding_cache,
+        set_embedding_cache_size,
+    )
+
+    before = embedding_cache().max_entries
+    try:
+        set_embedding_cache_size(1000)
+        assert reserve_embedding_cache(10) == 1000, "a small run leaves a larger cache as it is"
+        assert reserve_embedding_cache(250_000) == 250_000
+        assert reserve_embedding_cache(10**9) == MAX_RESERVED_CACHE_ENTRIES
+    finally:
+        set_embedding_cache_size(before)
