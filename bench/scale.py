@@ -103,13 +103,13 @@ NOOP_MIN_TASKS, NOOP_MAX_TASKS = 50, 2000  # no-op fan-out: as many tasks as the
 NOOP_ATTEMPTS, NOOP_RETRY_SECONDS = 3, 20.0
 
 # Stages the flow runs in its own thread: (name in the results, module, attribute). Each is
-# wrapped where flows.audit looks it up; a name a code base does not have is skipped.
+# wrapped where its caller looks it up; a name a code base does not have is skipped.
 FLOW_STAGES: list[tuple[str, str, str]] = [
     ("locate", "flows.audit", "locate_run"),
     ("write_validation", "flows.audit", "write_validation_outputs"),
     ("plan", "flows.audit", "plan_work_items"),
     ("generate", "flows.audit", "_generate"),
-    ("candidates", "flows.audit", "candidates_frame"),
+    ("candidates", "counterfactual_lab.audit_run", "candidates_frame"),  # once per round (rounds.run_rounds)
     ("pool", "flows.audit", "build_evaluation_pool"),
     ("evaluate", "flows.audit", "_evaluate"),
     ("accounting", "flows.audit", "row_accounting"),
@@ -118,13 +118,14 @@ FLOW_STAGES: list[tuple[str, str, str]] = [
 ]
 # Stages that are one Prefect task called from the flow: task name -> stage name.
 TASK_STAGES = {"validate-dataset": "validate", "judge-counterfactuals": "judge", "compute-metrics": "metrics"}
-# Library calls that are a task's own work, wrapped where the task modules look them up.
+# Library calls that are a task's own work, wrapped where the task bodies look them up.
 TASK_WORK: list[tuple[str, str]] = [
     ("tasks.generate", "generate_batch"),
     ("tasks.validate", "ingest_and_validate"),
     ("tasks.judge", "judge_candidates"),
-    ("tasks.evaluate", "predict"),
-    ("tasks.evaluate", "retrieval_scores"),
+    # the contrastive auditee imports these from counterfactual_lab.evaluate at call time
+    ("counterfactual_lab.evaluate", "predict"),
+    ("counterfactual_lab.evaluate", "retrieval_scores"),
     ("tasks.evaluate", "compute_metrics"),
     ("counterfactual_lab.embeddings", "ClipEmbedder.load"),
 ]

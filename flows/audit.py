@@ -26,7 +26,6 @@ from prefect.artifacts import (
 )
 from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
-from prefect.utilities.annotations import quote
 from tqdm.auto import tqdm
 
 from counterfactual_lab.audit_run import (
@@ -69,7 +68,7 @@ from tasks.evaluate import compute_auditee_metrics, compute_fairness_metrics, ev
 from tasks.generate import generation_task_for
 from tasks.judge import judge_counterfactuals
 from tasks.masks import prepare_inpainting_masks
-from tasks.runners import GPU_TAG, make_task_runner
+from tasks.runners import GPU_TAG, make_task_runner, picklable_quote
 from tasks.validate import validate_dataset
 from flows.secrets import mask_secrets_in_logs, resolve_secret_blocks
 
@@ -301,7 +300,7 @@ def _generate(items: list, config: AuditConfig, store: ImageStore, device: str) 
     split = chunk_sets if config.generation.method in SOURCELESS_METHODS else chunk
     # quote: without it Prefect walks every field of every work item of a batch, twice per task
     # run, looking for futures (21 ms per batch of 64 items, more than the rest of a task's overhead).
-    batches = [quote(batch) for batch in split(items, config.generation.batch_size)]
+    batches = [picklable_quote(batch) for batch in split(items, config.generation.batch_size)]
     if not batches:
         return []
     progress_id = create_progress_artifact(progress=0.0, description=f"generation: {len(items)} work items")

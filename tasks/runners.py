@@ -26,9 +26,24 @@ from typing import Any
 from urllib.parse import urlparse
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from counterfactual_lab.config import RuntimeConfig
 from counterfactual_lab.errors import ConfigError
+
+class picklable_quote(quote):
+    """Prefect's ``quote`` (do not walk this parameter looking for futures) that survives a pickle.
+
+    Ray pickles every task parameter. ``quote`` is a one-element tuple subclass whose ``__new__``
+    takes the value, so the tuple pickle protocol rebuilds it as ``quote((value,))``: the task
+    would get ``(batch,)`` instead of ``batch`` (Prefect 3.9.1). Thread runs never pickle.
+    """
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return (type(self), (self.unwrap(),))
+
 
 NO_API_URL = (
     "runtime.task_runner 'ray' needs a Prefect server that every Ray worker reports to, but "

@@ -136,3 +136,21 @@ def test_mapped_flow_on_ray_matches_threads_and_reports_to_the_server(prefect_se
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
     assert sorted(r.state.name for r in runs) == ["Completed"] * 2 * len(values)
+
+
+def test_a_quoted_batch_survives_the_pickle_ray_makes_of_task_parameters():
+    """Ray pickles parameters; Prefect's own quote comes back as a quote of a 1-tuple."""
+    import pickle
+
+    import cloudpickle
+    from prefect.utilities.collections import visit_collection
+
+    from tasks.runners import picklable_quote
+
+    batch = [{"id": "a"}, {"id": "b"}]
+    for dumps, loads in ((pickle.dumps, pickle.loads), (cloudpickle.dumps, cloudpickle.loads)):
+        assert loads(dumps(picklable_quote(batch))).unwrap() == batch
+    # Prefect still treats it as an annotation: a task receives the batch itself
+    resolved = visit_collection({"items": picklable_quote(batch)}, visit_fn=lambda x: x,
+                                return_data=True, remove_annotations=True)
+    assert resolved == {"items": batch}
