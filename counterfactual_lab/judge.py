@@ -48,8 +48,9 @@ higher) or, per target, ``not_best_of_target``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -347,23 +348,40 @@ def _keep_sets(
             kept[i] = reasons[i] is None
         else:
             sets.setdefault((row[source], row["attribute"], row["seed"]), []).append(i)
-    complete: dict[tuple, list[tuple[float, int, list[int]]]] = {}
-    for (src, attribute, seed), members in sets.items():
+
+    def rank(members: list[int]) -> tuple[tuple, float, int]:
+        first = rows[members[0]]
+        directions = [scores[i].direction_similarity for i in members if not is_reconstruction(rows[i])]
+        # A set without counterfactuals (the config lists only the source's value) ranks by seed alone.
+        mean = float(np.mean(directions)) if directions else -np.inf
+        return (first[source], first["attribute"]), mean, first["seed"]
+
+    keep_best_sets(sets.values(), reasons, kept, keep_per_target, rank)
+    return kept
+
+
+def keep_best_sets(
+    sets: Iterable[list[int]], reasons: list[str | None], kept: list[bool], keep_per_target: int,
+    rank: Callable[[list[int]], tuple[Any, float, int]],
+) -> None:
+    """Judge whole sets of row indices, in place: a set with a failed member drops whole
+    (``set_incomplete``); ``rank(members)`` gives a complete set's (group, score, seed), and the
+    ``keep_per_target`` highest scores of each group are kept (ties: lowest seed), the others
+    drop as ``not_best_set``."""
+    complete: dict[Any, list[tuple[float, int, list[int]]]] = {}
+    for members in sets:
         if any(reasons[i] is not None for i in members):
             for i in members:
                 if reasons[i] is None:
                     reasons[i] = DROP_SET_INCOMPLETE
             continue
-        directions = [scores[i].direction_similarity for i in members if not is_reconstruction(rows[i])]
-        # A set without counterfactuals (the config lists only the source's value) ranks by seed alone.
-        mean = float(np.mean(directions)) if directions else -np.inf
-        complete.setdefault((src, attribute), []).append((mean, seed, members))
+        group, score, seed = rank(members)
+        complete.setdefault(group, []).append((score, seed, members))
     for ranked_sets in complete.values():
         ranked_sets.sort(key=lambda entry: (-entry[0], entry[1]))
-        for rank, (_, _, members) in enumerate(ranked_sets):
+        for position, (_, _, members) in enumerate(ranked_sets):
             for i in members:
-                if rank < keep_per_target:
+                if position < keep_per_target:
                     kept[i] = True
                 else:
                     reasons[i] = DROP_NOT_BEST_SET
-    return kept

@@ -35,12 +35,11 @@ from counterfactual_lab.config import JudgeConfig
 from counterfactual_lab.judge import (
     DROP_GENERATION_FAILED,
     DROP_IMAGE,
-    DROP_NOT_BEST_SET,
-    DROP_SET_INCOMPLETE,
     JudgeScores,
     _normalise,
     attribute_margin,
     attribute_prompt_for,
+    keep_best_sets,
     verdict,
 )
 
@@ -160,21 +159,10 @@ def _keep_whole_sets(rows: list[dict], reasons: list[str | None], set_direction:
     sets: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         sets.setdefault(row["set_id"], []).append(i)
-    complete: dict[str, list[tuple[float, int, list[int]]]] = {}
-    for set_id, members in sets.items():
-        if any(reasons[i] is not None for i in members):
-            for i in members:
-                if reasons[i] is None:
-                    reasons[i] = DROP_SET_INCOMPLETE
-            continue
+
+    def rank(members: list[int]) -> tuple[str, float, int]:
         first = rows[members[0]]
-        complete.setdefault(first["source_id"], []).append((set_direction.get(set_id, -np.inf), first["seed"], members))
-    for ranked in complete.values():
-        ranked.sort(key=lambda entry: (-entry[0], entry[1]))
-        for rank, (_, _, members) in enumerate(ranked):
-            for i in members:
-                if rank < keep_per_target:
-                    kept[i] = True
-                else:
-                    reasons[i] = DROP_NOT_BEST_SET
+        return first["source_id"], set_direction.get(first["set_id"], -np.inf), first["seed"]
+
+    keep_best_sets(sets.values(), reasons, kept, keep_per_target, rank)
     return kept
