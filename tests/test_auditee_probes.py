@@ -229,6 +229,23 @@ def test_sampling_is_the_same_whatever_the_batch_size_and_order(loaded, images):
     assert other_seed != batched  # the seed, not the batch, decides the sample
 
 
+def test_the_samples_of_one_image_are_preprocessed_once_and_sampled_as_if_alone(loaded, images, monkeypatch):
+    """Rows repeating the row before (an image's samples) share one preprocessing, not one sample."""
+    pictures = images.load([0, 0, 0, 1, 1, 2])  # 3 samples of image 0, 2 of image 1, 1 of image 2
+    text = render(loaded.processor, "chat", "Describe this person.")
+    seeds = [sequence_seed(0, images.content_keys[i], text, s) for i, s in ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0))]
+    runner = GenerativeRunner(loaded, batch_size=6)
+    seen = []
+    original = runner._inputs
+    monkeypatch.setattr(runner, "_inputs", lambda ims, texts, side: seen.append(len(ims)) or original(ims, texts, side))
+    together = runner.generate(pictures, [text] * 6, seeds, temperature=1.0, max_new_tokens=6)
+    assert seen == [3]  # three distinct (image, text) rows went through the processor
+    alone = [GenerativeRunner(loaded, batch_size=1).generate([p], [text], [s], temperature=1.0, max_new_tokens=6)[0]
+             for p, s in zip(pictures, seeds)]
+    assert together == alone
+    assert len({g.text for g in together[:3]}) > 1  # the samples of one image still differ
+
+
 def test_counter_noise_is_uniform_and_independent_of_the_other_rows():
     u = counter_uniform(torch.tensor([1, 2, 3]), step=4, vocab_size=50_000)
     assert float(u.min()) > 0 and float(u.max()) < 1

@@ -75,6 +75,21 @@ class GenerativeRunner:
                 out[name] = value
         return out
 
+    def _repeated_inputs(self, images: list[Any], texts: list[str]) -> dict[str, torch.Tensor]:
+        """Left-padded inputs of ``images``/``texts`` where a run of rows repeating the row before
+        (the samples of one image and prompt: the same image object and text) is preprocessed
+        once and repeated, as ``num_return_sequences`` does. Falls back to every row when the
+        processor's tensors are not one row per image (a model that flattens image patches)."""
+        firsts = [k for k in range(len(texts)) if k == 0 or images[k] is not images[k - 1] or texts[k] != texts[k - 1]]
+        if len(firsts) == len(texts):
+            return self._inputs(images, texts, side="left")
+        inputs = self._inputs([images[k] for k in firsts], [texts[k] for k in firsts], side="left")
+        if any(value.shape[0] != len(firsts) for value in inputs.values()):
+            return self._inputs(images, texts, side="left")
+        repeats = torch.tensor([end - begin for begin, end in zip(firsts, [*firsts[1:], len(texts)])],
+                               device=self.loaded.device)
+        return {name: value.repeat_interleave(repeats, dim=0) for name, value in inputs.items()}
+
     def _logits_at(self, inputs: dict[str, torch.Tensor], positions: list[list[int]]) -> list[torch.Tensor]:
         """For each row, float32 logits (len(positions[row]), V) at its ``positions``."""
         wanted = sorted({p for row in positions for p in row})
@@ -265,7 +280,7 @@ class GenerativeRunner:
         out: list[Generation] = []
         for start in range(0, len(texts), self.batch_size):
             batch = slice(start, start + self.batch_size)
-            inputs = self._inputs(images[batch], texts[batch], side="left")
+            inputs = self._repeated_inputs(list(images[batch]), list(texts[batch]))
             sampler = CounterNoiseSampler(list(seeds[batch]), temperature, forbidden)
             with torch.inference_mode():
                 sequences = self.loaded.model.generate(**inputs, generation_config=config, logits_processor=[sampler])
