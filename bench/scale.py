@@ -53,8 +53,10 @@ figures per size:
   task run on its thread (not hidden by the other thread, but it includes waiting for the GIL
   and for Prefect's own background threads while the other thread works);
 * ``noop_ms_per_task``: a no-op task mapped as many times as there were generation batches on
-  the same task runner, right after the audit in the same process, without tags (``plain``)
-  and with the generation task's tags (``tagged``): wall time / tasks, Prefect alone.
+  the same task runner, right after the audit in the same process, without tags (``plain``),
+  with the generation task's tags (``tagged``), and with everything a generation task has but
+  its work (``generation_path``: quoted batches of work items, the cache policy with its JSON
+  result stored and verified, the batch's writer lock): wall time / tasks, Prefect alone.
 
 Targets: overhead ≤ 20 ms per batch task, peak memory growing sub-linearly (≤ 2× from 10⁴
 to 10⁵), nothing quadratic (``wall_s`` per item roughly flat across sizes).
@@ -418,18 +420,35 @@ def noop_fan_out(tasks: int, config_uri: str) -> dict[str, float]:
     """Prefect alone: ms per task of ``tasks`` no-op task runs mapped on the audit's task runner.
 
     ``plain``: a task with no tags, no cache, no stored result; ``tagged``: the same with the
-    generation task's tags (a tag makes every run acquire a concurrency slot of that name).
+    generation task's tags (a tag makes every run acquire a concurrency slot of that name; a CPU
+    thread run drops the ``gpu`` tag, so the audit itself no longer pays this); ``generation_path``:
+    a task with everything a generation task has around its work (batches of ``--batch-size``
+    work items, quoted; the work-item cache policy with its JSON result stored and verified; the
+    batch's writer lock in a fresh output folder) and a body that makes no image.
     """
-    from prefect import flow, task
+    import tempfile
+    import uuid
+
+    from prefect import flow, task, unmapped
     from prefect.cache_policies import NO_CACHE
 
     from counterfactual_lab.config import AuditConfig
-    from tasks.generate import generate_counterfactual_batch
-    from tasks.runners import make_task_runner
+    from counterfactual_lab.generation.batch import GenerationRecord
+    from counterfactual_lab.plan import WorkItem
+    from counterfactual_lab.storage import ImageStore
+    from tasks.cache import WorkItemsCachePolicy
+    from tasks.generate import generate_counterfactual_batch, generation_task_for
+    from tasks.result_serialization import GenerationRecordsSerializer
+    from tasks.runners import make_task_runner, picklable_quote
 
     @task(name="scale-bench-noop", cache_policy=NO_CACHE, persist_result=False)
     def noop(index: int) -> int:
         return index
+
+    @task(name="scale-bench-noop-batch", cache_policy=WorkItemsCachePolicy(), persist_result=True,
+          result_serializer=GenerationRecordsSerializer())
+    def noop_batch(items: list, generation: Any, store: ImageStore, device: str = "cpu") -> list:
+        return [GenerationRecord(item.content_key, f"{store.root_uri}/{item.content_key}.png", "generated") for item in items]
 
     @flow(name="scale-bench-noop-fan-out", persist_result=False)
     def fan_out(count: int, tags: list[str]) -> float:
@@ -438,11 +457,33 @@ def noop_fan_out(tasks: int, config_uri: str) -> dict[str, float]:
             future.result()
         return time.perf_counter() - started
 
-    runtime = AuditConfig.from_yaml(config_uri).runtime
+    @flow(name="scale-bench-noop-generation-path", persist_result=False)
+    def fan_out_batches(count: int, batch_size: int, root: str) -> float:
+        store = ImageStore(root)
+        run = uuid.uuid4().hex  # new content keys: every batch is a cache miss, as in a cold audit
+        batches = [
+            picklable_quote([
+                WorkItem(f"s{b}-{i}", "0" * 64, "/none.png", "c", "gender", "female", "male", 0, "c", "", "", "noop",
+                         content_key=f"{run}-{b}-{i}")
+                for i in range(batch_size)
+            ])
+            for b in range(count)
+        ]
+        started = time.perf_counter()
+        for future in generation_task_for(store, noop_batch).map(batches, unmapped(None), unmapped(store), unmapped("cpu")):
+            future.result()
+        return time.perf_counter() - started
+
+    config = AuditConfig.from_yaml(config_uri)
+    runtime = config.runtime
     result = {}
     for label, tags in (("plain", []), ("tagged", sorted(generate_counterfactual_batch.tags or []))):
         seconds = fan_out.with_options(task_runner=make_task_runner(runtime))(tasks, tags)
         result[label] = round(1000 * seconds / tasks, 2)
+    with tempfile.TemporaryDirectory(prefix="scale-bench-noop-") as root:
+        seconds = fan_out_batches.with_options(task_runner=make_task_runner(runtime))(
+            tasks, config.generation.batch_size, root)
+    result["generation_path"] = round(1000 * seconds / tasks, 2)
     return result
 
 
@@ -644,7 +685,9 @@ def print_size(size: int, r: dict[str, Any]) -> None:
         print(f"  no-op fan-out failed: {r['noop_error']}")
     if r.get("noop_ms_per_task"):
         noop = r["noop_ms_per_task"]
-        print(f"  no-op fan-out beside it: {noop['plain']:.1f} ms/task plain, {noop['tagged']:.1f} ms/task with the generation task's tags")
+        print(f"  no-op fan-out beside it: {noop['plain']:.1f} ms/task plain, {noop['tagged']:.1f} ms/task with the generation task's tags"
+              + (f", {noop['generation_path']:.1f} ms/task through the generation task's cache, result and lock"
+                 if "generation_path" in noop else ""))
     print("  stages (s, peak RSS MB):  " + ", ".join(
         f"{k} {v['s']:.2f}" + (f" ({v['peak_rss_mb']:.0f})" if v["peak_rss_mb"] else "") for k, v in r["stages"].items()))
     cache = r.get("embedding_cache") or {}
