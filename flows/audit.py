@@ -243,7 +243,7 @@ def with_runtime_retries(task: Any, config: AuditConfig) -> Any:
     A ``gpu``-tagged task keeps its tag only where an accelerator may be used (a CUDA or MPS
     device, or Ray, whose runner asks for GPUs by the tag): there the tag's concurrency limit
     caps GPU work across flow runs. A CPU run on threads has no GPU to share, and each tagged
-    task run costs 40–100 ms of concurrency-slot bookkeeping (bench/scale.py), so it drops it.
+    task run costs 15–40 ms of concurrency-slot bookkeeping on 2 cores (bench/scale.py), so it drops it.
     """
     runtime = config.runtime
     options: dict[str, Any] = {
