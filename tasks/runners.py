@@ -31,6 +31,7 @@ from prefect.utilities.annotations import quote
 from counterfactual_lab.config import RuntimeConfig
 from counterfactual_lab.errors import ConfigError
 
+
 class picklable_quote(quote):
     """Prefect's ``quote`` (do not walk this parameter looking for futures) that survives a pickle.
 

@@ -143,6 +143,23 @@ def _generators(items: list[WorkItem]) -> list[torch.Generator]:
     return [torch.Generator(device="cpu").manual_seed(item.seed) for item in items]
 
 
+def partial_noise_call(editor: "DiffusersEditor", items: list[WorkItem], images: list[Any]) -> dict[str, Any]:
+    """The pipeline arguments of a method that noises its source part way (``strength``) and
+    denoises it towards the counterfactual caption: img2img, and inpainting inside a mask."""
+    negative = editor.params["negative_prompt"]
+    return dict(
+        prompt=[item.counterfactual_caption for item in items],
+        image=images,
+        strength=float(editor.params["strength"]),
+        num_inference_steps=editor.generation.steps,
+        guidance_scale=editor.generation.guidance_scale,
+        negative_prompt=None if negative is None else [negative] * len(items),
+        eta=float(editor.params["eta"]),
+        generator=_generators(items),
+        output_type="pil",
+    )
+
+
 class DiffusersEditor:
     """Shared machinery: lazy pipeline loading, per-size sub-batches, the call lock."""
 
@@ -216,18 +233,7 @@ class Img2ImgEditor(DiffusersEditor):
     method = "img2img"
 
     def _run(self, pipeline, items, images):
-        negative = self.params["negative_prompt"]
-        return pipeline(
-            prompt=[item.counterfactual_caption for item in items],
-            image=images,
-            strength=float(self.params["strength"]),
-            num_inference_steps=self.generation.steps,
-            guidance_scale=self.generation.guidance_scale,
-            negative_prompt=None if negative is None else [negative] * len(items),
-            eta=float(self.params["eta"]),
-            generator=_generators(items),
-            output_type="pil",
-        ).images
+        return pipeline(**partial_noise_call(self, items, images)).images
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from counterfactual_lab.diffusion_loading import pipeline_lock
-from counterfactual_lab.generation.editors import DiffusersEditor, _generators, output_size
+from counterfactual_lab.generation.editors import DiffusersEditor, output_size, partial_noise_call
 from counterfactual_lab.masks import MaskError, binary_mask, require_pixels
 from counterfactual_lab.plan import WorkItem
 
@@ -79,19 +79,5 @@ class InpaintEditor(DiffusersEditor):
 
     def _call(self, pipeline: Any, items: list[WorkItem], images: list[Image.Image], masks: list[Image.Image],
               size: tuple[int, int]) -> list[Image.Image]:
-        negative = self.params["negative_prompt"]
         width, height = size
-        return pipeline(
-            prompt=[item.counterfactual_caption for item in items],
-            image=images,
-            mask_image=masks,
-            height=height,
-            width=width,
-            strength=float(self.params["strength"]),
-            num_inference_steps=self.generation.steps,
-            guidance_scale=self.generation.guidance_scale,
-            negative_prompt=None if negative is None else [negative] * len(items),
-            eta=float(self.params["eta"]),
-            generator=_generators(items),
-            output_type="pil",
-        ).images
+        return pipeline(mask_image=masks, height=height, width=width, **partial_noise_call(self, items, images)).images
