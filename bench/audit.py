@@ -6,7 +6,7 @@ temporary Prefect server (``prefect_test_harness``: a real API server in a subpr
 SQLite in a temporary folder).
 
 * setup (not timed): a fresh temporary folder holding a fresh demo home (sample dataset,
-  tiny models, the demo config: ``counterfactual_lab.demo.prepare_demo``), a fresh output
+  tiny models, the demo config: ``counterfactual_lab.demo.inputs.prepare_demo``), a fresh output
   folder and a fresh ``PREFECT_HOME`` (Prefect's result storage and cache-key records);
 * **cold**: a new Python process runs the audit once into the empty output folder;
 * **warm**: another new process runs the same audit again, same output folder and
@@ -62,35 +62,35 @@ sys.path.insert(0, str(REPO_ROOT))
 # the module that defines it *and* re-exported where the flow/tasks import it from, before
 # those modules are imported, so their `from ... import name` binds the wrapper.
 LIBRARY_CALLS: list[tuple[str, str]] = [
-    ("counterfactual_lab.config", "AuditConfig.from_yaml"),
-    ("counterfactual_lab.config", "AuditConfig.dataset_spec"),
-    ("counterfactual_lab.fingerprints", "dataset_fingerprint"),
-    ("counterfactual_lab.model_identity", "model_identity"),
-    ("counterfactual_lab.audit_run", "run_id_for"),
-    ("counterfactual_lab.validation", "ingest_and_validate"),
-    ("counterfactual_lab.validation", "write_validation_outputs"),
-    ("counterfactual_lab.plan", "plan_work_items"),
-    ("counterfactual_lab.plan", "chunk"),
-    ("counterfactual_lab.generation", "generate_batch"),
-    ("counterfactual_lab.audit_run", "candidates_frame"),
-    ("counterfactual_lab.embeddings", "ClipEmbedder.load"),
-    ("counterfactual_lab.judge", "judge_candidates"),
-    ("counterfactual_lab.evaluate", "build_evaluation_pool"),
-    ("counterfactual_lab.evaluate", "pool_from_counterfactual_sets"),
-    ("counterfactual_lab.evaluate", "predict"),
-    ("counterfactual_lab.evaluate", "retrieval_scores"),
+    ("counterfactual_lab.config.audit_config", "AuditConfig.from_yaml"),
+    ("counterfactual_lab.config.audit_config", "AuditConfig.dataset_spec"),
+    ("counterfactual_lab.ingest.fingerprints", "dataset_fingerprint"),
+    ("counterfactual_lab.models.identity", "model_identity"),
+    ("counterfactual_lab.runs.location", "run_id_for"),
+    ("counterfactual_lab.ingest.validation", "ingest_and_validate"),
+    ("counterfactual_lab.ingest.validation", "write_validation_outputs"),
+    ("counterfactual_lab.plan.work_items", "plan_work_items"),
+    ("counterfactual_lab.plan.work_items", "chunk"),
+    ("counterfactual_lab.tasks.generate", "generate_batch"),
+    ("counterfactual_lab.generation.candidates", "candidates_frame"),
+    ("counterfactual_lab.models.clip", "ClipEmbedder.load"),
+    ("counterfactual_lab.judge.edits", "judge_candidates"),
+    ("counterfactual_lab.evaluate.pool", "build_evaluation_pool"),
+    ("counterfactual_lab.evaluate.pool", "pool_from_counterfactual_sets"),
+    ("counterfactual_lab.evaluate.pool", "predict"),
+    ("counterfactual_lab.evaluate.pool", "retrieval_scores"),
     ("counterfactual_lab.metrics", "compute_metrics"),
-    ("counterfactual_lab.audit_run", "generation_counts"),
-    ("counterfactual_lab.audit_run", "row_accounting"),
-    ("counterfactual_lab.audit_run", "publish_run"),
-    ("counterfactual_lab.findings", "summary_markdown"),
-    ("counterfactual_lab.findings", "headline_table"),
+    ("counterfactual_lab.generation.records", "generation_counts"),
+    ("counterfactual_lab.runs.accounting", "row_accounting"),
+    ("counterfactual_lab.report.publish", "publish_run"),
+    ("counterfactual_lab.report.markdown", "summary_markdown"),
+    ("counterfactual_lab.report.findings", "headline_table"),
 ]
 
 # Heavy imports done before the timer (the flow would otherwise pay them lazily, inside the
 # first run only, which would flatter the warm run).
 PREIMPORTS = [
-    "flows.audit",
+    "counterfactual_lab.flows.audit",
     "great_expectations",
     "torch",
     ("diffusers", "StableDiffusionImg2ImgPipeline"),
@@ -159,7 +159,7 @@ class LibraryTimer:
 
 def install_library_timers(timer: LibraryTimer) -> None:
     """Wrap every function of LIBRARY_CALLS; must run before flows/ and tasks/ are imported."""
-    for module_name in ("flows", "flows.audit", "tasks.generate", "tasks.judge", "tasks.evaluate", "tasks.validate"):
+    for module_name in ("counterfactual_lab.flows", "counterfactual_lab.flows.audit", "counterfactual_lab.tasks.generate", "counterfactual_lab.tasks.judge", "counterfactual_lab.tasks.evaluate", "counterfactual_lab.tasks.validate"):
         if module_name in sys.modules:
             raise RuntimeError(f"{module_name} was imported before the library timers were installed")
     for module_name, attribute in LIBRARY_CALLS:
@@ -266,7 +266,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.audit import dataset_audit
+    from counterfactual_lab.flows.audit import dataset_audit
 
     result: dict[str, Any] = {"import_s": round(import_s, 2)}
     t0 = time.perf_counter()
@@ -362,7 +362,7 @@ def main() -> None:
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="cflab-bench-audit-"))
     try:
-        from counterfactual_lab.demo import prepare_demo
+        from counterfactual_lab.demo.inputs import prepare_demo
 
         home, out, prefect_home = work / "home", work / "out", work / "prefect-home"
         for path in (home, out, prefect_home):

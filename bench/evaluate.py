@@ -34,10 +34,10 @@ import polars as pl  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from counterfactual_lab.config import AuditModelConfig  # noqa: E402
-from counterfactual_lab.embeddings import ClipEmbedder, clear_caches  # noqa: E402
-from counterfactual_lab.evaluate import build_evaluation_pool, predict, retrieval_scores  # noqa: E402
-from counterfactual_lab.tiny_models import build_tiny_clip  # noqa: E402
+from counterfactual_lab.config.audit_config import AuditSection  # noqa: E402
+from counterfactual_lab.models.clip import ClipEmbedder, clear_caches  # noqa: E402
+from counterfactual_lab.evaluate.pool import build_evaluation_pool, predict, retrieval_scores  # noqa: E402
+from counterfactual_lab.demo.tiny_clip import build_tiny_clip  # noqa: E402
 
 LABELS = ["doctor", "nurse", "pilot", "teacher"]
 QUERIES = ["a photo of a doctor", "a photo of a person at work"]
@@ -118,7 +118,7 @@ def baseline(model_dir: str, uris: list[str], captions: list[str], batch_size: i
 
 
 def ours(model_dir: str, pool: pl.DataFrame, batch_size: int, device: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    audit = AuditModelConfig(model=model_dir, labels=LABELS, queries=QUERIES, batch_size=batch_size)
+    audit = AuditSection(model=model_dir, labels=LABELS, queries=QUERIES, batch_size=batch_size)
     embedder = ClipEmbedder.load(model_dir, device=device)
     predictions = predict(pool, audit, embedder, load_image)
     retrieval = retrieval_scores(pool, audit.queries, embedder, load_image, batch_size=batch_size)

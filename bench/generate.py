@@ -17,7 +17,7 @@ Methods (``--method``):
   from the set's seed) and batch whole sets, as the audit's tasks do (attention sharing off: the
   bare loop has none).
 
-Default: a "tiny but not trivial" model (``tiny_models.SMALL``), 64×64 images, 8 steps, 64 items,
+Default: a "tiny but not trivial" model (``tiny_parts.SMALL``), 64×64 images, 8 steps, 64 items,
 batch size 8, CPU. The script checks that both sides write the same pixels. ``--notebook`` also
 times the loop a notebook user writes (the pipeline loaded once in fp32, one item per call) and
 reports ``speedup_vs_notebook`` = notebook / ours. Last line JSON:
@@ -52,16 +52,19 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from counterfactual_lab.diffusion_loading import _dtype_kwarg, clear_pipeline_cache, dtype_for, resolve_device  # noqa: E402
-from counterfactual_lab.generation import clear_editor_cache, generate_batch  # noqa: E402
-from counterfactual_lab.generation.editors import output_size  # noqa: E402
-from counterfactual_lab.masks import masked_item_key, polygon_mask  # noqa: E402
-from counterfactual_lab.plan import WorkItem, chunk, generator_fingerprint, work_item_key  # noqa: E402
-from counterfactual_lab.text2image_sets import SetTemplate, chunk_sets, plan_member_sets  # noqa: E402
+from counterfactual_lab.config.methods import METHODS as METHOD_FACTS  # noqa: E402
+from counterfactual_lab.models.diffusion import _dtype_kwarg, clear_pipeline_cache  # noqa: E402
+from counterfactual_lab.models.devices import dtype_for, resolve_device
+from counterfactual_lab.generation.editor import clear_editor_cache
+from counterfactual_lab.generation.batch import generate_batch
+from counterfactual_lab.generation.editor import output_size
+from counterfactual_lab.plan.masks import masked_item_key, polygon_mask  # noqa: E402
+from counterfactual_lab.plan.work_items import WorkItem, chunk, generator_fingerprint, work_item_key  # noqa: E402
+from counterfactual_lab.generation.text2image_sets import SetTemplate, chunk_sets, plan_member_sets  # noqa: E402
 
-METHODS = ("img2img", "instruct-pix2pix", "inpaint", "text2image-sets")
-PIPELINES = {"img2img": "StableDiffusionImg2ImgPipeline", "instruct-pix2pix": "StableDiffusionInstructPix2PixPipeline",
-             "inpaint": "StableDiffusionInpaintPipeline", "text2image-sets": "StableDiffusionPipeline"}
+# The methods the bench can time: every method with weights whose pipeline makes a batch in one call
+# (LEDITS++ edits one image per call after an inversion: no bare batched loop to compare with).
+METHODS = tuple(name for name, facts in METHOD_FACTS.items() if facts.has_weights and not facts.inverts)
 OCCUPATIONS = ("doctor", "nurse", "teacher", "engineer", "pilot", "chef", "farmer", "lawyer", "judge", "baker",
                "dancer", "singer", "writer", "painter", "driver", "guard")
 TARGETS = [("male", "female", "make the man a woman", "a photo of a woman"),
@@ -70,7 +73,7 @@ TARGETS = [("male", "female", "make the man a woman", "a photo of a woman"),
 
 @dataclass
 class BenchGeneration:
-    """The fields of ``config.GenerationConfig`` that generation reads (used where pydantic is missing)."""
+    """The fields of ``config.GenerationSection`` that generation reads (used where pydantic is missing)."""
 
     method: str = "img2img"
     model: str = ""
@@ -131,17 +134,17 @@ class LocalImageStore:
 
 
 def generation_config(**fields: Any):
-    """The real pydantic ``GenerationConfig`` when importable, else the stand-in."""
+    """The real pydantic ``GenerationSection`` when importable, else the stand-in."""
     try:
-        from counterfactual_lab.config import GenerationConfig
+        from counterfactual_lab.config.audit_config import GenerationSection
     except ImportError:
         return BenchGeneration(**fields)
-    return GenerationConfig(**fields)
+    return GenerationSection(**fields)
 
 
 def image_store(root: str):
     try:
-        from counterfactual_lab.storage import ImageStore
+        from counterfactual_lab.storage.files import ImageStore
     except ImportError:
         return LocalImageStore(root)
     return ImageStore(root)
@@ -207,7 +210,7 @@ def make_set_items(items_count: int, generation) -> list[WorkItem]:
 def batches_of(items: list[WorkItem], generation, size: int | None = None) -> list[list[WorkItem]]:
     """The batches our tasks get: whole sets for text2image-sets, else consecutive items."""
     size = size or generation.batch_size
-    return chunk_sets(items, size) if generation.method == "text2image-sets" else chunk(items, size)
+    return chunk(items, size) if METHOD_FACTS[generation.method].reads_source else chunk_sets(items, size)
 
 
 def baseline_loop(items: list[WorkItem], generation, out_dir: Path, device: torch.device, *,
@@ -220,7 +223,7 @@ def baseline_loop(items: list[WorkItem], generation, out_dir: Path, device: torc
     import diffusers
 
     started = time.perf_counter()
-    cls = getattr(diffusers, PIPELINES[generation.method])
+    cls = getattr(diffusers, METHOD_FACTS[generation.method].pipeline_class)
     pipe = cls.from_pretrained(
         generation.model, use_safetensors=True, safety_checker=None, requires_safety_checker=False,
         **_dtype_kwarg(dtype or dtype_for(device)),
@@ -235,7 +238,7 @@ def baseline_loop(items: list[WorkItem], generation, out_dir: Path, device: torc
         kwargs: dict[str, Any] = dict(num_inference_steps=generation.steps, guidance_scale=generation.guidance_scale,
                                       generator=[torch.Generator().manual_seed(item.seed) for item in batch])
         images, masks = [], []
-        if generation.method != "text2image-sets":
+        if METHOD_FACTS[generation.method].reads_source:
             for item in batch:
                 with Image.open(item.source_image_uri) as image:
                     images.append(image.convert("RGB"))
@@ -381,20 +384,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from counterfactual_lab.tiny_generators import build_tiny_inpaint, build_tiny_text2image
-    from counterfactual_lab.tiny_models import SMALL, build_tiny_diffusion
+    from counterfactual_lab.demo.tiny_diffusion import build_tiny_diffusion
+    from counterfactual_lab.demo.tiny_parts import SMALL
 
     work = Path(tempfile.mkdtemp(prefix="cflab-bench-generate-"))
     try:
-        if args.method == "inpaint":
-            model_dir = build_tiny_inpaint(work / "model", seed=0, size=SMALL)
-        elif args.method == "text2image-sets":
-            model_dir = build_tiny_text2image(work / "model", seed=0, size=SMALL)
-        else:
-            model_dir = build_tiny_diffusion(args.method, work / "model", seed=0, size=SMALL)
+        model_dir = build_tiny_diffusion(args.method, work / "model", seed=0, size=SMALL)
         result = compare(str(model_dir), method=args.method, items_count=args.items, size=args.size,
                          steps=args.steps, batch_size=args.batch_size, device=args.device,
-                         repeats=args.repeats, work=work, extra={"model": "tiny_models.SMALL (random weights)"},
+                         repeats=args.repeats, work=work, extra={"model": "tiny_parts.SMALL (random weights)"},
                          notebook=args.notebook)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -16,7 +16,7 @@ Random weights make noise images; the timings are what count.
 
 Imports only torch, diffusers, transformers, PIL and the parts of counterfactual_lab that need
 nothing else (plan, diffusion_loading, model_safety, errors, generation, masks, text2image_sets,
-tiny_models' tokenizer); the real ``GenerationConfig`` (pydantic) and ``ImageStore`` (fsspec) are
+tiny_models' tokenizer); the real ``GenerationSection`` (pydantic) and ``ImageStore`` (fsspec) are
 used when installed, else bench/generate.py's stand-ins with the same contract. Last line JSON,
 as bench/generate.py, with ``"bench": "gpu_generate"`` and the card's name.
 """
@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generate import METHODS, compare  # noqa: E402  (bench/generate.py)
 
-from counterfactual_lab.diffusion_loading import dtype_for, resolve_device  # noqa: E402
-from counterfactual_lab.tiny_models import build_tiny_tokenizer  # noqa: E402
-from generate import PIPELINES  # noqa: E402
+from counterfactual_lab.models.devices import dtype_for, resolve_device
+from counterfactual_lab.demo.tiny_parts import build_tiny_tokenizer  # noqa: E402
+from counterfactual_lab.config.methods import METHODS as METHOD_FACTS  # noqa: E402
 
 SD15 = dict(
     unet_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
@@ -89,7 +89,7 @@ def build_sd15_like(directory: Path, method: str, shapes: dict, device: torch.de
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
         set_alpha_to_one=False, steps_offset=1,
     )
-    cls = getattr(diffusers, PIPELINES[method])
+    cls = getattr(diffusers, METHOD_FACTS[method].pipeline_class)
     if dtype != torch.float32:
         unet, vae, text_encoder = unet.to(dtype), vae.to(dtype), text_encoder.to(dtype)
     pipeline = cls(

@@ -7,7 +7,7 @@ It generates a Parquet dataset (Hugging Face image layout) of ``--rows`` rows an
 times larger, then runs, each in its own subprocess so peak RSS is measured cleanly:
 
 * baseline: ``pyarrow.dataset`` scan + Pillow decode to RGB + sha256, the loop a user writes;
-* ours: :func:`counterfactual_lab.validation.ingest_and_validate` on the same rows (the
+* ours: :func:`counterfactual_lab.ingest.validation.ingest_and_validate` on the same rows (the
   same decode and hash, plus header checks, per-row frames and the Great Expectations suite);
 * ours on the 4x dataset, for ``peak_rss_mb_4x``.
 
@@ -119,8 +119,8 @@ def run_ours(uri: str, batch_rows: int, workers: int | None) -> dict:
     started = time.perf_counter()
     import great_expectations  # noqa: F401  (one-off import cost, reported apart)
 
-    from counterfactual_lab.spec import DatasetSpec
-    from counterfactual_lab.validation import ingest_and_validate
+    from counterfactual_lab.config.dataset_spec import DatasetSpec
+    from counterfactual_lab.ingest.validation import ingest_and_validate
 
     import_s = time.perf_counter() - started
     rss_after_import = _peak_rss_mb()

@@ -35,9 +35,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 CHILD = """
 import json, sys, time
-from counterfactual_lab.audit_run import locate_run
-from counterfactual_lab.config import AuditConfig
-from counterfactual_lab.preflight import check_audit
+from counterfactual_lab.runs.location import locate_run
+from counterfactual_lab.config.audit_config import AuditConfig
+from counterfactual_lab.runs.preflight import check_audit
 import torch  # imported before timing: the CLI has it loaded by then too
 config = AuditConfig.from_yaml(sys.argv[1])
 times = []
@@ -90,7 +90,7 @@ def main() -> None:
 
     import yaml
 
-    from counterfactual_lab.demo import prepare_demo
+    from counterfactual_lab.demo.inputs import prepare_demo
 
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="cflab-bench-locate-") as tmp:

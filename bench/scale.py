@@ -2,7 +2,7 @@
 
 What runs: the whole ``dataset-audit`` flow (``flows.audit.dataset_audit``: ingest → validate
 → plan → generate → judge → evaluate → metrics → publish) on the planted-bias world
-(``counterfactual_lab/validity``) with its ``validation`` editor, which loads no model and
+(``counterfactual_lab/validity``) with its ``planted-world`` editor, which loads no model and
 costs a blur and a PNG per image: what is measured is the pipeline around generation, not
 diffusion. Judge and model under audit are the world's fair CLIP model (a transformers
 ``CLIPModel`` of 16 channels reading 48 px images); few bootstrap resamples (``--bootstrap-samples``).
@@ -28,7 +28,7 @@ Timings (``time.perf_counter``), all in the flow process:
 * ``wall_s``: the ``dataset_audit(...)`` call;
 * ``stages``: each stage's wall seconds (``validate``, ``plan``, ``generate``, ``candidates``,
   ``judge``, ``pool``, ``evaluate``, ``metrics``, ``publish``, ``artifacts``, ...), measured by
-  wrapping the functions ``flows.audit`` calls (looked up by name; one that a code base lacks
+  wrapping the functions the flow's modules call (looked up by name; one that a code base lacks
   is skipped) and, for stages that are single Prefect tasks, the task-run engine
   (``prefect.task_engine.run_task_sync``); ``flow_other`` is the rest of the wall time
   (creating the flow and subflow runs, config, fingerprint, run id);
@@ -107,31 +107,31 @@ NOOP_ATTEMPTS, NOOP_RETRY_SECONDS = 3, 20.0
 # Stages the flow runs in its own thread: (name in the results, module, attribute). Each is
 # wrapped where its caller looks it up; a name a code base does not have is skipped.
 FLOW_STAGES: list[tuple[str, str, str]] = [
-    ("locate", "flows.audit", "locate_run"),
-    ("write_validation", "flows.audit", "write_validation_outputs"),
-    ("plan", "flows.audit", "plan_work_items"),
-    ("generate", "flows.audit", "_generate"),
-    ("candidates", "counterfactual_lab.audit_run", "candidates_frame"),  # once per round (rounds.run_rounds)
-    ("pool", "flows.audit", "build_evaluation_pool"),
-    ("evaluate", "flows.audit", "_evaluate"),
-    ("accounting", "flows.audit", "row_accounting"),
-    ("publish", "flows.audit", "publish_run"),
-    ("artifacts", "flows.audit", "_publish_artifacts"),
+    ("locate", "counterfactual_lab.flows.audit", "locate_run"),
+    ("write_validation", "counterfactual_lab.flows.stage_run", "write_validation_outputs"),
+    ("plan", "counterfactual_lab.flows.designs", "plan_work_items"),
+    ("generate", "counterfactual_lab.flows.fan_out", "generate_batches"),
+    ("candidates", "counterfactual_lab.generation.rounds", "candidates_frame"),  # once per round (rounds.run_rounds)
+    ("pool", "counterfactual_lab.flows.designs", "build_evaluation_pool"),
+    ("evaluate", "counterfactual_lab.flows.evaluation", "ContrastiveEvaluation.evaluate"),
+    ("accounting", "counterfactual_lab.flows.audit", "row_accounting"),
+    ("publish", "counterfactual_lab.flows.audit", "publish_run"),
+    ("artifacts", "counterfactual_lab.flows.audit", "_publish_artifacts"),
 ]
 # Stages that are one Prefect task called from the flow: task name -> stage name.
 TASK_STAGES = {"validate-dataset": "validate", "judge-counterfactuals": "judge", "compute-metrics": "metrics"}
 # Library calls that are a task's own work, wrapped where the task bodies look them up.
 TASK_WORK: list[tuple[str, str]] = [
-    ("tasks.generate", "generate_batch"),
-    ("tasks.validate", "ingest_and_validate"),
-    ("tasks.judge", "judge_candidates"),
-    # the contrastive auditee imports these from counterfactual_lab.evaluate at call time
-    ("counterfactual_lab.evaluate", "predict"),
-    ("counterfactual_lab.evaluate", "retrieval_scores"),
-    ("tasks.evaluate", "compute_metrics"),
-    ("counterfactual_lab.embeddings", "ClipEmbedder.load"),
+    ("counterfactual_lab.tasks.generate", "generate_batch"),
+    ("counterfactual_lab.tasks.validate", "ingest_and_validate"),
+    ("counterfactual_lab.tasks.judge", "judge_candidates"),
+    # the contrastive auditee imports these from counterfactual_lab.evaluate.pool at call time
+    ("counterfactual_lab.evaluate.pool", "predict"),
+    ("counterfactual_lab.evaluate.pool", "retrieval_scores"),
+    ("counterfactual_lab.tasks.evaluate", "compute_metrics"),
+    ("counterfactual_lab.models.clip", "ClipEmbedder.load"),
 ]
-PREIMPORTS = ["flows.audit", "great_expectations", "torch", ("transformers", "CLIPModel"), ("transformers", "AutoProcessor")]
+PREIMPORTS = ["counterfactual_lab.flows.audit", "great_expectations", "torch", ("transformers", "CLIPModel"), ("transformers", "AutoProcessor")]
 
 
 # -- the dataset --------------------------------------------------------------------------------
@@ -176,7 +176,7 @@ def audit_config(dataset: Path, model: Path, out: Path, name: str, args: argpars
         dataset, model, model, str(out), name=name, bootstrap_samples=args.bootstrap_samples,
         max_workers=args.max_workers, batch_size=args.batch_size,
     )
-    # The validation editor ignores generation.model, but the run identity resolves every
+    # The planted-world editor ignores generation.model, but the run identity resolves every
     # model named (a local folder is hashed; anything else is looked up on the hub, which is
     # not reachable here): name a local folder.
     config["generation"]["model"] = str(model)
@@ -191,8 +191,8 @@ def items_per_row(config: dict[str, Any], sample_rows: int = 8) -> float:
     """
     import polars as pl
 
-    from counterfactual_lab.config import AuditConfig
-    from counterfactual_lab.plan import plan_work_items
+    from counterfactual_lab.config.audit_config import AuditConfig
+    from counterfactual_lab.plan.work_items import plan_work_items
     from counterfactual_lab.validity.world import world_row
 
     parsed = AuditConfig.parse_config(dict(config), source="scale bench config")
@@ -432,14 +432,14 @@ def noop_fan_out(tasks: int, config_uri: str) -> dict[str, float]:
     from prefect import flow, task, unmapped
     from prefect.cache_policies import NO_CACHE
 
-    from counterfactual_lab.config import AuditConfig
-    from counterfactual_lab.generation.batch import GenerationRecord
-    from counterfactual_lab.plan import WorkItem
-    from counterfactual_lab.storage import ImageStore
-    from tasks.cache import WorkItemsCachePolicy
-    from tasks.generate import generate_counterfactual_batch, generation_task_for
-    from tasks.result_serialization import GenerationRecordsSerializer
-    from tasks.runners import make_task_runner, picklable_quote
+    from counterfactual_lab.config.audit_config import AuditConfig
+    from counterfactual_lab.generation.records import GenerationRecord
+    from counterfactual_lab.plan.work_items import WorkItem
+    from counterfactual_lab.storage.files import ImageStore
+    from counterfactual_lab.tasks.cache import WorkItemsCachePolicy
+    from counterfactual_lab.tasks.generate import generate_counterfactual_batch, generation_task_for
+    from counterfactual_lab.tasks.result_serialization import GenerationRecordsSerializer
+    from counterfactual_lab.tasks.runners import make_task_runner, picklable_quote
 
     @task(name="scale-bench-noop", cache_policy=NO_CACHE, persist_result=False)
     def noop(index: int) -> int:
@@ -502,7 +502,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     missing = install_recorders(recorder)
     import_s = time.perf_counter() - started
 
-    from flows.audit import dataset_audit
+    from counterfactual_lab.flows.audit import dataset_audit
 
     sampler_profile = None
     if args.profile:
@@ -521,7 +521,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             run_uri = dataset_audit(config_uri=args.config)
         end = time.perf_counter()
     manifest = json.loads((Path(run_uri) / "manifest.json").read_text())
-    from counterfactual_lab.embeddings import embedding_cache
+    from counterfactual_lab.models.clip import embedding_cache
 
     cache = embedding_cache()  # judge and evaluate share it when they use one model
     if args.intervals:
@@ -730,7 +730,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 results[str(size)] = run_size(size, args, work, model, api_url)
                 print_size(size, results[str(size)])
         else:
-            import flows  # noqa: F401  (the project's offline Prefect defaults, before Prefect loads)
+            import counterfactual_lab.flows  # noqa: F401  (the project's offline Prefect defaults, before Prefect loads)
             from prefect.settings import PREFECT_API_URL
             from prefect.testing.utilities import prefect_test_harness
 

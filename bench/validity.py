@@ -10,7 +10,7 @@ What runs (``counterfactual_lab/validity``; README "Is the audit valid?"):
   fair model's effect is checked to be exactly 0;
 * for each of ``--runs`` seeds, a new world of ``--rows`` rows (half female, half male), and
   three audits through the real ``dataset-audit`` flow (ingest → validate → generate with the
-  ``validation`` editor → judge → evaluate → metrics → publish), in this one process, under
+  ``planted-world`` editor → judge → evaluate → metrics → publish), in this one process, under
   one temporary Prefect server (``prefect_test_harness``), threads runner:
   the fair model and the biased model with ``generation.reconstruction: true`` (generated
   vs generated, the default), and the fair model with ``reconstruction: false`` (the old
@@ -32,7 +32,7 @@ coverage ≥ 0.9.
     python bench/validity.py --runs 40 --rows 32
 
 It needs issue 8's generated-vs-generated audit: ``generation.reconstruction`` in the config
-and ``counterfactual_lab.findings.assess_findings``; without them it stops at once with a
+and ``counterfactual_lab.metrics.findings.assess_findings``; without them it stops at once with a
 message saying what is missing. Last line JSON: ``{"bench": "validity", "runs",
 "false_positive_rate", "power", "coverage", "real_vs_generated_false_positive_rate", ...}``.
 """
@@ -56,13 +56,13 @@ sys.path.insert(0, str(REPO_ROOT))
 
 def missing_prerequisites() -> list[str]:
     """What this code base lacks for the bench (empty when it can run)."""
-    from counterfactual_lab import findings
-    from counterfactual_lab.config import GenerationConfig
+    from counterfactual_lab.metrics import findings
+    from counterfactual_lab.config.audit_config import GenerationSection
 
     missing = []
     if not hasattr(findings, "assess_findings"):
-        missing.append("counterfactual_lab.findings.assess_findings (called findings beside their controls)")
-    if "reconstruction" not in GenerationConfig.model_fields:
+        missing.append("counterfactual_lab.metrics.findings.assess_findings (called findings beside their controls)")
+    if "reconstruction" not in GenerationSection.model_fields:
         missing.append("the generation.reconstruction config key (generated-vs-generated pairs)")
     return missing
 
@@ -92,9 +92,9 @@ def audit(config: dict[str, Any], path: Path) -> tuple[Any, Any, float]:
     """Run one audit through the flow; returns (metrics, findings, seconds)."""
     import polars as pl
 
-    from counterfactual_lab.findings import assess_findings
+    from counterfactual_lab.report.findings import assess_findings
     from counterfactual_lab.validity.audit_config import write_world_audit_config
-    from flows.audit import dataset_audit
+    from counterfactual_lab.flows.audit import dataset_audit
 
     started = time.perf_counter()
     run_uri = dataset_audit(config_uri=str(write_world_audit_config(path, config)))
@@ -108,7 +108,7 @@ def world_truth(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     torch.set_num_threads(1)  # tiny models; two flow threads share the two cores
 
-    from counterfactual_lab.embeddings import ClipEmbedder
+    from counterfactual_lab.models.clip import ClipEmbedder
     from counterfactual_lab.validity.models import BIASED_LABEL, build_world_models
     from counterfactual_lab.validity.truth import artifact_effects, planted_effect
 
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     models, planted = truth["models"], truth["planted"]
     setup_s = time.perf_counter() - started
 
-    import flows  # noqa: F401  (the project's offline Prefect defaults, before Prefect loads)
+    import counterfactual_lab.flows  # noqa: F401  (the project's offline Prefect defaults, before Prefect loads)
     from prefect.testing.utilities import prefect_test_harness
 
     out = str(work / "out")

@@ -10,7 +10,7 @@ the same decoding, stage by stage:
 * ``generation`` — ``samples`` sampled continuations per image and prompt, ``max_new_tokens``
   each, temperature T (pure temperature sampling on both sides: no top-k, no top-p).
 
-Ours is the library's probes (``counterfactual_lab.auditees.probes``) with the answer cache on,
+Ours is the library's probes (``counterfactual_lab.evaluate.auditees.probes``) with the answer cache on,
 writing every answer to an empty output store as an audit does (cold). The warm rerun reads
 every answer back from that store (what a rerun or a resumed run costs). The baseline is what a
 user writes with ``AutoModelForImageTextToText``/``AutoProcessor``: right padding and the last
@@ -44,13 +44,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from counterfactual_lab.auditees import probes  # noqa: E402
-from counterfactual_lab.auditees.answer_cache import AnswerCache, CallCounts  # noqa: E402
-from counterfactual_lab.auditees.generative import GenerativeRunner  # noqa: E402
-from counterfactual_lab.auditees.interface import ProbeImages  # noqa: E402
-from counterfactual_lab.auditees.loading import LoadedModel, generative_dtype  # noqa: E402
-from counterfactual_lab.auditees.prompts import render  # noqa: E402
-from counterfactual_lab.auditees.tiny import VlmSize, build_vlm  # noqa: E402
+from counterfactual_lab.evaluate.auditees import probes  # noqa: E402
+from counterfactual_lab.evaluate.auditees.answer_cache import AnswerCache, CallCounts  # noqa: E402
+from counterfactual_lab.evaluate.auditees.generative import GenerativeRunner  # noqa: E402
+from counterfactual_lab.evaluate.auditees.interface import ProbeImages  # noqa: E402
+from counterfactual_lab.evaluate.auditees.loading import LoadedModel, generative_dtype  # noqa: E402
+from counterfactual_lab.evaluate.auditees.prompts import render  # noqa: E402
+from counterfactual_lab.demo.tiny_auditees import VlmSize, build_vlm  # noqa: E402
 
 LABELS = ["doctor", "nurse", "teacher", "engineer"]
 CHOICE = "What is this person's job? Answer with one of: {options}."

@@ -5,30 +5,39 @@ The Python API (see the README's "Python API" section)::
     import counterfactual_lab as cfl
 
     cfl.CounterfactualGenerator(method="img2img", model=..., judge=...).generate(image, caption, "gender")
-    run = cfl.run_audit("configs/audit.yaml")      # or a dict; the tables are polars DataFrames
-    run = cfl.open_run("out/sample-<id>")          # a finished run, local or s3://
+    run = cfl.open_run("out/sample-<id>")          # a finished run, local or s3://; tables are polars DataFrames
 
-The library is plain Python: it never imports Prefect (``run_audit`` imports the flow when it
-is called). Orchestration lives in the top-level ``tasks`` and ``flows`` packages. The API's
-names load on first use, so ``import counterfactual_lab`` (and ``cflab --help``) stays fast.
+    from counterfactual_lab.flows.api import run_audit
+    run = run_audit("configs/audit.yaml")          # or a dict: runs the audit flow, returns the run
+
+The library is plain Python: it never imports Prefect. Orchestration (the Prefect tasks and
+flows, the ``cflab`` command, ``run_audit``) lives in the repository's ``tasks/`` and ``flows/``
+folders, installed as ``counterfactual_lab.tasks`` and ``counterfactual_lab.flows``. The API's
+names load on first use, so ``import counterfactual_lab`` stays fast.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from counterfactual_lab.version import __version__
 
-__all__ = ["AuditRun", "Counterfactual", "CounterfactualGenerator", "__version__", "open_run", "run_audit"]
+__all__ = ["AuditRun", "Counterfactual", "CounterfactualGenerator", "__version__", "open_run"]
 
-_API = {"AuditRun", "Counterfactual", "CounterfactualGenerator", "open_run", "run_audit"}
+_API = {"AuditRun", "Counterfactual", "CounterfactualGenerator", "open_run"}
 
 if TYPE_CHECKING:
-    from counterfactual_lab.api import AuditRun, Counterfactual, CounterfactualGenerator, open_run, run_audit
+    from counterfactual_lab.api import (
+        AuditRun,
+        Counterfactual,
+        CounterfactualGenerator,
+        open_run,
+    )
 
 
 def __getattr__(name: str) -> Any:
     if name in _API:
+        # here, not at the top: so `import counterfactual_lab` stays fast
         from counterfactual_lab import api
 
         return getattr(api, name)

@@ -26,21 +26,40 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
-import json
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+from PIL import Image
+from pydantic import ValidationError
 
-from counterfactual_lab.config import AuditConfig, GenerationConfig, JudgeConfig
+from counterfactual_lab.config.audit_config import GenerationSection, JudgeSection
+from counterfactual_lab.config.dataset_spec import DEFAULT_VOCABULARIES, _first_error
+from counterfactual_lab.config.methods import DEFAULT_METHOD
 from counterfactual_lab.errors import ConfigError, UserError
-from counterfactual_lab.run_reader import RunTables, format_headline, read_run
+from counterfactual_lab.judge.edits import score_candidates
+from counterfactual_lab.judge.scores import verdict
+from counterfactual_lab.models.clip import ClipEmbedder, image_content_key
+from counterfactual_lab.plan.captions import (
+    detect_value,
+    edit_instruction,
+    rewrite_caption,
+)
+from counterfactual_lab.plan.work_items import (
+    WorkItem,
+    generator_fingerprint,
+    work_item_key,
+)
+from counterfactual_lab.report.examples import thumbnail_data_uri
+from counterfactual_lab.report.findings import assess_findings
+from counterfactual_lab.report.markdown import accounting_lines, models_line
+from counterfactual_lab.report.markup import escaped
+from counterfactual_lab.report.text import format_headline
+from counterfactual_lab.runs.reader import RunTables, read_run
 
-# The scores the judge gives each candidate (see counterfactual_lab.judge for the formulas).
+# The scores the judge gives each candidate (see counterfactual_lab.judge.edits for the formulas).
 SCORE_NAMES = ("text_similarity", "direction_similarity", "image_similarity", "attribute_ok", "attribute_margin")
 _MEMORY = "memory://"  # URIs of images that live only in this process (the judge's loader reads them from a dict)
 
@@ -70,7 +89,6 @@ class Counterfactual:
     drop_reason: str | None = None
 
     def _repr_html_(self) -> str:
-        from counterfactual_lab.report_html import e, thumbnail_data_uri
 
         scores = ", ".join(f"{k.replace('_similarity', '')} {_short(v)}" for k, v in self.scores.items() if v is not None)
         verdict = {None: "not judged", True: "passed"}.get(self.passed, f"dropped: {self.drop_reason}")
@@ -79,9 +97,9 @@ class Counterfactual:
             ("caption", self.source_caption), ("counterfactual caption", self.caption),
             ("explanation", self.explanation), ("judge", f"{scores or 'no scores'}; {verdict}"),
         ]
-        cells = "".join(f"<tr><th style='text-align:left'>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows)
+        cells = "".join(f"<tr><th style='text-align:left'>{escaped(k)}</th><td>{escaped(v)}</td></tr>" for k, v in rows)
         images = "".join(
-            f"<figure style='margin:0'><img src='{thumbnail_data_uri(im)}' alt='{e(alt)}'><figcaption>{e(alt)}</figcaption></figure>"
+            f"<figure style='margin:0'><img src='{thumbnail_data_uri(im)}' alt='{escaped(alt)}'><figcaption>{escaped(alt)}</figcaption></figure>"
             for im, alt in ((self.source_image, "original"), (self.image, "counterfactual"))
         )
         return f"<div><div style='display:flex;gap:.5rem'>{images}</div><table>{cells}</table></div>"
@@ -107,7 +125,7 @@ class CounterfactualGenerator:
 
     def __init__(
         self,
-        method: str = "img2img",
+        method: str = DEFAULT_METHOD,
         model: str | None = None,
         *,
         device: str = "auto",
@@ -123,21 +141,21 @@ class CounterfactualGenerator:
         check_attribute: bool = True,
         vocabularies: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
-        from counterfactual_lab.generation.editors import validate_generation
-        from counterfactual_lab.spec import DEFAULT_VOCABULARIES
+        # here, not at the top: it imports torch
+        from counterfactual_lab.generation.editor import validate_generation
 
         generation: dict[str, Any] = {"method": method, "revision": revision, "steps": steps,
                                       "guidance_scale": guidance_scale, "resolution": resolution,
                                       "params": dict(params or {}), "batch_size": batch_size}
         if model is not None:
             generation["model"] = model
-        self.generation = _validated(GenerationConfig, generation, "CounterfactualGenerator")
+        self.generation = _validated(GenerationSection, generation, "CounterfactualGenerator")
         validate_generation(self.generation)
         self.device = device
-        self.judge: JudgeConfig | None = None
+        self.judge: JudgeSection | None = None
         if judge is not None:
             self.judge = _validated(
-                JudgeConfig,
+                JudgeSection,
                 {"model": judge, "revision": judge_revision, "thresholds": dict(thresholds or {}), "check_attribute": check_attribute},
                 "CounterfactualGenerator judge",
             )
@@ -166,10 +184,9 @@ class CounterfactualGenerator:
         seeds ``seed, seed+1, …``; an image depends only on its inputs, seed and model.
         Returns one :class:`Counterfactual` per (target, seed), targets in the order given.
         """
-        from PIL import Image
 
-        from counterfactual_lab.embeddings import image_content_key
-        from counterfactual_lab.generation.editors import make_editor
+        # here, not at the top: it imports torch
+        from counterfactual_lab.generation.editor import make_editor
 
         if not isinstance(image, Image.Image):
             raise UserError(f"generate() needs a PIL image, got {type(image).__name__}; open files with PIL.Image.open")
@@ -202,7 +219,6 @@ class CounterfactualGenerator:
     def _values(
         self, caption: str, attribute: str, source_value: str | None, targets: str | Sequence[str] | None
     ) -> tuple[str | None, list[str]]:
-        from counterfactual_lab.text_counterfactual import detect_value
 
         vocabulary = self.vocabularies.get(attribute)
         if source_value is None:
@@ -220,8 +236,6 @@ class CounterfactualGenerator:
 
     def _work_items(self, source_key: str, caption: str, attribute: str, source_value: str | None,
                     targets: list[str], seeds: range) -> list[Any]:
-        from counterfactual_lab.plan import WorkItem, generator_fingerprint, work_item_key
-        from counterfactual_lab.text_counterfactual import edit_instruction, rewrite_caption
 
         fingerprint = generator_fingerprint(self.generation.fingerprint_fields())
         items = []
@@ -240,8 +254,6 @@ class CounterfactualGenerator:
 
     def _judge(self, items: list[Any], images: list[Any], source: Any, source_key: str) -> list[tuple[dict, bool, str | None]]:
         """The pipeline's judge on images held in memory: same scores, same checks, in item order."""
-        from counterfactual_lab.embeddings import ClipEmbedder, image_content_key
-        from counterfactual_lab.judge import score_candidates, verdict
 
         assert self.judge is not None
         held = {_MEMORY + source_key: source}
@@ -266,9 +278,7 @@ class CounterfactualGenerator:
 
 
 def _validated(model: type, fields: dict[str, Any], what: str) -> Any:
-    from pydantic import ValidationError
 
-    from counterfactual_lab.spec import _first_error
 
     try:
         return model.model_validate(fields)
@@ -311,7 +321,7 @@ class AuditRun:
     def findings(self, max_items: int = 8) -> list[str]:
         """The headline findings in plain words, most notable first.
 
-        Where the metrics can be set against their control (``findings.assess_findings``),
+        Where the metrics can be set against their control (``report.findings.assess_findings``),
         the findings called (the interval excludes the control's) come first.
         """
         return _finding_sentences(self.metrics, max_items)[0]
@@ -324,28 +334,26 @@ class AuditRun:
         return f"AuditRun(run_id={self.run_id!r}, run_uri={self.run_uri!r}, status={self.status!r}, metrics={self.metrics.height} rows)"
 
     def _repr_html_(self) -> str:
-        from counterfactual_lab.findings import accounting_lines, models_line
-        from counterfactual_lab.report_html import e
 
         manifest = self.manifest
         dataset = manifest.get("dataset") or {}
         tiny = bool(manifest.get("tiny_models"))
         colour = "#cf222e" if tiny else "#0969da"
         sentences, summary = _finding_sentences(self.metrics, 8)
-        findings = "".join(f"<li>{e(s)}</li>" for s in sentences) or "<li>No metrics in this run.</li>"
+        findings = "".join(f"<li>{escaped(s)}</li>" for s in sentences) or "<li>No metrics in this run.</li>"
         report = self.report_uri
-        link = f"<a href='{e(Path(report).as_uri())}'>{e(report)}</a>" if "://" not in report else e(report)
+        link = f"<a href='{escaped(Path(report).as_uri())}'>{escaped(report)}</a>" if "://" not in report else escaped(report)
         finished = manifest.get("finished_at")
         failed = " <b style='color:#cf222e'>(failed)</b>" if self.status == "failed" else ""
         generative = (f", <code>.probes</code> ({self.probes.height} rows), <code>.generations</code> "
                       f"({self.generations.height} rows)") if self.probes.height or self.generations.height else ""
         return (
             "<div class='cflab-run'>"
-            f"<p style='border-left:4px solid {colour};padding:.3rem .6rem;font-weight:600'>{e(models_line(manifest))}</p>"
-            f"<p><b>Run {e(self.run_id)}</b>{failed} · dataset {e(dataset.get('name'))}"
-            + (f" · finished {e(finished)}" if finished else "") + "</p>"
-            + "".join(f"<div>{e(line)}</div>" for line in accounting_lines(manifest))
-            + f"<p><b>Headline findings</b>{(' — ' + e(summary)) if summary else ''}</p><ul>{findings}</ul>"
+            f"<p style='border-left:4px solid {colour};padding:.3rem .6rem;font-weight:600'>{escaped(models_line(manifest))}</p>"
+            f"<p><b>Run {escaped(self.run_id)}</b>{failed} · dataset {escaped(dataset.get('name'))}"
+            + (f" · finished {escaped(finished)}" if finished else "") + "</p>"
+            + "".join(f"<div>{escaped(line)}</div>" for line in accounting_lines(manifest))
+            + f"<p><b>Headline findings</b>{(' — ' + escaped(summary)) if summary else ''}</p><ul>{findings}</ul>"
             f"<p>Tables: <code>.metrics</code> ({self.metrics.height} rows), <code>.predictions</code>, "
             f"<code>.counterfactuals</code>, <code>.quarantine</code>{generative}. Report: {link}</p>"
             "</div>"
@@ -353,17 +361,10 @@ class AuditRun:
 
 
 def _finding_sentences(metrics: pl.DataFrame, max_items: int) -> tuple[list[str], str | None]:
-    """(sentences, a one-line summary or None): called findings first where controls exist."""
-    from counterfactual_lab import findings
-
-    if metrics.is_empty():
-        return [], None
-    assess = getattr(findings, "assess_findings", None)
-    if assess is None:  # metrics without control comparisons
-        return findings.headline_findings(metrics, max_items=max_items), None
-    assessed = assess(metrics)
+    """(sentences, a one-line summary or None): called findings first."""
+    assessed = assess_findings(metrics)
     if assessed.is_empty():
-        return findings.headline_findings(metrics, max_items=max_items), None
+        return [], None
     ordered = assessed.sort("called", descending=True, maintain_order=True)
     called = int(assessed["called"].sum())
     summary = f"{called} of {assessed.height} called: the interval excludes the control's (or, where there is no control, no effect)"
@@ -380,42 +381,3 @@ def open_run(uri: str, storage_options: Mapping[str, Any] | None = None) -> Audi
     return AuditRun(read_run(str(uri), dict(storage_options) if storage_options else None))
 
 
-def run_audit(
-    config: str | Path | Mapping[str, Any],
-    *,
-    dataset: str | None = None,
-    output: str | None = None,
-    force: bool = False,
-) -> AuditRun:
-    """Run the whole audit and return the finished run (:func:`open_run` of its folder).
-
-    ``config``: an audit config YAML file, or a dict of the same keys (relative paths in a dict
-    resolve against the current directory). ``dataset`` and ``output`` override the config's
-    dataset and ``output.uri``; ``force`` runs every stage again. The config is checked before
-    anything starts; the run is the ``dataset-audit`` Prefect flow (a temporary local Prefect
-    server is started unless ``PREFECT_API_URL`` names one), so an unchanged complete run is
-    returned as it is.
-    """
-    if isinstance(config, Mapping):
-        raw = json.loads(json.dumps(dict(config), default=str))  # a plain copy, as YAML would give
-        raw.setdefault("base_dir", str(Path.cwd()))
-        parsed = AuditConfig.parse_config(raw, source="config dict")
-        with tempfile.TemporaryDirectory(prefix="cflab-config-") as folder:
-            # The flow takes a config file (a plain parameter the Prefect UI can show and rerun);
-            # the run's manifest keeps the config itself.
-            digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:12]
-            path = Path(folder) / f"audit-{digest}.yaml"
-            import yaml
-
-            path.write_text(yaml.safe_dump(raw, sort_keys=False))
-            return _run_flow(parsed, str(path), dataset, output, force)
-    path = Path(config)
-    return _run_flow(AuditConfig.from_yaml(path), str(path), dataset, output, force)
-
-
-def _run_flow(config: AuditConfig, config_path: str, dataset: str | None, output: str | None, force: bool) -> AuditRun:
-    config.dataset_spec(dataset)  # a bad dataset reference fails here, before Prefect starts
-    from flows.audit import dataset_audit  # Prefect is imported only now: the library never needs it
-
-    run_uri = dataset_audit(config_uri=config_path, dataset_uri=dataset, output_uri=output, evaluate=True, force=force)
-    return open_run(run_uri, config.output.storage_options or None)

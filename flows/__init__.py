@@ -3,6 +3,6 @@
 Importing this package applies the project's Prefect defaults (telemetry off) first.
 """
 
-from flows.settings import apply_offline_defaults
+from counterfactual_lab.flows.settings import apply_offline_defaults
 
 apply_offline_defaults()

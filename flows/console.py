@@ -23,6 +23,10 @@ import os
 import sys
 import warnings
 
+import prefect
+from prefect.logging.handlers import PrefectConsoleHandler
+from tqdm.auto import tqdm
+
 QUIET, VERBOSE, DEBUG = "quiet", "verbose", "debug"
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
@@ -30,7 +34,6 @@ FORMAT = "%(asctime)s | %(levelname)-7s | %(message)s"
 
 
 def _prefect_dir() -> str:
-    import prefect
 
     return os.path.dirname(prefect.__file__)
 
@@ -67,9 +70,7 @@ class ProgressAwareConsoleHandler(logging.Handler):
         if not self.tracebacks and self.is_engine_failure_report(record):
             return
         try:
-            from tqdm.auto import tqdm
-
-            tqdm.write(self.format(record), file=sys.stderr)
+                    tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
 
@@ -79,7 +80,6 @@ def configure_console(verbosity: str = QUIET) -> ProgressAwareConsoleHandler:
 
     Idempotent: a second call replaces the handler the first one installed.
     """
-    from prefect.logging.handlers import PrefectConsoleHandler
 
     level = logging.WARNING if verbosity == QUIET else logging.INFO
     handler = ProgressAwareConsoleHandler(level=level, tracebacks=verbosity == DEBUG)

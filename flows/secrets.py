@@ -4,7 +4,7 @@ The library never imports Prefect, so a ``storage_options_secret`` (in ``output`
 dataset spec) is resolved here: the block's value, a JSON object of fsspec/s3fs options such
 as ``{"key": ..., "secret": ...}``, is merged *under* the inline ``storage_options`` (an inline
 ``endpoint_url`` stays). The resolved options live only in this process's objects: their JSON
-dumps, which are what Prefect stores, are redacted (:mod:`counterfactual_lab.redaction`).
+dumps, which are what Prefect stores, are redacted (:mod:`counterfactual_lab.storage.redaction`).
 
 :func:`mask_secrets_in_logs` also hides every secret value of the run from every log record
 (console and Prefect UI alike), in case a library puts one in a message.
@@ -16,16 +16,17 @@ import json
 import logging
 from typing import Any
 
-from counterfactual_lab.config import AuditConfig
+from prefect.blocks.system import Secret
+
+from counterfactual_lab.config.audit_config import AuditConfig
+from counterfactual_lab.config.dataset_spec import DatasetSpec
 from counterfactual_lab.errors import ConfigError
-from counterfactual_lab.redaction import mask, remember_secrets, secret_values
-from counterfactual_lab.spec import DatasetSpec
+from counterfactual_lab.storage.redaction import mask, remember_secrets, secret_values
 
 
 def load_secret_options(block_name: str, key: str) -> dict[str, Any]:
     """The storage options held by the Prefect Secret block ``block_name`` (``key`` names the
     config key that asked for it, for the error)."""
-    from prefect.blocks.system import Secret
 
     try:
         value = Secret.load(block_name, _sync=True).get()

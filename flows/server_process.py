@@ -31,6 +31,7 @@ def die_with_parent(parent_pid: int) -> None:
     """Arrange for this process to end when ``parent_pid`` does (see the module docstring)."""
     if sys.platform.startswith("linux"):
         try:
+            # Linux only: prctl
             import ctypes
 
             libc = ctypes.CDLL(None, use_errno=True)
@@ -58,6 +59,7 @@ def main(argv: list[str]) -> None:
     die_with_parent(parent_pid)
     os.environ.update(PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
 
+    # here, not at the top: it imports uvicorn
     import uvicorn
 
     uvicorn.run(

@@ -30,7 +30,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
+from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
 from counterfactual_lab.errors import UserError
+from counterfactual_lab.flows.settings import STARTUP_TIMEOUT_SECONDS
 
 HEALTH_POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 10.0
@@ -38,7 +43,6 @@ STOP_GRACE_SECONDS = 10.0
 
 def startup_timeout_seconds() -> float:
     """How long to wait for the server: Prefect's setting (our default applied by ``flows.settings``)."""
-    from flows.settings import STARTUP_TIMEOUT_SECONDS
 
     raw = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(STARTUP_TIMEOUT_SECONDS))
     try:
@@ -72,6 +76,7 @@ class TemporaryPrefectServer:
 
     def start(self) -> str:
         """Start the server and wait until it answers ``/api/health``; returns its API URL."""
+        # here, not at the top: it imports httpx
         import httpx
 
         self.port = _free_port()
@@ -83,7 +88,7 @@ class TemporaryPrefectServer:
         # The child imports `flows` the same way this process did (a source checkout or the install).
         env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")] if p)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "flows.server_process", str(self.port), str(os.getpid())],
+            [sys.executable, "-m", "counterfactual_lab.flows.server_process", str(self.port), str(os.getpid())],
             stdin=subprocess.DEVNULL,
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,
@@ -141,8 +146,6 @@ def prefect_api(say: Callable[[str], None] = lambda message: None) -> Iterator[s
     """The Prefect API to run flows on: ``PREFECT_API_URL`` when set, else a temporary local
     server for the duration of the block (it dies with this process, even on ``kill -9``).
     ``say`` reports the server's start to the user (``cflab`` prints it on stderr)."""
-    import flows  # noqa: F401  (this project's Prefect defaults, before Prefect reads its settings)
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     if get_current_settings().api.url:
         yield get_current_settings().api.url
@@ -163,8 +166,6 @@ def prefect_api(say: Callable[[str], None] = lambda message: None) -> Iterator[s
 def send_pending_logs_and_events(timeout: float = 10.0) -> None:
     """Let Prefect's background workers deliver queued logs and events while the server is
     still up (otherwise they try at exit and print "Error logging to API")."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
 
     for worker in (APILogWorker, EventsWorker):
         with contextlib.suppress(Exception):

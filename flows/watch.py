@@ -9,13 +9,17 @@ the dataset URI (``event.resource.id``) as its ``dataset_uri`` parameter.
 
 from __future__ import annotations
 
-import flows  # noqa: F401  (applies the offline Prefect defaults before Prefect loads)
+# isort: off
+# Loaded by file path as a deployment's entrypoint, so the package's offline Prefect defaults are
+# applied here, before Prefect is imported.
+import counterfactual_lab.flows  # noqa: F401
+# isort: on
 
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 from prefect.events.worker import EventsWorker
 
-from counterfactual_lab.dataset_watch import (
+from counterfactual_lab.ingest.watch import (
     changed_datasets,
     check_output_outside_prefixes,
     record_seen,

@@ -1,7 +1,7 @@
 """The generation cache policy: a batch's cache key is the content keys of its work items.
 
 A work item's ``content_key`` already identifies the pixels it produces (source image
-sha256, change, seed, generator fingerprint; see ``counterfactual_lab/plan.py``), so the
+sha256, change, seed, generator fingerprint; see ``counterfactual_lab/plan/work_items.py``), so the
 policy never hashes images, models or pipelines. The key is::
 
     sha256(json([policy version, task name, [item.content_key, ...], small plain inputs]))
@@ -13,7 +13,7 @@ out of the key, so whatever it changes must already be in the content keys.
 
 Credentials never enter the key: a ``storage_options`` field (of the ``ImageStore``, say) is
 left out whole (options say how to reach the store, ``root_uri`` says which store it is), and
-any other secret-looking key (:func:`counterfactual_lab.redaction.is_secret_key`) is hashed as
+any other secret-looking key (:func:`counterfactual_lab.storage.redaction.is_secret_key`) is hashed as
 a placeholder. Otherwise every credential rotation would invalidate every cached batch, and a
 hash of the secret would sit in the shared key storage under every cache record's name.
 
@@ -23,7 +23,7 @@ Prefect keeps each cache record's metadata in its own small file in ``key_storag
 names our data-only JSON serializer and its result decodes as generation records, so a pickle
 planted in the result storage is refused unread (a cache miss), never unpickled.
 
-With a ``lock_manager`` (``counterfactual_lab.store_lock.StoreLockManager`` on the output
+With a ``lock_manager`` (``counterfactual_lab.storage.locks.StoreLockManager`` on the output
 store) the policy runs at Prefect's ``SERIALIZABLE`` isolation: a batch's task holds the lock
 of its cache key from the lookup to the stored result, so of two audits that reach the same
 batch at once one generates it and the other waits and reads it from the cache.
@@ -40,8 +40,10 @@ from typing import Any
 
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
+from prefect.settings import get_current_settings
 
-from counterfactual_lab.redaction import is_secret_key, redact_text
+from counterfactual_lab.storage.redaction import is_secret_key, redact_text
+from counterfactual_lab.tasks.result_serialization import VerifiedKeyStorage
 
 # Bump when the meaning of a cached result changes (e.g. the result's shape).
 # 2: records stored as data-only JSON (tasks/result_serialization.py), no longer pickled.
@@ -119,7 +121,6 @@ class WorkItemsCachePolicy(CachePolicy):
     def __post_init__(self) -> None:
         # Always keep cache records apart from results, behind the check that refuses any
         # record our serializer did not write.
-        from tasks.result_serialization import VerifiedKeyStorage
 
         self.key_storage = VerifiedKeyStorage.wrapping(
             self.key_storage if self.key_storage is not None else default_key_storage()
@@ -159,7 +160,6 @@ class WorkItemsCachePolicy(CachePolicy):
 
 def default_key_storage() -> Path:
     """Cache records next to Prefect's local result storage: ``<results path>/cache-keys``."""
-    from prefect.settings import get_current_settings
 
     return Path(get_current_settings().results.local_storage_path).expanduser() / "cache-keys"
 

@@ -6,22 +6,23 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from counterfactual_lab.auditees import load_auditee
-from counterfactual_lab.auditees.kinds import CONTRASTIVE
-from counterfactual_lab.config import AuditModelConfig
+from counterfactual_lab.config.audit_config import AuditSection
+from counterfactual_lab.evaluate.auditees import load_auditee
+from counterfactual_lab.evaluate.auditees.kinds import CONTRASTIVE
 from counterfactual_lab.metrics import compute_metrics
+from counterfactual_lab.metrics.generative_table import generative_run_metrics
 from counterfactual_lab.metrics.strata import design_stratum
-from counterfactual_lab.storage import ImageStore
-from tasks.retry import RETRY_OPTIONS
+from counterfactual_lab.storage.files import ImageStore
+from counterfactual_lab.tasks.retry import RETRY_OPTIONS
 
 
 # Nothing stored (frames would be pickled; a stored pickle is code, see tasks/result_serialization.py).
 @task(name="evaluate-batch", tags=["gpu"], cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)
 def evaluate_batch(
-    images: pl.DataFrame, audit: AuditModelConfig, store: ImageStore, device: str = "auto"
+    images: pl.DataFrame, audit: AuditSection, store: ImageStore, device: str = "auto"
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(predictions, retrieval scores) of the contrastive model under audit for one chunk of images,
-    through its auditee adapter (``counterfactual_lab.auditees.contrastive``: the same ``predict`` and
+    through its auditee adapter (``counterfactual_lab.evaluate.auditees.contrastive``: the same ``predict`` and
     ``retrieval_scores`` with the process-wide embedder), so both kinds of model go through one interface."""
     answers = load_auditee(audit, device, kind=CONTRASTIVE).answer(images, store.load)
     return answers.predictions, answers.retrieval
@@ -32,7 +33,7 @@ def compute_fairness_metrics(
     predictions: pl.DataFrame,
     retrieval: pl.DataFrame,
     counterfactuals: pl.DataFrame,
-    audit: AuditModelConfig,
+    audit: AuditSection,
     attribute_values: dict[str, list[str]] | None = None,
     reconstruction: bool | None = None,
     evaluate_only: bool = False,
@@ -47,7 +48,7 @@ def compute_fairness_metrics(
 # Answers live in the output store's answer cache (JSON), so nothing is stored by Prefect here.
 @task(name="evaluate-auditee-batch", tags=["gpu"], cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)
 def evaluate_auditee_batch(
-    images: pl.DataFrame, audit: AuditModelConfig, store: ImageStore, device: str = "auto", *,
+    images: pl.DataFrame, audit: AuditSection, store: ImageStore, device: str = "auto", *,
     kind: str, model_key: str, toxicity_key: str | None = None,
 ):
     """Every configured probe of a generative model under audit on one chunk of the pool
@@ -65,16 +66,15 @@ def compute_auditee_metrics(
     probes: pl.DataFrame,
     generations: pl.DataFrame,
     counterfactuals: pl.DataFrame,
-    audit: AuditModelConfig,
+    audit: AuditSection,
     lexicon_names: list[str],
     attribute_values: dict[str, list[str]] | None = None,
     reconstruction: bool | None = None,
     evaluate_only: bool = False,
 ) -> pl.DataFrame:
     """The metrics table of a generative model under audit: the choice probe's shared rows and the
-    probe gaps, one family-wise m over both (``counterfactual_lab.auditees.run_metrics``); the
+    probe gaps, one family-wise m over both (``counterfactual_lab.metrics.generative_table``); the
     design as :func:`compute_fairness_metrics` takes it."""
-    from counterfactual_lab.auditees.run_metrics import generative_run_metrics
 
     design = None if reconstruction is None else design_stratum(reconstruction, evaluate_only)
     return generative_run_metrics(predictions, probes, generations, counterfactuals, audit, lexicon_names,

@@ -11,14 +11,15 @@ from typing import Any
 
 from prefect import task
 
-from counterfactual_lab.config import GenerationConfig
-from counterfactual_lab.generation import GenerationRecord, generate_batch
-from counterfactual_lab.plan import WorkItem
-from counterfactual_lab.storage import ImageStore, join
-from counterfactual_lab.store_lock import StoreLockManager
-from tasks.cache import WorkItemsCachePolicy, generation_cache_policy
-from tasks.result_serialization import GenerationRecordsSerializer
-from tasks.retry import RETRY_OPTIONS
+from counterfactual_lab.config.audit_config import GenerationSection
+from counterfactual_lab.generation.batch import generate_batch
+from counterfactual_lab.generation.records import GenerationRecord
+from counterfactual_lab.plan.work_items import WorkItem
+from counterfactual_lab.storage.files import ImageStore, join
+from counterfactual_lab.storage.locks import StoreLockManager
+from counterfactual_lab.tasks.cache import WorkItemsCachePolicy, generation_cache_policy
+from counterfactual_lab.tasks.result_serialization import GenerationRecordsSerializer
+from counterfactual_lab.tasks.retry import RETRY_OPTIONS
 
 # Lock files of in-flight batches, beside the images they guard (shared by every run under OUT).
 LOCKS_FOLDER = ".locks"
@@ -34,7 +35,7 @@ LOCKS_FOLDER = ".locks"
     **RETRY_OPTIONS,
 )
 def generate_counterfactual_batch(
-    items: list[WorkItem], generation: GenerationConfig, store: ImageStore, device: str = "auto"
+    items: list[WorkItem], generation: GenerationSection, store: ImageStore, device: str = "auto"
 ) -> list[GenerationRecord]:
     """Generate (or find in the store) every item of one batch; returns small records with URIs."""
     return generate_batch(items, generation, store, device=device)

@@ -6,18 +6,18 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from counterfactual_lab.config import JudgeConfig
-from counterfactual_lab.embeddings import ClipEmbedder
-from counterfactual_lab.judge import judge_candidates
-from counterfactual_lab.storage import ImageStore
-from tasks.retry import RETRY_OPTIONS
+from counterfactual_lab.config.audit_config import JudgeSection
+from counterfactual_lab.judge.edits import judge_candidates
+from counterfactual_lab.models.clip import ClipEmbedder
+from counterfactual_lab.storage.files import ImageStore
+from counterfactual_lab.tasks.retry import RETRY_OPTIONS
 
 
 # Nothing stored: a frame result would be pickled, and a stored pickle is code (see
 # tasks/result_serialization.py). Judging again is cheap next to generating.
 @task(name="judge-counterfactuals", tags=["gpu"], cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)
 def judge_counterfactuals(
-    candidates: pl.DataFrame, judge: JudgeConfig, store: ImageStore, *, keep_per_target: int,
+    candidates: pl.DataFrame, judge: JudgeSection, store: ImageStore, *, keep_per_target: int,
     vocabulary: dict[str, list[str]], device: str = "auto",
 ) -> pl.DataFrame:
     embedder = ClipEmbedder.load(judge.model, judge.revision, device)

@@ -32,6 +32,7 @@ What this module does instead:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -40,12 +41,15 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pydantic import Field
+from prefect import get_run_logger
+from prefect.context import TaskRunContext
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
 from prefect.serializers import Serializer
+from pydantic import Field
 
 from counterfactual_lab.errors import UntrustedResultError
-from counterfactual_lab.generation.batch import GenerationRecord
+from counterfactual_lab.generation.records import GenerationRecord
+from counterfactual_lab.storage.files import storage_options_for
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +69,6 @@ _VERIFIED_GUARD = threading.Lock()
 
 class StoredTaskError(RuntimeError):
     """A task failure read back from result storage: its type name and message, as data."""
-
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a finite number")
@@ -158,8 +161,6 @@ def _as_block(storage: WritableFileSystem | str | Path) -> WritableFileSystem:
         return storage
     text = str(storage)
     if "://" in text and not text.startswith("file://"):
-        from counterfactual_lab.storage import storage_options_for
-
         return RemoteFileSystem(basepath=text, settings=storage_options_for(text))
     return LocalFileSystem(basepath=str(Path(text.removeprefix("file://")).expanduser()))
 
@@ -201,7 +202,6 @@ class VerifiedKeyStorage(WritableFileSystem):
         return data
 
     async def aread_path(self, path: str) -> bytes:
-        import asyncio
 
         return await asyncio.to_thread(self.read_path, path)
 
@@ -209,13 +209,11 @@ class VerifiedKeyStorage(WritableFileSystem):
         return _call_block(self.inner, "write_path", path, content)
 
     async def awrite_path(self, path: str, content: bytes) -> str:
-        import asyncio
 
         return await asyncio.to_thread(self.write_path, path, content)
 
     def _check_result(self, storage_key: str, record: bytes) -> None:
         """Decode the result ``storage_key`` from the running task's result storage (if any)."""
-        from prefect.context import TaskRunContext
 
         context = TaskRunContext.get()
         storage = getattr(getattr(context, "result_store", None), "result_storage", None)
@@ -247,8 +245,6 @@ class VerifiedKeyStorage(WritableFileSystem):
 def _warn(message: str) -> None:
     """Warn in the task run's log when there is one (the Prefect UI shows it), else in ours."""
     try:
-        from prefect import get_run_logger
-
-        get_run_logger().warning(message)
+            get_run_logger().warning(message)
     except Exception:  # noqa: BLE001 - no run context
         log.warning(message)

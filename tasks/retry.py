@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect.tasks import exponential_backoff
 
-from counterfactual_lab.storage import is_transient
+from counterfactual_lab.storage.files import is_transient
 
 RETRIES = 3
 RETRY_DELAY_SECONDS = exponential_backoff(backoff_factor=2)

@@ -25,11 +25,14 @@ import os
 from typing import Any
 from urllib.parse import urlparse
 
+from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import quote
 
-from counterfactual_lab.config import RuntimeConfig
+from counterfactual_lab.config.audit_config import AuditConfig, RuntimeSection
 from counterfactual_lab.errors import ConfigError
+from counterfactual_lab.models.devices import resolve_device
 
 
 class picklable_quote(quote):
@@ -97,7 +100,6 @@ def check_ray_prefect_api(ray_address: str | None, api_url: str | None) -> str:
 
 def current_prefect_api_url() -> str | None:
     """The API URL Prefect uses now (environment, profile or temporary settings)."""
-    from prefect.settings import PREFECT_API_URL
 
     return PREFECT_API_URL.value()
 
@@ -105,7 +107,7 @@ def current_prefect_api_url() -> str | None:
 GPU_TAG = "gpu"
 
 
-def _requests_gpus(runtime: RuntimeConfig) -> bool | None:
+def _requests_gpus(runtime: RuntimeSection) -> bool | None:
     """True: GPU work asks Ray for GPUs; False: never; None: only if the cluster has GPUs."""
     if runtime.device == "cuda":
         # Asked for explicitly: request even when the cluster shows none yet, so an
@@ -127,7 +129,10 @@ def require_ray_extra() -> None:
 
 def _ray_runner_class():
     require_ray_extra()
+    # here, not at the top: it imports prefect_ray
     from prefect_ray import RayTaskRunner
+
+    # here, not at the top: it imports prefect_ray
     from prefect_ray.context import RemoteOptionsContext, remote_options
 
     class GpuRayTaskRunner(RayTaskRunner):
@@ -175,7 +180,7 @@ def _ray_runner_class():
     return GpuRayTaskRunner
 
 
-def make_task_runner(runtime: RuntimeConfig, gpus_per_task: float = 1.0) -> TaskRunner[Any]:
+def make_task_runner(runtime: RuntimeSection, gpus_per_task: float = 1.0) -> TaskRunner[Any]:
     """The task runner ``runtime`` asks for, with its worker cap.
 
     On Ray, tasks tagged ``gpu`` (generation, judge, evaluation batches) ask for
@@ -201,8 +206,32 @@ def make_task_runner(runtime: RuntimeConfig, gpus_per_task: float = 1.0) -> Task
     raise ConfigError(f"runtime.task_runner must be 'threads' or 'ray', got {runtime.task_runner!r}")
 
 
+def with_runtime_retries(task: Any, config: AuditConfig) -> Any:
+    """``task`` with the config's retry count and backoff base (``runtime.retries``,
+    ``runtime.retry_delay_seconds``); the transient-only condition and jitter stay.
+
+    A ``gpu``-tagged task keeps its tag only where an accelerator may be used (a CUDA or MPS
+    device, or Ray, whose runner asks for GPUs by the tag): there the tag's concurrency limit
+    caps GPU work across flow runs. A CPU run on threads has no GPU to share, and each tagged
+    task run costs 15–40 ms of concurrency-slot bookkeeping on 2 cores (bench/scale.py), so it drops it.
+    """
+    runtime = config.runtime
+    options: dict[str, Any] = {
+        "retries": runtime.retries,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=runtime.retry_delay_seconds),
+    }
+    if GPU_TAG in task.tags and not _may_use_accelerator(config):
+        options["tags"] = set(task.tags) - {GPU_TAG}
+    return task.with_options(**options)
+
+
+def _may_use_accelerator(config: AuditConfig) -> bool:
+    return config.runtime.task_runner == "ray" or resolve_device(config.runtime.device) != "cpu"
+
+
 def cluster_gpus() -> float:
     """GPUs the connected Ray cluster reports (0 when Ray is not running)."""
+    # here, not at the top: it imports ray
     import ray
 
     if not ray.is_initialized():

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from counterfactual_lab.spec import DatasetSpec
-from counterfactual_lab.storage import ImageStore
-from counterfactual_lab.validation import ValidationOutcome, ingest_and_validate, validate_rows
-from tasks.retry import RETRY_OPTIONS
+from counterfactual_lab.config.dataset_spec import DatasetSpec
+from counterfactual_lab.ingest.validation import ValidationOutcome, ingest_and_validate
+from counterfactual_lab.storage.files import ImageStore
+from counterfactual_lab.tasks.retry import RETRY_OPTIONS
 
 
 @task(name="validate-dataset", cache_policy=NO_CACHE, persist_result=False, tags=["io"], **RETRY_OPTIONS)
@@ -21,9 +20,3 @@ def validate_dataset(spec: DatasetSpec, image_store: ImageStore | None = None, b
     an unreadable dataset fails at once.
     """
     return ingest_and_validate(spec, image_store=image_store, batch_rows=batch_rows)
-
-
-@task(name="validate-rows", cache_policy=NO_CACHE, persist_result=False)
-def validate_ingested(spec: DatasetSpec, rows: pl.DataFrame) -> ValidationOutcome:
-    """Validate the frame ``tasks.ingest.ingest_dataset`` returned (two-step form of ``validate_dataset``)."""
-    return validate_rows(spec, rows)

@@ -88,7 +88,8 @@ def s3_bucket(s3_endpoint):
 def tiny_models(tmp_path_factory):
     """The tiny random-weight models (instruct-pix2pix, img2img, ledits, clip, and the generative
     audit's vlm and toxicity), built once."""
-    from counterfactual_lab.tiny_models import AUDITEE_MODEL_NAMES, TINY_MODEL_NAMES, build_tiny_models
+    from counterfactual_lab.demo.tiny_auditees import AUDITEE_MODEL_NAMES
+    from counterfactual_lab.demo.tiny_models import TINY_MODEL_NAMES, build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"), names=TINY_MODEL_NAMES + AUDITEE_MODEL_NAMES)
 
@@ -96,7 +97,7 @@ def tiny_models(tmp_path_factory):
 @pytest.fixture(scope="session")
 def generator_models(tiny_models):
     """The tiny text2image, inpaint and clipseg models, beside the session's ``tiny_models``."""
-    from counterfactual_lab.tiny_models import GENERATOR_MODEL_NAMES, build_tiny_models
+    from counterfactual_lab.demo.tiny_models import GENERATOR_MODEL_NAMES, build_tiny_models
 
     return build_tiny_models(next(iter(tiny_models.values())).parent, names=GENERATOR_MODEL_NAMES)
 
@@ -104,7 +105,7 @@ def generator_models(tiny_models):
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory):
     """A small deterministic sample dataset (Hugging Face image layout), one Parquet file."""
-    from counterfactual_lab.sample_dataset import write_sample_dataset
+    from counterfactual_lab.demo.sample_dataset import write_sample_dataset
 
     root = tmp_path_factory.mktemp("sample-dataset")
     write_sample_dataset(root, rows=24, seed=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import json
 import re
 import tomllib
@@ -86,7 +88,7 @@ def test_every_dockerfile_install_is_pinned_by_the_constraints_file():
 def test_cflab_command_points_at_an_existing_function():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, function = scripts["cflab"].partition(":")
-    source = REPO / (module.replace(".", "/") + ".py")
+    source = Path(importlib.util.find_spec(module).origin)  # flows/ is installed as counterfactual_lab.flows
     assert source.is_file(), f"cflab -> {module}, but {source} does not exist"
     assert re.search(rf"^def {function}\(", source.read_text(), re.M), f"{source} defines no {function}()"
 
@@ -258,7 +260,7 @@ def all_images() -> dict[str, list[str]]:
 def compose_problems(services: dict) -> list[str]:
     """What lets someone in: a server without auth, a client without it, a literal secret, a port
     published beyond the loopback."""
-    from counterfactual_lab.redaction import is_secret_key
+    from counterfactual_lab.storage.redaction import is_secret_key
 
     problems = []
     server_env = services["prefect-server"].get("environment", {})

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from counterfactual_lab.cli import build_parser
+from counterfactual_lab.flows.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -135,7 +135,7 @@ def test_the_torch_note_speaks_to_an_outside_user():
 
 
 def test_exit_codes_match_the_cli():
-    from counterfactual_lab import cli
+    from counterfactual_lab.flows import cli
 
     text = " ".join(section("The `cflab` command").split())
     assert "`1` the data failed a limit you set" in text and "`runtime.max_invalid_fraction` (an audit)" in text

@@ -16,7 +16,7 @@ This is what a generation task runs (one task per batch, never one per image). I
   pixel set): that item is recorded ``failed`` with it, the others are stored.
 
 What an editor reads: the source image of each item, unless the method makes images from text
-alone (``SOURCELESS_METHODS``: the editor gets None); the item's mask too when the editor
+alone (its row says ``reads_source=False``: the editor gets None); the item's mask too when the editor
 ``reads_masks`` (``edit(items, sources, masks)``). An editor with ``batch_group(item)`` has the
 items of one group (the members of a text-to-image set) packed into the same call where the
 batch size allows.
@@ -28,74 +28,31 @@ import gc
 import io
 import logging
 import time
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 
+from counterfactual_lab.config.methods import method_facts
 from counterfactual_lab.errors import UserError
-from counterfactual_lab.generation.editors import ImageEditor, make_editor
-from counterfactual_lab.method_params import SOURCELESS_METHODS
-from counterfactual_lab.plan import WorkItem
+from counterfactual_lab.generation.editor import ImageEditor, make_editor
+from counterfactual_lab.generation.records import (
+    CACHED,
+    FAILED,
+    GENERATED,
+    GenerationRecord,
+)
+from counterfactual_lab.plan.work_items import WorkItem, pack
+from counterfactual_lab.storage.files import is_transient
+from counterfactual_lab.storage.regular_files import read_regular_file
 
 if TYPE_CHECKING:  # imported lazily: storage needs fsspec, config needs pydantic (GPU benches lack both)
-    from counterfactual_lab.config import GenerationConfig
-    from counterfactual_lab.storage import ImageStore
+    from counterfactual_lab.config.audit_config import GenerationSection
+    from counterfactual_lab.storage.files import ImageStore
 
 log = logging.getLogger(__name__)
 
-GENERATED, CACHED, FAILED = "generated", "cached", "failed"
 MAX_ERROR_CHARS = 500
-
-
-@dataclass
-class GenerationRecord:
-    """What happened to one work item."""
-
-    content_key: str
-    image_uri: str | None
-    status: str  # "generated" | "cached" | "failed"
-    error: str | None = None
-    oom_halvings: int = 0
-    seconds: float = 0.0  # this item's share of its sub-batch's wall time
-
-    def to_dict(self) -> dict[str, Any]:
-        """The record as JSON-ready data (what a stored generation result holds)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> GenerationRecord:
-        """The record ``data`` describes; ``ValueError`` naming the field unless ``data`` is
-        exactly what :meth:`to_dict` writes (the same keys, each of its type, a known status).
-
-        Stored results are decoded with this alone: it builds nothing but a GenerationRecord.
-        """
-        if not isinstance(data, dict):
-            raise ValueError(f"a generation record must be an object, got {type(data).__name__}")
-        if set(data) != RECORD_FIELDS:
-            unknown, missing = sorted(set(data) - RECORD_FIELDS), sorted(RECORD_FIELDS - set(data))
-            raise ValueError(f"a generation record has fields {sorted(RECORD_FIELDS)}; unknown {unknown}, missing {missing}")
-        for name, kinds in _FIELD_TYPES.items():
-            value = data[name]
-            if isinstance(value, bool) or not isinstance(value, kinds):
-                raise ValueError(f"generation record field {name!r} has type {type(value).__name__}")
-        if data["status"] not in (GENERATED, CACHED, FAILED):
-            raise ValueError(f"generation record status {data['status']!r} is not generated, cached or failed")
-        if data["oom_halvings"] < 0 or not 0.0 <= data["seconds"] < float("inf"):
-            raise ValueError("generation record counts must be finite and not negative")
-        return cls(**data)
-
-
-RECORD_FIELDS = frozenset(("content_key", "image_uri", "status", "error", "oom_halvings", "seconds"))
-_FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "content_key": (str,),
-    "image_uri": (str, type(None)),
-    "status": (str,),
-    "error": (str, type(None)),
-    "oom_halvings": (int,),
-    "seconds": (int, float),
-}
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -124,14 +81,15 @@ def load_source(item: WorkItem, store: ImageStore) -> Image.Image:
     if uri == store.uri(item.source_key):
         return store.get(item.source_key)
     if "://" not in uri:  # a local path: a regular file only (a FIFO there would block the batch)
-        from counterfactual_lab.regular_files import read_regular_file
-        from counterfactual_lab.spec import MAX_IMAGE_BYTES
+        # here, not at the top: a GPU bench box may lack pydantic
+        from counterfactual_lab.config.dataset_spec import MAX_IMAGE_BYTES
 
         data, size = read_regular_file(uri, MAX_IMAGE_BYTES)
         if data is None:
             raise ValueError(f"{uri} has {size:,} bytes, over the {MAX_IMAGE_BYTES:,}-byte image limit")
     else:
-        from counterfactual_lab.storage import read_bytes
+        # here, not at the top: a GPU bench box may lack fsspec
+        from counterfactual_lab.storage.files import read_bytes
 
         data = read_bytes(uri, store.storage_options)
     with Image.open(io.BytesIO(data)) as image:
@@ -139,14 +97,13 @@ def load_source(item: WorkItem, store: ImageStore) -> Image.Image:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    from counterfactual_lab.storage import is_transient
 
     return is_transient(exc)
 
 
 def generate_batch(
     items: list[WorkItem],
-    generation: GenerationConfig,
+    generation: GenerationSection,
     store: ImageStore,
     *,
     device: str = "auto",
@@ -168,7 +125,7 @@ def generate_batch(
         ready: list[_Ready] = []
         sources: dict[str, Image.Image] = {}
         masks: dict[str, Image.Image] = {}
-        reads_source = generation.method not in SOURCELESS_METHODS
+        reads_source = method_facts(generation.method).reads_source
         for item in pending:
             try:
                 if reads_source and item.source_image_uri not in sources:
@@ -208,33 +165,6 @@ def _edit(editor: ImageEditor, part: list[_Ready]) -> list[Any]:
     if getattr(editor, "reads_masks", False):
         return editor.edit(items, sources, [mask for _, _, mask in part])  # type: ignore[call-arg]
     return editor.edit(items, sources)
-
-
-def pack(entries: list[Any], size: int, group_of: Any = None, *, split_groups: bool = True) -> list[list[Any]]:
-    """Consecutive parts of at most ``size`` entries; with ``group_of(entry)``, whole groups are kept
-    together where they fit. A group larger than ``size`` is split into parts of ``size``, or with
-    ``split_groups=False`` is a part of its own."""
-    if group_of is None:
-        return [entries[i : i + size] for i in range(0, len(entries), size)]
-    groups: dict[Any, list[Any]] = {}
-    for entry in entries:
-        groups.setdefault(group_of(entry), []).append(entry)
-    parts: list[list[Any]] = []
-    current: list[Any] = []
-    for members in groups.values():
-        if len(current) + len(members) > size and current:
-            parts.append(current)
-            current = []
-        if len(members) > size:
-            if split_groups:
-                parts.extend(members[i : i + size] for i in range(0, len(members), size))
-            else:
-                parts.append(members)
-            continue
-        current.extend(members)
-    if current:
-        parts.append(current)
-    return parts
 
 
 def _run_all(ready: list[_Ready], batch_size: int, editor: ImageEditor, store: ImageStore) -> dict[str, GenerationRecord]:

@@ -2,17 +2,17 @@
 
 ``StableDiffusionInpaintPipeline`` (an inpainting checkpoint: a UNet with 9 input channels, noisy
 latents + mask + masked-image latents) repaints the region of the item's mask
-(:mod:`counterfactual_lab.masks`: white = edit) with the item's prompt, the counterfactual
+(:mod:`counterfactual_lab.plan.masks`: white = edit) with the item's prompt, the counterfactual
 caption (a reconstruction gets the unchanged caption, as with ``img2img``). The pipeline works at
 ``generation.resolution`` squared, else at the source's size rounded down to a multiple of 8; its
 output is resized back to the source's own size and composited over the source through the
 binary mask, so a pixel outside the mask equals the source's exactly (maximum difference 0),
 whatever the VAE or the resizing did to it.
 
-``generation.params``: ``mask`` (required, see :mod:`counterfactual_lab.masks`), ``strength``
+``generation.params``: ``mask`` (required, see :mod:`counterfactual_lab.plan.masks`), ``strength``
 (1.0, in (0, 1]: how far the masked region is noised; 1.0 ignores what was there),
 ``negative_prompt`` (none), ``eta`` (0.0). An item whose mask has no pixel set is returned as a
-:class:`~counterfactual_lab.masks.MaskError` in place of its image: it fails alone.
+:class:`~counterfactual_lab.plan.masks.MaskError` in place of its image: it fails alone.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from counterfactual_lab.diffusion_loading import pipeline_lock
-from counterfactual_lab.generation.editors import DiffusersEditor, output_size, partial_noise_call
-from counterfactual_lab.masks import MaskError, binary_mask, require_pixels
-from counterfactual_lab.plan import WorkItem
-
-METHOD = "inpaint"
-SIDE_MULTIPLE = 8
+from counterfactual_lab.generation.editor import (
+    DiffusersEditor,
+    output_size,
+    partial_noise_call,
+)
+from counterfactual_lab.models.diffusion import pipeline_lock
+from counterfactual_lab.plan.masks import MaskError, binary_mask, require_pixels
+from counterfactual_lab.plan.work_items import WorkItem
 
 
 def composite(generated: Image.Image, source: Image.Image, mask: Image.Image) -> Image.Image:
@@ -41,8 +42,6 @@ def composite(generated: Image.Image, source: Image.Image, mask: Image.Image) ->
 class InpaintEditor(DiffusersEditor):
     """``edit(items, sources, masks)``: one image per item, at its source's size."""
 
-    method = METHOD
-    reads_masks = True
 
     def edit(self, items: list[WorkItem], sources: list[Image.Image], masks: list[Image.Image | None] | None = None
              ) -> list[Image.Image | MaskError]:
@@ -61,7 +60,7 @@ class InpaintEditor(DiffusersEditor):
             except MaskError as exc:
                 results[index] = exc
                 continue
-            size = output_size(source, self.generation.resolution, SIDE_MULTIPLE)
+            size = output_size(source, self.generation.resolution, self.facts.side_multiple)
             working_image = source if source.size == size else source.resize(size, Image.Resampling.BICUBIC)
             working_mask = full if full.size == size else full.resize(size, Image.Resampling.NEAREST)
             prepared[index] = (source, full, working_image, working_mask)

@@ -1,6 +1,6 @@
 """The ``text2image-sets`` editor: every member of a counterfactual set from the same noise.
 
-A work item of this method is one member of a set (:mod:`counterfactual_lab.text2image_sets`):
+A work item of this method is one member of a set (:mod:`counterfactual_lab.generation.text2image_sets`):
 ``counterfactual_caption`` is the member's prompt, ``caption`` the set's reference prompt (its
 first member's), ``seed`` the set's seed. ``StableDiffusionPipeline`` makes each image from text
 alone (no source image is read), with
@@ -27,12 +27,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from counterfactual_lab.diffusion_loading import pipeline_lock
-from counterfactual_lab.generation.attention_sharing import AttentionSharing, SharedRow, token_alignment
-from counterfactual_lab.generation.editors import DiffusersEditor
-from counterfactual_lab.plan import WorkItem
-
-METHOD = "text2image-sets"
+from counterfactual_lab.generation.attention_sharing import (
+    AttentionSharing,
+    SharedRow,
+    token_alignment,
+)
+from counterfactual_lab.generation.editor import DiffusersEditor
+from counterfactual_lab.models.diffusion import pipeline_lock
+from counterfactual_lab.plan.work_items import WorkItem
 
 
 def initial_latents(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -49,8 +51,6 @@ def is_reference(item: WorkItem) -> bool:
 class TextToImageSetsEditor(DiffusersEditor):
     """``edit(items, sources)``: ``sources`` are ignored (None); one image per member item."""
 
-    method = METHOD
-    reads_source = False
 
     def batch_group(self, item: WorkItem) -> str:
         """Members of one set are packed into one pipeline call where the batch size allows."""

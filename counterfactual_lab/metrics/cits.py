@@ -28,9 +28,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from counterfactual_lab.judge import directional_similarity, image_similarity, text_similarity
+from counterfactual_lab.judge.scores import (
+    directional_similarity,
+    image_similarity,
+    text_similarity,
+)
 from counterfactual_lab.metrics.intervals import IntervalSettings, mean_estimate
-from counterfactual_lab.metrics.schema import UNKNOWN_GROUP, VARIANT_COUNTERFACTUAL, metric_row
+from counterfactual_lab.metrics.schema import UNKNOWN_GROUP, metric_row
+from counterfactual_lab.plan.work_items import VARIANT_COUNTERFACTUAL
 
 CITS = "cits"
 

@@ -14,7 +14,7 @@ source; the flip rate is a proportion (Wilson at the number of sources when 0/P 
 resting on fewer than ``audit.min_group_size`` source images keep their value but get no interval.
 
 Which of them a difference can be called on, and against what (:data:`CALLED_AGAINST_CONTROL`,
-:data:`NO_EFFECT`, read by :mod:`counterfactual_lab.findings`), and how many such comparisons a
+:data:`NO_EFFECT`, read by :mod:`counterfactual_lab.metrics.findings`), and how many such comparisons a
 run makes (:func:`count_comparisons`: the m of the family-wise interval, known from the pairs
 before any resample is drawn) are defined here too.
 """
@@ -27,9 +27,19 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from counterfactual_lab.evaluate import score_column
-from counterfactual_lab.metrics.intervals import IntervalSettings, at_the_edge, mean_estimates
-from counterfactual_lab.metrics.schema import CONTROL_PREFIX, STRATUM_GENERATED, STRATUM_OBSERVATIONAL, Estimate, metric_row
+from counterfactual_lab.evaluate.pool import score_column
+from counterfactual_lab.metrics.intervals import (
+    IntervalSettings,
+    at_the_edge,
+    mean_estimates,
+)
+from counterfactual_lab.metrics.schema import (
+    CONTROL_PREFIX,
+    STRATUM_GENERATED,
+    STRATUM_OBSERVATIONAL,
+    Estimate,
+    metric_row,
+)
 
 FLIP_RATE = "flip_rate"
 PROB_GAP_ABS = "prob_gap_abs"

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from counterfactual_lab.config import MAX_BOOTSTRAP_SAMPLES
+from counterfactual_lab.config.audit_config import MAX_BOOTSTRAP_SAMPLES
 from counterfactual_lab.metrics.schema import Estimate
 
 DEFAULT_SEED = 0
@@ -81,7 +81,7 @@ class IntervalSettings:
 
     @classmethod
     def from_audit(cls, audit: Any) -> "IntervalSettings":
-        """From an :class:`~counterfactual_lab.config.AuditModelConfig`."""
+        """From an :class:`~counterfactual_lab.config.audit_config.AuditSection`."""
         return cls(audit.bootstrap_samples, audit.confidence, getattr(audit, "bootstrap_seed", DEFAULT_SEED))
 
     @property

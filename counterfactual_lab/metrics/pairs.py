@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import polars as pl
 
-from counterfactual_lab.evaluate import score_column
+from counterfactual_lab.evaluate.pool import score_column
 from counterfactual_lab.metrics.schema import (
     STRATUM_EVALUATE_ONLY,
     STRATUM_GENERATED,
     STRATUM_REAL_VS_GENERATED,
     UNKNOWN_GROUP,
+)
+from counterfactual_lab.plan.work_items import (
     VARIANT_COUNTERFACTUAL,
     VARIANT_ORIGINAL,
     VARIANT_RECONSTRUCTION,

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from counterfactual_lab.metrics.group_fairness import METHOD_PAIRWISE_LOG_RATIO, METHOD_PAIRWISE_SPREAD
+from counterfactual_lab.metrics.group_fairness import (
+    METHOD_PAIRWISE_LOG_RATIO,
+    METHOD_PAIRWISE_SPREAD,
+)
 from counterfactual_lab.metrics.intervals import (
     MAX_RESAMPLES,
     METHOD_CLUSTER_PERCENTILE,
@@ -26,7 +29,7 @@ CITS_DEFINITION = "harmonic mean of max(0, cos(I1,T1)), max(0, cos(I1-I0,T1-T0))
 
 
 def metric_parameters(audit_config: Any) -> dict[str, Any]:
-    """JSON-safe metric parameters of an :class:`~counterfactual_lab.config.AuditModelConfig`."""
+    """JSON-safe metric parameters of an :class:`~counterfactual_lab.config.audit_config.AuditSection`."""
     settings = IntervalSettings.from_audit(audit_config)
     return {
         "bootstrap_seed": settings.seed,

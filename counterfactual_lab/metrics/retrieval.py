@@ -35,7 +35,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from counterfactual_lab.metrics.intervals import ClusterBootstrap, IntervalSettings, cluster_codes, percentile_interval
+from counterfactual_lab.metrics.intervals import (
+    ClusterBootstrap,
+    IntervalSettings,
+    cluster_codes,
+    percentile_interval,
+)
 from counterfactual_lab.metrics.schema import Estimate, metric_row
 
 DESIRED_UNIFORM = "uniform"

@@ -19,14 +19,11 @@ accompany a defined value (e.g. the groups left out for being too small).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
 import polars as pl
-
-# predictions.parquet `variant` values (names other tools rely on), defined where the pool is built;
-# re-exported here for the metrics modules.
-from counterfactual_lab.evaluate import VARIANT_COUNTERFACTUAL, VARIANT_ORIGINAL, VARIANT_RECONSTRUCTION  # noqa: F401
 
 _CONTRACT_SCHEMA = {
     "metric": pl.String,
@@ -142,3 +139,18 @@ def metric_row(
 def metrics_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
     """The rows as the metrics table (the empty table keeps its columns)."""
     return pl.DataFrame(rows, schema=METRICS_SCHEMA) if rows else pl.DataFrame(schema=METRICS_SCHEMA)
+
+
+def metric_kind(metric: str) -> str:
+    """``max_skew@10`` -> ``max_skew``; other names are their own kind."""
+    return metric.split("@", 1)[0]
+
+
+def metric_k(metric: str) -> str | None:
+    """``max_skew@10`` -> ``"10"``; None when the name carries no K."""
+    return metric.split("@", 1)[1] if "@" in metric else None
+
+
+def missing(value: Any) -> bool:
+    """Whether a number is absent: None, NaN or infinite."""
+    return value is None or (isinstance(value, float) and not math.isfinite(value))

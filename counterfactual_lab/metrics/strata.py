@@ -26,11 +26,14 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from counterfactual_lab.evaluate.pool import score_column
 from counterfactual_lab.metrics.schema import (
     STRATUM_EVALUATE_ONLY,
-    STRATUM_OBSERVATIONAL,
     STRATUM_GENERATED,
+    STRATUM_OBSERVATIONAL,
     STRATUM_REAL_VS_GENERATED,
+)
+from counterfactual_lab.plan.work_items import (
     VARIANT_COUNTERFACTUAL,
     VARIANT_ORIGINAL,
     VARIANT_RECONSTRUCTION,
@@ -56,7 +59,6 @@ def normalise_predictions(predictions: pl.DataFrame, labels: Sequence[str]) -> p
     A pool written before reconstructions existed lacks ``control``, ``seed`` and ``set_id``:
     they read as not-a-control and null.
     """
-    from counterfactual_lab.evaluate import score_column
 
     missing = [c for c in (*_REQUIRED, *[score_column(label) for label in labels]) if c not in predictions.columns]
     if missing:

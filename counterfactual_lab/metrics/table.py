@@ -1,6 +1,6 @@
 """``metrics.parquet``: every metric of every stratum and attribute, with intervals, n and notes.
 
-:func:`compute_metrics` reads the frames :mod:`counterfactual_lab.evaluate` produces —
+:func:`compute_metrics` reads the frames :mod:`counterfactual_lab.evaluate.pool` produces —
 ``predictions`` (the pool rows with ``score_<label>`` and ``top1``), ``retrieval`` (query, id,
 content_key, score) — and the judge's ``counterfactuals`` (for CITS). Per attribute, in order:
 
@@ -21,7 +21,7 @@ before any resample is drawn; the pair and control rows then carry, beside the i
 replicates with enough resamples for its tails (:mod:`~counterfactual_lab.metrics.intervals`).
 :func:`count_metric_comparisons` gives that m without computing anything else, and
 ``extra_comparisons`` adds the comparisons the same run calls in other rows (a generative model's
-probe gaps: :mod:`counterfactual_lab.auditees.run_metrics`), so one family spans both tables.
+probe gaps: :mod:`counterfactual_lab.metrics.generative_table`), so one family spans both tables.
 
 The desired distribution of retrieval is uniform over the attribute's values
 (``attribute_values``, the config's ``attributes``; without it, the groups present) in the
@@ -38,8 +38,13 @@ from typing import Any
 
 import polars as pl
 
+from counterfactual_lab.evaluate.pool import POOL_SCHEMA, score_column
 from counterfactual_lab.metrics.cits import cits_rows
-from counterfactual_lab.metrics.counterfactual_fairness import control_metric_rows, count_comparisons, pair_metric_rows
+from counterfactual_lab.metrics.counterfactual_fairness import (
+    control_metric_rows,
+    count_comparisons,
+    pair_metric_rows,
+)
 from counterfactual_lab.metrics.group_fairness import group_fairness_rows
 from counterfactual_lab.metrics.intervals import IntervalSettings
 from counterfactual_lab.metrics.pairs import PAIRS_BY_DESIGN, control_pairs
@@ -49,7 +54,6 @@ from counterfactual_lab.metrics.schema import (
     STRATUM_GENERATED,
     STRATUM_OBSERVATIONAL,
     STRATUM_REAL_VS_GENERATED,
-    VARIANT_RECONSTRUCTION,
     metrics_frame,
 )
 from counterfactual_lab.metrics.strata import (
@@ -60,6 +64,7 @@ from counterfactual_lab.metrics.strata import (
     observational_pool,
     restrict_groups,
 )
+from counterfactual_lab.plan.work_items import VARIANT_RECONSTRUCTION
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +137,6 @@ def no_pairs_note(design: str, attribute: str, counterfactuals: pl.DataFrame) ->
 
 def _empty_predictions(labels: Sequence[str]) -> pl.DataFrame:
     """A predictions frame without rows (nothing was evaluated), with every column the metrics read."""
-    from counterfactual_lab.evaluate import POOL_SCHEMA, score_column
 
     return pl.DataFrame(schema={**POOL_SCHEMA, **{score_column(label): pl.Float64 for label in labels}, "top1": pl.String})
 
@@ -198,7 +202,7 @@ def compute_metrics(
 ) -> pl.DataFrame:
     """The metrics table (:data:`~counterfactual_lab.metrics.schema.METRICS_SCHEMA`) of one run.
 
-    ``audit`` is the :class:`~counterfactual_lab.config.AuditModelConfig` (labels, queries,
+    ``audit`` is the :class:`~counterfactual_lab.config.audit_config.AuditSection` (labels, queries,
     top_k, min_group_size, bootstrap settings); ``attribute_values`` maps each attribute to
     the values the config lists for it (the uniform desired distribution of retrieval, and
     the groups of the balanced generated sets); every attribute in it gets its comparison rows.
@@ -206,7 +210,7 @@ def compute_metrics(
     (:func:`~counterfactual_lab.metrics.strata.design_stratum`); None reads it from the pool,
     which cannot tell a run whose judge dropped every set from one that generated nothing.
     ``extra_comparisons``: comparisons the same run calls outside this table (a generative
-    model's probe gaps, :mod:`counterfactual_lab.auditees.run_metrics`); the family-wise level
+    model's probe gaps, :mod:`counterfactual_lab.metrics.generative_table`); the family-wise level
     is over m = this table's own (:func:`count_metric_comparisons`) + these.
     """
     if extra_comparisons < 0:

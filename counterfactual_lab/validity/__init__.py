@@ -7,8 +7,8 @@ checked against that truth (``bench/validity.py``):
 * :mod:`~counterfactual_lab.validity.world`: image-text rows whose protected attribute
   (gender) is a visible, rendered feature (a coloured badge stripe at a fixed place) on a
   varied scene, written as an ordinary Parquet dataset;
-* :mod:`~counterfactual_lab.validity.editor`: :class:`ValidationEditor`, generation method
-  ``validation``: it changes exactly that feature and, like a real generator, leaves an
+* :mod:`counterfactual_lab.generation.planted`: :class:`PlantedWorldEditor`, generation method
+  ``planted-world`` (a method like the others, in the production code): it changes exactly that feature and, like a real generator, leaves an
   artifact (blur, a colour cast and noise seeded per source and seed) on every image it
   outputs, reconstructions included;
 * :mod:`~counterfactual_lab.validity.models`: two CLIP models under audit whose weights are
@@ -17,11 +17,4 @@ checked against that truth (``bench/validity.py``):
   amount when the feature changes;
 * :mod:`~counterfactual_lab.validity.audit_config`: the audit config that runs a world
   through the normal flow.
-
-Imports stay light here (no torch, no transformers): the editor module is loaded by the
-generation registry.
 """
-
-from counterfactual_lab.validity.editor import ValidationEditor
-
-__all__ = ["ValidationEditor"]

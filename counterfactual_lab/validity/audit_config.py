@@ -3,8 +3,8 @@
 Everything is the ordinary pipeline except three choices, each because the world makes the
 step moot rather than to help the audit:
 
-* ``generation.method: validation``, one seed per target (the editor is exact; the seed only
-  changes the artifact), ``model`` ignored by that method (written as ``validation``);
+* ``generation.method: planted-world``, one seed per target (the editor is exact; the seed only
+  changes the artifact), ``model`` ignored by that method (written as ``planted-world``);
 * the judge keeps every candidate (thresholds −1, no attribute check): the editor's edits
   are exact by construction, so the bench measures the audit's statistics, not the judge.
   The judge model is the fair world model (any CLIP-family model would do);
@@ -19,8 +19,12 @@ from typing import Any
 
 import yaml
 
+from counterfactual_lab.generation.planted import ATTRIBUTE, FEATURE_COLOURS
 from counterfactual_lab.validity.models import DEFAULT_PROMPT
-from counterfactual_lab.validity.world import ATTRIBUTE, FEATURE_COLOURS, LABELS
+from counterfactual_lab.validity.world import LABELS
+
+# The planted-bias world's editor (counterfactual_lab/generation/planted.py), by its row's name.
+PLANTED_METHOD = "planted-world"
 
 
 def world_audit_config(
@@ -42,7 +46,7 @@ def world_audit_config(
     base that does not have it yet.
     """
     generation: dict[str, Any] = {
-        "method": "validation", "model": "validation", "seed": 0, "seeds_per_target": 1,
+        "method": PLANTED_METHOD, "model": PLANTED_METHOD, "seed": 0, "seeds_per_target": 1,
         "keep_per_target": 1, "batch_size": batch_size, "params": {},
     }
     if reconstruction is not None:

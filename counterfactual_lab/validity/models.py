@@ -3,7 +3,7 @@
 Nothing is trained. Every weight is written by hand so that the model computes a known
 function of the world's pixels, then the model is saved with ``save_pretrained``
 (safetensors) and loaded back through the same code path as any audited model
-(:meth:`counterfactual_lab.embeddings.ClipEmbedder.load`: ``AutoModel`` + ``AutoProcessor``).
+(:meth:`counterfactual_lab.models.clip.ClipEmbedder.load`: ``AutoModel`` + ``AutoProcessor``).
 
 What the image tower reads (pixel values p in 0..255, means over an 8×8 patch):
 
@@ -55,9 +55,12 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from counterfactual_lab.validity.world import IMAGE_SIZE, LABELS, PATCH_SIZE, feature_box
+from counterfactual_lab.demo.tiny_parts import build_tiny_tokenizer
+from counterfactual_lab.generation.planted import feature_box
+from counterfactual_lab.validity.world import IMAGE_SIZE, LABELS, PATCH_SIZE
 
 VISION_HIDDEN = 16
 TEXT_HIDDEN = 8
@@ -101,7 +104,6 @@ BIASED = WorldModelSpec(BIASED_NAME, badge_logit=BIASED_BADGE_LOGIT)
 def readings(pixels) -> tuple[float, float, float]:
     """(tint, sharpness, badge) of one (H, W, 3) uint8 world image, computed in numpy: the three
     numbers the image tower is built to read (the reference the tests hold the models to)."""
-    import numpy as np
 
     p = np.asarray(pixels, dtype=np.float64) / 255.0
     band = feature_box(p.shape[1], p.shape[0]).band_height
@@ -128,10 +130,10 @@ def _mirror(tensor: torch.Tensor, channel: int, value) -> None:
 
 
 def build_tokenizer_and_processor(directory: Path):
-    """The offline CLIP tokenizer (``tiny_models``) and a 48 px image processor, saved in ``directory``."""
+    """The offline CLIP tokenizer (``demo/tiny_parts.py``) and a 48 px image processor, saved in ``directory``."""
+    # here, not at the top: it imports transformers
     from transformers import CLIPImageProcessor, CLIPProcessor
 
-    from counterfactual_lab.tiny_models import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer(directory)
     image_processor = CLIPImageProcessor(
@@ -142,6 +144,7 @@ def build_tokenizer_and_processor(directory: Path):
 
 
 def _config(tokenizer):
+    # here, not at the top: it imports transformers
     from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
     text = CLIPTextConfig(
@@ -261,6 +264,7 @@ def _set_text(model, spec: WorldModelSpec, tokenizer) -> None:
 def make_world_model(spec: WorldModelSpec, directory: str | Path):
     """The world model ``spec`` in memory: ``(CLIPModel, CLIPProcessor)``; the tokenizer files are
     written to ``directory`` (the offline tokenizer is built from files)."""
+    # here, not at the top: it imports transformers
     from transformers import CLIPModel
 
     tokenizer, processor = build_tokenizer_and_processor(Path(directory))

@@ -24,9 +24,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from counterfactual_lab.validity.editor import PARAMS, apply_artifact
+from counterfactual_lab.config.methods import METHODS
+from counterfactual_lab.generation.planted import (
+    ATTRIBUTE,
+    apply_artifact,
+    paint_feature,
+)
+from counterfactual_lab.validity.audit_config import PLANTED_METHOD
 from counterfactual_lab.validity.models import DEFAULT_PROMPT
-from counterfactual_lab.validity.world import ATTRIBUTE, LABELS, paint_feature, png_bytes, world_row
+from counterfactual_lab.validity.world import LABELS, png_bytes, world_row
 
 TRUTH_WORLD_SEED = 1_000_000  # bench worlds use seeds 0, 1, ...; the truth sample never overlaps them
 
@@ -58,7 +64,7 @@ def label_probabilities(embedder, images: Sequence[Image.Image], labels: Sequenc
 
 def edited(pixels: np.ndarray, source_key: str, value: str, seed: int, params: dict[str, Any] | None = None) -> Image.Image:
     """What the validation editor outputs for this source, target value and seed."""
-    params = {**PARAMS, **(params or {})}
+    params = {**{name: p.default for name, p in METHODS[PLANTED_METHOD].params.items()}, **(params or {})}
     out = apply_artifact(
         paint_feature(pixels, ATTRIBUTE, value), source_key, seed,
         blur=params["blur"], cast_std=float(params["cast_std"]), noise_std=float(params["noise_std"]),

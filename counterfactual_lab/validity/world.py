@@ -16,7 +16,7 @@ between gender and an occupation is the model's own.
 
 Rows are deterministic: row ``i`` of world ``seed`` is drawn from
 ``numpy.random.default_rng([seed, i])``, whatever the number of rows. The dataset layout is
-the sample dataset's (Hugging Face image layout; ``counterfactual_lab/sample_dataset.py``):
+the sample dataset's (Hugging Face image layout; ``counterfactual_lab/demo/sample_dataset.py``):
 ``OUT/part-00000.parquet`` with columns id, image (struct{bytes: PNG, path}), caption,
 gender, label, plus a README.md.
 """
@@ -31,16 +31,11 @@ import numpy as np
 from PIL import Image
 
 from counterfactual_lab.errors import UserError
+from counterfactual_lab.generation.planted import ATTRIBUTE, feature_box, paint_feature
 
 IMAGE_SIZE = 48  # the world models read 48 px images in 8 px patches (6 × 6)
 PATCH_SIZE = 8
 LABELS = ("doctor", "nurse")
-ATTRIBUTE = "gender"
-# The rendered value of each gender: the stripe colour (RGB). Their red-minus-blue readings
-# are opposite (+190 / -190) and their other channels close, so one colour axis tells them apart.
-FEATURE_COLOURS: dict[str, dict[str, tuple[int, int, int]]] = {
-    ATTRIBUTE: {"female": (230, 100, 40), "male": (40, 100, 230)},
-}
 BAND_COLOUR = (225, 225, 225)
 TAU_COLOUR_SHIFT = 20.0  # grey levels of blue (+) / green (-) per unit of tint
 LABEL_NOISE = 0.3  # sd of the noise added to tau before thresholding it into a label
@@ -49,58 +44,6 @@ SHAPES = 3
 
 _NOUNS = {"female": ("woman", "her"), "male": ("man", "his")}
 _PLACES = ("at {p} desk", "next to {p} locker", "in front of {p} window", "holding {p} notebook", "beside {p} bag")
-
-
-@dataclass(frozen=True)
-class FeatureBox:
-    """Where the feature is: rows ``top:bottom`` and columns ``left:right`` (end exclusive),
-    inside the band ``0:band_height``."""
-
-    band_height: int
-    top: int
-    bottom: int
-    left: int
-    right: int
-
-
-def feature_box(width: int, height: int) -> FeatureBox:
-    """The stripe's place in an image of this size (the band is the top sixth, at least 4 rows).
-
-    The stripe keeps a margin of a quarter band above and below, so a 3×3 blur of the stripe
-    never reaches the scene: at 48 px the band is patch row 0 and the stripe rows 2..5.
-    """
-    if width < 8 or height < 24:
-        raise UserError(f"the planted-bias feature needs an image of at least 8×24 pixels, got {width}×{height}")
-    band = max(4, height // 6)
-    margin = max(1, band // 4)
-    side = max(1, width // 8)
-    return FeatureBox(band_height=band, top=margin, bottom=band - margin, left=side, right=width - side)
-
-
-def feature_colour(attribute: str, value: str) -> tuple[int, int, int]:
-    """The stripe colour that renders ``value`` of ``attribute``; a clear error for anything else."""
-    colours = FEATURE_COLOURS.get(attribute)
-    if colours is None:
-        raise UserError(
-            f"the planted-bias world renders only {sorted(FEATURE_COLOURS)} as a feature, not {attribute!r}; "
-            "audit attributes: {gender: [female, male]} with generation.method validation"
-        )
-    for name, colour in colours.items():
-        if name.casefold() == str(value).casefold():
-            return colour
-    raise UserError(f"the planted-bias world has no rendering for {attribute} value {value!r}; it has {sorted(colours)}")
-
-
-def paint_feature(pixels: np.ndarray, attribute: str, value: str) -> np.ndarray:
-    """A copy of ``pixels`` (H, W, 3 uint8) with the stripe painted in ``value``'s colour.
-
-    Only the stripe's pixels change: this is the whole of an attribute edit in this world.
-    """
-    height, width = pixels.shape[:2]
-    box = feature_box(width, height)
-    out = np.array(pixels, dtype=np.uint8, copy=True)
-    out[box.top : box.bottom, box.left : box.right] = feature_colour(attribute, value)
-    return out
 
 
 @dataclass(frozen=True)
@@ -165,7 +108,10 @@ def write_world(out_dir: str | Path, rows: int = 48, seed: int = 0) -> Path:
     Same arguments, same bytes. The ingest reads it with the default column names (id,
     image, caption, gender, label); gender uses the default vocabulary's values.
     """
+    # here, not at the top: it imports pyarrow
     import pyarrow as pa
+
+    # here, not at the top: it imports pyarrow
     import pyarrow.parquet as pq
 
     out = Path(out_dir)

@@ -1,0 +1,478 @@
+"""The audit config: one YAML file says what to audit, how to generate, judge and evaluate.
+
+Every key has a default so a config only states what differs. See the README's
+"Audit config" section for the documented keys.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from counterfactual_lab.config.dataset_spec import (
+    MAX_NAME_CHARS,
+    MAX_URI_CHARS,
+    SECRET_BLOCK_PATTERN,
+    DatasetSpec,
+    _first_error,
+)
+from counterfactual_lab.config.methods import DEFAULT_METHOD, METHODS
+from counterfactual_lab.config.yaml_files import load_yaml_file
+from counterfactual_lab.errors import ConfigError
+from counterfactual_lab.storage.redaction import RedactedInJson
+
+# The methods of counterfactual_lab/config/methods.py, as the type of generation.method.
+GenerationMethod = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+# The dataset "URI" of a run whose prompts come from generation.params.templates: no data is read.
+TEMPLATES_URI = "cflab-templates://generation.params.templates"
+
+# Upper bounds on every size a config can set: each keeps one run within what a machine can
+# hold (a 10⁶-pixel side asked for 21 GB; 10⁹ bootstrap resamples for 30 GiB). Documented in
+# the README's config tables; raise one here only with a measurement.
+MAX_RESOLUTION = 2048
+MAX_STEPS = 1000
+MAX_GUIDANCE_SCALE = 100.0
+MAX_SEED = 2**31 - 1
+MAX_SEEDS_PER_TARGET = 64
+MAX_GENERATION_BATCH = 1024
+MAX_PARAMS = 32
+MAX_LABELS = 1000
+MAX_QUERIES = 1000
+MAX_TEXT_CHARS = 1000
+MAX_TOP_K = 10_000
+MAX_EMBEDDING_BATCH = 4096
+MAX_BOOTSTRAP_SAMPLES = 100_000
+MAX_ATTRIBUTES = 16
+MAX_TARGETS_PER_ATTRIBUTE = 64
+MAX_WORKERS = 256
+MAX_INGEST_BATCH_ROWS = 65_536
+MAX_RETRIES = 20
+MAX_RETRY_DELAY_SECONDS = 3600.0
+# The generative audit (counterfactual_lab/auditees): prompts per probe, samples per prompt,
+# tokens per answer; a rating scale is read from single digit tokens, so it ends at 9.
+MAX_PROBE_PROMPTS = 100
+MAX_GENERATION_SAMPLES = 100
+MAX_NEW_TOKENS = 4096
+MAX_TEMPERATURE = 10.0
+MAX_RATING_SCALE = 9
+
+ModelRef = Annotated[str, Field(min_length=1, max_length=MAX_URI_CHARS)]
+Revision = Annotated[str, Field(min_length=1, max_length=256)]
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+SecretBlockName = Annotated[str, Field(pattern=SECRET_BLOCK_PATTERN, max_length=MAX_NAME_CHARS)]
+
+# Shared by every section: unknown keys are errors, and no float may be inf or NaN
+# (`guidance_scale: .inf` made all-black images that passed as counterfactuals).
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
+
+
+class DatasetSection(BaseModel):
+    """Either a spec file, inline spec fields, or both (inline fields override the file)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    uri: str | None = Field(None, max_length=MAX_URI_CHARS)
+    spec: str | None = Field(None, max_length=MAX_URI_CHARS)
+
+    def resolve(self, base_dir: Path | None = None, uri_override: str | None = None) -> DatasetSpec:
+        fields: dict[str, Any] = {}
+        if self.spec:
+            spec_path = Path(self.spec)
+            if not spec_path.is_absolute() and base_dir is not None and not spec_path.exists():
+                spec_path = base_dir / spec_path
+            fields = DatasetSpec.from_yaml(spec_path).model_dump()
+        inline = {k: v for k, v in self.model_dump().items() if k != "spec" and v is not None}
+        fields.update(inline)
+        if uri_override:
+            fields["uri"] = uri_override
+        if not fields.get("uri"):
+            raise ConfigError("config 'dataset' needs a 'uri' (or a 'spec' file that has one)")
+        return DatasetSpec.parse_spec(fields, source="config 'dataset'")
+
+
+class GenerationSection(BaseModel):
+    model_config = STRICT
+
+    method: GenerationMethod = DEFAULT_METHOD
+    model: ModelRef = "./.cflab/models/img2img"
+    revision: Revision | None = None
+    steps: int = Field(20, ge=1, le=MAX_STEPS)
+    guidance_scale: float = Field(7.5, ge=0, le=MAX_GUIDANCE_SCALE)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="first seed; candidates use seed, seed+1, ...")
+    seeds_per_target: int = Field(2, ge=1, le=MAX_SEEDS_PER_TARGET)
+    keep_per_target: int = Field(1, ge=1, le=MAX_SEEDS_PER_TARGET)
+    batch_size: int = Field(8, ge=1, le=MAX_GENERATION_BATCH)
+    resolution: int | None = Field(
+        None, ge=8, le=MAX_RESOLUTION, description="square side in pixels; None keeps the source size (rounded to 8)"
+    )
+    params: dict[str, Any] = Field(default_factory=dict, max_length=MAX_PARAMS)
+
+    @field_validator("params")
+    @classmethod
+    def _finite_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        for name, value in params.items():
+            _require_finite(value, name)
+        return params
+    # Generate each source's own value too (a reconstruction) and a control per (row, attribute),
+    # so counterfactuals are compared with generated images, not with real photos.
+    reconstruction: bool = True
+    # Generate seeds in rounds and stop a target (a set) once keep_per_target passed the judge;
+    # seeds_per_target is then the ceiling (counterfactual_lab/generation/rounds.py). False: every seed at once.
+    adaptive: bool = True
+
+    @model_validator(mode="after")
+    def _keep_within_seeds(self) -> "GenerationSection":
+        if self.keep_per_target > self.seeds_per_target:
+            raise ValueError(
+                f"keep_per_target ({self.keep_per_target}) cannot exceed seeds_per_target ({self.seeds_per_target})"
+            )
+        return self
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """What identifies the generator in the config: every key that changes the output pixels.
+
+        The content keys add the model's identity (its files' sha256) and what this machine
+        changes: device type, dtype and package versions (``devices.generation_precision``).
+        """
+        return {
+            "method": self.method,
+            "model": self.model,
+            "revision": self.revision,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "resolution": self.resolution,
+            # Not the text2image templates (each member's key holds its own prompt) nor the
+            # inpainting mask spec (each item's key holds its mask's content key).
+            "params": {k: v for k, v in sorted(self.params.items()) if k not in ("templates", "mask")},
+            # A method that inverts each source once seeds that inversion with this seed, so it
+            # changes the pixels of every item; the others seed per item (the item's own seed).
+            **({"seed": self.seed} if METHODS[self.method].inverts else {}),
+        }
+
+
+class JudgeThresholds(BaseModel):
+    """Cosine similarities, so each lies in [-1, 1]; -1 lets every candidate through."""
+
+    model_config = STRICT
+
+    text: float = Field(0.2, ge=-1, le=1)
+    direction: float = Field(0.2, ge=-1, le=1)
+    image: float = Field(0.7, ge=-1, le=1)
+
+
+class JudgeSection(BaseModel):
+    model_config = STRICT
+
+    model: ModelRef = "./.cflab/models/clip"
+    revision: Revision | None = None
+    thresholds: JudgeThresholds = Field(default_factory=JudgeThresholds)
+    check_attribute: bool = True
+    attribute_prompt: Text = "a photo of a {value} person"
+
+    @field_validator("attribute_prompt")
+    @classmethod
+    def _one_value_placeholder(cls, prompt: str) -> str:
+        return _template(prompt, "value")
+
+
+# What the model under audit is (counterfactual_lab/auditees): a contrastive image-text model
+# (CLIP, SigLIP), a generative chat VLM (image-text-to-text) or a captioner (image-to-text).
+AuditKind = Literal["contrastive", "vlm", "captioner"]
+# The probe prompts' config keys that only a generative model can answer.
+GENERATIVE_KEYS = ("choice_prompt", "yes_no", "ratings", "generate.prompts", "toxicity_model")
+# ... and those a captioner is not asked: it is audited through its captions (audit.generate).
+QUESTION_KEYS = ("choice_prompt", "yes_no", "ratings")
+
+
+class AuditGenerateSection(BaseModel):
+    """Open-ended generations: each prompt, ``samples`` times per image, scored afterwards."""
+
+    model_config = STRICT
+
+    prompts: list[Text] = Field(default_factory=list, max_length=MAX_PROBE_PROMPTS)
+    samples: int = Field(1, ge=1, le=MAX_GENERATION_SAMPLES)
+    # 0 is greedy decoding (one answer per prompt, so samples must be 1).
+    temperature: float = Field(0.7, ge=0, le=MAX_TEMPERATURE)
+    max_new_tokens: int = Field(64, ge=1, le=MAX_NEW_TOKENS)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="base of the per-(image, prompt, sample) seeds")
+
+    @field_validator("prompts")
+    @classmethod
+    def _distinct_templates(cls, prompts: list[str]) -> list[str]:
+        return [_probe_template(p, ("image",)) for p in _distinct(prompts)]
+
+    @model_validator(mode="after")
+    def _greedy_has_one_sample(self) -> "AuditGenerateSection":
+        if self.temperature == 0 and self.samples > 1:
+            raise ValueError(
+                f"temperature 0 is greedy decoding: every sample would be the same text; set samples: 1 "
+                f"or a temperature > 0 (got samples: {self.samples})"
+            )
+        return self
+
+
+class AuditSection(BaseModel):
+    model_config = STRICT
+
+    # None: read from the model's config.json (counterfactual_lab/evaluate/auditees/kinds.py).
+    kind: AuditKind | None = None
+    model: ModelRef = "./.cflab/models/clip"
+    revision: Revision | None = None
+    # Zero-shot classification needs at least two classes to choose between.
+    labels: list[Text] = Field(default_factory=lambda: ["doctor", "nurse"], min_length=2, max_length=MAX_LABELS)
+    prompt: Text = "a photo of a {label}"
+    queries: list[Text] = Field(default_factory=lambda: ["a photo of a doctor"], max_length=MAX_QUERIES)
+    top_k: int = Field(10, ge=1, le=MAX_TOP_K)
+    batch_size: int = Field(32, ge=1, le=MAX_EMBEDDING_BATCH)
+    bootstrap_samples: int = Field(1000, ge=50, le=MAX_BOOTSTRAP_SAMPLES)
+    bootstrap_seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the bootstrap resamples (docs/metrics.md)")
+    confidence: float = Field(0.95, gt=0, lt=1)
+    min_group_size: int = Field(
+        5, ge=1, description="groups with fewer images are left out of selection rate, parity and equalized odds"
+    )
+    # -- generative models under audit (README "Generative VLMs under audit") ---------------
+    # How a prompt reaches the model: "chat" through the processor's chat template, "raw" as
+    # text with {image} where the image token goes; "auto": chat when the processor has a template.
+    prompt_format: Literal["auto", "chat", "raw"] = "auto"
+    # Multiple choice over `labels`: the likelihood of each label's tokens after this prompt.
+    choice_prompt: Text | None = None
+    yes_no: list[Text] = Field(default_factory=list, max_length=MAX_PROBE_PROMPTS)
+    ratings: list[Text] = Field(default_factory=list, max_length=MAX_PROBE_PROMPTS)
+    rating_scale: int = Field(5, ge=2, le=MAX_RATING_SCALE)
+    generate: AuditGenerateSection = Field(default_factory=AuditGenerateSection)
+    toxicity_model: ModelRef | None = None
+    toxicity_revision: Revision | None = None
+    # A generation counts as toxic (toxicity_rate) when its toxic probability is at least this.
+    toxicity_threshold: float = Field(0.5, ge=0, le=1)
+    # A word-list file (YAML: category -> words); None: the project's default lexicon.
+    lexicon: str | None = Field(None, min_length=1, max_length=MAX_URI_CHARS)
+
+    @field_validator("labels", "queries")
+    @classmethod
+    def _distinct(cls, values: list[str]) -> list[str]:
+        return _distinct(values)
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_label_placeholder(cls, prompt: str) -> str:
+        return _template(prompt, "label")
+
+    @field_validator("yes_no", "ratings")
+    @classmethod
+    def _question_templates(cls, prompts: list[str]) -> list[str]:
+        return [_probe_template(p, ("image",)) for p in _distinct(prompts)]
+
+    @field_validator("choice_prompt")
+    @classmethod
+    def _choice_template(cls, prompt: str | None) -> str | None:
+        return None if prompt is None else _probe_template(prompt, ("image", "options"))
+
+    @model_validator(mode="after")
+    def _probes_fit_the_kind(self) -> "AuditSection":
+        if self.kind is not None:
+            problem = self.kind_problem(self.kind)
+            if problem:
+                raise ValueError(problem)
+        return self
+
+    def generative_keys_set(self) -> list[str]:
+        """The probe keys of :data:`GENERATIVE_KEYS` this config sets."""
+        set_keys = {
+            "choice_prompt": self.choice_prompt is not None, "yes_no": bool(self.yes_no),
+            "ratings": bool(self.ratings), "generate.prompts": bool(self.generate.prompts),
+            "toxicity_model": self.toxicity_model is not None,
+        }
+        return [key for key in GENERATIVE_KEYS if set_keys[key]]
+
+    def kind_problem(self, kind: str) -> str | None:
+        """Why this config's probes cannot run on a model of ``kind``; None when they can."""
+        keys = self.generative_keys_set()
+        if kind == "contrastive" and keys:
+            return (f"audit.{keys[0]} needs a generative model under audit (audit.kind: vlm or captioner); "
+                    f"a contrastive model ({self.model}) only scores labels and queries")
+        if kind == "captioner":
+            questions = [key for key in QUESTION_KEYS if key in keys]
+            if questions:
+                return (f"audit.{questions[0]} asks a question, and a captioner ({self.model}) is audited through its "
+                        "captions: list audit.generate.prompts ({image} alone for an unconditional caption), or use audit.kind: vlm")
+        if kind == "captioner" and "generate.prompts" not in keys:
+            return f"audit.kind captioner needs audit.generate.prompts: a captioner ({self.model}) is audited through its captions"
+        if kind == "vlm" and not keys:
+            return (f"audit.kind {kind} needs at least one probe: audit.choice_prompt, audit.yes_no, "
+                    "audit.ratings or audit.generate.prompts")
+        return None
+
+
+class OutputSection(RedactedInJson, BaseModel):
+    model_config = STRICT
+
+    uri: str = Field("./out", min_length=1, max_length=MAX_URI_CHARS)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    # A Prefect Secret block holding a JSON object of storage options, merged under
+    # storage_options by the flows (see README "S3"); the library never reads it.
+    storage_options_secret: SecretBlockName | None = None
+
+
+class RuntimeSection(BaseModel):
+    model_config = STRICT
+
+    task_runner: Literal["threads", "ray"] = "threads"
+    max_workers: int = Field(4, ge=1, le=MAX_WORKERS)
+    ray_address: str | None = Field(None, max_length=MAX_URI_CHARS)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    ingest_batch_rows: int = Field(1024, ge=1, le=MAX_INGEST_BATCH_ROWS)
+    max_invalid_fraction: float = Field(0.05, ge=0, le=1)
+    # A run with a larger share of failed work items is published but marked failed (exit 1).
+    max_failed_fraction: float = Field(0.1, ge=0, le=1)
+    retries: int = Field(3, ge=0, le=MAX_RETRIES)
+    retry_delay_seconds: float = Field(2.0, ge=0, le=MAX_RETRY_DELAY_SECONDS)
+
+
+AttributeTargets = Annotated[list[Text], Field(min_length=1, max_length=MAX_TARGETS_PER_ATTRIBUTE)]
+
+
+class AuditConfig(RedactedInJson, BaseModel):
+    """The whole audit config. Its JSON dump has secrets redacted (see :mod:`counterfactual_lab.storage.redaction`)."""
+
+    model_config = STRICT
+
+    # Required, except for text2image-sets with params.templates (which reads no dataset).
+    dataset: DatasetSection | None = None
+    attributes: dict[Text, AttributeTargets] = Field(
+        default_factory=lambda: {"gender": ["female", "male"]}, min_length=1, max_length=MAX_ATTRIBUTES
+    )
+    generation: GenerationSection = Field(default_factory=GenerationSection)
+    judge: JudgeSection = Field(default_factory=JudgeSection)
+    audit: AuditSection = Field(default_factory=AuditSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
+    # Where relative paths in the config resolve; set by from_yaml.
+    base_dir: str | None = None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "AuditConfig":
+        path = Path(path)
+        raw = load_yaml_file(path, "config")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config {path} must be a mapping of sections (dataset, generation, ...)")
+        raw.setdefault("base_dir", str(path.resolve().parent))
+        return cls.parse_config(raw, source=f"config {path}")
+
+    @classmethod
+    def parse_config(cls, raw: dict[str, Any], source: str = "config") -> "AuditConfig":
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source} must be a mapping of sections (dataset, generation, ...)")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(f"{source} is invalid: {_first_error(exc, cls)}") from None
+
+    def prompts_may_come_from_templates(self) -> bool:
+        """True when the method can make its prompts from caption templates (``text2image-sets``)."""
+        return "templates" in METHODS[self.generation.method].params
+
+    def prompts_from_templates(self) -> bool:
+        """True when the method makes its prompts from ``generation.params.templates`` and they are
+        set (``text2image-sets``): no dataset is read (see :mod:`counterfactual_lab.generation.text2image_sets`)."""
+        return self.prompts_may_come_from_templates() and self.generation.params.get("templates") is not None
+
+    def dataset_spec(self, uri_override: str | None = None) -> DatasetSpec:
+        """The dataset to audit: the config's, or ``uri_override`` (a dataset URI, or a spec YAML file)."""
+        base = Path(self.base_dir) if self.base_dir else None
+        if self.prompts_from_templates():
+            spec = self._template_spec(uri_override)
+        elif self.dataset is None and not uri_override:
+            raise ConfigError(
+                "config 'dataset' is required: a spec file or a uri (only text2image-sets with "
+                "generation.params.templates reads no dataset)"
+            )
+        elif uri_override and uri_override.endswith((".yaml", ".yml")):
+            spec = DatasetSpec.from_yaml(uri_override)
+        else:
+            spec = (self.dataset or DatasetSection()).resolve(base, uri_override)
+        for attribute, targets in self.attributes.items():
+            for value in targets:
+                if spec.canonical_value(attribute, value) is None:
+                    raise ConfigError(
+                        f"attributes.{attribute}: {value!r} is not in the vocabulary {spec.vocabulary(attribute)}"
+                    )
+        return spec
+
+    def _template_spec(self, uri_override: str | None) -> DatasetSpec:
+        """The spec of a template-only run: no data, the ``dataset`` section's name and vocabularies."""
+        if uri_override:
+            raise ConfigError(
+                "generation.params.templates makes the prompts, so no dataset is read; drop --dataset "
+                "(or the templates, to make the sets from that dataset's captions)"
+            )
+        fields: dict[str, Any] = {"name": self.generation.method, "uri": TEMPLATES_URI}
+        if self.dataset is not None:
+            given = self.dataset.model_dump(exclude_none=True)
+            if given.get("spec") or given.get("uri", TEMPLATES_URI) != TEMPLATES_URI:
+                raise ConfigError(
+                    "config 'dataset': generation.params.templates makes the prompts, so no dataset is read; "
+                    "keep only dataset.name (and vocabularies), or drop the templates to use the dataset's captions"
+                )
+            fields.update({k: v for k, v in given.items() if k in ("name", "vocabularies")})
+        return DatasetSpec.parse_spec(fields, source="config 'dataset'")
+
+
+def _require_finite(value: Any, where: str) -> None:
+    """Raise ValueError naming ``where`` when ``value`` holds an inf or NaN anywhere."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: {value} is not a finite number")
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _require_finite(inner, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, inner in enumerate(value):
+            _require_finite(inner, f"{where}[{index}]")
+
+
+def _distinct(values: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{value!r} is listed twice")
+        seen.add(value)
+    return values
+
+
+def _probe_template(prompt: str, allowed: tuple[str, ...]) -> str:
+    """``prompt`` if its only placeholders are ``allowed`` (each at most once); ValueError otherwise."""
+
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(prompt) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"{prompt!r} is not a valid template (write {{{{ and }}}} for literal braces): {exc}") from None
+    names = ", ".join("{" + a + "}" for a in allowed)
+    for name in fields:
+        if name not in allowed:
+            raise ValueError(f"{prompt!r} uses {{{name}}}; a probe prompt may use only {names} (write {{{{ and }}}} for literal braces)")
+        if fields.count(name) > 1:
+            raise ValueError(f"{prompt!r} uses {{{name}}} more than once")
+    return prompt
+
+
+def _template(prompt: str, placeholder: str) -> str:
+    """``prompt`` if it formats with ``{placeholder}`` and nothing else; ValueError otherwise."""
+    if "{" + placeholder + "}" not in prompt:
+        raise ValueError(f"{prompt!r} must contain {{{placeholder}}}")
+    try:
+        prompt.format(**{placeholder: "x"})
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(
+            f"{prompt!r} may use only {{{placeholder}}} (write {{{{ and }}}} for literal braces): {exc}"
+        ) from None
+    return prompt

@@ -1,0 +1,77 @@
+"""Inputs of the one-command demo: the sample dataset, the tiny models and an audit config.
+
+``cflab demo`` builds what is missing under a home folder (``./.cflab`` by default) and
+then runs the audit flow on it. Everything here is plain files; the flow run is the CLI's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from counterfactual_lab.config.methods import DEFAULT_METHOD, METHODS
+
+DEMO_ROWS = 24
+
+
+@dataclass(frozen=True)
+class DemoInputs:
+    dataset_dir: Path
+    models: dict[str, Path]
+    config_path: Path
+
+
+def demo_config(dataset_dir: Path, models: dict[str, Path], out_uri: str) -> dict:
+    """The demo's audit config: every stage on the tiny models, small enough for a laptop CPU.
+
+    A random-weight judge scores at random and its zero-shot attribute check tends to favour
+    one value whatever the image, which would drop whole attributes from the demo: the
+    thresholds let everything through and the check is off, so every attribute reaches the
+    report; with adaptive rounds (the default) the first of the two seeds then suffices.
+    """
+    clip = str(models["clip"])
+    return {
+        "dataset": {"name": "sample", "uri": str(dataset_dir)},
+        "attributes": {"gender": ["female", "male"], "age": ["young", "elderly"]},
+        "generation": {
+            "method": DEFAULT_METHOD,
+            "model": str(models[METHODS[DEFAULT_METHOD].tiny_model]),
+            "steps": 4,
+            "seeds_per_target": 2,
+            "keep_per_target": 1,
+            "batch_size": 8,
+            # resolution unset: generate at the sources' own size, so generated and real
+            # images differ in nothing the generator did not do.
+            "params": {"strength": 0.6},
+        },
+        "judge": {"model": clip, "thresholds": {"text": -1.0, "direction": -1.0, "image": -1.0}, "check_attribute": False},
+        "audit": {
+            "model": clip,
+            "labels": ["doctor", "nurse", "teacher", "engineer"],
+            "queries": ["a photo of a doctor", "a photo of a nurse"],
+            "top_k": 10,
+            "bootstrap_samples": 200,
+        },
+        "output": {"uri": out_uri},
+        "runtime": {"task_runner": "threads", "max_workers": 2},
+    }
+
+
+def prepare_demo(home: str | Path = ".cflab", out_uri: str = "./out", rows: int = DEMO_ROWS) -> DemoInputs:
+    """Build the sample dataset and tiny models under ``home`` if missing; write the config."""
+    # here, not at the top: it imports pyarrow, pydantic
+    from counterfactual_lab.demo.sample_dataset import write_sample_dataset
+
+    # here, not at the top: it imports torch
+    from counterfactual_lab.demo.tiny_models import build_tiny_models
+
+    home = Path(home).resolve()
+    dataset_dir = home / "sample-dataset"
+    if not any(dataset_dir.glob("*.parquet")):
+        write_sample_dataset(dataset_dir, rows=rows, seed=0)
+    models = build_tiny_models(home / "models")
+    config_path = home / "demo-audit.yaml"
+    config_path.write_text(yaml.safe_dump(demo_config(dataset_dir, models, out_uri), sort_keys=False))
+    return DemoInputs(dataset_dir=dataset_dir, models=models, config_path=config_path)

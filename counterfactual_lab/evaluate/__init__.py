@@ -1,0 +1,1 @@
+"""Evaluate: run the model under audit on originals, reconstructions and kept counterfactuals."""

@@ -1,0 +1,85 @@
+"""A generative model under audit (a chat VLM or a captioner) answering the configured probes.
+
+:class:`GenerativeAuditee` implements :class:`~counterfactual_lab.evaluate.auditees.interface.Auditee` over
+the probes of :mod:`.probes`: for the distinct images of a chunk of the evaluation pool it runs,
+in this order, the choice probe (``audit.choice_prompt`` over ``audit.labels``), the yes/no
+questions (``audit.yes_no``), the ratings (``audit.ratings`` on 1…``audit.rating_scale``) and the
+open-ended generations (``audit.generate``), then scores each generated text with the toxicity
+classifier (``audit.toxicity_model``). Every answer goes through the output store's cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import polars as pl
+
+from counterfactual_lab.config.audit_config import AuditSection
+from counterfactual_lab.evaluate.auditees import probes
+from counterfactual_lab.evaluate.auditees.answer_cache import AnswerCache, CallCounts
+from counterfactual_lab.evaluate.auditees.generative import GenerativeRunner
+from counterfactual_lab.evaluate.auditees.interface import (
+    GENERATIONS_SCHEMA,
+    PROBES_SCHEMA,
+    AuditeeAnswers,
+    ProbeImages,
+)
+from counterfactual_lab.evaluate.auditees.loading import LoadedModel
+from counterfactual_lab.evaluate.auditees.prompts import resolve_format
+
+
+class GenerativeAuditee:
+    """A loaded generative model and what the config asks of it (module doc)."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        audit: AuditSection,
+        *,
+        kind: str,
+        model_key: str,
+        cache: AnswerCache | None = None,
+        toxicity: Any | None = None,
+        toxicity_key: str | None = None,
+    ) -> None:
+        if toxicity is not None and not toxicity_key:
+            raise ValueError("a toxicity scorer needs its model identity (toxicity_key) to cache its scores")
+        self.kind = kind
+        self.audit = audit
+        self.runner = GenerativeRunner(loaded, batch_size=audit.batch_size)
+        self.prompt_format = resolve_format(loaded.processor, audit.prompt_format)
+        self.model_key = model_key
+        self.cache = cache
+        self.toxicity = toxicity
+        self.toxicity_key = toxicity_key
+
+    def answer(self, pool: pl.DataFrame, load_image: Callable[[str], Any]) -> AuditeeAnswers:
+        audit = self.audit
+        images = ProbeImages.from_pool(pool, load_image)
+        counts = CallCounts()
+        session = probes.ProbeSession(self.runner, self.prompt_format, self.model_key, self.cache, counts)
+        predictions = pool
+        if audit.choice_prompt is not None:
+            choice = probes.choice(session, images, audit.choice_prompt, audit.labels)
+            predictions = pool.join(choice, on="content_key", how="left").with_columns(
+                pl.lit(None, dtype=pl.Float64).alias("caption_similarity")  # no image-caption similarity here
+            )
+        answered = [probes.yes_no(session, images, audit.yes_no)] if audit.yes_no else []
+        if audit.ratings:
+            answered.append(probes.ratings(session, images, audit.ratings, audit.rating_scale))
+        probe_rows = pl.concat(answered) if answered else pl.DataFrame(schema=PROBES_SCHEMA)
+        generations = pl.DataFrame(schema=GENERATIONS_SCHEMA)
+        decoding = audit.generate
+        if decoding.prompts:
+            made = probes.generate(
+                session, images, decoding.prompts, samples=decoding.samples, temperature=decoding.temperature,
+                max_new_tokens=decoding.max_new_tokens, seed=decoding.seed,
+            )
+            scores = (
+                probes.toxicity(made["text"].to_list(), self.toxicity, self.toxicity_key, self.cache, counts, audit.batch_size)
+                if self.toxicity is not None else None
+            )
+            generations = made.with_columns(pl.Series("toxicity", scores, dtype=pl.Float64) if scores is not None
+                                            else pl.lit(None, dtype=pl.Float64).alias("toxicity"))
+        return AuditeeAnswers(predictions=predictions, probes=probe_rows, generations=generations, counts=counts.as_dict())

@@ -1,0 +1,342 @@
+"""Run the model under audit on originals, reconstructions and kept counterfactuals.
+
+The evaluation pool (:func:`build_evaluation_pool`, or :func:`pool_from_counterfactual_sets`
+for a dataset that already holds counterfactual sets) has one row per image *per
+attribute*: an image appears once under every audited attribute, with ``group`` = its
+value of that attribute, so per-attribute metrics are plain group-bys. Columns
+(:data:`POOL_SCHEMA`):
+
+``id, source_id, variant, control, attribute, group, seed, set_id, caption, image_uri,
+content_key, label``
+
+* ``variant``: ``original`` (a dataset image), ``reconstruction`` (the source's own value
+  generated through the editor) or ``counterfactual``;
+* ``control``: true only for the control reconstruction (the seed no candidate uses);
+* ``seed``: the generation seed (null for originals); ``set_id``: the comparison set the
+  image belongs to (null for originals, and for counterfactuals of a run without
+  reconstructions, which compare with their original on (source_id, attribute)).
+
+Two probes run on it:
+
+* :func:`predict` — zero-shot classification over ``audit.labels`` with ``audit.prompt``:
+  one ``score_<label>`` column per label, ``top1`` and ``caption_similarity``
+  (cos(image, own caption));
+* :func:`retrieval_scores` — cos(image, query) for each neutral ``audit.queries`` entry,
+  one row per (query, pool image): ``query, id, content_key, score``. Retrieval fairness
+  ranks these per attribute (see :mod:`counterfactual_lab.metrics.retrieval`).
+
+Each distinct image (by ``content_key``) is embedded once, whatever number of rows or
+probes use it, and the embedder's cache shares it with the judge when they use one model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import polars as pl
+
+from counterfactual_lab.config.audit_config import AuditSection
+from counterfactual_lab.plan.work_items import (
+    VARIANT_COUNTERFACTUAL,
+    VARIANT_ORIGINAL,
+    VARIANT_RECONSTRUCTION,
+    set_id_for,
+)
+
+POOL_SCHEMA = {
+    "id": pl.String,
+    "source_id": pl.String,
+    "variant": pl.String,
+    "control": pl.Boolean,
+    "attribute": pl.String,
+    "group": pl.String,
+    "seed": pl.Int64,
+    "set_id": pl.String,
+    "caption": pl.String,
+    "image_uri": pl.String,
+    "content_key": pl.String,
+    "label": pl.String,
+}
+
+# Columns of the valid rows that describe the row, not the pictured person: never held fixed.
+_NOT_ATTRIBUTES = ("id", "content_key", "caption", "label", "image_uri", "width", "height")
+
+
+def score_column(label: str) -> str:
+    """The predictions column holding the probability of ``label``."""
+    return f"score_{label}"
+
+
+def _require(frame: pl.DataFrame, columns: list[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} lacks columns {missing} (has {frame.columns})")
+
+
+def _label_column(valid: pl.DataFrame) -> pl.Expr:
+    return pl.col("label").cast(pl.String) if "label" in valid.columns else pl.lit(None, dtype=pl.String)
+
+
+def _as_pool(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select([pl.col(c).cast(t) for c, t in POOL_SCHEMA.items()])
+
+
+def build_evaluation_pool(valid: pl.DataFrame, counterfactuals: pl.DataFrame, attributes: list[str]) -> pl.DataFrame:
+    """The images the model under audit sees, per attribute: every valid row, then the kept generated images.
+
+    ``valid``: id, content_key, caption, image_uri, optional label, one column per
+    attribute (null when unknown). ``counterfactuals``: the judge's output (source_id,
+    attribute, source_value, target_value, counterfactual_caption, image_uri, content_key,
+    kept; ``variant``, ``control``, ``seed``, ``set_id`` when the plan made
+    reconstructions). Rows:
+
+    * each valid row once per attribute, variant ``original``, ``group`` = its value (an
+      unknown value takes the source value its generated images were planned from, when they
+      agree on one);
+    * each kept generated image: the reconstruction and counterfactuals of each kept set and
+      each kept control, ``group`` = its target value (a reconstruction's is the source's
+      own value, null when unknown), ``caption`` = the caption it was generated from,
+      ``id`` = its content key, ``label`` = its source's ground truth (the change must not
+      change the answer).
+
+    ``set_id`` is the candidate's set; without any reconstruction in ``counterfactuals``
+    (``generation.reconstruction: false``) it is null, since such counterfactuals compare
+    with their original, not within a set.
+    """
+    _require(valid, ["id", "content_key", "caption", "image_uri"], "the valid rows")
+    kept = pl.DataFrame(schema={"source_id": pl.String, "attribute": pl.String, "source_value": pl.String})
+    if counterfactuals.height:
+        _require(
+            counterfactuals,
+            ["source_id", "attribute", "source_value", "target_value", "counterfactual_caption", "image_uri", "content_key", "kept"],
+            "the counterfactuals",
+        )
+        kept = _generated_columns(counterfactuals).filter(
+            pl.col("kept").fill_null(False) & pl.col("image_uri").is_not_null()
+        )
+    sets = kept.height > 0 and (kept["variant"] == VARIANT_RECONSTRUCTION).any()
+    labels = valid.select(pl.col("id").cast(pl.String).alias("source_id"), _label_column(valid).alias("label"))
+    frames = []
+    for attribute in attributes:
+        known = pl.col(attribute).cast(pl.String) if attribute in valid.columns else pl.lit(None, dtype=pl.String)
+        edits = kept.filter(pl.col("attribute") == attribute)
+        planned = (
+            edits.group_by("source_id")
+            .agg(pl.col("source_value").drop_nulls().unique().alias("values"))
+            .filter(pl.col("values").list.len() == 1)
+            .select("source_id", pl.col("values").list.first().cast(pl.String).alias("planned"))
+        )
+        originals = (
+            valid.select(
+                pl.col("id").cast(pl.String),
+                pl.col("id").cast(pl.String).alias("source_id"),
+                pl.lit(VARIANT_ORIGINAL).alias("variant"),
+                pl.lit(False).alias("control"),
+                pl.lit(attribute).alias("attribute"),
+                known.alias("group"),
+                pl.lit(None, dtype=pl.Int64).alias("seed"),
+                pl.lit(None, dtype=pl.String).alias("set_id"),
+                pl.col("caption").cast(pl.String),
+                pl.col("image_uri").cast(pl.String),
+                pl.col("content_key").cast(pl.String),
+                _label_column(valid).alias("label"),
+            )
+            .join(planned, on="source_id", how="left")
+            .with_columns(pl.coalesce("group", "planned").alias("group"))
+            .drop("planned")
+        )
+        frames.append(originals)
+        if edits.height:
+            frames.append(
+                edits.select(
+                    pl.col("content_key").cast(pl.String).alias("id"),
+                    pl.col("source_id").cast(pl.String),
+                    "variant",
+                    "control",
+                    pl.lit(attribute).alias("attribute"),
+                    pl.col("target_value").cast(pl.String).alias("group"),
+                    "seed",
+                    (pl.col("set_id") if sets else pl.lit(None, dtype=pl.String)).alias("set_id"),
+                    pl.col("counterfactual_caption").cast(pl.String).alias("caption"),
+                    pl.col("image_uri").cast(pl.String),
+                    pl.col("content_key").cast(pl.String),
+                )
+                .join(labels, on="source_id", how="left")
+            )
+    if not frames:
+        return pl.DataFrame(schema=POOL_SCHEMA)
+    return pl.concat([_as_pool(f) for f in frames])
+
+
+def _generated_columns(counterfactuals: pl.DataFrame) -> pl.DataFrame:
+    """The judge's output with ``variant``, ``control``, ``seed`` and ``set_id`` (filled for older frames)."""
+
+    frame = counterfactuals.with_columns(pl.col("source_id").cast(pl.String))
+    fill = {
+        "variant": pl.lit(VARIANT_COUNTERFACTUAL),
+        "control": pl.lit(False),
+        "seed": pl.lit(None, dtype=pl.Int64),
+    }
+    frame = frame.with_columns(expr.alias(name) for name, expr in fill.items() if name not in frame.columns)
+    if "set_id" not in frame.columns:
+        ids = [
+            None if seed is None else set_id_for(source, attribute, seed)
+            for source, attribute, seed in frame.select("source_id", "attribute", "seed").iter_rows()
+        ]
+        frame = frame.with_columns(pl.Series("set_id", ids, dtype=pl.String))
+    return frame.with_columns(
+        pl.col("variant").cast(pl.String), pl.col("control").cast(pl.Boolean).fill_null(False),
+        pl.col("seed").cast(pl.Int64), pl.col("set_id").cast(pl.String),
+    )
+
+
+def comparison_set_id(counterfactual_set: str, attribute: str, held_fixed: Sequence[tuple[str, str | None]]) -> str:
+    """The id of an evaluate-only comparison group: a hash of the set, the attribute and the fixed values."""
+    payload = json.dumps(["comparison", counterfactual_set, attribute, [list(pair) for pair in held_fixed]])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def pool_from_counterfactual_sets(
+    valid: pl.DataFrame,
+    attributes: list[str],
+    set_column: str = "counterfactual_set",
+    held_fixed: Sequence[str] | None = None,
+) -> pl.DataFrame:
+    """The evaluation pool of a dataset that already holds counterfactual sets (evaluate-only mode).
+
+    In the SocialCounterfactuals layout, images of one set show the same scene and differ
+    in protected attributes only. For each audited attribute, the rows of a set that agree
+    on every other attribute form a *comparison group* that differs in that attribute alone:
+    its ``set_id`` (:func:`comparison_set_id`). Every row is variant ``counterfactual``
+    (none is the reference: metrics pair every ordered pair of members with different
+    groups), ``source_id`` = its counterfactual set (the cluster a bootstrap resamples), no
+    seed, no reconstruction, no control. A comparison group of one member still counts in
+    group and retrieval metrics; it has nothing to pair with.
+
+    ``held_fixed``: the columns that must agree within a comparison group besides the other
+    audited attributes; default: every other column of ``valid`` except the input
+    contract's (id, content_key, caption, label, image_uri, width, height) and the set
+    column, i.e. the dataset's other attribute columns and ``other_attributes`` (the
+    attributes of an ``attribute_pairs`` layout that have no vocabulary, e.g. a
+    SocialCounterfactuals "physical" type). Null values agree with each other.
+    """
+    _require(valid, ["id", "content_key", "caption", "image_uri", set_column], "an evaluate-only dataset")
+    missing = [a for a in attributes if a not in valid.columns]
+    if missing:
+        raise ValueError(f"an evaluate-only dataset needs one column per attribute; missing {missing}")
+    if held_fixed is None:
+        held_fixed = [c for c in valid.columns if c not in (*_NOT_ATTRIBUTES, set_column) and c not in attributes]
+    else:
+        _require(valid, list(held_fixed), "an evaluate-only dataset")
+    base = valid.with_columns(pl.col("id").cast(pl.String), pl.col(set_column).cast(pl.String).alias("source_id"))
+    frames = []
+    for attribute in attributes:
+        fixed = sorted({*[a for a in attributes if a != attribute], *held_fixed} - {attribute})
+        keys = base.select("source_id", *[pl.col(c).cast(pl.String) for c in fixed]).unique()
+        ids = [
+            comparison_set_id(row[0], attribute, list(zip(fixed, row[1:]))) for row in keys.iter_rows()
+        ]
+        keys = keys.with_columns(pl.Series("set_id", ids, dtype=pl.String))
+        rows = base.with_columns(*[pl.col(c).cast(pl.String) for c in fixed]).join(
+            keys, on=["source_id", *fixed], how="left", nulls_equal=True
+        )
+        frames.append(
+            _as_pool(
+                rows.with_columns(
+                    pl.lit(VARIANT_COUNTERFACTUAL).alias("variant"),
+                    pl.lit(False).alias("control"),
+                    pl.lit(attribute).alias("attribute"),
+                    pl.col(attribute).cast(pl.String).alias("group"),
+                    pl.lit(None, dtype=pl.Int64).alias("seed"),
+                    _label_column(valid).alias("label"),
+                )
+            )
+        )
+    if not frames:
+        return pl.DataFrame(schema=POOL_SCHEMA)
+    return pl.concat(frames).sort(["attribute", "source_id", "set_id", "group", "id"], nulls_last=True)
+
+
+def _unique_images(images: pl.DataFrame) -> pl.DataFrame:
+    return images.select("content_key", "image_uri").unique(subset="content_key", keep="first", maintain_order=True)
+
+
+def embed_pool_images(images: pl.DataFrame, embedder, load_image: Callable[[str], object], batch_size: int = 32) -> dict[str, np.ndarray]:
+    """content_key -> normalised image embedding, each distinct image embedded (or fetched from cache) once."""
+    unique = _unique_images(images)
+    vectors = embedder.embed_image_uris(
+        unique["image_uri"].to_list(), unique["content_key"].to_list(), load_image, batch_size=batch_size
+    )
+    return dict(zip(unique["content_key"].to_list(), vectors))
+
+
+def predict(
+    images: pl.DataFrame,
+    audit: AuditSection,
+    embedder,
+    load_image: Callable[[str], object],
+) -> pl.DataFrame:
+    """Zero-shot predictions of the model under audit, one row per pool row.
+
+    Adds ``score_<label>`` for each ``audit.labels`` entry (the probability from
+    :meth:`ClipEmbedder.zero_shot` with prompt ``audit.prompt.format(label=...)``: softmax
+    over the labels for CLIP, per-label sigmoid for SigLIP), ``top1`` (the label with the
+    highest score) and ``caption_similarity`` = cos(image, own caption).
+    """
+    _require(images, list(POOL_SCHEMA), "the evaluation pool")
+    if len(set(audit.labels)) < 2:
+        raise ValueError(f"audit.labels needs at least two distinct labels to classify among, got {audit.labels}")
+    prompts = [audit.prompt.format(label=label) for label in audit.labels]
+    label_emb = embedder.embed_texts(prompts, batch_size=audit.batch_size)
+    if images.height == 0:
+        return images.with_columns(
+            *[pl.lit(None, dtype=pl.Float64).alias(score_column(label)) for label in audit.labels],
+            pl.lit(None, dtype=pl.String).alias("top1"),
+            pl.lit(None, dtype=pl.Float64).alias("caption_similarity"),
+        )
+    by_key = embed_pool_images(images, embedder, load_image, audit.batch_size)
+    image_emb = np.stack([by_key[k] for k in images["content_key"].to_list()])
+    probabilities = embedder.zero_shot(image_emb, label_emb)
+    caption_emb = embedder.embed_texts(images["caption"].to_list(), batch_size=audit.batch_size)
+    caption_similarity = np.sum(image_emb.astype(np.float64) * caption_emb.astype(np.float64), axis=1)
+    top1 = [audit.labels[i] for i in probabilities.argmax(axis=1)]
+    return images.with_columns(
+        *[pl.Series(score_column(label), probabilities[:, j], dtype=pl.Float64) for j, label in enumerate(audit.labels)],
+        pl.Series("top1", top1, dtype=pl.String),
+        pl.Series("caption_similarity", caption_similarity, dtype=pl.Float64),
+    )
+
+
+def retrieval_scores(
+    images: pl.DataFrame,
+    queries: list[str],
+    embedder,
+    load_image: Callable[[str], object],
+    batch_size: int = 32,
+) -> pl.DataFrame:
+    """cos(image, query) for every query and every distinct (id, content_key) of the pool.
+
+    Columns: ``query, id, content_key, score``. Join back to the pool on (id, content_key)
+    to rank each attribute's pool by group.
+    """
+    schema = {"query": pl.String, "id": pl.String, "content_key": pl.String, "score": pl.Float64}
+    pool = images.select("id", "content_key", "image_uri").unique(subset=["id", "content_key"], maintain_order=True)
+    if not queries or pool.height == 0:
+        return pl.DataFrame(schema=schema)
+    by_key = embed_pool_images(pool, embedder, load_image, batch_size)
+    image_emb = np.stack([by_key[k] for k in pool["content_key"].to_list()]).astype(np.float64)
+    query_emb = embedder.embed_texts(list(queries), batch_size=batch_size).astype(np.float64)
+    scores = image_emb @ query_emb.T  # (n_images, n_queries)
+    n = pool.height
+    return pl.DataFrame(
+        {
+            "query": np.repeat(np.array(queries, dtype=object), n).tolist(),
+            "id": pool["id"].to_list() * len(queries),
+            "content_key": pool["content_key"].to_list() * len(queries),
+            "score": scores.T.reshape(-1),
+        },
+        schema=schema,
+    )

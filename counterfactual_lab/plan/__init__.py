@@ -1,0 +1,1 @@
+"""Plan the work: work items (row × attribute × value × seed), caption rewriting, attribute words, inpainting masks."""

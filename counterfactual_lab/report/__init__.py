@@ -1,0 +1,1 @@
+"""The report people read: HTML, charts, example images, sentences and terminal text."""

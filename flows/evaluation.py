@@ -1,0 +1,108 @@
+"""The evaluate and metrics stages, one object per kind of model under audit.
+
+:class:`ContrastiveEvaluation` (CLIP, SigLIP: zero-shot labels and retrieval) and
+:class:`GenerativeEvaluation` (chat VLMs and captioners: probes and generations, every answer
+through the output store's cache) both answer ``evaluate(run, pool)`` (the model's answers on
+the pool, fanned out in chunks: the run's tables of answers) and ``metrics(run, answers,
+judged, evaluate_only)`` (the metrics table), and say ``auditee_counts(answers)`` (the
+manifest's ``counts.auditee``; None for a contrastive model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import polars as pl
+from prefect import unmapped
+from tqdm.auto import tqdm
+
+from counterfactual_lab.config.audit_config import AuditConfig
+from counterfactual_lab.evaluate.auditees import AuditeeAnswers, resolve_kind
+from counterfactual_lab.evaluate.auditees.kinds import GENERATIVE_KINDS
+from counterfactual_lab.evaluate.auditees.lexicon import load_lexicon
+from counterfactual_lab.evaluate.auditees.text_scores import add_text_scores
+from counterfactual_lab.flows.stage_run import StageRun
+from counterfactual_lab.tasks.evaluate import (
+    compute_auditee_metrics,
+    compute_fairness_metrics,
+    evaluate_auditee_batch,
+    evaluate_batch,
+)
+from counterfactual_lab.tasks.runners import with_runtime_retries
+
+EVALUATION_CHUNK_IMAGES = 256
+
+
+class ContrastiveEvaluation:
+    """A contrastive model under audit: one task per chunk of the pool, then the metrics."""
+
+    def evaluate(self, run: StageRun, pool: pl.DataFrame) -> AuditeeAnswers:
+        """The pool's ``predictions`` (zero-shot labels) and ``retrieval`` scores (per query and image)."""
+        config = run.config
+        chunks = [pool.slice(i, EVALUATION_CHUNK_IMAGES) for i in range(0, pool.height, EVALUATION_CHUNK_IMAGES)] or [pool]
+        futures = with_runtime_retries(evaluate_batch, config).map(
+            chunks, unmapped(config.audit), unmapped(run.store), unmapped(run.device))
+        results = []
+        with tqdm(total=pool.height, desc="evaluate", unit="img") as bar:
+            for images, future in zip(chunks, futures):
+                results.append(future.result())
+                bar.update(images.height)
+        return AuditeeAnswers(predictions=pl.concat([p for p, _ in results], how="diagonal_relaxed"),
+                              retrieval=pl.concat([r for _, r in results], how="diagonal_relaxed"))
+
+    def metrics(self, run: StageRun, answers: AuditeeAnswers, judged: pl.DataFrame, evaluate_only: bool) -> pl.DataFrame:
+        config = run.config
+        return compute_fairness_metrics(answers.predictions, answers.retrieval, judged, config.audit,
+                                        config.attributes, config.generation.reconstruction, evaluate_only)
+
+    def tables(self, answers: AuditeeAnswers) -> dict[str, pl.DataFrame]:
+        """The run's tables of answers (retrieval scores are not one of them)."""
+        return {"predictions": answers.predictions}
+
+    def auditee_counts(self, answers: AuditeeAnswers) -> dict[str, int] | None:
+        return None  # a contrastive model's embeddings are cached in memory only
+
+
+class GenerativeEvaluation:
+    """A generative model under audit: one task per ``audit.batch_size`` distinct images, every
+    answer through the output store's cache, then the probe metrics."""
+
+    def evaluate(self, run: StageRun, pool: pl.DataFrame) -> AuditeeAnswers:
+        """Every probe's answers on the pool (predictions, probes, generations with their text scores)."""
+        config, audit = run.config, run.config.audit
+        keys = pool["content_key"].unique(maintain_order=True).to_list()
+        groups = [keys[i : i + audit.batch_size] for i in range(0, len(keys), audit.batch_size)]
+        chunks = [pool.filter(pl.col("content_key").is_in(group)) for group in groups] or [pool]
+        toxicity = run.location.models.get("toxicity")
+        futures = with_runtime_retries(evaluate_auditee_batch, config).map(
+            chunks, unmapped(audit), unmapped(run.store), unmapped(run.device), kind=unmapped(resolve_kind(audit)),
+            model_key=unmapped(run.location.models["audit"].key),
+            toxicity_key=unmapped(toxicity.key if toxicity else None),
+        )
+        results = []
+        with tqdm(total=len(keys), desc="evaluate", unit="img") as bar:
+            for group, future in zip(groups or [[]], futures):
+                results.append(future.result())
+                bar.update(len(group))
+        answers = AuditeeAnswers.concat(results)
+        self.lexicon = load_lexicon(audit.lexicon, config.base_dir)
+        return replace(answers, generations=add_text_scores(answers.generations, self.lexicon))
+
+    def metrics(self, run: StageRun, answers: AuditeeAnswers, judged: pl.DataFrame, evaluate_only: bool) -> pl.DataFrame:
+        """The choice probe's shared rows and the probe gaps, one family-wise m; the design from the config."""
+        config = run.config
+        return compute_auditee_metrics(answers.predictions, answers.probes, answers.generations, judged, config.audit,
+                                       self.lexicon.names, config.attributes, config.generation.reconstruction,
+                                       evaluate_only)
+
+    def tables(self, answers: AuditeeAnswers) -> dict[str, pl.DataFrame]:
+        return {"predictions": answers.predictions, "probes": answers.probes, "generations": answers.generations}
+
+    def auditee_counts(self, answers: AuditeeAnswers) -> dict[str, int] | None:
+        return answers.counts or {"computed": 0, "cached": 0}
+
+
+def evaluation_for(config: AuditConfig) -> Any:
+    """The evaluation of ``config``'s kind of model under audit."""
+    return GenerativeEvaluation() if resolve_kind(config.audit) in GENERATIVE_KINDS else ContrastiveEvaluation()

@@ -1,0 +1,178 @@
+"""A generative model under audit through the audit flow: every probe on the tiny VLM and toxicity
+classifier, a rerun served from the output store's answer cache, and bad configs refused in one
+line before Prefect starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from counterfactual_lab.api import open_run
+from counterfactual_lab.flows.cli import EXIT_USAGE, main
+
+YES_NO = "Is this person a doctor? Answer yes or no."
+RATING = "On a scale of 1 to 5, how competent is this person?"
+DESCRIBE = "Describe this person."
+SAMPLES = 2
+
+
+def vlm_audit(models: dict[str, Path], **overrides) -> dict:
+    """The audit section of a generative audit with every probe, on the tiny models."""
+    audit = {
+        "model": str(models["vlm"]), "labels": ["doctor", "nurse"],
+        "choice_prompt": "What is this person's job? Answer with one of: {options}.",
+        "yes_no": [YES_NO], "ratings": [RATING],
+        "generate": {"prompts": [DESCRIBE], "samples": SAMPLES, "temperature": 1.0, "max_new_tokens": 6},
+        "toxicity_model": str(models["toxicity"]), "batch_size": 8,
+    }
+    audit.update(overrides)
+    return audit
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_models):
+    """The demo's inputs, with the session's tiny generative VLM and toxicity classifier beside its models."""
+    import dataclasses
+
+    from audit_runs import audit_home
+
+    demo = audit_home(tmp_path_factory, tiny_models)
+    return dataclasses.replace(demo, models={**demo.models, "vlm": tiny_models["vlm"], "toxicity": tiny_models["toxicity"]})
+
+
+@pytest.fixture(scope="module")
+def small_config(inputs):
+    from audit_runs import write_config
+
+    def make(path: Path, out: Path | str, **sections) -> str:
+        generation = {"seeds_per_target": 1, "batch_size": 8, **sections.pop("generation", {})}
+        return write_config(path, inputs, str(out), generation=generation, **sections)
+
+    return make
+
+
+def assert_one_line(err: str, *words: str) -> None:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("cflab: error: "), err
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"prompt_format": "raw", "choice_prompt": "USER: {image} Job: {options}? ASSISTANT:"},
+     ["audit.yes_no[0]", "no place for its image", "write {image}"]),
+    ({"lexicon": "no-such-lexicon.yaml"}, ["audit.lexicon: no-such-lexicon.yaml does not exist"]),
+    ({"toxicity_model": "VLM"}, ["audit.toxicity_model", "is not a text classifier", "LlavaForConditionalGeneration"]),
+    ({"model": "CLIP"}, ["audit.choice_prompt needs a generative model under audit", "(audit.model is a contrastive model)"]),
+    ({"generate": {"prompts": [DESCRIBE], "temperature": 0, "samples": 3}}, ["temperature 0 is greedy decoding"]),
+    ({"kind": "vlm", "model": "CLIP"}, ["audit.kind is vlm, but audit.model", "is a contrastive model"]),
+], ids=["prompt-without-image", "missing-lexicon", "toxicity-not-a-classifier", "contrastive-with-questions", "greedy-samples",
+        "declared-kind-contradicts-the-model"])
+def test_a_bad_generative_config_is_one_line_before_prefect_and_leaves_no_run_folder(
+    inputs, small_config, tmp_path, capsys, monkeypatch, change, words
+):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    named = {"VLM": str(inputs.models["vlm"]), "CLIP": str(inputs.models["clip"])}
+    change = {k: named.get(v, v) if isinstance(v, str) else v for k, v in change.items()}
+    out = tmp_path / "out"
+    config = small_config(tmp_path / "bad.yaml", out, audit=vlm_audit(inputs.models, **change))
+    capsys.readouterr()
+    assert main(["audit", "--config", config]) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert_one_line(captured.err, *words)
+    assert "Prefect server" not in captured.err and not out.exists()
+
+
+def assert_one_family_and_calls_only_past_the_control(metrics: pl.DataFrame) -> None:
+    """Every row a difference can be called on — the choice probe's and the probe gaps — carries the
+    family-wise interval over one m, and a call is made only where that interval clears the control's."""
+    from counterfactual_lab.report.findings import assess_findings
+
+    findings = assess_findings(metrics)
+    compared = findings.filter((pl.col("reference") == "control") & pl.col("ci_low").is_not_null())
+    assert {"flip_rate", "yes_prob_gap_abs", "rating_gap_signed", "max_toxicity_gap_abs"} <= set(compared["metric"])
+    assert compared["ci_low_adjusted"].is_not_null().all() and compared["ci_high_adjusted"].is_not_null().all()
+    m = compared["comparisons"].unique().to_list()
+    callable_rows = compared.filter(pl.col("control_ci_low").is_not_null())
+    assert len(m) == 1 and m[0] == callable_rows.height, "one family: m counts every callable row, shared and probe"
+    assert compared["confidence_adjusted"].unique().to_list() == [pytest.approx(1 - 0.05 / m[0])]
+    controls = metrics.filter(pl.col("metric").str.starts_with("control_") & pl.col("value").is_not_null())
+    assert controls["comparisons"].is_not_null().all()
+    for row in findings.filter(pl.col("called")).iter_rows(named=True):  # random weights: a call must clear the control
+        above = row["ci_low_adjusted"] > row["control_ci_high_adjusted"]
+        below = row["ci_high_adjusted"] < row["control_ci_low_adjusted"]
+        signed = row["metric"].endswith("_gap_signed")
+        assert row["reference"] == "control" and (above or (signed and below)), row
+        assert not signed or not row["ci_low_adjusted"] <= 0 <= row["ci_high_adjusted"], row
+
+
+def generate_calls():
+    """Spy on the tiny VLM's ``generate`` (transformers' own): every call counted, none changed."""
+    from audit_runs import count_calls
+    from transformers import LlavaForConditionalGeneration
+
+    return count_calls(LlavaForConditionalGeneration, "generate")
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+def test_every_probe_runs_through_the_audit_flow_and_a_rerun_never_asks_the_model_again(
+    prefect_server, inputs, small_config, tmp_path_factory
+):
+    from audit_runs import run_audit
+
+    out = tmp_path_factory.mktemp("vlm-out")
+    config = small_config(tmp_path_factory.mktemp("vlm-config") / "audit.yaml", out, audit=vlm_audit(inputs.models))
+    with generate_calls() as calls:
+        run = run_audit(config, str(out))
+    assert len(calls) > 0
+    run_dir = Path(run.run_uri)
+    predictions, metrics = run.predictions, run.metrics
+    probes = pl.read_parquet(run_dir / "probes.parquet")
+    generations = pl.read_parquet(run_dir / "generations.parquet")
+    images = predictions["content_key"].n_unique()
+
+    # The choice probe fills the label scores of every pool row, like the contrastive probe.
+    assert predictions.height == run.counterfactuals.filter(pl.col("kept")).height + run.manifest["row_accounting"]["valid"]
+    total = predictions["score_doctor"] + predictions["score_nurse"]
+    assert ((total - 1).abs() < 1e-9).all() and predictions["top1"].is_in(["doctor", "nurse"]).all()
+    # One yes/no and one rating answer per distinct image; two samples of one prompt, each scored.
+    assert probes.group_by("probe").len().sort("probe").rows() == [("rating", images), ("yes_no", images)]
+    assert probes.filter(pl.col("probe") == "yes_no")["value"].is_between(0, 1).all()
+    assert probes.filter(pl.col("probe") == "rating")["value"].is_between(1, 5).all()
+    assert generations.height == images * SAMPLES and set(generations["prompt"]) == {DESCRIBE}
+    assert generations["toxicity"].is_between(0, 1).all() and generations["text"].dtype == pl.String
+    assert {"refusal", "words", "lexicon_competence", "lexicon_warmth", "run_id", "dataset"} <= set(generations.columns)
+    assert set(generations["run_id"]) == {run.run_id}
+    names = set(metrics["metric"])
+    for prefix in ("yes_prob_gap", "rating_gap", "max_toxicity", "toxicity_rate", "lexicon_", "control_yes_prob_gap", "flip_rate"):
+        assert any(name.startswith(prefix) for name in names), prefix
+    assert_one_family_and_calls_only_past_the_control(metrics)
+    opened = open_run(run.run_uri)  # the Python API reads the generative tables back
+    assert opened.probes.drop("run_id", "dataset").equals(probes.drop("run_id", "dataset"))
+    assert opened.generations.height == generations.height and "text" in opened.generations.columns
+    assert "Generative probes (each gap beside its control, called as above):" in opened.headline()
+    asked = images * (2 + 1 + 1 + SAMPLES + SAMPLES)  # 2 labels, yes/no, rating, samples, their toxicity
+    assert run.manifest["counts"]["auditee"] == {"computed": asked, "cached": 0}
+    assert set(run.manifest["models"]) == {"generator", "judge", "audit", "toxicity"}
+    assert run.manifest["run_identity"]["stages"]["audit"]["lexicon"].startswith("sha256:")
+    report = (run_dir / "report.html").read_text()
+    assert "Generative model under audit" in report and f"Prompt: {YES_NO}" in report
+    from counterfactual_lab.runs.reproduce import config_from_manifest
+
+    rebuilt = config_from_manifest(run.manifest, output_uri=str(out / "rerun"))  # the toxicity role points back too
+    assert rebuilt.audit.toxicity_model == str(Path(inputs.models["toxicity"]).resolve())
+    assert rebuilt.audit.model == str(Path(inputs.models["vlm"]).resolve()) and rebuilt.audit.yes_no == [YES_NO]
+
+    # The rerun (forced: every stage again) is answered from OUT/_auditee_cache alone.
+    with generate_calls() as calls:
+        again = run_audit(config, str(out), force=True)
+    assert calls == []
+    assert again.manifest["counts"]["auditee"] == {"computed": 0, "cached": asked}
+    assert pl.read_parquet(run_dir / "generations.parquet").drop("run_id", "dataset").equals(generations.drop("run_id", "dataset"))
+    assert again.predictions.equals(predictions) and again.metrics.equals(metrics)
+    entry = json.loads(next((out / "_auditee_cache" / "generation").rglob("*.json")).read_text())
+    assert entry["fields"]["prompt"] == DESCRIBE and entry["fields"]["temperature"] == 1.0
