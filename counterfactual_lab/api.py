@@ -293,9 +293,10 @@ class AuditRun:
     """A finished audit run: its manifest, its tables as polars DataFrames, its report.
 
     ``metrics``, ``predictions``, ``counterfactuals`` and ``quarantine`` are the run's
-    Parquet tables, and with a generative model under audit ``probes`` (yes/no and rating
-    answers) and ``generations`` (the texts and their scores); an empty frame for a table the
-    run did not write. In Jupyter the run
+    Parquet tables, with a contrastive model under audit ``retrieval`` (every ranking skew and
+    NDKL are measured on: score, rank and group per query and image), and with a generative model
+    ``probes`` (yes/no and rating answers) and ``generations`` (the texts and their scores); an
+    empty frame for a table the run did not write. In Jupyter the run
     shows itself as its models, row accounting and headline findings, with the report's path.
     """
 
@@ -311,6 +312,8 @@ class AuditRun:
     quarantine = property(lambda self: self._tables.quarantine)
     probes = property(lambda self: self._tables.probes, doc="probes.parquet: yes/no and rating answers (generative runs).")
     generations = property(lambda self: self._tables.generations, doc="generations.parquet: texts and scores (generative runs).")
+    retrieval = property(lambda self: self._tables.retrieval,
+                         doc="retrieval.parquet: each query's ranking, with scores, ranks and groups (contrastive runs).")
     report_uri = property(lambda self: self._tables.report_uri, doc="The run's report.html.")
 
     @property
@@ -347,6 +350,7 @@ class AuditRun:
         failed = " <b style='color:#cf222e'>(failed)</b>" if self.status == "failed" else ""
         generative = (f", <code>.probes</code> ({self.probes.height} rows), <code>.generations</code> "
                       f"({self.generations.height} rows)") if self.probes.height or self.generations.height else ""
+        generative += f", <code>.retrieval</code> ({self.retrieval.height} rows)" if self.retrieval.height else ""
         return (
             "<div class='cflab-run'>"
             f"<p style='border-left:4px solid {colour};padding:.3rem .6rem;font-weight:600'>{escaped(models_line(manifest))}</p>"

@@ -104,7 +104,7 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
     if evaluate:
         evaluation = evaluation_for(config)
         answers = evaluation.evaluate(run, design.evaluation_pool(run, outcome, generated))  # the model under audit
-        tables.update(evaluation.tables(answers))
+        tables.update(evaluation.tables(run, answers, design.evaluate_only))
         tables["metrics"] = evaluation.metrics(run, answers, generated.judged, design.evaluate_only)
         auditee_counts = evaluation.auditee_counts(answers)
     return publish(run, outcome.rows_in, outcome.valid.height, outcome.quarantined, tables, generated.counts,

@@ -3,9 +3,9 @@
 :class:`ContrastiveEvaluation` (CLIP, SigLIP: zero-shot labels and retrieval) and
 :class:`GenerativeEvaluation` (chat VLMs and captioners: probes and generations, every answer
 through the output store's cache) both answer ``evaluate(run, pool)`` (the model's answers on
-the pool, fanned out in chunks: the run's tables of answers) and ``metrics(run, answers,
-judged, evaluate_only)`` (the metrics table), and say ``auditee_counts(answers)`` (the
-manifest's ``counts.auditee``; None for a contrastive model).
+the pool, fanned out in chunks), ``tables(run, answers, evaluate_only)`` (the run's tables of
+answers) and ``metrics(run, answers, judged, evaluate_only)`` (the metrics table), and say
+``auditee_counts(answers)`` (the manifest's ``counts.auditee``; None for a contrastive model).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from counterfactual_lab.tasks.evaluate import (
     compute_fairness_metrics,
     evaluate_auditee_batch,
     evaluate_batch,
+    rank_retrieval,
 )
 from counterfactual_lab.tasks.runners import with_runtime_retries
 
@@ -56,9 +57,13 @@ class ContrastiveEvaluation:
         return compute_fairness_metrics(answers.predictions, answers.retrieval, judged, config.audit,
                                         config.attributes, config.generation.reconstruction, evaluate_only)
 
-    def tables(self, answers: AuditeeAnswers) -> dict[str, pl.DataFrame]:
-        """The run's tables of answers (retrieval scores are not one of them)."""
-        return {"predictions": answers.predictions}
+    def tables(self, run: StageRun, answers: AuditeeAnswers, evaluate_only: bool) -> dict[str, pl.DataFrame]:
+        """The run's tables of answers: ``predictions`` and ``retrieval`` (every ranking the metrics
+        measure skew and NDKL on, with each image's score, rank and group: recomputable without the model)."""
+        config = run.config
+        return {"predictions": answers.predictions,
+                "retrieval": rank_retrieval(answers.predictions, answers.retrieval, config.audit, config.attributes,
+                                            config.generation.reconstruction, evaluate_only)}
 
     def auditee_counts(self, answers: AuditeeAnswers) -> dict[str, int] | None:
         return None  # a contrastive model's embeddings are cached in memory only
@@ -96,7 +101,7 @@ class GenerativeEvaluation:
                                        self.lexicon.names, config.attributes, config.generation.reconstruction,
                                        evaluate_only)
 
-    def tables(self, answers: AuditeeAnswers) -> dict[str, pl.DataFrame]:
+    def tables(self, run: StageRun, answers: AuditeeAnswers, evaluate_only: bool) -> dict[str, pl.DataFrame]:
         return {"predictions": answers.predictions, "probes": answers.probes, "generations": answers.generations}
 
     def auditee_counts(self, answers: AuditeeAnswers) -> dict[str, int] | None:

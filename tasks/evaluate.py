@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from counterfactual_lab.config.audit_config import AuditSection
 from counterfactual_lab.evaluate.auditees import load_auditee
 from counterfactual_lab.evaluate.auditees.kinds import CONTRASTIVE
-from counterfactual_lab.metrics import compute_metrics
+from counterfactual_lab.metrics import compute_metrics, retrieval_table
 from counterfactual_lab.metrics.generative_table import generative_run_metrics
 from counterfactual_lab.metrics.strata import design_stratum
 from counterfactual_lab.storage.files import ImageStore
@@ -42,6 +42,21 @@ def compute_fairness_metrics(
     ``reconstruction`` (``generation.reconstruction``) and ``evaluate_only`` give the run's design (None: read from the pool)."""
     design = None if reconstruction is None else design_stratum(reconstruction, evaluate_only)
     return compute_metrics(predictions, retrieval, counterfactuals, audit, attribute_values, design=design)
+
+
+@task(name="rank-retrieval", cache_policy=NO_CACHE, persist_result=False)
+def rank_retrieval(
+    predictions: pl.DataFrame,
+    retrieval: pl.DataFrame,
+    audit: AuditSection,
+    attribute_values: dict[str, list[str]] | None = None,
+    reconstruction: bool | None = None,
+    evaluate_only: bool = False,
+) -> pl.DataFrame:
+    """``retrieval.parquet``: the rankings :func:`compute_fairness_metrics` measures skew and NDKL on
+    (the same arguments), one row per query, stratum, attribute and image."""
+    design = None if reconstruction is None else design_stratum(reconstruction, evaluate_only)
+    return retrieval_table(predictions, retrieval, audit, attribute_values, design=design)
 
 
 # -- generative models under audit (counterfactual_lab/auditees) -------------------------------

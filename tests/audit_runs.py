@@ -11,7 +11,7 @@ import pytest
 import yaml
 from polars.testing import assert_frame_equal
 from counterfactual_lab.demo.inputs import DemoInputs, demo_config, prepare_demo
-from counterfactual_lab.runs.publisher import TABLE_NAMES
+from counterfactual_lab.runs.publisher import CONTRASTIVE_TABLE_NAMES, TABLE_NAMES
 from counterfactual_lab.runs.reader import RunTables, read_run
 
 
@@ -117,7 +117,7 @@ def assert_same_tables(
     """Every table equal; ``exact=False`` allows float rounding (rtol 1e-5) and nothing else:
     every key, label, decision and image must still match."""
     tolerance = {} if exact else {"rel_tol": 1e-5, "abs_tol": 1e-7}
-    for name in TABLE_NAMES:
+    for name in (*TABLE_NAMES, *CONTRASTIVE_TABLE_NAMES):
         assert_frame_equal(
             comparable(getattr(a, name), out_a), comparable(getattr(b, name), out_b), check_exact=exact, **tolerance
         )

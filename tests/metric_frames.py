@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import polars as pl
 
 
@@ -92,4 +94,26 @@ def recompute_pair_metrics(predictions: pl.DataFrame, labels: list[str]) -> dict
             deltas = [b[f"score_{label}"] - a[f"score_{label}"] for a, b in members]
             out[(stratum, attribute, "prob_gap_signed", label)] = (sum(deltas) / n, n, sources)
             out[(stratum, attribute, "prob_gap_abs", label)] = (sum(abs(d) for d in deltas) / n, n, sources)
+    return out
+
+
+def recompute_rankings(rankings: pl.DataFrame) -> dict[tuple, dict]:
+    """{(stratum, attribute, query, protocol): MaxSkew@K, MinSkew@K (None when a group of D is absent
+    from the top K), NDKL and K} of every ranking in ``retrieval.parquet``, in plain Python, from its
+    columns alone (rank, group, k, desired_share): no model, no metrics code."""
+    out = {}
+    for key, frame in rankings.group_by(["stratum", "attribute", "query", "protocol"], maintain_order=True):
+        frame = frame.sort("rank")
+        groups, k = frame["group"].to_list(), frame["k"][0]
+        desired = dict(zip(groups, frame["desired_share"].to_list()))
+        top = groups[:k]
+        skews = [math.log(top.count(g) / k / d) for g, d in desired.items() if g in top]
+        # A group of D without any ranked image (its share is missing from the sum) is absent too.
+        absent = len(skews) < len(desired) or sum(desired.values()) < 1 - 1e-9
+        weighted, z = 0.0, 0.0
+        for i in range(1, len(groups) + 1):
+            shares = {g: groups[:i].count(g) / i for g in set(groups[:i])}
+            weighted += sum(p * math.log(p / desired[g]) for g, p in shares.items()) / math.log2(i + 1)
+            z += 1 / math.log2(i + 1)
+        out[key] = {"max": max(skews), "min": None if absent else min(skews), "ndkl": weighted / z, "k": k}
     return out

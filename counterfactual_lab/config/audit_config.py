@@ -28,6 +28,7 @@ from counterfactual_lab.config.dataset_spec import (
     _first_error,
 )
 from counterfactual_lab.config.methods import DEFAULT_METHOD, METHODS
+from counterfactual_lab.config.skew_protocols import SKEW_PROTOCOL_SOCIALCOUNTERFACTUALS, SkewProtocol, subject_problem
 from counterfactual_lab.config.yaml_files import load_yaml_file
 from counterfactual_lab.errors import ConfigError
 from counterfactual_lab.storage.redaction import RedactedInJson
@@ -234,6 +235,8 @@ class AuditSection(BaseModel):
     prompt: Text = "a photo of a {label}"
     queries: list[Text] = Field(default_factory=lambda: ["a photo of a doctor"], max_length=MAX_QUERIES)
     top_k: int = Field(10, ge=1, le=MAX_TOP_K)
+    # Which ranking retrieval skew and NDKL are measured on (config/skew_protocols.py, docs/metrics.md).
+    skew_protocol: SkewProtocol = "geyik"
     batch_size: int = Field(32, ge=1, le=MAX_EMBEDDING_BATCH)
     bootstrap_samples: int = Field(1000, ge=50, le=MAX_BOOTSTRAP_SAMPLES)
     bootstrap_seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the bootstrap resamples (docs/metrics.md)")
@@ -277,6 +280,14 @@ class AuditSection(BaseModel):
     @classmethod
     def _choice_template(cls, prompt: str | None) -> str | None:
         return None if prompt is None else _probe_template(prompt, ("image", "options"))
+
+    @model_validator(mode="after")
+    def _queries_name_their_subject(self) -> "AuditSection":
+        if self.skew_protocol == SKEW_PROTOCOL_SOCIALCOUNTERFACTUALS:
+            problem = subject_problem(self.queries, self.labels)
+            if problem:
+                raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _probes_fit_the_kind(self) -> "AuditSection":

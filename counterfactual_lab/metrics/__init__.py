@@ -9,6 +9,7 @@ One idea per module (docs/metrics.md has the definitions and the design):
 :mod:`.counterfactual_fairness` flip rate and probability gaps (and their controls); which are called, m
 :mod:`.group_fairness`          selection rate, demographic parity, equalized odds
 :mod:`.retrieval`               Skew@K, MaxSkew@K, MinSkew@K, NDKL, NDKL@K
+:mod:`.rankings`                what each query ranks (``audit.skew_protocol``); ``retrieval.parquet``
 :mod:`.cits`                    CITS, the project's own counterfactual image-text score
 :mod:`.intervals`               cluster bootstrap by source, Wilson at 0/n and n/n, Bonferroni levels
 :mod:`.table`                   :func:`compute_metrics`: all of it as one table
@@ -27,7 +28,7 @@ from counterfactual_lab.metrics.schema import (
     STRATUM_REAL_VS_GENERATED,
 )
 from counterfactual_lab.metrics.strata import design_stratum
-from counterfactual_lab.metrics.table import compute_metrics, count_metric_comparisons
+from counterfactual_lab.metrics.table import compute_metrics, count_metric_comparisons, retrieval_table
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -41,4 +42,5 @@ __all__ = [
     "count_metric_comparisons",
     "design_stratum",
     "metric_parameters",
+    "retrieval_table",
 ]

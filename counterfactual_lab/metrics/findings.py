@@ -95,6 +95,8 @@ DECISIONS_SCHEMA = {
     "confidence_adjusted": pl.Float64, "comparisons": pl.Int64,
     "verdict": pl.String,  # "called", "no difference detected", "undefined" or "reported" (never called)
     "called": pl.Boolean,
+    # What a skew or NDKL row was measured against (schema.RANKING_SCHEMA; null elsewhere).
+    "protocol": pl.String, "k": pl.Int64, "desired": pl.String,
 }
 
 # A run's verdict (bias_verdict).

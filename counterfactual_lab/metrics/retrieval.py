@@ -14,9 +14,13 @@ is fair when every prefix holds each group in its *desired* share D(a). Notation
   ``KL(P‖D) = Σ_a P(a) ln(P(a)/D(a))`` with 0·ln 0 = 0. 0 when every prefix has the desired mix.
 * ``ndkl@K`` — the same sum truncated to the first K positions (its own name: it is not NDKL).
 
-The desired distribution D is a parameter: uniform over the attribute's values for the balanced
-generated sets and counterfactual-set datasets (the SocialCounterfactuals protocol), the pool's
-own mix for the observational stratum of originals. K larger than the pool is capped to it.
+The desired distribution D and K are parameters, set by ``audit.skew_protocol``
+(:mod:`~counterfactual_lab.metrics.rankings`): under ``geyik`` D is uniform over the attribute's
+values for the balanced generated sets and counterfactual-set datasets, the pool's own mix for
+originals, and K = ``audit.top_k``; under ``socialcounterfactuals`` D is each query's own pool's
+mix and K the number of groups, and :func:`mean_skew_rows` averages MaxSkew over the queries. K
+larger than the pool is capped to it. Every row says its protocol, K and D (``protocol``, ``k``,
+``desired``).
 
 Intervals: cluster bootstrap by source. A resample is a multiset of pool items (every image of a
 drawn source, as many times as it was drawn), ranked by the same scores; copies of one image are
@@ -35,6 +39,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from counterfactual_lab.config.skew_protocols import SKEW_PROTOCOL_GEYIK, SKEW_PROTOCOL_SOCIALCOUNTERFACTUALS
 from counterfactual_lab.metrics.intervals import (
     ClusterBootstrap,
     IntervalSettings,
@@ -97,6 +102,29 @@ def ndkl(ranked_groups: Sequence[str], desired: Mapping[str, float], k: int | No
     return float(truncated[0])
 
 
+def _top_k_skews(codes: np.ndarray, weights: np.ndarray, n_groups: int, k: int, desired: np.ndarray | None
+                 ) -> dict[str, np.ndarray]:
+    """Skew@K of each resample (module doc of :func:`ranking_replicates`), with the D each was measured
+    against (``d``, (b, G)) and its K (``k_b``, capped to the resample's pool). A resample with an
+    empty pool has every statistic NaN."""
+    w = np.asarray(weights, dtype=float)
+    onehot = np.eye(n_groups)[codes]  # (n, G)
+    totals = w.sum(axis=1)  # (b,)
+    k_b = np.minimum(k, totals)
+    before = np.cumsum(w, axis=1) - w
+    take = np.clip(k_b[:, None] - before, 0.0, w)  # copies of each item inside the top K
+    with np.errstate(divide="ignore", invalid="ignore"):
+        top = (take @ onehot) / k_b[:, None]
+        pool_mix = (w @ onehot) / totals[:, None]
+        d = np.broadcast_to(desired, top.shape) if desired is not None else pool_mix
+        in_scope = d > 0  # False for a group outside D (and everywhere in an empty pool: NaN)
+        skew = np.where(in_scope, np.log(top / np.where(in_scope, d, 1.0)), np.nan)  # −inf where absent from the top K
+    max_skew = np.where(in_scope, skew, -np.inf).max(axis=1)
+    min_skew = np.where(in_scope, skew, np.inf).min(axis=1)
+    return {"skew": skew, "max_skew": np.where(np.isfinite(max_skew), max_skew, np.nan),
+            "min_skew": np.where(np.isfinite(min_skew), min_skew, np.nan), "d": d, "k_b": k_b}
+
+
 def ranking_replicates(
     codes: np.ndarray, weights: np.ndarray, n_groups: int, k: int, desired: np.ndarray | None
 ) -> dict[str, np.ndarray]:
@@ -109,23 +137,10 @@ def ranking_replicates(
     when a group is absent from the top K), ``ndkl``, ``ndkl_k``.
     """
     w = np.asarray(weights, dtype=float)
-    onehot = np.eye(n_groups)[codes]  # (n, G)
-    totals = w.sum(axis=1)  # (b,)
-    k_b = np.minimum(k, totals)
-    before = np.cumsum(w, axis=1) - w
-    take = np.clip(k_b[:, None] - before, 0.0, w)  # copies of each item inside the top K
-    top = (take @ onehot) / k_b[:, None]
-    pool_mix = (w @ onehot) / totals[:, None]
-    d = np.broadcast_to(desired, top.shape) if desired is not None else pool_mix
-    with np.errstate(divide="ignore", invalid="ignore"):
-        skew = np.where(d > 0, np.log(top / np.where(d > 0, d, 1.0)), np.nan)  # −inf where absent from the top K
-    in_scope = d > 0
-    max_skew = np.where(in_scope, skew, -np.inf).max(axis=1)
-    min_skew = np.where(in_scope, skew, np.inf).min(axis=1)
-    min_skew = np.where(np.isfinite(min_skew), min_skew, np.nan)
-    del before, take  # (b, n) each: free them before the NDKL pass
-    ndkl_all, ndkl_k = _ndkl_of_resamples(codes, w.astype(np.int64), n_groups, np.array(d, dtype=float), k_b)
-    return {"skew": np.where(np.isfinite(skew), skew, np.nan), "max_skew": max_skew, "min_skew": min_skew,
+    top = _top_k_skews(codes, w, n_groups, k, desired)
+    ndkl_all, ndkl_k = _ndkl_of_resamples(codes, w.astype(np.int64), n_groups, np.array(top["d"], dtype=float), top["k_b"])
+    skew = top["skew"]
+    return {"skew": np.where(np.isfinite(skew), skew, np.nan), "max_skew": top["max_skew"], "min_skew": top["min_skew"],
             "ndkl": ndkl_all, "ndkl_k": ndkl_k}
 
 
@@ -148,7 +163,9 @@ def _ndkl_of_resamples(codes: np.ndarray, copies: np.ndarray, n_groups: int, des
     discount = 1.0 / np.log2(position + 1)
     log_desired = np.zeros_like(desired)
     np.log(desired, out=log_desired, where=desired > 0)
-    one_d = bool(np.allclose(desired, desired[:1]))  # one D for every resample (the uniform one)
+    # One D for every resample (the uniform one) only when every row is exactly the first: two pool
+    # mixes a rounding error apart are two targets, and each resample keeps its own.
+    one_d = bool((desired == desired[:1]).all())
     flat = np.repeat(np.tile(codes.astype(np.int32), b), copies.ravel())
     # KL(P_i ‖ D) accumulated one group at a time: memory holds a few arrays of one number per
     # position, never one of a number per (position, group).
@@ -187,6 +204,11 @@ def ranked_pool(pool: pl.DataFrame, retrieval: pl.DataFrame, query: str) -> pl.D
     return items.join(scores, on=["id", "content_key"], how="inner").sort(["score", "id"], descending=[True, False])
 
 
+def describe_desired(kind: str, shares: Mapping[str, float]) -> str:
+    """The ``desired`` column: ``uniform: female=0.5, male=0.5`` or ``pool: female=0.25, male=0.75``."""
+    return f"{kind}: " + ", ".join(f"{group}={float(share):.6g}" for group, share in sorted(shares.items()))
+
+
 def retrieval_rows(
     ranked: pl.DataFrame,
     attribute: str,
@@ -195,11 +217,14 @@ def retrieval_rows(
     top_k: int,
     settings: IntervalSettings,
     desired_values: Sequence[str] | None,
+    protocol: str = SKEW_PROTOCOL_GEYIK,
 ) -> list[dict[str, Any]]:
     """Skew@K per group, MaxSkew@K, MinSkew@K, NDKL and NDKL@K of one ranked pool.
 
     ``desired_values``: the attribute's values for a uniform D (every ranked group must be one
-    of them), or None for D = the pool's mix (recomputed in each resample).
+    of them), or None for D = the pool's mix (recomputed in each resample). Every row carries
+    ``protocol``, its K (capped to the pool; for ``ndkl`` the whole ranking's length) and D written
+    out (:func:`describe_desired`).
     """
     if ranked.height == 0:
         return []
@@ -211,6 +236,10 @@ def retrieval_rows(
     c_codes, c = cluster_codes(ranked["source_id"].to_numpy())
     n = len(codes)
     k = min(top_k, n)
+    shares = desired if desired is not None else np.bincount(codes, minlength=len(names)) / n
+    described = describe_desired(DESIRED_UNIFORM if desired is not None else DESIRED_POOL, dict(zip(names, shares)))
+    at_k = {"protocol": protocol, "k": k, "desired": described}
+    whole = {"protocol": protocol, "k": n, "desired": described}
     point = ranking_replicates(codes, np.ones((1, n)), len(names), k, desired)
     # Per-item copies in each resample = the resample's count of the item's source. Each resample
     # expands to its whole ranking (≈ n items × G shares), so blocks are sized by n·G, not by C.
@@ -235,19 +264,94 @@ def retrieval_rows(
     for j, group in enumerate(names):
         why = f"{group} is absent from the top {k} (0 of {k}): skew is −∞" if top_counts[j] == 0 else None
         rows.append(metric_row(f"skew{suffix}", stratum, attribute, estimate(point["skew"][0, j], boot["skew"][:, j], why),
-                               group=group, query=query))
+                               group=group, query=query, ranking=at_k))
     skews = np.where(np.isfinite(point["skew"][0]), point["skew"][0], -np.inf)
     top_group = names[int(np.argmax(skews))]
     rows.append(metric_row(f"max_skew{suffix}", stratum, attribute, estimate(point["max_skew"][0], boot["max_skew"]),
-                           group=top_group, query=query))
+                           group=top_group, query=query, ranking=at_k))
     if absent:
         why = f"{', '.join(absent)} absent from the top {k}: MinSkew is −∞"
         rows.append(metric_row(f"min_skew{suffix}", stratum, attribute, Estimate.undefined(why, n, c).with_note(capped),
-                               group=absent[0], query=query))
+                               group=absent[0], query=query, ranking=at_k))
     else:
         bottom_group = names[int(np.argmin(skews))]
         rows.append(metric_row(f"min_skew{suffix}", stratum, attribute, estimate(point["min_skew"][0], boot["min_skew"]),
-                               group=bottom_group, query=query))
-    rows.append(metric_row("ndkl", stratum, attribute, estimate(point["ndkl"][0], boot["ndkl"], uses_k=False), query=query))
-    rows.append(metric_row(f"ndkl{suffix}", stratum, attribute, estimate(point["ndkl_k"][0], boot["ndkl_k"]), query=query))
+                               group=bottom_group, query=query, ranking=at_k))
+    rows.append(metric_row("ndkl", stratum, attribute, estimate(point["ndkl"][0], boot["ndkl"], uses_k=False), query=query,
+                           ranking=whole))
+    rows.append(metric_row(f"ndkl{suffix}", stratum, attribute, estimate(point["ndkl_k"][0], boot["ndkl_k"]), query=query,
+                           ranking=at_k))
+    return rows
+
+
+def mean_skew_rows(
+    rankings: Sequence[tuple[str, pl.DataFrame]],
+    attribute: str,
+    stratum: str,
+    top_k: int,
+    settings: IntervalSettings,
+    protocol: str = SKEW_PROTOCOL_SOCIALCOUNTERFACTUALS,
+) -> list[dict[str, Any]]:
+    """MaxSkew@K and MinSkew@K averaged over the queries (query null): the SocialCounterfactuals summary.
+
+    ``rankings``: (query, its own ranked pool) for every query; each is measured against its own
+    pool's mix. With Q the queries whose pool is not empty::
+
+        mean MaxSkew@K = (1/Q) Σ_q MaxSkew_q@K
+
+    and MinSkew@K likewise, except that a group absent from a query's top K makes that query's
+    MinSkew −∞, so the mean is null (with a note counting such lists; the released code counts 0
+    there). The note of the MaxSkew row counts the top-K lists where a group was absent. Intervals:
+    one cluster bootstrap over the sources of every query's pool together (a resample leaving a
+    query's pool empty, or, for MinSkew, a group out of a top K, is skipped and counted).
+    """
+    _check_k(top_k)
+    ranked = [(query, frame) for query, frame in rankings if frame.height]
+    without = [query for query, frame in rankings if not frame.height]
+    ranking = {"protocol": protocol, "k": top_k, "desired": f"{DESIRED_POOL}: each query's own mix"}
+    suffix = f"@{top_k}"
+    none_own = f"no own sets for {', '.join(repr(q) for q in without)}" if without else None
+    if not ranked:
+        why = f"no query has its own sets in this stratum ({none_own})"
+        return [metric_row(f"max_skew{suffix}", stratum, attribute, Estimate.undefined(why), ranking=ranking)]
+    names = sorted({g for _, frame in ranked for g in frame["group"].to_list()})
+    index = {g: i for i, g in enumerate(names)}
+    codes = [np.array([index[g] for g in frame["group"].to_list()], dtype=np.int64) for _, frame in ranked]
+    sources = [frame["source_id"].to_numpy() for _, frame in ranked]
+    every_cluster, c = cluster_codes(np.concatenate(sources))
+    clusters = np.split(every_cluster, np.cumsum([len(s) for s in sources])[:-1])
+    n, q = int(sum(len(x) for x in codes)), len(ranked)
+
+    def per_query(weights: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(MaxSkew, MinSkew) of every resample (rows) and query (columns); ``weights(clusters, n)``."""
+        stats = [_top_k_skews(x, weights(cl, len(x)), len(names), top_k, None) for x, cl in zip(codes, clusters)]
+        return np.stack([s["max_skew"] for s in stats], axis=1), np.stack([s["min_skew"] for s in stats], axis=1)
+
+    point_max, point_min = per_query(lambda _, size: np.ones((1, size)))
+    boot_max, boot_min = [], []
+    for counts in ClusterBootstrap(c, settings).count_blocks(cells_per_resample=n * len(names)):
+        block_max, block_min = per_query(lambda cl, _: counts[:, cl])
+        boot_max.append(block_max.mean(axis=1))  # NaN (skipped) where a query's pool was left empty
+        boot_min.append(block_min.mean(axis=1))
+    absent = int(np.isnan(point_min[0]).sum())
+    capped = [query for (query, _), x in zip(ranked, codes) if len(x) < top_k]
+    lists = f"the top-{top_k} lists of {q} {'query' if q == 1 else 'queries'}"
+    counted = f"a group was absent from {absent} of {q} top-{top_k} lists"
+    notes = [f"mean over {lists}, each query ranking its own sets against their own mix", counted]
+    notes += [none_own] if none_own else []
+    notes += [f"K capped to the pool size for {', '.join(repr(x) for x in capped)}"] if capped else []
+
+    def estimate(value: float, replicates: list[np.ndarray], note: str) -> Estimate:
+        low, high, skipped = percentile_interval(np.concatenate(replicates), settings.confidence)
+        return Estimate(float(value), low, high, n, c, skipped, note)
+
+    rows = [metric_row(f"max_skew{suffix}", stratum, attribute, estimate(point_max[0].mean(), boot_max, "; ".join(notes)),
+                       ranking=ranking)]
+    if absent:
+        why = (f"{counted}, where MinSkew is −∞: no mean (the released SocialCounterfactuals code counts such a "
+               "list's MinSkew as 0)")
+        rows.append(metric_row(f"min_skew{suffix}", stratum, attribute, Estimate.undefined(why, n, c), ranking=ranking))
+    else:
+        rows.append(metric_row(f"min_skew{suffix}", stratum, attribute,
+                               estimate(point_min[0].mean(), boot_min, "; ".join(notes[:1] + notes[2:])), ranking=ranking))
     return rows

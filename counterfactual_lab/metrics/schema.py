@@ -11,7 +11,14 @@ then the family-wise columns, added after them (docs/metrics.md, "How many compa
 
 the interval at level ``confidence_adjusted`` = 1 − (1 − c)/m for the m comparisons a run can
 call (``comparisons``), drawn from the same replicates; set on the rows a difference can be
-called on and on their controls, null elsewhere.
+called on and on their controls, null elsewhere; then the ranking columns (docs/metrics.md,
+"Retrieval fairness")::
+
+    protocol, k, desired
+
+what a skew or NDKL row was measured against: ``audit.skew_protocol``, the K of its top K (for
+``ndkl``, the length of the whole ranking) and its desired distribution written out
+(``uniform: female=0.5, male=0.5``, ``pool: female=0.25, male=0.75``); null on every other row.
 
 An undefined value is a null ``value`` with a non-null ``note`` saying why; a ``note`` may also
 accompany a defined value (e.g. the groups left out for being too small).
@@ -20,6 +27,7 @@ accompany a defined value (e.g. the groups left out for being too small).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -48,7 +56,13 @@ FAMILY_WISE_SCHEMA = {
     "confidence_adjusted": pl.Float64,
     "comparisons": pl.Int64,
 }
-METRICS_SCHEMA = {**_CONTRACT_SCHEMA, **FAMILY_WISE_SCHEMA}
+# What a retrieval row (skew, NDKL) was measured against; null on every other row.
+RANKING_SCHEMA = {
+    "protocol": pl.String,
+    "k": pl.Int64,
+    "desired": pl.String,
+}
+METRICS_SCHEMA = {**_CONTRACT_SCHEMA, **FAMILY_WISE_SCHEMA, **RANKING_SCHEMA}
 
 # Strata: which images a row compares (docs/metrics.md, "Design").
 STRATUM_GENERATED = "generated"  # counterfactual vs reconstruction, balanced generated sets: the findings
@@ -112,8 +126,9 @@ def metric_row(
     group: str | None = None,
     label: str | None = None,
     query: str | None = None,
+    ranking: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One row of the metrics table."""
+    """One row of the metrics table; ``ranking``: a retrieval row's ``protocol``, ``k`` and ``desired``."""
     if estimate.value is None and not estimate.note:
         raise ValueError(f"{metric} ({stratum}, {attribute}) is undefined without a note saying why")
     value = None if estimate.value is None else float(estimate.value)
@@ -133,6 +148,7 @@ def metric_row(
         "ci_high_adjusted": optional(estimate.adjusted_high) if adjusted else None,
         "confidence_adjusted": float(estimate.confidence_adjusted) if adjusted and estimate.confidence_adjusted else None,
         "comparisons": int(estimate.comparisons) if adjusted and estimate.comparisons is not None else None,
+        **{column: (ranking or {}).get(column) for column in RANKING_SCHEMA},
     }
 
 

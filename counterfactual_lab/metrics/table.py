@@ -23,10 +23,13 @@ replicates with enough resamples for its tails (:mod:`~counterfactual_lab.metric
 ``extra_comparisons`` adds the comparisons the same run calls in other rows (a generative model's
 probe gaps: :mod:`counterfactual_lab.metrics.generative_table`), so one family spans both tables.
 
-The desired distribution of retrieval is uniform over the attribute's values
-(``attribute_values``, the config's ``attributes``; without it, the groups present) in the
-``generated`` and ``evaluate_only`` strata, and the pool's own mix in the ``observational`` and
-``real_vs_generated`` strata, whose pools the data, not the design, balance.
+Under ``audit.skew_protocol: geyik`` (the default) the desired distribution of retrieval is
+uniform over the attribute's values (``attribute_values``, the config's ``attributes``; without
+it, the groups present) in the ``generated`` and ``evaluate_only`` strata, and the pool's own mix
+in the ``observational`` and ``real_vs_generated`` strata, whose pools the data, not the design,
+balance; under ``socialcounterfactuals`` it is each query's own pool's mix
+(:mod:`~counterfactual_lab.metrics.rankings`). :func:`retrieval_table` gives the rankings
+themselves (``retrieval.parquet``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from typing import Any
 
 import polars as pl
 
+from counterfactual_lab.config.skew_protocols import SKEW_PROTOCOL_SOCIALCOUNTERFACTUALS
 from counterfactual_lab.evaluate.pool import POOL_SCHEMA, score_column
 from counterfactual_lab.metrics.cits import cits_rows
 from counterfactual_lab.metrics.counterfactual_fairness import (
@@ -48,7 +52,8 @@ from counterfactual_lab.metrics.counterfactual_fairness import (
 from counterfactual_lab.metrics.group_fairness import group_fairness_rows
 from counterfactual_lab.metrics.intervals import IntervalSettings
 from counterfactual_lab.metrics.pairs import PAIRS_BY_DESIGN, control_pairs
-from counterfactual_lab.metrics.retrieval import ranked_pool, retrieval_rows
+from counterfactual_lab.metrics.rankings import query_rankings, ranking_frame, retrieval_frame
+from counterfactual_lab.metrics.retrieval import mean_skew_rows, retrieval_rows
 from counterfactual_lab.metrics.schema import (
     STRATUM_EVALUATE_ONLY,
     STRATUM_GENERATED,
@@ -97,6 +102,17 @@ def spelled_as_in(values: Sequence[str] | None, predictions: pl.DataFrame) -> li
     return sorted({present.get(v.casefold(), v) for v in values})
 
 
+def _stratum_pool(
+    pool: pl.DataFrame, stratum: str, values: Sequence[str] | None
+) -> tuple[pl.DataFrame, list[str] | None, str | None]:
+    """(the rows group and retrieval metrics of ``stratum`` use, the values of a uniform desired
+    distribution or None for the pool's mix, a note on the rows left out)."""
+    uniform = stratum in _UNIFORM_DESIRED
+    pool, left_out = restrict_groups(pool, values if uniform else None)
+    desired = (sorted(values) if values is not None else sorted(pool["group"].unique().to_list())) if uniform else None
+    return pool, desired, left_out
+
+
 def _pool_rows(
     pool: pl.DataFrame,
     retrieval: pl.DataFrame,
@@ -107,16 +123,16 @@ def _pool_rows(
     values: Sequence[str] | None,
 ) -> list[dict[str, Any]]:
     """Group fairness and retrieval rows of one stratum's pool of one attribute."""
-    uniform = stratum in _UNIFORM_DESIRED
-    pool, left_out = restrict_groups(pool, values if uniform else None)
+    pool, desired, left_out = _stratum_pool(pool, stratum, values)
     if pool.height == 0:
         return []
     rows = group_fairness_rows(pool, attribute, stratum, list(audit.labels), settings, audit.min_group_size)
     if retrieval.height:
-        desired = (sorted(values) if values is not None else sorted(pool["group"].unique().to_list())) if uniform else None
-        for query in audit.queries:
-            ranked = ranked_pool(pool, retrieval, query)
-            rows += retrieval_rows(ranked, attribute, stratum, query, audit.top_k, settings, desired)
+        rankings = query_rankings(pool, retrieval, stratum, audit, desired)
+        for r in rankings:
+            rows += retrieval_rows(r.ranked, attribute, stratum, r.query, r.k, settings, r.desired_values, r.protocol)
+        if rankings and rankings[0].protocol == SKEW_PROTOCOL_SOCIALCOUNTERFACTUALS:
+            rows += mean_skew_rows([(r.query, r.ranked) for r in rankings], attribute, stratum, rankings[0].k, settings)
     return _with_note(rows, left_out)
 
 
@@ -155,9 +171,11 @@ class _Comparisons:
 
 
 def _comparisons(
-    predictions: pl.DataFrame | None, audit: Any, attribute_values: Mapping[str, Sequence[str]] | None, design: str | None
+    predictions: pl.DataFrame | None, audit: Any, attribute_values: Mapping[str, Sequence[str]] | None, design: str | None,
+    with_pairs: bool = True,
 ) -> _Comparisons | None:
-    """The run's comparisons (:class:`_Comparisons`); None for a run with nothing to compare or describe."""
+    """The run's comparisons (:class:`_Comparisons`); None for a run with nothing to compare or describe.
+    ``with_pairs=False``: the design and each attribute's rows only (no pairs, m = 0)."""
     labels = list(audit.labels)
     empty = predictions is None or predictions.height == 0
     if empty and design is None:
@@ -169,11 +187,11 @@ def _comparisons(
     attributes = sorted(set(attribute_values or {}) | set(predictions["attribute"].drop_nulls().unique().to_list()))
     rows_by = {attribute: predictions.filter(pl.col("attribute") == attribute) for attribute in attributes}
     pairs_by, controls_by = {}, {}
-    if comparison is not None:
+    if comparison is not None and with_pairs:
         pairs_by = {a: PAIRS_BY_DESIGN[comparison](rows_of, labels) for a, rows_of in rows_by.items()}
         if comparison == STRATUM_GENERATED:
             controls_by = {a: control_pairs(rows_of, labels) for a, rows_of in rows_by.items()}
-    m = count_comparisons(pairs_by, comparison, labels, audit.min_group_size, controls_by) if comparison else 0
+    m = count_comparisons(pairs_by, comparison, labels, audit.min_group_size, controls_by) if comparison and with_pairs else 0
     return _Comparisons(predictions, comparison, rows_by, pairs_by, controls_by, m)
 
 
@@ -246,3 +264,28 @@ def compute_metrics(
         cits_stratum = STRATUM_GENERATED if generated else STRATUM_REAL_VS_GENERATED
         rows += cits_rows(counterfactuals, attribute, cits_stratum, settings)
     return metrics_frame(rows)
+
+
+def retrieval_table(
+    predictions: pl.DataFrame,
+    retrieval: pl.DataFrame,
+    audit: Any,
+    attribute_values: Mapping[str, Sequence[str]] | None = None,
+    *,
+    design: str | None = None,
+) -> pl.DataFrame:
+    """``retrieval.parquet``: every ranking :func:`compute_metrics` measures skew and NDKL on (the same
+    arguments), one row per query, stratum, attribute and ranked image
+    (:data:`~counterfactual_lab.metrics.rankings.RETRIEVAL_TABLE_SCHEMA`)."""
+    plan = _comparisons(predictions, audit, attribute_values, design, with_pairs=False)
+    if plan is None or retrieval is None or retrieval.height == 0:
+        return retrieval_frame([])
+    frames = []
+    for attribute, rows_of in plan.rows_by.items():
+        values = spelled_as_in(attribute_values.get(attribute) if attribute_values else None, rows_of)
+        strata = [(comparison_pool(rows_of, plan.design), plan.design)] if plan.design is not None else []
+        for rows, stratum in [*strata, (observational_pool(rows_of), STRATUM_OBSERVATIONAL)]:
+            pool, desired, _ = _stratum_pool(rows, stratum, values)
+            if pool.height:
+                frames += [ranking_frame(r, stratum, attribute) for r in query_rankings(pool, retrieval, stratum, audit, desired)]
+    return retrieval_frame(frames)

@@ -27,7 +27,7 @@ from counterfactual_lab.metrics.schema import (
     metric_kind,
     missing,
 )
-from counterfactual_lab.report.sentences import STRATUM_TITLES, finding_sentence, number
+from counterfactual_lab.report.sentences import STRATUM_TITLES, finding_sentence, number, ranking_basis
 
 FINDINGS_SCHEMA = {**DECISIONS_SCHEMA, "sentence": pl.String}
 
@@ -99,7 +99,8 @@ def headline_findings(metrics: pl.DataFrame, max_items: int = 8) -> list[str]:
 
 
 _TABLE_COLUMNS = ("metric", "stratum", "attribute", "group", "label", "query", "value", "ci_low", "ci_high", "n",
-                  "n_sources", "control_value", "control_ci_low", "control_ci_high", "called", "note")
+                  "n_sources", "control_value", "control_ci_low", "control_ci_high", "called", "note",
+                  "protocol", "k", "desired")
 
 
 def headline_table(metrics: pl.DataFrame, max_rows: int | None = None) -> list[dict[str, Any]]:
@@ -141,11 +142,14 @@ def verdict_lines(findings: pl.DataFrame) -> list[str]:
 
 
 def table_cells(row: Mapping[str, Any]) -> dict[str, str]:
-    """A headline-table row's value, interval and control as short text."""
+    """A headline-table row's value (with a ranking metric's K, desired distribution and protocol
+    beside it), interval and control as short text."""
     ci = f"[{number(row['ci_low'])}, {number(row['ci_high'])}]" if row["ci_low"] is not None else ""
     control = ""
     if row["control_value"] is not None:
         control = number(row["control_value"])
         if row["control_ci_low"] is not None:
             control += f" [{number(row['control_ci_low'])}, {number(row['control_ci_high'])}]"
-    return {"value": number(row["value"]), "interval": ci, "control": control, "called": "yes" if row["called"] else ""}
+    basis = ranking_basis(row, short=True)
+    value = number(row["value"]) + (f" ({basis})" if basis else "")
+    return {"value": value, "interval": ci, "control": control, "called": "yes" if row["called"] else ""}

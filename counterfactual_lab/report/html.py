@@ -40,6 +40,7 @@ from counterfactual_lab.report.sentences import (
     STRATUM_TITLES,
     number,
     percent,
+    ranking_basis,
 )
 from counterfactual_lab.runs.failure import failure_banner
 from counterfactual_lab.runs.manifest import ROW_ACCOUNTING_KEYS, check_row_accounting
@@ -242,28 +243,37 @@ def _skew_section(metrics: pl.DataFrame) -> str:
         return ""
     rows = _metric_rows(metrics, lambda m: metric_kind(m) in _SKEW_KINDS)
     queries = sorted({r["query"] for r in rows if r.get("query") is not None})
-    if not queries:
+    averaged = [r for r in rows if r.get("query") is None and r.get("protocol")]
+    if not queries and not averaged:
         return ""
     parts = [
         "<h2>Retrieval skew per query</h2>",
         "<p>Skew<sub>a</sub>@K = ln(share of group a in the top K / its desired share): 0 is the desired share, "
         "positive over-represented, negative under-represented; a group absent from the top K is shown as n/a "
         "(its skew is −∞). NDKL is 0 when every prefix of the ranking has the desired mix (Geyik et al. 2019); "
-        "NDKL@K stops at rank K. The desired mix is uniform over the attribute's values for generated sets, the "
-        "pool's own mix for the observational stratum.</p>",
+        "NDKL@K stops at rank K. Under each query: the protocol each number was measured under "
+        "(<code>audit.skew_protocol</code>), its K and its desired distribution (docs/metrics.md).</p>",
     ]
     names = {"skew": "Skew", "max_skew": "MaxSkew", "min_skew": "MinSkew", "ndkl": "NDKL"}
-    for query in queries:
-        q_rows = [r for r in rows if r.get("query") == query]
-        q_rows.sort(key=lambda r: (_stratum_rank(r), str(r["attribute"]), _SKEW_KINDS.index(metric_kind(r["metric"])),
+
+    def bars_of(chosen: list[dict[str, Any]]) -> str:
+        chosen.sort(key=lambda r: (_stratum_rank(r), str(r["attribute"]), _SKEW_KINDS.index(metric_kind(r["metric"])),
                                    r["metric"], str(r.get("group"))))
         bars = []
-        for r in q_rows:
+        for r in chosen:
             k = metric_k(r["metric"])
             label = (f"{r['attribute']} {names[metric_kind(r['metric'])]}" + (f"@{k}" if k else "")
                      + (f" ({r['group']})" if r.get("group") else "") + _stratum_tag(r))
             bars.append(Bar(label, r["value"], r.get("ci_low"), r.get("ci_high"), r.get("n"), r.get("note")))
-        parts.append(f"<h3>Query: {escaped(query)}</h3>" + bar_chart_svg(bars, fmt=number))
+        # What each ranking was measured against, once per (stratum, attribute, K, D, protocol).
+        bases = dict.fromkeys(f"{r['attribute']}{_stratum_tag(r)}: {ranking_basis(r)}" for r in chosen if r.get("protocol"))
+        basis = f"<p class='basis'>{'<br>'.join(escaped(b) for b in bases)}</p>" if bases else ""
+        return basis + bar_chart_svg(bars, fmt=number)
+
+    for query in queries:
+        parts.append(f"<h3>Query: {escaped(query)}</h3>" + bars_of([r for r in rows if r.get("query") == query]))
+    if averaged:
+        parts.append("<h3>Averaged over the queries (each ranking its own sets)</h3>" + bars_of(averaged))
     return "".join(parts)
 
 

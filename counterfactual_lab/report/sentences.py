@@ -209,18 +209,38 @@ def _pair_sentence(row: Mapping[str, Any]) -> str:
     return f"{subject}: {_not_detected(row, sample)}: {_measure(row)}; there was no control in this run"
 
 
+def ranking_basis(row: Mapping[str, Any], short: bool = False) -> str:
+    """What a skew or NDKL number was measured against: 'K = 10, desired uniform: female=0.5,
+    male=0.5, geyik protocol' ('K=10, uniform: female=0.5, male=0.5, geyik' for a table cell; 'N = …'
+    for NDKL over the whole ranking of N images); '' for other rows."""
+    if not row.get("protocol"):
+        return ""
+    # A row without K in its name (NDKL over the whole ranking) has the ranking's length in ``k``.
+    name = "K" if metric_k(row["metric"]) else "N"
+    k = "" if row.get("k") is None else (f"{name}={row['k']}, " if short else f"{name} = {row['k']}, ")
+    desired = "" if not row.get("desired") else (f"{row['desired']}, " if short else f"desired {row['desired']}, ")
+    return f"{k}{desired}{row['protocol']}" + ("" if short else " protocol")
+
+
 def _descriptive_sentence(row: Mapping[str, Any]) -> str:
-    """A metric that is reported but not called, in plain words with its interval and n."""
+    """A metric that is reported but not called, in plain words with its interval and n (and, for a
+    ranking metric, its K, desired distribution and protocol)."""
     kind, k = metric_kind(row["metric"]), metric_k(row["metric"])
     value, attribute = row["value"], row["attribute"]
     query = f"'{row['query']}'" if row.get("query") else "the retrieval query"
     top = f"top {k}" if k else "whole ranking"
     images = _sample(row, "images")
+    basis = ranking_basis(row)
     images = f", {images}" if images else ""
+    images += f"; {basis}" if basis else ""
     if value is None:
         what = row["metric"] + "".join(f" {p}" for p in (row.get("group"), row.get("label")) if p)
-        where = f" for {query}" if row.get("query") else ""
-        return f"{attribute} {what}{where} is undefined: {row.get('note') or 'no reason recorded'}"
+        where = f" for {query}" if row.get("query") else (" averaged over the queries" if basis else "")
+        return f"{attribute} {what}{where} is undefined: {row.get('note') or 'no reason recorded'}{f' ({basis})' if basis else ''}"
+    if kind in ("max_skew", "min_skew") and basis and not row.get("query"):
+        name = "MaxSkew" if kind == "max_skew" else "MinSkew"
+        return (f"averaged over the queries, each ranking its own sets, the {attribute} {name} of the {top} is "
+                f"{number(value)}{interval(row)} ({images.lstrip(', ')})")
     if kind.endswith(GAP_ABS_SUFFIX):
         return (f"{_subject(row)}: {_measure(row)} ({_sample(row, 'pairs')}); there was no control in this run, and a "
                 "mean absolute change is positive whenever anything varies, so it is reported, not compared with 0")

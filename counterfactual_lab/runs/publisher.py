@@ -35,8 +35,11 @@ REPORT_NAME = "report.html"
 TABLE_NAMES = ("counterfactuals", "predictions", "metrics", "quarantine")
 # The tables only a run with a generative model under audit writes (README "Generative VLMs under audit").
 GENERATIVE_TABLE_NAMES = ("probes", "generations")
+# The tables only a run with a contrastive model under audit writes: its retrieval rankings
+# (docs/metrics.md, "Retrieval fairness").
+CONTRASTIVE_TABLE_NAMES = ("retrieval",)
 # Every table a run may write: what a reader of a run looks for.
-RUN_TABLE_NAMES = TABLE_NAMES + GENERATIVE_TABLE_NAMES
+RUN_TABLE_NAMES = TABLE_NAMES + GENERATIVE_TABLE_NAMES + CONTRASTIVE_TABLE_NAMES
 
 
 def is_complete(run_uri: str, storage_options: dict[str, Any] | None = None) -> bool:

@@ -131,6 +131,11 @@ BAD_CONFIGS = [
     ("runtime: {ingest_batch_rows: 10000000}", "runtime.ingest_batch_rows: Input should be less than or equal to 65536"),
     ("runtime: {retry_delay_seconds: .inf}", "runtime.retry_delay_seconds: Input should be a finite number"),
     ("attributes: {}", "attributes: Dictionary should have at least 1 item"),
+    ("audit: {skew_protocol: sc}", "audit.skew_protocol: Input should be 'geyik' or 'socialcounterfactuals'"),
+    ("audit: {skew_protocol: socialcounterfactuals, queries: ['a photo of a person']}",
+     "audit: queries[0] 'a photo of a person' names none of labels (doctor, nurse): skew_protocol socialcounterfactuals"),
+    ("audit: {skew_protocol: socialcounterfactuals, queries: ['a doctor beside a nurse']}",
+     "audit: queries[0] 'a doctor beside a nurse' names several labels (doctor, nurse)"),
     ("generation: {stepz: 4}", "generation.stepz: unknown key (did you mean 'steps'?); known keys here: method, model,"),
 ]
 

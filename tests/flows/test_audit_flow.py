@@ -18,7 +18,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from counterfactual_lab.demo.inputs import DemoInputs
-from counterfactual_lab.runs.publisher import MANIFEST_NAME, REPORT_NAME, TABLE_NAMES
+from counterfactual_lab.runs.publisher import CONTRASTIVE_TABLE_NAMES, MANIFEST_NAME, REPORT_NAME, TABLE_NAMES
 from counterfactual_lab.runs.reader import RunTables
 from audit_runs import ROWS, assert_accounting_closes, assert_same_tables, audit_home, comparable, generate_batch_calls, pipeline_calls, run_audit, write_config
 
@@ -134,6 +134,24 @@ def test_published_metrics_equal_an_independent_recomputation(first_run):
         assert rows.height == 1, (stratum, attribute, metric, label)
         row = rows.row(0, named=True)
         assert (row["value"], row["n"], row["n_sources"]) == (pytest.approx(value, abs=1e-12), n, sources), row
+
+
+def test_published_rankings_recompute_every_max_skew_and_ndkl_without_the_model(first_run):
+    """retrieval.parquet holds every ranking the skew and NDKL rows were measured on: recomputed from
+    it alone in plain Python (tests/metric_frames.py), they equal metrics.parquet."""
+    from metric_frames import recompute_rankings
+
+    run, _ = first_run
+    assert (Path(run.run_uri) / "retrieval.parquet").is_file() and "retrieval" in run.manifest["tables"]
+    assert {"query", "stratum", "id", "group", "score", "rank"} <= set(run.retrieval.columns)
+    recomputed = recompute_rankings(run.retrieval)
+    assert {key[0] for key in recomputed} == {"generated", "observational"}
+    for (stratum, attribute, query, protocol), numbers in recomputed.items():
+        rows = run.metrics.filter((pl.col("stratum") == stratum) & (pl.col("attribute") == attribute)
+                                  & (pl.col("query") == query) & (pl.col("protocol") == protocol))
+        top = rows.filter(pl.col("metric").str.starts_with("max_skew@")).row(0, named=True)
+        assert (top["value"], top["k"]) == (pytest.approx(numbers["max"], abs=1e-12), numbers["k"])
+        assert rows.filter(pl.col("metric") == "ndkl")["value"][0] == pytest.approx(numbers["ndkl"], abs=1e-12)
 
 
 def test_content_keys_name_the_device_dtype_and_versions_the_images_were_made_with(first_run, config, out):
@@ -389,7 +407,7 @@ def test_audit_publishes_to_s3(prefect_server, inputs, s3_bucket, tmp_path):
     config = write_config(tmp_path / "s3.yaml", inputs, out, generation={"seeds_per_target": 1, "batch_size": 8})
     run = run_audit(config)
     assert run.run_uri.startswith(f"{out}/sample-")
-    assert set(run.manifest["tables"]) == set(TABLE_NAMES)
+    assert set(run.manifest["tables"]) == {*TABLE_NAMES, *CONTRASTIVE_TABLE_NAMES}
     assert all(uri.startswith(run.run_uri) for uri in run.manifest["tables"].values())
     assert run.manifest["report"] == f"{run.run_uri}/{REPORT_NAME}"
     acc = assert_accounting_closes(run)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from counterfactual_lab.report.sentences import percent
 from counterfactual_lab.report.markdown import summary_markdown
-from counterfactual_lab.report.findings import headline_findings, headline_table
+from counterfactual_lab.report.findings import headline_findings, headline_table, table_cells
 from counterfactual_lab.report.html import image_loader, render_report
 from counterfactual_lab.report.examples import select_examples
 from counterfactual_lab.report.charts import Bar, bar_chart_svg
@@ -267,6 +267,41 @@ def test_findings_charts_and_skew_plots_are_drawn(images):
     # Whiskers: one path per drawn bar with an interval (every row but NDKL@10 and the absent skew).
     with_interval = metrics_frame().filter(pl.col("ci_low").is_not_null() & ~pl.col("metric").is_in(["equalized_odds_difference"]))
     assert parsed.tags.count("path") == with_interval.height
+
+
+def with_rankings(metrics: pl.DataFrame) -> pl.DataFrame:
+    """``metrics`` with the ranking columns a run writes on its skew and NDKL rows; one averaged
+    MaxSkew row of the socialcounterfactuals protocol (query null)."""
+    ranking = pl.col("metric").str.contains("skew|ndkl")
+    framed = metrics.with_columns(
+        pl.when(ranking).then(pl.lit("geyik")).alias("protocol"), pl.when(ranking).then(pl.lit(10)).alias("k"),
+        pl.when(ranking).then(pl.lit("uniform: female=0.5, male=0.5")).alias("desired"))
+    mean = framed.filter(pl.col("metric") == "max_skew@10").head(1).with_columns(
+        pl.lit("max_skew@2").alias("metric"), pl.lit(None, dtype=pl.String).alias("query"),
+        pl.lit(None, dtype=pl.String).alias("group"), pl.lit("socialcounterfactuals").alias("protocol"),
+        pl.lit(2).alias("k"), pl.lit("pool: each query's own mix").alias("desired"), pl.lit(0.37).alias("value"))
+    return pl.concat([framed, mean])
+
+
+def test_every_skew_and_ndkl_number_says_its_k_desired_distribution_and_protocol(images):
+    metrics = with_rankings(metrics_frame())
+    findings = headline_findings(metrics, max_items=40)
+    basis = "K = 10, desired uniform: female=0.5, male=0.5, geyik protocol"
+    ranking_sentences = [f for f in findings if any(w in f for w in ("Skew", "skew@", "NDKL"))]
+    assert len(ranking_sentences) == metrics.filter(pl.col("metric").str.contains("skew|ndkl")).height
+    assert all(basis in f or "socialcounterfactuals protocol" in f for f in ranking_sentences), ranking_sentences
+    ndkl = with_rankings(metrics_frame().vstack(metrics_frame().filter(pl.col("metric") == "ndkl@10").with_columns(
+        pl.lit("ndkl").alias("metric"))))
+    assert "N = 10, desired uniform" in next(f for f in headline_findings(ndkl, max_items=40) if "whole ranking" in f)
+    assert ("averaged over the queries, each ranking its own sets, the gender MaxSkew of the top 2 is 0.37 [0.2, 0.6] "
+            "(n=230 images from 115 source images; K = 2, desired pool: each query's own mix, socialcounterfactuals "
+            "protocol)") in findings
+    cells = [r for r in headline_table(metrics) if r["metric"] == "max_skew@10" and r["query"] == "a photo of a doctor"]
+    assert table_cells(cells[0])["value"] == "0.41 (K=10, uniform: female=0.5, male=0.5, geyik)"
+    html = render(images, metrics=metrics)
+    parse(html)
+    assert "gender: K = 10, desired uniform: female=0.5, male=0.5, geyik protocol" in html
+    assert "Averaged over the queries (each ranking its own sets)" in html
 
 
 def test_examples_show_flips_first_and_respect_max_examples(images):
