@@ -294,8 +294,8 @@ class AuditRun:
 
     ``metrics``, ``predictions``, ``counterfactuals`` and ``quarantine`` are the run's
     Parquet tables, and with a generative model under audit ``probes`` (yes/no and rating
-    answers) and ``generations`` (the texts and their scores); an empty frame for a table the
-    run did not write. In Jupyter the run
+    answers) and ``generations`` (the texts and their scores), and once people reviewed it
+    ``review`` (their verdicts beside the judge's); an empty frame for a table the run did not write. In Jupyter the run
     shows itself as its models, row accounting and headline findings, with the report's path.
     """
 
@@ -311,6 +311,7 @@ class AuditRun:
     quarantine = property(lambda self: self._tables.quarantine)
     probes = property(lambda self: self._tables.probes, doc="probes.parquet: yes/no and rating answers (generative runs).")
     generations = property(lambda self: self._tables.generations, doc="generations.parquet: texts and scores (generative runs).")
+    review = property(lambda self: self._tables.review, doc="review.parquet: people's verdicts on counterfactuals (cflab review).")
     report_uri = property(lambda self: self._tables.report_uri, doc="The run's report.html.")
 
     @property

@@ -35,8 +35,10 @@ REPORT_NAME = "report.html"
 TABLE_NAMES = ("counterfactuals", "predictions", "metrics", "quarantine")
 # The tables only a run with a generative model under audit writes (README "Generative VLMs under audit").
 GENERATIVE_TABLE_NAMES = ("probes", "generations")
+# The table a run has once people reviewed its counterfactuals (``cflab review``: counterfactual_lab/review).
+REVIEW_TABLE_NAMES = ("review",)
 # Every table a run may write: what a reader of a run looks for.
-RUN_TABLE_NAMES = TABLE_NAMES + GENERATIVE_TABLE_NAMES
+RUN_TABLE_NAMES = TABLE_NAMES + GENERATIVE_TABLE_NAMES + REVIEW_TABLE_NAMES
 
 
 def is_complete(run_uri: str, storage_options: dict[str, Any] | None = None) -> bool:

@@ -30,7 +30,8 @@ from counterfactual_lab.storage.files import exists, filesystem, join, read_byte
 @dataclass(frozen=True)
 class RunTables:
     """The tables and manifest of one complete run. A table the run did not write is an empty frame
-    (``probes`` and ``generations`` are written by a run with a generative model under audit only)."""
+    (``probes`` and ``generations`` are written by a run with a generative model under audit only,
+    ``review`` once people reviewed its counterfactuals)."""
 
     run_uri: str
     manifest: dict[str, Any]
@@ -40,6 +41,7 @@ class RunTables:
     quarantine: pl.DataFrame = field(default_factory=pl.DataFrame)
     probes: pl.DataFrame = field(default_factory=pl.DataFrame)
     generations: pl.DataFrame = field(default_factory=pl.DataFrame)
+    review: pl.DataFrame = field(default_factory=pl.DataFrame)
 
     @property
     def run_id(self) -> str:
