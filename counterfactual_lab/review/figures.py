@@ -178,8 +178,7 @@ def _inter_rater(labels: pl.DataFrame, members: pl.DataFrame, settings: Interval
     for question, categories, answer in _QUESTIONS:
         units = [[answer(a) for a in by_member[key]] for key in shared]
         note = ("every shared answer is the same category, or too few are decided" if shared else
-                "fewer than two reviewers answered the same counterfactual: a second reviewer gives it "
-                "(cflab review RUN --reviewer NAME shows the same sample)")
+                "no counterfactual has answers from two reviewers yet; a second reviewer of the same sample gives it")
         estimate = alpha_estimate(units, [source_of[k] for k in shared], settings, list(categories), note)
         if estimate.value is not None:
             estimate = estimate.with_note(_few(len(shared)))
