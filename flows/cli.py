@@ -19,6 +19,7 @@ own when ``PREFECT_API_URL`` is unset (``flows/temporary_server.py``: it never o
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 import traceback
 from collections.abc import Callable
@@ -253,9 +254,6 @@ def cmd_review(args: argparse.Namespace) -> int:
     sample = resolve_sample(run.run_uri, sets, args.size, args.seed)
     if args.export:
         return _export_labels(run, sample)
-    if args.reviewer is None:
-        raise UserError("cflab review needs --reviewer NAME to serve the page (each person their own name, so "
-                        "their labels stay apart), or --apply, --import FILE or --export label-studio")
     return _serve_review(run, sample, args)
 
 
@@ -267,9 +265,12 @@ def _serve_review(run, sample, args: argparse.Namespace) -> int:
     from counterfactual_lab.review.sample import write_sample_record
 
     # here, not at the top: it imports Starlette and uvicorn, which no other command needs
-    from counterfactual_lab.review.server import ReviewSession, is_loopback, serve
+    from counterfactual_lab.review.server import ReviewSession, is_loopback, listen, serve
 
-    reviewer = check_reviewer(args.reviewer)
+    reviewer = check_reviewer(args.reviewer if args.reviewer is not None else getpass.getuser())
+    listening = listen(args.host, args.port)  # a port in use: one line, nothing written
+    if args.reviewer is None:
+        status(f"labelling as {reviewer!r} (your login name): each person needs their own name, --reviewer NAME")
     store = LabelStore(run.run_uri)
     store.remove_stale_temp_files()
     uri = write_sample_record(run.run_uri, sample)
@@ -285,7 +286,7 @@ def _serve_review(run, sample, args: argparse.Namespace) -> int:
         print(f"review page: {address}", flush=True)
         status("open it in a browser; Ctrl-C stops the server (every answer is saved when given)")
 
-    serve(session, args.host, args.port, ready)
+    serve(session, listening, ready)
     labels = store.read()
     mine = labels.filter(labels["reviewer"] == reviewer).height if labels.height else 0
     print(f"stopped; {mine} answer(s) by {reviewer} saved in {store.uri}")
@@ -454,7 +455,8 @@ def _add_review(sub: argparse._SubParsersAction) -> None:
         "metrics and report; --import and --export exchange labels with a CSV or Label Studio.",
     )
     p.add_argument("run_uri", metavar="RUN", help="the run folder that `cflab audit` printed as 'run:'")
-    p.add_argument("--reviewer", metavar="NAME", help="who is labelling (required to serve the page)")
+    p.add_argument("--reviewer", metavar="NAME",
+                   help="who is labelling; each person their own name (default: your login name)")
     p.add_argument("--size", type=_positive_int, default=None, metavar="N",
                    help="sets in the sample (default: the recorded sample's, else 100)")
     p.add_argument("--seed", type=int, default=None, metavar="S",

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import polars as pl
 from PIL import Image
+from published_runs import metrics, predictions
 
 from counterfactual_lab.runs.publisher import RunPublisher
-from published_runs import metrics, predictions
 
 # (source, attribute, source value, target values, judge's drop reason per target; None = kept)
 SETS = [

@@ -32,7 +32,7 @@ def _figure(row: dict[str, Any] | None, fmt: Any) -> str:
     if row is None:
         return "not computed"
     if row["value"] is None:
-        return f"undefined ({row['note']})"
+        return f"undefined: {row['note']}"
     interval = f" [{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]" if row["ci_low"] is not None else ""
     return f"{fmt(row['value'])}{interval}"
 
@@ -49,9 +49,10 @@ def review_lines(manifest: dict[str, Any], metrics: pl.DataFrame) -> list[str]:
              f"{len(reviewers)} reviewer(s) ({', '.join(reviewers)}); {n} with a verdict"
              + (f"; few labels (n = {n}): read these as a hint" if n < FEW_LABELS else "") + ".",
              f"  valid in people's eyes (target shown, nothing else that matters changed): {_figure(validity, percent)}",
-             f"  judge vs people: Cohen's κ {_figure(_overall(metrics, JUDGE_HUMAN_AGREEMENT), number)}; "
-             f"false accepts {_figure(_overall(metrics, JUDGE_FALSE_ACCEPT_RATE), percent)} of what it passed; "
-             f"false rejects {_figure(_overall(metrics, JUDGE_FALSE_REJECT_RATE), percent)} of what it failed",
+             f"  judge vs people: Cohen's κ {_figure(_overall(metrics, JUDGE_HUMAN_AGREEMENT), number)}",
+             f"  judge's false accepts (of what it passed, people reject): "
+             f"{_figure(_overall(metrics, JUDGE_FALSE_ACCEPT_RATE), percent)}; false rejects (of what it failed, "
+             f"people accept): {_figure(_overall(metrics, JUDGE_FALSE_REJECT_RATE), percent)}",
              f"  reviewers agree: Krippendorff's α {_figure(_overall(metrics, INTER_RATER_AGREEMENT), number)}"]
     rejected, excluded = review.get("rejected_sets") or [], review.get("excluded_sets") or []
     if rejected:

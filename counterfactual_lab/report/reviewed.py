@@ -12,6 +12,8 @@ What the report shows of it: :mod:`counterfactual_lab.report.review_summary`.
 
 from __future__ import annotations
 
+import io
+import json
 import posixpath
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +34,9 @@ from counterfactual_lab.review.figures import (
 from counterfactual_lab.review.labels import labels_uri, read_labels
 from counterfactual_lab.review.sample import read_sample_record
 from counterfactual_lab.review.sets import review_sets
-from counterfactual_lab.runs.publisher import REPORT_NAME, RunPublisher
+from counterfactual_lab.runs.publisher import MANIFEST_NAME, REPORT_NAME, RunPublisher
 from counterfactual_lab.runs.reader import RunTables, read_run
+from counterfactual_lab.storage.files import exists, join, read_bytes
 
 # refresh_review's answers.
 REVIEW_CURRENT, REVIEW_APPLIED, REVIEW_NEEDS_RERUN = "current", "applied", "needs rerun"
@@ -110,16 +113,23 @@ def refresh_review(run_uri: str, exclude_rejected: bool, storage_options: dict[s
     """What a new audit of an already complete run does about its review: nothing when the run is
     current (:data:`REVIEW_CURRENT`); apply new labels (:data:`REVIEW_APPLIED`); or, when the run's
     metrics must leave out other sets than they do (``exclude_rejected``, the config's setting),
-    :data:`REVIEW_NEEDS_RERUN`: the caller runs the stages again (the images are cached)."""
-    run = read_run(run_uri, storage_options)
-    labels = read_labels(run.run_uri, storage_options)
-    published = run.manifest.get("review") or {}
-    if labels.is_empty() and not published:
+    :data:`REVIEW_NEEDS_RERUN`: the caller runs the stages again (the images are cached).
+
+    A run nobody reviewed costs one look for its labels file and one read of its manifest; the
+    counterfactuals are read only where sets are or should be left out."""
+    run_uri = run_uri.rstrip("/")
+    manifest = json.loads(read_bytes(join(run_uri, MANIFEST_NAME), storage_options))
+    published = manifest.get("review") or {}
+    if not published and not exists(labels_uri(run_uri), storage_options):
         return REVIEW_CURRENT
-    wanted = set(sets_to_exclude(run.counterfactuals, run.run_uri, storage_options)) if exclude_rejected else set()
-    if wanted != set(published.get("excluded_sets") or []):
-        return REVIEW_NEEDS_RERUN
+    labels = read_labels(run_uri, storage_options)
+    excluded = set(published.get("excluded_sets") or [])
+    if exclude_rejected or excluded:
+        counterfactuals = pl.read_parquet(io.BytesIO(read_bytes(join(run_uri, "counterfactuals.parquet"), storage_options)))
+        wanted = set(sets_to_exclude(counterfactuals, run_uri, storage_options)) if exclude_rejected else set()
+        if wanted != excluded:
+            return REVIEW_NEEDS_RERUN
     if labels.is_empty() or labels_sha256(labels) == published.get("labels_sha256"):
         return REVIEW_CURRENT
-    apply_review(run.run_uri, storage_options)
+    apply_review(run_uri, storage_options)
     return REVIEW_APPLIED

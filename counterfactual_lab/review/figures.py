@@ -143,8 +143,8 @@ def _kappa(decided: pl.DataFrame, settings: IntervalSettings) -> Estimate:
     if decided.is_empty():
         note = "no reviewed counterfactual has a decided verdict"
     elif len(set(judge)) < 2:
-        note = (f"the judge {'passed' if judge[0] == VALID else 'failed'} every reviewed counterfactual, so κ says "
-                "nothing about it (the false-accept and false-reject rates still do)")
+        note = (f"the judge {'passed' if judge[0] == VALID else 'failed'} every reviewed counterfactual: κ says "
+                "nothing about it, its false-accept and false-reject rates do")
     elif len(set(people)) < 2:
         note = f"people called every reviewed counterfactual {people[0]}, so κ says nothing about the judge"
     else:

@@ -26,6 +26,7 @@ import ipaddress
 import json
 import secrets
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from counterfactual_lab.errors import UserError
 from counterfactual_lab.review.interchange import question
 from counterfactual_lab.review.labels import (
     OTHER_CHANGE,
@@ -306,9 +308,10 @@ def allowed_hosts_for(host: str) -> list[str]:
     return sorted({host, "127.0.0.1", "localhost"})
 
 
-def serve(session: ReviewSession, host: str, port: int, on_ready: Callable[[str], None]) -> None:
-    """Serve the page until Ctrl-C or SIGTERM; ``on_ready(address)`` once it listens (with ``port`` 0
-    the system picks the port, and the address names the one it picked). Returns when stopped."""
+def serve(session: ReviewSession, listening: socket.socket, on_ready: Callable[[str], None]) -> None:
+    """Serve the page on ``listening`` (:func:`listen`) until Ctrl-C or SIGTERM; ``on_ready(address)``
+    once it answers (the address names the port, also one the system picked). Returns when stopped."""
+    host, port = listening.getsockname()[:2]
     app = build_app(session, allowed_hosts_for(host))
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                            lifespan="off"))
@@ -328,12 +331,29 @@ def serve(session: ReviewSession, host: str, port: int, on_ready: Callable[[str]
     # KeyboardInterrupt, so the caller can say where the answers are and exit 0.
     previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
     try:
-        server.run()
+        server.run(sockets=[listening])
     except KeyboardInterrupt:
         pass
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The page's listening socket (``port`` 0: any free one), or a one-line error naming the address,
+    before anything is written (uvicorn itself would exit 1 with a log line)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); another "
+                        "cflab review may hold the port: pick another with --port, or --port 0 for any free one") from None
+    listening.listen(128)
+    listening.set_inheritable(True)
+    return listening
 
 
 def _interrupt(signum: int, frame: Any) -> None:

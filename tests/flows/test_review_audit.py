@@ -9,8 +9,15 @@ from datetime import datetime, timezone
 import polars as pl
 import pytest
 import yaml
+from audit_runs import (
+    assert_accounting_closes,
+    audit_home,
+    generate_batch_calls,
+    pipeline_calls,
+    run_audit,
+    write_config,
+)
 
-from audit_runs import assert_accounting_closes, audit_home, generate_batch_calls, pipeline_calls, run_audit, write_config
 from counterfactual_lab.review.labels import LABELS_SCHEMA, LabelStore
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]

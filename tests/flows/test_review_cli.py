@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import polars as pl
 import pytest
-
 from cli_runs import assert_one_line
-from counterfactual_lab.flows.cli import main
 from published_runs import publish
 from reviewed_runs import members, publish_reviewable
+
+from counterfactual_lab.flows.cli import main
 
 
 @pytest.fixture
@@ -50,8 +51,13 @@ def test_bad_input_is_one_line_and_writes_nothing(run_uri, tmp_path, capsys):
         csv.write_text(text)
         assert words in failing(capsys, run_uri, "--import", str(csv)), text
     assert "no labels at" in failing(capsys, run_uri, "--apply")
-    assert "--reviewer NAME" in failing(capsys, run_uri)
     assert files_under(Path(run_uri)) == before, "nothing written"
+
+    with socket.socket() as taken:  # a port another server holds
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        assert "cannot listen there" in failing(capsys, run_uri, "--reviewer", "ana", "--port", port)
 
 
 def test_a_csv_import_then_apply_puts_the_figures_into_the_run_and_its_report(run_uri, tmp_path, capsys):

@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from reviewed_runs import publish_reviewable
 from starlette.testclient import TestClient
 
 from counterfactual_lab.review.labels import LabelStore
@@ -15,7 +16,6 @@ from counterfactual_lab.review.sample import stratified_sample
 from counterfactual_lab.review.server import RESTARTED, ReviewSession, allowed_hosts_for, build_app, is_loopback
 from counterfactual_lab.review.sets import review_sets
 from counterfactual_lab.runs.reader import read_run
-from reviewed_runs import publish_reviewable
 
 BASE = "http://127.0.0.1"
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from reviewed_runs import publish_reviewable
 
 from counterfactual_lab.errors import UserError
 from counterfactual_lab.review.sample import resolve_sample, stratified_sample, write_sample_record
 from counterfactual_lab.review.sets import ReviewSet, review_sets
 from counterfactual_lab.runs.reader import read_run
-from reviewed_runs import publish_reviewable
 
 
 def many_sets() -> list[ReviewSet]:

@@ -175,19 +175,30 @@ async function save(set, member) {
   return true;
 }
 
+function drafted(set, member) {
+  const draft = draftOf(set, member);
+  return Boolean(draft.target_shown && draft.other_change);
+}
+
 async function answer(change) {
   const set = currentSet();
-  const member = set.members[current];
-  const draft = draftOf(set, member);
-  Object.assign(draft, change);
-  render();
-  if (!(draft.target_shown && draft.other_change)) return;
-  if (!(await save(set, member))) return;
-  if (currentSet() !== set) { progress(); return; }  // the reviewer moved on while it saved
-  const next = set.members.findIndex((m, i) => i > current && !saved(set.set_id)[m.member]);
-  if (next >= 0) current = next;
+  const at = current;
+  const member = set.members[at];
+  Object.assign(draftOf(set, member), change);
+  const ready = drafted(set, member);
+  if (ready) {
+    // Move on at once: keys typed while the answer is saved answer the next counterfactual.
+    const next = set.members.findIndex((m, i) => i > at && !drafted(set, m));
+    if (next >= 0) current = next;
+  }
   render();
   focusCurrent();
+  if (!ready) return;
+  if (!(await save(set, member))) {
+    if (currentSet() === set) { current = at; render(); focusCurrent(); }  // stay on the unsaved answer
+    return;
+  }
+  if (currentSet() === set) render(); else progress();
   await loadReveal(set);
 }
 
