@@ -245,6 +245,7 @@ def review_figures(labels: pl.DataFrame, sets: list[ReviewSet], settings: Interv
     reviewers, the sample's seed and size, the setting, and the rejected and excluded sets.
     """
     members = members_frame(sets)
+    digest = labels_sha256(labels)  # of the whole file: what a later audit compares to see new labels
     # Labels of members the run no longer has (an earlier run of the same id) say nothing about this one.
     labels = labels.join(members.select("set_id", "member"), on=["set_id", "member"], how="semi")
     review = review_table(labels, members, excluded_sets)
@@ -252,7 +253,7 @@ def review_figures(labels: pl.DataFrame, sets: list[ReviewSet], settings: Interv
     decided = review.filter(pl.col("verdict") != UNDECIDED).height if review.height else 0
     block = {
         "labels": f"{REVIEW_FOLDER}/{LABELS_NAME}",
-        "labels_sha256": labels_sha256(labels),
+        "labels_sha256": digest,
         "n_labels": labels.height,
         "reviewers": sorted(labels["reviewer"].unique().to_list()) if labels.height else [],
         "reviewed_counterfactuals": review.height,

@@ -108,7 +108,12 @@ def read_labels(run_uri: str, storage_options: dict[str, Any] | None = None) -> 
     uri = labels_uri(run_uri)
     if not exists(uri, storage_options):
         return empty_labels()
-    return as_labels(pl.read_parquet(io.BytesIO(read_bytes(uri, storage_options))))
+    data = read_bytes(uri, storage_options)
+    try:
+        return as_labels(pl.read_parquet(io.BytesIO(data)))
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:  # not Parquet, or not the labels' columns
+        raise UserError(f"{uri} is not a readable labels file ({str(exc).splitlines()[0]}); move it aside "
+                        "and import a good copy (cflab review RUN --import FILE)") from None
 
 
 def labels_bytes(labels: pl.DataFrame) -> bytes:

@@ -91,3 +91,10 @@ def test_processes_share_the_file_and_a_killed_writer_leaves_it_readable(tmp_pat
         labels = read_labels(str(run))  # whole: the old file or the new one, never half of one
         assert labels.filter(pl.col("reviewer") == f"killed{attempt}").height >= acknowledged + 1
     assert LabelStore(str(run)).upsert(labels.head(0)).height == labels.height, "and the next writer carries on"
+
+
+def test_a_damaged_labels_file_is_one_line(tmp_path):
+    (tmp_path / "run" / "review").mkdir(parents=True)
+    (tmp_path / "run" / "review" / "labels.parquet").write_text("not parquet")
+    with pytest.raises(UserError, match="labels.parquet is not a readable labels file"):
+        read_labels(str(tmp_path / "run"))
