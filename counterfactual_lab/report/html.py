@@ -149,7 +149,10 @@ def image_loader(storage_options: dict[str, Any] | None = None) -> Callable[[str
 def _review_section(manifest: Mapping[str, Any], metrics: pl.DataFrame) -> str:
     """People's review of the counterfactuals (``cflab review``), near the top: how often the judge
     agrees with people, or how to ask them."""
-    first, *rest = review_lines(dict(manifest), metrics)
+    lines = review_lines(dict(manifest), metrics)
+    if not lines:
+        return ""
+    first, *rest = lines
     items = "".join(f"<li>{escaped(line.strip())}</li>" for line in rest)
     return f'<section id="people" class="people"><p>{escaped(first)}</p>' + (f"<ul>{items}</ul>" if items else "") + "</section>"
 

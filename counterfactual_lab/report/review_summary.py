@@ -41,6 +41,8 @@ def review_lines(manifest: dict[str, Any], metrics: pl.DataFrame) -> list[str]:
     """The review's figures in a few lines (the report's and ``cflab report``'s, near the top)."""
     review = manifest.get("review")
     if not review or _overall(metrics, HUMAN_VALIDITY_RATE) is None:
+        if (manifest.get("row_accounting") or {}).get("planned") == 0:
+            return []  # nothing was generated (evaluate-only data): nothing for people to check
         folder = posixpath.dirname(str((manifest.get("tables") or {}).get("counterfactuals") or "")) or "OUT/<run>"
         return [f"People's review: none yet. Check the judge: cflab review {folder} --reviewer NAME, then --apply."]
     validity = _overall(metrics, HUMAN_VALIDITY_RATE)
