@@ -294,9 +294,10 @@ class AuditRun:
 
     ``metrics``, ``predictions``, ``counterfactuals`` and ``quarantine`` are the run's
     Parquet tables, with a contrastive model under audit ``retrieval`` (every ranking skew and
-    NDKL are measured on: score, rank and group per query and image), and with a generative model
-    ``probes`` (yes/no and rating answers) and ``generations`` (the texts and their scores); an
-    empty frame for a table the run did not write. In Jupyter the run
+    NDKL are measured on: score, rank and group per query and image), with a generative model
+    ``probes`` (yes/no and rating answers) and ``generations`` (the texts and their scores), and
+    once people reviewed it ``review`` (their verdicts beside the judge's); an empty frame for a
+    table the run did not write. In Jupyter the run
     shows itself as its models, row accounting and headline findings, with the report's path.
     """
 
@@ -314,6 +315,7 @@ class AuditRun:
     generations = property(lambda self: self._tables.generations, doc="generations.parquet: texts and scores (generative runs).")
     retrieval = property(lambda self: self._tables.retrieval,
                          doc="retrieval.parquet: each query's ranking, with scores, ranks and groups (contrastive runs).")
+    review = property(lambda self: self._tables.review, doc="review.parquet: people's verdicts on counterfactuals (cflab review).")
     report_uri = property(lambda self: self._tables.report_uri, doc="The run's report.html.")
 
     @property

@@ -17,8 +17,10 @@ from __future__ import annotations
 import counterfactual_lab.flows  # noqa: F401
 # isort: on
 
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from prefect import flow, get_run_logger
@@ -30,7 +32,7 @@ from prefect.artifacts import (
 
 from counterfactual_lab.config.audit_config import AuditConfig
 from counterfactual_lab.errors import TooManyFailedItems
-from counterfactual_lab.flows.designs import design_for
+from counterfactual_lab.flows.designs import Generated, design_for
 from counterfactual_lab.flows.evaluation import evaluation_for
 from counterfactual_lab.flows.secrets import mask_secrets_in_logs, resolve_secret_blocks
 from counterfactual_lab.flows.stage_run import StageRun
@@ -38,6 +40,8 @@ from counterfactual_lab.metrics import METRICS_SCHEMA
 from counterfactual_lab.report.findings import headline_table
 from counterfactual_lab.report.markdown import summary_markdown
 from counterfactual_lab.report.publish import publish_run
+from counterfactual_lab.report.reviewed import REVIEW_APPLIED, REVIEW_NEEDS_RERUN, refresh_review
+from counterfactual_lab.review.exclusion import mark_excluded, sets_to_exclude
 from counterfactual_lab.runs.accounting import row_accounting
 from counterfactual_lab.runs.failure import count_failed_items
 from counterfactual_lab.runs.location import RunLocation, locate_run
@@ -80,11 +84,15 @@ def dataset_audit(
     mask_secrets_in_logs(config, spec)
     location = locate_run(config, dataset_uri, output_uri, evaluate, spec=spec)
     if not force and is_complete(location.run_uri, location.storage_options):
-        get_run_logger().info(
-            "run %s is already complete (same config and data); report: %s",
-            location.run_id, join(location.run_uri, REPORT_NAME),
-        )
-        return location.run_uri
+        review = refresh_review(location.run_uri, config.review.exclude_rejected, location.storage_options)
+        if review != REVIEW_NEEDS_RERUN:
+            get_run_logger().info(
+                "run %s is already complete (same config and data)%s; report: %s", location.run_id,
+                "; people's new labels applied" if review == REVIEW_APPLIED else "", join(location.run_uri, REPORT_NAME),
+            )
+            return location.run_uri
+        get_run_logger().info("run %s: people rejected other sets than its metrics leave out "
+                              "(review.exclude_rejected): its stages run again, reusing the images", location.run_id)
     runner = make_task_runner(config.runtime)
     return audit_stages.with_options(task_runner=runner)(config, location, evaluate)
 
@@ -99,6 +107,7 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
     design = design_for(config, location.spec)
     outcome = design.validate(run)  # ingest and validate (or the templates), quarantine written
     generated = design.generate(run, outcome)  # plan, generate and judge in rounds (nothing for evaluate-only data)
+    generated, excluded = exclude_rejected_sets(run, design, generated)
     tables = {"counterfactuals": generated.candidates, "quarantine": generated.quarantine}
     auditee_counts = None
     if evaluate:
@@ -108,11 +117,26 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
         tables["metrics"] = evaluation.metrics(run, answers, generated.judged, design.evaluate_only)
         auditee_counts = evaluation.auditee_counts(answers)
     return publish(run, outcome.rows_in, outcome.valid.height, outcome.quarantined, tables, generated.counts,
-                   auditee_counts)
+                   auditee_counts, excluded)
+
+
+def exclude_rejected_sets(run: StageRun, design: Any, generated: Generated) -> tuple[Generated, list[str]]:
+    """With ``review.exclude_rejected``, the sets people rejected dropped before anything is evaluated
+    (``counterfactual_lab.review.exclusion``); returns what generation left and the sets left out.
+    Sets made from text are published as a dataset before this point: their runs are left as they are."""
+    if not run.config.review.exclude_rejected or design.evaluate_only:
+        return generated, []
+    excluded = sets_to_exclude(generated.candidates, run.publisher.run_uri, run.location.storage_options)
+    if excluded:
+        run.logger.info("run %s: %d set(s) people rejected are left out (review.exclude_rejected)",
+                        run.location.run_id, len(excluded))
+        generated = replace(generated, candidates=mark_excluded(generated.candidates, excluded),
+                            judged=mark_excluded(generated.judged, excluded))
+    return generated, excluded
 
 
 def publish(run: StageRun, rows_in: int, valid: int, quarantined: int, tables: dict[str, pl.DataFrame],
-            counts: dict[str, int], auditee_counts: dict[str, int] | None) -> str:
+            counts: dict[str, int], auditee_counts: dict[str, int] | None, excluded_sets: list[str] | None = None) -> str:
     """Publish the run (tables, report, manifest last) and its Prefect artifacts; returns the run folder.
 
     More failed work items than ``runtime.max_failed_fraction``: what there is is published,
@@ -127,7 +151,7 @@ def publish(run: StageRun, rows_in: int, valid: int, quarantined: int, tables: d
         publisher=run.publisher, config=config, location=run.location, tables=tables,
         accounting=row_accounting(rows_in, valid, quarantined, candidates), counts=counts,
         started_at=run.started_at, finished_at=datetime.now(timezone.utc), load_image=run.store.load,
-        failure=failure, auditee_counts=auditee_counts,
+        failure=failure, auditee_counts=auditee_counts, excluded_sets=excluded_sets,
     )
     # A generate-only run has no metrics: an empty table with the columns, not a frame without any.
     _publish_artifacts(manifest, tables.get("metrics", pl.DataFrame(schema=METRICS_SCHEMA)))

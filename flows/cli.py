@@ -19,6 +19,7 @@ own when ``PREFECT_API_URL`` is unset (``flows/temporary_server.py``: it never o
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 import traceback
 from collections.abc import Callable
@@ -167,6 +168,9 @@ def _complete_run(config, dataset: str | None, out: str | None, evaluate: bool) 
     to be complete"; the flow then decides, after the full config check, and reports any real
     problem as its own one-line error.
     """
+    # here, not at the top: it imports polars
+    from counterfactual_lab.report.reviewed import REVIEW_APPLIED, REVIEW_NEEDS_RERUN, refresh_review
+
     # here, not at the top: it imports polars, pyarrow, pydantic
     from counterfactual_lab.runs.location import locate_run
 
@@ -176,11 +180,16 @@ def _complete_run(config, dataset: str | None, out: str | None, evaluate: bool) 
     try:
         location = locate_run(config, dataset, out, evaluate)
         complete = is_complete(location.run_uri, location.storage_options)
+        # People's labels arrived after the run: apply new ones; a different set of rejected sets
+        # to leave out (review.exclude_rejected) needs the stages again, which the flow runs.
+        review = refresh_review(location.run_uri, config.review.exclude_rejected, location.storage_options) \
+            if complete else None
     except Exception:  # noqa: BLE001 - a shortcut: any failure falls through to the full path
         return None
-    if not complete:
+    if not complete or review == REVIEW_NEEDS_RERUN:
         return None
-    print(f"cflab: run {location.run_id} is already complete (same config, models and data); "
+    applied = "; people's new labels applied to it" if review == REVIEW_APPLIED else ""
+    print(f"cflab: run {location.run_id} is already complete (same config, models and data){applied}; "
           "--force runs it again", file=sys.stderr)
     return location.run_uri
 
@@ -222,6 +231,117 @@ def cmd_report(args: argparse.Namespace) -> int:
         run = read_run(args.run_uri)
         if run.failed:  # finished, but not an audit to rely on: exit 1 like the audit did
             raise TooManyFailedItems(failure_banner(run.manifest))
+    return EXIT_OK
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    """People check a run's counterfactuals: serve the review page, import or export labels, or apply them."""
+    # here, not at the top: it imports polars
+    from counterfactual_lab.review.sets import review_sets
+
+    # here, not at the top: it imports polars
+    from counterfactual_lab.runs.reader import read_run
+
+    run = read_run(args.run_uri)  # a missing run: one line, exit 2, nothing written
+    sets = review_sets(run.counterfactuals, run.run_uri)  # a run without counterfactuals: likewise
+    if args.apply:
+        return _apply_review(run.run_uri)
+    if args.import_file:
+        return _import_labels(run, sets, args.import_file)
+    # here, not at the top: it imports polars
+    from counterfactual_lab.review.sample import resolve_sample
+
+    sample = resolve_sample(run.run_uri, sets, args.size, args.seed)
+    if args.export:
+        return _export_labels(run, sample)
+    return _serve_review(run, sample, args)
+
+
+def _serve_review(run, sample, args: argparse.Namespace) -> int:
+    # here, not at the top: it imports polars
+    from counterfactual_lab.review.labels import LabelStore, check_reviewer
+
+    # here, not at the top: it imports polars
+    from counterfactual_lab.review.sample import write_sample_record
+
+    # here, not at the top: it imports Starlette and uvicorn, which no other command needs
+    from counterfactual_lab.review.server import ReviewSession, is_loopback, listen, serve
+
+    reviewer = check_reviewer(args.reviewer if args.reviewer is not None else getpass.getuser())
+    listening = listen(args.host, args.port)  # a port in use: one line, nothing written
+    if args.reviewer is None:
+        status(f"labelling as {reviewer!r} (your login name): each person needs their own name, --reviewer NAME")
+    store = LabelStore(run.run_uri)
+    store.remove_stale_temp_files()
+    uri = write_sample_record(run.run_uri, sample)
+    kept = sum(s.kept for s in sample.sets)
+    status(f"sample: {len(sample.sets)} set(s), {kept} kept and {len(sample.sets) - kept} dropped by the judge "
+           f"(seed {sample.seed}, --size {sample.size}); recorded in {uri}")
+    if not is_loopback(args.host):
+        status(f"--host {args.host}: the page is reachable from the network over plain HTTP; whoever has the "
+               "printed address can label as " + reviewer)
+    session = ReviewSession(run_id=run.run_id, reviewer=reviewer, sample=sample, store=store)
+
+    def ready(address: str) -> None:
+        print(f"review page: {address}", flush=True)
+        status("open it in a browser; Ctrl-C stops the server (every answer is saved when given)")
+
+    serve(session, listening, ready)
+    labels = store.read()
+    mine = labels.filter(labels["reviewer"] == reviewer).height if labels.height else 0
+    print(f"stopped; {mine} answer(s) by {reviewer} saved in {store.uri}")
+    print(f"next: cflab review {run.run_uri} --apply (the figures into the run and its report)")
+    return EXIT_OK
+
+
+def _apply_review(run_uri: str) -> int:
+    # here, not at the top: it imports polars
+    from counterfactual_lab.report.review_summary import review_lines
+
+    # here, not at the top: it imports polars
+    from counterfactual_lab.report.reviewed import apply_review
+
+    applied = apply_review(run_uri)
+    print("\n".join(review_lines({"review": applied.figures.manifest}, applied.figures.metrics)))
+    if applied.not_yet_excluded:
+        status(f"{len(applied.not_yet_excluded)} set(s) people rejected are still in the audit's metrics "
+               "(review.exclude_rejected is on): audit the run again with its config to leave them out "
+               "(the images are reused)")
+    print(f"wrote {join(run_uri.rstrip('/'), 'review.parquet')}, the review rows of metrics.parquet and "
+          f"{applied.report_uri}")
+    return EXIT_OK
+
+
+def _import_labels(run, sets, path: str) -> int:
+    # here, not at the top: it imports polars
+    from counterfactual_lab.review.interchange import read_import
+
+    # here, not at the top: it imports polars
+    from counterfactual_lab.review.labels import LabelStore
+
+    labels = read_import(path, sets, run.run_id)  # every row checked before anything is written
+    store = LabelStore(run.run_uri)
+    store.upsert(labels)
+    reviewers = sorted(labels["reviewer"].unique().to_list())
+    print(f"imported {labels.height} label(s) by {', '.join(reviewers)} into {store.uri}")
+    print(f"next: cflab review {run.run_uri} --apply")
+    return EXIT_OK
+
+
+def _export_labels(run, sample) -> int:
+    # here, not at the top: it imports polars and Pillow
+    from counterfactual_lab.review.interchange import export_label_studio
+
+    # here, not at the top: it imports polars
+    from counterfactual_lab.review.sample import write_sample_record
+
+    # here, not at the top: it imports Pillow
+    from counterfactual_lab.storage.files import read_image
+
+    write_sample_record(run.run_uri, sample)
+    tasks, config, count = export_label_studio(run.run_uri, run.run_id, sample, read_image)
+    print(f"wrote {count} Label Studio task(s) to {tasks} and the labeling config to {config}")
+    print(f"import the annotations back: cflab review {run.run_uri} --import EXPORT.json")
     return EXIT_OK
 
 
@@ -326,9 +446,38 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_demo)
 
 
+def _add_review(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "review", help="people check a run's counterfactuals in the browser",
+        description="Serve a local review page for a stratified, seeded sample of a run's counterfactual sets "
+        "(kept and dropped by the judge); every answer is saved at once in RUN/review/labels.parquet. "
+        "--apply puts the labels' figures (human validity, the judge's agreement with people) into the run's "
+        "metrics and report; --import and --export exchange labels with a CSV or Label Studio.",
+    )
+    p.add_argument("run_uri", metavar="RUN", help="the run folder that `cflab audit` printed as 'run:'")
+    p.add_argument("--reviewer", metavar="NAME",
+                   help="who is labelling; each person their own name (default: your login name)")
+    p.add_argument("--size", type=_positive_int, default=None, metavar="N",
+                   help="sets in the sample (default: the recorded sample's, else 100)")
+    p.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="the sample's seed (default: the recorded sample's, else 0); the same seed gives the same sets")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s, this machine only; another exposes the page to the network)")
+    p.add_argument("--port", type=int, default=8765, metavar="PORT",
+                   help="port to listen on (default: %(default)s; 0 picks a free one)")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--import", dest="import_file", metavar="FILE",
+                        help="add labels made elsewhere: a CSV with the labels' columns, or a Label Studio JSON export")
+    action.add_argument("--export", choices=["label-studio"],
+                        help="write the sample as Label Studio tasks and labeling config under RUN/review/")
+    action.add_argument("--apply", action="store_true",
+                        help="write review.parquet and the review rows of metrics.parquet, and render the report again")
+    p.set_defaults(handler=cmd_review)
+
+
 # Subcommand parser builders, in the order `cflab --help` lists them.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_demo, _add_audit, _add_generate, _add_report, _add_validate, _add_sample_dataset, _add_models,
+    _add_demo, _add_audit, _add_generate, _add_report, _add_review, _add_validate, _add_sample_dataset, _add_models,
 ]
 
 

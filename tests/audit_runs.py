@@ -44,7 +44,8 @@ def audit_home(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, 
 def write_config(path: Path, inputs: DemoInputs, out_uri: str, **sections: dict[str, Any]) -> str:
     """Write the small audit config to ``path``; ``sections`` update the demo config's sections.
 
-    Small: gender only, 2 seeds per target, 2 steps at 32 px, batches of 4, 50 bootstrap samples;
+    Small: gender only, 2 seeds per target, 2 steps at 32 px, batches of 4, 50 bootstrap samples,
+    a judge that keeps everything;
     every seed generated at once (``adaptive: false``: tests/test_rounds.py covers the rounds).
     ``attributes=`` and ``dataset=`` replace those sections instead of updating them.
     """
@@ -52,6 +53,8 @@ def write_config(path: Path, inputs: DemoInputs, out_uri: str, **sections: dict[
     config["attributes"] = {"gender": ["female", "male"]}
     config["generation"].update(steps=2, seeds_per_target=2, keep_per_target=1, batch_size=4, resolution=32, adaptive=False)
     config["audit"]["bootstrap_samples"] = 50
+    # The tests' judge lets every candidate through (the demo's drops a few, for people to review).
+    config["judge"]["thresholds"] = {"text": -1.0, "direction": -1.0, "image": -1.0}
     for section, values in sections.items():
         if section in ("attributes", "dataset"):
             config[section] = values

@@ -35,6 +35,7 @@ LAYERS: list[set[str]] = [
     {"evaluate"},
     {"metrics"},
     {"runs"},
+    {"review"},  # people's labels on a run's sets: reads the run and the metrics' intervals; the report shows them
     {"report"},
     {"demo"},
     {"validity"},

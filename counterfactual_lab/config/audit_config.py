@@ -350,6 +350,16 @@ class RuntimeSection(BaseModel):
     retry_delay_seconds: float = Field(2.0, ge=0, le=MAX_RETRY_DELAY_SECONDS)
 
 
+class ReviewSection(BaseModel):
+    """What people's labels on the run's counterfactuals do (``cflab review``; README "People check
+    the counterfactuals"). Not part of the run id: labels arrive after a run."""
+
+    model_config = STRICT
+
+    # Leave the sets people rejected out of the audit's metrics (as if the judge had dropped them).
+    exclude_rejected: bool = False
+
+
 AttributeTargets = Annotated[list[Text], Field(min_length=1, max_length=MAX_TARGETS_PER_ATTRIBUTE)]
 
 
@@ -368,6 +378,7 @@ class AuditConfig(RedactedInJson, BaseModel):
     audit: AuditSection = Field(default_factory=AuditSection)
     output: OutputSection = Field(default_factory=OutputSection)
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
+    review: ReviewSection = Field(default_factory=ReviewSection)
     # Where relative paths in the config resolve; set by from_yaml.
     base_dir: str | None = None
 

@@ -14,6 +14,9 @@ import yaml
 from counterfactual_lab.config.methods import DEFAULT_METHOD, METHODS
 
 DEMO_ROWS = 24
+# The demo judge's direction threshold: about one counterfactual in eight of the tiny random
+# judge scores below it, so the demo has dropped sets to review (see demo_config).
+DEMO_DIRECTION_THRESHOLD = -0.2
 
 
 @dataclass(frozen=True)
@@ -27,9 +30,12 @@ def demo_config(dataset_dir: Path, models: dict[str, Path], out_uri: str) -> dic
     """The demo's audit config: every stage on the tiny models, small enough for a laptop CPU.
 
     A random-weight judge scores at random and its zero-shot attribute check tends to favour
-    one value whatever the image, which would drop whole attributes from the demo: the
-    thresholds let everything through and the check is off, so every attribute reaches the
-    report; with adaptive rounds (the default) the first of the two seeds then suffices.
+    one value whatever the image, which would drop whole attributes from the demo: the check is
+    off, and only the direction threshold is set, at :data:`DEMO_DIRECTION_THRESHOLD`, low
+    enough that most sets pass at the first seed and every attribute reaches the report, high
+    enough that the judge drops a few (the adaptive rounds then try the second seed). So the
+    demo's run has dropped sets beside kept ones, and people reviewing it (``cflab review``)
+    get defined figures of how often the judge agrees with them.
     """
     clip = str(models["clip"])
     return {
@@ -46,7 +52,8 @@ def demo_config(dataset_dir: Path, models: dict[str, Path], out_uri: str) -> dic
             # images differ in nothing the generator did not do.
             "params": {"strength": 0.6},
         },
-        "judge": {"model": clip, "thresholds": {"text": -1.0, "direction": -1.0, "image": -1.0}, "check_attribute": False},
+        "judge": {"model": clip, "thresholds": {"text": -1.0, "direction": DEMO_DIRECTION_THRESHOLD, "image": -1.0},
+                  "check_attribute": False},
         "audit": {
             "model": clip,
             "labels": ["doctor", "nurse", "teacher", "engineer"],

@@ -60,6 +60,7 @@ from counterfactual_lab.metrics.schema import (
     STRATUM_GENERATED,
     STRATUM_OBSERVATIONAL,
     STRATUM_REAL_VS_GENERATED,
+    STRATUM_REVIEW,
     metric_kind,
     missing,
 )
@@ -205,7 +206,8 @@ def decided_rows(metrics: pl.DataFrame | None) -> list[dict[str, Any]]:
     """:func:`decide_findings` as a list of dicts, in the metrics table's order."""
     if metrics is None or metrics.is_empty():
         return []
-    rows = _rows(metrics)
+    # People's review rows are about the judge, not the model under audit: the report shows them apart.
+    rows = [r for r in _rows(metrics) if r["stratum"] != STRATUM_REVIEW]
     controls = {(r["metric"], *_control_key(r)): r for r in rows if r["metric"].startswith(CONTROL_PREFIX)}
     return [_assess(r, controls) for r in rows if not r["metric"].startswith(CONTROL_PREFIX)]
 

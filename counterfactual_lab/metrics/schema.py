@@ -70,6 +70,9 @@ STRATUM_OBSERVATIONAL = "observational"  # originals only: descriptive
 STRATUM_REAL_VS_GENERATED = "real_vs_generated"  # reconstruction off: originals vs counterfactuals
 STRATUM_EVALUATE_ONLY = "evaluate_only"  # a dataset of counterfactual sets
 STRATA = (STRATUM_GENERATED, STRATUM_EVALUATE_ONLY, STRATUM_REAL_VS_GENERATED, STRATUM_OBSERVATIONAL)
+# Not a stratum of the model under audit: people's labels on the generated sets, and how often the
+# judge agrees with them (counterfactual_lab/review). Never called; the findings leave these rows out.
+STRATUM_REVIEW = "review"
 
 CONTROL_PREFIX = "control_"
 UNKNOWN_GROUP = "unknown"

@@ -35,6 +35,7 @@ from counterfactual_lab.report.findings import assess_findings
 from counterfactual_lab.report.generative import generative_audit_section
 from counterfactual_lab.report.markdown import models_line
 from counterfactual_lab.report.markup import escaped, key_value_table, truncated
+from counterfactual_lab.report.review_summary import review_lines
 from counterfactual_lab.report.sentences import (
     REAL_VS_GENERATED_WARNING,
     STRATUM_TITLES,
@@ -78,6 +79,8 @@ figure.pair{margin:0;border:1px solid #d0d7de;border-radius:6px;padding:.5rem;fo
 .flip{color:#cf222e;font-weight:600}.missing{background:#f6f8fa;padding:2rem .3rem;color:#57606a}
 svg text{font-family:inherit;font-size:11px}details{margin:.5rem 0}pre{white-space:pre-wrap;font-size:.75rem}
 svg.chart{display:block;width:100%;height:auto}.wide{overflow-x:auto}.undefined{color:#57606a;font-style:italic}
+.people{padding:.4rem .75rem;border-left:4px solid #8250df;background:#fbefff;margin:0 0 1rem}
+.people p,.people ul{margin:.2rem 0}
 """
 
 
@@ -114,6 +117,7 @@ def render_report(
         f'<p id="run-failed" class="run-failed">{escaped(failed)}</p>' if failed else "",
         f'<p id="models" class="models{" tiny" if tiny else ""}">{escaped(models_line(manifest))}</p>',
         f"<h1>Counterfactual bias audit: run {escaped(run_id)}</h1>",
+        _review_section(manifest, metrics),
         _run_section(manifest),
         _findings_section(metrics),
         _charts_section(metrics),
@@ -141,6 +145,17 @@ def image_loader(storage_options: dict[str, Any] | None = None) -> Callable[[str
 
 
 # --- sections -----------------------------------------------------------------------------
+
+
+def _review_section(manifest: Mapping[str, Any], metrics: pl.DataFrame) -> str:
+    """People's review of the counterfactuals (``cflab review``), near the top: how often the judge
+    agrees with people, or how to ask them."""
+    lines = review_lines(dict(manifest), metrics)
+    if not lines:
+        return ""
+    first, *rest = lines
+    items = "".join(f"<li>{escaped(line.strip())}</li>" for line in rest)
+    return f'<section id="people" class="people"><p>{escaped(first)}</p>' + (f"<ul>{items}</ul>" if items else "") + "</section>"
 
 
 def _run_section(manifest: Mapping[str, Any]) -> str:

@@ -11,6 +11,7 @@ from counterfactual_lab.config.audit_config import AuditConfig
 from counterfactual_lab.models.identity import is_tiny_model, weights_sha256
 from counterfactual_lab.models.runtime_record import runtime_section
 from counterfactual_lab.report.html import render_report
+from counterfactual_lab.report.reviewed import review_for_publish, with_review_rows
 from counterfactual_lab.runs.location import RunLocation
 from counterfactual_lab.runs.manifest import (
     build_manifest,
@@ -35,13 +36,24 @@ def publish_run(
     load_image: Any,
     failure: dict[str, Any] | None = None,
     auditee_counts: dict[str, int] | None = None,
+    excluded_sets: list[str] | None = None,
 ) -> dict[str, Any]:
     """Write every table, the HTML report, then ``manifest.json`` last; returns the manifest.
 
     ``failure`` (``run_failure.FailedItems.manifest_entry()``) marks the run failed in both.
     ``auditee_counts`` (a generative model under audit): answers computed vs served from the
-    output store's cache, the manifest's ``counts.auditee``."""
+    output store's cache, the manifest's ``counts.auditee``. Where people have labelled the run
+    (``review/labels.parquet``), its review is published too: ``review.parquet``, the review rows
+    of the metrics, the manifest's ``review`` block; ``excluded_sets``: the sets people rejected
+    that the run left out (``review.exclude_rejected``)."""
 
+    review = review_for_publish(publisher.run_uri, tables.get("counterfactuals", pl.DataFrame()),
+                                metric_parameters(config.audit), config.review.exclude_rejected, excluded_sets,
+                                location.storage_options)
+    if review is not None:
+        tables = {**tables, "review": review.review}
+        if "metrics" in tables:
+            tables["metrics"] = with_review_rows(tables["metrics"], review)
     uris = {name: publisher.write_table(name, frame) for name, frame in tables.items()}
     manifest = build_manifest(
         run_id=publisher.run_id,
@@ -62,6 +74,8 @@ def publish_run(
         failure=failure,
         counts={"auditee": auditee_counts} if auditee_counts is not None else None,
     )
+    if review is not None:
+        manifest["review"] = review.manifest
     html = render_report(
         manifest=manifest,
         metrics=tables.get("metrics", pl.DataFrame()),

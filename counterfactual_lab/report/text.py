@@ -17,6 +17,7 @@ from counterfactual_lab.report.findings import (
     verdict_lines,
 )
 from counterfactual_lab.report.markdown import accounting_lines, models_line
+from counterfactual_lab.report.review_summary import review_lines
 from counterfactual_lab.report.sentences import REAL_VS_GENERATED_WARNING
 from counterfactual_lab.runs.failure import failure_banner
 from counterfactual_lab.runs.publisher import MANIFEST_NAME
@@ -85,6 +86,7 @@ control) and the headline metrics with their intervals and controls."""
     if manifest.get("started_at") or manifest.get("finished_at"):
         lines.append(f"Ran {manifest.get('started_at')} -> {manifest.get('finished_at')}")
     lines += accounting_lines(manifest)
+    lines += review_lines(manifest, run.metrics)
     if run.quarantine.height and "reason" in run.quarantine.columns:
         reasons = run.quarantine.group_by("reason").len().sort(["len", "reason"], descending=[True, False])
         lines.append("Quarantined by reason: " + ", ".join(f"{r} {n}" for r, n in reasons.iter_rows()))

@@ -63,10 +63,12 @@ def run_identity(
     * the library version: a fixed metric must not be served from an old run.
 
     The output location and the runtime (threads or Ray, workers, retries) are left out: they
-    decide where and how fast, not what. The dataset name is left out too; it prefixes the id.
+    decide where and how fast, not what. So is ``review``: people's labels arrive after the run,
+    and the next audit of the same run applies them (``counterfactual_lab.review.exclusion``).
+    The dataset name is left out too; it prefixes the id.
     """
 
-    stages = config.model_dump(mode="json", exclude={"output", "runtime", "base_dir", "dataset"})
+    stages = config.model_dump(mode="json", exclude={"output", "runtime", "base_dir", "dataset", "review"})
     for role, section in MODEL_SECTIONS.items():
         for key in MODEL_KEYS.get(role, ("model", "revision")):
             stages[section].pop(key, None)

@@ -38,8 +38,10 @@ GENERATIVE_TABLE_NAMES = ("probes", "generations")
 # The tables only a run with a contrastive model under audit writes: its retrieval rankings
 # (docs/metrics.md, "Retrieval fairness").
 CONTRASTIVE_TABLE_NAMES = ("retrieval",)
+# The table a run has once people reviewed its counterfactuals (``cflab review``: counterfactual_lab/review).
+REVIEW_TABLE_NAMES = ("review",)
 # Every table a run may write: what a reader of a run looks for.
-RUN_TABLE_NAMES = TABLE_NAMES + GENERATIVE_TABLE_NAMES + CONTRASTIVE_TABLE_NAMES
+RUN_TABLE_NAMES = TABLE_NAMES + GENERATIVE_TABLE_NAMES + CONTRASTIVE_TABLE_NAMES + REVIEW_TABLE_NAMES
 
 
 def is_complete(run_uri: str, storage_options: dict[str, Any] | None = None) -> bool:

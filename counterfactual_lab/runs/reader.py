@@ -31,7 +31,7 @@ from counterfactual_lab.storage.files import exists, filesystem, join, read_byte
 class RunTables:
     """The tables and manifest of one complete run. A table the run did not write is an empty frame
     (``probes`` and ``generations`` are written by a run with a generative model under audit only,
-    ``retrieval`` by one with a contrastive model)."""
+    ``retrieval`` by one with a contrastive model, ``review`` once people reviewed its counterfactuals)."""
 
     run_uri: str
     manifest: dict[str, Any]
@@ -42,6 +42,7 @@ class RunTables:
     probes: pl.DataFrame = field(default_factory=pl.DataFrame)
     generations: pl.DataFrame = field(default_factory=pl.DataFrame)
     retrieval: pl.DataFrame = field(default_factory=pl.DataFrame)
+    review: pl.DataFrame = field(default_factory=pl.DataFrame)
 
     @property
     def run_id(self) -> str:
