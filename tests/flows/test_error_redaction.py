@@ -5,7 +5,6 @@ error message or traceback that quotes a secret is masked on cflab's error line 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 import yaml

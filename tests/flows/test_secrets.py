@@ -16,7 +16,6 @@ from counterfactual_lab.runs.location import RunLocation
 from counterfactual_lab.config.audit_config import AuditConfig
 from counterfactual_lab.errors import ConfigError
 from counterfactual_lab.storage.redaction import REDACTED, is_secret_key, mask, redact, secret_values
-from counterfactual_lab.config.dataset_spec import DatasetSpec
 
 
 # ---- the rule ----

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from counterfactual_lab.storage.files import LISTING_THRESHOLD, ImageStore
