@@ -29,7 +29,7 @@ from prefect.artifacts import (
 )
 
 from counterfactual_lab.config.audit_config import AuditConfig
-from counterfactual_lab.errors import TooManyFailedItems
+from counterfactual_lab.errors import TooManyFailedItems, UserError
 from counterfactual_lab.flows.designs import design_for
 from counterfactual_lab.flows.evaluation import evaluation_for
 from counterfactual_lab.flows.secrets import mask_secrets_in_logs, resolve_secret_blocks
@@ -46,9 +46,10 @@ from counterfactual_lab.runs.publisher import REPORT_NAME, is_complete
 from counterfactual_lab.storage.files import join
 from counterfactual_lab.tasks.runners import make_task_runner
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = str(REPO_ROOT / "configs" / "audit.yaml")
-CATALOGUE_DIR = str(REPO_ROOT / "datasets")
+# Relative to the working directory, which for a deployment's run is the project folder on the
+# worker (prefect.yaml's pull step, flows/project.py): never a path fixed where `prefect deploy` ran.
+DEFAULT_CONFIG = "configs/audit.yaml"
+CATALOGUE_DIR = "datasets"
 
 
 @flow(name="dataset-audit", log_prints=True, persist_result=False)
@@ -155,8 +156,14 @@ def nightly_audit(
     A dataset that fails is logged and the others still run; the flow fails at the end if any did.
     """
     logger = get_run_logger()
+    specs = sorted(Path(catalogue_dir).glob("*.yaml"))
+    if not specs:  # a wrong folder would otherwise "succeed" every night having audited nothing
+        raise UserError(
+            f"catalogue_dir {catalogue_dir!r} ({Path(catalogue_dir).resolve()}) holds no dataset spec (*.yaml); "
+            "set the nightly-audit parameter catalogue_dir to the folder of your specs"
+        )
     runs, failures = [], []
-    for spec_path in sorted(Path(catalogue_dir).glob("*.yaml")):
+    for spec_path in specs:
         try:
             runs.append(dataset_audit(config_uri, dataset_uri=str(spec_path), output_uri=output_uri))
         except Exception as exc:  # noqa: BLE001 - one bad dataset must not stop the others
