@@ -43,7 +43,7 @@ from counterfactual_lab.runs.failure import count_failed_items
 from counterfactual_lab.runs.location import RunLocation, locate_run
 from counterfactual_lab.runs.preflight import check_audit
 from counterfactual_lab.runs.publisher import REPORT_NAME, is_complete
-from counterfactual_lab.storage.files import join
+from counterfactual_lab.storage.files import credentials_named, join
 from counterfactual_lab.tasks.runners import make_task_runner
 
 # Relative to the working directory, which for a deployment's run is the project folder on the
@@ -80,7 +80,9 @@ def dataset_audit(
     config, spec = resolve_secret_blocks(config, spec)
     mask_secrets_in_logs(config, spec)
     location = locate_run(config, dataset_uri, output_uri, evaluate, spec=spec)
-    if not force and is_complete(location.run_uri, location.storage_options):
+    with credentials_named(location.run_uri, "output.storage_options_secret"):  # the run's first look at the output store
+        complete = not force and is_complete(location.run_uri, location.storage_options)
+    if complete:
         get_run_logger().info(
             "run %s is already complete (same config and data); report: %s",
             location.run_id, join(location.run_uri, REPORT_NAME),

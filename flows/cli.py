@@ -26,7 +26,7 @@ from pathlib import Path
 
 from counterfactual_lab.demo.inputs import prepare_demo
 from counterfactual_lab.errors import DataOverLimit, TooManyFailedItems, UserError
-from counterfactual_lab.storage.files import exists, join
+from counterfactual_lab.storage.files import credentials_hint, exists, is_credentials_error, join
 from counterfactual_lab.storage.redaction import mask_known, remember_secrets
 from counterfactual_lab.version import __version__
 
@@ -402,6 +402,8 @@ def describe_error(exc: BaseException, debug: bool = False) -> str:
     what failed and on which path; otherwise the exception's type and message."""
     if isinstance(exc, UserError):
         return str(exc)
+    if is_credentials_error(exc):  # botocore's (not an OSError), from a call that did not name its path
+        return credentials_hint("the S3 store", exc)
     if isinstance(exc, OSError):
         # strerror for errno errors; else the message the raiser gave (s3fs: "Access Denied").
         what = exc.strerror or (str(exc.args[0]) if exc.args else "") or type(exc).__name__
