@@ -19,13 +19,13 @@ from prefect import flow, get_run_logger
 from prefect.events import emit_event
 from prefect.events.worker import EventsWorker
 
+from counterfactual_lab.flows.secrets import load_secret_options, mask_secrets_in_logs
 from counterfactual_lab.ingest.watch import (
     changed_datasets,
     check_output_outside_prefixes,
     record_seen,
     watch_state_uri,
 )
-from counterfactual_lab.flows.secrets import load_secret_options, mask_secrets_in_logs
 
 DATASET_UPDATED_EVENT = "counterfactual-lab.dataset.updated"
 
