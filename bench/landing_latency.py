@@ -13,11 +13,14 @@ from the moment the part is written:
 * ``audited_s``: that run is Completed (its report is written).
 
 Paths: ``poll`` (the watcher's schedule finds the part; the part lands at a random moment of
-the interval, so repeat with ``--trials`` to see the spread) and ``event`` (the store's
-notification, posted at once to ``flows/store_events.py`` as MinIO's webhook target would).
+the interval, so repeat with ``--trials`` to see the spread), ``poll-worst`` (the part lands
+just after a look of the watcher ended: the next look is a whole interval away) and ``event``
+(the store's notification, posted at once to ``flows/store_events.py`` as MinIO's webhook
+target would).
 
     python bench/landing_latency.py                         # one trial per path, about 5 minutes
     python bench/landing_latency.py --trials 3 --home .cflab  # reuse built tiny models
+    python bench/landing_latency.py --paths poll-worst         # the polling path's worst case
 
 One JSON line per trial, then ``{"bench": "landing_latency", "load_average_start", "load_average_end", "results"}``.
 """
@@ -130,6 +133,15 @@ def audit_run(uri: str):
     return mine[0] if mine else None
 
 
+def _watcher_finished_since(since: float) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["watch-datasets"])))
+    return any(r.end_time and r.end_time.timestamp() > since and r.state.is_completed() for r in runs)
+
+
 def trial(path: str, project: Path, receiver_url: str | None, token: str, rows: int, timeout: float) -> dict:
     import httpx
 
@@ -139,6 +151,9 @@ def trial(path: str, project: Path, receiver_url: str | None, token: str, rows: 
     staging = project / "staging" / name
     write_sample_dataset(staging, rows=rows, seed=random.randrange(1000))
     dataset = project / "data" / "incoming" / name
+    if path == "poll-worst":  # land just after a look: the next one is a whole interval away
+        since = time.time()
+        wait(lambda: _watcher_finished_since(since), 180, "a scheduled look of the watcher", interval=0.5)
     landed = time.time()
     staging.rename(dataset)  # one atomic move: the part lands whole
     uri = str(dataset)
@@ -209,7 +224,7 @@ def main() -> None:
                     results.append(result)
                     print(json.dumps(result), flush=True)
                     if path == "poll":
-                        time.sleep(random.uniform(0, 60))  # land at another moment of the interval
+                        time.sleep(random.uniform(0, _watch_interval()))  # land at another moment of the interval
         except BaseException:
             for log in ("worker.log", "server.log", "receiver.log"):
                 if (tmp_path / log).exists():

@@ -38,9 +38,9 @@ from counterfactual_lab.errors import UserError
 from counterfactual_lab.flows.settings import STARTUP_TIMEOUT_SECONDS
 
 HEALTH_POLL_SECONDS = 0.2
+STOP_GRACE_SECONDS = 10.0
 # The settings that name a server database outside PREFECT_HOME (Prefect reads either).
 DATABASE_URL_VARIABLES = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
-STOP_GRACE_SECONDS = 10.0
 
 
 def startup_timeout_seconds() -> float:

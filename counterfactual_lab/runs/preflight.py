@@ -84,8 +84,6 @@ def check_audit(config: AuditConfig, dataset_uri: str | None = None, *, evaluate
     return spec
 
 
-
-
 def _demo_home(path: str) -> Path | None:
     """The demo home folder ``path`` lies in (``…/.cflab``), or None for any other path."""
     if "://" in path and not path.startswith("file://"):
