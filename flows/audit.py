@@ -31,7 +31,7 @@ from prefect.artifacts import (
 )
 
 from counterfactual_lab.config.audit_config import AuditConfig
-from counterfactual_lab.errors import TooManyFailedItems
+from counterfactual_lab.errors import TooManyFailedItems, UserError
 from counterfactual_lab.flows.designs import Generated, design_for
 from counterfactual_lab.flows.evaluation import evaluation_for
 from counterfactual_lab.flows.secrets import mask_secrets_in_logs, resolve_secret_blocks
@@ -47,12 +47,13 @@ from counterfactual_lab.runs.failure import count_failed_items
 from counterfactual_lab.runs.location import RunLocation, locate_run
 from counterfactual_lab.runs.preflight import check_audit
 from counterfactual_lab.runs.publisher import REPORT_NAME, is_complete
-from counterfactual_lab.storage.files import join
+from counterfactual_lab.storage.files import credentials_named, join
 from counterfactual_lab.tasks.runners import make_task_runner
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = str(REPO_ROOT / "configs" / "audit.yaml")
-CATALOGUE_DIR = str(REPO_ROOT / "datasets")
+# Relative to the working directory, which for a deployment's run is the project folder on the
+# worker (prefect.yaml's pull step, flows/project.py): never a path fixed where `prefect deploy` ran.
+DEFAULT_CONFIG = "configs/audit.yaml"
+CATALOGUE_DIR = "datasets"
 
 
 @flow(name="dataset-audit", log_prints=True, persist_result=False)
@@ -83,7 +84,9 @@ def dataset_audit(
     config, spec = resolve_secret_blocks(config, spec)
     mask_secrets_in_logs(config, spec)
     location = locate_run(config, dataset_uri, output_uri, evaluate, spec=spec)
-    if not force and is_complete(location.run_uri, location.storage_options):
+    with credentials_named(location.run_uri, "output.storage_options_secret"):  # the run's first look at the output store
+        complete = not force and is_complete(location.run_uri, location.storage_options)
+    if complete:
         review = refresh_review(location.run_uri, config.review.exclude_rejected, location.storage_options)
         if review != REVIEW_NEEDS_RERUN:
             get_run_logger().info(
@@ -179,8 +182,14 @@ def nightly_audit(
     A dataset that fails is logged and the others still run; the flow fails at the end if any did.
     """
     logger = get_run_logger()
+    specs = sorted(Path(catalogue_dir).glob("*.yaml"))
+    if not specs:  # a wrong folder would otherwise "succeed" every night having audited nothing
+        raise UserError(
+            f"catalogue_dir {catalogue_dir!r} ({Path(catalogue_dir).resolve()}) holds no dataset spec (*.yaml); "
+            "set the nightly-audit parameter catalogue_dir to the folder of your specs"
+        )
     runs, failures = [], []
-    for spec_path in sorted(Path(catalogue_dir).glob("*.yaml")):
+    for spec_path in specs:
         try:
             runs.append(dataset_audit(config_uri, dataset_uri=str(spec_path), output_uri=output_uri))
         except Exception as exc:  # noqa: BLE001 - one bad dataset must not stop the others

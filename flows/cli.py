@@ -27,7 +27,7 @@ from pathlib import Path
 
 from counterfactual_lab.demo.inputs import prepare_demo
 from counterfactual_lab.errors import DataOverLimit, TooManyFailedItems, UserError
-from counterfactual_lab.storage.files import exists, join
+from counterfactual_lab.storage.files import credentials_hint, exists, is_credentials_error, join
 from counterfactual_lab.storage.redaction import mask_known, remember_secrets
 from counterfactual_lab.version import __version__
 
@@ -117,9 +117,11 @@ def cmd_models_tiny(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate: bool, force: bool = False) -> str:
+def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate: bool, force: bool = False,
+                    prefect_home: Path | None = None) -> str:
     """Check the config, then run the Prefect audit flow (imported here: the library itself never
-    imports Prefect) on ``PREFECT_API_URL`` or a temporary server."""
+    imports Prefect) on ``PREFECT_API_URL`` or a temporary server (its state in ``prefect_home``
+    when given)."""
     # here, not at the top: it imports pydantic
     from counterfactual_lab.config.audit_config import AuditConfig
 
@@ -143,7 +145,7 @@ def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate:
     # the flows layer: the library never imports Prefect
     from counterfactual_lab.flows.temporary_server import prefect_api
 
-    with prefect_api(status):
+    with prefect_api(status, prefect_home=prefect_home):
         # Prefect, once the server is up
         from counterfactual_lab.flows.audit import dataset_audit
 
@@ -361,7 +363,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     inputs = prepare_demo(home=args.home, out_uri=args.out)
     print(f"demo dataset: {inputs.dataset_dir}")
     print(f"demo config: {inputs.config_path}")
-    run_uri = _run_audit_flow(str(inputs.config_path), None, args.out, evaluate=True)
+    # The demo's runs stay in its own home (.cflab/prefect), out of the user's Prefect UI,
+    # unless PREFECT_API_URL names a server to show them on.
+    run_uri = _run_audit_flow(str(inputs.config_path), None, args.out, evaluate=True, prefect_home=home / "prefect")
     print(f"run: {run_uri}")
     print(f"report: {join(run_uri, REPORT_NAME)}")
     return EXIT_OK
@@ -547,6 +551,8 @@ def describe_error(exc: BaseException, debug: bool = False) -> str:
     what failed and on which path; otherwise the exception's type and message."""
     if isinstance(exc, UserError):
         return str(exc)
+    if is_credentials_error(exc):  # botocore's (not an OSError), from a call that did not name its path
+        return credentials_hint("the S3 store", exc)
     if isinstance(exc, OSError):
         # strerror for errno errors; else the message the raiser gave (s3fs: "Access Denied").
         what = exc.strerror or (str(exc.args[0]) if exc.args else "") or type(exc).__name__

@@ -32,13 +32,15 @@ from pathlib import Path
 
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
-from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME, get_current_settings, temporary_settings
 
 from counterfactual_lab.errors import UserError
 from counterfactual_lab.flows.settings import STARTUP_TIMEOUT_SECONDS
 
 HEALTH_POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 10.0
+# The settings that name a server database outside PREFECT_HOME (Prefect reads either).
+DATABASE_URL_VARIABLES = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
 
 
 def startup_timeout_seconds() -> float:
@@ -63,8 +65,11 @@ def _free_port() -> int:
 class TemporaryPrefectServer:
     """Start with :meth:`start` (or ``with``); :attr:`api_url` is then its ``PREFECT_API_URL``."""
 
-    def __init__(self, timeout: float | None = None) -> None:
+    def __init__(self, timeout: float | None = None, prefect_home: Path | None = None) -> None:
         self.timeout = startup_timeout_seconds() if timeout is None else timeout
+        # Where the server keeps its database (PREFECT_HOME/prefect.db); None: Prefect's default,
+        # the user's own ~/.prefect, which `prefect server start` shows in its UI.
+        self.prefect_home = prefect_home
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
         self.server_log: Path | None = None
@@ -85,6 +90,11 @@ class TemporaryPrefectServer:
         self._log_handle = os.fdopen(handle, "wb")
         env = {**os.environ}
         env.pop("PREFECT_API_URL", None)
+        if self.prefect_home is not None:
+            self.prefect_home.mkdir(parents=True, exist_ok=True)
+            env["PREFECT_HOME"] = str(self.prefect_home)
+            for name in DATABASE_URL_VARIABLES:  # a database named elsewhere is the user's, not this home's
+                env.pop(name, None)
         # The child imports `flows` the same way this process did (a source checkout or the install).
         env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")] if p)
         self.process = subprocess.Popen(
@@ -142,21 +152,28 @@ class TemporaryPrefectServer:
 
 
 @contextlib.contextmanager
-def prefect_api(say: Callable[[str], None] = lambda message: None) -> Iterator[str | None]:
+def prefect_api(say: Callable[[str], None] = lambda message: None, prefect_home: Path | None = None) -> Iterator[str | None]:
     """The Prefect API to run flows on: ``PREFECT_API_URL`` when set, else a temporary local
     server for the duration of the block (it dies with this process, even on ``kill -9``).
-    ``say`` reports the server's start to the user (``cflab`` prints it on stderr)."""
+    ``say`` reports the server's start to the user (``cflab`` prints it on stderr).
+
+    ``prefect_home``: the temporary server and this process keep their Prefect state there
+    (``cflab demo``: ``.cflab/prefect``), not in the user's ``PREFECT_HOME``, so its runs never
+    appear in the user's own Prefect UI. A ``PREFECT_API_URL`` (environment or profile) wins.
+    """
 
     if get_current_settings().api.url:
         yield get_current_settings().api.url
         return
-    server = TemporaryPrefectServer()
-    say(f"starting a temporary Prefect server (up to {server.timeout:.0f} s; "
+    server = TemporaryPrefectServer(prefect_home=prefect_home)
+    where = f", its state under {prefect_home}" if prefect_home is not None else ""
+    say(f"starting a temporary Prefect server (up to {server.timeout:.0f} s{where}; "
         "set PREFECT_API_URL to use a running one) ...")
     started = time.monotonic()
+    updates = {PREFECT_HOME: prefect_home} if prefect_home is not None else {}
     with server as api_url:
         say(f"Prefect server ready at {api_url} ({time.monotonic() - started:.0f} s)")
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        with temporary_settings(updates={PREFECT_API_URL: api_url, **updates}):
             try:
                 yield api_url
             finally:

@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.events import emit_event
 from prefect.events.worker import EventsWorker
 
+from counterfactual_lab.flows.secrets import load_secret_options, mask_secrets_in_logs
 from counterfactual_lab.ingest.watch import (
     changed_datasets,
     check_output_outside_prefixes,
@@ -56,20 +57,31 @@ def announce_dataset(uri: str, fingerprint: str) -> None:
 
 
 @flow(name="watch-datasets", persist_result=False)
-def watch_datasets(prefixes: list[str], output_uri: str = "./out") -> list[str]:
+def watch_datasets(
+    prefixes: list[str], output_uri: str = "./out", storage_options_secret: str | None = None
+) -> list[str]:
     """Announce every new or changed dataset under ``prefixes``; returns their URIs.
 
     A dataset whose fingerprint did not change emits nothing. The state is updated for a
     dataset only after its event was emitted, so a failure repeats an announcement on the
-    next run instead of losing it.
+    next run instead of losing it. Relative local paths resolve against the working directory
+    (a deployment's: the project folder on the worker). ``storage_options_secret`` names a
+    Prefect Secret block of s3fs options (credentials) for the prefixes and the state; without
+    it the worker's environment must hold them, and a run without any says which it needs.
     """
     logger = get_run_logger()
     check_output_outside_prefixes(output_uri, prefixes)
+    options = (
+        load_secret_options(storage_options_secret, "watch-datasets parameter storage_options_secret")
+        if storage_options_secret else None
+    )
+    if options:
+        mask_secrets_in_logs(options)
     state_uri = watch_state_uri(output_uri)
-    changed = changed_datasets(prefixes, state_uri)
+    changed = changed_datasets(prefixes, state_uri, options)
     for uri, fingerprint in changed:
         announce_dataset(uri, fingerprint)
-        record_seen(state_uri, uri, fingerprint)
+        record_seen(state_uri, uri, fingerprint, options)
         logger.info("announced %s (fingerprint %s)", uri, fingerprint[:12])
     if not changed:
         logger.info("no new or changed datasets under %s", ", ".join(prefixes))

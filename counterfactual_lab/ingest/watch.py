@@ -33,6 +33,7 @@ from typing import Any
 
 from counterfactual_lab.errors import UserError
 from counterfactual_lab.storage.files import (
+    credentials_named,
     filesystem,
     join,
     read_bytes,
@@ -121,7 +122,11 @@ def _scan(prefix: str, storage_options: dict[str, Any] | None) -> dict[str, list
     except FileNotFoundError:
         if _is_remote(prefix) and "/" in root and fs.exists(root.split("/", 1)[0]):
             return {}  # an object-store prefix with nothing under it yet: no datasets
-        raise UserError(f"watched prefix {prefix!r} does not exist") from None
+        where = "" if _is_remote(prefix) else f" ({os.path.abspath(prefix)})"
+        raise UserError(
+            f"watched prefix {prefix!r}{where} does not exist; create it, or set the watcher's prefixes "
+            "(the watch-datasets deployment's parameter) to where new data lands"
+        ) from None
     if info.get("type") == "file":
         if not root.endswith(PARQUET_SUFFIX):
             raise UserError(f"watched prefix {prefix!r} is a file but not a {PARQUET_SUFFIX} file")
@@ -153,7 +158,9 @@ def scan_datasets(prefixes: list[str], storage_options: dict[str, Any] | None = 
         raise UserError("prefixes must be a list of URIs, not a single string")
     found: dict[str, str] = {}
     for prefix in prefixes:
-        for uri, entries in _scan(prefix, storage_options).items():
+        with credentials_named(prefix):
+            scanned = _scan(prefix, storage_options)
+        for uri, entries in scanned.items():
             found[uri] = _fingerprint_entries(entries)
     return dict(sorted(found.items()))
 
@@ -186,7 +193,8 @@ def listing_fingerprint(uri: str, storage_options: dict[str, Any] | None = None)
 def read_state(state_uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, dict[str, str]]:
     """The datasets seen so far: URI -> {"fingerprint", "seen_at"}; empty when no state exists."""
     try:
-        raw = read_bytes(state_uri, _options(state_uri, storage_options))
+        with credentials_named(state_uri):
+            raw = read_bytes(state_uri, _options(state_uri, storage_options))
     except FileNotFoundError:
         return {}
     try:
@@ -227,7 +235,8 @@ def record_seen(
         "seen_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     payload = json.dumps({"version": STATE_VERSION, "datasets": dict(sorted(datasets.items()))}, indent=1)
-    write_bytes_atomic(state_uri, payload.encode(), _options(state_uri, storage_options))
+    with credentials_named(state_uri):
+        write_bytes_atomic(state_uri, payload.encode(), _options(state_uri, storage_options))
 
 
 def check_output_outside_prefixes(output_uri: str, prefixes: list[str]) -> None:

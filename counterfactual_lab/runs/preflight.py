@@ -12,10 +12,18 @@ an S3 bucket is the flow's first step.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from counterfactual_lab.config.audit_config import AuditConfig
 from counterfactual_lab.config.dataset_spec import DatasetSpec
 from counterfactual_lab.config.methods import check_method_params, method_facts
+from counterfactual_lab.errors import ConfigError
 from counterfactual_lab.models.safety import check_model_reference
+
+# The folder `cflab demo` builds its inputs in (its --home, ./.cflab by default): the sample
+# dataset (HOME/sample-dataset) and the tiny models (HOME/models/<name>).
+DEMO_HOME_NAME = ".cflab"
 
 
 def check_config(config: AuditConfig, dataset_uri: str | None = None) -> DatasetSpec:
@@ -55,6 +63,7 @@ def check_audit(config: AuditConfig, dataset_uri: str | None = None, *, evaluate
             roles["generation.params.mask.model"] = mask["model"]
     if evaluate:
         roles["audit.model"] = config.audit.model
+    check_demo_inputs(roles, spec)
     for key, model in roles.items():
         check_model_reference(key, model)
 
@@ -75,3 +84,42 @@ def check_audit(config: AuditConfig, dataset_uri: str | None = None, *, evaluate
     return spec
 
 
+def _demo_home(path: str) -> Path | None:
+    """The demo home folder ``path`` lies in (``…/.cflab``), or None for any other path."""
+    if "://" in path and not path.startswith("file://"):
+        return None
+    parts = Path(path.removeprefix("file://")).parts
+    if DEMO_HOME_NAME not in parts:
+        return None
+    return Path(*parts[: parts.index(DEMO_HOME_NAME) + 1])
+
+
+def check_demo_inputs(models: dict[str, str], spec: DatasetSpec) -> None:
+    """One line naming every missing input of the demo's that the config uses (a tiny model or
+    the sample dataset under a ``.cflab`` folder) and the ``cflab`` command that builds them.
+
+    Checked before each model on its own, so a clone without ``./.cflab`` hears "run `cflab
+    demo`" once, not "build the models" and then, on the next run, "build the dataset".
+    """
+    missing: list[tuple[str, str, Path]] = []
+    for key, path in [*models.items(), ("dataset", spec.uri)]:
+        home = _demo_home(path)
+        if home is not None and not Path(path.removeprefix("file://")).expanduser().exists():
+            missing.append((key, path, home))
+    if not missing:
+        return
+    home = missing[0][2]
+    here = Path(os.getcwd())
+    build = "cflab demo" if (here / home).resolve() == (here / DEMO_HOME_NAME).resolve() else f"cflab demo --home {home}"
+    what = ", ".join(f"{key} {path}" for key, path, _ in missing)
+    keys = {key for key, _, _ in missing}
+    if keys == {"dataset"}:
+        also = f", or only the dataset: `cflab sample-dataset {missing[0][1]}`"
+    elif "dataset" not in keys:
+        also = f", or every tiny model: `cflab models tiny {home / 'models'}`"
+    else:
+        also = ""
+    raise ConfigError(
+        f"the demo's inputs are missing: {what}; build them with `{build}` run in {here} "
+        f"(it makes {home}: the sample dataset and the tiny models){also}"
+    )

@@ -21,7 +21,7 @@ import fsspec
 from fsspec.core import url_to_fs
 from PIL import Image
 
-from counterfactual_lab.errors import TransientStorageError
+from counterfactual_lab.errors import TransientStorageError, UserError
 
 # botocore settings (s3fs ``config_kwargs``) applied to every S3 filesystem unless the storage
 # options set them: a stalled endpoint fails a request after these many seconds instead of
@@ -121,13 +121,29 @@ def is_credentials_error(exc: BaseException) -> bool:
     return any(cls.__module__.startswith("botocore") and cls.__name__ in CREDENTIAL_ERRORS for cls in type(exc).__mro__)
 
 
-def credentials_hint(uri: str, exc: BaseException) -> str:
-    """One line for a credentials error on ``uri``."""
+def credentials_hint(uri: str, exc: BaseException, secret_key: str = "storage_options_secret") -> str:
+    """One line for a credentials error on ``uri``: what the process (a worker, a shell) lacks and
+    the two ways to give it; ``secret_key`` is where a Secret block is named (a config key, a
+    deployment parameter)."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return (
-        f"{uri}: no usable credentials ({first}); set them in the environment (AWS_ACCESS_KEY_ID, ...), "
-        "in storage_options, or name a Prefect Secret block with storage_options_secret"
+        f"{uri}: no usable S3 credentials in this process ({first}); set AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for MinIO or another S3-compatible store) in the "
+        "environment of the worker or command that runs this, or save them in a Prefect Secret block "
+        f"({{\"key\": ..., \"secret\": ...}}) and name it with {secret_key}"
     )
+
+
+@contextlib.contextmanager
+def credentials_named(uri: str, secret_key: str = "storage_options_secret") -> Iterator[None]:
+    """Turn botocore's credentials errors (not OSErrors) inside the block into a
+    :class:`UserError` on ``uri`` that names the fix (:func:`credentials_hint`)."""
+    try:
+        yield
+    except Exception as exc:
+        if is_credentials_error(exc):
+            raise UserError(credentials_hint(uri, exc, secret_key)) from None
+        raise
 
 
 @contextlib.contextmanager

@@ -63,7 +63,7 @@ def test_without_credentials_an_s3_dataset_is_one_line_naming_it_not_a_botocore_
     without_environment_credentials(monkeypatch, tmp_path)
     spec = DatasetSpec.parse_spec({"name": "d", "uri": uri, "storage_options": {"endpoint_url": s3_endpoint}})
     for read in (open_dataset, dataset_fingerprint):
-        with pytest.raises(DatasetUnreadable, match=f"dataset {uri}: no usable credentials .*storage_options_secret"):
+        with pytest.raises(DatasetUnreadable, match=f"dataset {uri}: no usable S3 credentials .*AWS_ACCESS_KEY_ID.*storage_options_secret"):
             read(spec)
 
 
