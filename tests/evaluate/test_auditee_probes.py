@@ -188,7 +188,8 @@ def test_the_probes_use_the_shared_tokenizer_only_under_the_models_lock(loaded, 
 def test_probes_from_several_threads_on_one_model_answer_as_one_thread_does(loaded, images):
     rounds = 30  # without the lock 3 runs in 4 failed here (tokenizers 0.23.3: "Unable to create tensor")
     questions = [YES_QUESTION, LONGER_QUESTION]  # two lengths: every batch pads
-    one_image = ProbeImages(images.content_keys[:1], images.image_uris[:1], images.load_image)  # short batches, more overlap
+    # One image: short batches, so the threads' tokenizer calls overlap more.
+    one_image = ProbeImages(images.content_keys[:1], images.image_uris[:1], images.load_image)
     expected = probes.yes_no(session(loaded), one_image, questions)
     answers, errors = [], []
 
