@@ -29,13 +29,18 @@ MANIFEST_SCHEMA_VERSION = 2
 
 # Distribution names whose versions change the numbers or the files of a run: the models'
 # kernels and loading (torch, its CUDA libraries, diffusers, transformers, tokenizers, ...), the
-# metrics (numpy, scipy, scikit-learn and pandas under fairlearn, polars), decoding (pillow),
-# validation (great-expectations) and the orchestration that decides what is rerun.
+# metrics (numpy, scipy, polars), decoding (pillow), validation (great-expectations and the pandas
+# frames it validates) and the orchestration that decides what is rerun. Only what the library
+# imports or loads through (tests/test_dependencies.py checks each is a declared dependency).
 VERSIONED_DISTRIBUTIONS = (
     "counterfactual-lab",
     "torch",
+    # cuBLAS and cuDNN of torch's CUDA build: older builds' -cu12 wheels, and the CUDA 13 ones
+    # (nvidia-cublas, nvidia-cudnn-cu13) that torch 2.13's and 2.14's depend on.
     "nvidia-cublas-cu12",
     "nvidia-cudnn-cu12",
+    "nvidia-cublas",
+    "nvidia-cudnn-cu13",
     "diffusers",
     "transformers",
     "tokenizers",
@@ -45,8 +50,6 @@ VERSIONED_DISTRIBUTIONS = (
     "prefect",
     "prefect-ray",
     "ray",
-    "fairlearn",
-    "scikit-learn",
     "scipy",
     "pandas",
     "polars",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -165,6 +167,48 @@ def test_answer_tokens_skip_bare_spaces_and_tokens_two_answers_share():
     assert decoded == {"yes": ["Y", "y"], "no": ["N", "n"]}
     with pytest.raises(Exception, match="no token that starts 'no' and no other answer"):
         answer_token_ids(bytes_only, ["no", "nine"])  # n and N start both
+
+
+def test_the_probes_use_the_shared_tokenizer_only_under_the_models_lock(loaded, images, monkeypatch):
+    # Batches of one worker share the loaded model; an unpadded encode outside the lock turns the
+    # fast tokenizer's padding off under another thread's padded batch ("Already borrowed").
+    tokenizer, held = loaded.tokenizer, []
+    for name in ("encode", "decode"):
+        def checked(*args, _original=getattr(tokenizer, name), **kwargs):
+            held.append(loaded.lock._is_owned())
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(tokenizer, name, checked)
+    probes.yes_no(session(loaded), images, [YES_QUESTION])
+    probes.ratings(session(loaded), images, ["How old is this person?"])
+    probes.choice(session(loaded, batch_size=4), images, "Job? {options}", LABELS)
+    assert held and all(held), f"{held.count(False)} of {len(held)} tokenizer calls outside the lock"
+
+
+def test_probes_from_several_threads_on_one_model_answer_as_one_thread_does(loaded, images):
+    rounds = 30  # without the lock 3 runs in 4 failed here (tokenizers 0.23.3: "Unable to create tensor")
+    questions = [YES_QUESTION, LONGER_QUESTION]  # two lengths: every batch pads
+    # One image: short batches, so the threads' tokenizer calls overlap more.
+    one_image = ProbeImages(images.content_keys[:1], images.image_uris[:1], images.load_image)
+    expected = probes.yes_no(session(loaded), one_image, questions)
+    answers, errors = [], []
+
+    def audit_batches():
+        try:
+            for _ in range(rounds):
+                answers.append(probes.yes_no(session(loaded, batch_size=2), one_image, questions))
+        except Exception as exc:  # noqa: BLE001 - the thread's error is the test's finding
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=audit_batches) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(answers) == 4 * rounds
+    for frame in answers:
+        assert frame["value"].to_list() == pytest.approx(expected["value"].to_list(), abs=1e-6)
 
 
 def test_a_rerun_is_served_from_the_output_store_and_never_calls_generate(loaded, images, tmp_path, monkeypatch):

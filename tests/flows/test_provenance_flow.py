@@ -88,7 +88,7 @@ def test_the_manifest_records_what_reproduces_the_run(first_run, inputs):
     assert manifest["models"]["judge"]["path"] == str(clip)
     assert (manifest["runtime"]["device"], manifest["runtime"]["dtype"]) == ("cpu", "float32")
     assert all(m["observed"] for m in manifest["runtime"]["models"].values())  # the thread runner: same process
-    assert manifest["versions"]["scikit-learn"]
+    assert manifest["versions"]["scipy"]
     assert (manifest["metrics"]["bootstrap_seed"], manifest["metrics"]["bootstrap_samples"]) == (0, 50)
     assert manifest["dataset"]["fingerprint"] == manifest["run_identity"]["dataset"]["fingerprint"]
     assert manifest["dataset"]["fingerprint_method"].startswith("content (sha256)")

@@ -252,7 +252,7 @@ def test_manifest_records_provenance_and_is_json(tmp_path):
     assert manifest["row_accounting_problems"] == []
     versions = manifest["versions"]
     assert versions["python"] == ".".join(map(str, sys.version_info[:3]))
-    for dist in ("torch", "diffusers", "transformers", "prefect", "polars", "scikit-learn", "scipy", "fairlearn", "numpy"):
+    for dist in ("torch", "diffusers", "transformers", "tokenizers", "prefect", "polars", "scipy", "numpy"):
         assert versions[dist], dist
 
 

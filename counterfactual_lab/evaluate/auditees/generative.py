@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from counterfactual_lab.evaluate.auditees.answers import answer_token_ids
 from counterfactual_lab.evaluate.auditees.loading import LoadedModel
 from counterfactual_lab.evaluate.auditees.prompts import answer_separator, image_token
 from counterfactual_lab.evaluate.auditees.sampling import CounterNoiseSampler
@@ -102,6 +103,13 @@ class GenerativeRunner:
         return [logits[row, [column[p] for p in rows]].float() for row, rows in enumerate(positions)]
 
     # -- next-token answers --------------------------------------------------------------------
+    def answer_token_ids(self, answers: Sequence[str]) -> dict[str, list[int]]:
+        """:func:`.answers.answer_token_ids` with this model's tokenizer, under the model's lock: an
+        unpadded ``encode`` turns the shared fast tokenizer's padding off while another thread's
+        batch pads with it ("Already borrowed", or a batch that cannot become a tensor)."""
+        with self.loaded.lock:
+            return answer_token_ids(self.tokenizer, answers)
+
     def answer_sums(self, images: Sequence[Any], texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """(N, K): for row i and answer group k, Σ_{t ∈ token_ids[k]} p(t | image_i, text_i)."""
         with self.loaded.lock:
@@ -125,9 +133,11 @@ class GenerativeRunner:
 
         Both are tokenized as one string; the option's tokens are those after the longest
         common prefix with the prompt alone, so a tokenizer that merges across the boundary
-        still scores exactly the tokens the model would read.
+        still scores exactly the tokens the model would read. Under the model's lock, as every
+        use of the shared tokenizer (:meth:`answer_token_ids`).
         """
-        return self._continuation(prompt_text, option)[0]
+        with self.loaded.lock:
+            return self._continuation(prompt_text, option)[0]
 
     def _continuation(self, prompt_text: str, option: str) -> tuple[list[int], bool]:
         """(option tokens, whether the prompt's own tokens end where they begin)."""

@@ -39,7 +39,6 @@ from counterfactual_lab.evaluate.auditees.answer_cache import (
 )
 from counterfactual_lab.evaluate.auditees.answers import (
     YES_NO_ANSWERS,
-    answer_token_ids,
     expected_rating,
     rating_answers,
     shares_from_sums,
@@ -176,7 +175,7 @@ def _next_token_probe(session: ProbeSession, images: ProbeImages, prompts: Seque
     fields = [session.fields(probe, content_key=images.content_keys[i], prompt=p, answers=answers) for i, p in pairs]
 
     def compute(todo: list[int]) -> list[dict[str, Any]]:
-        token_ids = answer_token_ids(session.runner.tokenizer, answers)
+        token_ids = session.runner.answer_token_ids(answers)
         pictures = images.load([pairs[k][0] for k in todo])
         texts = [session.render(pairs[k][1]) for k in todo]
         sums = session.runner.answer_sums(pictures, texts, list(token_ids.values()))
