@@ -53,7 +53,7 @@ from counterfactual_lab.plan.work_items import (
     work_item_key,
 )
 from counterfactual_lab.report.examples import thumbnail_data_uri
-from counterfactual_lab.report.findings import assess_findings
+from counterfactual_lab.report.findings import assess_findings, run_verdict_line
 from counterfactual_lab.report.markdown import accounting_lines, models_line
 from counterfactual_lab.report.markup import escaped
 from counterfactual_lab.report.text import format_headline
@@ -365,10 +365,7 @@ def _finding_sentences(metrics: pl.DataFrame, max_items: int) -> tuple[list[str]
     assessed = assess_findings(metrics)
     if assessed.is_empty():
         return [], None
-    ordered = assessed.sort("called", descending=True, maintain_order=True)
-    called = int(assessed["called"].sum())
-    summary = f"{called} of {assessed.height} called: the interval excludes the control's (or, where there is no control, no effect)"
-    return ordered["sentence"].head(max_items).to_list(), summary
+    return assessed["sentence"].head(max_items).to_list(), run_verdict_line(assessed)
 
 
 def open_run(uri: str, storage_options: Mapping[str, Any] | None = None) -> AuditRun:

@@ -99,13 +99,13 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
     design = design_for(config, location.spec)
     outcome = design.validate(run)  # ingest and validate (or the templates), quarantine written
     generated = design.generate(run, outcome)  # plan, generate and judge in rounds (nothing for evaluate-only data)
-    tables = {"counterfactuals": generated.candidates, "quarantine": generated.quarantine}
+    tables = {"counterfactuals": generated.candidates, "quarantine": generated.quarantine, "drift": generated.drift}
     auditee_counts = None
     if evaluate:
         evaluation = evaluation_for(config)
         answers = evaluation.evaluate(run, design.evaluation_pool(run, outcome, generated))  # the model under audit
         tables.update(evaluation.tables(answers))
-        tables["metrics"] = evaluation.metrics(run, answers, generated.judged, design.evaluate_only)
+        tables["metrics"] = evaluation.metrics(run, answers, generated.judged, design.evaluate_only, generated.drift)
         auditee_counts = evaluation.auditee_counts(answers)
     return publish(run, outcome.rows_in, outcome.valid.height, outcome.quarantined, tables, generated.counts,
                    auditee_counts)

@@ -272,10 +272,11 @@ def test_a_poisoned_item_fails_alone_and_the_next_run_retries_it(prefect_server,
     def generate_and_judge(items: list) -> pl.DataFrame:
         records = _generate(items, audit_config, store, "cpu")
         candidates = candidates_frame(items, records, audit_config.generation.method)
-        return judge_counterfactuals(
+        judged, _ = judge_counterfactuals(
             candidates, audit_config.judge, store, keep_per_target=1,
             vocabulary={"gender": spec.vocabulary("gender")}, device="cpu",
         )
+        return judged
 
     with pipeline_calls() as calls:
         judged = generate_and_judge(items)
