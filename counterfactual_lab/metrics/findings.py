@@ -247,7 +247,8 @@ def decided_rows(metrics: pl.DataFrame | None) -> list[dict[str, Any]]:
     """:func:`decide_findings` as a list of dicts, in the metrics table's order."""
     if metrics is None or metrics.is_empty():
         return []
-    legacy = "in_family" not in metrics.columns
+    # A table written before the error control has no decisions in it (no in_family, or all null).
+    legacy = "in_family" not in metrics.columns or metrics["in_family"].null_count() == metrics.height
     rows = _rows(metrics)
     controls = controls_of(rows)
     decided = [_assess(r, controls, legacy) for r in rows if not r["metric"].startswith(CONTROL_PREFIX)]

@@ -24,9 +24,6 @@ from counterfactual_lab.metrics.diagnostics import diagnostic_words, is_channel
 from counterfactual_lab.metrics.findings import (
     REFERENCE_NONE,
     RUN_CONFOUNDED,
-    RUN_FINDING,
-    RUN_NO_FINDING,
-    RUN_UNDEFINED,
     VERDICT_CONFOUNDED,
     VERDICT_MOVED,
     run_verdict,
@@ -41,7 +38,7 @@ from counterfactual_lab.metrics.schema import (
 )
 from counterfactual_lab.report.charts import Bar, bar_chart_svg
 from counterfactual_lab.report.examples import ImageInliner, examples_section
-from counterfactual_lab.report.findings import assess_findings, verdict_lines
+from counterfactual_lab.report.findings import RUN_VERDICT_WORDS, assess_findings, verdict_lines
 from counterfactual_lab.report.generative import generative_audit_section
 from counterfactual_lab.report.markdown import models_line
 from counterfactual_lab.report.markup import escaped, key_value_table, truncated
@@ -179,18 +176,10 @@ def _findings_section(metrics: pl.DataFrame, manifest: Mapping[str, Any]) -> str
     settings = manifest.get("metrics") or {}
     lines = verdict_lines(findings, (settings.get("error_control") or {}).get("setting"),
                           (settings.get("min_effect") or {}).get("probability"))
-    explained = {
-        RUN_FINDING: "some difference is called: the model's answers move with the attribute beyond what the "
-                     "generator's own variation and the error control allow.",
-        RUN_CONFOUNDED: "confounded: the differences below move with what the generator changed along with the "
-                        "attribute (a negative control, or off-target drift; see Confound diagnostics); they are "
-                        "not called, and nothing is.",
-        RUN_NO_FINDING: "no finding: every attribute was compared and nothing is called.",
-        RUN_UNDEFINED: "undefined: nothing is called, and some comparison could not be made (below).",
-    }
+    see = " See Confound diagnostics below." if verdict == RUN_CONFOUNDED else ""
     parts = [
         "<h2>Headline findings</h2>",
-        f'<p id="run-verdict"><strong>Run verdict: {escaped(explained[verdict])}</strong></p>',
+        f'<p id="run-verdict"><strong>Run verdict: {escaped(RUN_VERDICT_WORDS[verdict])}.{see}</strong></p>',
         f"<p><strong>{called} difference(s) called"
         + (f", {confounded} confounded" if confounded else "") + ".</strong> A signed change is called where its "
         "interval excludes no change; a flip rate or mean |Δ| where its interval lies above its control's (the change "

@@ -159,9 +159,11 @@ def _adjusted(row: Mapping[str, Any]) -> bool:
 
 
 def _decision_interval(row: Mapping[str, Any], prefix: str = "") -> str:
+    """The interval the row was decided at: at its decision level, else (a table from before the
+    error control) the configured one."""
     fmt = _fmt(metric_kind(row["metric"]))
-    return interval({"ci_low": row.get(f"{prefix}ci_low_adjusted"), "ci_high": row.get(f"{prefix}ci_high_adjusted")},
-                    fmt).strip()
+    adjusted = interval({"ci_low": row.get(f"{prefix}ci_low_adjusted"), "ci_high": row.get(f"{prefix}ci_high_adjusted")}, fmt)
+    return (adjusted or interval(row, fmt, prefix)).strip()
 
 
 def _level(row: Mapping[str, Any]) -> str:

@@ -98,10 +98,9 @@ def metric_parameters(audit: Any, judge: Any = None, attributes: list[str] | Non
     """The ``metrics`` section: every parameter that changes a number in ``metrics.parquet``
     (:func:`counterfactual_lab.metrics.parameters.metric_parameters`), plus the labels, prompt
     and queries the model under audit was asked with, and the negative controls it was measured on."""
-    # here, not at the top: it imports polars, pydantic
-    # here, not at the top: it imports polars, numpy
+    # here, not at the top: these import polars, numpy and pydantic
     from counterfactual_lab.judge.drift import drift_attribute_names
-    from counterfactual_lab.metrics.parameters import metric_parameters as parameters
+    from counterfactual_lab.metrics.parameters import metric_parameters as parameters  # (as the line above)
 
     drift_attributes = None
     if judge is not None and attributes is not None:
