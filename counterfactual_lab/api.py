@@ -365,7 +365,12 @@ def _finding_sentences(metrics: pl.DataFrame, max_items: int) -> tuple[list[str]
     assessed = assess_findings(metrics)
     if assessed.is_empty():
         return [], None
-    return assessed["sentence"].head(max_items).to_list(), run_verdict_line(assessed)
+    ordered = assessed.sort("called", descending=True, maintain_order=True)
+    if {"verdict", "diagnostic"} <= set(assessed.columns):
+        summary = run_verdict_line(assessed)
+    else:
+        summary = f"{int(assessed['called'].sum())} of {assessed.height} called"
+    return ordered["sentence"].head(max_items).to_list(), summary
 
 
 def open_run(uri: str, storage_options: Mapping[str, Any] | None = None) -> AuditRun:

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from counterfactual_lab.metrics.diagnostics import diagnostic_words, is_channel, is_diagnostic
+from counterfactual_lab.metrics.diagnostics import WHOLE_IMAGE, diagnostic_words, is_channel, is_diagnostic
 from counterfactual_lab.metrics.error_control import control_of, controls_of, reference_side
 from counterfactual_lab.metrics.intervals import interval_at, percent_level
 from counterfactual_lab.metrics.schema import (
@@ -170,7 +170,8 @@ def _assess(row: dict[str, Any], controls: Mapping[tuple, dict[str, Any]], legac
                reason=None, confounded_by=None, called=False, _stat_large=False)
     side = reference_side(kind)
     generated = row["stratum"] == STRATUM_GENERATED
-    if side is None or row["stratum"] == STRATUM_OBSERVATIONAL or (side == "above" and not generated):
+    whole_image = out["diagnostic"] and row.get("label") == WHOLE_IMAGE  # no person mask: reported only
+    if side is None or row["stratum"] == STRATUM_OBSERVATIONAL or (side == "above" and not generated) or whole_image:
         # Descriptive, or a mean |Δ| / flip rate without a control: reported, never compared.
         out.update(ci_low_adjusted=None, ci_high_adjusted=None, confidence_adjusted=None, comparisons=None,
                    p_value=None, p_adjusted=None, min_effect=None)

@@ -218,7 +218,8 @@ def test_generate_only_writes_counterfactuals_and_manifest_but_no_predictions(fi
     assert run.run_uri != first.run_uri
     run_dir = Path(run.run_uri)
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == sorted(
-        ["counterfactuals.parquet", "quarantine.parquet", MANIFEST_NAME, REPORT_NAME, "validation.json", "expectations.json"]
+        ["counterfactuals.parquet", "drift.parquet", "quarantine.parquet", MANIFEST_NAME, REPORT_NAME, "validation.json",
+         "expectations.json"]
     )
     assert set(run.manifest["tables"]) == {"counterfactuals", "quarantine"}
     assert run.predictions.is_empty() and run.metrics.is_empty()
