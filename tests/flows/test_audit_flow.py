@@ -221,7 +221,7 @@ def test_generate_only_writes_counterfactuals_and_manifest_but_no_predictions(fi
         ["counterfactuals.parquet", "drift.parquet", "quarantine.parquet", MANIFEST_NAME, REPORT_NAME, "validation.json",
          "expectations.json"]
     )
-    assert set(run.manifest["tables"]) == {"counterfactuals", "quarantine"}
+    assert set(run.manifest["tables"]) == {"counterfactuals", "quarantine", "drift"}
     assert run.predictions.is_empty() and run.metrics.is_empty()
     assert_accounting_closes(run)
     assert_frame_equal(comparable(run.counterfactuals.drop("run_id")), comparable(first.counterfactuals.drop("run_id")))
