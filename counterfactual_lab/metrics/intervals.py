@@ -296,7 +296,10 @@ def cluster_se(replicates: np.ndarray, n_clusters: int) -> np.ndarray:
     values = np.asarray(replicates, dtype=float)
     if n_clusters < 2 or values.shape[0] < 2:
         return np.full(values.shape[1:] if values.ndim > 1 else (), np.nan)
-    return values.std(axis=0, ddof=1) * math.sqrt(n_clusters / (n_clusters - 1))
+    se = values.std(axis=0, ddof=1) * math.sqrt(n_clusters / (n_clusters - 1))
+    # Every source alike: the replicates differ by rounding alone, and the se is exactly 0.
+    scale = np.maximum(1.0, np.abs(values).max(axis=0))
+    return np.where(se <= 1e-12 * scale, 0.0, se)
 
 
 _ONE_SOURCE = "one source image: no interval (a t interval needs at least two)"

@@ -14,6 +14,7 @@ from typing import Any
 
 import polars as pl
 
+from counterfactual_lab.metrics.diagnostics import diagnostic_words
 from counterfactual_lab.metrics.error_control import FDR
 from counterfactual_lab.metrics.findings import (
     DECISIONS_SCHEMA,
@@ -156,14 +157,16 @@ def verdict_lines(findings: pl.DataFrame, error_control: str | None = None, min_
         lines.append(f"A difference is called only when it is at least audit.min_effect ({number(scale)} on probability "
                      "scales) and nothing the generator changed along with the attribute explains it.")
     for stratum, attribute in confounded_attributes(findings):
-        moved = findings.filter((pl.col("verdict") == VERDICT_MOVED) & (pl.col("attribute") == attribute)
-                                & (pl.col("stratum") == stratum))
-        what = "; ".join(sorted(set(findings.filter((pl.col("verdict") == VERDICT_CONFOUNDED)
-                                                   & (pl.col("attribute") == attribute))["confounded_by"]
-                                    .drop_nulls().to_list())))[:400]
+        of = (pl.col("attribute") == attribute) & (pl.col("stratum") == stratum)
+        count = findings.filter(of & (pl.col("verdict") == VERDICT_CONFOUNDED)).height
+        moved: dict[str, list[str]] = {}
+        for row in findings.filter(of & (pl.col("verdict") == VERDICT_MOVED)).iter_rows(named=True):
+            words = diagnostic_words(row["metric"], row.get("label"), row.get("query"))
+            moved.setdefault(words, []).append(row["group"] or "every transition")
+        what = "; ".join(f"{words} on {', '.join(groups)}" for words, groups in moved.items())
         prefix = "" if stratum == STRATUM_GENERATED else f"{STRATUM_TITLES.get(stratum, stratum)}: "
-        lines.append(f"{prefix}{attribute}: confounded: the differences move with what the generator changed along "
-                     f"with {attribute} ({moved.height} diagnostic row(s) moved: {what}); they are not called.")
+        lines.append(f"{prefix}{attribute}: confounded: {count} difference(s) move with what the generator changed along "
+                     f"with {attribute} ({what}); they are not called.")
     undefined = undefined_comparisons(findings)
     seen = set()
     for row in undefined.iter_rows(named=True):

@@ -226,7 +226,8 @@ def test_a_confound_marks_the_difference_confounded_and_names_what_moved():
     metrics = table([*base, blue])
     assert bias_verdict(metrics) == "confounded" and not any_bias_finding(metrics)
     lines = verdict_lines(assess_findings(metrics))
-    assert any(line.startswith("gender: confounded: the differences move with what the generator changed along with gender")
+    assert any(line.startswith("gender: confounded: 2 difference(s) move with what the generator changed along with gender "
+                               "(the mean blue outside the person on female→male)")
                for line in lines)
     # The drift on the other transition only: this transition's difference is called; the attribute-wide one is not.
     other = assess_findings(table([*base, r("drift_blue", -4 / 255, 0.0, group="male→female")]))

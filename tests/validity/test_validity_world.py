@@ -511,7 +511,8 @@ def test_the_validity_bench_runs_quick(tmp_path):
     import sys
 
     bench = Path(__file__).resolve().parents[2] / "bench" / "validity.py"
-    done = subprocess.run([sys.executable, str(bench), "--quick", "--runs", "1", "--work", str(tmp_path / "work")],
+    done = subprocess.run([sys.executable, str(bench), "--quick", "--runs", "1", "--truth-pairs", "100",
+                           "--work", str(tmp_path / "work")],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
