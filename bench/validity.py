@@ -219,7 +219,9 @@ def run_arms(arms: list[Arm], args: argparse.Namespace, work: Path, context: dic
 
     torch.set_num_threads(1)
 
+    # isort: off
     import counterfactual_lab.flows  # noqa: F401  (the project's offline Prefect defaults, before Prefect loads)
+    # isort: on
     import polars as pl
     from prefect.testing.utilities import prefect_test_harness
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from metric_frames import row as pool_row
 from scipy.special import stdtrit
 
 from counterfactual_lab.config.audit_config import AuditSection
@@ -18,7 +19,6 @@ from counterfactual_lab.metrics.findings import any_bias_finding, bias_verdict
 from counterfactual_lab.metrics.intervals import interval_at
 from counterfactual_lab.report.findings import FINDINGS_SCHEMA, assess_findings, headline_findings, verdict_lines
 from counterfactual_lab.report.markdown import summary_markdown
-from metric_frames import row as pool_row
 
 AUDIT = AuditSection()
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from counterfactual_lab.metrics.group_fairness import equalized_odds, parity
 from scipy.special import stdtrit
 
+from counterfactual_lab.metrics.group_fairness import equalized_odds, parity
 from counterfactual_lab.metrics.intervals import (
     ClusterBootstrap,
     IntervalSettings,
