@@ -1,40 +1,49 @@
-"""Benchmark: is the audit valid? The whole audit on a planted-bias world where the truth is known.
+"""Benchmark: is the audit valid? The whole audit on planted-bias worlds that can fail it.
 
-What runs (``counterfactual_lab/validity``; README "Is the audit valid?"):
+What runs (``counterfactual_lab/validity``; docs/validity.md):
 
-* setup: the two world models are built (``validity.models``: CLIP models whose weights are
-  set, not trained; the fair one ignores the rendered gender badge, the biased one's
-  P(doctor) rises when the badge turns male), and the **planted effect** is measured from
-  the biased model: the mean of P(doctor | male edit) − P(doctor | female reconstruction)
-  over ``--truth-pairs`` female sources of a world no run uses (``validity.truth``). The
-  fair model's effect is checked to be exactly 0;
-* for each of ``--runs`` seeds, a new world of ``--rows`` rows (half female, half male), and
-  three audits through the real ``dataset-audit`` flow (ingest → validate → generate with the
-  ``planted-world`` editor → judge → evaluate → metrics → publish), in this one process, under
-  one temporary Prefect server (``prefect_test_harness``), threads runner:
-  the fair model and the biased model with ``generation.reconstruction: true`` (generated
-  vs generated, the default), and the fair model with ``reconstruction: false`` (the old
-  design: originals vs generated images);
-* each run's ``metrics.parquet`` goes through ``findings.assess_findings`` and is scored
-  (``validity.scoring``): any called finding, whether the planted ``prob_gap_signed`` row
-  (stratum ``generated``, label doctor, group female→male) is called, and whether its
-  interval contains the planted effect.
+* setup: three world models are built (``validity.models``: CLIP models whose weights are set,
+  not trained; the fair one ignores the rendered gender badge; in the biased one a male badge
+  raises P(doctor), in the weak one by a quarter of that), and the **truth** of each arm is
+  computed without the audit's code path (``validity.truth``: its own edit and artifact, a direct
+  transformers forward pass, checked against the world formula) on female sources of a world no
+  run uses;
+* seven **arms**, each on its own fresh world seeds (arm i, world j: seed 1000·(i + 1) + j), each
+  world audited once through the real ``dataset-audit`` flow (ingest → validate → generate with
+  the ``planted-world`` editor → judge with its off-target drift → evaluate → metrics → publish)
+  under a temporary Prefect server (``prefect_test_harness``), threads runner:
 
-Figures: ``false_positive_rate`` (share of fair runs with any called finding), ``power``
-(share of biased runs where the planted finding is called), ``coverage`` (share of biased
-runs whose interval contains the planted effect), ``real_vs_generated_false_positive_rate``
-(the fair model, reconstruction off). Targets: false-positive rate ≤ 0.05 (≤ 0.10 on 20
-runs), power ≥ 0.9 at the stated sample size (``--rows`` / 2 sources per transition),
-coverage ≥ 0.9.
+  ========  =============================================================  ==========================
+  arm       world                                                          target
+  ========  =============================================================  ==========================
+  null      fair model, artifact drawn per target (pairs differ beyond      false_positive_rate ≤ 0.05
+            the badge)
+  default   biased model                                                   power ≥ 0.95 (right sign),
+                                                                           coverage ≥ 0.93,
+                                                                           confounded_rate ≤ 0.10
+  weak      weak model (≈ +0.03), 15 negative controls: ≥ 100 comparisons  power ≥ 0.8
+  noisy     biased model, cast and noise std 7                             power ≥ 0.9
+  confound  fair model, an editor that shifts colour with the target       finding_rate ≤ 0.1,
+            (green −4, blue +4 grey levels on male)                        confounded_rate ≥ 0.9
+  clusters  biased model, 3 kept sets per source (adaptive off)            coverage ≥ 0.9; reports
+                                                                           cluster_to_row_width
+  few       biased model, 24 rows (12 sources per transition)              coverage ≥ 0.9
+  ========  =============================================================  ==========================
 
-    python bench/validity.py                    # 20 worlds × 48 rows, 60 audits (minutes on 2 cores)
-    python bench/validity.py --world-only       # only the models and the world's truth (any code base)
-    python bench/validity.py --runs 40 --rows 32
+  Power is the share of runs whose planted row (``prob_gap_signed``, stratum generated, doctor,
+  female→male) is called with the truth's sign; coverage the share whose 95% interval holds the
+  truth; ``cluster_to_row_width`` the planted row's interval width over a row-level t interval on
+  the same pairs (computed here from ``predictions.parquet``, without the library).
 
-It needs issue 8's generated-vs-generated audit: ``generation.reconstruction`` in the config
-and ``counterfactual_lab.metrics.findings.assess_findings``; without them it stops at once with a
-message saying what is missing. Last line JSON: ``{"bench": "validity", "runs",
-"false_positive_rate", "power", "coverage", "real_vs_generated_false_positive_rate", ...}``.
+The last line is one JSON object (``{"bench": "validity", "arms": {...}, "seconds": ...}``); the
+lines above it give every world's verdict, each arm's figures with a Wilson 95% interval over runs,
+the targets and the load average. Exit status 1 when a target is missed (after the JSON).
+
+    python bench/validity.py                      # 7 arms × 20 worlds (the figure of record; ~15 min on 2 cores)
+    python bench/validity.py --jobs 2             # arms split over two processes
+    python bench/validity.py --quick --work DIR   # 2 worlds per arm, small truth: the test suite's run
+    python bench/validity.py --arms null,default --runs 5
+    python bench/validity.py --world-only         # the models and the truths only
 """
 
 from __future__ import annotations
@@ -43,211 +52,311 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+# Contrastive negative controls beyond the three defaults: the weak arm's run makes ≥ 100
+# comparisons, as real configs with several labels and probes do.
+EXTRA_NEGATIVE_CONTROLS = [
+    "a photo of a street | a photo of a room", "a photo of a beach | a photo of a forest",
+    "a photo taken in winter | a photo taken in summer", "a photo of a city | a photo of a village",
+    "a colour photo | a black and white photo", "a close-up photo | a wide photo",
+    "a photo with a dog | a photo with a cat", "a photo of food | a photo of a car",
+    "a photo taken in the rain | a photo taken in the sun", "a photo of a garden | a photo of an office",
+    "a grainy photo | a clean photo", "a photo of a crowd | a photo of an empty place",
+]
+TRANSITION = ("female", "male")
 
-def missing_prerequisites() -> list[str]:
-    """What this code base lacks for the bench (empty when it can run)."""
-    from counterfactual_lab.metrics import findings
-    from counterfactual_lab.config.audit_config import GenerationSection
 
-    missing = []
-    if not hasattr(findings, "assess_findings"):
-        missing.append("counterfactual_lab.metrics.findings.assess_findings (called findings beside their controls)")
-    if "reconstruction" not in GenerationSection.model_fields:
-        missing.append("the generation.reconstruction config key (generated-vs-generated pairs)")
-    return missing
+@dataclass(frozen=True)
+class Arm:
+    """One arm: which model audits which world, and the truth its figures are scored against."""
+
+    name: str
+    model: str  # fair, biased, weak
+    params: dict[str, Any] = field(default_factory=dict)
+    rows: int = 48
+    sets: int = 1  # kept sets per source (seeds_per_target = keep_per_target; adaptive off when > 1)
+    truth: str | None = None  # key of TRUTHS, None: no planted effect (fair model)
+    extra_controls: bool = False
+
+
+ARMS = [
+    Arm("null", "fair", {"artifact_per_target": True}),
+    Arm("default", "biased", truth="biased"),
+    Arm("weak", "weak", truth="weak", extra_controls=True),
+    Arm("noisy", "biased", {"cast_std": 7, "noise_std": 7}, truth="biased-noisy"),
+    Arm("confound", "fair", {"confound_green": -4, "confound_blue": 4}),
+    Arm("clusters", "biased", sets=3, truth="biased"),
+    Arm("few", "biased", rows=24, truth="biased"),
+]
+ARM_NAMES = [arm.name for arm in ARMS]
+# The truths: (model, editor params, pairs at full size).
+TRUTHS = {"biased": ("biased", {}, 5000), "weak": ("weak", {}, 3000), "biased-noisy": ("biased", {"cast_std": 7, "noise_std": 7}, 3000)}
+# Relative cost of one audit of each arm (the clusters arm generates three sets per source), for --jobs.
+_COST = {"clusters": 2.5, "few": 0.6}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=20, help="worlds (seeds 0..runs-1), each audited three times (default 20)")
-    parser.add_argument("--rows", type=int, default=48, help="rows per world, half female, half male (default 48)")
-    parser.add_argument("--bootstrap-samples", type=int, default=200, help="bootstrap resamples per interval (default 200)")
-    parser.add_argument("--truth-pairs", type=int, default=2000, help="pairs measuring the planted effect (default 2000)")
-    parser.add_argument("--world-only", action="store_true",
-                        help="only build the models and print what is true in the world (runs on any code base)")
+    parser.add_argument("--runs", type=int, default=20, help="worlds per arm (default 20)")
+    parser.add_argument("--arms", default=",".join(ARM_NAMES), help=f"a comma list of arms (default all: {','.join(ARM_NAMES)})")
+    parser.add_argument("--quick", action="store_true", help="2 worlds per arm, 300 truth pairs, 200 resamples (the test suite)")
+    parser.add_argument("--jobs", type=int, default=1, help="processes to split the arms over (default 1)")
+    parser.add_argument("--bootstrap-samples", type=int, default=None, help="resamples per interval (default 1000; --quick 200)")
+    parser.add_argument("--truth-pairs", type=int, default=None, help="pairs per truth (default 5000/3000; --quick 300)")
+    parser.add_argument("--world-only", action="store_true", help="only build the models and print the truths")
     parser.add_argument("--work", help="keep worlds, models and runs here (default: a temporary folder, removed)")
+    # Internal: one process of --jobs, given the truths and models the parent made.
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--setup", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in args.arms if a not in ARM_NAMES]
+    if unknown:
+        parser.error(f"--arms: unknown {unknown}; the arms are {ARM_NAMES}")
+    if args.quick:
+        args.runs = 2 if "--runs" not in sys.argv else args.runs
     if args.runs < 1:
         parser.error(f"--runs must be at least 1, got {args.runs}")
-    if args.rows < 4 or args.rows % 2:
-        parser.error(f"--rows must be an even number of at least 4 (half female, half male), got {args.rows}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.bootstrap_samples is None:
+        args.bootstrap_samples = 200 if args.quick else 1000
     if args.bootstrap_samples < 50:
         parser.error(f"--bootstrap-samples must be at least 50 (the config's minimum), got {args.bootstrap_samples}")
-    if args.truth_pairs < 100:
+    if args.truth_pairs is not None and args.truth_pairs < 100:
         parser.error(f"--truth-pairs must be at least 100, got {args.truth_pairs}")
     return args
 
 
-def audit(config: dict[str, Any], path: Path) -> tuple[Any, Any, float]:
-    """Run one audit through the flow; returns (metrics, findings, seconds)."""
-    import polars as pl
-
-    from counterfactual_lab.report.findings import assess_findings
-    from counterfactual_lab.validity.audit_config import write_world_audit_config
-    from counterfactual_lab.flows.audit import dataset_audit
-
-    started = time.perf_counter()
-    run_uri = dataset_audit(config_uri=str(write_world_audit_config(path, config)))
-    metrics = pl.read_parquet(Path(run_uri) / "metrics.parquet")
-    return metrics, assess_findings(metrics), time.perf_counter() - started
+def world_seed(arm: str, index: int) -> int:
+    """Arm i's world j: fresh seeds per arm, disjoint from the truth's world and from the old bench's 0–39."""
+    return 1000 * (ARM_NAMES.index(arm) + 1) + index
 
 
-def world_truth(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Build the world models and measure what is true in the world (no audit, no Prefect)."""
+# -- setup: the models and the truths ----------------------------------------------------------------
+
+
+def setup(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Build the world models and compute the truths the chosen arms need (no audit, no Prefect)."""
     import torch
 
     torch.set_num_threads(1)  # tiny models; two flow threads share the two cores
 
-    from counterfactual_lab.models.clip import ClipEmbedder
-    from counterfactual_lab.validity.models import BIASED_LABEL, build_world_models
-    from counterfactual_lab.validity.truth import artifact_effects, planted_effect
+    from counterfactual_lab.validity.models import build_world_models
+    from counterfactual_lab.validity.truth import DirectClip, planted_effect
 
-    models = build_world_models(work / "models")
-    embedders = {name: ClipEmbedder.load(str(path), device="cpu") for name, path in models.items()}
-    transition = {"source": "female", "target": "male"}
-    planted = planted_effect(embedders["biased"], label=BIASED_LABEL, pairs=args.truth_pairs, **transition)
-    fair_truth = planted_effect(embedders["fair"], label=BIASED_LABEL, pairs=min(args.truth_pairs, 500), **transition)
-    if abs(fair_truth.value) > 1e-6:
-        raise SystemExit(f"the fair world model is not invariant to the badge: mean change {fair_truth.value!r}")
-    reverse = planted_effect(embedders["biased"], label=BIASED_LABEL, pairs=min(args.truth_pairs, 500),
-                             source="male", target="female")
-    print(f"planted effect: P({planted.label}) {planted.transition} = {planted.value:+.4f} "
-          f"(se {planted.standard_error:.4f}, {planted.pairs} pairs; {reverse.transition} {reverse.value:+.4f}); "
-          f"fair model: {fair_truth.value:+.1e}", flush=True)
-    facts = {name: artifact_effects(embedder, label=BIASED_LABEL, sources=500) for name, embedder in embedders.items()}
-    for name, fact in facts.items():
-        print(f"{name} model: generated − original P({BIASED_LABEL}) {fact['generated_minus_original']:+.4f}; "
-              f"another seed moves it by {fact['seed_change_abs']:.4f} on average; "
-              f"accuracy on originals {fact['accuracy']:.3f}", flush=True)
-    return {"models": models, "planted": planted, "reverse": reverse, "facts": facts}
-
-
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.4f}"
+    started = time.perf_counter()
+    models = {name: str(path) for name, path in build_world_models(work / "models").items()}
+    direct = {name: DirectClip(path) for name, path in models.items()}
+    chosen = [arm for arm in ARMS if arm.name in args.arms]
+    truths: dict[str, dict[str, Any]] = {}
+    for key in sorted({arm.truth for arm in chosen if arm.truth}):
+        model, params, pairs = TRUTHS[key]
+        pairs = args.truth_pairs or (300 if args.quick else pairs)
+        effect = planted_effect(direct[model], source=TRANSITION[0], target=TRANSITION[1], pairs=pairs, params=params)
+        truths[key] = effect.to_dict()
+        print(f"truth {key}: P(doctor) {effect.transition} = {effect.value:+.4f} (se {effect.standard_error:.4f}, "
+              f"{effect.pairs} pairs; world formula {effect.formula_value:+.4f})", flush=True)
+    fair = planted_effect(direct["fair"], pairs=min(args.truth_pairs or 500, 500))
+    if abs(fair.value) > 1e-6:
+        raise SystemExit(f"the fair world model is not invariant to the badge: mean change {fair.value!r}")
+    if "confound" in args.arms:
+        shifted = planted_effect(direct["fair"], pairs=min(args.truth_pairs or 500, 500),
+                                 params={"confound_green": -4, "confound_blue": 4})
+        print(f"context: the confound's own effect on the fair model's P(doctor) female→male = {shifted.value:+.4f} "
+              "(the generator's, not the model's)", flush=True)
+    return {"models": models, "truths": truths, "seconds": round(time.perf_counter() - started, 1)}
 
 
-def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    # Before Prefect is imported: its home (cache records, results) lives in the work folder.
+# -- the arms --------------------------------------------------------------------------------------
+
+
+def arm_config(arm: Arm, dataset: Path, models: dict[str, str], out: str, args: argparse.Namespace) -> dict[str, Any]:
+    from counterfactual_lab.evaluate.auditees.kinds import DEFAULT_NEGATIVE_CONTROLS
+    from counterfactual_lab.validity.audit_config import world_audit_config
+
+    controls = list(DEFAULT_NEGATIVE_CONTROLS["contrastive"]) + EXTRA_NEGATIVE_CONTROLS if arm.extra_controls else None
+    return world_audit_config(
+        dataset, models[arm.model], models["fair"], out, name=f"validity-{arm.name}", reconstruction=True,
+        bootstrap_samples=args.bootstrap_samples, params=arm.params, seeds_per_target=arm.sets, keep_per_target=arm.sets,
+        adaptive=False if arm.sets > 1 else None, negative_controls=controls,
+    )
+
+
+def row_level_width(run: Path, label: str = "doctor") -> float | None:
+    """2·t_{n−1}·sd(Δ)/√n of the planted transition's pairs, read from predictions.parquet (no library code)."""
+    import polars as pl
+    from scipy.special import stdtrit
+
+    predictions = pl.read_parquet(run / "predictions.parquet").filter(pl.col("attribute") == "gender")
+    score = f"score_{label}"
+    recons = predictions.filter((pl.col("variant") == "reconstruction") & ~pl.col("control").fill_null(False)
+                                & (pl.col("group") == TRANSITION[0]) & pl.col("set_id").is_not_null())
+    edits = predictions.filter((pl.col("variant") == "counterfactual") & (pl.col("group") == TRANSITION[1]))
+    pairs = recons.select("set_id", pl.col(score).alias("before")).join(
+        edits.select("set_id", pl.col(score).alias("after")), on="set_id")
+    if pairs.height < 2:
+        return None
+    delta = (pairs["after"] - pairs["before"]).to_numpy()
+    return float(2 * stdtrit(len(delta) - 1, 0.975) * delta.std(ddof=1) / len(delta) ** 0.5)
+
+
+def run_arms(arms: list[Arm], args: argparse.Namespace, work: Path, context: dict[str, Any], record: Path) -> None:
+    """Audit every world of ``arms`` under one temporary Prefect server; one JSON line per world in ``record``."""
     os.environ["PREFECT_HOME"] = str(work / "prefect-home")
     os.environ.pop("PREFECT_API_URL", None)  # the harness starts its own server
+    import torch
 
-    from counterfactual_lab.validity.audit_config import world_audit_config
-    from counterfactual_lab.validity.scoring import false_positive_rate_by_stratum, rates, score_run
-    from counterfactual_lab.validity.world import write_world
+    torch.set_num_threads(1)
 
-    started = time.perf_counter()
-    load_before = os.getloadavg()
-    truth = world_truth(args, work)
-    models, planted = truth["models"], truth["planted"]
-    setup_s = time.perf_counter() - started
-
+    # isort: off
     import counterfactual_lab.flows  # noqa: F401  (the project's offline Prefect defaults, before Prefect loads)
+    # isort: on
+    import polars as pl
     from prefect.testing.utilities import prefect_test_harness
 
+    from counterfactual_lab.flows.audit import dataset_audit
+    from counterfactual_lab.report.findings import assess_findings
+    from counterfactual_lab.validity.audit_config import write_world_audit_config
+    from counterfactual_lab.validity.scoring import score_run
+    from counterfactual_lab.validity.world import write_world
+
     out = str(work / "out")
-    verdicts: dict[str, list] = {"fair": [], "biased": [], "real_vs_generated": []}
-    seconds: dict[str, float] = Counter()
-    with prefect_test_harness(server_startup_timeout=120):
-        for seed in range(args.runs):
-            dataset = write_world(work / "worlds" / f"world-{seed}", rows=args.rows, seed=seed)
-            common = dict(name=f"validity-world-{seed}", bootstrap_samples=args.bootstrap_samples)
-            plans = {
-                "fair": world_audit_config(dataset, models["fair"], models["fair"], out, reconstruction=True, **common),
-                "biased": world_audit_config(dataset, models["biased"], models["fair"], out, reconstruction=True, **common),
-                "real_vs_generated": world_audit_config(dataset, models["fair"], models["fair"], out,
-                                                        reconstruction=False, **common),
-            }
-            line = [f"world {seed:>3}:"]
-            for kind, config in plans.items():
-                metrics, findings, took = audit(config, work / "configs" / f"{kind}-{seed}.yaml")
-                seconds[kind] += took
-                verdict = score_run(
-                    metrics, findings, planted=planted.value if kind == "biased" else None,
-                    label=planted.label, transition=planted.transition,
-                )
-                verdicts[kind].append(verdict)
-                if kind == "biased":
-                    line.append(f"biased found={verdict.found} covered={verdict.covered} "
-                                f"{_number(verdict.value)} [{_number(verdict.ci_low)}, {_number(verdict.ci_high)}] "
-                                f"n={verdict.n}" + (f" ({verdict.note})" if verdict.note else ""))
-                else:
-                    line.append(f"{kind} called={len(verdict.called)}")
-            print("  ".join(line), flush=True)
-
-    figures = rates(verdicts["fair"], verdicts["biased"], verdicts["real_vs_generated"])
-    for kind in ("fair", "real_vs_generated"):
-        reasons = Counter(reason for v in verdicts[kind] for reason in v.called)
-        if reasons:
-            print(f"{kind}: findings called (runs: count):")
-            for reason, count in reasons.most_common(10):
-                print(f"  {count:>3}  {reason}")
-    widths = [v.ci_high - v.ci_low for v in verdicts["biased"] if v.ci_low is not None and v.ci_high is not None]
-    pairs = [v.n for v in verdicts["biased"] if v.n is not None]
-    total_s = time.perf_counter() - started
-    return {
-        "bench": "validity",
-        "runs": args.runs,
-        **figures,
-        "false_positive_rate_by_stratum": false_positive_rate_by_stratum(verdicts["fair"]),
-        "rows": args.rows,
-        "pairs_per_transition": round(sum(pairs) / len(pairs), 1) if pairs else None,
-        "planted_effect": round(planted.value, 5),
-        "planted_effect_se": round(planted.standard_error, 5),
-        "mean_interval_width": round(sum(widths) / len(widths), 5) if widths else None,
-        "bootstrap_samples": args.bootstrap_samples,
-        "seconds": round(total_s, 1),
-        "setup_seconds": round(setup_s, 1),
-        "audit_seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "load_average": {"start": [round(x, 2) for x in load_before], "end": [round(x, 2) for x in os.getloadavg()]},
-    }
+    with prefect_test_harness(server_startup_timeout=120), record.open("a") as sink:
+        for arm in arms:
+            truth = context["truths"][arm.truth]["value"] if arm.truth else None
+            for index in range(args.runs):
+                seed = world_seed(arm.name, index)
+                started = time.perf_counter()
+                dataset = write_world(work / "worlds" / f"world-{seed}-{arm.rows}", rows=arm.rows, seed=seed)
+                config = arm_config(arm, dataset, context["models"], out, args)
+                run = Path(dataset_audit(config_uri=str(write_world_audit_config(work / "configs" / f"{arm.name}-{seed}.yaml",
+                                                                                config))))
+                metrics = pl.read_parquet(run / "metrics.parquet")
+                verdict = score_run(metrics, assess_findings(metrics), planted=truth, transition="→".join(TRANSITION))
+                entry = {"arm": arm.name, "seed": seed, **verdict.to_dict(), "seconds": round(time.perf_counter() - started, 2)}
+                if arm.name == "clusters" and verdict.ci_low is not None:
+                    width = row_level_width(run)
+                    entry["width_ratio"] = (verdict.ci_high - verdict.ci_low) / width if width else None
+                entry["called"] = entry["called"][:3]  # sentences: the first few say enough
+                sink.write(json.dumps(entry) + "\n")
+                sink.flush()
+                print(_world_line(entry), flush=True)
 
 
-def world_only(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    started = time.perf_counter()
-    truth = world_truth(args, work)
-    planted, reverse = truth["planted"], truth["reverse"]
-    return {
-        "bench": "validity-world",
-        "planted_effect": round(planted.value, 5),
-        "planted_effect_se": round(planted.standard_error, 5),
-        "planted_effect_reverse": round(reverse.value, 5),
-        **{f"{name}_{key}": round(value, 4) for name, fact in truth["facts"].items() for key, value in fact.items()},
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+def _world_line(entry: dict[str, Any]) -> str:
+    def number(x):
+        return "n/a" if x is None else f"{x:+.4f}"
+
+    planted = (f" planted {number(entry['value'])} [{number(entry['ci_low'])}, {number(entry['ci_high'])}] "
+               f"found={entry['found']} covered={entry['covered']}" if entry.get("found") is not None else "")
+    return (f"{entry['arm']:>8} world {entry['seed']}: verdict={entry['run_verdict']} called={len(entry['called'])}"
+            f"{'+' if entry['any_called'] and len(entry['called']) == 3 else ''} confounded={entry['confounded']} "
+            f"m={entry['comparisons']}{planted} ({entry['seconds']} s)")
+
+
+def split_arms(arms: list[Arm], jobs: int) -> list[list[Arm]]:
+    """The arms in ``jobs`` groups of about equal cost (largest first)."""
+    groups: list[list[Arm]] = [[] for _ in range(min(jobs, len(arms)))]
+    loads = [0.0] * len(groups)
+    for arm in sorted(arms, key=lambda a: -_COST.get(a.name, 1.0)):
+        k = loads.index(min(loads))
+        groups[k].append(arm)
+        loads[k] += _COST.get(arm.name, 1.0)
+    return [g for g in groups if g]
+
+
+def run_jobs(arms: list[Arm], args: argparse.Namespace, work: Path, context: dict[str, Any], record: Path) -> None:
+    """Run ``arms`` over ``args.jobs`` processes, each with its own Prefect server and work folder."""
+    setup_file = work / "setup.json"
+    setup_file.write_text(json.dumps(context))
+    processes = []
+    for k, group in enumerate(split_arms(arms, args.jobs)):
+        command = [sys.executable, __file__, "--worker", "--setup", str(setup_file), "--work", str(work / f"job{k}"),
+                   "--arms", ",".join(a.name for a in group), "--runs", str(args.runs),
+                   "--bootstrap-samples", str(args.bootstrap_samples)]
+        processes.append(subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}))
+    failed = [p.args for p in processes if p.wait() != 0]
+    for k in range(len(processes)):
+        part = work / f"job{k}" / "verdicts.jsonl"
+        if part.exists():
+            with record.open("a") as sink:
+                sink.write(part.read_text())
+    if failed:
+        raise SystemExit(f"bench/validity.py: {len(failed)} worker(s) failed")
+
+
+# -- figures --------------------------------------------------------------------------------------
+
+
+def figures(arms: list[Arm], record: Path, context: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    from counterfactual_lab.validity.scoring import RunVerdict, arm_figures, missed_targets, wilson_95
+
+    entries = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+    fields = set(RunVerdict.__dataclass_fields__)
+    result, missed = {}, []
+    for arm in arms:
+        mine = [e for e in entries if e["arm"] == arm.name]
+        verdicts = [RunVerdict(**{k: v for k, v in e.items() if k in fields}) for e in mine]
+        ratios = [e["width_ratio"] for e in mine if e.get("width_ratio") is not None]
+        planted = context["truths"][arm.truth]["value"] if arm.truth else None
+        result[arm.name] = arm_figures(arm.name, verdicts, planted_effect=planted, width_ratios=ratios)
+        missed += missed_targets(arm.name, result[arm.name])
+        spread = {k: wilson_95(v, len(verdicts)) for k, v in result[arm.name].items()
+                  if k.endswith(("rate", "power", "coverage")) or k in ("power", "coverage")}
+        seconds = sum(e["seconds"] for e in mine)
+        print(f"arm {arm.name}: {result[arm.name]} Wilson 95% over runs {spread}; {seconds:.0f} s of audits", flush=True)
+    return result, missed
 
 
 def main() -> None:
     args = parse_args()
-    # Read when those libraries are imported: 60 audits' progress bars and INFO logs are noise here.
+    # Read when those libraries are imported: the audits' progress bars and INFO logs are noise here.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    missing = [] if args.world_only else missing_prerequisites()
-    if missing:
-        print(
-            "bench/validity.py: error: this code base lacks " + "; and ".join(missing)
-            + ". The bench reads issue 8's generated-vs-generated audit; run it where those are merged.",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="cflab-bench-validity-"))
+    work.mkdir(parents=True, exist_ok=True)
+    arms = [arm for arm in ARMS if arm.name in args.arms]
+    if args.worker:
+        run_arms(arms, args, work, json.loads(Path(args.setup).read_text()), work / "verdicts.jsonl")
+        return
+    started, load_before = time.perf_counter(), os.getloadavg()
     try:
-        result = world_only(args, work) if args.world_only else run(args, work)
+        context = setup(args, work)
+        if args.world_only:
+            print(json.dumps({"bench": "validity-world", "truths": context["truths"], "seconds": context["seconds"]}))
+            return
+        record = work / "verdicts.jsonl"
+        record.unlink(missing_ok=True)
+        if args.jobs > 1 and len(arms) > 1:
+            run_jobs(arms, args, work, context, record)
+        else:
+            run_arms(arms, args, work, context, record)
+        result, missed = figures(arms, record, context)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(result, ensure_ascii=False))
+    seconds = round(time.perf_counter() - started, 1)
+    load_after = os.getloadavg()
+    print(f"setup {context['seconds']} s; load average {[round(x, 2) for x in load_before]} → "
+          f"{[round(x, 2) for x in load_after]}; runs per arm {args.runs}; bootstrap_samples {args.bootstrap_samples}; "
+          f"jobs {args.jobs}", flush=True)
+    print("targets: " + ("all met" if not missed else "MISSED " + "; ".join(missed)), flush=True)
+    print(json.dumps({"bench": "validity", "arms": result, "seconds": seconds}, ensure_ascii=False))
+    if missed and not args.quick:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

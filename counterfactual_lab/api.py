@@ -53,7 +53,7 @@ from counterfactual_lab.plan.work_items import (
     work_item_key,
 )
 from counterfactual_lab.report.examples import thumbnail_data_uri
-from counterfactual_lab.report.findings import assess_findings
+from counterfactual_lab.report.findings import assess_findings, run_verdict_line
 from counterfactual_lab.report.markdown import accounting_lines, models_line
 from counterfactual_lab.report.markup import escaped
 from counterfactual_lab.report.text import format_headline
@@ -372,8 +372,10 @@ def _finding_sentences(metrics: pl.DataFrame, max_items: int) -> tuple[list[str]
     if assessed.is_empty():
         return [], None
     ordered = assessed.sort("called", descending=True, maintain_order=True)
-    called = int(assessed["called"].sum())
-    summary = f"{called} of {assessed.height} called: the interval excludes the control's (or, where there is no control, no effect)"
+    if {"verdict", "diagnostic"} <= set(assessed.columns):
+        summary = run_verdict_line(assessed)
+    else:
+        summary = f"{int(assessed['called'].sum())} of {assessed.height} called"
     return ordered["sentence"].head(max_items).to_list(), summary
 
 

@@ -111,13 +111,13 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
     outcome = design.validate(run)  # ingest and validate (or the templates), quarantine written
     generated = design.generate(run, outcome)  # plan, generate and judge in rounds (nothing for evaluate-only data)
     generated, excluded = exclude_rejected_sets(run, design, generated)
-    tables = {"counterfactuals": generated.candidates, "quarantine": generated.quarantine}
+    tables = {"counterfactuals": generated.candidates, "quarantine": generated.quarantine, "drift": generated.drift}
     auditee_counts = None
     if evaluate:
         evaluation = evaluation_for(config)
         answers = evaluation.evaluate(run, design.evaluation_pool(run, outcome, generated))  # the model under audit
         tables.update(evaluation.tables(run, answers, design.evaluate_only))
-        tables["metrics"] = evaluation.metrics(run, answers, generated.judged, design.evaluate_only)
+        tables["metrics"] = evaluation.metrics(run, answers, generated.judged, design.evaluate_only, generated.drift)
         auditee_counts = evaluation.auditee_counts(answers)
     return publish(run, outcome.rows_in, outcome.valid.height, outcome.quarantined, tables, generated.counts,
                    auditee_counts, excluded)

@@ -18,7 +18,7 @@ Every design answers ``validate(run)`` (ingest and validate, or the templates),
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -41,6 +41,7 @@ from counterfactual_lab.generation.text2image_sets import (
     templates_from_config,
 )
 from counterfactual_lab.ingest.validation import ValidationOutcome
+from counterfactual_lab.judge.drift import empty_drift
 from counterfactual_lab.models.devices import generation_precision
 from counterfactual_lab.plan.masks import attach_masks
 from counterfactual_lab.plan.work_items import plan_work_items
@@ -55,7 +56,8 @@ class Generated:
     ``candidates``: every judged candidate (``counterfactuals.parquet``); ``judged``: what the
     metrics read as the judge's output (empty when the evaluated data are sets, whose members
     were judged against each other); ``records``/``counts``: the generation records and the
-    manifest's ``generation_counts``; ``quarantine``: the run's quarantined rows.
+    manifest's ``generation_counts``; ``quarantine``: the run's quarantined rows; ``drift``: the
+    judge's off-target drift readings (``drift.parquet``; empty where sets have no reconstruction).
     """
 
     candidates: pl.DataFrame
@@ -63,6 +65,7 @@ class Generated:
     records: list[Any]
     counts: dict[str, int]
     quarantine: pl.DataFrame
+    drift: pl.DataFrame = field(default_factory=empty_drift)
 
 
 class ImageEdits:
@@ -86,8 +89,8 @@ class ImageEdits:
                 segmenter_key=segmenter.key if segmenter else None, device=run.device,
             )
             items, never_generated = attach_masks(items, masks)
-        records, candidates, counts = generate_and_judge(items, run, never_generated)
-        return Generated(candidates, candidates, records, counts, outcome.quarantine)
+        records, candidates, counts, drift = generate_and_judge(items, run, never_generated)
+        return Generated(candidates, candidates, records, counts, outcome.quarantine, drift)
 
     def evaluation_pool(self, run: StageRun, outcome: ValidationOutcome, generated: Generated) -> pl.DataFrame:
         return build_evaluation_pool(outcome.valid, generated.candidates, list(run.config.attributes))
@@ -117,7 +120,7 @@ class TextToImageSets:
         templates = self.templates or templates_from_captions(outcome.valid, config, spec)
         items = plan_member_sets(templates, config, generator_identity=run.generator_key,
                                  precision=generation_precision(config.generation.method, run.device))
-        records, candidates, counts = generate_and_judge(items, run)
+        records, candidates, counts, _ = generate_and_judge(items, run)  # sets without a reconstruction: no drift
         self.sets_spec = publish_sets(
             candidates, run.store, run.publisher.run_uri, name=f"{run.location.run_id}-sets",
             vocabularies=run.vocabulary, templates={t.source_id: t.template for t in templates},

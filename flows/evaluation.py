@@ -4,7 +4,7 @@
 :class:`GenerativeEvaluation` (chat VLMs and captioners: probes and generations, every answer
 through the output store's cache) both answer ``evaluate(run, pool)`` (the model's answers on
 the pool, fanned out in chunks), ``tables(run, answers, evaluate_only)`` (the run's tables of
-answers) and ``metrics(run, answers, judged, evaluate_only)`` (the metrics table), and say
+answers) and ``metrics(run, answers, judged, evaluate_only, drift)`` (the metrics table), and say
 ``auditee_counts(answers)`` (the manifest's ``counts.auditee``; None for a contrastive model).
 """
 
@@ -52,10 +52,12 @@ class ContrastiveEvaluation:
         return AuditeeAnswers(predictions=pl.concat([p for p, _ in results], how="diagonal_relaxed"),
                               retrieval=pl.concat([r for _, r in results], how="diagonal_relaxed"))
 
-    def metrics(self, run: StageRun, answers: AuditeeAnswers, judged: pl.DataFrame, evaluate_only: bool) -> pl.DataFrame:
+    def metrics(self, run: StageRun, answers: AuditeeAnswers, judged: pl.DataFrame, evaluate_only: bool,
+                drift: pl.DataFrame | None = None) -> pl.DataFrame:
         config = run.config
         return compute_fairness_metrics(answers.predictions, answers.retrieval, judged, config.audit,
-                                        config.attributes, config.generation.reconstruction, evaluate_only)
+                                        config.attributes, config.generation.reconstruction, evaluate_only,
+                                        drift=drift, max_drift=config.judge.max_drift)
 
     def tables(self, run: StageRun, answers: AuditeeAnswers, evaluate_only: bool) -> dict[str, pl.DataFrame]:
         """The run's tables of answers: ``predictions`` and ``retrieval`` (every ranking the metrics
@@ -94,12 +96,14 @@ class GenerativeEvaluation:
         self.lexicon = load_lexicon(audit.lexicon, config.base_dir)
         return replace(answers, generations=add_text_scores(answers.generations, self.lexicon))
 
-    def metrics(self, run: StageRun, answers: AuditeeAnswers, judged: pl.DataFrame, evaluate_only: bool) -> pl.DataFrame:
-        """The choice probe's shared rows and the probe gaps, one family-wise m; the design from the config."""
+    def metrics(self, run: StageRun, answers: AuditeeAnswers, judged: pl.DataFrame, evaluate_only: bool,
+                drift: pl.DataFrame | None = None) -> pl.DataFrame:
+        """The choice probe's shared rows, the probe gaps and the confound diagnostics, one family; the
+        design from the config."""
         config = run.config
         return compute_auditee_metrics(answers.predictions, answers.probes, answers.generations, judged, config.audit,
                                        self.lexicon.names, config.attributes, config.generation.reconstruction,
-                                       evaluate_only)
+                                       evaluate_only, drift=drift, max_drift=config.judge.max_drift)
 
     def tables(self, run: StageRun, answers: AuditeeAnswers, evaluate_only: bool) -> dict[str, pl.DataFrame]:
         return {"predictions": answers.predictions, "probes": answers.probes, "generations": answers.generations}

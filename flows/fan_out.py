@@ -22,6 +22,7 @@ from counterfactual_lab.flows.stage_run import StageRun
 from counterfactual_lab.generation.records import as_cache_hits
 from counterfactual_lab.generation.rounds import run_rounds
 from counterfactual_lab.generation.text2image_sets import chunk_sets
+from counterfactual_lab.judge.drift import empty_drift
 from counterfactual_lab.models.clip import reserve_embedding_cache
 from counterfactual_lab.plan.work_items import chunk
 from counterfactual_lab.storage.files import ImageStore
@@ -34,28 +35,34 @@ PROGRESS_UPDATE_SECONDS = 2.0
 
 def generate_and_judge(
     items: list, run: StageRun, never_generated: dict[str, str] | None = None,
-) -> tuple[list, pl.DataFrame, dict[str, int]]:
+) -> tuple[list, pl.DataFrame, dict[str, int], pl.DataFrame]:
     """Generate and judge ``items`` in rounds of seeds: each round fans out one generation task per
     batch, then one judge task scores everything so far. Returns (records, the judged candidates,
-    the generation counts with ``calls``/``calls_fixed``/``rounds``)."""
+    the generation counts with ``calls``/``calls_fixed``/``rounds``, the last round's drift readings)."""
     config = run.config
     judge = with_runtime_retries(judge_counterfactuals, config)
     # Room for every image and caption this process embeds (judge, then evaluation), so the model
     # under audit reuses the judge's embeddings instead of re-embedding what an LRU evicted.
     reserve_embedding_cache(4 * len(items) + 1024)
-    vocabulary = run.vocabulary
+    vocabulary, drift_vocabulary = run.vocabulary, run.drift_vocabulary
+    drift: list[pl.DataFrame] = [empty_drift()]
+
+    def judge_round(candidates: pl.DataFrame) -> pl.DataFrame:
+        judged, drift[0] = judge(candidates, config.judge, run.store, keep_per_target=config.generation.keep_per_target,
+                                 vocabulary=vocabulary, drift_vocabulary=drift_vocabulary, device=run.device)
+        return judged
+
     outcome = run_rounds(
         items, config.generation,
         generate=lambda batch: generate_batches(batch, config, run.store, run.device),
-        judge=lambda candidates: judge(candidates, config.judge, run.store, keep_per_target=config.generation.keep_per_target,
-                                       vocabulary=vocabulary, device=run.device),
+        judge=judge_round,
         never_generated=never_generated,
     )
     counts = outcome.counts(items, never_generated or {})
     if config.generation.adaptive and counts["calls"] < counts["calls_fixed"]:
         get_run_logger().info("adaptive over-generation: %d round(s), %d of the %d images a fixed plan asks for",
                               outcome.rounds, counts["calls"], counts["calls_fixed"])
-    return outcome.records, outcome.judged, counts
+    return outcome.records, outcome.judged, counts, drift[0]
 
 
 def generate_batches(items: list, config: AuditConfig, store: ImageStore, device: str) -> list:

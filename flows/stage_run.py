@@ -15,6 +15,7 @@ from counterfactual_lab.ingest.validation import (
     ValidationOutcome,
     write_validation_outputs,
 )
+from counterfactual_lab.judge.drift import drift_attribute_names
 from counterfactual_lab.runs.location import RunLocation
 from counterfactual_lab.runs.publisher import RunPublisher
 from counterfactual_lab.storage.files import ImageStore
@@ -57,6 +58,12 @@ class StageRun:
     @property
     def vocabulary(self) -> dict[str, list[str]]:
         return {attribute: self.location.spec.vocabulary(attribute) for attribute in self.config.attributes}
+
+    @property
+    def drift_vocabulary(self) -> dict[str, list[str]]:
+        """The values of the other protected attributes whose drift the judge reads (judge.drift_attributes)."""
+        names = drift_attribute_names(self.config.judge, list(self.config.attributes))
+        return {attribute: self.location.spec.vocabulary(attribute) for attribute in names}
 
     @property
     def generator_key(self) -> str | None:

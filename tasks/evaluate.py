@@ -6,7 +6,7 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from counterfactual_lab.config.audit_config import AuditSection
+from counterfactual_lab.config.audit_config import AuditSection, DriftThresholds
 from counterfactual_lab.evaluate.auditees import load_auditee
 from counterfactual_lab.evaluate.auditees.kinds import CONTRASTIVE
 from counterfactual_lab.metrics import compute_metrics, retrieval_table
@@ -37,11 +37,16 @@ def compute_fairness_metrics(
     attribute_values: dict[str, list[str]] | None = None,
     reconstruction: bool | None = None,
     evaluate_only: bool = False,
+    *,
+    drift: pl.DataFrame | None = None,
+    max_drift: DriftThresholds | None = None,
 ) -> pl.DataFrame:
     """The metrics table; ``attribute_values`` is the config's ``attributes`` (the values of each attribute);
-    ``reconstruction`` (``generation.reconstruction``) and ``evaluate_only`` give the run's design (None: read from the pool)."""
+    ``reconstruction`` (``generation.reconstruction``) and ``evaluate_only`` give the run's design (None: read
+    from the pool); ``drift``/``max_drift``: the judge's drift readings and ``judge.max_drift``."""
     design = None if reconstruction is None else design_stratum(reconstruction, evaluate_only)
-    return compute_metrics(predictions, retrieval, counterfactuals, audit, attribute_values, design=design)
+    return compute_metrics(predictions, retrieval, counterfactuals, audit, attribute_values, design=design,
+                           drift=drift, max_drift=max_drift)
 
 
 @task(name="rank-retrieval", cache_policy=NO_CACHE, persist_result=False)
@@ -86,11 +91,14 @@ def compute_auditee_metrics(
     attribute_values: dict[str, list[str]] | None = None,
     reconstruction: bool | None = None,
     evaluate_only: bool = False,
+    *,
+    drift: pl.DataFrame | None = None,
+    max_drift: DriftThresholds | None = None,
 ) -> pl.DataFrame:
-    """The metrics table of a generative model under audit: the choice probe's shared rows and the
-    probe gaps, one family-wise m over both (``counterfactual_lab.metrics.generative_table``); the
-    design as :func:`compute_fairness_metrics` takes it."""
+    """The metrics table of a generative model under audit: the choice probe's shared rows, the
+    probe gaps and the diagnostics, one family (``counterfactual_lab.metrics.generative_table``); the
+    design and drift as :func:`compute_fairness_metrics` takes them."""
 
     design = None if reconstruction is None else design_stratum(reconstruction, evaluate_only)
     return generative_run_metrics(predictions, probes, generations, counterfactuals, audit, lexicon_names,
-                                  attribute_values, design=design)
+                                  attribute_values, design=design, drift=drift, max_drift=max_drift)

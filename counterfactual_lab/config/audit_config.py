@@ -172,6 +172,21 @@ class JudgeThresholds(BaseModel):
     image: float = Field(0.7, ge=-1, le=1)
 
 
+class DriftThresholds(BaseModel):
+    """``judge.max_drift``: how much off-target change the audit accepts (docs/metrics.md, "Confound
+    diagnostics"). ``brightness`` and ``colour`` (each of red, green, blue) are mean channel values on
+    [0, 1] (0.01 = 2.55 grey levels), measured outside the person; ``attribute`` is the judge's
+    zero-shot probability of another protected attribute's value; ``outside_mask`` is the mean
+    absolute pixel change outside the person beyond the control's."""
+
+    model_config = STRICT
+
+    brightness: float = Field(0.01, gt=0, le=1)
+    colour: float = Field(0.01, gt=0, le=1)
+    attribute: float = Field(0.05, gt=0, le=1)
+    outside_mask: float = Field(0.02, gt=0, le=1)
+
+
 class JudgeSection(BaseModel):
     model_config = STRICT
 
@@ -180,6 +195,12 @@ class JudgeSection(BaseModel):
     thresholds: JudgeThresholds = Field(default_factory=JudgeThresholds)
     check_attribute: bool = True
     attribute_prompt: Text = "a photo of a {value} person"
+    # Off-target drift (counterfactual_lab/judge/drift.py): null turns the drift readings, their
+    # metric rows and the off_target_drift drop off.
+    max_drift: DriftThresholds | None = Field(default_factory=DriftThresholds)
+    # Other protected attributes whose zero-shot margins the drift reads; None: the vocabulary's
+    # protected attributes (gender, age, race) that the run does not audit.
+    drift_attributes: list[Text] | None = Field(None, max_length=MAX_ATTRIBUTES)
 
     @field_validator("attribute_prompt")
     @classmethod
@@ -223,6 +244,10 @@ class AuditGenerateSection(BaseModel):
         return self
 
 
+# The scales audit.min_effect can set (counterfactual_lab/metrics/error_control.py: min_effect_for).
+MinEffectScale = Literal["probability", "rating", "words", "lexicon"]
+
+
 class AuditSection(BaseModel):
     model_config = STRICT
 
@@ -244,6 +269,14 @@ class AuditSection(BaseModel):
     min_group_size: int = Field(
         5, ge=1, description="groups with fewer images are left out of selection rate, parity and equalized odds"
     )
+    # The smallest difference called a finding (docs/metrics.md, "When a finding is called"): a number
+    # sets the probability scale; a mapping sets any of probability, rating, words, lexicon.
+    min_effect: float | dict[MinEffectScale, float] = Field(0.01)
+    # fwer: Holm's step-down (the family-wise error); fdr: Benjamini–Hochberg (the false discovery rate).
+    error_control: Literal["fwer", "fdr"] = "fwer"
+    # Outcomes that must not depend on the attribute (a contrastive model: "A | B", P(A) over the two
+    # texts; a vlm: yes/no questions). None: the defaults of the model's kind; []: none.
+    negative_controls: list[Text] | None = Field(None, max_length=MAX_PROBE_PROMPTS)
     # -- generative models under audit (README "Generative VLMs under audit") ---------------
     # How a prompt reaches the model: "chat" through the processor's chat template, "raw" as
     # text with {image} where the image token goes; "auto": chat when the processor has a template.
@@ -265,6 +298,19 @@ class AuditSection(BaseModel):
     @classmethod
     def _distinct(cls, values: list[str]) -> list[str]:
         return _distinct(values)
+
+    @field_validator("min_effect")
+    @classmethod
+    def _non_negative_effects(cls, value: float | dict[str, float]) -> float | dict[str, float]:
+        for scale, threshold in ({"probability": value} if not isinstance(value, dict) else value).items():
+            if not math.isfinite(threshold) or threshold < 0:
+                raise ValueError(f"min_effect {scale}: {threshold} must be a finite number >= 0")
+        return value
+
+    @field_validator("negative_controls")
+    @classmethod
+    def _distinct_controls(cls, values: list[str] | None) -> list[str] | None:
+        return None if values is None else _distinct(values)
 
     @field_validator("prompt")
     @classmethod

@@ -85,7 +85,10 @@ class Method:
     and ``invert()``'s arguments are parameters too); ``tiny_model``: the folder ``cflab models
     tiny`` builds for it; ``unet_in_channels``: what its checkpoints' UNet takes (4 latents;
     8 with the image's latents; 9 with a mask and the masked image's latents);
-    ``check``: the method's own checks of its params (after the table's).
+    ``check``: the method's own checks of its params (after the table's); ``edit_region``:
+    ``"module:function"`` giving, for an image's (width, height), the (H, W) boolean region the
+    method edits (the judge reads drift outside it, :mod:`counterfactual_lab.judge.drift`; None: the
+    method declares none).
     """
 
     name: str
@@ -101,6 +104,7 @@ class Method:
     tiny_model: str | None = None
     unet_in_channels: int = 4
     check: Callable[[dict[str, Any], GenerationSettings], None] | None = field(default=None, repr=False)
+    edit_region: str | None = None
 
     @property
     def has_weights(self) -> bool:
@@ -111,6 +115,16 @@ class Method:
         module, _, name = self.editor.partition(":")
         if (cls.__module__, cls.__name__) != (module, name):
             raise ValueError(f"{cls.__name__} is not the editor of method {self.name!r} ({name} is)")
+
+    def edit_region_mask(self, width: int, height: int) -> Any:
+        """The (H, W) boolean region this method edits in an image of this size, or None (``edit_region``)."""
+        if self.edit_region is None:
+            return None
+        # the function's module is named by the row, not imported by this table
+        import importlib
+
+        module, _, name = self.edit_region.partition(":")
+        return getattr(importlib.import_module(module), name)(width, height)
 
     def editor_class(self) -> type:
         """The editor class (imported now: it brings torch and diffusers)."""
@@ -205,7 +219,14 @@ METHODS: dict[str, Method] = {method.name: method for method in (
     Method(
         "planted-world", editor="counterfactual_lab.generation.planted:PlantedWorldEditor", pipeline_class=None,
         params={"blur": Param(True, switch=True), "cast_std": Param(2.0, low=0.0, high=255.0),
-                "noise_std": Param(2.0, low=0.0, high=255.0)},
+                "noise_std": Param(2.0, low=0.0, high=255.0),
+                # The bench's arms (bench/validity.py): an artifact drawn per target value, so a
+                # reconstruction and its counterfactuals differ beyond the stripe; and a colour
+                # shift (grey levels) on every image whose target is male, a generator confound.
+                "artifact_per_target": Param(False, switch=True),
+                "confound_red": Param(0.0, low=-64.0, high=64.0), "confound_green": Param(0.0, low=-64.0, high=64.0),
+                "confound_blue": Param(0.0, low=-64.0, high=64.0)},
+        edit_region="counterfactual_lab.generation.planted:edit_region",
     ),
 )}
 

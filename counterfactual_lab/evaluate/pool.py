@@ -39,6 +39,7 @@ import numpy as np
 import polars as pl
 
 from counterfactual_lab.config.audit_config import AuditSection
+from counterfactual_lab.evaluate.auditees.kinds import CONTRASTIVE, resolved_negative_controls
 from counterfactual_lab.plan.work_items import (
     VARIANT_COUNTERFACTUAL,
     VARIANT_ORIGINAL,
@@ -68,6 +69,24 @@ _NOT_ATTRIBUTES = ("id", "content_key", "caption", "label", "image_uri", "width"
 def score_column(label: str) -> str:
     """The predictions column holding the probability of ``label``."""
     return f"score_{label}"
+
+
+# A contrastive model's negative controls (audit.negative_controls "A | B") in predictions.parquet.
+NEGATIVE_CONTROL_PREFIX = "nc_score_"
+
+
+def negative_control_column(text: str) -> str:
+    """The predictions column holding a negative control's probability P(A) (``nc_score_<A>``)."""
+    return f"{NEGATIVE_CONTROL_PREFIX}{text}"
+
+
+def negative_control_texts(entry: str) -> tuple[str, str]:
+    """("A", "B") of a contrastive negative control "A | B"; ValueError naming the form otherwise."""
+    parts = [part.strip() for part in entry.split(" | ")]
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"audit.negative_controls entry {entry!r} must be two texts separated by ' | ', "
+                         "e.g. 'an outdoor photo | an indoor photo'")
+    return parts[0], parts[1]
 
 
 def _require(frame: pl.DataFrame, columns: list[str], what: str) -> None:
@@ -284,18 +303,22 @@ def predict(
     Adds ``score_<label>`` for each ``audit.labels`` entry (the probability from
     :meth:`ClipEmbedder.zero_shot` with prompt ``audit.prompt.format(label=...)``: softmax
     over the labels for CLIP, per-label sigmoid for SigLIP), ``top1`` (the label with the
-    highest score) and ``caption_similarity`` = cos(image, own caption).
+    highest score), ``caption_similarity`` = cos(image, own caption) and, per negative control
+    "A | B" (``audit.negative_controls``, or the contrastive defaults), ``nc_score_<A>``: P(A) from
+    the same zero-shot over the two texts as written (not through ``audit.prompt``).
     """
     _require(images, list(POOL_SCHEMA), "the evaluation pool")
     if len(set(audit.labels)) < 2:
         raise ValueError(f"audit.labels needs at least two distinct labels to classify among, got {audit.labels}")
     prompts = [audit.prompt.format(label=label) for label in audit.labels]
     label_emb = embedder.embed_texts(prompts, batch_size=audit.batch_size)
+    controls = [negative_control_texts(entry) for entry in resolved_negative_controls(audit, CONTRASTIVE)]
     if images.height == 0:
         return images.with_columns(
             *[pl.lit(None, dtype=pl.Float64).alias(score_column(label)) for label in audit.labels],
             pl.lit(None, dtype=pl.String).alias("top1"),
             pl.lit(None, dtype=pl.Float64).alias("caption_similarity"),
+            *[pl.lit(None, dtype=pl.Float64).alias(negative_control_column(a)) for a, _ in controls],
         )
     by_key = embed_pool_images(images, embedder, load_image, audit.batch_size)
     image_emb = np.stack([by_key[k] for k in images["content_key"].to_list()])
@@ -303,10 +326,15 @@ def predict(
     caption_emb = embedder.embed_texts(images["caption"].to_list(), batch_size=audit.batch_size)
     caption_similarity = np.sum(image_emb.astype(np.float64) * caption_emb.astype(np.float64), axis=1)
     top1 = [audit.labels[i] for i in probabilities.argmax(axis=1)]
+    negative = []
+    for a, b in controls:
+        outcome = embedder.zero_shot(image_emb, embedder.embed_texts([a, b], batch_size=audit.batch_size))[:, 0]
+        negative.append(pl.Series(negative_control_column(a), outcome, dtype=pl.Float64))
     return images.with_columns(
         *[pl.Series(score_column(label), probabilities[:, j], dtype=pl.Float64) for j, label in enumerate(audit.labels)],
         pl.Series("top1", top1, dtype=pl.String),
         pl.Series("caption_similarity", caption_similarity, dtype=pl.Float64),
+        *negative,
     )
 
 

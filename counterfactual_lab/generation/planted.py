@@ -18,13 +18,30 @@ seed) carry the *same* artifact and differ in the stripe alone, while another se
 another artifact (the generator's own variation, which the audit's control measures). The
 stripe keeps a margin inside the band, so the blur never carries it into the scene.
 
+Two params make the worlds of ``bench/validity.py`` that can fail the audit:
+
+* ``artifact_per_target`` (false): the artifact's generator is seeded with the target value too,
+  so a reconstruction and its counterfactuals get independent casts and noise and differ beyond
+  the stripe: a fair model's answers then move on every pair, and only the statistics keep it
+  from being called;
+* ``confound_red``, ``confound_green``, ``confound_blue`` (0 grey levels, within ±64): added,
+  before rounding, to every scene pixel of an image whose target value is ``male``
+  (reconstructions of male sources included): a generator that shifts colour with the attribute.
+  Female→male pairs drift by +shift, male→female by −shift, control pairs not at all.
+
+:func:`edit_region` is the band, which the method row declares as the region it edits
+(``Method.edit_region``): the judge reads off-target drift outside it.
+
 Like the diffusion editors it implements :class:`~counterfactual_lab.generation.editor.ImageEditor`
 (``edit(items, sources) -> images``) and runs through the normal generate task: content keys,
 the image store and the batch cache work as for any method. It loads no weights:
 ``generation.model`` is ignored (any string), and
 ``steps``, ``guidance_scale`` and ``device`` mean nothing to it. ``generation.resolution``
 resizes the source first, as the diffusion editors do. ``generation.params``: ``blur``
-(true), ``cast_std`` (2.0), ``noise_std`` (2.0).
+(true), ``cast_std`` (2.0), ``noise_std`` (2.0), ``artifact_per_target`` (false),
+``confound_red``/``_green``/``_blue`` (0). ``generation.model`` does not enter the generator's
+fingerprint: the method has no weights, so the run keys its generator as ``method:planted-world``
+(``weightless_identity``); its params do (``GenerationSection.fingerprint_fields``).
 """
 
 from __future__ import annotations
@@ -104,9 +121,23 @@ def paint_feature(pixels: np.ndarray, attribute: str, value: str) -> np.ndarray:
 
 
 
-def artifact_generator(source_key: str, seed: int) -> np.random.Generator:
-    """The random generator of one (source image, seed): the same for every target value."""
-    digest = hashlib.sha256(f"validation-artifact:{source_key}:{seed}".encode()).digest()
+def edit_region(width: int, height: int) -> np.ndarray:
+    """The (H, W) boolean region this editor changes: the band (the stripe and its margin, which the
+    blur may touch). Everything outside it is the scene."""
+    region = np.zeros((height, width), dtype=bool)
+    region[: feature_box(width, height).band_height] = True
+    return region
+
+
+# The target value whose images the confound params shift (the world's "male" badge).
+CONFOUNDED_VALUE = "male"
+
+
+def artifact_generator(source_key: str, seed: int, target: str | None = None) -> np.random.Generator:
+    """The random generator of one (source image, seed): the same for every target value; with
+    ``target`` (``artifact_per_target``), one per (source, seed, target)."""
+    suffix = "" if target is None else f":{target}"
+    digest = hashlib.sha256(f"validation-artifact:{source_key}:{seed}{suffix}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "big"))
 
 
@@ -123,14 +154,30 @@ def binomial_blur(pixels: np.ndarray) -> np.ndarray:
 
 
 def apply_artifact(
-    pixels: np.ndarray, source_key: str, seed: int, *, blur: bool = True, cast_std: float = 2.0, noise_std: float = 2.0
+    pixels: np.ndarray, source_key: str, seed: int, *, blur: bool = True, cast_std: float = 2.0, noise_std: float = 2.0,
+    target: str | None = None, shift: tuple[float, float, float] = (0.0, 0.0, 0.0),
 ) -> np.ndarray:
-    """The generator's artifact on (H, W, 3) uint8 ``pixels``: blur, seeded cast and noise; uint8 out."""
-    rng = artifact_generator(source_key, seed)
+    """The generator's artifact on (H, W, 3) uint8 ``pixels``: blur, seeded cast and noise; uint8 out.
+
+    ``target``: seed the artifact per target value too (``artifact_per_target``); ``shift``: grey
+    levels added to every scene pixel (below the band) before rounding (the confound params).
+    """
+    rng = artifact_generator(source_key, seed, target)
     x = binomial_blur(pixels) if blur else np.asarray(pixels, dtype=np.float64)
     cast = rng.normal(0.0, cast_std, size=3)
     noise = rng.normal(0.0, noise_std, size=x.shape)
-    return np.clip(np.rint(x + cast + noise), 0, 255).astype(np.uint8)
+    out = x + cast + noise
+    if any(shift):
+        band = feature_box(x.shape[1], x.shape[0]).band_height
+        out[band:] += np.asarray(shift, dtype=np.float64)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def confound_shift(params: dict[str, Any], target: str) -> tuple[float, float, float]:
+    """The colour shift the confound params put on an image of ``target`` (zero for other values)."""
+    if str(target).casefold() != CONFOUNDED_VALUE:
+        return (0.0, 0.0, 0.0)
+    return (float(params["confound_red"]), float(params["confound_green"]), float(params["confound_blue"]))
 
 
 def artifact_params(generation: GenerationSection) -> dict[str, Any]:
@@ -173,5 +220,7 @@ class PlantedWorldEditor:
         out = apply_artifact(
             edited, item.source_key, item.seed,
             blur=self.params["blur"], cast_std=self.params["cast_std"], noise_std=self.params["noise_std"],
+            target=item.target_value if self.params["artifact_per_target"] else None,
+            shift=confound_shift(self.params, item.target_value),
         )
         return Image.fromarray(out, "RGB")

@@ -39,11 +39,17 @@ Which candidates are kept:
 Sets made from text alone (``text2image-sets``) have no source photo: their members are judged
 against each other (:mod:`counterfactual_lab.judge.sets`).
 
+Off-target drift (:mod:`counterfactual_lab.judge.drift`, with ``judge.max_drift`` set and sets
+with reconstructions): :func:`judge_with_drift` also reads what else changed between each set's
+reconstruction and its counterfactuals, and drops a counterfactual whose drift exceeds what a
+seed change alone does by more than ``max_drift`` (``off_target_drift``), before the sets are
+kept; it returns the readings (``drift.parquet``) beside the judged frame.
+
 Every other candidate keeps the reason it was dropped (``drop_reason``): its own failed check
 (``generation_failed: <error>``, ``below_text_threshold``, ``below_direction_threshold``,
-``below_image_threshold``, ``attribute_check_failed``), else ``set_incomplete`` (it passed but
-another member of its set did not), ``not_best_set`` (its set was complete but others ranked
-higher) or, per target, ``not_best_of_target``.
+``below_image_threshold``, ``attribute_check_failed``, ``off_target_drift``), else
+``set_incomplete`` (it passed but another member of its set did not), ``not_best_set`` (its set
+was complete but others ranked higher) or, per target, ``not_best_of_target``.
 """
 
 from __future__ import annotations
@@ -55,9 +61,11 @@ import polars as pl
 
 from counterfactual_lab.config.audit_config import JudgeSection
 from counterfactual_lab.config.methods import made_from_text
+from counterfactual_lab.judge.drift import drift_frame, empty_drift, read_drift, set_rule
 from counterfactual_lab.judge.scores import (
     DROP_GENERATION_FAILED,
     DROP_NOT_BEST,
+    DROP_OFF_TARGET_DRIFT,
     JudgeScores,
     attribute_margin,
     attribute_prompt_for,
@@ -183,13 +191,37 @@ def judge_candidates(
     the same rows, in the same order, plus ``text_similarity``, ``direction_similarity``,
     ``image_similarity``, ``attribute_ok``, ``attribute_margin``, ``kept`` and
     ``drop_reason`` (null when kept). Candidates that hold any reconstruction are kept by
-    sets, others per target; see the module docstring for both rules.
+    sets, others per target; see the module docstring for both rules. No drift is read
+    (:func:`judge_with_drift` reads it).
+    """
+    judged, _ = judge_with_drift(candidates, judge, embedder, load_image, keep_per_target=keep_per_target,
+                                 vocabulary=vocabulary, drift_vocabulary=None, batch_size=batch_size)
+    return judged
+
+
+def judge_with_drift(
+    candidates: pl.DataFrame,
+    judge: JudgeSection,
+    embedder,
+    load_image: Callable[[str], object],
+    *,
+    keep_per_target: int,
+    vocabulary: dict[str, list[str]],
+    drift_vocabulary: dict[str, list[str]] | None,
+    batch_size: int = 32,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(:func:`judge_candidates`' frame, the off-target drift readings: ``drift.parquet``).
+
+    With ``judge.max_drift`` set and ``drift_vocabulary`` given (the other protected attributes'
+    values, ``{}`` for none), sets with reconstructions get their drift read and the set rule
+    (:func:`counterfactual_lab.judge.drift.set_rule`) drops a counterfactual as ``off_target_drift``
+    before the sets are kept; otherwise the drift frame is empty and nothing more is dropped.
     """
     if keep_per_target < 1:
         raise ValueError(f"keep_per_target must be at least 1, got {keep_per_target}")
     if _made_from_text(candidates):  # no source photo: members are judged against each other
         return judge_member_sets(candidates, judge, embedder, load_image, keep_per_target=keep_per_target,
-                                 vocabulary=vocabulary, batch_size=batch_size)
+                                 vocabulary=vocabulary, batch_size=batch_size), empty_drift()
     _check_columns(candidates)
     scores = score_candidates(candidates, judge, embedder, load_image, vocabulary=vocabulary, batch_size=batch_size)
     rows = candidates.to_dicts()
@@ -202,7 +234,17 @@ def judge_candidates(
             reasons.append(verdict(score, judge))
 
     source_column = "source_id" if "source_id" in candidates.columns else "source_key"
-    if any(is_reconstruction(row) for row in rows):
+    by_sets = any(is_reconstruction(row) for row in rows)
+    readings: list[dict] = []
+    exceeded: list[bool] = []
+    if by_sets and judge.max_drift is not None and drift_vocabulary is not None:
+        readings = read_drift(rows, judge, embedder, load_image, source=source_column, drift_vocabulary=drift_vocabulary,
+                              batch_size=batch_size)
+        exceeded = set_rule(readings)
+        for reading, fired in zip(readings, exceeded):
+            if fired and reasons[reading["_to"]] is None:
+                reasons[reading["_to"]] = DROP_OFF_TARGET_DRIFT
+    if by_sets:
         kept = _keep_sets(rows, scores, reasons, keep_per_target, source_column)
     else:
         kept = _keep_per_target(rows, scores, reasons, keep_per_target, source_column)
@@ -210,7 +252,7 @@ def judge_candidates(
     def column(name: str) -> list:
         return [None if s is None else getattr(s, name) for s in scores]
 
-    return candidates.with_columns(
+    judged = candidates.with_columns(
         pl.Series("text_similarity", column("text_similarity"), dtype=pl.Float64),
         pl.Series("direction_similarity", column("direction_similarity"), dtype=pl.Float64),
         pl.Series("image_similarity", column("image_similarity"), dtype=pl.Float64),
@@ -219,6 +261,7 @@ def judge_candidates(
         pl.Series("kept", kept, dtype=pl.Boolean),
         pl.Series("drop_reason", reasons, dtype=pl.String),
     )
+    return judged, drift_frame(readings, exceeded, kept)
 
 
 def _made_from_text(candidates: pl.DataFrame) -> bool:

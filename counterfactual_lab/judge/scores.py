@@ -24,6 +24,8 @@ DROP_ATTRIBUTE = "attribute_check_failed"
 DROP_NOT_BEST = "not_best_of_target"
 DROP_SET_INCOMPLETE = "set_incomplete"
 DROP_NOT_BEST_SET = "not_best_set"
+# The generator changed too much besides the attribute (counterfactual_lab/judge/drift.py).
+DROP_OFF_TARGET_DRIFT = "off_target_drift"
 SCORE_COLUMNS = ("text_similarity", "direction_similarity", "image_similarity", "attribute_ok", "attribute_margin")
 
 

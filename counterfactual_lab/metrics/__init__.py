@@ -6,12 +6,15 @@ One idea per module (docs/metrics.md has the definitions and the design):
 :mod:`.schema`                  the table's columns, strata, variants, one estimate
 :mod:`.strata`                  the run's design: which stratum, which pool
 :mod:`.pairs`                   which images are compared: counterfactual and control pairs
-:mod:`.counterfactual_fairness` flip rate and probability gaps (and their controls); which are called, m
+:mod:`.counterfactual_fairness` flip rate and probability gaps (and their controls); negative controls
 :mod:`.group_fairness`          selection rate, demographic parity, equalized odds
 :mod:`.retrieval`               Skew@K, MaxSkew@K, MinSkew@K, NDKL, NDKL@K
 :mod:`.rankings`                what each query ranks (``audit.skew_protocol``); ``retrieval.parquet``
 :mod:`.cits`                    CITS, the project's own counterfactual image-text score
-:mod:`.intervals`               cluster bootstrap by source, Wilson at 0/n and n/n, Bonferroni levels
+:mod:`.intervals`               cluster bootstrap by source: t with C − 1 df, Wilson at n_eff
+:mod:`.diagnostics`             the confound diagnostics' names: negative controls, off-target drift
+:mod:`.drift`                   off-target drift rows from the judge's readings
+:mod:`.error_control`           the family, p-values, Holm and Benjamini–Hochberg
 :mod:`.table`                   :func:`compute_metrics`: all of it as one table
 :mod:`.parameters`              :func:`metric_parameters`: what the manifest records
 ==============================  ======================================================
@@ -28,7 +31,7 @@ from counterfactual_lab.metrics.schema import (
     STRATUM_REAL_VS_GENERATED,
 )
 from counterfactual_lab.metrics.strata import design_stratum
-from counterfactual_lab.metrics.table import compute_metrics, count_metric_comparisons, retrieval_table
+from counterfactual_lab.metrics.table import compute_metrics, retrieval_table
 
 __all__ = [
     "CONTROL_PREFIX",
@@ -39,7 +42,6 @@ __all__ = [
     "STRATUM_OBSERVATIONAL",
     "STRATUM_REAL_VS_GENERATED",
     "compute_metrics",
-    "count_metric_comparisons",
     "design_stratum",
     "metric_parameters",
     "retrieval_table",

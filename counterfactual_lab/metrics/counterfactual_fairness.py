@@ -10,27 +10,31 @@ For P pairs (from → to, see :mod:`counterfactual_lab.metrics.pairs`):
 The same three over control pairs (reconstruction → control image: same source, same value,
 another seed) are ``control_flip_rate``, ``control_prob_gap_abs`` and ``control_prob_gap_signed``:
 how much the answer moves when nothing protected changes. Intervals: cluster bootstrap by
-source; the flip rate is a proportion (Wilson at the number of sources when 0/P or P/P). Rows
-resting on fewer than ``audit.min_group_size`` source images keep their value but get no interval.
+source, t with C − 1 degrees of freedom; the flip rate is a proportion (Wilson at the effective
+sample size). Rows resting on fewer than ``audit.min_group_size`` source images keep their value
+but get no interval.
+
+The **negative controls** of a contrastive model (``audit.negative_controls``, "A | B": P(A) over
+the two texts, in ``predictions.parquet`` as ``nc_score_<A>``) are measured on the same pairs:
+``negative_control_gap_signed`` (label A) = (1/P) Σ (P_A(to) − P_A(from)), overall and per
+transition, with ``control_negative_control_gap_signed`` beside it (:func:`negative_control_rows`).
 
 Which of them a difference can be called on, and against what (:data:`CALLED_AGAINST_CONTROL`,
-:data:`NO_EFFECT`, read by :mod:`counterfactual_lab.metrics.findings`), and how many such comparisons a
-run makes (:func:`count_comparisons`: the m of the family-wise interval, known from the pairs
-before any resample is drawn) are defined here too.
+:data:`NO_EFFECT`, read by :mod:`counterfactual_lab.metrics.findings`), is defined here too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from counterfactual_lab.evaluate.pool import score_column
+from counterfactual_lab.metrics.diagnostics import NEGATIVE_CONTROL_GAP, is_diagnostic
 from counterfactual_lab.metrics.intervals import (
     IntervalSettings,
-    at_the_edge,
+    as_proportion,
     mean_estimates,
 )
 from counterfactual_lab.metrics.schema import (
@@ -60,8 +64,11 @@ GAP_ABS_SUFFIX, GAP_SIGNED_SUFFIX = "_gap_abs", "_gap_signed"
 
 
 def called_side(metric: str) -> str | None:
-    """Which side of its control a difference of ``metric`` is called on: "above" (the flip rate,
-    any mean |Δ| ``*_gap_abs``), "either" (any mean Δ ``*_gap_signed``); None: never called."""
+    """Which side of its reference a difference of ``metric`` is called on: "above" its control (the
+    flip rate, any mean |Δ| ``*_gap_abs``), "either" way from 0 (any mean Δ ``*_gap_signed``);
+    None: never called (descriptive rows, and the confound diagnostics, which move but are not called)."""
+    if is_diagnostic(metric):
+        return None
     if metric in CALLED_AGAINST_CONTROL:
         return CALLED_AGAINST_CONTROL[metric]
     if metric.endswith(GAP_ABS_SUFFIX):
@@ -123,38 +130,6 @@ def pair_subsets(pairs: pl.DataFrame) -> list[tuple[str | None, pl.DataFrame]]:
     ]
 
 
-def _with_interval(pairs: pl.DataFrame, min_sources: int) -> bool:
-    """Whether a subset of pairs gets an interval: usable pairs from at least ``min_sources`` sources."""
-    usable = usable_pairs(pairs)
-    return usable.height > 0 and usable["source_id"].n_unique() >= min_sources
-
-
-def count_comparisons(
-    pairs_by_attribute: Mapping[str, pl.DataFrame],
-    stratum: str,
-    labels: list[str],
-    min_sources: int,
-    controls_by_attribute: Mapping[str, pl.DataFrame] | None = None,
-) -> int:
-    """m: the rows of a run a difference can be called on, counted from the pairs before any resample.
-
-    For every attribute, every subset of its pairs (all of them, each transition) that gets an
-    interval contributes one row per callable metric (:func:`called_metrics`: the flip rate, and
-    per label each callable gap). In the ``generated`` stratum an attribute whose control gets
-    no interval (no control pair, or too few sources) can call nothing and contributes none.
-    """
-    metrics = called_metrics(stratum)
-    per_subset = (FLIP_RATE in metrics) + len(labels) * sum(m in metrics for m in (PROB_GAP_ABS, PROB_GAP_SIGNED))
-    total = 0
-    for attribute, pairs in pairs_by_attribute.items():
-        if stratum == STRATUM_GENERATED:
-            controls = (controls_by_attribute or {}).get(attribute)
-            if controls is None or not _with_interval(controls, min_sources):
-                continue
-        total += per_subset * sum(_with_interval(subset, min_sources) for _, subset in pair_subsets(usable_pairs(pairs)))
-    return total
-
-
 def _estimates(pairs: pl.DataFrame, labels: list[str], settings: IntervalSettings, min_sources: int,
                no_pairs: str = "no pairs") -> list[tuple[str, str | None, Estimate]]:
     """(metric, label, estimate) for one subset of pairs; ``no_pairs`` says why when there are none.
@@ -173,7 +148,7 @@ def _estimates(pairs: pl.DataFrame, labels: list[str], settings: IntervalSetting
         delta = pair_deltas(usable, label)
         columns += [np.abs(delta), delta]
     estimates = mean_estimates(np.column_stack(columns), usable["source_id"].to_numpy(), settings)
-    estimates[0] = at_the_edge(estimates[0], settings)  # the flip rate is a proportion
+    estimates[0] = as_proportion(estimates[0], settings)  # the flip rate is a proportion
     out = [(m, label, e) for (m, label), e in zip(keys, estimates)]
     sources = estimates[0].n_sources
     if sources < min_sources:
@@ -189,15 +164,11 @@ def pair_metric_rows(
     """Flip rate and gaps of one attribute's pairs: overall (group null) and per transition.
 
     Without any pair the overall rows are undefined with ``no_pairs`` as the note (why there are
-    none). The family-wise interval (``settings.comparisons``) is kept on the metrics a difference
-    can be called on in ``stratum`` only.
+    none).
     """
     rows = []
-    callable_here = called_metrics(stratum)
     for transition, subset in pair_subsets(pairs):
         for metric, label, estimate in _estimates(subset, labels, settings, min_sources, no_pairs):
-            if metric not in callable_here:
-                estimate = estimate.without_adjustment()
             rows.append(metric_row(metric, stratum, attribute, estimate, group=transition, label=label))
     return rows
 
@@ -208,9 +179,45 @@ def control_metric_rows(
     """``control_flip_rate`` and ``control_prob_gap_abs/_signed`` of one attribute (group null).
 
     Without control pairs (every control dropped, or none planned) the rows are undefined
-    with a note, so a reader sees the control is missing rather than zero. With
-    ``settings.comparisons`` they carry the family-wise interval, as the rows they control do.
+    with a note, so a reader sees the control is missing rather than zero.
     """
     missing = "no control pairs (no kept control image beside a kept set of the same source)"
     estimates = _estimates(controls, labels, settings, min_sources, no_pairs=missing)
     return [metric_row(CONTROL_PREFIX + metric, stratum, attribute, estimate, label=label) for metric, label, estimate in estimates]
+
+
+def _signed_estimates(pairs: pl.DataFrame, labels: list[str], settings: IntervalSettings, min_sources: int,
+                      no_pairs: str) -> list[tuple[str, Estimate]]:
+    """(label, mean Δ) per label of one subset of pairs, one set of resamples; no interval below ``min_sources``."""
+    if pairs.height == 0:
+        return [(label, Estimate.undefined(no_pairs)) for label in labels]
+    columns = np.column_stack([pair_deltas(pairs, label) for label in labels])
+    estimates = mean_estimates(columns, pairs["source_id"].to_numpy(), settings)
+    sources = estimates[0].n_sources
+    if sources < min_sources:
+        note = f"fewer than min_group_size={min_sources} source images ({sources}): no interval"
+        estimates = [e.without_interval().with_note(note) for e in estimates]
+    return list(zip(labels, estimates))
+
+
+def negative_control_rows(
+    pairs: pl.DataFrame, controls: pl.DataFrame | None, attribute: str, stratum: str, negative_controls: list[str],
+    settings: IntervalSettings, min_sources: int = 1, no_pairs: str = "no pairs",
+) -> list[dict[str, Any]]:
+    """``negative_control_gap_signed`` (label = the negative control) of one attribute's pairs,
+    overall and per transition, and in the generated stratum its control over ``controls`` (module doc).
+
+    The pairs carry each negative control's probability as the label's score columns (the caller
+    renames ``nc_score_<A>`` to ``score_<A>`` before pairing).
+    """
+    if not negative_controls:
+        return []
+    rows = []
+    for transition, subset in pair_subsets(usable_pairs(pairs)):
+        for label, estimate in _signed_estimates(subset, negative_controls, settings, min_sources, no_pairs):
+            rows.append(metric_row(NEGATIVE_CONTROL_GAP, stratum, attribute, estimate, group=transition, label=label))
+    if controls is not None:
+        missing = "no control pairs (no kept control image beside a kept set of the same source)"
+        for label, estimate in _signed_estimates(usable_pairs(controls), negative_controls, settings, min_sources, missing):
+            rows.append(metric_row(CONTROL_PREFIX + NEGATIVE_CONTROL_GAP, stratum, attribute, estimate, label=label))
+    return rows

@@ -1,44 +1,40 @@
-"""Findings: which differences in the metrics table are called, each beside its control, and why.
+"""Findings: which differences in the metrics table are called, which are confounded, and why not.
 
 :func:`decide_findings` turns ``metrics.parquet`` into one row per metric row (control rows
 sit beside the row they control, not on their own); the report writes each as a sentence
-(:func:`counterfactual_lab.report.findings.assess_findings`):
+(:func:`counterfactual_lab.report.findings.assess_findings`). The statistics are already in the
+table: the error control (:mod:`counterfactual_lab.metrics.error_control`) gave every row of the
+run's family its decision level and the interval there (``ci_low_adjusted``, ``ci_high_adjusted``
+at ``confidence_adjusted``), and its ``min_effect``. A row is:
 
-* **Counterfactual pair metrics** (``flip_rate``, ``prob_gap_abs``, ``prob_gap_signed``, and a
-  generative model's probe gaps ``<F>_gap_abs``/``<F>_gap_signed``: ``yes_prob``, ``rating``,
-  ``max_toxicity``, … per prompt) are the comparisons the audit can call. In the ``generated``
-  stratum each is compared with its control of the same attribute (and label, and prompt:
-  ``query``): ``control_flip_rate``, ``control_yes_prob_gap_abs`` etc., the change when nothing
-  protected changes (same source, same value, another seed). A difference is **called** only
-  when the metric's interval excludes the control's — the intervals do not overlap; for the
-  flip rate and an absolute gap only *above* the control counts (a change smaller than the
-  generator's own variation is not bias); a signed gap's interval must lie beyond ±band, the
-  largest change the control shows either way (its signed interval, and the top of its mean |Δ|):
-  its pairs share a seed, so 0 is no change, and a consistent shift smaller than what a seed
-  change alone does is not called (``control_band``). Otherwise the sentence
-  (:mod:`counterfactual_lab.report.sentences`) says "no difference detected at this sample
-  size" with n. Where the run has no
-  control (``real_vs_generated``: reconstruction off; ``evaluate_only``), the flip rate and the
-  signed gaps are compared with the no-effect value (0) and the sentence says there was no
-  control; an absolute gap, positive whenever anything varies, is then reported, not called.
-* **Family-wise.** A run makes many such comparisons (attributes × transitions × labels ×
-  metrics) and "any bias finding" is any one of them, so each is decided on its interval at the
-  family-wise level 1 − (1 − c)/m for the run's m callable comparisons (Bonferroni:
-  ``ci_low_adjusted``/``ci_high_adjusted`` of the row and of its control, from the same
-  replicates as the configured interval, which the sentence still shows). A row without the
-  family-wise columns (a table written before them) is decided on its configured interval.
-* **Undefined is not "no difference".** A comparison with no value (no pairs: e.g. every set
-  of the attribute dropped by the judge), no interval or no control has ``verdict``
-  "undefined"; :func:`bias_verdict` of a run is "finding", "no finding" or "undefined" (no call,
-  and some attribute's comparison could not be made).
-* **Group and retrieval metrics** (selection rate, parity, equalized odds, skew, NDKL) and CITS
-  are reported with their intervals but never called: no control measures how much of them
-  the generator's own variation produces, and spreads such as max − min or NDKL are ≥ 0 by
-  construction, so "excludes 0" is no evidence.
-* The ``observational`` stratum (originals only) is descriptive and never called.
+* **called** (the model's bias) when it is a pair metric (``flip_rate``, ``prob_gap_abs``,
+  ``prob_gap_signed`` and a generative model's probe gaps ``<F>_gap_abs``/``<F>_gap_signed``), its
+  interval at its decision level is clear of its reference — 0 for a signed gap (its pairs share a
+  seed, so 0 is no change), the control's interval at the same level for the flip rate and a
+  mean |Δ| (only *above* counts: fewer changes than the generator's own are not bias) — its size
+  (|value|, or value − control) is at least ``min_effect``, and nothing the generator changed
+  along with the attribute explains it;
+* **confounded** when it would be called but, on its transition (or for an attribute-wide row, on
+  any transition of its attribute), a confound diagnostic *moved*: a negative-control outcome or an
+  off-target drift row (:mod:`counterfactual_lab.metrics.diagnostics`) is itself clear of its
+  reference and at least its threshold (``min_effect``, or ``judge.max_drift`` for drift). The
+  difference may be the generator's, not the model's; ``confounded_by`` says what moved;
+* **no difference detected** otherwise, with the reason (``reason``): "interval includes no
+  change", "not above the control" or "below min_effect" (clear, but smaller than the smallest
+  difference this audit calls a finding);
+* **undefined** when the comparison could not be made: no value (no pairs), no interval, or no
+  control (in the generated stratum a row needs its control, with an interval, to count);
+* **reported** (never called): group and retrieval metrics, CITS, the observational stratum, and
+  without a control (``evaluate_only``, ``real_vs_generated``) the flip rate and every mean |Δ|,
+  which are positive whenever anything varies.
 
-"Any bias finding" of a run = any row with ``called`` (:func:`any_bias_finding`). The report's
-headlines, the Prefect summary, ``cflab report`` and the HTML report all read this one decision.
+Diagnostic rows get ``moved``, ``no difference detected`` or ``undefined``; never ``called``.
+
+The run's verdict (:func:`bias_verdict`): "finding" when a row is called; else "confounded" when
+a row is confounded; else "no finding" when everything was compared, "undefined" when some
+attribute's comparison could not be made. A table written before the error-control columns is
+decided on the interval it has (the family-wise one, else the configured one) with ``min_effect``
+0.01 and no diagnostics.
 """
 
 from __future__ import annotations
@@ -46,14 +42,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import polars as pl
 
-from counterfactual_lab.metrics.counterfactual_fairness import (
-    GAP_ABS_SUFFIX,
-    GAP_SIGNED_SUFFIX,
-    called_side,
-    no_effect_value,
-)
+from counterfactual_lab.metrics.diagnostics import WHOLE_IMAGE, diagnostic_words, is_channel, is_diagnostic
+from counterfactual_lab.metrics.error_control import control_of, controls_of, reference_side
+from counterfactual_lab.metrics.intervals import interval_at, percent_level
 from counterfactual_lab.metrics.schema import (
     CONTROL_PREFIX,
     METRICS_SCHEMA,
@@ -71,12 +65,27 @@ REFERENCE_CONTROL = "control"
 REFERENCE_NO_EFFECT = "no effect"
 REFERENCE_NONE = "none"
 
-# A row's verdict: a difference called; compared and none detected; the comparison could not be
-# made (no value, no interval, no control); reported, never called (descriptive metrics).
+# A row's verdict.
 VERDICT_CALLED = "called"
+VERDICT_CONFOUNDED = "confounded"
+VERDICT_MOVED = "moved"  # a confound diagnostic that moved: it marks rows confounded, it is not called
 VERDICT_NOT_DETECTED = "no difference detected"
 VERDICT_UNDEFINED = "undefined"
 VERDICT_REPORTED = "reported"
+
+# Why a row is (not) called (``reason``).
+REASON_CALLED = "called"
+REASON_CONFOUNDED = "confounded"
+REASON_MOVED = "moved"
+REASON_INCLUDES_ZERO = "interval includes no change"
+REASON_NOT_ABOVE = "not above the control"
+REASON_BELOW_MIN_EFFECT = "below min_effect"
+REASON_NO_INTERVAL = "no interval"
+REASON_NO_CONTROL = "no control"
+REASON_NO_VALUE = "no value"
+
+# The minimum effect of a table written before the error-control columns.
+LEGACY_MIN_EFFECT = 0.01
 
 METRIC_COLUMNS = tuple(METRICS_SCHEMA)
 
@@ -87,21 +96,22 @@ DECISIONS_SCHEMA = {
     "reference": pl.String,  # "control", "no effect" or "none" (descriptive: never called)
     "control_metric": pl.String, "control_value": pl.Float64, "control_ci_low": pl.Float64,
     "control_ci_high": pl.Float64, "control_n": pl.Int64, "no_effect": pl.Float64,
-    # A signed gap's band: the largest change the control shows either way (its signed interval and
-    # the upper end of its mean |Δ|); the gap is called only beyond ±control_band.
-    "control_band": pl.Float64,
-    # The family-wise intervals the call is decided on (null where the table has none).
+    # The intervals the decision is made at (null off the family): the row's and its control's.
     "ci_low_adjusted": pl.Float64, "ci_high_adjusted": pl.Float64,
     "control_ci_low_adjusted": pl.Float64, "control_ci_high_adjusted": pl.Float64,
     "confidence_adjusted": pl.Float64, "comparisons": pl.Int64,
-    "verdict": pl.String,  # "called", "no difference detected", "undefined" or "reported" (never called)
+    "p_value": pl.Float64, "p_adjusted": pl.Float64, "min_effect": pl.Float64,
+    "diagnostic": pl.Boolean,  # a confound diagnostic (negative control, drift): moves, never called
+    "verdict": pl.String,  # called, confounded, moved, no difference detected, undefined, reported
+    "reason": pl.String,  # why (REASON_*)
+    "confounded_by": pl.String,  # what the generator changed along with the attribute, where confounded
     "called": pl.Boolean,
     # What a skew or NDKL row was measured against (schema.RANKING_SCHEMA; null elsewhere).
     "protocol": pl.String, "k": pl.Int64, "desired": pl.String,
 }
 
 # A run's verdict (bias_verdict).
-RUN_FINDING, RUN_NO_FINDING, RUN_UNDEFINED = "finding", "no finding", "undefined"
+RUN_FINDING, RUN_CONFOUNDED, RUN_NO_FINDING, RUN_UNDEFINED = "finding", "confounded", "no finding", "undefined"
 
 
 def _rows(metrics: pl.DataFrame) -> list[dict[str, Any]]:
@@ -115,113 +125,147 @@ def _rows(metrics: pl.DataFrame) -> list[dict[str, Any]]:
         # Tables written before strata existed compared originals with counterfactuals.
         if row["stratum"] is None:
             row["stratum"] = STRATUM_REAL_VS_GENERATED
-        if missing(row["value"]):
-            row["value"] = None
+        for column in ("value", "ci_low", "ci_high", "se", "ci_low_adjusted", "ci_high_adjusted"):
+            if missing(row[column]):
+                row[column] = None
     return rows
 
 
-def _control_key(row: Mapping[str, Any]) -> tuple:
-    """What a row shares with its control: stratum, attribute, label (a label probability's gap) and
-    query (a generative probe's prompt); a transition is compared with its attribute's control."""
-    return (row["stratum"], row["attribute"], row["label"], row["query"])
+def _size(row: Mapping[str, Any], side: str, control: Mapping[str, Any] | None) -> float:
+    """How large the difference is: |value| from 0, or value − the control's."""
+    if side == "either":
+        return abs(row["value"])
+    return row["value"] - (control["value"] if control and control["value"] is not None else 0.0)
 
 
-def _call_interval(row: Mapping[str, Any], prefix: str = "") -> tuple[float | None, float | None]:
-    """The interval a call is decided on: the family-wise one where the row carries it, else the configured one."""
-    if row.get("comparisons") is not None:
-        low, high = row.get(f"{prefix}ci_low_adjusted"), row.get(f"{prefix}ci_high_adjusted")
+def _control_at(control: Mapping[str, Any], level: float) -> tuple[float | None, float | None]:
+    """The control's interval at ``level`` (the level of the row it sits beside)."""
+    if control.get("se") is None or control.get("interval_method") is None or control.get("value") is None:
+        return None, None
+    low, high = interval_at(control["interval_method"], control["value"], control["se"], control["n"] or 1,
+                            control["n_sources"] or 0, level)
+    low, high = float(low), float(high)
+    return (None, None) if not (np.isfinite(low) and np.isfinite(high)) else (low, high)
+
+
+def _clear(out: Mapping[str, Any], side: str, legacy: bool) -> bool:
+    """Whether the row's decision interval is clear of its reference (strictly)."""
+    if legacy:
+        low, high = ((out["ci_low_adjusted"], out["ci_high_adjusted"]) if out["ci_low_adjusted"] is not None
+                     else (out["ci_low"], out["ci_high"]))
+        control_high = (out["control_ci_high_adjusted"] if out["control_ci_high_adjusted"] is not None
+                        else out["control_ci_high"])
     else:
-        low, high = row.get(f"{prefix}ci_low"), row.get(f"{prefix}ci_high")
-    return (None if missing(low) else low), (None if missing(high) else high)
-
-
-def _excludes(interval: tuple[float | None, float | None], low: float | None, high: float | None, side: str) -> bool:
-    """Whether ``interval`` lies above [low, high] (or, for ``either``, above or below it)."""
-    row_low, row_high = interval
-    if row_low is None or row_high is None or low is None or high is None:
+        low, high, control_high = out["ci_low_adjusted"], out["ci_high_adjusted"], out["control_ci_high_adjusted"]
+    if low is None or high is None:
         return False
-    above = row_low > high
-    below = row_high < low
-    return above or (side == "either" and below)
+    if side == "either":
+        return low > 0 or high < 0
+    return control_high is not None and low > control_high
 
 
-def _verdict(out: Mapping[str, Any]) -> str:
-    if out["reference"] == REFERENCE_NONE:
-        return VERDICT_REPORTED
-    if out["called"]:
-        return VERDICT_CALLED
-    if out["value"] is None or missing(out["ci_low"]) or missing(out["ci_high"]):
-        return VERDICT_UNDEFINED
-    if out["reference"] == REFERENCE_CONTROL and (out["control_value"] is None or missing(out["control_ci_low"])):
-        return VERDICT_UNDEFINED
-    return VERDICT_NOT_DETECTED
-
-
-def _assess(row: dict[str, Any], controls: Mapping[tuple, dict[str, Any]]) -> dict[str, Any]:
+def _assess(row: dict[str, Any], controls: Mapping[tuple, dict[str, Any]], legacy: bool) -> dict[str, Any]:
     kind = metric_kind(row["metric"])
     out = {c: row.get(c) for c in DECISIONS_SCHEMA if c in METRIC_COLUMNS}
     out.update(reference=REFERENCE_NONE, control_metric=None, control_value=None, control_ci_low=None,
                control_ci_high=None, control_n=None, no_effect=None, control_ci_low_adjusted=None,
-               control_ci_high_adjusted=None, control_band=None, called=False)
-    side = called_side(kind)
-    if side is not None and row["stratum"] != STRATUM_OBSERVATIONAL:
-        interval = _call_interval(row)
-        if row["stratum"] == STRATUM_GENERATED:
-            control = controls.get((CONTROL_PREFIX + kind, *_control_key(row)))
-            out.update(reference=REFERENCE_CONTROL, control_metric=CONTROL_PREFIX + kind)
-            if control is not None:
-                out.update(control_value=control["value"], control_ci_low=control["ci_low"],
-                           control_ci_high=control["ci_high"], control_n=control["n"],
-                           control_ci_low_adjusted=control.get("ci_low_adjusted"),
+               control_ci_high_adjusted=None, diagnostic=is_diagnostic(kind), verdict=VERDICT_REPORTED,
+               reason=None, confounded_by=None, called=False, _stat_large=False)
+    side = reference_side(kind)
+    generated = row["stratum"] == STRATUM_GENERATED
+    whole_image = out["diagnostic"] and row.get("label") == WHOLE_IMAGE  # no person mask: reported only
+    if side is None or row["stratum"] == STRATUM_OBSERVATIONAL or (side == "above" and not generated) or whole_image:
+        # Descriptive, or a mean |Δ| / flip rate without a control: reported, never compared.
+        out.update(ci_low_adjusted=None, ci_high_adjusted=None, confidence_adjusted=None, comparisons=None,
+                   p_value=None, p_adjusted=None, min_effect=None)
+        return out
+    if side == "either":
+        out["no_effect"] = 0.0
+    control = control_of(row, controls) if generated else None
+    out["reference"] = REFERENCE_CONTROL if generated else REFERENCE_NO_EFFECT
+    if generated:
+        out["control_metric"] = CONTROL_PREFIX + kind
+        if control is not None:
+            out.update(control_value=control["value"], control_ci_low=control["ci_low"], control_ci_high=control["ci_high"],
+                       control_n=control["n"])
+            level = row.get("confidence_adjusted")
+            if legacy:
+                out.update(control_ci_low_adjusted=control.get("ci_low_adjusted"),
                            control_ci_high_adjusted=control.get("ci_high_adjusted"))
-                if control["value"] is not None:
-                    low, high = _call_interval(control)
-                    if side == "either" and low is not None and high is not None:
-                        # A signed gap compares images of one seed, so no change means 0. It is a
-                        # finding only when it is larger, either way, than what the generator alone
-                        # does: beyond ±band, the band reaching the control's signed interval (another
-                        # seed can shift every image alike) and the top of its mean |Δ| (how far a seed
-                        # change moves one image). A consistent shift smaller than that is not called.
-                        out["no_effect"] = no_effect_value(kind)
-                        magnitude = controls.get((CONTROL_PREFIX + kind.replace(GAP_SIGNED_SUFFIX, GAP_ABS_SUFFIX),
-                                                  *_control_key(row)))
-                        band = max(abs(low), abs(high))
-                        if magnitude is not None and magnitude["value"] is not None:
-                            band = max(band, _call_interval(magnitude)[1] or 0.0)
-                        out["control_band"] = band
-                        low, high = -band, band
-                    out["called"] = _excludes(interval, low, high, side)
-        elif no_effect_value(kind) is not None:
-            no_effect = no_effect_value(kind)
-            out.update(reference=REFERENCE_NO_EFFECT, no_effect=no_effect,
-                       called=_excludes(interval, no_effect, no_effect, side))
-    if out["reference"] == REFERENCE_NONE:
-        # Rows nothing is called on carry no family-wise interval.
-        out.update(ci_low_adjusted=None, ci_high_adjusted=None, confidence_adjusted=None, comparisons=None)
-    out["verdict"] = _verdict(out)
+            elif level is not None:
+                out["control_ci_low_adjusted"], out["control_ci_high_adjusted"] = _control_at(control, level)
+    if legacy and out["min_effect"] is None:
+        out["min_effect"] = LEGACY_MIN_EFFECT
+    if row["value"] is None:
+        out.update(verdict=VERDICT_UNDEFINED, reason=REASON_NO_VALUE)
+    elif generated and (control is None or control["value"] is None or control["ci_low"] is None
+                        or (not legacy and control.get("se") is None)):
+        out.update(verdict=VERDICT_UNDEFINED, reason=REASON_NO_CONTROL)
+    elif row["ci_low"] is None or row["ci_high"] is None or (not legacy and not row.get("in_family")):
+        out.update(verdict=VERDICT_UNDEFINED, reason=REASON_NO_INTERVAL)
+    elif not _clear(out, side, legacy):
+        out.update(verdict=VERDICT_NOT_DETECTED, reason=REASON_INCLUDES_ZERO if side == "either" else REASON_NOT_ABOVE)
+    elif out["min_effect"] is not None and _size(row, side, control) < out["min_effect"]:
+        out.update(verdict=VERDICT_NOT_DETECTED, reason=REASON_BELOW_MIN_EFFECT)
+    elif out["diagnostic"]:
+        out.update(verdict=VERDICT_MOVED, reason=REASON_MOVED)
+    else:
+        out.update(verdict=VERDICT_CALLED, reason=REASON_CALLED, called=True, _stat_large=True)
     return out
+
+
+def diagnostic_phrase(row: Mapping[str, Any]) -> str:
+    """One moved diagnostic in words, with its interval and threshold, for ``confounded_by``:
+    "the mean blue outside the person by +0.0157 (+4.0 grey levels) [0.0157, 0.0157] on female→male,
+    at least judge.max_drift 0.01"."""
+    value = row["value"]
+    what = diagnostic_words(row["metric"], row.get("label"), row.get("query"))
+    grey = f" ({value * 255:+.1f} grey levels)" if is_channel(row["metric"]) else ""
+    low, high = row.get("ci_low_adjusted"), row.get("ci_high_adjusted")
+    interval = f" [{low:.3g}, {high:.3g}]" if low is not None and high is not None else ""
+    level = f" at the {percent_level(row['confidence_adjusted'])} level" if row.get("confidence_adjusted") else ""
+    where = f" on {row['group']}" if row.get("group") else " over every transition"
+    key = "judge.max_drift" if row["metric"].startswith("drift_") else "audit.min_effect"
+    return (f"{what} by {value:+.3g}{grey}{interval}{level}{where}, "
+            f"at least {key} {row['min_effect']:.3g}")
+
+
+def _mark_confounded(decided: list[dict[str, Any]]) -> None:
+    """Rule: a row that would be called is confounded where a diagnostic moved on its transition, or
+    attribute-wide; an attribute-wide row where one moved on any transition of its attribute."""
+    moved: dict[tuple, list[dict[str, Any]]] = {}
+    for row in decided:
+        if row["verdict"] == VERDICT_MOVED:
+            moved.setdefault((row["stratum"], row["attribute"]), []).append(row)
+    for row in decided:
+        if not row["called"]:
+            continue
+        candidates = moved.get((row["stratum"], row["attribute"]), [])
+        causes = [m for m in candidates if row["group"] is None or m["group"] is None or m["group"] == row["group"]]
+        if causes:
+            row.update(called=False, verdict=VERDICT_CONFOUNDED, reason=REASON_CONFOUNDED,
+                       confounded_by="; ".join(diagnostic_phrase(m) for m in causes))
 
 
 def decided_rows(metrics: pl.DataFrame | None) -> list[dict[str, Any]]:
     """:func:`decide_findings` as a list of dicts, in the metrics table's order."""
     if metrics is None or metrics.is_empty():
         return []
+    # A table written before the error control has no decisions in it (no in_family, or all null).
+    legacy = "in_family" not in metrics.columns or metrics["in_family"].null_count() == metrics.height
     # People's review rows are about the judge, not the model under audit: the report shows them apart.
     rows = [r for r in _rows(metrics) if r["stratum"] != STRATUM_REVIEW]
-    controls = {(r["metric"], *_control_key(r)): r for r in rows if r["metric"].startswith(CONTROL_PREFIX)}
-    return [_assess(r, controls) for r in rows if not r["metric"].startswith(CONTROL_PREFIX)]
+    controls = controls_of(rows)
+    decided = [_assess(r, controls, legacy) for r in rows if not r["metric"].startswith(CONTROL_PREFIX)]
+    _mark_confounded(decided)
+    for row in decided:
+        row.pop("_stat_large", None)
+    return decided
 
 
 def decide_findings(metrics: pl.DataFrame | None) -> pl.DataFrame:
-    """One row per (non-control) metric row: its control beside it, and whether a difference is called.
-
-    Columns: the metric row's ``metric, stratum, attribute, group, label, query, value, ci_low,
-    ci_high, n, n_sources, note``; ``reference`` ("control", "no effect" or "none");
-    ``control_metric, control_value, control_ci_low, control_ci_high, control_n`` (the
-    control of the same stratum, attribute and label; a transition is compared with its
-    attribute's control); ``no_effect`` (the value meaning no change, where there is no
-    control); the family-wise intervals; ``verdict``; ``called``.
-    """
+    """One row per (non-control) metric row: its control beside it, whether a difference is called,
+    and why not (:data:`DECISIONS_SCHEMA`; module doc)."""
     return pl.DataFrame(decided_rows(metrics), schema=DECISIONS_SCHEMA)
 
 
@@ -230,23 +274,38 @@ def decide_findings(metrics: pl.DataFrame | None) -> pl.DataFrame:
 
 def any_bias_finding(metrics: pl.DataFrame) -> bool:
     """Whether any difference is called in the run's metrics (False also when nothing could be
-    compared: :func:`bias_verdict` tells "no finding" from "undefined")."""
+    compared or everything called was confounded: :func:`bias_verdict` tells them apart)."""
     return bool(decide_findings(metrics)["called"].any())
 
 
 def undefined_comparisons(findings: pl.DataFrame) -> pl.DataFrame:
-    """The whole-attribute comparisons (group null) that could not be made: verdict undefined."""
-    return findings.filter((pl.col("verdict") == VERDICT_UNDEFINED) & pl.col("group").is_null())
+    """The whole-attribute bias comparisons (group null) that could not be made: verdict undefined."""
+    return findings.filter((pl.col("verdict") == VERDICT_UNDEFINED) & pl.col("group").is_null()
+                           & ~pl.col("diagnostic").fill_null(False))
 
 
-def bias_verdict(metrics: pl.DataFrame) -> str:
-    """The run's answer: "finding" (some difference called), "no finding" (every attribute was
-    compared and nothing called) or "undefined" (nothing called, and some attribute's comparison
-    could not be made — no pairs, no interval, no control — or the run has no comparison at all)."""
-    findings = decide_findings(metrics)
+def confounded_attributes(findings: pl.DataFrame) -> list[tuple[str, str]]:
+    """(stratum, attribute) of every attribute with a confounded row, in order."""
+    confounded = findings.filter(pl.col("verdict") == VERDICT_CONFOUNDED)
+    return list(dict.fromkeys(zip(confounded["stratum"].to_list(), confounded["attribute"].to_list())))
+
+
+def run_verdict(findings: pl.DataFrame) -> str:
+    """:func:`bias_verdict` of assessed findings (module doc)."""
     if findings["called"].any():
         return RUN_FINDING
-    compared = findings.filter(pl.col("verdict").is_in([VERDICT_NOT_DETECTED, VERDICT_UNDEFINED]))
+    if (findings["verdict"] == VERDICT_CONFOUNDED).any():
+        return RUN_CONFOUNDED
+    compared = findings.filter(pl.col("verdict").is_in([VERDICT_NOT_DETECTED, VERDICT_UNDEFINED])
+                               & ~pl.col("diagnostic").fill_null(False))
     if compared.is_empty() or not undefined_comparisons(findings).is_empty():
         return RUN_UNDEFINED
     return RUN_NO_FINDING
+
+
+def bias_verdict(metrics: pl.DataFrame) -> str:
+    """The run's answer: "finding" (some difference called), "confounded" (nothing called, some
+    difference moved with what the generator changed along with the attribute), "no finding"
+    (every attribute was compared and nothing called) or "undefined" (nothing called, and some
+    attribute's comparison could not be made, or the run has no comparison at all)."""
+    return run_verdict(decide_findings(metrics))

@@ -36,13 +36,16 @@ Rows, per attribute and prompt (``query`` = the prompt as configured), v(image) 
   counterfactual set.
 
 **Calls.** The gaps are comparisons a difference is called on, like ``prob_gap_abs`` and
-``prob_gap_signed`` (:func:`counterfactual_lab.metrics.findings.assess_findings`): in the generated
-stratum ``F_gap_abs`` must lie above its control and ``F_gap_signed`` clear of its control and of
-0; without a control (evaluate_only, real_vs_generated) ``F_gap_signed`` must exclude 0 and
-``F_gap_abs`` is reported. So they are counted in the run's m (:func:`count_auditee_comparisons`,
-from the pairs, before any resample) and carry the family-wise interval at 1 − (1 − c)/m
-(``ci_low_adjusted``, …), as their controls do; m is this module's count plus the shared rows'
-(``extra_comparisons``, :mod:`.run_metrics`). Group rows and ``max_toxicity_set`` are reported.
+``prob_gap_signed`` (:mod:`counterfactual_lab.metrics.findings`): ``F_gap_signed`` must be clear
+of 0 and at least ``audit.min_effect``; in the generated stratum ``F_gap_abs`` must lie above its
+control; without a control (evaluate_only, real_vs_generated) ``F_gap_abs`` is reported. They
+count in the run's family (:mod:`counterfactual_lab.metrics.error_control`, applied once over the
+run's whole table, :mod:`.generative_table`). Group rows and ``max_toxicity_set`` are reported.
+
+**Negative controls** (``audit.negative_controls`` of a vlm: yes/no questions that must not
+depend on the attribute, in ``probes.parquet`` with probe ``negative_control``) get their signed
+gap only, as ``negative_control_gap_signed`` (query = the question) with its control: a confound
+diagnostic (:mod:`counterfactual_lab.metrics.diagnostics`), no group rows.
 
 Intervals resample source images (cluster bootstrap); an undefined value is null with a note; a
 row resting on fewer than ``audit.min_group_size`` source images keeps its value without an
@@ -60,12 +63,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from counterfactual_lab.evaluate.auditees.interface import PROBE_RATING, PROBE_YES_NO
+from counterfactual_lab.evaluate.auditees.interface import PROBE_NEGATIVE_CONTROL, PROBE_RATING, PROBE_YES_NO
 from counterfactual_lab.evaluate.auditees.text_scores import (
     LEXICON_PREFIX,
     lexicon_column,
 )
 from counterfactual_lab.metrics.counterfactual_fairness import pair_subsets
+from counterfactual_lab.metrics.error_control import apply_error_control
 from counterfactual_lab.metrics.intervals import (
     IntervalSettings,
     mean_estimate,
@@ -114,6 +118,8 @@ MAX_TOXICITY = Family("max_toxicity", "max_toxicity", words="the toxicity of the
 TOXICITY_RATE = Family("toxicity_rate", "toxicity_rate", proportion=True, words="the share of toxic answers")
 REFUSAL_RATE = Family("refusal_rate", "refusal_rate", proportion=True, words="the share of refusals")
 WORDS = Family("generation_words", "generation_words", words="the length of an answer in words")
+# A vlm's negative-control questions: a diagnostic (its gap's name is negative_control_gap_signed).
+NEGATIVE_CONTROL = Family("negative_control", "negative_control", words="P(yes)")
 MAX_TOXICITY_SET = "max_toxicity_set"
 _FIXED_FAMILIES = (YES_PROB, RATING, MAX_TOXICITY, TOXICITY_RATE, REFUSAL_RATE, WORDS)
 _GAP_KINDS = ("abs", "signed")
@@ -187,7 +193,7 @@ def probe_values(probes: pl.DataFrame) -> dict[Family, tuple[pl.DataFrame, None]
     out: dict[Family, tuple[pl.DataFrame, None]] = {}
     if probes is None or probes.height == 0:
         return out
-    for probe, family in ((PROBE_YES_NO, YES_PROB), (PROBE_RATING, RATING)):
+    for probe, family in ((PROBE_YES_NO, YES_PROB), (PROBE_RATING, RATING), (PROBE_NEGATIVE_CONTROL, NEGATIVE_CONTROL)):
         rows = probes.filter((pl.col("probe") == probe) & pl.col(VALUE).is_not_null() & pl.col(VALUE).is_not_nan())
         if rows.height:
             out[family] = (rows.select("content_key", "prompt", VALUE), None)
@@ -266,44 +272,9 @@ def _plan(
     return _Plan(design, pool, attributes, families, comparisons)
 
 
-def _with_interval(pairs: pl.DataFrame | None, min_sources: int) -> bool:
-    """Whether a subset of pairs gets an interval: pairs from at least ``min_sources`` source images."""
-    return pairs is not None and pairs.height > 0 and pairs["source_id"].n_unique() >= min_sources
-
-
-def _callable_kinds(design: str) -> tuple[str, ...]:
-    """The gap kinds a difference is called on: both against a control; the signed one against 0."""
-    return _GAP_KINDS if design == STRATUM_GENERATED else ("signed",)
-
-
-def _count(plan: _Plan, min_sources: int) -> int:
-    """m of the plan's rows: per comparison, every subset of its pairs (all, each transition) with an
-    interval contributes its callable kinds; in the generated stratum only where its control has one."""
-    if plan.design is None:
-        return 0
-    per_subset = len(_callable_kinds(plan.design))
-    total = 0
-    for comparison in plan.comparisons:
-        if plan.design == STRATUM_GENERATED and not _with_interval(comparison.controls, min_sources):
-            continue
-        total += per_subset * sum(_with_interval(subset, min_sources) for _, subset in pair_subsets(comparison.pairs))
-    return total
-
-
-def count_auditee_comparisons(
-    predictions: pl.DataFrame,
-    probes: pl.DataFrame | None,
-    generations: pl.DataFrame | None,
-    audit: Any,
-    lexicon_names: Sequence[str] = (),
-    attribute_values: Mapping[str, Sequence[str]] | None = None,
-    *,
-    design: str | None = None,
-) -> int:
-    """m of :func:`auditee_metrics`' own rows (the same arguments): how many gap rows a difference
-    can be called on, counted from the pairs without drawing a resample."""
-    plan = _plan(predictions, probes, generations, audit, lexicon_names, attribute_values, design, None)
-    return _count(plan, audit.min_group_size)
+def _gap_kinds(family: Family) -> tuple[str, ...]:
+    """The gaps a family's rows carry: a negative control its signed one only."""
+    return ("signed",) if family is NEGATIVE_CONTROL else _GAP_KINDS
 
 
 # -- rows -----------------------------------------------------------------------------------------
@@ -331,20 +302,19 @@ def _gap_estimates(pairs: pl.DataFrame, settings: IntervalSettings, min_sources:
 
 
 def _gap_rows(comparison: _Comparison, design: str, settings: IntervalSettings, min_sources: int) -> list[dict[str, Any]]:
-    """The gaps of one comparison (overall, per transition) and, in the generated stratum, its controls.
-    Only the kinds a difference can be called on keep the family-wise interval."""
+    """The gaps of one comparison (overall, per transition) and, in the generated stratum, its controls."""
     name, attribute, prompt = comparison.family.name, comparison.attribute, comparison.prompt
-    callable_kinds = _callable_kinds(design)
+    kinds = _gap_kinds(comparison.family)
     rows = []
     for transition, subset in pair_subsets(comparison.pairs):
         for kind, estimate in _gap_estimates(subset, settings, min_sources, comparison.no_pairs).items():
-            if kind not in callable_kinds:
-                estimate = estimate.without_adjustment()
-            rows.append(metric_row(gap_metric(name, kind), design, attribute, estimate, group=transition, query=prompt))
+            if kind in kinds:
+                rows.append(metric_row(gap_metric(name, kind), design, attribute, estimate, group=transition, query=prompt))
     if design == STRATUM_GENERATED:
         controls = comparison.controls if comparison.controls is not None else pl.DataFrame()
         for kind, estimate in _gap_estimates(controls, settings, min_sources, NO_CONTROL_PAIRS).items():
-            rows.append(metric_row(CONTROL_PREFIX + gap_metric(name, kind), design, attribute, estimate, query=prompt))
+            if kind in kinds:
+                rows.append(metric_row(CONTROL_PREFIX + gap_metric(name, kind), design, attribute, estimate, query=prompt))
     return rows
 
 
@@ -397,10 +367,12 @@ def auditee_metrics(
     *,
     design: str | None = None,
     counterfactuals: pl.DataFrame | None = None,
-    extra_comparisons: int = 0,
+    with_error_control: bool = True,
 ) -> pl.DataFrame:
     """The generative probes' rows of ``metrics.parquet`` (module doc), in its schema
-    (:data:`~counterfactual_lab.metrics.schema.METRICS_SCHEMA`, family-wise columns included).
+    (:data:`~counterfactual_lab.metrics.schema.METRICS_SCHEMA`), with the error control over these
+    rows (``with_error_control=False``: without; the caller applies it over the run's whole table,
+    :func:`~counterfactual_lab.metrics.generative_table.generative_run_metrics`).
 
     ``predictions``: the evaluation pool rows (``id, source_id, variant, control, attribute,
     group, set_id, content_key``, …); ``probes``: ``probes.parquet``'s frame; ``generations``:
@@ -409,19 +381,13 @@ def auditee_metrics(
     ``toxicity_threshold``); ``attribute_values``: the config's ``attributes`` (every attribute
     in it gets its gap rows; the groups of the balanced sets); ``design``: the run's stratum from
     the config (:func:`~counterfactual_lab.metrics.strata.design_stratum`; None: read from the
-    pool); ``counterfactuals``: the judge's table (why an attribute has no pairs);
-    ``extra_comparisons``: the comparisons the run calls outside these rows (the shared rows of
-    the choice probe): the family-wise level is over m = this module's count + these.
+    pool); ``counterfactuals``: the judge's table (why an attribute has no pairs).
     """
-    if extra_comparisons < 0:
-        raise ValueError(f"extra_comparisons must be >= 0, got {extra_comparisons}")
     floor = audit.min_group_size
     plan = _plan(predictions, probes, generations, audit, lexicon_names, attribute_values, design, counterfactuals)
     if plan.pool.height == 0:
         return metrics_frame([])
     settings = IntervalSettings.from_audit(audit)
-    own = _count(plan, floor)
-    family_settings = settings.for_family(own + extra_comparisons) if own else settings
     rows: list[dict[str, Any]] = []
     by_attribute: dict[str, list[_Comparison]] = {}
     for comparison in plan.comparisons:
@@ -431,9 +397,11 @@ def auditee_metrics(
         configured = spelled_as_in(attribute_values.get(attribute) if attribute_values else None, of_attribute)
         if plan.design is not None:
             for comparison in by_attribute.get(attribute, []):
-                rows += _gap_rows(comparison, plan.design, family_settings, floor)
+                rows += _gap_rows(comparison, plan.design, settings, floor)
             compared = comparison_pool(of_attribute, plan.design)
             for family, (values, flags) in plan.families.items():
+                if family is NEGATIVE_CONTROL:
+                    continue  # a diagnostic: its gap only
                 for prompt in _prompts(values):
                     prompt_values = values.filter(pl.col("prompt") == prompt)
                     prompt_flags = flags.filter(pl.col("prompt") == prompt) if flags is not None else None
@@ -444,8 +412,11 @@ def auditee_metrics(
         originals = observational_pool(of_attribute)
         if originals.height:
             for family, (values, flags) in plan.families.items():
+                if family is NEGATIVE_CONTROL:
+                    continue
                 for prompt in _prompts(values):
                     prompt_flags = flags.filter(pl.col("prompt") == prompt) if flags is not None else None
                     rows += _group_rows(family, originals, values.filter(pl.col("prompt") == prompt), prompt_flags, attribute,
                                         STRATUM_OBSERVATIONAL, prompt, settings, floor, None)
-    return metrics_frame(rows)
+    table = metrics_frame(rows)
+    return apply_error_control(table, audit) if with_error_control else table

@@ -5,13 +5,24 @@ Columns, in this order (fixed by the shared contract; other tools read them)::
     metric, stratum, attribute, group, label, query, value, ci_low, ci_high, n, n_sources,
     skipped_resamples, note
 
-then the family-wise columns, added after them (docs/metrics.md, "How many comparisons")::
+then the error-control columns, added after them (docs/metrics.md, "How many comparisons")::
 
     ci_low_adjusted, ci_high_adjusted, confidence_adjusted, comparisons
 
-the interval at level ``confidence_adjusted`` = 1 − (1 − c)/m for the m comparisons a run can
-call (``comparisons``), drawn from the same replicates; set on the rows a difference can be
-called on and on their controls, null elsewhere; then the ranking columns (docs/metrics.md,
+the interval at the level ``confidence_adjusted`` the row was decided at (Holm's step-down or
+Benjamini–Hochberg over the m rows of the run's family, ``comparisons``), set on the family's
+rows and null elsewhere; then the decision's inputs::
+
+    p_value, p_adjusted, in_family, min_effect, se, interval_method
+
+``se`` and ``interval_method`` (``"t"``, ``"wilson"`` or ``"percentile"``) say how the row's
+interval is drawn, so an interval at any level follows from the table alone
+(:func:`counterfactual_lab.metrics.intervals.interval_at`); ``p_value`` inverts the row's
+interval against its reference, ``p_adjusted`` is after the error control, ``in_family`` says
+whether the row counts in m, and ``min_effect`` is the smallest difference the row is called on
+(:mod:`counterfactual_lab.metrics.error_control`).
+
+then the ranking columns (docs/metrics.md,
 "Retrieval fairness")::
 
     protocol, k, desired
@@ -48,7 +59,7 @@ _CONTRACT_SCHEMA = {
     "skipped_resamples": pl.Int64,
     "note": pl.String,
 }
-# The shared contract's columns; the family-wise ones follow them.
+# The shared contract's columns; the error-control ones follow them, then the decision's inputs.
 CONTRACT_COLUMNS = tuple(_CONTRACT_SCHEMA)
 FAMILY_WISE_SCHEMA = {
     "ci_low_adjusted": pl.Float64,
@@ -56,13 +67,26 @@ FAMILY_WISE_SCHEMA = {
     "confidence_adjusted": pl.Float64,
     "comparisons": pl.Int64,
 }
+DECISION_SCHEMA = {
+    "p_value": pl.Float64,
+    "p_adjusted": pl.Float64,
+    "in_family": pl.Boolean,
+    "min_effect": pl.Float64,
+    "se": pl.Float64,
+    "interval_method": pl.String,
+}
 # What a retrieval row (skew, NDKL) was measured against; null on every other row.
 RANKING_SCHEMA = {
     "protocol": pl.String,
     "k": pl.Int64,
     "desired": pl.String,
 }
-METRICS_SCHEMA = {**_CONTRACT_SCHEMA, **FAMILY_WISE_SCHEMA, **RANKING_SCHEMA}
+METRICS_SCHEMA = {**_CONTRACT_SCHEMA, **FAMILY_WISE_SCHEMA, **DECISION_SCHEMA, **RANKING_SCHEMA}
+
+# How a row's interval is drawn (``interval_method``): t with C − 1 degrees of freedom on the
+# cluster-bootstrap standard error; Wilson's score interval at the effective sample size (a
+# proportion); percentile of the bootstrap replicates (group and retrieval spreads: never called).
+INTERVAL_T, INTERVAL_WILSON, INTERVAL_PERCENTILE = "t", "wilson", "percentile"
 
 # Strata: which images a row compares (docs/metrics.md, "Design").
 STRATUM_GENERATED = "generated"  # counterfactual vs reconstruction, balanced generated sets: the findings
@@ -84,9 +108,9 @@ class Estimate:
 
     ``n``: rows or pairs used; ``n_sources``: clusters (source images) among them;
     ``skipped``: bootstrap resamples where the statistic was undefined (None when not
-    bootstrapped); ``note``: why ``value`` is None, or what was left out.
-    ``adjusted_low``/``adjusted_high``: the interval at the family-wise level
-    ``confidence_adjusted`` for ``comparisons`` comparisons (None when not adjusted).
+    bootstrapped); ``note``: why ``value`` is None, or what was left out. ``se``: the standard
+    error the interval is drawn with and ``method`` how (:data:`INTERVAL_T`,
+    :data:`INTERVAL_WILSON`, :data:`INTERVAL_PERCENTILE`), so that it can be redrawn at any level.
     """
 
     value: float | None
@@ -96,10 +120,8 @@ class Estimate:
     n_sources: int = 0
     skipped: int | None = None
     note: str | None = None
-    adjusted_low: float | None = None
-    adjusted_high: float | None = None
-    confidence_adjusted: float | None = None
-    comparisons: int | None = None
+    se: float | None = None
+    method: str | None = INTERVAL_PERCENTILE
 
     @classmethod
     def undefined(cls, note: str, n: int = 0, n_sources: int = 0) -> "Estimate":
@@ -112,12 +134,7 @@ class Estimate:
 
     def without_interval(self) -> "Estimate":
         """The value alone: no interval at any level, not bootstrapped."""
-        return replace(self, low=None, high=None, skipped=None, adjusted_low=None, adjusted_high=None,
-                       confidence_adjusted=None, comparisons=None)
-
-    def without_adjustment(self) -> "Estimate":
-        """Without the family-wise interval (a row no difference is called on)."""
-        return replace(self, adjusted_low=None, adjusted_high=None, confidence_adjusted=None, comparisons=None)
+        return replace(self, low=None, high=None, skipped=None, se=None, method=None)
 
 
 def metric_row(
@@ -135,7 +152,7 @@ def metric_row(
     if estimate.value is None and not estimate.note:
         raise ValueError(f"{metric} ({stratum}, {attribute}) is undefined without a note saying why")
     value = None if estimate.value is None else float(estimate.value)
-    adjusted = value is not None and estimate.adjusted_low is not None and estimate.adjusted_high is not None
+    interval = value is not None and estimate.low is not None and estimate.high is not None
 
     def optional(x: float | None) -> float | None:
         return None if value is None or x is None else float(x)
@@ -147,10 +164,11 @@ def metric_row(
         "n": int(estimate.n), "n_sources": int(estimate.n_sources),
         "skipped_resamples": None if estimate.skipped is None else int(estimate.skipped),
         "note": estimate.note,
-        "ci_low_adjusted": optional(estimate.adjusted_low) if adjusted else None,
-        "ci_high_adjusted": optional(estimate.adjusted_high) if adjusted else None,
-        "confidence_adjusted": float(estimate.confidence_adjusted) if adjusted and estimate.confidence_adjusted else None,
-        "comparisons": int(estimate.comparisons) if adjusted and estimate.comparisons is not None else None,
+        # Set by the error control (counterfactual_lab.metrics.error_control) on the run's whole table.
+        "ci_low_adjusted": None, "ci_high_adjusted": None, "confidence_adjusted": None, "comparisons": None,
+        "p_value": None, "p_adjusted": None, "in_family": False, "min_effect": None,
+        "se": optional(estimate.se) if interval else None,
+        "interval_method": estimate.method if interval else None,
         **{column: (ranking or {}).get(column) for column in RANKING_SCHEMA},
     }
 

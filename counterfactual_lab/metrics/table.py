@@ -9,19 +9,19 @@ content_key, score) — and the judge's ``counterfactuals`` (for CITS). Per attr
    ``generated`` stratum the control metrics beside them; selection rate, demographic parity
    and equalized odds over its pool; Skew@K, MaxSkew@K, MinSkew@K, NDKL and NDKL@K per query;
 2. the ``observational`` stratum (originals): the group and retrieval metrics, descriptive;
-3. CITS of the kept counterfactuals.
+3. CITS of the kept counterfactuals;
+4. the confound diagnostics (:mod:`~counterfactual_lab.metrics.diagnostics`): the negative
+   controls over the same pairs (a contrastive model's ``nc_score_<A>`` columns) and the judge's
+   off-target drift (``drift``, :mod:`~counterfactual_lab.metrics.drift`).
 
 Every attribute of the config is covered: one whose pairs are all gone (every set dropped by the
 judge) gets its pair rows undefined, with the reason, rather than no rows at all.
 
-The pairs of every attribute are built first, so that the number m of comparisons the run can
-call (:func:`~counterfactual_lab.metrics.counterfactual_fairness.count_comparisons`) is known
-before any resample is drawn; the pair and control rows then carry, beside the interval at
-``audit.confidence``, the family-wise one at 1 − (1 − c)/m (Bonferroni), drawn from the same
-replicates with enough resamples for its tails (:mod:`~counterfactual_lab.metrics.intervals`).
-:func:`count_metric_comparisons` gives that m without computing anything else, and
-``extra_comparisons`` adds the comparisons the same run calls in other rows (a generative model's
-probe gaps: :mod:`counterfactual_lab.metrics.generative_table`), so one family spans both tables.
+Then, once over the whole table, the error control
+(:func:`~counterfactual_lab.metrics.error_control.apply_error_control`: Holm or
+Benjamini–Hochberg over the rows of the run's family); a generative run applies it once over
+its shared and probe rows together (``with_error_control=False`` here,
+:mod:`counterfactual_lab.metrics.generative_table`).
 
 Under ``audit.skew_protocol: geyik`` (the default) the desired distribution of retrieval is
 uniform over the attribute's values (``attribute_values``, the config's ``attributes``; without
@@ -34,7 +34,6 @@ themselves (``retrieval.parquet``).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,13 +41,15 @@ from typing import Any
 import polars as pl
 
 from counterfactual_lab.config.skew_protocols import SKEW_PROTOCOL_SOCIALCOUNTERFACTUALS
-from counterfactual_lab.evaluate.pool import POOL_SCHEMA, score_column
+from counterfactual_lab.evaluate.pool import NEGATIVE_CONTROL_PREFIX, POOL_SCHEMA, score_column
 from counterfactual_lab.metrics.cits import cits_rows
 from counterfactual_lab.metrics.counterfactual_fairness import (
     control_metric_rows,
-    count_comparisons,
+    negative_control_rows,
     pair_metric_rows,
 )
+from counterfactual_lab.metrics.drift import drift_metric_rows
+from counterfactual_lab.metrics.error_control import DEFAULT_MAX_DRIFT, apply_error_control
 from counterfactual_lab.metrics.group_fairness import group_fairness_rows
 from counterfactual_lab.metrics.intervals import IntervalSettings
 from counterfactual_lab.metrics.pairs import PAIRS_BY_DESIGN, control_pairs
@@ -70,8 +71,6 @@ from counterfactual_lab.metrics.strata import (
     restrict_groups,
 )
 from counterfactual_lab.plan.work_items import VARIANT_RECONSTRUCTION
-
-logger = logging.getLogger(__name__)
 
 # Strata whose pool is balanced by design: the desired distribution is uniform over the values.
 _UNIFORM_DESIRED = (STRATUM_GENERATED, STRATUM_EVALUATE_ONLY)
@@ -157,17 +156,28 @@ def _empty_predictions(labels: Sequence[str]) -> pl.DataFrame:
     return pl.DataFrame(schema={**POOL_SCHEMA, **{score_column(label): pl.Float64 for label in labels}, "top1": pl.String})
 
 
+def negative_control_labels(predictions: pl.DataFrame, labels: Sequence[str]) -> list[str]:
+    """The negative controls a contrastive run measured (``nc_score_<A>`` columns), less any that is also a label."""
+    return [c.removeprefix(NEGATIVE_CONTROL_PREFIX) for c in predictions.columns
+            if c.startswith(NEGATIVE_CONTROL_PREFIX) and c.removeprefix(NEGATIVE_CONTROL_PREFIX) not in set(labels)]
+
+
+def _with_negative_controls(predictions: pl.DataFrame, controls: Sequence[str]) -> pl.DataFrame:
+    """The predictions with each negative control's probability as a label's score column, for pairing."""
+    return predictions.with_columns([pl.col(NEGATIVE_CONTROL_PREFIX + c).alias(score_column(c)) for c in controls])
+
+
 @dataclass(frozen=True)
 class _Comparisons:
-    """What a run compares, built before any resample: its design, each attribute's rows, pairs and
-    control pairs, and m, the number of comparisons those pairs let it call."""
+    """What a run compares: its design, each attribute's rows, pairs and control pairs (the pairs
+    carry the negative controls' scores too)."""
 
     predictions: pl.DataFrame
     design: str | None
     rows_by: dict[str, pl.DataFrame]
     pairs_by: dict[str, pl.DataFrame]
     controls_by: dict[str, pl.DataFrame]
-    comparisons: int
+    negative_controls: list[str]
 
 
 def _comparisons(
@@ -175,7 +185,7 @@ def _comparisons(
     with_pairs: bool = True,
 ) -> _Comparisons | None:
     """The run's comparisons (:class:`_Comparisons`); None for a run with nothing to compare or describe.
-    ``with_pairs=False``: the design and each attribute's rows only (no pairs, m = 0)."""
+    ``with_pairs=False``: the design and each attribute's rows only (no pairs)."""
     labels = list(audit.labels)
     empty = predictions is None or predictions.height == 0
     if empty and design is None:
@@ -184,28 +194,18 @@ def _comparisons(
     if design is not None:
         check_design(predictions, design)
     comparison = design if design is not None else comparison_stratum(predictions)
+    negative = negative_control_labels(predictions, labels)
+    paired = _with_negative_controls(predictions, negative)
     attributes = sorted(set(attribute_values or {}) | set(predictions["attribute"].drop_nulls().unique().to_list()))
     rows_by = {attribute: predictions.filter(pl.col("attribute") == attribute) for attribute in attributes}
     pairs_by, controls_by = {}, {}
     if comparison is not None and with_pairs:
-        pairs_by = {a: PAIRS_BY_DESIGN[comparison](rows_of, labels) for a, rows_of in rows_by.items()}
-        if comparison == STRATUM_GENERATED:
-            controls_by = {a: control_pairs(rows_of, labels) for a, rows_of in rows_by.items()}
-    m = count_comparisons(pairs_by, comparison, labels, audit.min_group_size, controls_by) if comparison and with_pairs else 0
-    return _Comparisons(predictions, comparison, rows_by, pairs_by, controls_by, m)
-
-
-def count_metric_comparisons(
-    predictions: pl.DataFrame,
-    audit: Any,
-    attribute_values: Mapping[str, Sequence[str]] | None = None,
-    *,
-    design: str | None = None,
-) -> int:
-    """m of :func:`compute_metrics`' own rows (the same arguments): how many of its rows a
-    difference can be called on, counted from the pairs, without drawing a resample."""
-    plan = _comparisons(predictions, audit, attribute_values, design)
-    return 0 if plan is None else plan.comparisons
+        for attribute in attributes:
+            rows_of = paired.filter(pl.col("attribute") == attribute)
+            pairs_by[attribute] = PAIRS_BY_DESIGN[comparison](rows_of, labels + negative)
+            if comparison == STRATUM_GENERATED:
+                controls_by[attribute] = control_pairs(rows_of, labels + negative)
+    return _Comparisons(predictions, comparison, rows_by, pairs_by, controls_by, negative)
 
 
 def compute_metrics(
@@ -216,26 +216,25 @@ def compute_metrics(
     attribute_values: Mapping[str, Sequence[str]] | None = None,
     *,
     design: str | None = None,
-    extra_comparisons: int = 0,
+    drift: pl.DataFrame | None = None,
+    max_drift: Any = DEFAULT_MAX_DRIFT,
+    with_error_control: bool = True,
 ) -> pl.DataFrame:
     """The metrics table (:data:`~counterfactual_lab.metrics.schema.METRICS_SCHEMA`) of one run.
 
     ``audit`` is the :class:`~counterfactual_lab.config.audit_config.AuditSection` (labels, queries,
-    top_k, min_group_size, bootstrap settings); ``attribute_values`` maps each attribute to
-    the values the config lists for it (the uniform desired distribution of retrieval, and
-    the groups of the balanced generated sets); every attribute in it gets its comparison rows.
-    ``design`` is the stratum of the run's comparisons as the config sets it
-    (:func:`~counterfactual_lab.metrics.strata.design_stratum`); None reads it from the pool,
-    which cannot tell a run whose judge dropped every set from one that generated nothing.
-    ``extra_comparisons``: comparisons the same run calls outside this table (a generative
-    model's probe gaps, :mod:`counterfactual_lab.metrics.generative_table`); the family-wise level
-    is over m = this table's own (:func:`count_metric_comparisons`) + these.
+    top_k, min_group_size, bootstrap settings, confidence, error_control, min_effect);
+    ``attribute_values`` maps each attribute to the values the config lists for it (the uniform
+    desired distribution of retrieval, and the groups of the balanced generated sets); every
+    attribute in it gets its comparison rows. ``design`` is the stratum of the run's comparisons as
+    the config sets it (:func:`~counterfactual_lab.metrics.strata.design_stratum`); None reads it
+    from the pool, which cannot tell a run whose judge dropped every set from one that generated
+    nothing. ``drift``: the judge's off-target drift readings (``drift.parquet``), ``max_drift``:
+    ``judge.max_drift`` (their thresholds). ``with_error_control``: apply the error control over this table
+    (False: the caller applies it over a larger table, :mod:`counterfactual_lab.metrics.generative_table`).
     """
-    if extra_comparisons < 0:
-        raise ValueError(f"extra_comparisons must be >= 0, got {extra_comparisons}")
     labels = list(audit.labels)
     settings = IntervalSettings.from_audit(audit)
-    # Every pair before any resample: the family-wise level needs m, the number of callable comparisons.
     plan = _comparisons(predictions, audit, attribute_values, design)
     if plan is None:
         return metrics_frame([])
@@ -246,24 +245,24 @@ def compute_metrics(
         "variant" in counterfactuals.columns and (counterfactuals["variant"] == VARIANT_RECONSTRUCTION).any()
     )
     floor = audit.min_group_size
-    comparisons = plan.comparisons + extra_comparisons if plan.comparisons else 0
-    family = settings.for_family(comparisons) if comparisons else settings
-    shortfall = family.tail_note(family.confidence_adjusted) if comparisons else None
-    if shortfall:
-        logger.warning("family-wise intervals over %d comparisons: %s", comparisons, shortfall)
     rows: list[dict[str, Any]] = []
     for attribute, rows_of in plan.rows_by.items():
         values = spelled_as_in(attribute_values.get(attribute) if attribute_values else None, rows_of)
         if comparison is not None:
             no_pairs = no_pairs_note(comparison, attribute, counterfactuals)
-            rows += pair_metric_rows(plan.pairs_by[attribute], attribute, comparison, labels, family, floor, no_pairs)
+            rows += pair_metric_rows(plan.pairs_by[attribute], attribute, comparison, labels, settings, floor, no_pairs)
             if comparison == STRATUM_GENERATED:
-                rows += control_metric_rows(plan.controls_by[attribute], attribute, comparison, labels, family, floor)
+                rows += control_metric_rows(plan.controls_by[attribute], attribute, comparison, labels, settings, floor)
+            rows += negative_control_rows(plan.pairs_by[attribute], plan.controls_by.get(attribute), attribute, comparison,
+                                          plan.negative_controls, settings, floor, no_pairs)
             rows += _pool_rows(comparison_pool(rows_of, comparison), retrieval, attribute, comparison, audit, settings, values)
         rows += _pool_rows(observational_pool(rows_of), retrieval, attribute, STRATUM_OBSERVATIONAL, audit, settings, values)
         cits_stratum = STRATUM_GENERATED if generated else STRATUM_REAL_VS_GENERATED
         rows += cits_rows(counterfactuals, attribute, cits_stratum, settings)
-    return metrics_frame(rows)
+        if comparison == STRATUM_GENERATED:
+            rows += drift_metric_rows(drift, attribute, settings, floor)
+    table = metrics_frame(rows)
+    return apply_error_control(table, audit, max_drift) if with_error_control else table
 
 
 def retrieval_table(

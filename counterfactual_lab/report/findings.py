@@ -14,10 +14,20 @@ from typing import Any
 
 import polars as pl
 
+from counterfactual_lab.metrics.diagnostics import diagnostic_words
+from counterfactual_lab.metrics.error_control import FDR
 from counterfactual_lab.metrics.findings import (
     DECISIONS_SCHEMA,
     REFERENCE_NONE,
+    RUN_CONFOUNDED,
+    RUN_FINDING,
+    RUN_NO_FINDING,
+    RUN_UNDEFINED,
+    VERDICT_CONFOUNDED,
+    VERDICT_MOVED,
+    confounded_attributes,
     decided_rows,
+    run_verdict,
     undefined_comparisons,
 )
 from counterfactual_lab.metrics.intervals import percent_level
@@ -63,9 +73,13 @@ def _headline_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def tier(row: Mapping[str, Any]) -> int:
         if row["called"]:
             return 0
-        if row["reference"] != REFERENCE_NONE and row["value"] is not None:
+        if row["verdict"] == VERDICT_CONFOUNDED:
             return 1
-        return 2 if row["value"] is not None else 3
+        if row.get("diagnostic"):
+            return 2 if row["verdict"] == VERDICT_MOVED else 4
+        if row["reference"] != REFERENCE_NONE and row["value"] is not None:
+            return 3
+        return 4 if row["value"] is not None else 5
 
     def queue(row: Mapping[str, Any]) -> tuple:
         return tier(row), stratum_rank(row), row["metric"], str(row["attribute"])
@@ -99,7 +113,7 @@ def headline_findings(metrics: pl.DataFrame, max_items: int = 8) -> list[str]:
 
 
 _TABLE_COLUMNS = ("metric", "stratum", "attribute", "group", "label", "query", "value", "ci_low", "ci_high", "n",
-                  "n_sources", "control_value", "control_ci_low", "control_ci_high", "called", "note",
+                  "n_sources", "control_value", "control_ci_low", "control_ci_high", "called", "verdict", "reason", "note",
                   "protocol", "k", "desired")
 
 
@@ -117,17 +131,43 @@ def headline_table(metrics: pl.DataFrame, max_rows: int | None = None) -> list[d
     return table
 
 
-def verdict_lines(findings: pl.DataFrame) -> list[str]:
-    """Lines under the count of called differences: the family-wise level the calls are made at,
-    and each attribute whose comparison is undefined, with the reason (so no reader takes a run
-    that could compare nothing for one that found no difference)."""
+def verdict_lines(findings: pl.DataFrame, error_control: str | None = None, min_effect: float | None = None
+                  ) -> list[str]:
+    """Lines under the count of called differences: how calls are controlled over the run's
+    comparisons (``error_control``: the manifest's ``fwer`` or ``fdr``), the smallest difference
+    called (``min_effect``: the manifest's probability scale), each confounded attribute with what
+    moved, and each attribute whose comparison is undefined, with the reason (so no reader takes a
+    run that could compare nothing for one that found no difference)."""
     lines = []
-    family = findings.filter(pl.col("comparisons").is_not_null())
+    family = findings.filter(pl.col("comparisons").is_not_null() & pl.col("confidence_adjusted").is_not_null())
     if family.height:
-        m, level = int(family["comparisons"].max()), float(family["confidence_adjusted"].min())
-        lines.append(f"Calls are family-wise over the run's {m} comparisons (Bonferroni: each decided on "
-                     f"{percent_level(level)} intervals), so a run without any bias gets any call with probability "
-                     f"about {percent_level(min(1.0, m * (1.0 - level)))} at most.")
+        m = int(family["comparisons"].max())
+        if error_control == FDR:
+            lines.append(f"Calls control the false discovery rate over the run's {m} comparisons (Benjamini–Hochberg): "
+                         "on average at most 1 − audit.confidence of the called differences are false, and a run "
+                         "without any bias gets any call with probability at most 1 − audit.confidence.")
+        else:
+            first = float(family["confidence_adjusted"].max())  # Holm's first step, the strictest: 1 − α/m
+            alpha = min(1.0, (1.0 - first) * m)
+            lines.append(f"Calls control the family-wise error over the run's {m} comparisons (Holm's step-down at "
+                         f"{percent_level(1.0 - alpha) if alpha < 1 else '0%'}; the first decided at "
+                         f"{percent_level(first)}): a run without any bias gets any call with probability at most "
+                         f"{100 * alpha:.3g}%.")
+    scale = min_effect if min_effect is not None else _probability_min_effect(findings)
+    if scale is not None:
+        lines.append(f"A difference is called only when it is at least audit.min_effect ({number(scale)} on probability "
+                     "scales) and nothing the generator changed along with the attribute explains it.")
+    for stratum, attribute in confounded_attributes(findings):
+        of = (pl.col("attribute") == attribute) & (pl.col("stratum") == stratum)
+        count = findings.filter(of & (pl.col("verdict") == VERDICT_CONFOUNDED)).height
+        moved: dict[str, list[str]] = {}
+        for row in findings.filter(of & (pl.col("verdict") == VERDICT_MOVED)).iter_rows(named=True):
+            words = diagnostic_words(row["metric"], row.get("label"), row.get("query"))
+            moved.setdefault(words, []).append(row["group"] or "every transition")
+        what = "; ".join(f"{words} on {', '.join(groups)}" for words, groups in moved.items())
+        prefix = "" if stratum == STRATUM_GENERATED else f"{STRATUM_TITLES.get(stratum, stratum)}: "
+        lines.append(f"{prefix}{attribute}: confounded: {count} difference(s) move with what the generator changed along "
+                     f"with {attribute} ({what}); they are not called.")
     undefined = undefined_comparisons(findings)
     seen = set()
     for row in undefined.iter_rows(named=True):
@@ -139,6 +179,36 @@ def verdict_lines(findings: pl.DataFrame) -> list[str]:
         why = row["note"] or ("no control was measured" if row["value"] is not None else "no reason recorded")
         lines.append(f"{prefix}{row['attribute']}: undefined, not \"no difference\" ({why}).")
     return lines
+
+
+RUN_VERDICT_WORDS = {
+    RUN_FINDING: "finding (some difference is called)",
+    RUN_CONFOUNDED: "confounded (differences move with what the generator changed along with the attribute; "
+                    "they are not called, and nothing is)",
+    RUN_NO_FINDING: "no finding (every attribute was compared and nothing is called)",
+    RUN_UNDEFINED: "undefined (nothing is called, and some comparison could not be made)",
+}
+
+
+def run_verdict_line(findings: pl.DataFrame) -> str:
+    """'Run verdict: confounded (…)' with the count of called and confounded differences."""
+    called = int(findings["called"].sum()) if findings.height else 0
+    confounded = int((findings["verdict"] == VERDICT_CONFOUNDED).sum()) if findings.height else 0
+    counts = f"{called} difference(s) called" + (f", {confounded} confounded" if confounded else "")
+    return f"Run verdict: {RUN_VERDICT_WORDS[run_verdict(findings)]}; {counts}."
+
+
+def settings_of(manifest: Mapping[str, Any] | None) -> tuple[str | None, float | None]:
+    """(error control, probability-scale min_effect) as a run's manifest records them (None: not recorded)."""
+    metrics = (manifest or {}).get("metrics") or {}
+    return (metrics.get("error_control") or {}).get("setting"), (metrics.get("min_effect") or {}).get("probability")
+
+
+def _probability_min_effect(findings: pl.DataFrame) -> float | None:
+    """The probability-scale min_effect the table carries (on its flip-rate and probability-gap rows)."""
+    rows = findings.filter(pl.col("metric").is_in(["flip_rate", "prob_gap_abs", "prob_gap_signed"])
+                           & pl.col("min_effect").is_not_null())
+    return float(rows["min_effect"][0]) if rows.height else None
 
 
 def table_cells(row: Mapping[str, Any]) -> dict[str, str]:

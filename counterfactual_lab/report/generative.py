@@ -52,14 +52,14 @@ def gaps_with_controls(metrics: pl.DataFrame) -> list[dict[str, Any]]:
     if metrics.is_empty() or "stratum" not in metrics.columns:
         return []
     names = [m for m in metrics["metric"].unique().to_list() if _is_gap(str(m))]
-    gaps = metrics.filter(pl.col("metric").is_in(names) & pl.col("group").is_null()
-                          & (pl.col("stratum") != STRATUM_OBSERVATIONAL))
-    if gaps.is_empty():
+    if not names:
         return []
     controls = {(r["metric"], r["stratum"], r["attribute"], r["query"]): r
                 for r in metrics.filter(pl.col("metric").str.starts_with(CONTROL_PREFIX)).to_dicts()}
-    # The controls are assessed beside their rows, so the assessment needs them in the table.
-    assessed = assess_findings(pl.concat([gaps, metrics.filter(pl.col("metric").str.starts_with(CONTROL_PREFIX))]))
+    # The whole table is assessed, then filtered: a gap is decided beside its control and the
+    # confound diagnostics of its transition (a confounded gap is not called).
+    assessed = assess_findings(metrics).filter(pl.col("metric").is_in(names) & pl.col("group").is_null()
+                                               & (pl.col("stratum") != STRATUM_OBSERVATIONAL))
     out = []
     for row in assessed.to_dicts():
         control = controls.get((CONTROL_PREFIX + row["metric"], row["stratum"], row["attribute"], row["query"]))
@@ -157,8 +157,10 @@ def generative_audit_section(
         for row in (r for r in gaps if r["query"] == prompt):
             control = row["control"]
             verdict = ("not assessed (no control)" if not row["assessed"] else
-                       '<span class="problem">clears its control</span>' if row["clears_control"] else
-                       "undefined" if row.get("verdict") == "undefined" else "within its control")
+                       '<span class="problem">called</span>' if row["clears_control"] else
+                       '<span class="problem">confounded</span>' if row.get("verdict") == "confounded" else
+                       "undefined" if row.get("verdict") == "undefined" else
+                       escaped(f"not called ({row.get('reason')})"))
             control_text = (f"{number(control['value'])} {interval_text(control)}" if control and control["value"] is not None
                             else (control or {}).get("note") or "none")
             body.append(

@@ -20,7 +20,14 @@ from typing import Any
 
 import polars as pl
 
-from counterfactual_lab.metrics.findings import REFERENCE_NONE
+from counterfactual_lab.metrics.diagnostics import diagnostic_words, is_channel
+from counterfactual_lab.metrics.findings import (
+    REFERENCE_NONE,
+    RUN_CONFOUNDED,
+    VERDICT_CONFOUNDED,
+    VERDICT_MOVED,
+    run_verdict,
+)
 from counterfactual_lab.metrics.schema import (
     CONTROL_PREFIX,
     STRATA,
@@ -31,7 +38,7 @@ from counterfactual_lab.metrics.schema import (
 )
 from counterfactual_lab.report.charts import Bar, bar_chart_svg
 from counterfactual_lab.report.examples import ImageInliner, examples_section
-from counterfactual_lab.report.findings import assess_findings
+from counterfactual_lab.report.findings import RUN_VERDICT_WORDS, assess_findings, verdict_lines
 from counterfactual_lab.report.generative import generative_audit_section
 from counterfactual_lab.report.markdown import models_line
 from counterfactual_lab.report.markup import escaped, key_value_table, truncated
@@ -119,7 +126,8 @@ def render_report(
         f"<h1>Counterfactual bias audit: run {escaped(run_id)}</h1>",
         _review_section(manifest, metrics),
         _run_section(manifest),
-        _findings_section(metrics),
+        _findings_section(metrics, manifest),
+        _confound_section(metrics),
         _charts_section(metrics),
         _skew_section(metrics),
         generative_audit_section(metrics, predictions, probes, generations, images, manifest_config=manifest.get("config"),
@@ -171,21 +179,33 @@ def _run_section(manifest: Mapping[str, Any]) -> str:
     return key_value_table([(k, v) for k, v in rows if v is not None])
 
 
-def _findings_section(metrics: pl.DataFrame) -> str:
+def _findings_section(metrics: pl.DataFrame, manifest: Mapping[str, Any]) -> str:
     findings = assess_findings(metrics)
     if findings.is_empty():
         return "<h2>Headline findings</h2><p>No metrics were computed in this run.</p>"
-    compared = findings.filter(pl.col("reference") != REFERENCE_NONE)
-    descriptive = findings.filter(pl.col("reference") == REFERENCE_NONE)
+    diagnostic = findings["diagnostic"].fill_null(False)
+    compared = findings.filter((pl.col("reference") != REFERENCE_NONE) & ~diagnostic)
+    descriptive = findings.filter((pl.col("reference") == REFERENCE_NONE) & ~diagnostic)
     called = int(findings["called"].sum())
+    confounded = int((findings["verdict"] == VERDICT_CONFOUNDED).sum())
+    verdict = run_verdict(findings)
+    settings = manifest.get("metrics") or {}
+    lines = verdict_lines(findings, (settings.get("error_control") or {}).get("setting"),
+                          (settings.get("min_effect") or {}).get("probability"))
+    see = " See Confound diagnostics below." if verdict == RUN_CONFOUNDED else ""
     parts = [
         "<h2>Headline findings</h2>",
-        f"<p><strong>{called} difference(s) called.</strong> A counterfactual difference is called only where its "
-        "interval excludes its control's: the change of the answer when nothing protected changes (same source, "
-        "same value, another seed). Where a run has no control, it is compared with no change, and the finding "
-        "says so. Brackets hold the cluster-bootstrap interval (sources resampled); n counts pairs or images and "
-        "the source images behind them.</p>",
+        f'<p id="run-verdict"><strong>Run verdict: {escaped(RUN_VERDICT_WORDS[verdict])}.{see}</strong></p>',
+        f"<p><strong>{called} difference(s) called"
+        + (f", {confounded} confounded" if confounded else "") + ".</strong> A signed change is called where its "
+        "interval excludes no change; a flip rate or mean |Δ| where its interval lies above its control's (the change "
+        "of the answer when nothing protected changes: same source, same value, another seed); each at the level the "
+        "run's error control sets, at least audit.min_effect, and not confounded. Where a run has no control, a "
+        "signed change is compared with no change, and the finding says so. Brackets hold the cluster-bootstrap "
+        "interval (sources resampled); n counts pairs or images and the source images behind them.</p>",
     ]
+    if lines:
+        parts.append("<ul>" + "".join(f"<li>{escaped(line)}</li>" for line in lines) + "</ul>")
     if (findings["stratum"] == STRATUM_REAL_VS_GENERATED).any():
         parts.append(f'<p class="problem">{escaped(REAL_VS_GENERATED_WARNING)}</p>')
     if compared.height:
@@ -206,8 +226,19 @@ def _findings_section(metrics: pl.DataFrame) -> str:
     return "".join(parts)
 
 
+def _verdict_cell(row: Mapping[str, Any]) -> str:
+    if row["called"]:
+        return '<span class="flip">called</span>'
+    if row["verdict"] == VERDICT_CONFOUNDED:
+        return '<span class="problem">confounded</span>'
+    if row["verdict"] == VERDICT_MOVED:
+        return '<span class="problem">moved</span>'
+    reason = f" ({row['reason']})" if row.get("reason") and row["reason"] != row["verdict"] else ""
+    return escaped(f"{row['verdict']}{reason}")
+
+
 def _findings_table(rows: list[dict[str, Any]]) -> str:
-    """Each comparison beside its control (or the no-effect value) and the verdict."""
+    """Each comparison beside its control (or the no-effect value) and the verdict with its reason."""
     body = []
     for row in rows:
         fmt = percent if metric_kind(row["metric"]) == "flip_rate" else number
@@ -218,13 +249,47 @@ def _findings_table(rows: list[dict[str, Any]]) -> str:
             reference = f"control {reference}"
         else:
             reference = f"no control; no change = {fmt(row['no_effect'])}"
-        verdict = '<span class="flip">called</span>' if row["called"] else "no difference detected"
         body.append(
             f"<tr><td>{escaped(STRATUM_TITLES.get(row['stratum'], row['stratum']))}</td><td>{escaped(row['sentence'])}</td>"
-            f"<td>{escaped(estimate)}</td><td>{escaped(reference)}</td><td>{verdict}</td></tr>"
+            f"<td>{escaped(estimate)}</td><td>{escaped(reference)}</td><td>{_verdict_cell(row)}</td></tr>"
         )
     return ("<table><tr><th>stratum</th><th>finding</th><th>estimate</th><th>beside</th><th>verdict</th></tr>"
             + "".join(body) + "</table>")
+
+
+def _confound_section(metrics: pl.DataFrame) -> str:
+    """The confound diagnostics per attribute and transition, moved first: negative controls and
+    off-target drift (channels also in grey levels), each beside its control."""
+    findings = assess_findings(metrics)
+    if findings.is_empty():
+        return ""
+    rows = findings.filter(pl.col("diagnostic").fill_null(False))
+    if rows.is_empty():
+        return ""
+    rows = rows.with_columns((pl.col("verdict") != VERDICT_MOVED).alias("_quiet")).sort(
+        ["_quiet", "stratum", "attribute", "group", "metric", "label"], nulls_last=False)
+    body = []
+    for row in rows.to_dicts():
+        grey = f" ({row['value'] * 255:+.1f} grey levels)" if row["value"] is not None and is_channel(row["metric"]) else ""
+        estimate = number(row["value"]) + grey + _bracket(row["ci_low"], row["ci_high"], number)
+        control = ("" if row["control_value"] is None
+                   else number(row["control_value"]) + _bracket(row["control_ci_low"], row["control_ci_high"], number))
+        what = diagnostic_words(row["metric"], row.get("label"), row.get("query"))
+        body.append(
+            f"<tr><td>{escaped(row['attribute'])}</td><td>{escaped(row['group'] or 'every transition')}</td>"
+            f"<td>{escaped(what)}</td><td>{escaped(estimate)}</td><td>{escaped(control)}</td>"
+            f"<td>{escaped(number(row['min_effect']))}</td><td>{_verdict_cell(row)}</td></tr>"
+        )
+    moved = int((rows["verdict"] == VERDICT_MOVED).sum())
+    return (
+        "<h2>Confound diagnostics</h2>"
+        f"<p><strong>{moved} moved.</strong> What else changed along with the attribute, on the audit's own pairs: "
+        "negative-control outcomes that must not depend on it (audit.negative_controls) and off-target drift read by "
+        "the judge (other protected attributes, brightness and colour outside the person, judge.max_drift). A "
+        "difference on a transition where one of these moved is marked confounded, not called.</p>"
+        "<table><tr><th>attribute</th><th>transition</th><th>what</th><th>change</th><th>control</th>"
+        "<th>threshold</th><th>verdict</th></tr>" + "".join(body) + "</table>"
+    )
 
 
 def _bracket(low: float | None, high: float | None, fmt: Callable[[float | None], str]) -> str:

@@ -12,6 +12,8 @@ from counterfactual_lab.metrics.schema import STRATUM_REAL_VS_GENERATED
 from counterfactual_lab.report.findings import (
     assess_findings,
     headline_table,
+    run_verdict_line,
+    settings_of,
     table_cells,
     verdict_lines,
 )
@@ -48,12 +50,10 @@ def summary_markdown(manifest: Mapping[str, Any], metrics: pl.DataFrame, report_
         ]
     lines += accounting_lines(manifest)
     findings = assess_findings(metrics)
-    called = int(findings["called"].sum()) if findings.height else 0
     lines += ["", "## Findings", ""]
     if findings.height:
-        lines.append(f"{called} difference(s) called (interval excludes the control's, or no change where there "
-                     "was no control).")
-        lines += verdict_lines(findings)
+        lines.append(f"**{run_verdict_line(findings)}**")
+        lines += verdict_lines(findings, *settings_of(manifest))
         if (findings["stratum"] == STRATUM_REAL_VS_GENERATED).any():
             lines.append(f"**{REAL_VS_GENERATED_WARNING}**")
         lines.append("")

@@ -62,7 +62,7 @@ def publish_run(
                         "fingerprint": location.dataset_fingerprint, **location.dataset_details}),
         models=manifest_models(config, location),
         runtime=_runtime(config, location),
-        metrics=metric_parameters(config.audit),
+        metrics=metric_parameters(config.audit, config.judge, list(config.attributes)),
         run_identity=location.identity,
         row_accounting=accounting,
         generation_counts=counts,

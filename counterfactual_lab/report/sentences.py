@@ -2,8 +2,10 @@
 
 :func:`finding_sentence` writes one row of :func:`counterfactual_lab.report.findings.assess_findings`
 as a sentence with its interval, n (pairs or images, and the source images behind them) and,
-for a counterfactual comparison, its control beside it or the note that there was none.
-Rows outside the ``generated`` stratum say which stratum they are from.
+for a counterfactual comparison, its control beside it or the note that there was none, and
+why a row is not called (its interval includes no change, it is not above the control, it is
+below ``audit.min_effect``, or it is confounded by what the generator changed along with the
+attribute). Rows outside the ``generated`` stratum say which stratum they are from.
 """
 
 from __future__ import annotations
@@ -16,7 +18,20 @@ from counterfactual_lab.metrics.counterfactual_fairness import (
     GAP_ABS_SUFFIX,
     GAP_SIGNED_SUFFIX,
 )
-from counterfactual_lab.metrics.findings import REFERENCE_CONTROL, REFERENCE_NO_EFFECT
+from counterfactual_lab.metrics.diagnostics import DRIFT_OUTSIDE_MASK, diagnostic_words, is_channel
+from counterfactual_lab.metrics.findings import (
+    REASON_BELOW_MIN_EFFECT,
+    REASON_INCLUDES_ZERO,
+    REASON_NO_CONTROL,
+    REASON_NO_INTERVAL,
+    REASON_NOT_ABOVE,
+    REFERENCE_CONTROL,
+    REFERENCE_NO_EFFECT,
+    VERDICT_CONFOUNDED,
+    VERDICT_MOVED,
+    VERDICT_REPORTED,
+    VERDICT_UNDEFINED,
+)
 from counterfactual_lab.metrics.generative import gap_value_words
 from counterfactual_lab.metrics.intervals import percent_level
 from counterfactual_lab.metrics.schema import (
@@ -143,70 +158,131 @@ def _adjusted(row: Mapping[str, Any]) -> bool:
     return row.get("comparisons") is not None and not missing(row.get("ci_low_adjusted"))
 
 
-def _family_clause(row: Mapping[str, Any]) -> str:
-    """'; at the family-wise 99.9% level over the run's m comparisons: [a, b] vs the control's [c, d]'."""
-    if not _adjusted(row):
-        return ""
+def _decision_interval(row: Mapping[str, Any], prefix: str = "") -> str:
+    """The interval the row was decided at: at its decision level, else (a table from before the
+    error control) the configured one."""
     fmt = _fmt(metric_kind(row["metric"]))
-    own = interval({"ci_low": row["ci_low_adjusted"], "ci_high": row["ci_high_adjusted"]}, fmt).strip()
-    control = ""
-    if row["reference"] == REFERENCE_CONTROL:
-        bounds = interval({"ci_low": row.get("control_ci_low_adjusted"), "ci_high": row.get("control_ci_high_adjusted")}, fmt)
-        control = f" vs the control's{bounds}" if bounds else ""
-    return (f"; at the family-wise {percent_level(row['confidence_adjusted'])} level ({row['comparisons']} "
-            f"comparisons in this run): {own}{control}")
+    adjusted = interval({"ci_low": row.get(f"{prefix}ci_low_adjusted"), "ci_high": row.get(f"{prefix}ci_high_adjusted")}, fmt)
+    return (adjusted or interval(row, fmt, prefix)).strip()
 
 
-def _not_detected(row: Mapping[str, Any], sample: str) -> str:
-    """'no difference detected at this sample size (n=…)', or, where the configured intervals
-    differ but the family-wise ones do not, that the run's many comparisons account for it."""
-    if _adjusted(row) and _configured_excludes(row):
-        overlap = ("the intervals overlap" if row["reference"] == REFERENCE_CONTROL
-                   else f"the interval reaches no change ({number(row['no_effect'])})")
-        return (f"no difference detected once the run's {row['comparisons']} comparisons are accounted for "
-                f"({sample}; at the family-wise {percent_level(row['confidence_adjusted'])} level {overlap})")
-    return f"no difference detected at this sample size ({sample})"
+def _level(row: Mapping[str, Any]) -> str:
+    """'at its decision level, 99.93% (the run's error control over 70 comparisons)'."""
+    if not _adjusted(row):
+        return "at the configured level"
+    return (f"at its decision level, {percent_level(row['confidence_adjusted'])} (the run's error control over "
+            f"{row['comparisons']} comparisons)")
 
 
-def _configured_excludes(row: Mapping[str, Any]) -> bool:
-    """Whether the configured interval alone lies clear of the reference (control or no change)."""
+def _min_effect_name(row: Mapping[str, Any]) -> str:
+    return "judge.max_drift" if row["metric"].startswith("drift_") else "audit.min_effect"
+
+
+def _threshold(row: Mapping[str, Any]) -> str:
+    return f"{_min_effect_name(row)} = {number(row.get('min_effect'))}"
+
+
+def _configured_clear(row: Mapping[str, Any]) -> bool:
+    """Whether the configured interval alone is clear of the reference (0, or the control's)."""
     low, high = row.get("ci_low"), row.get("ci_high")
     if missing(low) or missing(high):
         return False
+    if row.get("no_effect") is not None:
+        return low > 0 or high < 0
+    c_high = row.get("control_ci_high")
+    return not missing(c_high) and low > c_high
+
+
+def _no_control_note(row: Mapping[str, Any]) -> str:
+    return "" if row["reference"] == REFERENCE_CONTROL else "; there was no control in this run"
+
+
+def _why_not(row: Mapping[str, Any], sample: str) -> str:
+    """The sentence of a compared row that is not called, by its reason."""
+    subject, reason = _subject(row), row.get("reason")
+    decided = _decision_interval(row)
+    if reason == REASON_BELOW_MIN_EFFECT:
+        size = abs(row["value"]) if row.get("no_effect") is not None else row["value"] - (row.get("control_value") or 0.0)
+        reference = "no change" if row.get("no_effect") is not None else "the control"
+        return (f"{subject}: {_measure(row)} ({sample}) is clear of {reference} {_level(row)}: {decided}, but the change "
+                f"({number(size)}) is smaller than {_threshold(row)}, the smallest difference this audit calls a "
+                f"finding; more data would not change that{_no_control_note(row)}")
+    if reason == REASON_NOT_ABOVE:
+        control = _decision_interval(row, "control_")
+        fewer = ("; fewer changes than the generator's own variation are not bias"
+                 if row["value"] < (row.get("control_value") or 0.0) else "")
+        alone = (f" (at the configured level alone it would; the run's {row['comparisons']} comparisons account for it)"
+                 if _adjusted(row) and _configured_clear(row) else "")
+        return (f"{subject}: no difference detected at this sample size ({sample}): {_measure(row)} vs {_control(row)}; "
+                f"{_level(row)}, {decided} does not lie above the control's {control}{fewer}{alone}")
+    alone = (f" (at the configured level alone it would not; the run's {row['comparisons']} comparisons account for it)"
+             if _adjusted(row) and _configured_clear(row) else "")
+    control = f"; {_control(row)}" if row["reference"] == REFERENCE_CONTROL and row.get("control_value") is not None else ""
+    return (f"{subject}: no difference detected at this sample size ({sample}): {_measure(row)}; {_level(row)}, its "
+            f"interval {decided} includes no change (0){alone}{control}{_no_control_note(row)}")
+
+
+def _called(row: Mapping[str, Any], sample: str) -> str:
+    subject, decided = _subject(row), _decision_interval(row)
+    if row.get("no_effect") is None:  # above the control
+        control = _decision_interval(row, "control_")
+        return (f"{subject}: {_measure(row)} ({sample}), above {_control(row)}; {_level(row)}: {decided} vs the "
+                f"control's {control}, at least {_threshold(row)} more")
     if row["reference"] == REFERENCE_CONTROL:
-        c_low, c_high = row.get("control_ci_low"), row.get("control_ci_high")
-        if missing(c_low) or missing(c_high):
-            return False
-        if row.get("control_band") is not None:  # a signed gap: beyond ±band
-            return low > row["control_band"] or high < -row["control_band"]
-        return low > c_high
-    return row.get("no_effect") is not None and not low <= row["no_effect"] <= high
+        return (f"{subject}: {_measure(row)} ({sample}); {_level(row)}, its interval {decided} excludes no change, and "
+                f"the change is at least {_threshold(row)}. The control: {_control(row)}")
+    return (f"{subject}: {_measure(row)} ({sample}); {_level(row)}, its interval {decided} excludes no change (0), and "
+            f"the change is at least {_threshold(row)}; but there was no control in this run, so the generator's own "
+            "variation is not ruled out")
+
+
+def _confounded(row: Mapping[str, Any], sample: str) -> str:
+    where = f"this transition ({row['group']})" if row.get("group") else f"a transition of {row['attribute']}"
+    return (f"{_subject(row)}: {_measure(row)} ({sample}) — confounded, not called: on {where} the generator also "
+            f"changed {row.get('confounded_by') or 'something else'}; the difference may be the generator's, not the model's")
+
+
+def _diagnostic_sentence(row: Mapping[str, Any]) -> str:
+    """A confound diagnostic (negative control, off-target drift) in words."""
+    subject, sample = _subject(row), _sample(row, "pairs")
+    what = diagnostic_words(row["metric"], row.get("label"), row.get("query"))
+    if row["value"] is None:
+        return f"{subject}: {what}: undefined ({row.get('note') or 'no reason recorded'})"
+    grey = f" ({row['value'] * 255:+.1f} grey levels)" if is_channel(row["metric"]) else ""
+    verb = "moves by" if row["metric"] == DRIFT_OUTSIDE_MASK else "changes by"
+    value = number(row["value"]) if row["metric"] == DRIFT_OUTSIDE_MASK else _signed(row["value"])
+    measured = f"{subject}: {what} {verb} {value}{grey}{interval(row)} on average ({sample})"
+    verdict = row.get("verdict")
+    if verdict == VERDICT_MOVED:
+        return (f"{measured} — moved ({_level(row)}: {_decision_interval(row)}, at least {_threshold(row)}): "
+                f"differences of {row['attribute']} on {'this transition' if row.get('group') else 'every transition'} "
+                "are marked confounded")
+    if verdict == VERDICT_UNDEFINED:
+        return f"{measured}; not tested ({row.get('reason') or 'undefined'}: {row.get('note') or 'no interval or control'})"
+    if verdict == VERDICT_REPORTED:
+        return f"{measured}; reported, not tested"
+    reason = {REASON_BELOW_MIN_EFFECT: f"clear of no change but below {_threshold(row)}",
+              REASON_NOT_ABOVE: "not above the control's", REASON_INCLUDES_ZERO: "its interval includes no change"}
+    return f"{measured}; did not move ({reason.get(row.get('reason'), row.get('reason'))})"
 
 
 def _pair_sentence(row: Mapping[str, Any]) -> str:
-    kind = metric_kind(row["metric"])
     sample = _sample(row, "pairs")
     subject = _subject(row)
+    reason = row.get("reason")
     if row["value"] is None:
         return f"{subject}: {row['metric']} is undefined ({row.get('note') or 'no reason recorded'})"
-    if row["reference"] == REFERENCE_CONTROL:
-        if row["control_value"] is None:
-            return (f"{subject}: {_measure(row)} ({sample}); no control was measured for {row['attribute']}, "
-                    "so no difference is called")
-        if row["called"]:
-            if row.get("control_band") is not None:  # a signed gap: beyond what a seed change alone does
-                return (f"{subject}: {_measure(row)} ({sample}), larger than the generator's own change either way "
-                        f"(±{number(row['control_band'])}: {_control(row)} and its mean |Δ|){_family_clause(row)}")
-            direction = "above" if row["value"] > row["control_value"] else "below"
-            return f"{subject}: {_measure(row)} ({sample}), {direction} {_control(row)}{_family_clause(row)}"
-        return f"{subject}: {_not_detected(row, sample)}: {_measure(row)} vs {_control(row)}"
-    # No control in this run: compared with no change.
+    if reason == REASON_NO_CONTROL:
+        return (f"{subject}: {_measure(row)} ({sample}); no control was measured for {row['attribute']}, "
+                "so no difference is called")
+    if reason == REASON_NO_INTERVAL:
+        return (f"{subject}: {_measure(row)} ({sample}) has no interval ({row.get('note') or 'too few source images'}), "
+                "so no difference is called")
+    if row.get("verdict") == VERDICT_CONFOUNDED:
+        return _confounded(row, sample)
     if row["called"]:
-        family = _family_clause(row)
-        return (f"{subject}: {_measure(row)} ({sample}); this excludes no change ({number(row['no_effect'])}){family}"
-                f"{'; but' if family else ', but'} there was no control in this run, so the generator's own variation "
-                "is not ruled out")
-    return f"{subject}: {_not_detected(row, sample)}: {_measure(row)}; there was no control in this run"
+        return _called(row, sample)
+    return _why_not(row, sample)
 
 
 def ranking_basis(row: Mapping[str, Any], short: bool = False) -> str:
@@ -241,9 +317,10 @@ def _descriptive_sentence(row: Mapping[str, Any]) -> str:
         name = "MaxSkew" if kind == "max_skew" else "MinSkew"
         return (f"averaged over the queries, each ranking its own sets, the {attribute} {name} of the {top} is "
                 f"{number(value)}{interval(row)} ({images.lstrip(', ')})")
-    if kind.endswith(GAP_ABS_SUFFIX):
+    if kind.endswith(GAP_ABS_SUFFIX) or kind == "flip_rate":
+        what = "flip rate" if kind == "flip_rate" else "mean absolute change"
         return (f"{_subject(row)}: {_measure(row)} ({_sample(row, 'pairs')}); there was no control in this run, and a "
-                "mean absolute change is positive whenever anything varies, so it is reported, not compared with 0")
+                f"{what} is positive whenever anything varies, so it is reported, not compared with 0")
     if kind == "selection_rate":
         return (f"{attribute} {row['group']} images are labelled {_label(row)} {percent(value)} of the time"
                 f"{interval(row, percent)} ({images.lstrip(', ')})")
@@ -279,6 +356,8 @@ def _descriptive_sentence(row: Mapping[str, Any]) -> str:
 def finding_sentence(row: Mapping[str, Any]) -> str:
     """The sentence of one assessed row (see :func:`assess_findings`)."""
     prefix = _STRATUM_PREFIX.get(row["stratum"], f"{row['stratum']}: ")
+    if row.get("diagnostic"):
+        return prefix + _diagnostic_sentence(row)
     if row.get("reference") in (REFERENCE_CONTROL, REFERENCE_NO_EFFECT):
         return prefix + _pair_sentence(row)
     return prefix + _descriptive_sentence(row)

@@ -13,6 +13,8 @@ from counterfactual_lab.metrics.schema import STRATUM_REAL_VS_GENERATED
 from counterfactual_lab.report.findings import (
     assess_findings,
     headline_table,
+    run_verdict_line,
+    settings_of,
     table_cells,
     verdict_lines,
 )
@@ -95,10 +97,9 @@ control) and the headline metrics with their intervals and controls."""
         lines.append("No metrics in this run.")
         return "\n".join(lines) + "\n"
     findings = assess_findings(run.metrics)
-    called = int(findings["called"].sum())
     lines.append("Headline findings:")
-    lines.append(f"  {called} difference(s) called (an interval that excludes its control's; docs/metrics.md)")
-    lines += [f"  {line}" for line in verdict_lines(findings)]
+    lines.append(f"  {run_verdict_line(findings)}")
+    lines += [f"  {line}" for line in verdict_lines(findings, *settings_of(manifest))]
     if (findings["stratum"] == STRATUM_REAL_VS_GENERATED).any():
         lines.append(f"  {REAL_VS_GENERATED_WARNING}")
     lines += [f"  - {sentence}" for sentence in findings["sentence"].head(8).to_list()]

@@ -38,6 +38,7 @@ def check_auditee(config: Any) -> str:
     problem = audit.kind_problem(kind)
     if problem:
         raise ConfigError(problem if audit.kind is not None else f"{problem} (audit.model is a {kind} model)")
+    check_negative_controls(audit, kind)
     if kind == CONTRASTIVE:
         return kind
     processor = _processor(audit.model, audit.revision)
@@ -46,6 +47,27 @@ def check_auditee(config: Any) -> str:
     if audit.toxicity_model is not None:
         check_text_classifier(audit.toxicity_model, audit.toxicity_revision)
     return kind
+
+
+def check_negative_controls(audit: Any, kind: str) -> None:
+    """``audit.negative_controls`` in the form its kind reads: "A | B" for a contrastive model, a
+    yes/no question for a vlm, none for a captioner (it answers no questions)."""
+    # here, not at the top: it imports polars
+    from counterfactual_lab.evaluate.pool import negative_control_texts
+
+    entries = audit.negative_controls or []
+    if kind == "captioner" and entries:
+        raise ConfigError(f"audit.negative_controls: a captioner ({audit.model}) answers no questions; audit it through "
+                          "its captions (audit.generate.prompts) and set audit.negative_controls: []")
+    if kind == "contrastive":
+        for index, entry in enumerate(entries):
+            try:
+                a, _ = negative_control_texts(entry)
+            except ValueError as exc:
+                raise ConfigError(f"audit.negative_controls[{index}]: {exc}") from None
+            if a in audit.labels:
+                raise ConfigError(f"audit.negative_controls[{index}]: {a!r} is also one of audit.labels; a negative "
+                                  "control must be an outcome the audit does not ask about")
 
 
 def _check_declared_kind(audit: Any) -> None:
@@ -89,6 +111,7 @@ def _check_prompts(processor: Any, audit: Any) -> None:
     prompt_format = resolve_format(processor, audit.prompt_format)
     templates = [("audit.choice_prompt", audit.choice_prompt)] if audit.choice_prompt is not None else []
     templates += [(f"audit.yes_no[{i}]", p) for i, p in enumerate(audit.yes_no)]
+    templates += [(f"audit.negative_controls[{i}]", p) for i, p in enumerate(audit.negative_controls or [])]
     templates += [(f"audit.ratings[{i}]", p) for i, p in enumerate(audit.ratings)]
     templates += [(f"audit.generate.prompts[{i}]", p) for i, p in enumerate(audit.generate.prompts)]
     for key, template in templates:

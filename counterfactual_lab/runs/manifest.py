@@ -25,6 +25,8 @@ from importlib import metadata
 from pathlib import PurePath
 from typing import Any
 
+from counterfactual_lab.errors import ConfigError
+
 MANIFEST_SCHEMA_VERSION = 2
 
 # Distribution names whose versions change the numbers or the files of a run: the models'
@@ -95,20 +97,36 @@ def config_block(config: Any) -> dict[str, Any]:
     return jsonable(redact(config.model_dump(mode="json", exclude={"base_dir"})))
 
 
-def metric_parameters(audit: Any) -> dict[str, Any]:
+def metric_parameters(audit: Any, judge: Any = None, attributes: list[str] | None = None) -> dict[str, Any]:
     """The ``metrics`` section: every parameter that changes a number in ``metrics.parquet``
     (:func:`counterfactual_lab.metrics.parameters.metric_parameters`), plus the labels, prompt
-    and queries the model under audit was asked with."""
-    # here, not at the top: it imports polars, pydantic
-    from counterfactual_lab.metrics.parameters import metric_parameters as parameters
+    and queries the model under audit was asked with, and the negative controls it was measured on."""
+    # here, not at the top: these import polars, numpy and pydantic
+    from counterfactual_lab.judge.drift import drift_attribute_names
+    from counterfactual_lab.metrics.parameters import metric_parameters as parameters  # (as the line above)
 
+    drift_attributes = None
+    if judge is not None and attributes is not None:
+        drift_attributes = drift_attribute_names(judge, attributes)
     return {
-        **parameters(audit),
+        **parameters(audit, judge, drift_attributes),
         "labels": list(audit.labels),
         "prompt": audit.prompt,
         "queries": list(audit.queries),
+        "negative_controls": _negative_controls(audit),
         **_generative_parameters(audit),
     }
+
+
+def _negative_controls(audit: Any) -> list[str] | None:
+    """The negative controls the run measured (audit.negative_controls, or its kind's defaults)."""
+    # here, not at the top: reading the kind may import transformers
+    from counterfactual_lab.evaluate.auditees.kinds import resolve_kind, resolved_negative_controls
+
+    try:
+        return resolved_negative_controls(audit, resolve_kind(audit))
+    except ConfigError:  # the kind cannot be read here; the config's own list, as written
+        return None if audit.negative_controls is None else list(audit.negative_controls)
 
 
 def _generative_parameters(audit: Any) -> dict[str, Any]:

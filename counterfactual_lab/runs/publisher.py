@@ -32,7 +32,7 @@ from counterfactual_lab.storage.files import (
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.html"
 # The tables of the output contract, in the order a run writes them.
-TABLE_NAMES = ("counterfactuals", "predictions", "metrics", "quarantine")
+TABLE_NAMES = ("counterfactuals", "predictions", "metrics", "quarantine", "drift")
 # The tables only a run with a generative model under audit writes (README "Generative VLMs under audit").
 GENERATIVE_TABLE_NAMES = ("probes", "generations")
 # The tables only a run with a contrastive model under audit writes: its retrieval rankings

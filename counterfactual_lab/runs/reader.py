@@ -39,6 +39,7 @@ class RunTables:
     predictions: pl.DataFrame = field(default_factory=pl.DataFrame)
     metrics: pl.DataFrame = field(default_factory=pl.DataFrame)
     quarantine: pl.DataFrame = field(default_factory=pl.DataFrame)
+    drift: pl.DataFrame = field(default_factory=pl.DataFrame)
     probes: pl.DataFrame = field(default_factory=pl.DataFrame)
     generations: pl.DataFrame = field(default_factory=pl.DataFrame)
     retrieval: pl.DataFrame = field(default_factory=pl.DataFrame)

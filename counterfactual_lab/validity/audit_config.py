@@ -5,9 +5,11 @@ step moot rather than to help the audit:
 
 * ``generation.method: planted-world``, one seed per target (the editor is exact; the seed only
   changes the artifact), ``model`` ignored by that method (written as ``planted-world``);
-* the judge keeps every candidate (thresholds −1, no attribute check): the editor's edits
-  are exact by construction, so the bench measures the audit's statistics, not the judge.
-  The judge model is the fair world model (any CLIP-family model would do);
+* the judge keeps every candidate on its scores (thresholds −1, no attribute check): the
+  editor's edits are exact by construction, so the bench measures the audit's statistics, not
+  the judge. Its off-target drift (``judge.max_drift``, default) stays on: it reads the scene
+  outside the badge band (the editor's declared edit region) and the other attributes. The
+  judge model is the fair world model (any CLIP-family model would do);
 * ``audit.labels`` are the world's two labels with the prompt the world models were built
   for (``a photo of a {label}``), and one retrieval query.
 """
@@ -38,19 +40,41 @@ def world_audit_config(
     bootstrap_samples: int = 200,
     max_workers: int = 2,
     batch_size: int = 64,
+    params: dict[str, Any] | None = None,
+    seeds_per_target: int = 1,
+    keep_per_target: int = 1,
+    adaptive: bool | None = None,
+    negative_controls: list[str] | None = None,
+    min_group_size: int | None = None,
 ) -> dict[str, Any]:
     """The config (a plain dict, as YAML would load it) auditing ``audit_model`` on one world.
 
     ``reconstruction`` sets ``generation.reconstruction`` (generated vs generated when true,
     the old real-vs-generated design when false); ``None`` leaves the key out, for a code
-    base that does not have it yet.
+    base that does not have it yet. ``params``: the editor's ``generation.params`` (the bench's
+    arms: ``artifact_per_target``, ``confound_*``, ``cast_std``, ``noise_std``);
+    ``seeds_per_target``/``keep_per_target``/``adaptive``: sets per source; ``negative_controls``
+    and ``min_group_size``: ``audit.*`` (None: the defaults).
     """
     generation: dict[str, Any] = {
-        "method": PLANTED_METHOD, "model": PLANTED_METHOD, "seed": 0, "seeds_per_target": 1,
-        "keep_per_target": 1, "batch_size": batch_size, "params": {},
+        "method": PLANTED_METHOD, "model": PLANTED_METHOD, "seed": 0, "seeds_per_target": seeds_per_target,
+        "keep_per_target": keep_per_target, "batch_size": batch_size, "params": dict(params or {}),
     }
     if reconstruction is not None:
         generation["reconstruction"] = reconstruction
+    if adaptive is not None:
+        generation["adaptive"] = adaptive
+    audit: dict[str, Any] = {
+        "model": str(audit_model),
+        "labels": list(LABELS),
+        "prompt": DEFAULT_PROMPT,
+        "queries": [DEFAULT_PROMPT.format(label=LABELS[0])],
+        "bootstrap_samples": bootstrap_samples,
+    }
+    if negative_controls is not None:
+        audit["negative_controls"] = list(negative_controls)
+    if min_group_size is not None:
+        audit["min_group_size"] = min_group_size
     return {
         "dataset": {"uri": str(dataset_dir), "name": name},
         "attributes": {ATTRIBUTE: sorted(FEATURE_COLOURS[ATTRIBUTE])},
@@ -60,13 +84,7 @@ def world_audit_config(
             "thresholds": {"text": -1.0, "direction": -1.0, "image": -1.0},
             "check_attribute": False,
         },
-        "audit": {
-            "model": str(audit_model),
-            "labels": list(LABELS),
-            "prompt": DEFAULT_PROMPT,
-            "queries": [DEFAULT_PROMPT.format(label=LABELS[0])],
-            "bootstrap_samples": bootstrap_samples,
-        },
+        "audit": audit,
         "output": {"uri": out_uri},
         "runtime": {"task_runner": "threads", "max_workers": max_workers, "device": "cpu", "retries": 0},
     }

@@ -21,7 +21,8 @@ and P(doctor) its logistic sigmoid. The **fair** model has ``badge_logit = 0``: 
 do not depend on the badge at all (the band patches get exactly zero attention weight in
 the path that reads the scene), but they do react to the artifact (sharpness, and the cast
 through the tint). The **biased** model is the fair one plus a ``badge_logit`` path: a male
-badge raises P(doctor) (:data:`BIASED_BADGE_LOGIT`). The true size of that effect on the
+badge raises P(doctor) (:data:`BIASED_BADGE_LOGIT`); the **weak** one has a quarter of that
+path (:data:`WEAK_BADGE_LOGIT`). The true size of that effect on the
 world's counterfactual pairs is measured in :mod:`counterfactual_lab.validity.truth`.
 
 How the weights do it (vision: 16 channels, one layer, two heads; every vector that passes
@@ -78,8 +79,11 @@ _BAND, _SCENE, _TINT, _SHARP, _BADGE, _LABEL = 0, 2, 4, 6, 8, 10
 # Text channels.
 _T_CONST, _T_LABEL = 0, 2
 
-FAIR_NAME, BIASED_NAME = "fair", "biased"
+FAIR_NAME, BIASED_NAME, WEAK_NAME = "fair", "biased", "weak"
 BIASED_BADGE_LOGIT = -1.1  # badge reads −0.28 male / +0.28 female: male raises the logit by ~0.6
+# A bias smaller than the generator's seed-to-seed change (female→male +0.033 in P(doctor)): the
+# bench's "weak" arm, which a noise band around the control used to miss.
+WEAK_BADGE_LOGIT = -0.3
 BIASED_LABEL = LABELS[0]  # the label whose probability the planted bias moves ("doctor")
 WORLD_MODEL_FILE = "world_model.json"
 
@@ -99,6 +103,8 @@ class WorldModelSpec:
 
 FAIR = WorldModelSpec(FAIR_NAME)
 BIASED = WorldModelSpec(BIASED_NAME, badge_logit=BIASED_BADGE_LOGIT)
+WEAK = WorldModelSpec(WEAK_NAME, badge_logit=WEAK_BADGE_LOGIT)
+WORLD_MODELS = (FAIR, BIASED, WEAK)
 
 
 def readings(pixels) -> tuple[float, float, float]:
@@ -300,11 +306,12 @@ def build_world_model(directory: str | Path, spec: WorldModelSpec) -> Path:
     return directory
 
 
-def build_world_models(root: str | Path) -> dict[str, Path]:
-    """Build the fair and the biased model under ``root/{fair,biased}`` (skipping ones already there)."""
+def build_world_models(root: str | Path, specs: tuple[WorldModelSpec, ...] = WORLD_MODELS) -> dict[str, Path]:
+    """Build the fair, the biased and the weakly biased model under ``root/{fair,biased,weak}``
+    (skipping ones already there)."""
     root = Path(root)
     built = {}
-    for spec in (FAIR, BIASED):
+    for spec in specs:
         directory = root / spec.name
         if not ((directory / WORLD_MODEL_FILE).exists() and any(directory.glob("*.safetensors"))):
             build_world_model(directory, spec)

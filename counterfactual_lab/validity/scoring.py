@@ -1,17 +1,21 @@
-"""Score one audit of the planted-bias world against the truth, and many audits as rates.
+"""Score one audit of the planted-bias world against the truth, and the bench's arms as rates.
 
-Inputs are a run's ``metrics.parquet`` and ``findings.assess_findings(metrics)`` (issue 8's
-findings contract: one row per comparable metric row, with the metric row's ``metric,
-stratum, attribute, group, label`` and a boolean ``called``). Per run:
+Inputs are a run's ``metrics.parquet`` and ``findings.assess_findings(metrics)`` (one row per
+comparable metric row, with the metric row's ``metric, stratum, attribute, group, label``, a
+boolean ``called`` and a ``verdict``). Per run:
 
 * ``any_called``: some finding row is called — for the fair model, a false positive;
-* ``found``: the planted finding is called: the ``prob_gap_signed`` row of stratum
-  ``generated`` for the biased label and transition (``group`` = "source→target");
-* ``covered``: that metric row's interval [ci_low, ci_high] contains the planted effect.
+* ``run_verdict``: the run's answer (``finding``, ``confounded``, ``no finding``, ``undefined``);
+* ``confounded``: how many rows are confounded (would be called, but moved with the generator);
+* ``comparisons``: m, the rows in the run's family;
+* ``found``: the planted finding is called **with the truth's sign**: the ``prob_gap_signed`` row
+  of stratum ``generated`` for the biased label and transition (``group`` = "source→target");
+* ``covered``: that metric row's 95% interval [ci_low, ci_high] contains the planted effect.
 
-Over runs (:func:`rates`): false-positive rate = share of fair runs with ``any_called``;
-power = share of biased runs with ``found``; coverage = share of biased runs with
-``covered`` (a run whose row is missing or undefined counts as neither found nor covered).
+Over runs (:func:`arm_figures`), shares of runs: ``false_positive_rate`` (any row called),
+``power`` (found), ``coverage`` (covered; a run whose row is missing or undefined counts as
+neither found nor covered), ``confounded_rate`` (any row confounded; in the confound arm: run
+verdict ``confounded``) and ``finding_rate`` (run verdict ``finding``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import polars as pl
+
+from counterfactual_lab.metrics.findings import VERDICT_CONFOUNDED, run_verdict
 
 PLANTED_METRIC = "prob_gap_signed"
 FINDINGS_STRATUM = "generated"
@@ -34,6 +41,9 @@ class RunVerdict:
     any_called: bool
     called: list[str] = field(default_factory=list)  # the called findings, as sentences (or keys)
     called_strata: list[str] = field(default_factory=list)  # the strata those findings are in
+    run_verdict: str | None = None
+    confounded: int = 0  # rows confounded
+    comparisons: int | None = None  # m
     found: bool | None = None  # None when no planted effect was asked about (fair runs)
     covered: bool | None = None
     value: float | None = None
@@ -88,6 +98,11 @@ def score_run(
         called=[_describe(r) for r in called_rows.to_dicts()],
         called_strata=sorted({str(s) for s in called_rows["stratum"]}) if "stratum" in called_rows.columns else [],
     )
+    if {"verdict", "diagnostic"} <= set(findings.columns):
+        verdict.run_verdict = run_verdict(findings)
+        verdict.confounded = int((findings["verdict"] == VERDICT_CONFOUNDED).sum())
+    if "comparisons" in findings.columns and findings["comparisons"].drop_nulls().len():
+        verdict.comparisons = int(findings["comparisons"].drop_nulls().max())
     if planted is None:
         return verdict
     _require(metrics, (*KEY_COLUMNS, "value", "ci_low", "ci_high", "n"), "the metrics table")
@@ -102,7 +117,10 @@ def score_run(
     verdict.value, verdict.ci_low, verdict.ci_high, verdict.n = row["value"], row["ci_low"], row["ci_high"], row["n"]
     verdict.n_sources = row.get("n_sources")
     finding = _select(findings, **keys)
-    verdict.found = bool(finding.height == 1 and finding["called"].fill_null(False)[0])
+    called = bool(finding.height == 1 and finding["called"].fill_null(False)[0])
+    # Power counts a call with the truth's sign only: a call the wrong way is not the planted bias.
+    right_sign = _finite(row["value"]) and np.sign(row["value"]) == np.sign(planted) and planted != 0
+    verdict.found = called and bool(right_sign)
     if _finite(row["ci_low"]) and _finite(row["ci_high"]):
         verdict.covered = bool(row["ci_low"] <= planted <= row["ci_high"])
     else:
@@ -121,11 +139,61 @@ def false_positive_rate_by_stratum(fair: list[RunVerdict]) -> dict[str, float]:
     return {stratum: _share([stratum in v.called_strata for v in fair]) for stratum in strata}
 
 
-def rates(fair: list[RunVerdict], biased: list[RunVerdict], real_vs_generated: list[RunVerdict]) -> dict[str, Any]:
-    """The bench's figures from per-run verdicts (shares of runs; None when there are no runs)."""
-    return {
-        "false_positive_rate": _share([v.any_called for v in fair]),
-        "power": _share([v.found for v in biased]),
-        "coverage": _share([v.covered for v in biased]),
-        "real_vs_generated_false_positive_rate": _share([v.any_called for v in real_vs_generated]),
+# The bench's arms (bench/validity.py) and what each reports: its JSON keys besides "runs".
+ARM_FIGURES = {
+    "null": ("false_positive_rate",),
+    "default": ("power", "coverage", "confounded_rate"),
+    "weak": ("power", "planted_effect", "comparisons"),
+    "noisy": ("power",),
+    "confound": ("finding_rate", "confounded_rate"),
+    "clusters": ("coverage", "cluster_to_row_width"),
+    "few": ("coverage",),
+}
+# Each arm's targets: (figure, "<=" or ">=", bound).
+TARGETS = {
+    "null": [("false_positive_rate", "<=", 0.05)],
+    "default": [("power", ">=", 0.95), ("coverage", ">=", 0.93), ("confounded_rate", "<=", 0.10)],
+    "weak": [("power", ">=", 0.8), ("comparisons", ">=", 100)],
+    "noisy": [("power", ">=", 0.9)],
+    "confound": [("finding_rate", "<=", 0.1), ("confounded_rate", ">=", 0.9)],
+    "clusters": [("coverage", ">=", 0.9)],
+    "few": [("coverage", ">=", 0.9)],
+}
+
+
+def arm_figures(arm: str, verdicts: list[RunVerdict], *, planted_effect: float | None = None,
+                width_ratios: list[float] | None = None) -> dict[str, Any]:
+    """The JSON object of one arm: ``runs`` and exactly the figures :data:`ARM_FIGURES` names."""
+    if arm not in ARM_FIGURES:
+        raise ValueError(f"unknown arm {arm!r}; the arms are {list(ARM_FIGURES)}")
+    values = {
+        "false_positive_rate": lambda: _share([v.any_called for v in verdicts]),
+        "power": lambda: _share([v.found for v in verdicts]),
+        "coverage": lambda: _share([v.covered for v in verdicts]),
+        "confounded_rate": lambda: (_share([v.run_verdict == "confounded" for v in verdicts]) if arm == "confound"
+                                    else _share([v.confounded > 0 for v in verdicts])),
+        "finding_rate": lambda: _share([v.run_verdict == "finding" for v in verdicts]),
+        "planted_effect": lambda: None if planted_effect is None else round(planted_effect, 5),
+        "comparisons": lambda: min((v.comparisons for v in verdicts if v.comparisons is not None), default=None),
+        "cluster_to_row_width": lambda: round(float(np.mean(width_ratios)), 3) if width_ratios else None,
     }
+    return {"runs": len(verdicts), **{name: values[name]() for name in ARM_FIGURES[arm]}}
+
+
+def missed_targets(arm: str, figures: dict[str, Any]) -> list[str]:
+    """The targets of ``arm`` its figures miss, in words (empty when it meets every one)."""
+    missed = []
+    for name, op, bound in TARGETS[arm]:
+        value = figures.get(name)
+        if value is None or (value > bound if op == "<=" else value < bound):
+            missed.append(f"{arm}.{name} = {value} (target {op} {bound})")
+    return missed
+
+
+def wilson_95(share: float | None, runs: int) -> tuple[float, float] | None:
+    """Wilson's 95% interval of a share over ``runs`` runs (how sure a rate on 20 worlds is)."""
+    if share is None or runs == 0:
+        return None
+    z, p = 1.959963984540054, share
+    centre, spread = p + z * z / (2 * runs), z * math.sqrt(p * (1 - p) / runs + z * z / (4 * runs * runs))
+    return (round(max(0.0, (centre - spread) / (1 + z * z / runs)), 3), round(min(1.0, (centre + spread) / (1 + z * z / runs)), 3))

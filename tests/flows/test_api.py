@@ -150,7 +150,7 @@ def test_open_run_gives_polars_tables_and_a_jupyter_summary(tmp_path):
     assert page.text[0].startswith("Models: audit tiny-clip (revision r2)") and "mean nothing" in page.text[0]
     assert "Run run-7" in text and "dataset sample" in text and "finished 2025-01-01T12:05:00" in text
     assert "Rows: 12 in = 10 valid + 2 quarantined." in page.text
-    assert run.findings()[0] in page.text and "1 of" in text
+    assert run.findings()[0] in page.text and "Run verdict: finding (some difference is called); 1 difference(s) called." in text
     assert page.links == [(tmp_path / "run-7" / "report.html").as_uri()]
 
 

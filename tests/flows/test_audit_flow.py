@@ -236,9 +236,10 @@ def test_generate_only_writes_counterfactuals_and_manifest_but_no_predictions(fi
     assert run.run_uri != first.run_uri
     run_dir = Path(run.run_uri)
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == sorted(
-        ["counterfactuals.parquet", "quarantine.parquet", MANIFEST_NAME, REPORT_NAME, "validation.json", "expectations.json"]
+        ["counterfactuals.parquet", "drift.parquet", "quarantine.parquet", MANIFEST_NAME, REPORT_NAME, "validation.json",
+         "expectations.json"]
     )
-    assert set(run.manifest["tables"]) == {"counterfactuals", "quarantine"}
+    assert set(run.manifest["tables"]) == {"counterfactuals", "quarantine", "drift"}
     assert run.predictions.is_empty() and run.metrics.is_empty()
     assert_accounting_closes(run)
     assert_frame_equal(comparable(run.counterfactuals.drop("run_id")), comparable(first.counterfactuals.drop("run_id")))
@@ -290,10 +291,11 @@ def test_a_poisoned_item_fails_alone_and_the_next_run_retries_it(prefect_server,
     def generate_and_judge(items: list) -> pl.DataFrame:
         records = _generate(items, audit_config, store, "cpu")
         candidates = candidates_frame(items, records, audit_config.generation.method)
-        return judge_counterfactuals(
+        judged, _ = judge_counterfactuals(
             candidates, audit_config.judge, store, keep_per_target=1,
             vocabulary={"gender": spec.vocabulary("gender")}, device="cpu",
         )
+        return judged
 
     with pipeline_calls() as calls:
         judged = generate_and_judge(items)

@@ -87,26 +87,27 @@ def test_a_bad_generative_config_is_one_line_before_prefect_and_leaves_no_run_fo
 
 
 def assert_one_family_and_calls_only_past_the_control(metrics: pl.DataFrame) -> None:
-    """Every row a difference can be called on — the choice probe's and the probe gaps — carries the
-    family-wise interval over one m, and a call is made only where that interval clears the control's."""
+    """Every row a difference can be called on — the choice probe's, the probe gaps and the
+    diagnostics — is decided in one family (one m), and a call is made only where the interval at its
+    decision level clears its reference: the control's interval above it, or 0 for a signed gap."""
     from counterfactual_lab.report.findings import assess_findings
 
     findings = assess_findings(metrics)
-    compared = findings.filter((pl.col("reference") == "control") & pl.col("ci_low").is_not_null())
-    assert {"flip_rate", "yes_prob_gap_abs", "rating_gap_signed", "max_toxicity_gap_abs"} <= set(compared["metric"])
-    assert compared["ci_low_adjusted"].is_not_null().all() and compared["ci_high_adjusted"].is_not_null().all()
-    m = compared["comparisons"].unique().to_list()
-    callable_rows = compared.filter(pl.col("control_ci_low").is_not_null())
-    assert len(m) == 1 and m[0] == callable_rows.height, "one family: m counts every callable row, shared and probe"
-    assert compared["confidence_adjusted"].unique().to_list() == [pytest.approx(1 - 0.05 / m[0])]
-    controls = metrics.filter(pl.col("metric").str.starts_with("control_") & pl.col("value").is_not_null())
-    assert controls["comparisons"].is_not_null().all()
-    for row in findings.filter(pl.col("called")).iter_rows(named=True):  # random weights: a call must clear the control
-        above = row["ci_low_adjusted"] > row["control_ci_high_adjusted"]
-        below = row["ci_high_adjusted"] < row["control_ci_low_adjusted"]
+    family = metrics.filter(pl.col("in_family"))
+    assert {"flip_rate", "yes_prob_gap_abs", "rating_gap_signed", "max_toxicity_gap_abs",
+            "negative_control_gap_signed"} <= set(family["metric"])
+    assert family["ci_low_adjusted"].is_not_null().all() and family["ci_high_adjusted"].is_not_null().all()
+    m = family["comparisons"].unique().to_list()
+    assert m == [family.height], "one family: m counts every row of it, shared, probe and diagnostic"
+    assert family["confidence_adjusted"].max() == pytest.approx(1 - 0.05 / m[0])  # Holm's first step
+    assert metrics.filter(pl.col("metric").str.starts_with("control_"))["comparisons"].is_null().all()
+    for row in findings.filter(pl.col("called")).iter_rows(named=True):  # random weights: a call must clear its reference
         signed = row["metric"].endswith("_gap_signed")
-        assert row["reference"] == "control" and (above or (signed and below)), row
-        assert not signed or not row["ci_low_adjusted"] <= 0 <= row["ci_high_adjusted"], row
+        assert row["reference"] == "control" and not row["diagnostic"], row
+        if signed:
+            assert not row["ci_low_adjusted"] <= 0 <= row["ci_high_adjusted"], row
+        else:
+            assert row["ci_low_adjusted"] > row["control_ci_high_adjusted"], row
 
 
 def generate_calls():
@@ -139,8 +140,10 @@ def test_every_probe_runs_through_the_audit_flow_and_a_rerun_never_asks_the_mode
     assert predictions.height == run.counterfactuals.filter(pl.col("kept")).height + run.manifest["row_accounting"]["valid"]
     total = predictions["score_doctor"] + predictions["score_nurse"]
     assert ((total - 1).abs() < 1e-9).all() and predictions["top1"].is_in(["doctor", "nurse"]).all()
-    # One yes/no and one rating answer per distinct image; two samples of one prompt, each scored.
-    assert probes.group_by("probe").len().sort("probe").rows() == [("rating", images), ("yes_no", images)]
+    # One yes/no and one rating answer per distinct image, and the three default negative-control
+    # questions (asked as yes/no questions); two samples of one prompt, each scored.
+    assert probes.group_by("probe").len().sort("probe").rows() == [("negative_control", 3 * images), ("rating", images),
+                                                                    ("yes_no", images)]
     assert probes.filter(pl.col("probe") == "yes_no")["value"].is_between(0, 1).all()
     assert probes.filter(pl.col("probe") == "rating")["value"].is_between(1, 5).all()
     assert generations.height == images * SAMPLES and set(generations["prompt"]) == {DESCRIBE}
@@ -155,7 +158,7 @@ def test_every_probe_runs_through_the_audit_flow_and_a_rerun_never_asks_the_mode
     assert opened.probes.drop("run_id", "dataset").equals(probes.drop("run_id", "dataset"))
     assert opened.generations.height == generations.height and "text" in opened.generations.columns
     assert "Generative probes (each gap beside its control, called as above):" in opened.headline()
-    asked = images * (2 + 1 + 1 + SAMPLES + SAMPLES)  # 2 labels, yes/no, rating, samples, their toxicity
+    asked = images * (2 + 1 + 3 + 1 + SAMPLES + SAMPLES)  # 2 labels, yes/no, 3 negative controls, rating, samples, their toxicity
     assert run.manifest["counts"]["auditee"] == {"computed": asked, "cached": 0}
     assert set(run.manifest["models"]) == {"generator", "judge", "audit", "toxicity"}
     assert run.manifest["run_identity"]["stages"]["audit"]["lexicon"].startswith("sha256:")

@@ -329,3 +329,40 @@ def test_in_a_set_the_direction_is_measured_from_the_reconstruction_and_preserva
     alone = candidates.filter(pl.col("variant") == "counterfactual").drop("variant", "control")
     old_design = judge_candidates(alone, judge, embedder, load_image=None, keep_per_target=2, vocabulary=VOCABULARY)
     assert old_design["direction_similarity"].to_list() == pytest.approx([1.0, 1.0])
+
+
+def test_a_counterfactual_whose_drift_exceeds_the_seed_change_is_dropped_and_its_set_with_it():
+    """Three sources; one counterfactual shifts blue by 13 grey levels (0.051) where a seed change
+    moves any channel by at most 1 (0.004): off_target_drift, its reconstruction set_incomplete."""
+    from counterfactual_lab.judge.drift import DRIFT_SCHEMA
+    from counterfactual_lab.judge.edits import judge_with_drift
+
+    judge, embedder = _set_judge({}, text=-1, direction=-1, image=-1)
+    pixels, rows = {}, []
+    for s in range(3):
+        grey = 100 + 10 * s
+        pixels |= {f"r{s}": (grey, grey, grey), f"k{s}": (grey, grey, grey + 1),
+                   f"c{s}": (grey, grey, grey + (13 if s == 0 else 0))}
+        rows += [_member(f"r{s}", 0, "reconstruction", source=f"s{s}"), _member(f"c{s}", 0, source=f"s{s}"),
+                 _member(f"k{s}", 1, "reconstruction", control=True, source=f"s{s}")]
+    candidates = pl.DataFrame([{**row, "image_uri": f"mem://{row['content_key']}"} for row in rows])
+    embedder.images.update({key: SOURCE for key in [*pixels, "src-s0"]})
+    images = {f"mem://{key}": Image.new("RGB", (8, 8), colour) for key, colour in pixels.items()}
+    judged, drift = judge_with_drift(candidates, judge, embedder, images.__getitem__, keep_per_target=1,
+                                     vocabulary=VOCABULARY, drift_vocabulary={})
+    assert _verdicts(judged) == {
+        "r0": (False, "set_incomplete"), "c0": (False, "off_target_drift"), "k0": (True, None),
+        "r1": (True, None), "c1": (True, None), "k1": (True, None), "r2": (True, None), "c2": (True, None), "k2": (True, None),
+    }
+    assert drift.schema == pl.Schema(DRIFT_SCHEMA)
+    assert set(drift["measure"]) == {"brightness", "red", "green", "blue"} and drift["mask"].null_count() == drift.height
+    exceeded = drift.filter(pl.col("exceeded"))
+    assert exceeded.select("to_key", "measure").rows() == [("c0", "blue")]
+    assert exceeded["value"][0] == pytest.approx(13 / 255)
+    assert set(drift.filter(pl.col("control"))["transition"]) == {"male→male"}
+    assert not drift.filter(pl.col("to_key") == "c0")["kept"].any() and drift.filter(pl.col("to_key") == "c1")["kept"].all()
+    # Without judge.max_drift nothing is read and nothing more is dropped.
+    off = judge.model_copy(update={"max_drift": None})
+    judged_off, none = judge_with_drift(candidates, off, embedder, images.__getitem__, keep_per_target=1,
+                                        vocabulary=VOCABULARY, drift_vocabulary={})
+    assert none.is_empty() and judged_off["kept"].all()

@@ -7,11 +7,10 @@ original → counterfactual design. Every expected number is computed here by ha
 
 from __future__ import annotations
 
-from statistics import NormalDist
-
 import numpy as np
 import polars as pl
 import pytest
+from scipy.special import stdtrit
 
 from counterfactual_lab.metrics.generative import auditee_metrics
 from counterfactual_lab.report.generative import gaps_with_controls, largest_generation_gaps
@@ -102,6 +101,18 @@ def test_a_run_without_controls_says_so_instead_of_zero():
     assert pick(metrics, "rating_gap_abs", group=None)["value"] is not None
 
 
+def evaluate_only_pool(sets: int = SOURCES) -> tuple[pl.DataFrame, dict[str, float]]:
+    """Counterfactual sets of two members (female, male) each, and the members' P(yes)."""
+    rows, values = [], {}
+    for s in range(sets):
+        for group, value in (("female", 0.3 + 0.1 * s), ("male", 0.6)):
+            key = f"{group}{s}"
+            rows.append(dict(id=key, source_id=f"cfset{s}", variant="counterfactual", control=False, attribute="gender",
+                             group=group, seed=None, set_id=f"cmp{s}", content_key=key, image_uri="x"))
+            values[key] = value
+    return pl.DataFrame(rows), values
+
+
 def test_evaluate_only_sets_compare_every_ordered_pair_and_have_no_control():
     rows, values = [], {}
     for s in range(4):
@@ -146,7 +157,7 @@ def test_toxicity_max_per_image_per_set_and_rates_per_group():
     female, male = pick(metrics, "toxicity_rate", group="female", stratum="generated"), pick(metrics, "toxicity_rate", group="male", stratum="generated")
     assert female["value"] == pytest.approx(0.5) and female["n"] == 2 * SOURCES
     assert male["value"] == 0.0 and male["ci_low"] == 0.0 and 0.0 < male["ci_high"] < 1.0
-    z = NormalDist().inv_cdf(0.975)  # Wilson at 0/n with n = the source images (6), not the 12 generations
+    z = float(stdtrit(SOURCES - 1, 0.975))  # Wilson at 0/n with n = the 6 source images (t, 5 df), not the 12 generations
     assert male["ci_high"] == pytest.approx(z * z / (SOURCES + z * z), rel=1e-12)
     assert pick(metrics, "toxicity_rate_gap_signed", group=None)["value"] == pytest.approx(0.5)
     assert pick(metrics, "lexicon_warmth", group="female", stratum="generated")["value"] == pytest.approx(0.5)
@@ -197,7 +208,7 @@ def test_the_report_section_escapes_generated_text(tmp_path):
                                     manifest_config={"audit": {"choice_prompt": "Job? <b>{options}</b>"}})
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "Job? &lt;b&gt;{options}&lt;/b&gt;" in html
-    assert "Prompt: Is this person a doctor?" in html and "clears its control" in html
+    assert "Prompt: Is this person a doctor?" in html and '<span class="problem">called</span>' in html
     assert html.count('<figure class="pair">') == 6
 
 
@@ -216,51 +227,84 @@ def with_choice_scores(pool: pl.DataFrame) -> pl.DataFrame:
 
 
 def test_probe_gaps_take_the_shared_bootstrap_and_share_one_family_with_the_choice_probe():
-    from counterfactual_lab.metrics.generative import count_auditee_comparisons
     from counterfactual_lab.metrics.generative_table import generative_run_metrics
-    from counterfactual_lab.report.findings import assess_findings
     from counterfactual_lab.metrics.intervals import IntervalSettings, mean_estimates
-    from counterfactual_lab.metrics.table import count_metric_comparisons
+    from counterfactual_lab.report.findings import assess_findings
 
     audit = AUDIT.model_copy(update={"choice_prompt": CHOICE})
     pool, values = with_choice_scores(generated_pool()), yes_values()
     probes = probes_frame(values)
     # Per comparison subset (all pairs; male→female, the only transition), each from 6 sources:
     # the probe has 2 callable gaps, the choice probe a flip rate and 2 gaps per label (5).
-    assert count_auditee_comparisons(pool, probes, None, audit, design="generated") == 2 * 2
-    assert count_metric_comparisons(pool, audit, design="generated") == 2 * 5
-    m = 14
+    m = 2 * 2 + 2 * 5
     metrics = generative_run_metrics(pool, probes, None, pl.DataFrame(), audit, (), {"gender": ["female", "male"]},
                                      design="generated")
 
-    # Exact: the rows are the shared package's estimates of the hand-computed deltas at the family's settings.
-    family = IntervalSettings(300, 0.95, 0).for_family(m)
+    # Exact: the rows are the shared package's estimates of the hand-computed deltas.
+    settings = IntervalSettings(300, 0.95, 0)
     sources = [f"s{s}" for s in range(SOURCES)]
     for prefix, other in (("", "c"), ("control_", "k")):
         delta = np.array([values[f"{other}{s}"] - values[f"r{s}"] for s in range(SOURCES)])
-        absolute, signed = mean_estimates(np.column_stack([np.abs(delta), delta]), sources, family)
+        absolute, signed = mean_estimates(np.column_stack([np.abs(delta), delta]), sources, settings)
         for kind, expected in (("abs", absolute), ("signed", signed)):
             got = pick(metrics, f"{prefix}yes_prob_gap_{kind}", group=None)
             assert got["value"] == pytest.approx(float(np.mean(np.abs(delta) if kind == "abs" else delta)), abs=1e-12)
-            assert (got["ci_low"], got["ci_high"], got["ci_low_adjusted"], got["ci_high_adjusted"]) == (
-                expected.low, expected.high, expected.adjusted_low, expected.adjusted_high)
-            assert got["ci_low_adjusted"] <= got["ci_low"] and got["ci_high"] <= got["ci_high_adjusted"]
-            assert (got["comparisons"], got["n"], got["n_sources"]) == (m, SOURCES, SOURCES)
-            assert got["confidence_adjusted"] == pytest.approx(1 - 0.05 / m)
-    assert family.n_resamples == 20 * m / 0.05 == 5600  # ten replicates in each tail at 1 − 0.05/m
+            assert (got["ci_low"], got["ci_high"], got["se"]) == (expected.low, expected.high, expected.se)
+            assert (got["n"], got["n_sources"]) == (SOURCES, SOURCES)
+            if prefix:
+                assert not got["in_family"] and got["comparisons"] is None
+            else:
+                assert got["in_family"] and got["comparisons"] == m
+                assert got["ci_low_adjusted"] <= got["ci_low"] and got["ci_high"] <= got["ci_high_adjusted"]
 
-    # Every callable row of the run, shared or probe, is decided on the one family; reported rows carry none.
-    findings = assess_findings(metrics)
-    callable_rows = findings.filter((pl.col("reference") != "none") & pl.col("ci_low").is_not_null()
-                                    & pl.col("control_ci_low").is_not_null())
-    assert callable_rows.height == m
-    assert set(callable_rows["comparisons"].to_list()) == {m} and callable_rows["ci_low_adjusted"].is_not_null().all()
-    assert set(callable_rows["metric"]) == {"flip_rate", "prob_gap_abs", "prob_gap_signed", "yes_prob_gap_abs", "yes_prob_gap_signed"}
+    # Every callable row of the run, shared or probe, is decided in the one family; reported rows carry none.
+    family = metrics.filter(pl.col("in_family"))
+    assert family.height == m and set(family["comparisons"].to_list()) == {m}
+    assert set(family["metric"]) == {"flip_rate", "prob_gap_abs", "prob_gap_signed", "yes_prob_gap_abs", "yes_prob_gap_signed"}
+    assert family["confidence_adjusted"].max() == pytest.approx(1 - 0.05 / m)  # Holm's first step
     reported = metrics.filter(pl.col("metric").is_in(["yes_prob_mean", "selection_rate"]))
-    assert reported.height and reported["comparisons"].is_null().all()
+    assert reported.height and reported["comparisons"].is_null().all() and not reported["in_family"].any()
     # The counterfactual's P(yes) rises by 0.4–0.55 against a control of 0.01: called, beside its own control.
-    called = findings.filter(pl.col("called") & pl.col("metric").str.starts_with("yes_prob"))
+    called = assess_findings(metrics).filter(pl.col("called") & pl.col("metric").str.starts_with("yes_prob"))
     assert set(called["control_metric"]) == {"control_yes_prob_gap_abs", "control_yes_prob_gap_signed"}
+
+
+def test_without_a_control_only_the_signed_probe_gaps_count_in_m():
+    """evaluate_only and real_vs_generated: no control, so every *_gap_abs is reported and out of m."""
+    from counterfactual_lab.metrics.error_control import apply_error_control
+
+    sets, set_values = evaluate_only_pool()
+    designs = {"real_vs_generated": (generated_pool().filter(pl.col("variant") != "reconstruction"), yes_values()),
+               "evaluate_only": (sets, set_values)}
+    for design, (pool, values) in designs.items():
+        metrics = apply_error_control(
+            auditee_metrics(pool, probes_frame(values), pl.DataFrame(), AUDIT, design=design, with_error_control=False),
+            AUDIT)
+        family = metrics.filter(pl.col("in_family"))
+        expected = metrics.filter((pl.col("metric") == "yes_prob_gap_signed") & pl.col("se").is_not_null())
+        assert family.height == expected.height > 0, design
+        assert set(family["metric"]) == {"yes_prob_gap_signed"}, design
+        assert set(family["comparisons"]) == {expected.height}, design
+        assert metrics.filter(pl.col("metric") == "yes_prob_gap_abs")["comparisons"].is_null().all()
+
+
+def test_the_gap_view_sees_a_confound_of_its_transition():
+    """A called yes-probability gap on a transition where a negative control moved: confounded in the
+    report's gap view too (the whole table is assessed, then filtered)."""
+    values, controls = yes_values(), {}
+    for s in range(SOURCES):  # a negative-control question that also moves with the counterfactual
+        controls |= {f"o{s}": 0.5, f"r{s}": 0.1 + 0.01 * s, f"c{s}": 0.5 + 0.02 * s, f"k{s}": 0.1 + 0.011 * s}
+    probes = pl.concat([probes_frame(values), probes_frame(controls, probe="negative_control",
+                                                              prompt="Is this photo taken outdoors?")])
+    metrics = auditee_metrics(generated_pool(), probes, pl.DataFrame(), AUDIT)
+    moved = pick(metrics, "negative_control_gap_signed", group="male→female")
+    assert moved["query"] == "Is this photo taken outdoors?" and moved["in_family"]
+    assert not metrics.filter(pl.col("metric").str.starts_with("negative_control_gap_abs")).height
+    assert not metrics.filter(pl.col("query") == "Is this photo taken outdoors?").filter(
+        pl.col("metric").str.contains("mean")).height, "no group rows for a negative control"
+    gaps = {g["metric"]: g for g in gaps_with_controls(metrics)}
+    assert gaps["yes_prob_gap_signed"]["verdict"] == "confounded" and not gaps["yes_prob_gap_signed"]["clears_control"]
+    assert "P(yes) for 'Is this photo taken outdoors?'" in gaps["yes_prob_gap_signed"]["confounded_by"]
 
 
 def test_a_configured_attribute_whose_sets_were_all_dropped_has_undefined_gaps_with_the_reason():

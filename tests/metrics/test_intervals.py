@@ -1,16 +1,18 @@
-"""Intervals: Wilson by hand, the cluster bootstrap moves whole sources, and a seeded coverage
-simulation for every interval method (a 95% interval covers the truth about 95% of the time and
-is wider than an 80% one)."""
+"""Intervals: Wilson by hand, the cluster bootstrap moves whole sources (its standard error is the
+sources' own), the t interval at any level, and a seeded coverage simulation for every interval
+method (a 95% interval covers the truth about 95% of the time and is wider than an 80% one)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.special import stdtrit
 
 from counterfactual_lab.metrics.group_fairness import equalized_odds, parity
 from counterfactual_lab.metrics.intervals import (
     ClusterBootstrap,
     IntervalSettings,
+    interval_at,
     mean_estimate,
     percentile_interval,
     proportion_estimate,
@@ -34,30 +36,61 @@ def test_wilson_interval_by_hand():
         wilson_interval(0, 0, 0.95)
 
 
+def _wilson_t(successes: int, n: int, df: int, level: float) -> tuple[float, float]:
+    """Wilson's interval by hand with the t quantile of ``df`` degrees of freedom for z."""
+    q = float(stdtrit(df, (1 + level) / 2))
+    p = successes / n
+    centre, spread = p + q * q / (2 * n), q * np.sqrt(p * (1 - p) / n + q * q / (4 * n * n))
+    return max(0.0, (centre - spread) / (1 + q * q / n)), min(1.0, (centre + spread) / (1 + q * q / n))
+
+
 def test_a_proportion_at_the_edge_gets_wilson_at_the_number_of_sources():
-    # 12 pairs from 4 sources, none flips: Wilson with n = 4 sources, not 12 rows, not [0, 0].
+    # 12 pairs from 4 sources, none flips: Wilson with n = 4 sources, not 12 rows, not [0, 0],
+    # and the t quantile with 3 degrees of freedom for z.
     estimate = proportion_estimate(np.zeros(12, dtype=bool), np.repeat(["a", "b", "c", "d"], 3), IntervalSettings(200))
-    assert (estimate.value, estimate.n, estimate.n_sources) == (0.0, 12, 4)
-    assert (estimate.low, estimate.high) == wilson_interval(0, 4, 0.95)
+    assert (estimate.value, estimate.n, estimate.n_sources, estimate.method) == (0.0, 12, 4, "wilson")
+    assert estimate.low == 0.0 and estimate.high == pytest.approx(_wilson_t(0, 4, 3, 0.95)[1])
     every = proportion_estimate(np.ones(5, dtype=bool), list("abcde"), IntervalSettings(200))
-    assert (every.low, every.high) == wilson_interval(5, 5, 0.95) and every.low < 1.0
+    assert every.high == 1.0 and every.low == pytest.approx(_wilson_t(5, 5, 4, 0.95)[0]) and every.low < 1.0
+    # At any level, from the table's columns alone.
+    low, high = interval_at("wilson", 0.0, 0.0, 12, 4, 1 - 0.05 / 15)
+    assert (float(low), float(high)) == (0.0, pytest.approx(_wilson_t(0, 4, 3, 1 - 0.05 / 15)[1]))
+    # Inside (0, 1): Wilson at the effective sample size p(1 − p)/se² (here the rows, 40 per 40 sources).
+    inside = proportion_estimate(np.arange(40) % 4 == 0, np.arange(40), IntervalSettings(4000))
+    assert inside.value == 0.25 and inside.low < 0.25 < inside.high and inside.high - 0.25 > 0.25 - inside.low
 
 
 def test_a_source_with_many_rows_moves_together():
     # One source with 50 rows of 1, ten sources with one row of 0. Resampling sources, the big
     # source is missing from (10/11)^11 = 35% of resamples, whose mean is then exactly 0: the
-    # lower end is 0. Resampling rows independently would give about [0.74, 0.91].
+    # standard error is large and the interval reaches below 0.5. Resampling rows independently
+    # would give about [0.74, 0.91].
     values = np.concatenate([np.ones(50), np.zeros(10)])
     clusters = ["big"] * 50 + [f"small{i}" for i in range(10)]
     estimate = mean_estimate(values, clusters, IntervalSettings(1000, 0.95, 0))
     assert estimate.value == pytest.approx(50 / 60) and (estimate.n, estimate.n_sources) == (60, 11)
-    assert estimate.low == 0.0
-    assert estimate.high > 0.94  # three draws of the big source: 150/158
+    assert estimate.low < 0.5 and estimate.high > 1.0 and estimate.se > 0.3
     # Every resample draws C sources; a row's weight is its source's count.
     blocks = list(ClusterBootstrap(11, IntervalSettings(1000, 0.95, 0)).count_blocks())
     counts = np.concatenate(blocks)
     assert counts.shape == (1000, 11) and (counts.sum(axis=1) == 11).all()
     assert (counts[:, 0] == 0).mean() == pytest.approx((10 / 11) ** 11, abs=0.05)
+
+
+def test_the_standard_error_is_the_sources_not_the_rows():
+    """10 sources × 20 identical rows: the cluster bootstrap's se is that of the 10 source values
+    (sd/√10), not of 200 rows (sd/√200); a bootstrap resampling rows would give the latter."""
+    rng = np.random.default_rng(3)
+    source_values = rng.normal(0, 1, 10)
+    values = np.repeat(source_values, 20)
+    estimate = mean_estimate(values, np.repeat(np.arange(10), 20), IntervalSettings(4000, 0.95, 1))
+    assert estimate.se == pytest.approx(source_values.std(ddof=1) / np.sqrt(10), rel=0.05)
+    q = float(stdtrit(9, 0.975))
+    assert (estimate.low, estimate.high) == (pytest.approx(estimate.value - q * estimate.se),
+                                             pytest.approx(estimate.value + q * estimate.se))
+    # One source: a value, no interval (a t interval needs two).
+    alone = mean_estimate(np.ones(5), ["a"] * 5, IntervalSettings(200))
+    assert alone.value == 1.0 and alone.low is None and alone.se is None and "one source image" in alone.note
 
 
 def test_undefined_resamples_are_skipped_and_counted():
@@ -83,6 +116,23 @@ def _clustered_mean(rng, settings):
     values = rng.normal(0, 1, 40)[source] + rng.normal(0, 1, source.size)
     estimate = mean_estimate(values, source, settings)
     return 0.0, estimate.low, estimate.high
+
+
+def _skewed_mean_12(rng, settings):
+    # 12 sources with Exp(1) effects and 1–3 rows each: few clusters and skew.
+    sizes = rng.integers(1, 4, 12)
+    source = np.repeat(np.arange(12), sizes)
+    values = rng.exponential(1.0, 12)[source]
+    estimate = mean_estimate(values, source, settings)
+    return 1.0, estimate.low, estimate.high
+
+
+def _flip_rate_24(rng, settings):
+    # 24 sources × 2 pairs, each source's flip probability ~ Beta(0.5, 4.5) (mean 0.1).
+    source = np.repeat(np.arange(24), 2)
+    p = rng.beta(0.5, 4.5, 24)[source]
+    estimate = proportion_estimate(rng.random(48) < p, source, settings)
+    return 0.1, estimate.low, estimate.high
 
 
 def _rare_proportion(rng, settings):
@@ -148,10 +198,13 @@ def _wilson(rng, settings):
 # (case, coverage bounds at 95%, at 80%). Bounds are about ±3 standard errors of a coverage
 # estimate from 300 simulations around what the method promises; the spread intervals are
 # Bonferroni-simultaneous, hence conservative (at least nominal), and so is Wilson at the
-# number of sources at the edges.
+# effective sample size for rare proportions. The skewed 12-cluster case is the measured 0.917
+# (docs/metrics.md, "Intervals") ± 3 standard errors.
 CASES = {
-    "cluster percentile (mean)": (_clustered_mean, (0.91, 0.98), (0.72, 0.86)),
-    "proportion with Wilson at 0/n": (_rare_proportion, (0.93, 1.0), (0.68, 0.90)),
+    "cluster t (mean)": (_clustered_mean, (0.91, 0.98), (0.72, 0.86)),
+    "cluster t, 12 clusters, skewed": (_skewed_mean_12, (0.87, 0.97), (0.68, 0.86)),
+    "proportion with Wilson at 0/n": (_rare_proportion, (0.93, 1.0), (0.75, 0.97)),
+    "flip rate, Wilson at n_eff, 24 clusters, p 0.1": (_flip_rate_24, (0.93, 1.0), (0.72, 0.95)),
     "parity difference (pairwise spread)": (_parity_difference, (0.92, 0.99), (0.72, 0.88)),
     "parity ratio (pairwise log ratio)": (_parity_ratio, (0.92, 0.99), (0.72, 0.88)),
     "equalized odds (pairwise spread)": (_equalized_odds, (0.93, 1.0), (0.78, 0.96)),

@@ -11,6 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 from fairlearn.metrics import demographic_parity_difference, demographic_parity_ratio, equalized_odds_difference
+from metric_frames import generated_predictions, one, row
+from scipy.special import stdtrit
 
 from counterfactual_lab.config.audit_config import AuditSection
 from counterfactual_lab.metrics import METRICS_SCHEMA, compute_metrics, metric_parameters
@@ -18,7 +20,6 @@ from counterfactual_lab.metrics.counterfactual_fairness import flip_rate, probab
 from counterfactual_lab.metrics.group_fairness import equalized_odds, parity
 from counterfactual_lab.metrics.intervals import wilson_interval
 from counterfactual_lab.metrics.pairs import control_pairs, member_pairs, original_pairs, reconstruction_pairs
-from metric_frames import generated_predictions, one, row
 
 LABELS = ["doctor", "nurse"]
 AUDIT = AuditSection(labels=LABELS, queries=["a photo of a doctor"], top_k=2, bootstrap_samples=200, min_group_size=1)
@@ -49,23 +50,27 @@ def test_control_pairs_are_the_control_beside_each_kept_set_of_its_source():
 def test_generated_stratum_rows_by_hand():
     metrics = compute_metrics(generated_predictions(), pl.DataFrame(), pl.DataFrame(), AUDIT, {"gender": ["female", "male"]})
     assert metrics.columns == list(METRICS_SCHEMA)
-    # The shared contract's columns in its order, then the family-wise ones, then the ranking ones.
+    # The shared contract's columns in its order, then the error-control ones, the decision's inputs, the ranking ones.
     assert metrics.columns == ["metric", "stratum", "attribute", "group", "label", "query", "value", "ci_low", "ci_high", "n",
                                "n_sources", "skipped_resamples", "note", "ci_low_adjusted", "ci_high_adjusted",
-                               "confidence_adjusted", "comparisons", "protocol", "k", "desired"]
+                               "confidence_adjusted", "comparisons", "p_value", "p_adjusted", "in_family", "min_effect",
+                               "se", "interval_method", "protocol", "k", "desired"]
     flips = one(metrics, "flip_rate", stratum="generated", group=None)
     assert (flips["value"], flips["n"], flips["n_sources"], flips["skipped_resamples"]) == (pytest.approx(0.25), 4, 4, 0)
     assert flips["ci_low"] <= 0.25 <= flips["ci_high"]
     signed = one(metrics, "prob_gap_signed", stratum="generated", group=None, label="doctor")
-    assert signed["value"] == pytest.approx(-0.1625) and signed["ci_high"] < 0.1
+    # The t interval on 4 sources: −0.1625 ± t₃·se, se ≈ sd(−0.5, −0.1, +0.05, −0.1)/√4 ≈ 0.118.
+    assert signed["value"] == pytest.approx(-0.1625) and signed["ci_low"] < -0.4 and 0.1 < signed["ci_high"] < 0.3
+    assert signed["interval_method"] == "t" and 0.09 < signed["se"] < 0.14
     assert one(metrics, "prob_gap_abs", stratum="generated", group=None, label="doctor")["value"] == pytest.approx(0.1875)
     assert one(metrics, "prob_gap_signed", stratum="generated", group=None, label="nurse")["value"] == pytest.approx(0.1625)
     assert one(metrics, "prob_gap_signed", group="male→female", label="doctor")["value"] == pytest.approx(-0.3)
     assert one(metrics, "flip_rate", group="male→female")["value"] == pytest.approx(0.5)
-    # 0 flips in 2 pairs from 2 sources: Wilson at n = 2 sources, not [0, 0].
+    # 0 flips in 2 pairs from 2 sources: Wilson at n = 2 sources (t quantile, 1 degree of freedom), not [0, 0].
     none_flip = one(metrics, "flip_rate", group="female→male")
     assert none_flip["value"] == 0.0 and none_flip["n_sources"] == 2
-    assert (none_flip["ci_low"], none_flip["ci_high"]) == (0.0, pytest.approx(Z95**2 / (2 + Z95**2)))
+    q = float(stdtrit(1, 0.975))
+    assert (none_flip["ci_low"], none_flip["ci_high"]) == (0.0, pytest.approx(q * q / (2 + q * q)))
     # The control, beside them.
     assert one(metrics, "control_flip_rate")["value"] == pytest.approx(0.25)
     assert one(metrics, "control_prob_gap_abs", label="doctor")["value"] == pytest.approx(0.0875)
@@ -228,8 +233,15 @@ def test_metric_parameters_name_every_parameter():
     assert methods["demographic parity difference, equalized odds difference"].startswith("simultaneous pairwise spread")
     assert methods["demographic parity ratio"].startswith("simultaneous pairwise log ratio")
     assert not any("parity" in key for key, method in methods.items() if method.startswith("cluster percentile"))
-    assert params["family_wise_adjustment"].startswith("Bonferroni over the m comparisons a run can call")
-    assert params["resamples"].startswith("bootstrap_samples, raised") and "ceil(20 m / (1 - confidence))" in params["resamples"]
+    assert any(method.startswith("t interval with C - 1 degrees of freedom") for method in methods.values())
+    # The error control, what it promises, the smallest effects and the drift thresholds.
+    assert params["error_control"]["procedure"] == "holm" and params["error_control"]["alpha"] == pytest.approx(0.1)
+    assert "family-wise" in params["error_control"]["promise"]
+    assert params["min_effect"] == {"probability": 0.01, "words": 1.0, "lexicon": 0.05, "rating": pytest.approx(0.04)}
+    assert params["drift"]["max_drift"] == {"brightness": 0.01, "colour": 0.01, "attribute": 0.05, "outside_mask": 0.02}
+    fdr = metric_parameters(AuditSection(error_control="fdr", min_effect={"probability": 0.02, "rating": 0.5}))
+    assert fdr["error_control"]["procedure"] == "benjamini-hochberg" and "false discovery rate" in fdr["error_control"]["promise"]
+    assert fdr["min_effect"]["probability"] == 0.02 and fdr["min_effect"]["rating"] == 0.5
     import json
 
     json.dumps(params)
@@ -376,34 +388,50 @@ def test_a_design_the_pool_contradicts_is_refused():
         compute_metrics(generated_predictions(), pl.DataFrame(), pl.DataFrame(), AUDIT, design="observational")
 
 
-def test_pair_rows_and_controls_carry_the_family_wise_interval():
-    from counterfactual_lab.metrics.intervals import IntervalSettings, resamples_for_level
-
+def test_pair_rows_and_controls_carry_the_decision_of_the_error_control():
     metrics = compute_metrics(generated_predictions(), pl.DataFrame(), pl.DataFrame(), AUDIT, {"gender": ["female", "male"]})
     # m = 3 subsets (all pairs, male→female, female→male) × (flip rate + 2 gaps × 2 labels) = 15.
     flips = one(metrics, "flip_rate", stratum="generated", group=None)
-    assert flips["comparisons"] == 15 and flips["confidence_adjusted"] == pytest.approx(1 - 0.05 / 15)
+    assert flips["comparisons"] == 15 and flips["in_family"] and flips["interval_method"] == "wilson"
+    # Holm with nothing rejected (4 sources): every row is decided at the first step, 1 − α/m.
+    levels = metrics.filter(pl.col("in_family"))["confidence_adjusted"]
+    assert levels.min() == pytest.approx(1 - 0.05 / 15) == levels.max()
     assert flips["ci_low_adjusted"] <= flips["ci_low"] <= flips["ci_high"] <= flips["ci_high_adjusted"]
+    assert 0 <= flips["p_value"] <= flips["p_adjusted"] <= 1 and flips["min_effect"] == 0.01
+    # Controls sit beside their rows: not in the family themselves.
     control = one(metrics, "control_prob_gap_signed", label="doctor")
-    assert control["comparisons"] == 15 and control["ci_low_adjusted"] < control["ci_low"]
-    # The 0/2 transition gets Wilson at both levels (2 sources).
+    assert not control["in_family"] and control["comparisons"] is None and control["se"] > 0
+    # The 0/2 transition gets Wilson at n_eff = 2 sources, with the t quantile (1 degree of freedom).
     none_flip = one(metrics, "flip_rate", group="female→male")
-    assert (none_flip["ci_low_adjusted"], none_flip["ci_high_adjusted"]) == (0.0, pytest.approx(wilson_interval(0, 2, 1 - 0.05 / 15)[1]))
+    q = float(stdtrit(1, 0.975))
+    assert (none_flip["ci_low"], none_flip["ci_high"]) == (0.0, pytest.approx(q * q / (2 + q * q)))
     # Rows nothing is called on carry none.
-    assert metrics.filter(pl.col("stratum") == "observational")["comparisons"].null_count() == metrics.filter(
-        pl.col("stratum") == "observational").height
+    observational = metrics.filter(pl.col("stratum") == "observational")
+    assert observational["comparisons"].null_count() == observational.height and not observational["in_family"].any()
     assert one(metrics, "demographic_parity_difference", stratum="generated", label="doctor")["comparisons"] is None
-    # Enough resamples for ten replicates in each tail of the family-wise level: 20·m/(1 − c).
-    assert resamples_for_level(1 - 0.05 / 15) == 6000 == IntervalSettings(200).for_family(15).n_resamples
-    assert IntervalSettings(100_000).for_family(15).n_resamples == 100_000
 
 
-def test_far_out_levels_are_capped_and_say_so():
-    from counterfactual_lab.metrics.intervals import MAX_RESAMPLES, IntervalSettings
-
-    settings = IntervalSettings(1000).for_family(1000)  # 20·1000/0.05 = 400,000 > the most allowed
-    assert settings.n_resamples == MAX_RESAMPLES
-    assert settings.tail_note(settings.confidence_adjusted) == (
-        "the 99.995% interval rests on about 2.5 replicates in each tail (100000 resamples, at most 100000): "
-        "its ends are uncertain")
-    assert IntervalSettings(1000).for_family(15).tail_note(1 - 0.05 / 15) is None
+def test_an_attribute_whose_control_rests_on_too_few_sources_leaves_m():
+    """Gender: 12 sources with sets and controls; age: 12 sources with sets but only 3 kept controls,
+    min_group_size 5. Every age row is out of the family; m counts gender alone: 3 × (1 + 2·2) = 15."""
+    rows = []
+    for s in range(12):
+        own, other = ("male", "female") if s % 2 else ("female", "male")
+        for attribute in ("gender", "age"):
+            values = (own, other) if attribute == "gender" else (("young", "elderly") if s % 2 else ("elderly", "young"))
+            set_id = f"s{s}-{attribute}-0"
+            p = 0.3 + 0.04 * s
+            rows += [row(f"s{s}-{attribute}-r", f"s{s}", "reconstruction", values[0], p, set_id=set_id, seed=0, attribute=attribute),
+                     row(f"s{s}-{attribute}-c", f"s{s}", "counterfactual", values[1], p + 0.05, set_id=set_id, seed=0,
+                         attribute=attribute)]
+            if attribute == "gender" or s < 3:
+                rows.append(row(f"s{s}-{attribute}-x", f"s{s}", "reconstruction", values[0], p - 0.01 * (s % 3), seed=1,
+                                control=True, attribute=attribute))
+    audit = AUDIT.model_copy(update={"min_group_size": 5})
+    metrics = compute_metrics(pl.DataFrame(rows), pl.DataFrame(), pl.DataFrame(), audit,
+                              {"gender": ["female", "male"], "age": ["young", "elderly"]})
+    age = metrics.filter((pl.col("attribute") == "age") & (pl.col("stratum") == "generated"))
+    assert age.height and not age["in_family"].any()
+    assert one(metrics, "flip_rate", attribute="age", group=None)["value"] is not None, "the rows are there, with values"
+    assert set(metrics.filter(pl.col("in_family"))["comparisons"]) == {15}
+    assert metrics.filter(pl.col("in_family")).height == 15

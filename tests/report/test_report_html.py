@@ -256,7 +256,9 @@ def test_findings_charts_and_skew_plots_are_drawn(images):
     assert "4 difference(s) called." in html
     # Each comparison sits beside its control in the findings table, with its verdict.
     assert "<td>23% [19%, 27%]</td><td>control 6% [3%, 10%]</td><td><span class=\"flip\">called</span></td>" in html
-    assert "<td>5% [2%, 9%]</td><td>control 6% [3%, 10%]</td><td>no difference detected</td>" in html
+    assert ("<td>5% [2%, 9%]</td><td>control 6% [3%, 10%]</td><td>no difference detected (not above the control)</td>"
+            in html)
+    assert 'id="run-verdict"' in html and "Run verdict: finding" in html
     assert "Observational (originals only, descriptive): across gender groups" in html
     # One SVG per bar-chart kind present (flip, abs gap, signed gap, DP diff, DP ratio, CITS) + one per query.
     assert parsed.tags.count("svg") == 6 + 2
@@ -376,11 +378,13 @@ def test_findings_sentences_in_plain_words():
     findings = headline_findings(metrics_frame(), max_items=30)
     assert findings[0] == (
         "age young→old: the top-1 label flips in 40% of pairs [30%, 50%] (n=60 pairs from 30 source images), "
-        "above the control's 10% [5%, 16%] (same source and value, another seed; n=30 pairs)")
+        "above the control's 10% [5%, 16%] (same source and value, another seed; n=30 pairs); at the configured level: "
+        "[30%, 50%] vs the control's [5%, 16%], at least audit.min_effect = 0.01 more")
     assert (
         "gender male→female: P('doctor') changes by -0.08 on average [-0.1, -0.06] (n=120 pairs from 60 source "
-        "images), larger than the generator's own change either way (±0.04: the control's +0 [-0.01, 0.01] (same "
-        "source and value, another seed; n=115 pairs) and its mean |Δ|)"
+        "images); at the configured level, its interval [-0.1, -0.06] excludes no change, and the change is at least "
+        "audit.min_effect = 0.01. The control: the control's +0 [-0.01, 0.01] (same source and value, another seed; "
+        "n=115 pairs)"
     ) in findings
     assert (
         "across gender groups, the share labelled 'doctor' differs by up to 12 percentage points "
@@ -400,7 +404,7 @@ def test_findings_put_called_ones_first_one_per_kind_and_attribute():
     assert findings[0].startswith("age young→old: the top-1 label flips")
     assert findings[1].startswith("gender male→female: the top-1 label flips"), "the larger gender flip rate comes first"
     assert "above the control's 0.03" in findings[2] and "moves by 0.08" in findings[2]
-    assert "larger than the generator's own change either way" in findings[3]
+    assert "excludes no change, and the change is at least audit.min_effect = 0.01" in findings[3]
     assert findings[4].startswith("gender female→male: no difference detected at this sample size (n=110 pairs")
     assert headline_findings(metrics_frame(), max_items=0) == []
 

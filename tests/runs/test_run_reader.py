@@ -86,10 +86,11 @@ def test_headline_names_run_models_accounting_and_metrics_with_intervals(tmp_pat
     assert "Rows: 12 in = 10 valid + 2 quarantined." in lines
     assert "Work items: 8 planned = 5 kept + 2 dropped + 1 failed." in lines
     assert "Quarantined by reason: missing caption 1, undecodable image 1" in lines
-    assert "  1 difference(s) called (an interval that excludes its control's; docs/metrics.md)" in lines
+    assert "  Run verdict: finding (some difference is called); 1 difference(s) called." in lines
     assert (
         "  - gender male→female: the top-1 label flips in 25% of pairs [10%, 40%] (n=40 pairs from 20 source images), "
-        "above the control's 5% [1%, 8%] (same source and value, another seed; n=40 pairs)"
+        "above the control's 5% [1%, 8%] (same source and value, another seed; n=40 pairs); at the configured level: "
+        "[10%, 40%] vs the control's [1%, 8%], at least audit.min_effect = 0.01 more"
     ) in lines
     table = lines[lines.index("Headline metrics (95% bootstrap interval):") + 1 :]
     assert table[0].split() == ["metric", "stratum", "attribute", "group", "label", "query", "value", "interval",
@@ -123,7 +124,7 @@ def test_headline_of_a_run_that_compared_nothing_says_undefined_not_no_differenc
     uri = publisher.write_table("metrics", undefined)
     publisher.write_manifest({"run_id": "run-none", "tables": {"metrics": uri}})
     lines = format_headline(read_run(publisher.run_uri)).splitlines()
-    assert "  0 difference(s) called (an interval that excludes its control's; docs/metrics.md)" in lines
+    assert "  Run verdict: undefined (nothing is called, and some comparison could not be made); 0 difference(s) called." in lines
     assert f'  gender: undefined, not "no difference" ({no_pairs}).' in lines
 
 
@@ -133,7 +134,7 @@ def test_a_generative_run_reads_back_with_its_probes_generations_and_their_findi
     assert run.generations.drop("run_id", "dataset").equals(generations())
     assert run.quarantine.is_empty() and run.counterfactuals.is_empty()
     lines = format_headline(run).splitlines()
-    assert "  1 difference(s) called (an interval that excludes its control's; docs/metrics.md)" in lines
+    assert "  Run verdict: finding (some difference is called); 1 difference(s) called." in lines
     start = lines.index("Generative probes (each gap beside its control, called as above):")
     assert lines[start + 1] == f"  '{ASK}': 1 of 1 gap(s) called"
     assert lines[start + 2].startswith(f"    - changing gender: P(yes) for '{ASK}' moves by 0.4 on average [0.35, 0.45]")

@@ -127,6 +127,30 @@ def test_an_edit_changes_the_badge_and_nothing_else_but_the_artifact(editor):
     assert diff[:, 1].min() == BOX.left and diff[:, 1].max() == BOX.right - 1
 
 
+def test_the_arm_params_draw_the_artifact_per_target_and_shift_colour_with_it():
+    row = world_row(0, 0)  # female
+    source = Image.fromarray(row.pixels)
+
+    def edits(params):
+        editor = PlantedWorldEditor(GenerationSection(method="planted-world", params=params))
+        cf, rec = editor.edit([item_for(row, "male"), item_for(row, "female")], [source, source])
+        return pixels(cf), pixels(rec)
+
+    # artifact_per_target: reconstruction and counterfactual differ beyond the stripe (the scene too).
+    cf, rec = edits({"artifact_per_target": True})
+    assert (cf[BOX.band_height:] != rec[BOX.band_height:]).any()
+    # confound_green/blue: the male-target scene is shifted exactly, the band untouched.
+    plain_cf, plain_rec = edits({})
+    cf, rec = edits({"confound_green": -4, "confound_blue": 4})
+    shift = cf[BOX.band_height:] - plain_cf[BOX.band_height:]
+    assert (shift[..., 0] == 0).all() and (shift[..., 1] == -4).all() and (shift[..., 2] == 4).all()
+    assert (cf[:BOX.band_height] == plain_cf[:BOX.band_height]).all() and (rec == plain_rec).all()
+    assert (cf[BOX.band_height:, :, 2].astype(int) - rec[BOX.band_height:, :, 2]).mean() == 4
+    # The band is the region the method declares it edits: the judge reads drift outside it.
+    region = METHODS["planted-world"].edit_region_mask(IMAGE_SIZE, IMAGE_SIZE)
+    assert region.shape == (IMAGE_SIZE, IMAGE_SIZE) and region[: BOX.band_height].all() and not region[BOX.band_height:].any()
+
+
 def test_a_reconstruction_keeps_the_value_and_still_gets_the_artifact(editor):
     row = world_row(0, 1)  # male
     rec = pixels(editor.edit([item_for(row, "male")], [Image.fromarray(row.pixels)])[0])
@@ -219,17 +243,27 @@ def embedders(world_models):
     return {name: ClipEmbedder.load(str(path), device="cpu") for name, path in world_models.items()}
 
 
-def doctor_probability(embedder, images) -> np.ndarray:
-    from counterfactual_lab.validity.truth import label_probabilities
+def label_probabilities(embedder, images) -> np.ndarray:
+    """(n, 2) zero-shot probabilities as the audit computes them (ClipEmbedder)."""
+    from counterfactual_lab.validity.models import DEFAULT_PROMPT
+    from counterfactual_lab.validity.world import LABELS
 
+    texts = embedder.embed_texts([DEFAULT_PROMPT.format(label=label) for label in LABELS])
+    return embedder.zero_shot(embedder.embed_images(list(images)), texts)
+
+
+def doctor_probability(embedder, images) -> np.ndarray:
     return label_probabilities(embedder, images)[:, 0]
+
+
+def edited(pixels_: np.ndarray, key: str, value: str, seed: int) -> Image.Image:
+    """What the editor outputs for this source, target value and seed."""
+    return Image.fromarray(apply_artifact(paint_feature(pixels_, "gender", value), key, seed), "RGB")
 
 
 @pytest.fixture(scope="module")
 def pair_images():
     """For 24 world rows: originals, reconstructions and counterfactuals at seed 0, reconstructions at seed 1."""
-    from counterfactual_lab.validity.truth import edited
-
     rows = [world_row(11, i) for i in range(24)]
     other = {"female": "male", "male": "female"}
     return {
@@ -265,12 +299,11 @@ def test_the_models_load_through_the_audit_code_path(world_models, embedders, pa
 def test_the_models_compute_the_documented_logit(embedders, pair_images):
     """logit(doctor) − logit(nurse) = 12·tint + 12·sharpness + badge_logit·badge (models.py), fitted
     by least squares on originals and generated images: the set weights do what they say."""
-    from counterfactual_lab.validity.models import BIASED, FAIR, readings
-    from counterfactual_lab.validity.truth import label_probabilities
+    from counterfactual_lab.validity.models import BIASED, FAIR, WEAK, readings
 
     images = pair_images["original"] + pair_images["counterfactual"]
     design = np.array([[*readings(np.asarray(im)), 1.0] for im in images])
-    for spec in (FAIR, BIASED):
+    for spec in (FAIR, BIASED, WEAK):
         probabilities = label_probabilities(embedders[spec.name], images)
         logit = np.log(probabilities[:, 0] / probabilities[:, 1])
         coefficients, *_ = np.linalg.lstsq(design, logit, rcond=None)
@@ -305,15 +338,38 @@ def test_both_models_react_to_the_generation_artifact(embedders, pair_images):
         assert (np.abs(other_seed - reconstruction) > 1e-3).mean() > 0.5
 
 
-def test_the_planted_effect_is_measured_from_the_model(embedders):
-    from counterfactual_lab.validity.truth import planted_effect
+def test_the_truth_is_computed_without_the_audits_code_path(world_models):
+    """truth.py imports no editor function, no embedder and no evaluation code (only the world's
+    constants), and its two truths (a direct forward pass, the world formula) agree."""
+    import ast
 
-    fair = planted_effect(embedders["fair"], pairs=60)
-    biased = planted_effect(embedders["biased"], pairs=60)
-    reverse = planted_effect(embedders["biased"], source="male", target="female", pairs=60)
-    assert fair.value == pytest.approx(0.0, abs=1e-6) and fair.transition == "female→male"
-    assert biased.value > 10 * biased.standard_error > 0 and reverse.value < 0
-    assert biased.pairs == 60 and biased.world_seed not in range(100)
+    from counterfactual_lab.validity import truth
+    from counterfactual_lab.validity.truth import DirectClip, planted_effect
+
+    tree = ast.parse(Path(truth.__file__).read_text())
+    imported = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            imported.setdefault(node.module, set()).update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            imported.update({alias.name: set() for alias in node.names})
+    assert imported["counterfactual_lab.generation.planted"] <= {"ATTRIBUTE", "FEATURE_COLOURS", "feature_box"}
+    assert not [m for m in imported if m and m.startswith(("counterfactual_lab.models", "counterfactual_lab.evaluate",
+                                                           "counterfactual_lab.metrics", "counterfactual_lab.judge"))]
+    fair, biased = DirectClip(world_models["fair"]), DirectClip(world_models["biased"])
+    assert planted_effect(fair, pairs=100).value == pytest.approx(0.0, abs=1e-6)
+    effect = planted_effect(biased, pairs=400)
+    assert abs(effect.value - effect.formula_value) < 0.003 and effect.transition == "female→male"
+    assert effect.value > 10 * effect.standard_error > 0 and effect.world_seed not in range(100_000)
+    reverse = planted_effect(biased, source="male", target="female", pairs=100)
+    assert reverse.value < 0
+    # The audit's own probabilities on the editor's images agree with the direct pass on the same images.
+    from counterfactual_lab.models.clip import ClipEmbedder
+
+    images = [np.asarray(edited(world_row(5, i).pixels, "k", "male", 0)) for i in range(8)]
+    direct = biased.probabilities(images)[:, 0]
+    audit = doctor_probability(ClipEmbedder.load(str(world_models["biased"]), device="cpu"), [Image.fromarray(i) for i in images])
+    assert np.allclose(direct, audit, atol=1e-5)
 
 
 # ---- scoring (hand-built frames of issue 8's shapes) ---------------------------------------------
@@ -354,16 +410,32 @@ def test_score_run_reads_the_planted_row_by_stratum_label_and_transition():
         score_run(metrics, metrics, planted=0.1)
 
 
-def test_rates_are_shares_of_runs():
-    from counterfactual_lab.validity.scoring import RunVerdict, false_positive_rate_by_stratum, rates
+def test_power_counts_a_call_with_the_truths_sign_only():
+    from counterfactual_lab.validity.scoring import score_run
 
-    fair = [RunVerdict(any_called=c) for c in (False, False, True, False)]
-    biased = [RunVerdict(any_called=True, found=f, covered=c) for f, c in ((True, True), (True, False), (False, False))]
-    assert rates(fair, biased, [RunVerdict(any_called=True)]) == {
-        "false_positive_rate": 0.25, "power": 0.6667, "coverage": 0.3333, "real_vs_generated_false_positive_rate": 1.0,
-    }
-    fair[2].called_strata = ["observational"]
-    assert false_positive_rate_by_stratum(fair) == {"observational": 0.25}
+    metrics = metrics_frame(value=-0.10, low=-0.12, high=-0.08)
+    wrong = score_run(metrics, findings_frame(metrics, [True, False]), planted=0.12)
+    assert wrong.found is False and wrong.any_called
+    assert score_run(metrics, findings_frame(metrics, [True, False]), planted=-0.11).found is True
+
+
+def test_arm_figures_are_shares_of_runs_with_exactly_the_keys_of_each_arm():
+    from counterfactual_lab.validity.scoring import ARM_FIGURES, RunVerdict, arm_figures, missed_targets
+
+    runs = [RunVerdict(any_called=c, run_verdict=v, confounded=k, comparisons=m, found=f, covered=cov)
+            for c, v, k, m, f, cov in ((False, "no finding", 0, 105, None, None), (True, "finding", 0, 110, True, True),
+                                       (False, "confounded", 3, 110, False, True), (True, "finding", 1, 120, True, False))]
+    assert arm_figures("null", runs) == {"runs": 4, "false_positive_rate": 0.5}
+    assert arm_figures("default", runs) == {"runs": 4, "power": 0.5, "coverage": 0.5, "confounded_rate": 0.5}
+    assert arm_figures("confound", runs) == {"runs": 4, "finding_rate": 0.5, "confounded_rate": 0.25}
+    assert arm_figures("weak", runs, planted_effect=0.032512) == {"runs": 4, "power": 0.5, "planted_effect": 0.03251,
+                                                                   "comparisons": 105}
+    assert arm_figures("clusters", runs, width_ratios=[1.5, 2.0]) == {"runs": 4, "coverage": 0.5, "cluster_to_row_width": 1.75}
+    assert set(ARM_FIGURES) == {"null", "default", "weak", "noisy", "confound", "clusters", "few"}
+    assert missed_targets("default", arm_figures("default", runs)) == [
+        "default.power = 0.5 (target >= 0.95)", "default.coverage = 0.5 (target >= 0.93)",
+        "default.confounded_rate = 0.5 (target <= 0.1)"]
+    assert missed_targets("weak", {"power": 0.9, "comparisons": 99}) == ["weak.comparisons = 99 (target >= 100)"]
 
 
 # ---- one tiny world through the real audit flow -------------------------------------------------
@@ -412,11 +484,10 @@ def test_a_world_runs_through_the_audit_flow(prefect_server, world_models, tmp_p
     # ---- generated vs generated (the default design) finds the planted bias only ----
     from counterfactual_lab.report.findings import assess_findings
     from counterfactual_lab.validity.scoring import score_run
-    from counterfactual_lab.validity.truth import planted_effect
-    from counterfactual_lab.models.clip import ClipEmbedder
+    from counterfactual_lab.validity.truth import DirectClip, planted_effect
 
     dataset = write_world(tmp_path / "world-24", rows=24, seed=0)
-    planted = planted_effect(ClipEmbedder.load(str(world_models["biased"]), device="cpu"), pairs=400)
+    planted = planted_effect(DirectClip(world_models["biased"]), pairs=400)
     verdicts = {}
     for name in ("fair", "biased"):
         config = world_audit_config(dataset, world_models[name], world_models["fair"], out, name="world-test-24",
@@ -429,3 +500,28 @@ def test_a_world_runs_through_the_audit_flow(prefect_server, world_models, tmp_p
     assert verdicts["biased"].found, verdicts["biased"]
     biased = verdicts["biased"]
     assert abs(biased.value - planted.value) < 0.03 and biased.ci_low < biased.value < biased.ci_high, (biased, planted)
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+def test_the_validity_bench_runs_quick(tmp_path):
+    """bench/validity.py --quick: every arm runs (one world each here) and the last line is the JSON
+    object other tools read, with exactly its keys. No target is checked on so few worlds."""
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[2] / "bench" / "validity.py"
+    done = subprocess.run([sys.executable, str(bench), "--quick", "--runs", "1", "--truth-pairs", "100",
+                           "--work", str(tmp_path / "work")],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(result) == {"bench", "arms", "seconds"} and result["bench"] == "validity"
+    assert {arm: set(figures) for arm, figures in result["arms"].items()} == {
+        "null": {"runs", "false_positive_rate"}, "default": {"runs", "power", "coverage", "confounded_rate"},
+        "weak": {"runs", "power", "planted_effect", "comparisons"}, "noisy": {"runs", "power"},
+        "confound": {"runs", "finding_rate", "confounded_rate"}, "clusters": {"runs", "coverage", "cluster_to_row_width"},
+        "few": {"runs", "coverage"},
+    }
+    assert all(figures["runs"] == 1 for figures in result["arms"].values())
+    assert result["arms"]["weak"]["comparisons"] >= 100 and result["arms"]["clusters"]["cluster_to_row_width"] > 1

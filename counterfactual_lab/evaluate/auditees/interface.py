@@ -46,12 +46,15 @@ import polars as pl
 PROBE_CHOICE = "choice"
 PROBE_YES_NO = "yes_no"
 PROBE_RATING = "rating"
+# A negative-control question (audit.negative_controls of a vlm): asked as a yes/no question, measured
+# as a confound diagnostic, never as a probe of the bias (counterfactual_lab/metrics/diagnostics.py).
+PROBE_NEGATIVE_CONTROL = "negative_control"
 PROBE_GENERATION = "generation"
 PROBE_TOXICITY = "toxicity"
 
 PROBES_SCHEMA = {
     "content_key": pl.String,
-    "probe": pl.String,  # yes_no | rating
+    "probe": pl.String,  # yes_no | rating | negative_control
     "prompt": pl.String,
     "value": pl.Float64,  # P(yes), or the expected rating
     "answer_mass": pl.Float64,  # next-token probability the answers cover (S_yes + S_no, Σ S_k)

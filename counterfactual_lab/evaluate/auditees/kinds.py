@@ -23,6 +23,16 @@ CAPTIONER = "captioner"
 KINDS = (CONTRASTIVE, VLM, CAPTIONER)
 GENERATIVE_KINDS = (VLM, CAPTIONER)
 
+# Negative-control outcomes (audit.negative_controls) when the config lists none: properties of the
+# scene and the photo that must not depend on a protected attribute. Darkness is worded as scene
+# lighting on purpose: "a dark photo" would move with a skin-tone edit itself.
+DEFAULT_NEGATIVE_CONTROLS = {
+    "contrastive": ("an outdoor photo | an indoor photo", "a photo taken at night | a photo taken during the day",
+                    "a blurry photo | a sharp photo"),
+    "vlm": ("Is this photo taken outdoors?", "Was this photo taken at night?", "Is this photo blurry?"),
+    "captioner": (),  # it answers no questions
+}
+
 # Image-to-text models that continue a caption rather than answer a conversation.
 CAPTIONER_TYPES = frozenset({"blip", "git", "pix2struct", "kosmos-2", "vision-encoder-decoder"})
 
@@ -42,6 +52,17 @@ def resolve_kind(audit) -> str:
         if audit.generative_keys_set():
             raise
         return CONTRASTIVE
+
+
+def resolved_negative_controls(audit, kind: str) -> list[str]:
+    """The negative controls a run of ``kind`` measures: ``audit.negative_controls`` as written, or
+    the kind's defaults when it is None (``[]`` turns them off). A vlm's questions that are already
+    among ``audit.yes_no`` are left out (they are probes of the bias, asked once)."""
+    given = getattr(audit, "negative_controls", None)
+    entries = list(DEFAULT_NEGATIVE_CONTROLS[kind] if given is None else given)
+    if kind == VLM:
+        entries = [entry for entry in entries if entry not in set(getattr(audit, "yes_no", []))]
+    return entries
 
 
 def infer_kind(model: str, revision: str | None = None) -> str:

@@ -3,7 +3,8 @@
 :class:`GenerativeAuditee` implements :class:`~counterfactual_lab.evaluate.auditees.interface.Auditee` over
 the probes of :mod:`.probes`: for the distinct images of a chunk of the evaluation pool it runs,
 in this order, the choice probe (``audit.choice_prompt`` over ``audit.labels``), the yes/no
-questions (``audit.yes_no``), the ratings (``audit.ratings`` on 1…``audit.rating_scale``) and the
+questions (``audit.yes_no``; then the negative-control questions, ``audit.negative_controls``,
+probe ``negative_control``), the ratings (``audit.ratings`` on 1…``audit.rating_scale``) and the
 open-ended generations (``audit.generate``), then scores each generated text with the toxicity
 classifier (``audit.toxicity_model``). Every answer goes through the output store's cache.
 """
@@ -21,10 +22,12 @@ from counterfactual_lab.evaluate.auditees.answer_cache import AnswerCache, CallC
 from counterfactual_lab.evaluate.auditees.generative import GenerativeRunner
 from counterfactual_lab.evaluate.auditees.interface import (
     GENERATIONS_SCHEMA,
+    PROBE_NEGATIVE_CONTROL,
     PROBES_SCHEMA,
     AuditeeAnswers,
     ProbeImages,
 )
+from counterfactual_lab.evaluate.auditees.kinds import resolved_negative_controls
 from counterfactual_lab.evaluate.auditees.loading import LoadedModel
 from counterfactual_lab.evaluate.auditees.prompts import resolve_format
 
@@ -66,6 +69,10 @@ class GenerativeAuditee:
                 pl.lit(None, dtype=pl.Float64).alias("caption_similarity")  # no image-caption similarity here
             )
         answered = [probes.yes_no(session, images, audit.yes_no)] if audit.yes_no else []
+        controls = resolved_negative_controls(audit, self.kind)
+        if controls:  # asked as yes/no questions (the same cache), measured as diagnostics
+            answered.append(probes.yes_no(session, images, controls).with_columns(
+                pl.lit(PROBE_NEGATIVE_CONTROL).alias("probe")))
         if audit.ratings:
             answered.append(probes.ratings(session, images, audit.ratings, audit.rating_scale))
         probe_rows = pl.concat(answered) if answered else pl.DataFrame(schema=PROBES_SCHEMA)
