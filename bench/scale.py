@@ -124,7 +124,7 @@ TASK_STAGES = {"validate-dataset": "validate", "judge-counterfactuals": "judge",
 TASK_WORK: list[tuple[str, str]] = [
     ("counterfactual_lab.tasks.generate", "generate_batch"),
     ("counterfactual_lab.tasks.validate", "ingest_and_validate"),
-    ("counterfactual_lab.tasks.judge", "judge_candidates"),
+    ("counterfactual_lab.tasks.judge", "judge_with_drift"),
     # the contrastive auditee imports these from counterfactual_lab.evaluate.pool at call time
     ("counterfactual_lab.evaluate.pool", "predict"),
     ("counterfactual_lab.evaluate.pool", "retrieval_scores"),
