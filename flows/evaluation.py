@@ -81,11 +81,13 @@ class GenerativeEvaluation:
         keys = pool["content_key"].unique(maintain_order=True).to_list()
         groups = [keys[i : i + audit.batch_size] for i in range(0, len(keys), audit.batch_size)]
         chunks = [pool.filter(pl.col("content_key").is_in(group)) for group in groups] or [pool]
-        toxicity = run.location.models.get("toxicity")
+        text_models = {role: (model.key if model else None) for role in ("toxicity", "sentiment", "text_embedder")
+                       for model in [run.location.models.get(role)]}
         futures = with_runtime_retries(evaluate_auditee_batch, config).map(
             chunks, unmapped(audit), unmapped(run.store), unmapped(run.device), kind=unmapped(resolve_kind(audit)),
             model_key=unmapped(run.location.models["audit"].key),
-            toxicity_key=unmapped(toxicity.key if toxicity else None),
+            toxicity_key=unmapped(text_models["toxicity"]), sentiment_key=unmapped(text_models["sentiment"]),
+            text_embedder_key=unmapped(text_models["text_embedder"]),
         )
         results = []
         with tqdm(total=len(keys), desc="evaluate", unit="img") as bar:
