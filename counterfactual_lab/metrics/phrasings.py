@@ -46,6 +46,18 @@ def phrasing_queries(audit: Any) -> dict[str, tuple[str, str]]:
     return out
 
 
+def by_query(prompts: Sequence[str], audit: Any) -> dict[str, list[str]]:
+    """The prompts as configured among ``prompts`` → their phrasings present, the configured one first
+    (a prompt without other phrasings is its own one phrasing)."""
+    known = phrasing_queries(audit)
+    out: dict[str, list[str]] = {}
+    for prompt in prompts:
+        query, phrasing = known.get(prompt, (prompt, prompt))
+        out.setdefault(query, []).append(phrasing)
+    order = {text: i for i, text in enumerate(known)}
+    return {query: sorted(texts, key=lambda t: order.get(t, -1)) for query, texts in out.items()}
+
+
 def label_phrasings(audit: Any, prompt: str | None) -> list[str]:
     """The phrasings of a label prompt (``audit.prompt`` or ``audit.choice_prompt``), the configured one first."""
     if prompt is None:
