@@ -37,6 +37,7 @@ from counterfactual_lab.metrics.schema import (
     metric_kind,
 )
 from counterfactual_lab.report.charts import Bar, bar_chart_svg
+from counterfactual_lab.report.designs import designs_section, is_design_row
 from counterfactual_lab.report.examples import ImageInliner, examples_section
 from counterfactual_lab.report.findings import RUN_VERDICT_WORDS, assess_findings, verdict_lines
 from counterfactual_lab.report.generative import generative_audit_section
@@ -128,6 +129,7 @@ def render_report(
         _run_section(manifest),
         _findings_section(metrics, manifest),
         _confound_section(metrics),
+        designs_section(assess_findings(metrics), metrics),
         _charts_section(metrics),
         _skew_section(metrics),
         generative_audit_section(metrics, predictions, probes, generations, images, manifest_config=manifest.get("config"),
@@ -185,7 +187,8 @@ def _findings_section(metrics: pl.DataFrame, manifest: Mapping[str, Any]) -> str
         return "<h2>Headline findings</h2><p>No metrics were computed in this run.</p>"
     diagnostic = findings["diagnostic"].fill_null(False)
     compared = findings.filter((pl.col("reference") != REFERENCE_NONE) & ~diagnostic)
-    descriptive = findings.filter((pl.col("reference") == REFERENCE_NONE) & ~diagnostic)
+    designs = pl.Series([is_design_row(r) for r in findings.iter_rows(named=True)], dtype=pl.Boolean)
+    descriptive = findings.filter((pl.col("reference") == REFERENCE_NONE) & ~diagnostic & ~designs)
     called = int(findings["called"].sum())
     confounded = int((findings["verdict"] == VERDICT_CONFOUNDED).sum())
     verdict = run_verdict(findings)
@@ -460,7 +463,7 @@ def _provenance_section(manifest: Mapping[str, Any]) -> str:
 def _metric_rows(metrics: pl.DataFrame, keep: Callable[[str], bool]) -> list[dict[str, Any]]:
     """Rows whose metric ``keep`` accepts, undefined ones included (drawn as "undefined: <note>"),
     by stratum, attribute, label, control last, group, query."""
-    rows = [r for r in metrics.to_dicts() if keep(str(r.get("metric")))]
+    rows = [r for r in metrics.to_dicts() if keep(str(r.get("metric"))) and r.get("phrasing") is None]
     for r in rows:
         if isinstance(r.get("value"), float) and math.isnan(r["value"]):
             r["value"] = None
