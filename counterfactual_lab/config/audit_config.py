@@ -446,8 +446,8 @@ class AuditSection(BaseModel):
         if kind == "captioner" and "generate.prompts" not in keys:
             return f"audit.kind captioner needs audit.generate.prompts: a captioner ({self.model}) is audited through its captions"
         if kind != "contrastive" and self.prompt in self.phrasings:
-            return (f"audit.phrasings: {self.prompt!r} is audit.prompt, which only a contrastive model reads; "
-                    f"phrase audit.choice_prompt instead for a {kind}")
+            return (f"audit.phrasings lists other phrasings of audit.prompt {self.prompt!r}, which only a contrastive "
+                    f"model reads; phrase audit.choice_prompt instead for a {kind}")
         if kind == "vlm" and not keys:
             return (f"audit.kind {kind} needs at least one probe: audit.choice_prompt, audit.yes_no, "
                     "audit.ratings or audit.generate.prompts")
