@@ -74,11 +74,11 @@ import numpy as np
 import polars as pl
 
 from counterfactual_lab.evaluate.auditees.interface import PROBE_NEGATIVE_CONTROL, PROBE_RATING, PROBE_YES_NO
-from counterfactual_lab.evaluate.pool import phrased_column
 from counterfactual_lab.evaluate.auditees.text_scores import (
     LEXICON_PREFIX,
     lexicon_column,
 )
+from counterfactual_lab.evaluate.pool import phrased_column
 from counterfactual_lab.metrics.answer_change import answer_change_rows
 from counterfactual_lab.metrics.counterfactual_fairness import pair_estimates, pair_subsets
 from counterfactual_lab.metrics.error_control import apply_error_control

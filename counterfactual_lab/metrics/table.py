@@ -76,7 +76,6 @@ from counterfactual_lab.metrics.schema import (
     STRATUM_REAL_VS_GENERATED,
     metrics_frame,
 )
-from counterfactual_lab.metrics.synthetic_shift import label_shift_rows
 from counterfactual_lab.metrics.strata import (
     check_design,
     comparison_pool,
@@ -85,6 +84,7 @@ from counterfactual_lab.metrics.strata import (
     observational_pool,
     restrict_groups,
 )
+from counterfactual_lab.metrics.synthetic_shift import label_shift_rows
 from counterfactual_lab.plan.work_items import VARIANT_RECONSTRUCTION
 
 # Strata whose pool is balanced by design: the desired distribution is uniform over the values.
