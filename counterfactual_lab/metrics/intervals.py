@@ -79,6 +79,10 @@ METHOD_WILSON_EFFECTIVE = (
     "(C - 1 degrees of freedom); n_eff = C, the number of source images, at 0/n and n/n"
 )
 METHOD_CLUSTER_PERCENTILE = "cluster percentile bootstrap (resampling source images)"
+METHOD_CROSSED_T = (
+    "t interval with C - 1 degrees of freedom on the standard error of a bootstrap resampling source images and "
+    "phrasings independently (the pigeonhole bootstrap, Owen 2007), sd(replicates) * sqrt(C / (C - 1))"
+)
 # Replicates wanted in each tail of a percentile interval; fewer and the end is one or two draws.
 TAIL_REPLICATES = 10
 # The most resamples an interval at a far-out level is drawn with (the config's own bound).
