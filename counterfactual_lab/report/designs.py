@@ -20,6 +20,7 @@ import polars as pl
 
 from counterfactual_lab.metrics.answer_change import EMBEDDING_COSINE
 from counterfactual_lab.metrics.counterfactual_fairness import ANSWER_CHANGE
+from counterfactual_lab.metrics.generative import UNCLEAR_RATE as UNCLEAR_FAMILY
 from counterfactual_lab.metrics.generative import gap_value_words
 from counterfactual_lab.metrics.phrasings import PHRASING_DEPENDENT, PHRASING_SPREAD, ROBUST
 from counterfactual_lab.metrics.schema import CONTROL_PREFIX, STRATUM_OBSERVATIONAL
@@ -27,7 +28,7 @@ from counterfactual_lab.metrics.synthetic_shift import SYNTHETIC_SHIFT
 from counterfactual_lab.report.markup import escaped
 from counterfactual_lab.report.sentences import interval, number, percent
 
-UNCLEAR_RATE = "unclear_rate"
+UNCLEAR_RATE = UNCLEAR_FAMILY.group_metric
 _MEASURE_WORDS = {"rouge_l": "1 − ROUGE-L", EMBEDDING_COSINE: "1 − embedding cosine"}
 SECTION_TITLES = {
     "phrasing": "Phrasing robustness",
