@@ -126,7 +126,8 @@ def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate:
     from counterfactual_lab.runs.preflight import check_audit, check_config
 
     audit_config = AuditConfig.from_yaml(config)
-    remember_secrets(audit_config.model_dump())  # inline credentials: masked in any error line
+    # inline credentials and URL passwords (also in --dataset/--out): masked in any error line
+    remember_secrets(audit_config.model_dump(), dataset, out)
     # The spec and generation.params first: a typo is one line in about a second, before any
     # storage is asked anything (the completeness check below lists the dataset).
     spec = check_config(audit_config, dataset)
