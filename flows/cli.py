@@ -174,10 +174,15 @@ def _complete_run(config, dataset: str | None, out: str | None, evaluate: bool) 
     # here, not at the top: it imports polars
     from counterfactual_lab.runs.publisher import is_complete
 
+    # here, not at the top: it imports pydantic
+    from counterfactual_lab.storage.regular_files import UnreadableFile
+
     try:
         location = locate_run(config, dataset, out, evaluate)
         complete = is_complete(location.run_uri, location.storage_options)
-    except Exception:  # noqa: BLE001 - a shortcut: any failure falls through to the full path
+    except UnreadableFile:
+        raise  # a FIFO or a huge file where the manifest should be: the flow would meet it too
+    except Exception:  # noqa: BLE001 - a shortcut: any other failure falls through to the full path
         return None
     if not complete:
         return None

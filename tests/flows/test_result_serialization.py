@@ -31,6 +31,7 @@ from counterfactual_lab.tasks.result_serialization import (
     StoredTaskError,
     check_cache_record,
     decode_generation_result,
+    records_checksum,
 )
 
 
@@ -69,7 +70,9 @@ RECORDS = [
 def test_records_are_stored_as_plain_json_and_read_back():
     serializer = GenerationRecordsSerializer()
     blob = serializer.dumps(RECORDS)
-    assert json.loads(blob) == {"format": RECORDS_FORMAT, "version": 1, "records": [r.to_dict() for r in RECORDS]}
+    records = [r.to_dict() for r in RECORDS]
+    assert json.loads(blob) == {"format": RECORDS_FORMAT, "version": 2, "key": None, "records": records,
+                                "checksum": records_checksum(None, records)}
     assert serializer.loads(blob) == RECORDS
     # A failed attempt's exception is kept as its name and message, and read back as data.
     error = serializer.loads(serializer.dumps(ValueError("bad seed")))
@@ -112,10 +115,12 @@ def test_prefects_json_serializer_imports_whatever_the_data_names_and_ours_does_
 @pytest.mark.parametrize(
     "blob, reason",
     [
-        (b'{"format": "cflab.generation-records", "version": 1, "records": [{"__class__": "x"}]}', "malformed"),
+        (json.dumps({"format": "cflab.generation-records", "version": 2, "key": None, "records": [{"__class__": "x"}],
+                     "checksum": records_checksum(None, [{"__class__": "x"}])}).encode(), "malformed"),
         (b'{"format": "cflab.generation-records", "version": 9, "records": []}', "version 9"),
-        (b'{"format": "cflab.generation-records", "version": 1, "records": [], "extra": 1}', "has fields"),
-        (b'{"format": "cflab.generation-records", "version": 1, "records": [NaN]}', "not JSON"),
+        (b'{"format": "cflab.generation-records", "version": 1, "records": []}', "version 1, not 2"),
+        (b'{"format": "cflab.generation-records", "version": 2, "key": null, "records": [], "extra": 1}', "has fields"),
+        (b'{"format": "cflab.generation-records", "version": 2, "records": [NaN]}', "not JSON"),
         (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
         (b" " * (16 * 2**20 + 1), "over the"),
     ],
@@ -123,6 +128,21 @@ def test_prefects_json_serializer_imports_whatever_the_data_names_and_ours_does_
 def test_anything_but_our_exact_record_is_refused(blob, reason):
     with pytest.raises(UntrustedResultError, match=reason):
         decode_generation_result(blob)
+
+
+def test_an_edited_record_or_one_moved_to_another_key_does_not_match_its_checksum():
+    """Issue 17: a record edited in place (a failed item made generated) is refused, as is a valid
+    record copied under another batch's cache key."""
+    blob = json.loads(GenerationRecordsSerializer().dumps(RECORDS))
+    blob["key"] = "k" * 64
+    blob["checksum"] = records_checksum(blob["key"], blob["records"])
+    assert decode_generation_result(json.dumps(blob).encode(), "k" * 64) == RECORDS
+    edited = json.loads(json.dumps(blob))
+    edited["records"][1].update(status="generated", error=None, image_uri="out/images/b.png")
+    with pytest.raises(UntrustedResultError, match="does not match its checksum"):
+        decode_generation_result(json.dumps(edited).encode())
+    with pytest.raises(UntrustedResultError, match="written for cache key k+, not j+"):
+        decode_generation_result(json.dumps(blob).encode(), "j" * 64)
 
 
 def test_a_cache_record_must_name_our_serializer_and_its_own_result():
