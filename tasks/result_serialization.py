@@ -242,6 +242,12 @@ class VerifiedKeyStorage(WritableFileSystem):
         return await asyncio.to_thread(self.read_path, path)
 
     def write_path(self, path: str, content: bytes, _sync: bool | None = None) -> str:
+        if isinstance(self.inner, LocalFileSystem):
+            # A refused record that was not a regular file (a FIFO, a symlink to a device) is
+            # removed, so the record is rewritten (Prefect's LocalFileSystem will not write over it).
+            target = _local_block_path(self.inner, path)
+            if target.is_symlink() or (target.exists() and not target.is_file()):
+                target.unlink()
         return _call_block(self.inner, "write_path", path, content)
 
     async def awrite_path(self, path: str, content: bytes) -> str:
@@ -282,11 +288,24 @@ def read_block_path(block: WritableFileSystem, path: str, max_bytes: int) -> byt
     (a local folder, a remote one): a regular file of at most ``max_bytes`` (``UnreadableFile``
     otherwise). Another kind of block is read by its own ``read_path``."""
     if isinstance(block, LocalFileSystem):
-        return read_bytes(str(block._resolve_path(path)), max_bytes=max_bytes, what="a stored task result")
+        return read_bytes(str(_local_block_path(block, path)), max_bytes=max_bytes, what="a stored task result")
     if isinstance(block, RemoteFileSystem):
         return read_bytes(block._resolve_path(path), dict(block.settings or {}), max_bytes=max_bytes,
                           what="a stored task result")
     return _call_block(block, "read_path", path)
+
+
+def _local_block_path(block: LocalFileSystem, path: str) -> Path:
+    """Where ``path`` is in a local block, without following a symlink at its end (Prefect's own
+    ``_resolve_path`` resolves it, so a record linked to ``/dev/zero`` would be "outside the base
+    path", an error the cache lookup swallows); a path that leaves the block's folder is refused."""
+    base = Path(block.basepath or ".").expanduser().resolve()
+    candidate = Path(path).expanduser()
+    candidate = candidate if candidate.is_absolute() else base / candidate
+    folder = candidate.parent.resolve()
+    if folder != base and base not in folder.parents:
+        raise ValueError(f"{candidate} is outside of the base path {base}")
+    return folder / candidate.name
 
 
 def _transaction_key() -> str | None:

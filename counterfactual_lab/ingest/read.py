@@ -288,15 +288,18 @@ class _BatchIngester:
 
 
 def _stored_keys(store: ImageStore | None) -> set[str]:
-    """Keys already in the store, from one listing (not one request per image)."""
+    """Keys already in the store, from one listing (not one request per image). Only regular files
+    count: a FIFO or a device planted under an image's name is not that image, so it is stored
+    again (replacing what was planted) instead of being read later."""
     if store is None:
         return set()
     fs, path = filesystem(join(store.root_uri, "images"), store.storage_options)
     try:
-        names = fs.ls(path, detail=False)
+        entries = fs.ls(path, detail=True)
     except FileNotFoundError:
         return set()
-    return {n.rsplit("/", 1)[-1][: -len(".png")] for n in names if n.endswith(".png")}
+    return {e["name"].rsplit("/", 1)[-1][: -len(".png")] for e in entries
+            if e["name"].endswith(".png") and e.get("type") == "file"}
 
 
 def _image_refs(column: pa.Array | pa.ChunkedArray) -> tuple[list[bytes | None], list[str | None]]:

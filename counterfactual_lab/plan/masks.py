@@ -188,7 +188,8 @@ def _image_bytes(cell: Any, source: Any) -> bytes | None:
         except Exception as exc:  # noqa: BLE001 - an unreadable path is that row's problem (a FIFO: never opened)
             raise MaskError(f"the mask path {cell.strip()[:200]!r} cannot be read: {exc}") from None
         if data is None:
-            raise MaskError(f"the mask path {cell.strip()[:200]!r} has {size:,} bytes, over the {limit:,}-byte image limit")
+            raise MaskError(f"the mask path {cell.strip()[:200]!r} has {size:,} bytes or more, over the {limit:,}-byte "
+                            "limit for an image (limits.max_image_bytes)")
         return data
     return None
 

@@ -44,6 +44,9 @@ class UnreadableFile(UserError, OSError):
     file, or larger than what may be read from it. An ``OSError`` (callers that quarantine or
     fail one item on any I/O error do so) and a ``UserError`` (cflab prints its one line, exit 2)."""
 
+    def __str__(self) -> str:  # the message names the path; an OSError's would turn into "[Errno None] ..."
+        return str(self.args[0]) if self.args else type(self).__name__
+
 
 class NotARegularFile(UnreadableFile):
     """The path exists but is not a regular file (``kind`` says what it is); it was not read."""

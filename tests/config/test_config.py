@@ -103,7 +103,7 @@ def test_a_fifo_is_not_read(tmp_path):
     import os
 
     os.mkfifo(fifo)
-    with pytest.raises(ConfigError, match="is a FIFO \(named pipe\), not a regular file"):
+    with pytest.raises(ConfigError, match=r"is a FIFO \(named pipe\), not a regular file"):
         AuditConfig.from_yaml(fifo)
 
 

@@ -306,3 +306,48 @@ def test_prefect_json_naming_a_class_is_refused_without_importing_it(prefect_ser
         again = run_generate(config, store, items)
     assert not marker.exists() and "cflab_planted_c" not in sys.modules
     assert len(batches) == 1 and [r.status for r in again] == ["cached"] * len(items)
+
+
+@pytest.mark.prefect
+@pytest.mark.slow
+def test_an_edited_result_is_refused_by_its_checksum_and_the_batch_made_again(prefect_server, one_batch):
+    """Issue 17: a stored result edited in place (one record's status) with no checksum recomputed."""
+    from audit_runs import generate_batch_calls
+
+    config, store, items = one_batch
+    run_generate(config, store, items)
+    record, result = cache_files(config, store, items)
+    stored = json.loads(result.read_bytes())
+    assert stored["key"] == record.name  # written for the cache key it is stored under
+    stored["records"][0]["seconds"] = 99.0
+    result.write_text(json.dumps(stored))
+    with generate_batch_calls() as batches, warnings_logged() as warnings:
+        again = run_generate(config, store, items)
+    assert len(batches) == 1 and [r.status for r in again] == ["cached"] * len(items)
+    refusals = [w for w in warnings if "refused stored result" in w]
+    assert refusals and str(result) in refusals[0] and "does not match its checksum" in refusals[0]
+    assert json.loads(result.read_bytes())["records"][0]["seconds"] != 99.0  # rewritten
+
+
+@pytest.mark.prefect
+@pytest.mark.slow
+def test_a_hostile_cache_record_is_refused_unread_and_the_batch_made_again(prefect_server, one_batch):
+    """A FIFO, a symlink to /dev/zero, an oversized file where the batch's cache record is: each
+    refused without being read (a warning naming it), the batch made again, the record rewritten."""
+    from audit_runs import generate_batch_calls
+    from hang_guard import call_within
+    from hostile_files import HOSTILE, expected_words, plant
+
+    from counterfactual_lab.tasks.result_serialization import MAX_RECORD_BYTES
+
+    config, store, items = one_batch
+    run_generate(config, store, items)
+    record, _ = cache_files(config, store, items)
+    for kind in HOSTILE:
+        plant(record, kind, MAX_RECORD_BYTES)
+        with generate_batch_calls() as batches, warnings_logged() as warnings:
+            again = call_within(60, lambda: run_generate(config, store, items), fifos=[record], what="the generation task")
+        assert len(batches) == 1 and [r.status for r in again] == ["cached"] * len(items), kind
+        refusals = [w for w in warnings if "refused cache record" in w]
+        assert refusals and str(record) in refusals[0] and all(word in refusals[0] for word in expected_words(kind))
+        assert record.is_file() and json.loads(record.read_bytes())["serializer"] == {"type": SERIALIZER_TYPE}
