@@ -56,6 +56,7 @@ MAX_BOOTSTRAP_SAMPLES = 100_000
 MAX_ATTRIBUTES = 16
 MAX_TARGETS_PER_ATTRIBUTE = 64
 MAX_WORKERS = 256
+MAX_TASKS_PER_WORKER = 10_000
 MAX_INGEST_BATCH_ROWS = 65_536
 MAX_RETRIES = 20
 MAX_RETRY_DELAY_SECONDS = 3600.0
@@ -337,6 +338,10 @@ class RuntimeSection(BaseModel):
     max_failed_fraction: float = Field(0.1, ge=0, le=1)
     retries: int = Field(3, ge=0, le=MAX_RETRIES)
     retry_delay_seconds: float = Field(2.0, ge=0, le=MAX_RETRY_DELAY_SECONDS)
+    # How many tasks each worker gets per fan-out (generation, evaluation): a task holds
+    # ceil(items / (max_workers × tasks_per_worker)) items, at least one model batch, so
+    # orchestration costs a fixed number of task runs whatever the audit's size.
+    tasks_per_worker: int = Field(16, ge=1, le=MAX_TASKS_PER_WORKER)
 
 
 AttributeTargets = Annotated[list[Text], Field(min_length=1, max_length=MAX_TARGETS_PER_ATTRIBUTE)]
