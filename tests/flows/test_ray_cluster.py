@@ -16,7 +16,7 @@ import glob
 import json
 import os
 import re
-import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -82,7 +82,7 @@ class Daemon:
             pass
 
 
-def stop_all(daemons: list[Daemon], grace: float = 10.0) -> None:
+def stop_all(daemons: list[Daemon], grace: float = 3.0) -> None:
     """SIGTERM every daemon's process group at once, SIGKILL the groups after ``grace`` seconds."""
     for daemon in daemons:
         daemon.signal_group(signal.SIGTERM)
@@ -112,18 +112,38 @@ def marked_processes(mark: str) -> list[psutil.Process]:
     return found
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_ray_block() -> list[str]:
+    """The command lines of the README's Ray block (comments dropped)."""
+    text = README.read_text()
+    section = text[text.index("## More than one machine: Ray"):]
+    block = section[section.index("```bash") + len("```bash"): section.index("```", section.index("```bash") + 7)]
+    return [line.split("#", 1)[0].strip() for line in block.strip().splitlines() if line.split("#", 1)[0].strip()]
+
+
+def readme_command(start: str, home: Path, gcs_port: int) -> list[str]:
+    """The README's ``ray ...`` line that starts with ``start``, for this machine: ``<head-ip>`` is
+    loopback, 6379 a free port, ``~`` the test's home."""
+    line = next(line for line in readme_ray_block() if line.startswith(start))
+    line = line.replace("<head-ip>", "127.0.0.1").replace("6379", str(gcs_port)).replace("~", str(home))
+    return [*RAY, *shlex.split(line)[1:]]
+
+
 @pytest.fixture(scope="module")
 def cluster_env(tmp_path_factory):
-    """The environment of the nodes, the Prefect server and the cflab driver (as the README says)."""
+    """The environment of the nodes, the Prefect server and the cflab driver, set up as the README
+    says: one token (``ray get-auth-token --generate`` in a home of this test's own, the file every
+    node and driver reads) and ``RAY_AUTH_MODE=token`` everywhere."""
     home = tmp_path_factory.mktemp("ray-cluster")
-    token = home / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
     mark = uuid.uuid4().hex
+    lines = readme_ray_block()
+    assert "export RAY_AUTH_MODE=token" in lines, lines
     env = {
         **os.environ,
-        "RAY_AUTH_MODE": "token",  # on every node and on the driver (Ray 2.60)
-        "RAY_AUTH_TOKEN_PATH": str(token),  # how the token reaches each node
+        "HOME": str(home),  # where ~/.ray/auth_token is written and read
+        "RAY_AUTH_MODE": "token",
         "RAY_USAGE_STATS_ENABLED": "0",
         "PREFECT_HOME": str(home / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -131,7 +151,13 @@ def cluster_env(tmp_path_factory):
         "OMP_NUM_THREADS": "1",  # a 1-CPU Ray task runs torch on one thread: so does the local run
         MARK: mark,
     }
-    env.pop("PREFECT_API_URL", None)
+    for name in ("PREFECT_API_URL", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(name, None)
+    generate = subprocess.run(readme_command("ray get-auth-token", home, 0), env=env, capture_output=True, text=True,
+                              timeout=60)
+    assert generate.returncode == 0 and (home / ".ray" / "auth_token").is_file(), generate.stderr
+    chmod = next(line for line in lines if line.startswith("chmod"))
+    subprocess.run(shlex.split(chmod.replace("~", str(home))), check=True)
     # Ray's unix sockets live under the temp dir: keep its path short (< 108 bytes with the session's name).
     temp = tempfile.mkdtemp(prefix="cflab-ray-", dir="/tmp")
     yield {"env": env, "home": home, "temp": temp, "mark": mark}
@@ -149,10 +175,13 @@ def start_cluster(cluster_env) -> dict:
     api_port, gcs_port = free_port(), free_port()
     server = Daemon("prefect-server", [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                        "--port", str(api_port)], env, home)
-    head = Daemon("ray-head", [*RAY, "start", "--head", "--block", f"--port={gcs_port}", f"--temp-dir={temp}",
+    # The README's command, plus what keeps a test apart on a shared machine: its own temp folder
+    # and ports, one CPU, no dashboard, --block (the node's processes are this process's children).
+    head = Daemon("ray-head", [*readme_command("ray start --head", home, gcs_port), "--block", f"--temp-dir={temp}",
                                "--num-cpus=1", "--include-dashboard=false", f"--ray-client-server-port={free_port()}",
                                f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats"], env, home)
-    return {"server": server, "head": head, "api_url": f"http://127.0.0.1:{api_port}/api", "address": f"127.0.0.1:{gcs_port}"}
+    return {"server": server, "head": head, "api_url": f"http://127.0.0.1:{api_port}/api",
+            "address": f"127.0.0.1:{gcs_port}", "gcs_port": gcs_port}
 
 
 def healthy(api_url: str) -> bool:
@@ -222,14 +251,19 @@ def test_an_audit_on_two_ray_nodes_survives_losing_one_mid_generation(cluster_en
 
         cluster["head"].wait_for(lambda: cluster["head"].printed("Ray runtime started."), timeout=180)
         cluster["server"].wait_for(lambda: healthy(cluster["api_url"]), timeout=180)
-        worker = Daemon("ray-worker", [*RAY, "start", "--block", f"--address={cluster['address']}",
+        worker = Daemon("ray-worker", [*readme_command("ray start --address", home, cluster["gcs_port"]), "--block",
                                        f"--temp-dir={cluster_env['temp']}", "--num-cpus=1",
                                        f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats"], env, home)
         worker.wait_for(lambda: worker.printed("Ray runtime started."), timeout=120)
         cluster_s = time.monotonic() - started
-        status = subprocess.run([*RAY, "status", f"--address={cluster['address']}"], env=env, capture_output=True,
-                                text=True, timeout=60)
-        assert status.returncode == 0 and status.stdout.count("node_") == 2, status.stdout + status.stderr
+        for _ in range(15):  # the autoscaler's view lags a new node by a few seconds
+            status = subprocess.run(readme_command("ray status", home, cluster["gcs_port"]), env=env,
+                                    capture_output=True, text=True, timeout=60)
+            assert status.returncode == 0, status.stdout + status.stderr  # the token reached `ray status` too
+            if status.stdout.count("node_") == 2:
+                break
+            time.sleep(1)
+        assert status.stdout.count("node_") == 2, status.stdout
 
         on_ray = write_config(home / "ray.yaml", inputs, str(ray_out), generation=GENERATION,
                               runtime={"task_runner": "ray", "ray_address": cluster["address"], "max_workers": 2})
