@@ -26,6 +26,7 @@ from pathlib import Path
 
 from counterfactual_lab.demo.inputs import prepare_demo
 from counterfactual_lab.errors import DataOverLimit, TooManyFailedItems, UserError
+from counterfactual_lab.report.terminal import printable
 from counterfactual_lab.storage.files import exists, join
 from counterfactual_lab.storage.redaction import mask_known, remember_secrets
 from counterfactual_lab.version import __version__
@@ -40,7 +41,7 @@ _verbosity = "quiet"
 
 def status(message: str) -> None:
     """Say what cflab is doing (on stderr, so stdout stays the command's result)."""
-    print(f"cflab: {message}", file=sys.stderr, flush=True)
+    print(f"cflab: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -72,12 +73,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     outcome = ingest_and_validate(spec, batch_rows=args.batch_rows)
     write_validation_outputs(outcome, args.out)
 
-    print(f"dataset: {redact_text(spec.uri)}")
+    print(f"dataset: {printable(redact_text(spec.uri))}")
     print(f"rows read: {outcome.rows_in}")
     print(f"valid: {outcome.valid.height}")
     print(f"quarantined: {outcome.quarantined} ({outcome.quarantined_fraction:.1%})")
     for reason, count in sorted(outcome.by_reason.items(), key=lambda item: (-item[1], item[0])):
-        print(f"  {reason}: {count}")
+        print(f"  {printable(reason)}: {count}")
     names = ", ".join(join(args.out, n) for n in ("quarantine.parquet", "validation.json", "expectations.json"))
     print(f"wrote {names}")
     if outcome.quarantined_fraction > args.max_invalid_fraction:
@@ -394,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         # Error text may quote a credential (a URI with a password, a library echoing an
         # option): masked with every secret this process was handed, like log records are.
         if debug:
-            print(mask_known(traceback.format_exc()), end="", file=sys.stderr)
+            print(printable(mask_known(traceback.format_exc())), end="", file=sys.stderr)
         _fail(mask_known(describe_error(exc, debug)))
         return EXIT_OVER_LIMIT if isinstance(exc, DataOverLimit) else EXIT_USAGE
 
@@ -417,7 +418,7 @@ def describe_error(exc: BaseException, debug: bool = False) -> str:
     return text if debug else f"{text} (run with --debug for the traceback)"
 def _fail(message: str) -> int:
     first_line = (message.strip().splitlines() or ["unknown error"])[0]
-    print(f"cflab: error: {first_line}", file=sys.stderr, flush=True)
+    print(f"cflab: error: {printable(first_line)}", file=sys.stderr, flush=True)
     return EXIT_USAGE
 
 

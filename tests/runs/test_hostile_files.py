@@ -71,3 +71,22 @@ def test_a_config_with_a_5000_digit_integer_names_the_key(tmp_path, capsys):
     code, out, err = cflab_within(["audit", "--config", str(config)], [], capsys)
     assert code == EXIT_USAGE
     assert_one_line(err, "key 'steps'", "5,000 digits")
+
+
+ESCAPES = "\x1b[2J\x1b]0;owned\x07\r\x08\x9b"
+
+
+@pytest.mark.parametrize("target", ["run", "output root"])
+def test_terminal_escape_codes_in_a_manifest_never_reach_the_terminal(tmp_path, capsys, target):
+    """Issue 17: a manifest's strings (a dataset name, a model, a run id) were printed raw by ``cflab report``."""
+    run_uri = publish(str(tmp_path)).run_uri
+    path = Path(run_uri) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["dataset"]["name"] = f"sample{ESCAPES}"
+    manifest["models"]["audit"]["model"] = f"tiny{ESCAPES}clip"
+    manifest["run_id"] = f"run-7{ESCAPES}"
+    path.write_text(json.dumps(manifest))
+    code, out, err = cflab_within(["report", run_uri if target == "run" else str(tmp_path)], [], capsys)
+    assert code == 0 and "sample" in out
+    assert not [c for c in out + err if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F], repr(out)
+    assert "owned" not in out  # the window-title sequence went whole, its text too
