@@ -161,7 +161,7 @@ def test_reproduce_hashes_no_folder_outside_the_model_roots_nor_one_over_the_siz
     assert "/usr" not in hashed
     hashed.clear()
     monkeypatch.setenv("CFLAB_MODEL_ROOTS", str(tmp_path / "models"))  # the default roots read it
-    problems = reproduction_differences(manifest, max_model_bytes=10)
-    assert all("holds more than 10 bytes; not hashed" in p for p in problems if p.startswith("models."))
+    problems = reproduction_differences(manifest, max_model_bytes=4)  # each fake model holds 5 or 6 bytes
+    assert all("holds more than 4 bytes; not hashed" in p for p in problems if p.startswith("models."))
     assert len([p for p in problems if p.startswith("models.")]) == len(manifest["models"])
     assert hashed == []  # nothing was hashed
