@@ -7,6 +7,8 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
+
 from counterfactual_lab.evaluate.auditees.answer_cache import (
     COMPACT_SEGMENTS,
     AnswerCache,
@@ -14,6 +16,8 @@ from counterfactual_lab.evaluate.auditees.answer_cache import (
     answer_key,
 )
 from counterfactual_lab.evaluate.auditees.probes import cached_answers
+from hang_guard import call_within
+from hostile_files import HOSTILE, expected_words, plant
 
 PROMPTS = ["Is this a doctor?", "Is this a nurse?", "Is this a pilot?", "Is this a cook?"]
 
@@ -115,3 +119,29 @@ def test_index_segments_are_merged_past_the_limit(tmp_path):
 
 def test_answer_keys_are_the_hash_of_their_fields():
     assert answer_key({"b": 1, "a": "x"}) == answer_key({"a": "x", "b": 1}) != answer_key({"a": "y", "b": 1})
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_a_hostile_file_in_place_of_a_shard_is_refused_unread_and_its_answers_recomputed(tmp_path, caplog, kind):
+    from counterfactual_lab.evaluate.auditees.answer_cache import SHARD_MAX_BYTES
+
+    images = images_of(4)
+    run(tmp_path, images, batch=4)
+    [shard] = (tmp_path / "_auditee_cache" / "v2" / "shards").iterdir()
+    plant(shard, kind, SHARD_MAX_BYTES)
+    counts = CallCounts()
+    call_within(20, lambda: ask(AnswerCache(str(tmp_path), subjects=images), images, counts), fifos=[shard],
+                what="the answer cache")
+    assert counts.computed == 4 * len(PROMPTS)
+    refusals = [r.message for r in caplog.records if "refused" in r.message]
+    assert len(refusals) == 1 and str(shard) in refusals[0] and all(w in refusals[0] for w in expected_words(kind))
+
+
+def test_a_generated_text_may_hold_any_character():
+    from counterfactual_lab.evaluate.auditees.answer_cache import value_problem
+
+    fields = {"probe": "generation", "max_new_tokens": 4}
+    assert value_problem("generation", fields, {"text": "a\x00b\x1b[2J", "tokens": 4}) is None
+    assert value_problem("generation", fields, {"text": "a", "tokens": 5}) is not None
+    assert value_problem("toxicity", {}, {"toxicity": 1.0000001}) is not None
+    assert value_problem("choice", {}, {"loglik": float("nan")}) is not None

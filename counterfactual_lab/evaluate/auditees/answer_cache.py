@@ -115,7 +115,7 @@ def value_problem(probe: str, fields: Mapping[str, Any], value: Any) -> str | No
     """Why ``value`` cannot be an answer of ``probe`` (None when it can). Probes of
     :mod:`.probes`: ``choice`` {loglik: finite, ≤ 0}; ``yes_no``/``rating`` {sums: next-token
     probability masses, each in [0, 1], summing to at most 1}; ``generation`` {text: a string
-    without NUL, tokens: 0…max_new_tokens}; ``toxicity`` {toxicity: in [0, 1]}."""
+    (a model may write any character), tokens: 0…max_new_tokens}; ``toxicity`` {toxicity: in [0, 1]}."""
     if not isinstance(value, dict):
         return "the value is not an object"
     if probe == "choice":
@@ -131,7 +131,7 @@ def value_problem(probe: str, fields: Mapping[str, Any], value: Any) -> str | No
     if probe == "generation":
         text, tokens = value.get("text"), value.get("tokens")
         limit = fields.get("max_new_tokens")
-        ok = set(value) == {"text", "tokens"} and isinstance(text, str) and "\x00" not in text \
+        ok = set(value) == {"text", "tokens"} and isinstance(text, str) \
             and isinstance(tokens, int) and not isinstance(tokens, bool) and 0 <= tokens \
             and (not isinstance(limit, int) or tokens <= limit)
         return None if ok else f"generation (tokens {tokens!r}) is not a text of at most {limit} tokens"
