@@ -192,7 +192,7 @@ def read_state(state_uri: str, storage_options: dict[str, Any] | None = None) ->
     except FileNotFoundError:
         return {}
     except DamagedJson as exc:
-        raise UserError(f"watch state {exc}; delete it to re-announce every dataset") from None
+        raise UserError(f"watch state is corrupt: {exc}; delete it to re-announce every dataset") from None
     try:
         datasets = state["datasets"]
         if not isinstance(datasets, dict):
