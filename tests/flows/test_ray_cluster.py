@@ -4,7 +4,7 @@ raylet in the middle of a generation batch and still completes: every planned wo
 once, the same run id, tables and report as a local run, and Ray's own lines kept out of the
 console (stdout is ``run:`` and ``report:``; stderr only progress bars and cflab's log lines).
 
-Lean on purpose (2 cores): the tiny models, 8 rows; the local reference audit runs in this process
+Lean on purpose (2 cores): the tiny models, 8 rows, one seed per target; the local reference audit runs in this process
 while the head node and the Prefect server start. Every process it starts is stopped by process
 group, and anything left carrying this test's marker variable is killed by PID; never ``ray stop``
 (it kills every Ray process on the machine, other sessions' included).
@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.prefect]
 
 CFLAB = [sys.executable, "-m", "counterfactual_lab.flows.cli"]
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
-GENERATION = {"steps": 2, "seeds_per_target": 2, "batch_size": 4, "resolution": 32}
+GENERATION = {"steps": 2, "seeds_per_target": 1, "batch_size": 4, "resolution": 32}
 MARK = "CFLAB_RAY_CLUSTER_TEST"
 
 
