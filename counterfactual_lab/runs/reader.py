@@ -9,7 +9,6 @@ its tables may be from an interrupted or unfinished publish.
 from __future__ import annotations
 
 import io
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,8 +22,13 @@ from counterfactual_lab.runs.publisher import (
     MANIFEST_NAME,
     REPORT_NAME,
     RUN_TABLE_NAMES,
+    read_manifest,
 )
 from counterfactual_lab.storage.files import exists, filesystem, join, read_bytes
+from counterfactual_lab.storage.json_files import DamagedJson
+
+# A run table is read whole into memory: larger than this, it is not a table this project wrote.
+RUN_TABLE_MAX_BYTES = 4 * 2**30
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,9 @@ def read_run(run_uri: str, storage_options: dict[str, Any] | None = None) -> Run
             f"run at {run_uri} is incomplete: no manifest.json (the run was interrupted or is still running)"
         )
     try:
-        manifest = json.loads(read_bytes(manifest_uri, storage_options))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"run at {run_uri} has a damaged manifest.json: {exc}") from None
+        manifest = read_manifest(manifest_uri, storage_options)
+    except DamagedJson as exc:
+        raise UserError(f"run at {run_uri} has a damaged manifest.json: {str(exc).removeprefix(manifest_uri + ' ')}") from None
     if not isinstance(manifest, dict):
         raise UserError(f"run at {run_uri} has a damaged manifest.json: expected an object")
     listed = manifest.get("tables") or {}
@@ -88,8 +92,10 @@ def read_run(run_uri: str, storage_options: dict[str, Any] | None = None) -> Run
                 raise UserError(f"run at {run_uri} lists table {name!r} in its manifest but {name}.parquet is missing")
             frames[name] = pl.DataFrame()
             continue
+        # Not a regular file, or over the limit: one line naming it (UnreadableFile).
+        data = read_bytes(uri, storage_options, max_bytes=RUN_TABLE_MAX_BYTES, what="a run table")
         try:
-            frames[name] = pl.read_parquet(io.BytesIO(read_bytes(uri, storage_options)))
+            frames[name] = pl.read_parquet(io.BytesIO(data))
         except Exception as exc:  # polars raises several types for a damaged file
             raise UserError(f"run at {run_uri}: {name}.parquet is not readable Parquet ({exc})") from None
     return RunTables(run_uri=run_uri, manifest=manifest, **frames)
@@ -155,13 +161,14 @@ def _listing(run_uri: str, name: str, files: dict[str, dict], storage_options: d
     dataset = _RUN_ID_SUFFIX.sub("", name) if _RUN_ID_SUFFIX.search(name) else None
     if MANIFEST_NAME not in files:
         return RunListing(name, run_uri, dataset, STATUS_INCOMPLETE, None, last_written, report)
+    manifest_uri = join(run_uri, MANIFEST_NAME)
     try:
-        manifest = json.loads(read_bytes(join(run_uri, MANIFEST_NAME), storage_options))
+        manifest = read_manifest(manifest_uri, storage_options)
         if not isinstance(manifest, dict):
-            raise ValueError("expected an object")
-    except (ValueError, UnicodeDecodeError) as exc:
+            raise DamagedJson("expected an object")
+    except DamagedJson as exc:
         return RunListing(name, run_uri, dataset, STATUS_INCOMPLETE, None, last_written, report,
-                          problem=f"damaged manifest.json ({exc})")
+                          problem=f"damaged manifest.json ({str(exc).removeprefix(manifest_uri + ' ')})")
     status = STATUS_FAILED if manifest.get("status") == STATUS_FAILED else STATUS_COMPLETE
     dataset = (manifest.get("dataset") or {}).get("name") or dataset
     finished = manifest.get("finished_at")

@@ -6,12 +6,14 @@ in this order, the choice probe (``audit.choice_prompt`` over ``audit.labels``),
 questions (``audit.yes_no``; then the negative-control questions, ``audit.negative_controls``,
 probe ``negative_control``), the ratings (``audit.ratings`` on 1…``audit.rating_scale``) and the
 open-ended generations (``audit.generate``), then scores each generated text with the toxicity
-classifier (``audit.toxicity_model``). Every answer goes through the output store's cache.
+classifier (``audit.toxicity_model``). Every answer goes through the output store's cache:
+one view of it per call (:meth:`AnswerCache.view` over the call's images and the shards the caller
+says may hold their answers), whose new answers are written as one shard at the end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import polars as pl
@@ -30,6 +32,14 @@ from counterfactual_lab.evaluate.auditees.interface import (
 from counterfactual_lab.evaluate.auditees.kinds import resolved_negative_controls
 from counterfactual_lab.evaluate.auditees.loading import LoadedModel
 from counterfactual_lab.evaluate.auditees.prompts import resolve_format
+
+
+def answers_per_image(audit: AuditSection) -> int:
+    """How many cached answers the configured probes ask per image: a choice per label, one per
+    yes/no question and rating prompt, one per generated sample (and its toxicity score)."""
+    choice = len(audit.labels) if audit.choice_prompt is not None else 0
+    generated = len(audit.generate.prompts) * audit.generate.samples
+    return choice + len(audit.yes_no) + len(audit.ratings) + generated * (2 if audit.toxicity_model else 1)
 
 
 class GenerativeAuditee:
@@ -57,11 +67,15 @@ class GenerativeAuditee:
         self.toxicity = toxicity
         self.toxicity_key = toxicity_key
 
-    def answer(self, pool: pl.DataFrame, load_image: Callable[[str], Any]) -> AuditeeAnswers:
+    def answer(self, pool: pl.DataFrame, load_image: Callable[[str], Any],
+               cache_shards: Sequence[str] | None = None) -> AuditeeAnswers:
+        """``cache_shards``: the answer shards that may hold these images' answers (the flow's index
+        lookup); None: looked up in the cache's index here."""
         audit = self.audit
         images = ProbeImages.from_pool(pool, load_image)
         counts = CallCounts()
-        session = probes.ProbeSession(self.runner, self.prompt_format, self.model_key, self.cache, counts)
+        cache = self.cache.view(subjects=images.content_keys, shards=cache_shards, counts=counts) if self.cache else None
+        session = probes.ProbeSession(self.runner, self.prompt_format, self.model_key, cache, counts)
         predictions = pool
         if audit.choice_prompt is not None:
             choice = probes.choice(session, images, audit.choice_prompt, audit.labels)
@@ -84,9 +98,12 @@ class GenerativeAuditee:
                 max_new_tokens=decoding.max_new_tokens, seed=decoding.seed,
             )
             scores = (
-                probes.toxicity(made["text"].to_list(), self.toxicity, self.toxicity_key, self.cache, counts, audit.batch_size)
+                probes.toxicity(made["text"].to_list(), self.toxicity, self.toxicity_key, cache, counts, audit.batch_size)
                 if self.toxicity is not None else None
             )
             generations = made.with_columns(pl.Series("toxicity", scores, dtype=pl.Float64) if scores is not None
                                             else pl.lit(None, dtype=pl.Float64).alias("toxicity"))
-        return AuditeeAnswers(predictions=predictions, probes=probe_rows, generations=generations, counts=counts.as_dict())
+        if cache is not None:
+            cache.flush()
+        return AuditeeAnswers(predictions=predictions, probes=probe_rows, generations=generations, counts=counts.as_dict(),
+                              cache_shards=dict(cache.written) if cache is not None else {})
