@@ -1,4 +1,4 @@
-"""The Python API: what a notebook needs, in three names.
+"""The Python API: what a notebook needs, in four names.
 
 * :class:`CounterfactualGenerator` makes and judges counterfactuals of one image in memory:
   PIL image and caption in, :class:`Counterfactual` objects out (the edited image, the
@@ -8,6 +8,9 @@
   when called) from a config file or a dict and returns the finished run.
 * :func:`open_run` opens a finished run, local or ``s3://``, as an :class:`AuditRun`: its
   tables as polars DataFrames, and in Jupyter its headline findings (``_repr_html_``).
+* :func:`compare_runs` sets two finished runs side by side (``cflab compare``): which findings
+  appeared, disappeared or changed beyond their intervals, and whether the runs are comparable;
+  ``.text()`` is the table, ``.write("compare.html")`` the page.
 
 Example::
 
@@ -22,6 +25,7 @@ Example::
     run = cfl.run_audit("configs/audit.yaml")          # or a dict of the same keys
     run.metrics.filter(pl.col("metric") == "flip_rate")
     run                                                 # in Jupyter: the headline findings
+    print(cfl.compare_runs("out/run-a", "out/run-b").text())
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
 from typing import Any
 
 import polars as pl
@@ -42,7 +41,7 @@ from counterfactual_lab.report.review_summary import review_lines
 from counterfactual_lab.report.sentences import STRATUM_TITLES
 from counterfactual_lab.report.summary import summarise
 from counterfactual_lab.report.table import as_payload, metrics_table
-from counterfactual_lab.report.templating import render
+from counterfactual_lab.report.templating import render, short_time
 from counterfactual_lab.runs.failure import failure_banner
 from counterfactual_lab.runs.manifest import ROW_ACCOUNTING_KEYS, check_row_accounting
 from counterfactual_lab.storage.files import read_image
@@ -93,7 +92,7 @@ def render_report(
         models=models_line(manifest),
         tiny=tiny,
         run_id=run_id,
-        heading=" · ".join(p for p in (dataset.get("name"), _when(manifest.get("finished_at"))) if p),
+        heading=" · ".join(p for p in (dataset.get("name"), short_time(manifest.get("finished_at"))) if p),
         review=review,
         summary=summarise(manifest, metrics, findings),
         forests=forests,
@@ -114,20 +113,6 @@ def render_report(
 def image_loader(storage_options: dict[str, Any] | None = None) -> Callable[[str], Any]:
     """A ``load_image`` for :func:`render_report` that reads local paths and ``s3://`` URIs."""
     return functools.partial(read_image, options=storage_options)
-
-
-def _when(timestamp: Any) -> str | None:
-    """'2025-01-02 08:00 UTC' of an ISO timestamp (the manifest's ``finished_at``), as it came otherwise."""
-    if not timestamp:
-        return None
-    text = str(timestamp)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return text
-    if moment.tzinfo is not None:
-        return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return moment.strftime("%Y-%m-%d %H:%M")
 
 
 def _cut(value: Any, limit: int = CELL_CHARS) -> str:

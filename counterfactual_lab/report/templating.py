@@ -18,11 +18,26 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+from datetime import datetime, timezone
 from typing import Any
 
 import jinja2
 
 TEMPLATE_PACKAGE = "counterfactual_lab.report"
+
+
+def short_time(timestamp: Any) -> str:
+    """'2025-01-02 08:00 UTC' of an ISO timestamp (a manifest's ``finished_at``); other text as it is."""
+    if not timestamp:
+        return ""
+    text = str(timestamp)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    if moment.tzinfo is not None:
+        return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return moment.strftime("%Y-%m-%d %H:%M")
 
 
 @functools.cache
@@ -36,6 +51,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    env.filters["when"] = short_time
     return env
 
 
