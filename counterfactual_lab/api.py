@@ -56,12 +56,15 @@ from counterfactual_lab.plan.work_items import (
     generator_fingerprint,
     work_item_key,
 )
+from counterfactual_lab.report.compare import compare_runs
 from counterfactual_lab.report.examples import thumbnail_data_uri
 from counterfactual_lab.report.findings import assess_findings
 from counterfactual_lab.report.markdown import accounting_lines, models_line
 from counterfactual_lab.report.templating import render_fragment
 from counterfactual_lab.report.text import format_headline
 from counterfactual_lab.runs.reader import RunTables, read_run
+
+__all__ = ["AuditRun", "Counterfactual", "CounterfactualGenerator", "compare_runs", "open_run"]
 
 # The scores the judge gives each candidate (see counterfactual_lab.judge.edits for the formulas).
 SCORE_NAMES = ("text_similarity", "direction_similarity", "image_similarity", "attribute_ok", "attribute_margin")

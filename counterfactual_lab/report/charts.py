@@ -102,6 +102,9 @@ def _svg(figure, salt: str) -> Markup:
     text = buffer.getvalue()
     text = text[text.index("<svg"):]
     text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.S)  # an RDF block nobody reads
+    # matplotlib names elements figure_1, axes_1, …: prefixed, two charts on a page never share an id.
+    prefix = "c" + hashlib.sha256(salt.encode("utf-8")).hexdigest()[:10]
+    text = re.sub(r'(id="|url\(#|href="#)', rf"\g<1>{prefix}-", text)
     return Markup(text.replace("<svg ", '<svg class="chart" role="img" ', 1))
 
 
