@@ -37,7 +37,7 @@ from counterfactual_lab.metrics.schema import STRATUM_GENERATED, STRATUM_OBSERVA
 from counterfactual_lab.report.charts import CALLED, CONFOUNDED, IntervalRow, interval_svg
 
 FIRST_SCREEN_FAMILIES = 3
-FIRST_SCREEN_ROWS = 12
+FIRST_SCREEN_ROWS = 10
 MAX_ROWS = 30
 MAX_FAMILIES = 12
 # min_effect on probability scales applies to these when a table predates the per-row column.
