@@ -21,6 +21,7 @@ from counterfactual_lab.report.differences import PairedDifferences, seed_allowa
 from counterfactual_lab.report.history import run_history
 from counterfactual_lab.runs.publisher import RunPublisher
 from counterfactual_lab.runs.reader import read_run
+from counterfactual_lab.storage.files import exists
 
 SOURCES = 30
 AUDIT = AuditSection(labels=["doctor", "nurse"], bootstrap_samples=200)
@@ -70,7 +71,7 @@ def manifest(run_id: str, model: str = "sha256:fair", fingerprint: str = "f00d",
     }
 
 
-def publish(out: Path, run_id: str, predictions: pl.DataFrame, **manifest_fields) -> str:
+def publish(out: Path | str, run_id: str, predictions: pl.DataFrame, **manifest_fields) -> str:
     publisher = RunPublisher(str(out), run_id, "sample")
     metrics = compute_metrics(predictions, pl.DataFrame(), pl.DataFrame(), AUDIT, VALUES, design="generated")
     tables = {"predictions": publisher.write_table("predictions", predictions), "metrics": publisher.write_table("metrics", metrics)}
@@ -193,3 +194,16 @@ def test_history_charts_each_headline_number_over_the_runs_and_marks_comparabili
     with pytest.raises(UserError, match="no runs under"):
         run_history(str(tmp_path / "empty"))
     assert main(["compare", "--history", runs["out"], runs["fair"]]) == EXIT_USAGE
+
+
+@pytest.mark.s3
+def test_compare_and_history_read_and_write_s3(s3_bucket):
+    out = f"s3://{s3_bucket}/audits"
+    a = publish(out, "fair-0", pool(seed=0))
+    b = publish(out, "biased-0", pool(seed=0, shift=0.3), model="sha256:biased", day=2)
+    comparison = compare_runs(a, b, out=f"{out}/compare.html")
+    assert comparison.counts[APPEARED] > 0 and comparison.a.run_uri == a
+    history = run_history(out)
+    assert [r.run_id for r in history.runs] == ["fair-0", "biased-0"]
+    assert history.write(f"{out}/history.html") == f"{out}/history.html"
+    assert exists(f"{out}/compare.html") and exists(f"{out}/history.html")
