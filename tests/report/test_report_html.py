@@ -230,8 +230,14 @@ def first_screen(html: str) -> str:
     return html.split("<body>", 1)[1].split("<details", 1)[0]
 
 
-def test_report_parses_and_inlines_every_shown_image_as_a_webp_thumbnail(images):
-    parsed = parse(render(images))
+@pytest.fixture(scope="module")
+def report(images) -> str:
+    """The report of the default frames, rendered once for the tests that only read it."""
+    return render(images)
+
+
+def test_report_parses_and_inlines_every_shown_image_as_a_webp_thumbnail(images, report):
+    parsed = parse(report)
     # 3 kept pairs + 1 dropped pair (the failed row has no image): 2 images each.
     assert len(parsed.img_src) == 8
     assert all(src.startswith("data:image/webp;base64,") for src in parsed.img_src)
@@ -241,8 +247,8 @@ def test_report_parses_and_inlines_every_shown_image_as_a_webp_thumbnail(images)
     assert (64, 48) in sizes, "small images keep their size"
 
 
-def test_report_is_self_contained_and_allows_no_network(images):
-    html = render(images)
+def test_report_is_self_contained_and_allows_no_network(images, report):
+    html = report
     parsed = parse(html)
     external = [link for link in parsed.links if not link.startswith(("data:", "#"))]
     assert external == []
@@ -266,8 +272,8 @@ def test_first_visible_line_names_models_and_warns_for_tiny_models(images):
     assert not any("mean nothing" in text for text in real)
 
 
-def test_dataset_text_is_escaped_everywhere(images):
-    html = render(images)
+def test_dataset_text_is_escaped_everywhere(images, report):
+    html = report
     assert html.lower().count("<script") == 2, "no script but the page's own and its data block"
     assert "&lt;script&gt;alert(&#34;caption&#34;)&lt;/script&gt;" in html, "captions are escaped"
     assert "<img src=x" not in html and "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in html
@@ -276,8 +282,8 @@ def test_dataset_text_is_escaped_everywhere(images):
     assert any(row[5] == "a photo of a <b>nurse</b>" for row in table_payload(html)["rows"])
 
 
-def test_the_first_screen_holds_the_answer_and_everything_else_is_collapsed(images):
-    html = render(images)
+def test_the_first_screen_holds_the_answer_and_everything_else_is_collapsed(images, report):
+    html = report
     top = first_screen(html)
     ids = [part.split('"', 1)[0] for part in top.split(' id="')[1:]]
     assert ids[:2] == ["models", "people"], "models first, people's review right after the heading"
@@ -348,7 +354,7 @@ def test_forest_rows_carry_their_control_and_the_min_effect_zone():
     assert min_effect_of({"metric": "cits"}, {"min_effect": 0.05}) is None
 
 
-def test_the_metrics_table_is_data_with_every_row_and_its_verdict(images):
+def test_the_metrics_table_is_data_with_every_row_and_its_verdict(images, report):
     html = render(images, metrics=wide_metrics())
     payload = table_payload(html)
     columns, rows = payload["columns"], payload["rows"]
@@ -358,7 +364,7 @@ def test_the_metrics_table_is_data_with_every_row_and_its_verdict(images):
     undefined = [r for r in rows if r[columns.index("value")] is None]
     assert len(undefined) == 6 and all("undefined" in r[columns.index("note")] for r in undefined)
     assert "6 undefined (value null, the reason in note)" in section(html, "metrics")
-    payload = table_payload(render(images))
+    payload = table_payload(report)
     verdicts = {r[payload["columns"].index("metric")]: r[payload["columns"].index("verdict")] for r in payload["rows"]}
     assert verdicts["control_flip_rate"] == "control" and verdicts["cits"] == "reported"
 
@@ -447,14 +453,14 @@ def test_report_renders_for_an_empty_run(images):
     assert "Undefined: no metrics were computed in this run." in html and "No metrics were computed" in html
 
 
-def test_dropped_examples_say_what_the_model_answered(images):
-    html = render(images)
+def test_dropped_examples_say_what_the_model_answered(images, report):
+    html = report
     assert "doctor on the original; the counterfactual was not evaluated (dropped by the judge)" in html
     assert "→ None" not in html
 
 
-def test_the_same_run_renders_byte_identical(images):
-    assert render(images) == render(images)
+def test_the_same_run_renders_byte_identical(images, report):
+    assert render(images) == report
 
 
 def with_rankings(metrics: pl.DataFrame) -> pl.DataFrame:
@@ -614,7 +620,7 @@ def test_examples_compare_each_counterfactual_with_its_sets_reconstruction(image
     assert "compared with the <b>reconstruction</b> of its set" in html
 
 
-def test_examples_without_reconstructions_say_the_comparison_is_real_vs_generated(images):
-    html = render(images)
+def test_examples_without_reconstructions_say_the_comparison_is_real_vs_generated(images, report):
+    html = report
     assert "compared with the <b>real original</b>" in html and "generated vs real" in html
     assert "original: doctor → counterfactual: nurse (flipped)" in html
