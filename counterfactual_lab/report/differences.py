@@ -15,7 +15,7 @@
 Both are drawn at one level for all rows compared, Bonferroni over their number (the project's
 family-wise convention). Resampling sources cannot see what a run's generator seed does to every
 image at once (one seed is one draw), so a pair metric row changed only where the interval also
-clears what another seed alone does, the yardstick its findings are called against: its control
+clears what another seed alone does (its control) and its ``min_effect`` where the table has one
 (:func:`seed_allowance`). Two runs of the same audit with other seeds then show no change.
 """
 
@@ -195,11 +195,16 @@ def from_intervals(a: Mapping[str, Any], b: Mapping[str, Any], confidence: float
 
 
 def seed_allowance(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
-    """What another generator seed alone does to a pair metric row, from the two runs' assessed rows:
-    a signed gap's control band (±, the largest change its control shows either way), a flip rate's
-    or a mean |Δ|'s control interval's upper end; the larger of the two runs'. 0 without a control."""
+    """How far a pair metric row may move between two runs without its change meaning anything, from
+    the two runs' assessed rows: what another generator seed alone does (a signed gap's control band,
+    the largest change its control shows either way, else its control's interval's farthest end; a
+    flip rate's or a mean |Δ|'s control interval's upper end), and not less than the row's
+    ``min_effect`` where the table has one (the smallest difference the audit calls a finding); the
+    larger of the two runs'. 0 without either."""
     out = 0.0
     for row in (a, b):
+        if not missing(row.get("min_effect")):
+            out = max(out, float(row["min_effect"]))
         band = row.get("control_band")
         if not missing(band):
             out = max(out, float(band))

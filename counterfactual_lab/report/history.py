@@ -15,7 +15,6 @@ such a line is not one trend.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,9 +33,8 @@ from counterfactual_lab.report.forests import decision_interval, row_label
 from counterfactual_lab.report.sentences import number, percent
 from counterfactual_lab.report.templating import render, short_time
 from counterfactual_lab.review.figures import HUMAN_VALIDITY_RATE, JUDGE_HUMAN_AGREEMENT
-from counterfactual_lab.runs.publisher import MANIFEST_NAME
-from counterfactual_lab.runs.reader import STATUS_COMPLETE, list_runs
-from counterfactual_lab.storage.files import exists, join, read_bytes, write_bytes_atomic
+from counterfactual_lab.runs.reader import STATUS_COMPLETE, list_runs, read_run
+from counterfactual_lab.storage.files import write_bytes_atomic
 
 HISTORY_NAME = "history.html"
 MAX_METRIC_SERIES = 12
@@ -107,13 +105,6 @@ def comparability_key(manifest: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _read(run_uri: str, storage_options: dict[str, Any] | None) -> tuple[dict[str, Any], pl.DataFrame]:
-    manifest = json.loads(read_bytes(join(run_uri, MANIFEST_NAME), storage_options))
-    metrics_uri = join(run_uri, "metrics.parquet")
-    metrics = pl.read_parquet(io.BytesIO(read_bytes(metrics_uri, storage_options))) if exists(metrics_uri, storage_options) else pl.DataFrame()
-    return manifest, metrics
-
-
 def _review_value(metrics: pl.DataFrame, metric: str) -> dict[str, Any] | None:
     if metrics.is_empty() or "stratum" not in metrics.columns:
         return None
@@ -142,7 +133,8 @@ def run_history(out_uri: str, storage_options: dict[str, Any] | None = None) -> 
     skipped = [f"{r.run_id} ({r.status}{': ' + r.problem if r.problem else ''})" for r in listed if r.status != STATUS_COMPLETE]
     runs, assessed, manifests = [], [], []
     for listing in complete:
-        manifest, metrics = _read(listing.run_uri, storage_options)
+        run = read_run(listing.run_uri, storage_options, tables=("metrics",))
+        manifest, metrics = run.manifest, run.metrics
         findings = assess_findings(metrics)
         verdict = bias_verdict(metrics) if metrics.height else "undefined"
         runs.append(HistoryRun(listing.run_id, listing.run_uri, short_time(manifest.get("finished_at")) or "-", verdict,

@@ -115,19 +115,20 @@ def test_a_planted_bias_appears_with_its_paired_difference(runs):
 def test_a_consistent_shift_smaller_than_what_another_seed_does_is_not_a_change(tmp_path):
     """Sources cannot see what one generator seed does to every image; the control can: a shift
     that the paired interval alone would call is a change only when it clears the control's band."""
-    noisy = [publish(tmp_path / "noisy", f"run-{i}", pool(seed=0, seed_shift=shift)) for i, shift in enumerate((0.0, 0.03))]
-    quiet = [publish(tmp_path / "quiet", f"run-{i}", pool(seed=0, seed_shift=shift, control_sd=0.002))
-             for i, shift in enumerate((0.0, 0.03))]
+    noisy = [publish(tmp_path / "noisy", f"run-{i}", pool(seed=0, seed_shift=shift)) for i, shift in enumerate((0.0, 0.005))]
+    quiet = [publish(tmp_path / "quiet", f"run-{i}", pool(seed=0, seed_shift=shift, control_sd=0.0002))
+             for i, shift in enumerate((0.0, 0.02))]
     row = next(c for c in compare_runs(*quiet).changes if c.label == "prob_gap_signed gender male→female doctor")
-    assert row.change in (APPEARED, CHANGED) and row.difference.rule == "paired" and row.difference.low > 0.02
-    assert row.difference.beyond and row.difference.allowance < 0.02
+    assert row.change in (APPEARED, CHANGED) and row.difference.rule == "paired" and row.difference.low > 0.015
+    assert row.difference.beyond and row.difference.allowance < 0.015
     runs = [read_run(uri) for uri in noisy]
     paired = PairedDifferences(runs[0].manifest, runs[0].predictions, runs[1].manifest, runs[1].predictions, 0.999)
     low, _, _ = paired.interval(("generated", "gender", "male→female", "prob_gap_signed", "doctor"))
-    assert low > 0.02, "sources alone say the gap moved"
+    assert low > 0.004, "sources alone say the gap moved"
     assert not compare_runs(*noisy).any_change, "but by less than another seed alone moves it (±band of its control)"
     assert seed_allowance({"metric": "prob_gap_signed", "control_band": 0.04}, {"metric": "prob_gap_signed", "control_band": 0.05}) == 0.05
     assert seed_allowance({"metric": "flip_rate", "control_ci_high": 0.1}, {"metric": "flip_rate", "control_ci_high": None}) == 0.1
+    assert seed_allowance({"metric": "flip_rate", "control_ci_high": 0.01, "min_effect": 0.05}, {"metric": "flip_rate"}) == 0.05
 
 
 def test_comparability_names_each_difference_that_matters(runs):

@@ -341,7 +341,8 @@ def test_a_confounded_row_and_min_effect_are_shown_where_the_table_has_them():
 def test_forest_rows_carry_their_control_and_the_min_effect_zone():
     from counterfactual_lab.report.forests import forest_row, min_effect_of
 
-    rows = {(r["metric"], r["group"], r["label"]): r for r in assess_findings(metrics_frame()).to_dicts()}
+    # Where the table has no min_effect of its own (issue 15 adds one per row), the manifest's is drawn.
+    rows = {(r["metric"], r["group"], r["label"]): {**r, "min_effect": None} for r in assess_findings(metrics_frame()).to_dicts()}
     flip = forest_row(rows[("flip_rate", "male→female", None)], {"min_effect": 0.05})
     assert (flip.value, flip.emphasis, flip.control_low, flip.control_high) == (0.23, "called", 0.03, 0.1)
     assert flip.zone_low == pytest.approx(0.06) and flip.zone_high == pytest.approx(0.11), "above the control's estimate"
@@ -351,6 +352,8 @@ def test_forest_rows_carry_their_control_and_the_min_effect_zone():
     assert signed.label == "gender male→female · doctor"
     assert forest_row(rows[("flip_rate", "male→female", None)], {}).zone_low is None, "no min_effect recorded: no zone"
     assert min_effect_of({"metric": "flip_rate", "min_effect": 0.03}, {"min_effect": 0.05}) == 0.03, "the row's own first"
+    own = forest_row({**rows[("prob_gap_signed", "male→female", "doctor")], "min_effect": 0.03}, {"min_effect": 0.05})
+    assert (own.zone_low, own.zone_high) == (-0.03, 0.03)
     assert min_effect_of({"metric": "cits"}, {"min_effect": 0.05}) is None
 
 
