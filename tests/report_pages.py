@@ -120,7 +120,7 @@ def synthetic_manifest(run_id: str = f"run-{PAYLOAD}", tiny: bool = True) -> dic
         "models": {"generator": {"model": "tiny-img2img", "revision": None}, "judge": {"model": "tiny-clip", "revision": None},
                    "audit": {"model": f"tiny-clip{PAYLOAD}", "revision": None}},
         "row_accounting": {"rows_in": 13, "valid": 12, "quarantined": 1, "planned": 24, "kept": 20, "dropped": 4, "failed": 0},
-        "metrics": {"confidence": CONFIDENCE, "labels": ["job0", "job1"], "min_effect": 0.01},
+        "metrics": {"confidence": CONFIDENCE, "labels": ["job0", "job1"], "min_effect": {"probability": 0.01}},
         "config": {"audit": {"labels": ["job0", f"nurse{PAYLOAD}"]}},
         "versions": {"python": "3.11"},
     }

@@ -346,8 +346,11 @@ def test_forest_rows_carry_their_control_and_the_min_effect_zone():
     flip = forest_row(rows[("flip_rate", "male→female", None)], {"min_effect": 0.05})
     assert (flip.value, flip.emphasis, flip.control_low, flip.control_high) == (0.23, "called", 0.03, 0.1)
     assert flip.zone_low == pytest.approx(0.06) and flip.zone_high == pytest.approx(0.11), "above the control's estimate"
-    signed = forest_row(rows[("prob_gap_signed", "male→female", "doctor")], {"min_effect": {"probability": 0.02}})
-    assert (signed.control_low, signed.control_high) == (-0.04, 0.04), "a signed gap is judged against ±band"
+    signed_row = rows[("prob_gap_signed", "male→female", "doctor")]
+    signed = forest_row(signed_row, {"min_effect": {"probability": 0.02}})
+    band = signed_row.get("control_band")  # a signed gap judged against ±band of its control (before issue 15)
+    expected = (-band, band) if band is not None else (signed_row["control_ci_low"], signed_row["control_ci_high"])
+    assert (signed.control_low, signed.control_high) == expected
     assert (signed.zone_low, signed.zone_high) == (-0.02, 0.02), "around no change"
     assert signed.label == "gender male→female · doctor"
     assert forest_row(rows[("flip_rate", "male→female", None)], {}).zone_low is None, "no min_effect recorded: no zone"
