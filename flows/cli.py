@@ -243,6 +243,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Two runs side by side (compare.html and a table), or the runs of an output folder over time (history.html)."""
+    if args.history:
+        if args.runs:
+            raise UserError("cflab compare: give two runs (RUN_A RUN_B) or --history OUT, not both")
+        # here, not at the top: it imports polars and matplotlib
+        from counterfactual_lab.report.history import HISTORY_NAME, run_history
+
+        history = run_history(args.history)
+        print(history.text(), end="")
+        print(f"history: {history.write(args.out or join(args.history.rstrip('/'), HISTORY_NAME))}")
+        return EXIT_OK
+    if len(args.runs) != 2:
+        raise UserError(f"cflab compare needs two runs, RUN_A RUN_B (got {len(args.runs)}), or --history OUT")
+    # here, not at the top: it imports polars and matplotlib
+    from counterfactual_lab.report.compare import COMPARE_NAME, compare_runs
+
+    comparison = compare_runs(args.runs[0], args.runs[1])
+    print(comparison.text(), end="")
+    print(f"compare: {comparison.write(args.out or COMPARE_NAME)}")
+    return EXIT_OK
+
+
 def cmd_review(args: argparse.Namespace) -> int:
     """People check a run's counterfactuals: serve the review page, import or export labels, or apply them."""
     # here, not at the top: it imports polars
@@ -447,6 +470,20 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_report)
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare", help="what changed between two runs, or over the runs of an output folder",
+        description="Compare two finished runs (local or s3://): print which findings appeared, disappeared or "
+        "changed beyond their intervals (paired over the sources both runs share) and warn where the runs differ "
+        "in model, generator, judge, dataset or metric parameters; write compare.html. With --history OUT: each "
+        "headline number over the runs under OUT, written to OUT/history.html.")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="RUN_A RUN_B: the run folders `cflab audit` printed as 'run:'")
+    p.add_argument("--history", metavar="OUT", help="the output folder of a scheduled audit (its output.uri)")
+    p.add_argument("--out", metavar="FILE",
+                   help="where to write the page (default: ./compare.html, or OUT/history.html with --history)")
+    p.set_defaults(handler=cmd_compare)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the one-command demo audit on tiny models",
                        description="Build the sample dataset and tiny models if missing, run the audit flow on a "
@@ -488,7 +525,8 @@ def _add_review(sub: argparse._SubParsersAction) -> None:
 
 # Subcommand parser builders, in the order `cflab --help` lists them.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_demo, _add_audit, _add_generate, _add_report, _add_review, _add_validate, _add_sample_dataset, _add_models,
+    _add_demo, _add_audit, _add_generate, _add_report, _add_compare, _add_review, _add_validate, _add_sample_dataset,
+    _add_models,
 ]
 
 

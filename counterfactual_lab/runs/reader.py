@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -63,11 +64,13 @@ class RunTables:
         return is_failed(self.manifest)
 
 
-def read_run(run_uri: str, storage_options: dict[str, Any] | None = None) -> RunTables:
+def read_run(run_uri: str, storage_options: dict[str, Any] | None = None,
+             tables: Sequence[str] = RUN_TABLE_NAMES) -> RunTables:
     """The run at ``run_uri``; raises :class:`UserError` when it is missing, incomplete or damaged.
 
     Tables are read from the run directory itself (not the URIs recorded in the manifest), so a
-    run copied elsewhere, e.g. from S3 to a laptop, still reads.
+    run copied elsewhere, e.g. from S3 to a laptop, still reads. ``tables``: the tables to read
+    (the others are empty frames), e.g. ``("metrics",)`` for a history of many runs.
     """
     run_uri = run_uri.rstrip("/")
     manifest_uri = join(run_uri, MANIFEST_NAME)
@@ -86,6 +89,9 @@ def read_run(run_uri: str, storage_options: dict[str, Any] | None = None) -> Run
     listed = manifest.get("tables") or {}
     frames: dict[str, pl.DataFrame] = {}
     for name in RUN_TABLE_NAMES:
+        if name not in tables:
+            frames[name] = pl.DataFrame()
+            continue
         uri = join(run_uri, f"{name}.parquet")
         if not exists(uri, storage_options):
             if name in listed:

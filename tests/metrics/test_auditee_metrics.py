@@ -208,7 +208,7 @@ def test_the_report_section_escapes_generated_text(tmp_path):
                                     manifest_config={"audit": {"choice_prompt": "Job? <b>{options}</b>"}})
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "Job? &lt;b&gt;{options}&lt;/b&gt;" in html
-    assert "Prompt: Is this person a doctor?" in html and '<span class="problem">called</span>' in html
+    assert "Prompt: Is this person a doctor?" in html and '<td class="problem">called</td>' in html
     assert html.count('<figure class="pair">') == 6
 
 
