@@ -27,7 +27,7 @@ from counterfactual_lab.config.dataset_spec import (
     DatasetSpec,
     _first_error,
 )
-from counterfactual_lab.config.methods import DEFAULT_METHOD, METHODS
+from counterfactual_lab.config.methods import DEFAULT_METHOD, METHODS, template_fields
 from counterfactual_lab.config.skew_protocols import SKEW_PROTOCOL_SOCIALCOUNTERFACTUALS, SkewProtocol, subject_problem
 from counterfactual_lab.config.yaml_files import load_yaml_file
 from counterfactual_lab.errors import ConfigError
@@ -57,6 +57,7 @@ MAX_BOOTSTRAP_SAMPLES = 100_000
 MAX_ATTRIBUTES = 16
 MAX_TARGETS_PER_ATTRIBUTE = 64
 MAX_WORKERS = 256
+MAX_TASKS_PER_WORKER = 10_000
 MAX_INGEST_BATCH_ROWS = 65_536
 MAX_RETRIES = 20
 MAX_RETRY_DELAY_SECONDS = 3600.0
@@ -477,6 +478,10 @@ class RuntimeSection(BaseModel):
     max_failed_fraction: float = Field(0.1, ge=0, le=1)
     retries: int = Field(3, ge=0, le=MAX_RETRIES)
     retry_delay_seconds: float = Field(2.0, ge=0, le=MAX_RETRY_DELAY_SECONDS)
+    # How many tasks each worker gets per fan-out (generation, evaluation): a task holds
+    # ceil(items / (max_workers × tasks_per_worker)) items, at least one model batch, so
+    # orchestration costs a fixed number of task runs whatever the audit's size.
+    tasks_per_worker: int = Field(16, ge=1, le=MAX_TASKS_PER_WORKER)
 
 
 class ReviewSection(BaseModel):
@@ -601,31 +606,29 @@ def _distinct(values: list[str]) -> list[str]:
 
 
 def _probe_template(prompt: str, allowed: tuple[str, ...]) -> str:
-    """``prompt`` if its only placeholders are ``allowed`` (each at most once); ValueError otherwise."""
-
-    try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(prompt) if name is not None]
-    except ValueError as exc:
-        raise ValueError(f"{prompt!r} is not a valid template (write {{{{ and }}}} for literal braces): {exc}") from None
+    """``prompt`` if its only placeholders are ``allowed`` (each at most once), each plain
+    (:func:`~counterfactual_lab.config.methods.template_fields`); ValueError otherwise."""
     names = ", ".join("{" + a + "}" for a in allowed)
+    fields = _plain_fields(prompt, names)
     for name in fields:
         if name not in allowed:
             raise ValueError(f"{prompt!r} uses {{{name}}}; a probe prompt may use only {names} (write {{{{ and }}}} for literal braces)")
-        if fields.count(name) > 1:
+    for name in set(fields):
+        if _occurrences(prompt, name) > 1:
             raise ValueError(f"{prompt!r} uses {{{name}}} more than once")
     return prompt
 
 
 def _template(prompt: str, placeholder: str) -> str:
-    """``prompt`` if it formats with ``{placeholder}`` and nothing else; ValueError otherwise."""
-    if "{" + placeholder + "}" not in prompt:
+    """``prompt`` if it has ``{placeholder}`` and no other placeholder, each plain: no attribute
+    (``{label.__class__}``), index (``{label[0]}``), conversion (``{label!r}``) or format spec
+    (``{label:>999999999}``); ValueError otherwise."""
+    fields = _plain_fields(prompt, "{" + placeholder + "}")
+    if placeholder not in fields:
         raise ValueError(f"{prompt!r} must contain {{{placeholder}}}")
-    try:
-        prompt.format(**{placeholder: "x"})
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(
-            f"{prompt!r} may use only {{{placeholder}}} (write {{{{ and }}}} for literal braces): {exc}"
-        ) from None
+    others = [name for name in fields if name != placeholder]
+    if others:
+        raise ValueError(f"{prompt!r} may use only {{{placeholder}}}, not {{{others[0]}}} (write {{{{ and }}}} for literal braces)")
     return prompt
 
 
@@ -637,3 +640,15 @@ _PROMPT_CHECKS = {
     "rating": lambda p: _probe_template(p, ("image",)),
     "generate": lambda p: _probe_template(p, ("image",)),
 }
+
+
+def _plain_fields(prompt: str, allowed: str) -> list[str]:
+    try:
+        return template_fields(prompt)
+    except ValueError as exc:
+        raise ValueError(f"{prompt!r}: {str(exc).replace('a plain attribute name such as {gender}', 'plain: ' + allowed)} "
+                         "(write {{ and }} for literal braces)") from None
+
+
+def _occurrences(prompt: str, name: str) -> int:
+    return sum(1 for _, field, _, _ in string.Formatter().parse(prompt) if field == name)

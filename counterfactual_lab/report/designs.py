@@ -1,6 +1,7 @@
 """The audit designs of issue 18 in words: phrasing robustness, "unclear" answers, how much answers
-change, and the synthetic shift, as lines the HTML report (:func:`designs_section`) and ``cflab
-report`` (:func:`design_lines`) both print.
+change, and the synthetic shift, as lines the HTML report (:func:`designs_section`, drawn by
+``templates/_designs.html.j2``, which escapes every line) and ``cflab report`` (:func:`design_lines`)
+both print.
 
 * **Phrasing robustness**: how many called differences hold in every phrasing (``robust``) and how
   many do not (``phrasing-dependent``), and the largest ``phrasing_spread`` rows;
@@ -25,7 +26,6 @@ from counterfactual_lab.metrics.generative import gap_value_words
 from counterfactual_lab.metrics.phrasings import PHRASING_DEPENDENT, PHRASING_SPREAD, ROBUST
 from counterfactual_lab.metrics.schema import CONTROL_PREFIX, STRATUM_OBSERVATIONAL
 from counterfactual_lab.metrics.synthetic_shift import SYNTHETIC_SHIFT
-from counterfactual_lab.report.markup import escaped
 from counterfactual_lab.report.sentences import interval, number, percent
 
 UNCLEAR_RATE = UNCLEAR_FAMILY.group_metric
@@ -36,6 +36,11 @@ SECTION_TITLES = {
     "answer_change": "How much answers change",
     "synthetic_shift": "Synthetic shift: generated images alone",
 }
+
+
+def change_measure_words(measure: str | None) -> str:
+    """An ``answer_change`` row's ``measure`` in words ("1 − ROUGE-L")."""
+    return _MEASURE_WORDS.get(measure, str(measure))
 
 
 def _rows(metrics: pl.DataFrame, metric: str) -> list[dict[str, Any]]:
@@ -102,7 +107,7 @@ def answer_change_lines(findings: pl.DataFrame) -> list[str]:
                    if row.get("control_value") is not None else "; no control")
         verdict = "called" if row["called"] else row["verdict"] + (f" ({row['reason']})" if row.get("reason") else "")
         value = number(row["value"]) + interval(row) if row["value"] is not None else f"undefined ({row.get('note')})"
-        lines.append(f"'{row['query']}', {row['attribute']} ({_MEASURE_WORDS.get(row.get('measure'), row.get('measure'))}): "
+        lines.append(f"'{row['query']}', {row['attribute']} ({change_measure_words(row.get('measure'))}): "
                      f"{value}{control} — {verdict}")
     return lines
 
@@ -132,15 +137,10 @@ def design_lines(findings: pl.DataFrame, metrics: pl.DataFrame) -> dict[str, lis
     return {key: lines for key, lines in sections.items() if lines}
 
 
-def designs_section(findings: pl.DataFrame, metrics: pl.DataFrame) -> str:
-    """The HTML of :func:`design_lines` (empty without any of these rows)."""
-    sections = design_lines(findings, metrics)
-    if not sections:
-        return ""
-    parts = ['<h2 id="designs">Phrasings, unclear answers, answer change, synthetic shift</h2>']
-    for key, lines in sections.items():
-        parts.append(f"<h3>{escaped(SECTION_TITLES[key])}</h3><ul>" + "".join(f"<li>{escaped(x)}</li>" for x in lines) + "</ul>")
-    return "".join(parts)
+def designs_section(findings: pl.DataFrame, metrics: pl.DataFrame) -> list[tuple[str, str, list[str]]]:
+    """What the report's designs section shows: (key, title, lines) per section of :func:`design_lines`
+    (empty without any of these rows). Plain text: the template escapes it."""
+    return [(key, SECTION_TITLES[key], lines) for key, lines in design_lines(findings, metrics).items()]
 
 
 def is_design_row(row: Mapping[str, Any]) -> bool:

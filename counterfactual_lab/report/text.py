@@ -22,6 +22,7 @@ from counterfactual_lab.report.findings import (
 from counterfactual_lab.report.markdown import accounting_lines, models_line
 from counterfactual_lab.report.review_summary import review_lines
 from counterfactual_lab.report.sentences import REAL_VS_GENERATED_WARNING
+from counterfactual_lab.report.terminal import printable
 from counterfactual_lab.runs.failure import failure_banner
 from counterfactual_lab.runs.publisher import MANIFEST_NAME
 from counterfactual_lab.runs.reader import (
@@ -36,13 +37,14 @@ from counterfactual_lab.storage.files import exists, join
 
 
 def report_text(uri: str, storage_options: dict[str, Any] | None = None) -> str:
-    """What ``cflab report URI`` prints: a run's headline, or the list of runs under an output root."""
+    """What ``cflab report URI`` prints: a run's headline, or the list of runs under an output root;
+    without control characters (its strings come from files: :func:`~counterfactual_lab.report.terminal.printable`)."""
     uri = uri.rstrip("/")
     if not exists(join(uri, MANIFEST_NAME), storage_options):
         runs = list_runs(uri, storage_options)
         if runs:
-            return format_run_list(uri, runs)
-    return format_headline(read_run(uri, storage_options))
+            return printable(format_run_list(uri, runs))
+    return printable(format_headline(read_run(uri, storage_options)))
 
 
 def format_run_list(root_uri: str, runs: list[RunListing]) -> str:

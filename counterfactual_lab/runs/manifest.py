@@ -181,8 +181,8 @@ def build_manifest(
     lists where the accounting does not close (empty: it does).
     ``status`` is ``"failed"`` when ``failure`` is given (why: ``run_failure.FailedItems.manifest_entry``,
     kept as ``failure``), else ``"complete"``. ``counts``: further counts of the run, e.g.
-    ``{"auditee": {"computed": N, "cached": M}}`` (a generative model's answers computed in this
-    run vs served from the output store's cache).
+    ``{"auditee": {"computed": N, "cached": M, "objects_written": K}}`` (a generative model's answers
+    computed in this run vs served from the output store's cache, and the cache objects written).
     """
     for key in ("name", "uri", "fingerprint"):
         if key not in dataset:

@@ -103,7 +103,7 @@ def test_a_fifo_is_not_read(tmp_path):
     import os
 
     os.mkfifo(fifo)
-    with pytest.raises(ConfigError, match="is not a regular file"):
+    with pytest.raises(ConfigError, match=r"is a FIFO \(named pipe\), not a regular file"):
         AuditConfig.from_yaml(fifo)
 
 
@@ -353,3 +353,41 @@ def test_the_full_demo_config_passes(tmp_path):
     config = AuditConfig.parse_config(yaml.safe_load(yaml.safe_dump(demo_full_config(tmp_path / "d", models, "./out"))))
     assert config.audit.unclear_option == "unclear" and len(config.audit.phrasings_of(FULL_DEMO_YES_NO)) == 2
     assert {"unclear_option", "sentiment_model", "text_embedder"} <= set(config.audit.generative_keys_set())
+
+
+# ---- prompt templates: only the documented plain placeholders (issue 17) ----
+
+HOSTILE_PLACEHOLDERS = [
+    "{label.__class__.__mro__[1].__subclasses__}",  # an attribute walk to Python's object graph
+    "{label.nonexistent}", "{label[0]}", "{label!r}", "{label:>999999999}", "{label{x}}", "{}",
+]
+
+
+@pytest.mark.parametrize("placeholder", HOSTILE_PLACEHOLDERS)
+@pytest.mark.parametrize("key", ["audit.prompt", "judge.attribute_prompt", "audit.yes_no", "generation.params.templates"])
+def test_a_template_with_anything_but_a_plain_placeholder_is_one_line_naming_the_key(key, placeholder):
+    name = {"audit.prompt": "label", "judge.attribute_prompt": "value", "audit.yes_no": "image",
+            "generation.params.templates": "gender"}[key]
+    template = "a photo of a {" + name + "} " + placeholder.replace("label", name)
+    section, field = key.split(".", 1)
+    if key == "audit.yes_no":
+        raw = {"audit": {"kind": "vlm", "model": "m", "yes_no": [template]}}
+    elif key == "generation.params.templates":
+        raw = {"generation": {"method": "text2image-sets", "params": {"templates": [template]}}}
+    else:
+        raw = {section: {field: template}}
+    raw.setdefault("dataset", {"uri": "d"})
+    with pytest.raises(Exception) as info:
+        config = AuditConfig.parse_config(raw)
+        if key == "generation.params.templates":
+            from counterfactual_lab.runs.preflight import check_config
+
+            check_config(config)
+    message = str(info.value)
+    assert key in message and "\n" not in message, message
+    assert "AttributeError" not in message and "<built-in method" not in message
+
+
+def test_a_plain_template_still_renders():
+    config = AuditConfig.parse_config({"dataset": {"uri": "d"}, "audit": {"prompt": "a photo of a {{literal}} {label}"}})
+    assert config.audit.prompt.format(label="doctor") == "a photo of a {literal} doctor"

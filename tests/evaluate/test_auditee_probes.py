@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -221,15 +222,16 @@ def test_a_rerun_is_served_from_the_output_store_and_never_calls_generate(loaded
     monkeypatch.setattr(type(loaded.model), "generate", spy)
     decoding = dict(samples=2, temperature=1.0, max_new_tokens=5, seed=7)
     first_counts = CallCounts()
-    first = probes.generate(session(loaded, cache=AnswerCache(str(tmp_path)), counts=first_counts), images,
-                            ["Describe this person."], **decoding)
-    assert sum(calls) == 10 and first_counts.as_dict() == {"computed": 10, "cached": 0}
+    cache = AnswerCache(str(tmp_path), counts=first_counts)
+    first = probes.generate(session(loaded, cache=cache, counts=first_counts), images, ["Describe this person."], **decoding)
+    cache.flush()  # one shard for the batch's answers
+    assert sum(calls) == 10 and first_counts.as_dict() == {"computed": 10, "cached": 0, "objects_written": 1}
     calls.clear()
     # Another process: a new cache object on the same output root, a new runner.
     again_counts = CallCounts()
     again = probes.generate(session(loaded, batch_size=2, cache=AnswerCache(str(tmp_path)), counts=again_counts), images,
                             ["Describe this person."], **decoding)
-    assert calls == [] and again_counts.as_dict() == {"computed": 0, "cached": 10}
+    assert calls == [] and again_counts.as_dict() == {"computed": 0, "cached": 10, "objects_written": 0}
     assert again.equals(first)
     # One more sample asks the model for the new sample only.
     more = probes.generate(session(loaded, cache=AnswerCache(str(tmp_path))), images, ["Describe this person."],
@@ -237,22 +239,58 @@ def test_a_rerun_is_served_from_the_output_store_and_never_calls_generate(loaded
     assert sum(calls) == 5 and more.filter(pl.col("sample") < 2).equals(first)
 
 
-def test_a_cache_entry_that_is_not_our_json_is_refused_and_recomputed(loaded, images, tmp_path, caplog):
+def shard_files(root: Path) -> list[Path]:
+    return sorted((root / "_auditee_cache" / "v2" / "shards").glob("*.json"))
+
+
+def rewrite_shard(path: Path, edit) -> None:
+    """Apply ``edit`` to the shard's document; with the checksum recomputed (as someone who knows the
+    format would) unless ``edit`` returns False."""
+    from counterfactual_lab.evaluate.auditees.answer_cache import _checksum
+
+    document = json.loads(path.read_text())
+    if edit(document) is not False:
+        document["checksum"] = _checksum(document)
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize("tamper, reason", [
+    ("edited value", "does not match its checksum"),
+    ("out-of-range probability, checksum recomputed", "not each in [0, 1]"),
+    ("planted pickle", "not a JSON object"),
+    ("truncated write", "not valid JSON"),
+])
+def test_a_tampered_shard_is_refused_with_a_warning_naming_it_and_recomputed(loaded, images, tmp_path, caplog,
+                                                                             tamper, reason):
+    """Issue 17: editing a value under OUT/_auditee_cache published it with no warning."""
     cache = AnswerCache(str(tmp_path))
     first = probes.yes_no(session(loaded, cache=cache), images, [YES_QUESTION])
-    entries = sorted((tmp_path / "_auditee_cache" / "yes_no").rglob("*.json"))
-    assert len(entries) == 5
-    entry = json.loads(entries[0].read_text())
-    assert entry["fields"]["prompt"] == YES_QUESTION and entry["fields"]["model"] == "sha256:test-model"
-    import pickle
+    cache.flush()
+    [shard] = shard_files(tmp_path)
+    document = json.loads(shard.read_text())
+    assert len(document["entries"]) == 5 and sorted(document["subjects"]) == sorted(images.content_keys)
+    assert document["entries"][0]["fields"]["model"] == "sha256:test-model"
+    if tamper == "edited value":
+        rewrite_shard(shard, lambda d: d["entries"][0]["value"].update(sums=[0.99, 0.0]) or False)
+    elif tamper.startswith("out-of-range"):
+        rewrite_shard(shard, lambda d: d["entries"][0]["value"].update(sums=[1.5, 0.0]))
+    elif tamper == "planted pickle":
+        import pickle
 
-    entries[0].write_bytes(pickle.dumps({"value": {"sums": [1.0, 0.0]}}))  # a planted pickle: never unpickled
-    entries[1].write_text(json.dumps({**json.loads(entries[1].read_text()), "value": {"sums": [1.0, 0.0]}, "key": "0" * 64}))
+        shard.write_bytes(pickle.dumps({"entries": []}))  # never unpickled
+    else:
+        shard.write_bytes(shard.read_bytes()[:100])
     counts = CallCounts()
-    again = probes.yes_no(session(loaded, cache=cache, counts=counts), images, [YES_QUESTION])
-    assert counts.as_dict() == {"computed": 2, "cached": 3}
+    again_cache = AnswerCache(str(tmp_path))
+    again = probes.yes_no(session(loaded, cache=again_cache, counts=counts), images, [YES_QUESTION])
+    assert counts.as_dict()["computed"] == 5 and counts.as_dict()["cached"] == 0  # the whole shard, recomputed
     assert again.equals(first)
-    assert sum("is not an answer this project wrote" in r.message for r in caplog.records) == 2
+    warnings = [r.message for r in caplog.records if "refused" in r.message]
+    assert len(warnings) == 1 and str(shard) in warnings[0] and reason in warnings[0], warnings
+    again_cache.flush()  # the answers are written again, trusted on the next read
+    counts = CallCounts()
+    probes.yes_no(session(loaded, cache=AnswerCache(str(tmp_path)), counts=counts), images, [YES_QUESTION])
+    assert counts.as_dict()["cached"] == 5
 
 
 def test_sampling_is_the_same_whatever_the_batch_size_and_order(loaded, images):
@@ -375,14 +413,17 @@ def test_the_answer_cache_holds_on_s3_for_any_process(s3_bucket):
     root = f"s3://{s3_bucket}/out"
     fields = [{"probe": "yes_no", "content_key": f"k{i}", "prompt": "q", "model": "sha256:m"} for i in range(3)]
     keys = [answer_key(f) for f in fields]
-    AnswerCache(root).put_many("yes_no", {k: (f, {"sums": [0.1 * i, 0.2]}) for i, (k, f) in enumerate(zip(keys, fields))})
-    other = AnswerCache(root)  # another process, another machine: only the store is shared
-    found = other.get_many("yes_no", [*keys, "f" * 64])
+    writer = AnswerCache(root, subjects=["k0", "k1", "k2"])
+    writer.put_many("yes_no", {k: (f, {"sums": [0.1 * i, 0.2]}) for i, (k, f) in enumerate(zip(keys, fields))})
+    shard = writer.flush()
+    other = AnswerCache(root, subjects=["k1"])  # another process, another machine: only the store is shared
+    found = other.get_many("yes_no", [*keys, "f" * 64])  # unindexed: found by listing the shards
     assert found == {k: {"sums": [0.1 * i, 0.2]} for i, k in enumerate(keys)}
+    assert AnswerCache(root).read_index().unindexed == {shard: ("k0", "k1", "k2")}
     import s3fs
 
-    s3fs.S3FileSystem(anon=False).pipe(other.uri("yes_no", keys[0]).removeprefix("s3://"), b"\x80\x04garbage")
-    assert set(AnswerCache(root).get_many("yes_no", keys)) == set(keys[1:])
+    s3fs.S3FileSystem(anon=False).pipe(other.shard_uri(shard).removeprefix("s3://"), b"\x80\x04garbage")
+    assert AnswerCache(root, subjects=["k0"]).get_many("yes_no", keys) == {}
 
 
 def test_the_contrastive_adapter_answers_as_todays_clip_path(tmp_path, images):

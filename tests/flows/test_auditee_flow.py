@@ -179,7 +179,8 @@ def test_every_probe_runs_through_the_audit_flow_and_a_rerun_never_asks_the_mode
         assert section in headline, section
     # 2 labels and "unclear", yes/no in two phrasings, 3 negative controls, rating, samples, their toxicity, sentiment, embedding.
     asked = images * (3 + 2 + 3 + 1 + 4 * SAMPLES)
-    assert run.manifest["counts"]["auditee"] == {"computed": asked, "cached": 0}
+    # One evaluate task here (32 images): one answer shard and one index segment.
+    assert run.manifest["counts"]["auditee"] == {"computed": asked, "cached": 0, "objects_written": 2}
     assert set(run.manifest["models"]) == {"generator", "judge", "audit", "toxicity", "sentiment", "text_embedder"}
     assert run.manifest["run_identity"]["stages"]["audit"]["lexicon"].startswith("sha256:")
     report = (run_dir / "report.html").read_text()
@@ -197,8 +198,9 @@ def test_every_probe_runs_through_the_audit_flow_and_a_rerun_never_asks_the_mode
     with generate_calls() as calls:
         again = run_audit(config, str(out), force=True)
     assert calls == []
-    assert again.manifest["counts"]["auditee"] == {"computed": 0, "cached": asked}
+    assert again.manifest["counts"]["auditee"] == {"computed": 0, "cached": asked, "objects_written": 0}
     assert pl.read_parquet(run_dir / "generations.parquet").drop("run_id", "dataset").equals(generations.drop("run_id", "dataset"))
     assert again.predictions.equals(predictions) and again.metrics.equals(metrics)
-    entry = json.loads(next((out / "_auditee_cache" / "generation").rglob("*.json")).read_text())
+    shard = json.loads(next((out / "_auditee_cache" / "v2" / "shards").glob("*.json")).read_text())
+    entry = next(e for e in shard["entries"] if e["probe"] == "generation")
     assert entry["fields"]["prompt"] == DESCRIBE and entry["fields"]["temperature"] == 1.0

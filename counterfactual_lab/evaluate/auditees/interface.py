@@ -123,8 +123,9 @@ class AuditeeAnswers:
     ``predictions``: the pool rows, plus ``score_<label>``, ``top1`` and ``caption_similarity``
     when the model has a label probe (always for a contrastive model; a generative one with
     ``audit.choice_prompt``, its caption similarity null). ``counts``: answers computed by the
-    model vs served from the output store's cache (None for a contrastive model, whose embeddings
-    are cached in memory only).
+    model vs served from the output store's cache, and cache objects written (None for a
+    contrastive model, whose embeddings are cached in memory only). ``cache_shards``: the answer
+    shards written (id → the image content keys they answer about), for the cache's index.
     """
 
     predictions: pl.DataFrame
@@ -132,6 +133,7 @@ class AuditeeAnswers:
     probes: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=PROBES_SCHEMA))
     generations: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=GENERATIONS_SCHEMA))
     counts: dict[str, int] | None = None
+    cache_shards: dict[str, list[str]] = field(default_factory=dict)
 
     @staticmethod
     def concat(parts: Sequence["AuditeeAnswers"]) -> "AuditeeAnswers":
@@ -146,7 +148,9 @@ class AuditeeAnswers:
                 subset=["content_key", "probe", "prompt"], keep="first", maintain_order=True),
             generations=pl.concat([p.generations for p in parts], how="diagonal_relaxed").unique(
                 subset=["content_key", "prompt", "sample"], keep="first", maintain_order=True),
-            counts={k: sum(c.get(k, 0) for c in counted) for k in ("computed", "cached")} if counted else None,
+            counts={k: sum(c.get(k, 0) for c in counted) for k in ("computed", "cached", "objects_written")}
+            if counted else None,
+            cache_shards={k: v for p in parts for k, v in p.cache_shards.items()},
         )
 
 
@@ -155,6 +159,8 @@ class Auditee(Protocol):
 
     kind: str
 
-    def answer(self, pool: pl.DataFrame, load_image: Callable[[str], Any]) -> AuditeeAnswers:
-        """Every configured probe's answers for the pool rows ``pool`` (module doc)."""
+    def answer(self, pool: pl.DataFrame, load_image: Callable[[str], Any],
+               cache_shards: Sequence[str] | None = None) -> AuditeeAnswers:
+        """Every configured probe's answers for the pool rows ``pool`` (module doc); ``cache_shards``:
+        the answer-cache shards that may hold them (None: the cache's index is asked)."""
         ...

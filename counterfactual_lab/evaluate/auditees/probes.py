@@ -76,6 +76,9 @@ class ProbeSession:
     model_key: str  # the model's identity (sha256 of its files, or hub commit)
     cache: AnswerCache | None = None
     counts: CallCounts = field(default_factory=CallCounts)
+    # Rendered prompts by (template, options): a chat template renders in a fraction of a
+    # millisecond, but a generation batch asks for the same few prompts once per row.
+    _rendered: dict[tuple[str, tuple[str, ...] | None], str] = field(default_factory=dict, repr=False)
 
     def fields(self, probe: str, **specific: Any) -> dict[str, Any]:
         loaded = self.runner.loaded
@@ -85,7 +88,11 @@ class ProbeSession:
         }
 
     def render(self, template: str, options: list[str] | None = None) -> str:
-        return render(self.runner.loaded.processor, self.prompt_format, template, options)
+        key = (template, tuple(options) if options is not None else None)
+        text = self._rendered.get(key)
+        if text is None:
+            text = self._rendered[key] = render(self.runner.loaded.processor, self.prompt_format, template, options)
+        return text
 
 
 def cached_answers(

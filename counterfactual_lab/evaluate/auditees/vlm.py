@@ -10,12 +10,14 @@ classifier (``audit.toxicity_model``), the sentiment classifier (``audit.sentime
 text embedder (``audit.text_embedder``). Every prompt is asked in each of its phrasings
 (``audit.phrasings``): the choice prompt's phrasing k ≥ 1 fills ``score_<label>@k``, ``top1@k`` (and
 ``unclear@k``), the other probes' rows carry the phrasing as their ``prompt``. The yes/no and choice
-probes offer ``audit.unclear_option`` when it is set. Every answer goes through the output store's cache.
+probes offer ``audit.unclear_option`` when it is set. Every answer goes through the output store's cache:
+one view of it per call (:meth:`AnswerCache.view` over the call's images and the shards the caller
+says may hold their answers), whose new answers are written as one shard at the end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import polars as pl
@@ -37,6 +39,20 @@ from counterfactual_lab.evaluate.auditees.kinds import resolved_negative_control
 from counterfactual_lab.evaluate.auditees.loading import LoadedModel
 from counterfactual_lab.evaluate.auditees.prompts import resolve_format
 from counterfactual_lab.evaluate.pool import phrased_column
+
+
+def answers_per_image(audit: AuditSection) -> int:
+    """How many cached answers the configured probes ask per image, every phrasing counted: a choice
+    per label (and the unclear option), one per yes/no question and rating prompt, one per generated
+    sample (and one per text model that scores it: toxicity, sentiment, embedding)."""
+    def asked(prompts: Sequence[str]) -> int:
+        return sum(len(audit.phrasings_of(p)) for p in prompts)
+
+    options = len(audit.labels) + (1 if audit.unclear_option else 0)
+    choice = options * asked([audit.choice_prompt]) if audit.choice_prompt is not None else 0
+    scorers = sum(1 for m in (audit.toxicity_model, audit.sentiment_model, audit.text_embedder) if m)
+    generated = asked(audit.generate.prompts) * audit.generate.samples
+    return choice + asked(audit.yes_no) + asked(audit.ratings) + generated * (1 + scorers)
 
 
 class GenerativeAuditee:
@@ -67,11 +83,15 @@ class GenerativeAuditee:
         self.toxicity = toxicity
         self.toxicity_key = toxicity_key
 
-    def answer(self, pool: pl.DataFrame, load_image: Callable[[str], Any]) -> AuditeeAnswers:
+    def answer(self, pool: pl.DataFrame, load_image: Callable[[str], Any],
+               cache_shards: Sequence[str] | None = None) -> AuditeeAnswers:
+        """``cache_shards``: the answer shards that may hold these images' answers (the flow's index
+        lookup); None: looked up in the cache's index here."""
         audit = self.audit
         images = ProbeImages.from_pool(pool, load_image)
         counts = CallCounts()
-        session = probes.ProbeSession(self.runner, self.prompt_format, self.model_key, self.cache, counts)
+        cache = self.cache.view(subjects=images.content_keys, shards=cache_shards, counts=counts) if self.cache else None
+        session = probes.ProbeSession(self.runner, self.prompt_format, self.model_key, cache, counts)
         predictions = pool
         if audit.choice_prompt is not None:
             for k, phrasing in enumerate(audit.phrasings_of(audit.choice_prompt)):
@@ -99,7 +119,7 @@ class GenerativeAuditee:
             )
             texts = made["text"].to_list()
             scores = (
-                probes.toxicity(texts, self.toxicity, self.toxicity_key, self.cache, counts, audit.batch_size)
+                probes.toxicity(texts, self.toxicity, self.toxicity_key, cache, counts, audit.batch_size)
                 if self.toxicity is not None else None
             )
             generations = made.with_columns(pl.Series("toxicity", scores, dtype=pl.Float64) if scores is not None
@@ -108,8 +128,11 @@ class GenerativeAuditee:
                 dtype = GENERATIONS_SCHEMA[column]
                 if column in self.text_scorers:
                     scorer, key = self.text_scorers[column]
-                    values = probes.text_scores(probe, texts, scorer, key, self.cache, counts, audit.batch_size)
+                    values = probes.text_scores(probe, texts, scorer, key, cache, counts, audit.batch_size)
                     generations = generations.with_columns(pl.Series(column, values, dtype=dtype))
                 else:
                     generations = generations.with_columns(pl.lit(None, dtype=dtype).alias(column))
-        return AuditeeAnswers(predictions=predictions, probes=probe_rows, generations=generations, counts=counts.as_dict())
+        if cache is not None:
+            cache.flush()
+        return AuditeeAnswers(predictions=predictions, probes=probe_rows, generations=generations, counts=counts.as_dict(),
+                              cache_shards=dict(cache.written) if cache is not None else {})
