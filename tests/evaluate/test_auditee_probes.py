@@ -498,10 +498,12 @@ def test_sentiment_and_text_embeddings_score_generated_texts_and_are_cached(mode
     assert sentiment.score(texts)[0] == pytest.approx(float(p[2] - p[0]), abs=1e-6)  # positive − negative
     vectors = embedder.score(texts)
     assert [float(np.linalg.norm(v)) for v in vectors] == pytest.approx([1.0] * 3, abs=1e-5)
-    cache, counts = AnswerCache(str(tmp_path)), CallCounts()
+    counts = CallCounts()
+    cache = AnswerCache(str(tmp_path), counts=counts)
     first = probes.text_scores(PROBE_TEXT_EMBEDDING, texts, embedder, "sha256:e", cache, counts)
-    again = probes.text_scores(PROBE_TEXT_EMBEDDING, texts, embedder, "sha256:e", cache, counts)
-    assert again == first and counts.as_dict() == {"computed": 3, "cached": 3}
+    cache.flush()  # one shard; another process reads it back
+    again = probes.text_scores(PROBE_TEXT_EMBEDDING, texts, embedder, "sha256:e", AnswerCache(str(tmp_path)), counts)
+    assert again == first and counts.as_dict() == {"computed": 3, "cached": 3, "objects_written": 1}
     assert probes.text_scores(PROBE_SENTIMENT, texts, sentiment, "sha256:s", cache, counts)[1] == pytest.approx(
         float(sentiment.score(["a sad nurse"])[0]), abs=1e-9)
     assert sentiment_labels({0: "NEGATIVE", 1: "POSITIVE"}) == (1, 0)

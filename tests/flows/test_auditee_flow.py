@@ -179,8 +179,10 @@ def test_every_probe_runs_through_the_audit_flow_and_a_rerun_never_asks_the_mode
         assert section in headline, section
     # 2 labels and "unclear", yes/no in two phrasings, 3 negative controls, rating, samples, their toxicity, sentiment, embedding.
     asked = images * (3 + 2 + 3 + 1 + 4 * SAMPLES)
-    # One evaluate task here (32 images): one answer shard and one index segment.
-    assert run.manifest["counts"]["auditee"] == {"computed": asked, "cached": 0, "objects_written": 2}
+    # Two evaluate tasks here: 32 images of 14 cached answers each (3 choice options, 2 phrasings, a rating,
+    # 2 samples each scored thrice), at least SHARD_MIN_ANSWERS = 200 a task: 16 images a task. Two answer
+    # shards and one index segment.
+    assert run.manifest["counts"]["auditee"] == {"computed": asked, "cached": 0, "objects_written": 3}
     assert set(run.manifest["models"]) == {"generator", "judge", "audit", "toxicity", "sentiment", "text_embedder"}
     assert run.manifest["run_identity"]["stages"]["audit"]["lexicon"].startswith("sha256:")
     report = (run_dir / "report.html").read_text()
