@@ -104,7 +104,8 @@ def test_a_secret_block_named_in_the_config_is_merged_under_inline_options(prefe
     from counterfactual_lab.flows.secrets import resolve_secret_blocks
 
     name = f"cflab-creds-{uuid.uuid4().hex[:8]}"
-    Secret(value={"key": "block-key", "secret": "block-secret", "endpoint_url": "http://from-block"}).save(name)
+    # _sync: under a running event loop (a Playwright browser's) save() would return an unawaited coroutine
+    Secret(value={"key": "block-key", "secret": "block-secret", "endpoint_url": "http://from-block"}).save(name, _sync=True)
     config = AuditConfig.parse_config({
         "dataset": {"uri": "s3://b/d", "storage_options_secret": name},
         "output": {"uri": "s3://b/out", "storage_options": {"endpoint_url": "http://inline"}, "storage_options_secret": name},
@@ -175,7 +176,7 @@ def test_planted_secrets_reach_no_output_file_and_no_prefect_record(prefect_serv
         fs.put(str(part), f"{s3_bucket}/data/{part.name}")
 
     block = f"cflab-out-{uuid.uuid4().hex[:8]}"
-    Secret(value={"key": PLANTED["block_key"], "secret": PLANTED["block_secret"]}).save(block)
+    Secret(value={"key": PLANTED["block_key"], "secret": PLANTED["block_secret"]}).save(block, _sync=True)
     spec_path = tmp_path / "secrets.yaml"
     spec_path.write_text(yaml.safe_dump({
         "name": "secrets",
