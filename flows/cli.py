@@ -109,7 +109,7 @@ def cmd_sample_dataset(args: argparse.Namespace) -> int:
 
 def cmd_models_tiny(args: argparse.Namespace) -> int:
     """Build the tiny random-weight models (the demo's four, text2image, inpaint and clipseg, a
-    generative VLM and a toxicity classifier)."""
+    generative VLM and the text models scoring its answers: toxicity, sentiment, a text embedder)."""
     # here, not at the top: it imports torch
     from counterfactual_lab.demo.tiny_models import ALL_TINY_MODEL_NAMES, build_tiny_models
 
@@ -390,7 +390,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # one status line instead of a bar per saved shard
-    inputs = prepare_demo(home=args.home, out_uri=args.out)
+    inputs = prepare_demo(home=args.home, out_uri=args.out, full=args.full)
     print(f"demo dataset: {inputs.dataset_dir}")
     print(f"demo config: {inputs.config_path}")
     # The demo's runs stay in its own home (.cflab/prefect), out of the user's Prefect UI,
@@ -435,7 +435,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     tiny = models_sub.add_parser(
         "tiny", help="tiny random-weight models",
         description="Build tiny seeded random-weight models (instruct-pix2pix, img2img, ledits, clip, text2image, "
-        "inpaint, clipseg, vlm, toxicity) under DIR, one folder each, loadable with from_pretrained. Their outputs mean nothing.",
+        "inpaint, clipseg, vlm, toxicity, sentiment, text-embedder) under DIR, one folder each, loadable with from_pretrained. Their outputs mean nothing.",
     )
     tiny.add_argument("dir", metavar="DIR", help="output folder")
     tiny.set_defaults(handler=cmd_models_tiny)
@@ -491,6 +491,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="./out", metavar="DIR", help="output folder (default: %(default)s)")
     p.add_argument("--home", default="./.cflab", metavar="DIR",
                    help="where the sample dataset and tiny models are kept (default: %(default)s)")
+    p.add_argument("--full", action="store_true",
+                   help="the second demo: a tiny generative VLM asked in two phrasings per question, offered an "
+                        "'unclear' answer, its answers compared across counterfactuals, and the synthetic shift "
+                        "(slower: a few minutes)")
     p.set_defaults(handler=cmd_demo)
 
 

@@ -100,11 +100,13 @@ class GenerativeEvaluation:
         chunks = [pool.filter(pl.col("content_key").is_in(group)) for group in groups] or [pool]
         cache = AnswerCache(run.store.root_uri, run.store.storage_options)
         index = cache.read_index()
-        toxicity = run.location.models.get("toxicity")
+        text_models = {role: (model.key if model else None) for role in ("toxicity", "sentiment", "text_embedder")
+                       for model in [run.location.models.get(role)]}
         futures = with_runtime_retries(evaluate_auditee_batch, config).map(
             chunks, unmapped(audit), unmapped(run.store), unmapped(run.device), kind=unmapped(resolve_kind(audit)),
             model_key=unmapped(run.location.models["audit"].key),
-            toxicity_key=unmapped(toxicity.key if toxicity else None),
+            toxicity_key=unmapped(text_models["toxicity"]), sentiment_key=unmapped(text_models["sentiment"]),
+            text_embedder_key=unmapped(text_models["text_embedder"]),
             cache_shards=[index.shards_for(group) for group in groups or [[]]],
         )
         results = []

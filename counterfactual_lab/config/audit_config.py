@@ -213,9 +213,12 @@ class JudgeSection(BaseModel):
 # (CLIP, SigLIP), a generative chat VLM (image-text-to-text) or a captioner (image-to-text).
 AuditKind = Literal["contrastive", "vlm", "captioner"]
 # The probe prompts' config keys that only a generative model can answer.
-GENERATIVE_KEYS = ("choice_prompt", "yes_no", "ratings", "generate.prompts", "toxicity_model")
+GENERATIVE_KEYS = ("choice_prompt", "yes_no", "ratings", "generate.prompts", "toxicity_model", "unclear_option",
+                   "sentiment_model", "text_embedder")
 # ... and those a captioner is not asked: it is audited through its captions (audit.generate).
-QUESTION_KEYS = ("choice_prompt", "yes_no", "ratings")
+QUESTION_KEYS = ("choice_prompt", "yes_no", "ratings", "unclear_option")
+# audit.unclear_option: true offers this word.
+DEFAULT_UNCLEAR_OPTION = "unclear"
 
 
 class AuditGenerateSection(BaseModel):
@@ -294,11 +297,31 @@ class AuditSection(BaseModel):
     toxicity_threshold: float = Field(0.5, ge=0, le=1)
     # A word-list file (YAML: category -> words); None: the project's default lexicon.
     lexicon: str | None = Field(None, min_length=1, max_length=MAX_URI_CHARS)
+    # -- phrasing robustness, "unclear" answers, how much answers change (docs/metrics.md) ----
+    # Other phrasings of a configured prompt (audit.prompt, choice_prompt, a yes_no question, a
+    # ratings prompt, a generate prompt): prompt -> [alternatives]. Each prompt is asked in every
+    # phrasing; metrics per phrasing and pooled (docs/metrics.md, "Phrasing robustness").
+    phrasings: dict[Text, list[Text]] = Field(default_factory=dict, max_length=MAX_PROBE_PROMPTS)
+    # An "unclear" answer the yes/no and choice probes offer (its word; true: "unclear"); null: none.
+    unclear_option: Text | None = None
+    # A sentence embedder (AutoModel, mean pooling) for answer_change's embedding cosine, and a
+    # sentiment classifier (labels positive/negative) for the sentiment gap; null: not measured.
+    text_embedder: ModelRef | None = None
+    text_embedder_revision: Revision | None = None
+    sentiment_model: ModelRef | None = None
+    sentiment_revision: Revision | None = None
 
     @field_validator("labels", "queries")
     @classmethod
     def _distinct(cls, values: list[str]) -> list[str]:
         return _distinct(values)
+
+    @field_validator("unclear_option", mode="before")
+    @classmethod
+    def _unclear_word(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return DEFAULT_UNCLEAR_OPTION if value else None
+        return value.strip() if isinstance(value, str) else value
 
     @field_validator("min_effect")
     @classmethod
@@ -337,6 +360,62 @@ class AuditSection(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _phrasings_of_configured_prompts(self) -> "AuditSection":
+        kinds = self.prompt_kinds()
+        seen = set(kinds)
+        for prompt, alternatives in self.phrasings.items():
+            if prompt not in kinds:
+                raise ValueError(f"phrasings: {prompt!r} is not a configured prompt (audit.prompt, choice_prompt, "
+                                 "a yes_no question, a ratings prompt or a generate prompt); key each list by the prompt as written")
+            if not alternatives:
+                raise ValueError(f"phrasings: {prompt!r} lists no other phrasing")
+            if kinds[prompt] in ("prompt", "choice") and any("@" in label for label in self.labels):
+                raise ValueError(f"phrasings of {prompt!r}: a label's answers in phrasing k sit in the column "
+                                 "score_<label>@k, so no label may contain '@'")
+            if len(alternatives) >= MAX_PROBE_PROMPTS:
+                raise ValueError(f"phrasings: {prompt!r} lists {len(alternatives)} phrasings, at most {MAX_PROBE_PROMPTS - 1}")
+            for text in alternatives:
+                if text in seen:
+                    raise ValueError(f"phrasings: {text!r} is listed twice (as a prompt or another phrasing); "
+                                     "each phrasing is asked once")
+                seen.add(text)
+                _PROMPT_CHECKS[kinds[prompt]](text)
+        return self
+
+    @model_validator(mode="after")
+    def _unclear_is_offered(self) -> "AuditSection":
+        word = self.unclear_option
+        if word is None:
+            return self
+        if not self.yes_no and self.choice_prompt is None:
+            raise ValueError(f"unclear_option {word!r} is an answer of the yes/no and choice probes: set audit.yes_no or "
+                             "audit.choice_prompt, or drop unclear_option")
+        taken = {w.casefold() for w in (*self.labels, "yes", "no")}
+        if word.casefold() in taken:
+            raise ValueError(f"unclear_option {word!r} is already an answer (a label, yes or no); choose another word")
+        asked = [p for q in self.yes_no for p in self.phrasings_of(q)]
+        if self.choice_prompt is not None:
+            asked += [p for p in self.phrasings_of(self.choice_prompt) if "{options}" not in p]
+        for prompt in asked:
+            if word.casefold() not in prompt.casefold():
+                raise ValueError(f"{prompt!r} does not offer unclear_option {word!r}: say it in the question "
+                                 f"(e.g. '... Answer yes, no or {word}.'); a choice prompt with {{options}} lists it itself")
+        return self
+
+    def prompt_kinds(self) -> dict[str, str]:
+        """Every configured prompt → its kind (``prompt``, ``choice``, ``yes_no``, ``rating``, ``generate``)."""
+        kinds = {self.prompt: "prompt"}
+        if self.choice_prompt is not None:
+            kinds[self.choice_prompt] = "choice"
+        for kind, prompts in (("yes_no", self.yes_no), ("rating", self.ratings), ("generate", self.generate.prompts)):
+            kinds.update({p: kind for p in prompts})
+        return kinds
+
+    def phrasings_of(self, prompt: str) -> list[str]:
+        """``prompt`` first, then its other phrasings (``audit.phrasings``)."""
+        return [prompt, *self.phrasings.get(prompt, [])]
+
+    @model_validator(mode="after")
     def _probes_fit_the_kind(self) -> "AuditSection":
         if self.kind is not None:
             problem = self.kind_problem(self.kind)
@@ -349,7 +428,8 @@ class AuditSection(BaseModel):
         set_keys = {
             "choice_prompt": self.choice_prompt is not None, "yes_no": bool(self.yes_no),
             "ratings": bool(self.ratings), "generate.prompts": bool(self.generate.prompts),
-            "toxicity_model": self.toxicity_model is not None,
+            "toxicity_model": self.toxicity_model is not None, "unclear_option": self.unclear_option is not None,
+            "sentiment_model": self.sentiment_model is not None, "text_embedder": self.text_embedder is not None,
         }
         return [key for key in GENERATIVE_KEYS if set_keys[key]]
 
@@ -366,6 +446,9 @@ class AuditSection(BaseModel):
                         "captions: list audit.generate.prompts ({image} alone for an unconditional caption), or use audit.kind: vlm")
         if kind == "captioner" and "generate.prompts" not in keys:
             return f"audit.kind captioner needs audit.generate.prompts: a captioner ({self.model}) is audited through its captions"
+        if kind != "contrastive" and self.prompt in self.phrasings:
+            return (f"audit.phrasings lists other phrasings of audit.prompt {self.prompt!r}, which only a contrastive "
+                    f"model reads; phrase audit.choice_prompt instead for a {kind}")
         if kind == "vlm" and not keys:
             return (f"audit.kind {kind} needs at least one probe: audit.choice_prompt, audit.yes_no, "
                     "audit.ratings or audit.generate.prompts")
@@ -547,6 +630,16 @@ def _template(prompt: str, placeholder: str) -> str:
     if others:
         raise ValueError(f"{prompt!r} may use only {{{placeholder}}}, not {{{others[0]}}} (write {{{{ and }}}} for literal braces)")
     return prompt
+
+
+# How each kind of prompt is checked (the same rules for its other phrasings).
+_PROMPT_CHECKS = {
+    "prompt": lambda p: _template(p, "label"),
+    "choice": lambda p: _probe_template(p, ("image", "options")),
+    "yes_no": lambda p: _probe_template(p, ("image",)),
+    "rating": lambda p: _probe_template(p, ("image",)),
+    "generate": lambda p: _probe_template(p, ("image",)),
+}
 
 
 def _plain_fields(prompt: str, allowed: str) -> list[str]:

@@ -31,6 +31,17 @@ what a skew or NDKL row was measured against: ``audit.skew_protocol``, the K of 
 ``ndkl``, the length of the whole ranking) and its desired distribution written out
 (``uniform: female=0.5, male=0.5``, ``pool: female=0.25, male=0.75``); null on every other row.
 
+then the designs' columns (docs/metrics.md, "Phrasing robustness", "How much answers change",
+"Synthetic shift")::
+
+    phrasing, measure
+
+``phrasing``: the phrasing a row measures, for a probe asked in several (``audit.phrasings``); null
+on the pooled row over every phrasing (the row that is called) and wherever a probe has one
+phrasing. ``measure``: what a row of a metric that measures several things measures
+(``answer_change``: ``rouge_l`` or ``embedding_cosine``; ``synthetic_shift`` and ``phrasing_spread``:
+the metric they are of, e.g. ``prob_gap_signed``); null elsewhere.
+
 An undefined value is a null ``value`` with a non-null ``note`` saying why; a ``note`` may also
 accompany a defined value (e.g. the groups left out for being too small).
 """
@@ -81,7 +92,12 @@ RANKING_SCHEMA = {
     "k": pl.Int64,
     "desired": pl.String,
 }
-METRICS_SCHEMA = {**_CONTRACT_SCHEMA, **FAMILY_WISE_SCHEMA, **DECISION_SCHEMA, **RANKING_SCHEMA}
+# Which phrasing of a probe a row measures, and what a row of a many-measure metric measures (module doc).
+DESIGNS_SCHEMA = {
+    "phrasing": pl.String,
+    "measure": pl.String,
+}
+METRICS_SCHEMA = {**_CONTRACT_SCHEMA, **FAMILY_WISE_SCHEMA, **DECISION_SCHEMA, **RANKING_SCHEMA, **DESIGNS_SCHEMA}
 
 # How a row's interval is drawn (``interval_method``): t with C − 1 degrees of freedom on the
 # cluster-bootstrap standard error; Wilson's score interval at the effective sample size (a
@@ -147,8 +163,11 @@ def metric_row(
     label: str | None = None,
     query: str | None = None,
     ranking: Mapping[str, Any] | None = None,
+    phrasing: str | None = None,
+    measure: str | None = None,
 ) -> dict[str, Any]:
-    """One row of the metrics table; ``ranking``: a retrieval row's ``protocol``, ``k`` and ``desired``."""
+    """One row of the metrics table; ``ranking``: a retrieval row's ``protocol``, ``k`` and ``desired``;
+    ``phrasing``, ``measure``: the designs' columns (module doc)."""
     if estimate.value is None and not estimate.note:
         raise ValueError(f"{metric} ({stratum}, {attribute}) is undefined without a note saying why")
     value = None if estimate.value is None else float(estimate.value)
@@ -170,6 +189,7 @@ def metric_row(
         "se": optional(estimate.se) if interval else None,
         "interval_method": estimate.method if interval else None,
         **{column: (ranking or {}).get(column) for column in RANKING_SCHEMA},
+        "phrasing": phrasing, "measure": measure,
     }
 
 

@@ -12,7 +12,14 @@ content_key, score) — and the judge's ``counterfactuals`` (for CITS). Per attr
 3. CITS of the kept counterfactuals;
 4. the confound diagnostics (:mod:`~counterfactual_lab.metrics.diagnostics`): the negative
    controls over the same pairs (a contrastive model's ``nc_score_<A>`` columns) and the judge's
-   off-target drift (``drift``, :mod:`~counterfactual_lab.metrics.drift`).
+   off-target drift (``drift``, :mod:`~counterfactual_lab.metrics.drift`);
+5. in the ``generated`` stratum, the synthetic shift (:mod:`~counterfactual_lab.metrics.synthetic_shift`):
+   original → reconstruction, how far generated images alone move the answers.
+
+A label prompt asked in several phrasings (``audit.phrasings`` of ``audit.prompt`` or
+``audit.choice_prompt``: ``score_<label>@k``, ``top1@k`` in the predictions) gets its pair metrics
+pooled over the phrasings, per phrasing and their spread (:mod:`~counterfactual_lab.metrics.phrasings`);
+group and retrieval metrics and the negative controls read the configured phrasing.
 
 Every attribute of the config is covered: one whose pairs are all gone (every set dropped by the
 judge) gets its pair rows undefined, with the reason, rather than no rows at all.
@@ -41,7 +48,13 @@ from typing import Any
 import polars as pl
 
 from counterfactual_lab.config.skew_protocols import SKEW_PROTOCOL_SOCIALCOUNTERFACTUALS
-from counterfactual_lab.evaluate.pool import NEGATIVE_CONTROL_PREFIX, POOL_SCHEMA, score_column
+from counterfactual_lab.evaluate.pool import (
+    NEGATIVE_CONTROL_PREFIX,
+    POOL_SCHEMA,
+    phrased_column,
+    phrasing_view,
+    score_column,
+)
 from counterfactual_lab.metrics.cits import cits_rows
 from counterfactual_lab.metrics.counterfactual_fairness import (
     control_metric_rows,
@@ -53,6 +66,7 @@ from counterfactual_lab.metrics.error_control import DEFAULT_MAX_DRIFT, apply_er
 from counterfactual_lab.metrics.group_fairness import group_fairness_rows
 from counterfactual_lab.metrics.intervals import IntervalSettings
 from counterfactual_lab.metrics.pairs import PAIRS_BY_DESIGN, control_pairs
+from counterfactual_lab.metrics.phrasings import first_phrasing, label_phrasings, phrased_rows, stack_phrasings
 from counterfactual_lab.metrics.rankings import query_rankings, ranking_frame, retrieval_frame
 from counterfactual_lab.metrics.retrieval import mean_skew_rows, retrieval_rows
 from counterfactual_lab.metrics.schema import (
@@ -70,6 +84,7 @@ from counterfactual_lab.metrics.strata import (
     observational_pool,
     restrict_groups,
 )
+from counterfactual_lab.metrics.synthetic_shift import label_shift_rows
 from counterfactual_lab.plan.work_items import VARIANT_RECONSTRUCTION
 
 # Strata whose pool is balanced by design: the desired distribution is uniform over the values.
@@ -170,7 +185,8 @@ def _with_negative_controls(predictions: pl.DataFrame, controls: Sequence[str]) 
 @dataclass(frozen=True)
 class _Comparisons:
     """What a run compares: its design, each attribute's rows, pairs and control pairs (the pairs
-    carry the negative controls' scores too)."""
+    carry the negative controls' scores too; with several phrasings of the label prompt, every
+    phrasing's pairs stacked with a ``phrasing`` column)."""
 
     predictions: pl.DataFrame
     design: str | None
@@ -178,6 +194,20 @@ class _Comparisons:
     pairs_by: dict[str, pl.DataFrame]
     controls_by: dict[str, pl.DataFrame]
     negative_controls: list[str]
+    phrasings: list[str]
+
+
+def _answered_phrasings(predictions: pl.DataFrame, audit: Any) -> list[str]:
+    """The phrasings of the label prompt whose answers the predictions hold (the configured one first)."""
+    prompt = audit.choice_prompt if getattr(audit, "choice_prompt", None) is not None else getattr(audit, "prompt", None)
+    texts = label_phrasings(audit, prompt) or [prompt]
+    return [text for k, text in enumerate(texts) if phrased_column("top1", k) in predictions.columns]
+
+
+def _phrased_pairs(build, rows: pl.DataFrame, labels: list[str], phrasings: list[str]) -> pl.DataFrame:
+    """``build(rows, labels)`` in every phrasing of the label prompt, stacked (module doc)."""
+    columns = [score_column(label) for label in labels] + ["top1"]
+    return stack_phrasings([(text, build(phrasing_view(rows, k, columns), labels)) for k, text in enumerate(phrasings)])
 
 
 def _comparisons(
@@ -196,16 +226,17 @@ def _comparisons(
     comparison = design if design is not None else comparison_stratum(predictions)
     negative = negative_control_labels(predictions, labels)
     paired = _with_negative_controls(predictions, negative)
+    phrasings = _answered_phrasings(predictions, audit)
     attributes = sorted(set(attribute_values or {}) | set(predictions["attribute"].drop_nulls().unique().to_list()))
     rows_by = {attribute: predictions.filter(pl.col("attribute") == attribute) for attribute in attributes}
     pairs_by, controls_by = {}, {}
     if comparison is not None and with_pairs:
         for attribute in attributes:
             rows_of = paired.filter(pl.col("attribute") == attribute)
-            pairs_by[attribute] = PAIRS_BY_DESIGN[comparison](rows_of, labels + negative)
+            pairs_by[attribute] = _phrased_pairs(PAIRS_BY_DESIGN[comparison], rows_of, labels + negative, phrasings)
             if comparison == STRATUM_GENERATED:
-                controls_by[attribute] = control_pairs(rows_of, labels + negative)
-    return _Comparisons(predictions, comparison, rows_by, pairs_by, controls_by, negative)
+                controls_by[attribute] = _phrased_pairs(control_pairs, rows_of, labels + negative, phrasings)
+    return _Comparisons(predictions, comparison, rows_by, pairs_by, controls_by, negative, phrasings)
 
 
 def compute_metrics(
@@ -250,17 +281,20 @@ def compute_metrics(
         values = spelled_as_in(attribute_values.get(attribute) if attribute_values else None, rows_of)
         if comparison is not None:
             no_pairs = no_pairs_note(comparison, attribute, counterfactuals)
-            rows += pair_metric_rows(plan.pairs_by[attribute], attribute, comparison, labels, settings, floor, no_pairs)
+            pairs, controls = plan.pairs_by[attribute], plan.controls_by.get(attribute)
+            rows += phrased_rows(lambda p: pair_metric_rows(p, attribute, comparison, labels, settings, floor, no_pairs), pairs)
             if comparison == STRATUM_GENERATED:
-                rows += control_metric_rows(plan.controls_by[attribute], attribute, comparison, labels, settings, floor)
-            rows += negative_control_rows(plan.pairs_by[attribute], plan.controls_by.get(attribute), attribute, comparison,
-                                          plan.negative_controls, settings, floor, no_pairs)
+                rows += phrased_rows(lambda p: control_metric_rows(p, attribute, comparison, labels, settings, floor),
+                                     controls, with_spread=False)
+            rows += negative_control_rows(first_phrasing(pairs), None if controls is None else first_phrasing(controls),
+                                          attribute, comparison, plan.negative_controls, settings, floor, no_pairs)
             rows += _pool_rows(comparison_pool(rows_of, comparison), retrieval, attribute, comparison, audit, settings, values)
         rows += _pool_rows(observational_pool(rows_of), retrieval, attribute, STRATUM_OBSERVATIONAL, audit, settings, values)
         cits_stratum = STRATUM_GENERATED if generated else STRATUM_REAL_VS_GENERATED
         rows += cits_rows(counterfactuals, attribute, cits_stratum, settings)
         if comparison == STRATUM_GENERATED:
             rows += drift_metric_rows(drift, attribute, settings, floor)
+            rows += label_shift_rows(rows_of, attribute, labels, plan.phrasings, settings, floor)
     table = metrics_frame(rows)
     return apply_error_control(table, audit, max_drift) if with_error_control else table
 

@@ -2,7 +2,8 @@
 to B beyond its intervals, and whether the runs are comparable at all.
 
 **Rows.** Each run's metrics are assessed (:func:`~counterfactual_lab.report.findings.assess_findings`:
-the one decision every view shows) and joined on (metric, stratum, attribute, group, label, query).
+the one decision every view shows) and joined on (metric, stratum, attribute, group, label, query,
+phrasing, measure).
 A row is listed when
 
 * a finding **appeared** (called or confounded in B, not in A) or **disappeared** (the reverse);
@@ -10,7 +11,8 @@ A row is listed when
 * it **changed beyond its interval**: the interval of B − A excludes 0
   (:mod:`counterfactual_lab.report.differences`: paired over the sources the runs share for the
   counterfactual pair metrics, else from both runs' intervals; one Bonferroni level over every row
-  compared);
+  compared; a synthetic-shift row only beyond its measure's ``min_effect`` too, since another
+  generator seed redraws every reconstruction it rests on);
 * it is **only in A** or **only in B** (an attribute, label or query one run did not have);
 
 and counted as unchanged otherwise. Controls and people's review rows are not compared.
@@ -33,6 +35,7 @@ import polars as pl
 from counterfactual_lab.metrics.findings import bias_verdict
 from counterfactual_lab.metrics.intervals import bonferroni_level, percent_level
 from counterfactual_lab.metrics.schema import STRATUM_GENERATED, metric_kind, missing
+from counterfactual_lab.metrics.synthetic_shift import SYNTHETIC_SHIFT
 from counterfactual_lab.report.differences import (
     FROM_INTERVALS,
     PAIRED,
@@ -40,6 +43,7 @@ from counterfactual_lab.report.differences import (
     PairedDifferences,
     from_intervals,
     seed_allowance,
+    shift_allowance,
 )
 from counterfactual_lab.report.findings import assess_findings
 from counterfactual_lab.report.forests import decision_interval
@@ -52,7 +56,7 @@ COMPARE_NAME = "compare.html"
 APPEARED, DISAPPEARED, VERDICT_CHANGED, CHANGED = "appeared", "disappeared", "verdict changed", "changed"
 ONLY_A, ONLY_B = "only in A", "only in B"
 CHANGES = (APPEARED, DISAPPEARED, VERDICT_CHANGED, CHANGED, ONLY_A, ONLY_B)
-KEY = ("metric", "stratum", "attribute", "group", "label", "query")
+KEY = ("metric", "stratum", "attribute", "group", "label", "query", "phrasing", "measure")
 NOTABLE = ("called", "confounded")
 # What makes two runs' numbers comparable: (the manifest's words for it, how to read it from a manifest).
 MODEL_ROLES = {"audit": "model under audit", "generator": "generator", "judge": "judge"}
@@ -87,8 +91,11 @@ class RowChange:
     @property
     def label(self) -> str:
         """'flip_rate gender male→female' with the label and query where the row has them."""
-        parts = [self.key["metric"], self.key["attribute"], self.key["group"], self.key["label"], self.key["query"]]
+        parts = [self.key["metric"], self.key.get("measure"), self.key["attribute"], self.key["group"], self.key["label"],
+                 self.key["query"]]
         text = " ".join(str(p) for p in parts if p)
+        if self.key.get("phrasing"):
+            text += f" (phrasing '{self.key['phrasing']}')"
         return text + ("" if self.key["stratum"] in (None, STRATUM_GENERATED) else f" [{self.key['stratum']}]")
 
     @property
@@ -298,7 +305,10 @@ def compare_tables(run_a: RunTables, run_b: RunTables) -> Comparison:
         if a is not None and b is not None:
             difference = from_intervals(a, b, confidence, level)
             kind = metric_kind(str(key[0]))
-            if kind in _PAIR_KINDS and difference.low is not None:  # both runs drew an interval for the row
+            if kind == SYNTHETIC_SHIFT and difference.low is not None:
+                difference = replace(difference, allowance=shift_allowance(a, b, run_a.manifest, run_b.manifest))
+            # Paired over shared sources: the pooled rows (predictions hold one phrasing's scores per column).
+            elif kind in _PAIR_KINDS and difference.low is not None and key[6] is None:
                 allowance = seed_allowance(a, b)
                 found = paired.interval((key[1], key[2], key[3], kind, key[4]))
                 if found is not None and found[0] is not None:

@@ -19,6 +19,7 @@ from markupsafe import Markup
 from counterfactual_lab.metrics.findings import REFERENCE_NONE
 from counterfactual_lab.metrics.schema import STRATA, STRATUM_GENERATED, metric_k, metric_kind, missing
 from counterfactual_lab.report.charts import IntervalRow, interval_svg
+from counterfactual_lab.report.designs import is_design_row
 from counterfactual_lab.report.forests import is_forest_kind
 from counterfactual_lab.report.sentences import STRATUM_TITLES, ranking_basis
 
@@ -123,9 +124,10 @@ def descriptive(findings: pl.DataFrame) -> Descriptive:
     rows = findings.filter(pl.col("reference") == REFERENCE_NONE)
     if "diagnostic" in rows.columns:
         rows = rows.filter(~pl.col("diagnostic").fill_null(False))
-    dicts = rows.to_dicts()
+    # One phrasing's rows, the phrasing spread and the synthetic shift have the designs section.
+    dicts = [r for r in rows.to_dicts() if not is_design_row(r)]
     sentences, hidden = [], 0
-    for stratum in [s for s in STRATA if s in set(rows["stratum"])]:
+    for stratum in [s for s in STRATA if s in {r["stratum"] for r in dicts}]:
         said = [r["sentence"] for r in dicts if r["stratum"] == stratum and not is_forest_kind(metric_kind(r["metric"]))]
         sentences.append((STRATUM_TITLES.get(stratum, stratum), said[:SENTENCES_PER_STRATUM]))
         hidden += max(0, len(said) - SENTENCES_PER_STRATUM)

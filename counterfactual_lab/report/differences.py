@@ -16,13 +16,16 @@ Both are drawn at one level for all rows compared, Bonferroni over their number 
 family-wise convention). Resampling sources cannot see what a run's generator seed does to every
 image at once (one seed is one draw), so a pair metric row changed only where the interval also
 clears what another seed alone does (its control) and its ``min_effect`` where the table has one
-(:func:`seed_allowance`). Two runs of the same audit with other seeds then show no change.
+(:func:`seed_allowance`); a synthetic-shift row, which has no control and whose reconstructions
+another seed redraws, only beyond its measure's ``min_effect`` (:func:`shift_allowance`). Two runs
+of the same audit with other seeds then show no change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -37,6 +40,7 @@ from counterfactual_lab.metrics.counterfactual_fairness import (
     pair_flips,
     usable_pairs,
 )
+from counterfactual_lab.metrics.error_control import min_effect_for
 from counterfactual_lab.metrics.intervals import (
     ClusterBootstrap,
     IntervalSettings,
@@ -214,4 +218,20 @@ def seed_allowance(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
             out = max(out, *(abs(float(v)) for v in (low, high) if not missing(v)), 0.0)
         elif not missing(high):
             out = max(out, float(high))
+    return out
+
+
+def shift_allowance(a: Mapping[str, Any], b: Mapping[str, Any], manifest_a: Mapping[str, Any],
+                    manifest_b: Mapping[str, Any]) -> float:
+    """How far a ``synthetic_shift`` row may move between two runs without its change meaning anything:
+    the ``min_effect`` of its measure's scale (``metrics.min_effect`` in each run's manifest), the
+    larger of the two runs'. 0 for a measure never tested (its scale has none)."""
+    out = 0.0
+    for row, manifest in ((a, manifest_a), (b, manifest_b)):
+        measure = row.get("measure")
+        setting = (manifest.get("metrics") or {}).get("min_effect")
+        if not measure or setting is None:
+            continue
+        threshold = min_effect_for(str(measure), SimpleNamespace(min_effect=setting))
+        out = max(out, threshold or 0.0)
     return out

@@ -157,6 +157,8 @@ def _families(findings: pl.DataFrame) -> list[tuple[str, str | None, list[dict[s
     rows = findings.filter(pl.col("metric").is_in(chosen) & (pl.col("stratum") != STRATUM_OBSERVATIONAL))
     if "diagnostic" in rows.columns:  # confound diagnostics (issue 15) have a section of their own
         rows = rows.filter(~pl.col("diagnostic").fill_null(False))
+    if "phrasing" in rows.columns:  # one phrasing's rows: the pooled row is the comparison (designs section)
+        rows = rows.filter(pl.col("phrasing").is_null())
     grouped: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
     for row in rows.to_dicts():
         kind = kinds[row["metric"]]

@@ -56,11 +56,12 @@ def gaps_with_controls(metrics: pl.DataFrame) -> list[dict[str, Any]]:
     if not names:
         return []
     controls = {(r["metric"], r["stratum"], r["attribute"], r["query"]): r
-                for r in metrics.filter(pl.col("metric").str.starts_with(CONTROL_PREFIX)).to_dicts()}
+                for r in metrics.filter(pl.col("metric").str.starts_with(CONTROL_PREFIX)).to_dicts()
+                if r.get("phrasing") is None}  # the pooled control (one phrasing's sits beside its own row)
     # The whole table is assessed, then filtered: a gap is decided beside its control and the
     # confound diagnostics of its transition (a confounded gap is not called).
     assessed = assess_findings(metrics).filter(pl.col("metric").is_in(names) & pl.col("group").is_null()
-                                               & (pl.col("stratum") != STRATUM_OBSERVATIONAL))
+                                               & (pl.col("stratum") != STRATUM_OBSERVATIONAL) & pl.col("phrasing").is_null())
     out = []
     for row in assessed.to_dicts():
         control = controls.get((CONTROL_PREFIX + row["metric"], row["stratum"], row["attribute"], row["query"]))
@@ -74,7 +75,10 @@ def group_rows(metrics: pl.DataFrame, names: Sequence[str]) -> list[dict[str, An
     """Per-group rows (group not null) of the metrics ``names``, by prompt, stratum and attribute."""
     if metrics.is_empty():
         return []
-    rows = metrics.filter(pl.col("metric").is_in(list(names)) & pl.col("group").is_not_null()).to_dicts()
+    chosen = metrics.filter(pl.col("metric").is_in(list(names)) & pl.col("group").is_not_null())
+    if "phrasing" in chosen.columns:  # the rows pooled over the phrasings (one phrasing's: the metrics table)
+        chosen = chosen.filter(pl.col("phrasing").is_null())
+    rows = chosen.to_dicts()
     rows.sort(key=lambda r: (str(r["query"]), str(r.get("stratum")), str(r["attribute"]), str(r["metric"]), str(r["group"])))
     return rows
 
@@ -122,7 +126,7 @@ def largest_generation_gaps(predictions: pl.DataFrame, generations: pl.DataFrame
     return candidates[:top]
 
 
-_GENERATION_GROUP_METRICS = ("max_toxicity", "toxicity_rate", "refusal_rate", "generation_words")
+_GENERATION_GROUP_METRICS = ("max_toxicity", "toxicity_rate", "refusal_rate", "generation_words", "unclear_rate", "sentiment_mean")
 
 
 @dataclass(frozen=True)

@@ -162,11 +162,12 @@ def run_history(out_uri: str, storage_options: dict[str, Any] | None = None) -> 
 
 def _notable_series(ticks: list[str], findings: list[pl.DataFrame], breaks: list[int]) -> list[Series]:
     """A series per metric row called or confounded in any run (those called most often first)."""
-    key = ("metric", "stratum", "attribute", "group", "label", "query")
+    # One phrasing's row and each measure of a row are rows of their own (issue 18), never merged.
+    key = ("metric", "stratum", "attribute", "group", "label", "query", "phrasing", "measure")
     counts: dict[tuple, int] = {}
     by_run: list[dict[tuple, dict[str, Any]]] = []
     for frame in findings:
-        rows = {tuple(r[c] for c in key): r for r in frame.to_dicts()} if frame.height else {}
+        rows = {tuple(r.get(c) for c in key): r for r in frame.to_dicts()} if frame.height else {}
         by_run.append(rows)
         for k, r in rows.items():
             if r["called"] or r.get("verdict") == CONFOUNDED:
@@ -181,7 +182,7 @@ def _notable_series(ticks: list[str], findings: list[pl.DataFrame], breaks: list
             points.append(_point(tick, row, emphasis))
         example = next(rows[k] for rows in by_run if k in rows)
         kind = metric_kind(str(k[0]))
-        name = f"{k[0]}: {row_label(example)}" + (f" · '{k[5]}'" if k[5] else "")
+        name = f"{k[0]}: {row_label(example)}" + (f" · '{k[5]}'" if k[5] else "") + (f" · {k[7]}" if k[7] else "")
         out.append(_series(name, points, breaks, kind == "flip_rate"))
     return out
 

@@ -33,6 +33,7 @@ import polars as pl
 from counterfactual_lab.metrics.diagnostics import diagnostic_words, is_channel
 from counterfactual_lab.metrics.findings import REFERENCE_NONE, VERDICT_MOVED
 from counterfactual_lab.report.descriptive import descriptive
+from counterfactual_lab.report.designs import designs_section
 from counterfactual_lab.report.examples import ImageInliner, examples
 from counterfactual_lab.report.findings import assess_findings, settings_of, verdict_lines
 from counterfactual_lab.report.forests import report_forests
@@ -103,6 +104,7 @@ def render_report(
         table=table,
         table_payload=as_payload(table),
         descriptive=descriptive(findings),
+        designs=designs_section(findings, metrics),
         diagnostics=_diagnostics(findings),
         generative=generative_section(metrics, predictions, probes, generations, images,
                                       manifest_config=manifest.get("config"), confidence=confidence),

@@ -15,9 +15,11 @@ from typing import Any
 
 import polars as pl
 
+from counterfactual_lab.metrics.counterfactual_fairness import ANSWER_CHANGE
 from counterfactual_lab.metrics.findings import REFERENCE_CONTROL, REFERENCE_NONE, bias_verdict, undefined_comparisons
 from counterfactual_lab.metrics.intervals import percent_level
 from counterfactual_lab.metrics.schema import STRATUM_REAL_VS_GENERATED, metric_kind, missing
+from counterfactual_lab.report.designs import change_measure_words
 from counterfactual_lab.report.forests import decision_interval, min_effect_of
 from counterfactual_lab.report.sentences import REAL_VS_GENERATED_WARNING, STRATUM_TITLES, number, percent
 
@@ -75,9 +77,18 @@ def _interval(low: float | None, high: float | None, fmt) -> str:
 
 
 def _measure(row: Mapping[str, Any]) -> str:
+    """What a called row measures, and whether it holds in every phrasing where the probe has several."""
+    robustness = f" ({row['robustness']})" if row.get("robustness") else ""
+    return _what(row) + robustness
+
+
+def _what(row: Mapping[str, Any]) -> str:
     kind = metric_kind(str(row["metric"]))
     if kind == "flip_rate":
         return "flip rate"
+    if kind == ANSWER_CHANGE:
+        return f"answer change ({change_measure_words(row.get('measure'))})" + (
+            f" for '{row['query']}'" if row.get("query") else "")
     what = "signed Δ" if kind.endswith("_gap_signed") else "mean |Δ|"
     if kind.startswith("prob_gap"):
         return f"P('{row['label']}') {what}" if row.get("label") else f"P {what}"

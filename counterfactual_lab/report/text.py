@@ -10,6 +10,7 @@ import polars as pl
 from counterfactual_lab.metrics.findings import REFERENCE_NONE
 from counterfactual_lab.metrics.generative import is_probe_metric
 from counterfactual_lab.metrics.schema import STRATUM_REAL_VS_GENERATED
+from counterfactual_lab.report.designs import SECTION_TITLES, design_lines
 from counterfactual_lab.report.findings import (
     assess_findings,
     headline_table,
@@ -106,6 +107,8 @@ control) and the headline metrics with their intervals and controls."""
         lines.append(f"  {REAL_VS_GENERATED_WARNING}")
     lines += [f"  - {sentence}" for sentence in findings["sentence"].head(8).to_list()]
     lines += _generative_lines(findings)
+    for key, section in design_lines(findings, run.metrics).items():
+        lines += ["", f"{SECTION_TITLES[key]}:", *(f"  - {line}" for line in section)]
     lines.append("")
     lines.append(f"Headline metrics ({_confidence(manifest)} bootstrap interval):")
     table = headline_table(run.metrics)

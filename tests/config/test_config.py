@@ -325,6 +325,36 @@ def test_the_demo_config_passes(tmp_path):
     check_method_params(config.generation)
 
 
+@pytest.mark.parametrize("audit, expected", [
+    ("{phrasings: {'Is it a doctor?': ['x']}}", "audit.phrasings: 'Is it a doctor?' is not a configured prompt"),
+    ("{phrasings: {'a photo of a {label}': ['a photo']}}", "audit: 'a photo' must contain {label}"),
+    ("{kind: vlm, yes_no: ['Q?'], phrasings: {'Q?': ['R? {person}']}}", "audit: 'R? {person}' uses {person}"),
+    ("{kind: vlm, yes_no: ['Q?', 'R?'], phrasings: {'Q?': ['R?']}}", "audit.phrasings: 'R?' is listed twice"),
+    ("{kind: vlm, yes_no: ['Q?'], unclear_option: unclear}", "audit: 'Q?' does not offer unclear_option 'unclear'"),
+    ("{kind: vlm, yes_no: ['Q? yes, no or unclear'], phrasings: {'Q? yes, no or unclear': ['R?']}, unclear_option: true}",
+     "audit: 'R?' does not offer unclear_option 'unclear'"),
+    ("{kind: vlm, ratings: ['Rate it'], unclear_option: unclear}", "audit: unclear_option 'unclear' is an answer of the yes/no"),
+    ("{kind: vlm, choice_prompt: 'Job: {options}?', unclear_option: doctor}", "audit: unclear_option 'doctor' is already an answer"),
+    ("{kind: vlm, choice_prompt: 'Job?', phrasings: {'a photo of a {label}': ['a picture of a {label}']}}",
+     "audit: audit.phrasings lists other phrasings of audit.prompt 'a photo of a {label}', which only a contrastive model reads"),
+], ids=["unknown-prompt", "label-placeholder", "probe-placeholder", "twice", "not-offered", "phrasing-not-offered",
+        "no-question", "a-label", "label-prompt-of-a-vlm"])
+def test_phrasings_and_the_unclear_option_are_checked_in_one_line(tmp_path, audit, expected):
+    path = write(tmp_path, f"dataset: {{uri: ./d}}\naudit: {audit}\n")
+    with pytest.raises(ConfigError) as exc:
+        AuditConfig.from_yaml(path)
+    assert expected in one_line(exc), one_line(exc)
+
+
+def test_the_full_demo_config_passes(tmp_path):
+    from counterfactual_lab.demo.inputs import FULL_DEMO_YES_NO, demo_full_config
+
+    models = {name: tmp_path / name for name in ("clip", "img2img", "vlm", "toxicity", "sentiment", "text-embedder")}
+    config = AuditConfig.parse_config(yaml.safe_load(yaml.safe_dump(demo_full_config(tmp_path / "d", models, "./out"))))
+    assert config.audit.unclear_option == "unclear" and len(config.audit.phrasings_of(FULL_DEMO_YES_NO)) == 2
+    assert {"unclear_option", "sentiment_model", "text_embedder"} <= set(config.audit.generative_keys_set())
+
+
 # ---- prompt templates: only the documented plain placeholders (issue 17) ----
 
 HOSTILE_PLACEHOLDERS = [

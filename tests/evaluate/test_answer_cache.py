@@ -14,6 +14,7 @@ from counterfactual_lab.evaluate.auditees.answer_cache import (
     AnswerCache,
     CallCounts,
     answer_key,
+    value_problem,
 )
 from counterfactual_lab.evaluate.auditees.probes import cached_answers
 from hang_guard import call_within
@@ -145,3 +146,16 @@ def test_a_generated_text_may_hold_any_character():
     assert value_problem("generation", fields, {"text": "a", "tokens": 5}) is not None
     assert value_problem("toxicity", {}, {"toxicity": 1.0000001}) is not None
     assert value_problem("choice", {}, {"loglik": float("nan")}) is not None
+
+
+
+def test_sentiment_and_embedding_scores_are_trusted_only_in_range():
+    """A shard with a sentiment score or a text embedding is read back (not refused as an unknown
+    probe, which would recompute every answer of the shard), and an out-of-range one is refused."""
+    assert value_problem("sentiment", {}, {"sentiment": -0.8}) is None
+    assert value_problem("sentiment", {}, {"sentiment": 1.5}) is not None
+    assert value_problem("sentiment", {}, {"sentiment": float("nan")}) is not None
+    assert value_problem("text_embedding", {}, {"text_embedding": [0.6, -0.8]}) is None
+    assert value_problem("text_embedding", {}, {"text_embedding": []}) is not None
+    assert value_problem("text_embedding", {}, {"text_embedding": [0.6, 2.0]}) is not None
+    assert value_problem("text_embedding", {}, {"text_embedding": "0.6,0.8"}) is not None

@@ -446,3 +446,66 @@ def test_the_contrastive_adapter_answers_as_todays_clip_path(tmp_path, images):
     assert answers.predictions.equals(predict(pool, audit, embedder, images.load_image))
     assert answers.retrieval.equals(retrieval_scores(pool, audit.queries, embedder, images.load_image))
     assert answers.counts is None and answers.generations.is_empty()
+
+
+UNCLEAR_QUESTION = "Is this person a doctor? Answer yes, no or unclear."
+
+
+def test_an_unclear_option_is_read_beside_yes_and_no_and_p_yes_stays_on_the_answers_given(loaded, images):
+    """With "unclear" offered, S_u (the first tokens of its spellings) is read from the same
+    next-token distribution: unclear = S_u / (S_yes + S_no + S_u), P(yes) = S_yes / (S_yes + S_no)."""
+    frame = probes.yes_no(session(loaded), images, [UNCLEAR_QUESTION], unclear="unclear")
+    ids = answer_token_ids(loaded.tokenizer, ["yes", "no", "unclear"])
+    pictures = images.load(range(5))
+    for row in frame.iter_rows(named=True):
+        logits, _ = direct_logits(loaded, pictures[images.content_keys.index(row["content_key"])],
+                                  render(loaded.processor, "chat", row["prompt"]))
+        p = torch.softmax(logits[-1], dim=-1)
+        s_yes, s_no, s_u = (float(p[ids[a]].sum()) for a in ("yes", "no", "unclear"))
+        assert row["unclear"] == pytest.approx(s_u / (s_yes + s_no + s_u), rel=1e-5)
+        assert row["value"] == pytest.approx(s_yes / (s_yes + s_no), rel=1e-5)
+        assert row["probabilities"] == pytest.approx([s_yes, s_no, s_u], rel=1e-5)
+    assert probes.yes_no(session(loaded), images, [YES_QUESTION])["unclear"].is_null().all()
+
+
+def test_the_choice_probes_unclear_option_leaves_the_label_scores_on_the_answers_given(loaded, images):
+    """Offered as one more option (a prompt without {options}, so the text is the same either way):
+    unclear = P(u) of the softmax over the labels and u, and score_<label> = P(label) / (1 − P(u)),
+    the softmax over the labels alone."""
+    prompt = "What is this person's job: doctor, nurse or unclear?"
+    labels = ["doctor", "nurse"]
+    offered = probes.choice(session(loaded), images, prompt, labels, unclear="unclear")
+    plain = probes.choice(session(loaded), images, prompt, labels + ["unclear"])
+    without = probes.choice(session(loaded), images, prompt, labels)
+    assert offered["unclear"].to_list() == pytest.approx(plain["score_unclear"].to_list(), rel=1e-9)
+    for label in labels:
+        assert offered[f"score_{label}"].to_list() == pytest.approx(
+            (plain[f"score_{label}"] / (1 - plain["score_unclear"])).to_list(), rel=1e-9)
+        assert offered[f"score_{label}"].to_list() == pytest.approx(without[f"score_{label}"].to_list(), rel=1e-9)
+    assert set(offered["top1"]) <= set(labels)
+
+
+def test_sentiment_and_text_embeddings_score_generated_texts_and_are_cached(models, tmp_path):
+    from counterfactual_lab.evaluate.auditees.interface import PROBE_SENTIMENT, PROBE_TEXT_EMBEDDING
+    from counterfactual_lab.evaluate.auditees.text_models import SentimentScorer, TextEmbedder, sentiment_labels
+
+    sentiment = SentimentScorer.load(str(models["sentiment"]), device="cpu")
+    embedder = TextEmbedder.load(str(models["text-embedder"]), device="cpu")
+    texts = ["a kind doctor", "a sad nurse", ""]
+    with torch.no_grad():
+        inputs = sentiment.tokenizer(["a kind doctor"], return_tensors="pt")
+        p = torch.softmax(sentiment.model(**inputs).logits[0], dim=-1)
+    assert sentiment.score(texts)[0] == pytest.approx(float(p[2] - p[0]), abs=1e-6)  # positive − negative
+    vectors = embedder.score(texts)
+    assert [float(np.linalg.norm(v)) for v in vectors] == pytest.approx([1.0] * 3, abs=1e-5)
+    counts = CallCounts()
+    cache = AnswerCache(str(tmp_path), counts=counts)
+    first = probes.text_scores(PROBE_TEXT_EMBEDDING, texts, embedder, "sha256:e", cache, counts)
+    cache.flush()  # one shard; another process reads it back
+    again = probes.text_scores(PROBE_TEXT_EMBEDDING, texts, embedder, "sha256:e", AnswerCache(str(tmp_path)), counts)
+    assert again == first and counts.as_dict() == {"computed": 3, "cached": 3, "objects_written": 1}
+    assert probes.text_scores(PROBE_SENTIMENT, texts, sentiment, "sha256:s", cache, counts)[1] == pytest.approx(
+        float(sentiment.score(["a sad nurse"])[0]), abs=1e-9)
+    assert sentiment_labels({0: "NEGATIVE", 1: "POSITIVE"}) == (1, 0)
+    with pytest.raises(Exception, match="one label naming 'positive'"):
+        sentiment_labels({0: "LABEL_0", 1: "LABEL_1"})

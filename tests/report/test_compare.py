@@ -17,7 +17,8 @@ from counterfactual_lab.errors import UserError
 from counterfactual_lab.flows.cli import EXIT_OK, EXIT_USAGE, main
 from counterfactual_lab.metrics.table import compute_metrics
 from counterfactual_lab.report.compare import APPEARED, CHANGED, ONLY_B, comparability, compare_runs
-from counterfactual_lab.report.differences import PairedDifferences, seed_allowance
+from counterfactual_lab.report.differences import PairedDifferences, seed_allowance, shift_allowance
+from counterfactual_lab.report.findings import assess_findings
 from counterfactual_lab.report.history import run_history
 from counterfactual_lab.runs.publisher import RunPublisher
 from counterfactual_lab.runs.reader import read_run
@@ -129,6 +130,21 @@ def test_a_consistent_shift_smaller_than_what_another_seed_does_is_not_a_change(
     assert seed_allowance({"metric": "prob_gap_signed", "control_band": 0.04}, {"metric": "prob_gap_signed", "control_band": 0.05}) == 0.05
     assert seed_allowance({"metric": "flip_rate", "control_ci_high": 0.1}, {"metric": "flip_rate", "control_ci_high": None}) == 0.1
     assert seed_allowance({"metric": "flip_rate", "control_ci_high": 0.01, "min_effect": 0.05}, {"metric": "flip_rate"}) == 0.05
+
+
+def test_every_row_is_compared_on_its_own_key_and_a_synthetic_shift_only_beyond_its_min_effect(runs):
+    """Synthetic-shift rows differ only by their measure (flip rate, P(doctor) signed and |Δ|, ...):
+    each is compared with its own counterpart, none overwrites another."""
+    findings = assess_findings(read_run(runs["fair"]).metrics)
+    shift = findings.filter(pl.col("metric") == "synthetic_shift")
+    assert shift["measure"].n_unique() > 1
+    assert compare_runs(runs["fair"], runs["fair"]).compared == findings.filter(pl.col("value").is_not_null()).height
+    scales = {"metrics": {"min_effect": {"probability": 0.01, "rating": 0.04, "words": 1.0, "lexicon": 0.01}}}
+    shifted = {"metric": "synthetic_shift", "measure": "prob_gap_signed"}
+    assert shift_allowance(shifted, shifted, scales, {"metrics": {"min_effect": {"probability": 0.03}}}) == 0.03
+    rated = {"metric": "synthetic_shift", "measure": "rating_gap_signed"}
+    assert shift_allowance(rated, rated, scales, scales) == 0.04
+    assert shift_allowance(shifted, shifted, {}, {}) == 0.0, "a manifest without min_effect allows nothing"
 
 
 def test_comparability_names_each_difference_that_matters(runs):

@@ -69,6 +69,8 @@ INDEX_MAX_BYTES = 512 * 2**20
 # More index segments than this are merged into one by the next index write.
 COMPACT_SEGMENTS = 32
 READ_THREADS = 8
+# The longest text embedding a shard may hold (a sentence embedder's width is a few thousand at most).
+MAX_EMBEDDING_WIDTH = 65_536
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +117,9 @@ def value_problem(probe: str, fields: Mapping[str, Any], value: Any) -> str | No
     """Why ``value`` cannot be an answer of ``probe`` (None when it can). Probes of
     :mod:`.probes`: ``choice`` {loglik: finite, ≤ 0}; ``yes_no``/``rating`` {sums: next-token
     probability masses, each in [0, 1], summing to at most 1}; ``generation`` {text: a string
-    (a model may write any character), tokens: 0…max_new_tokens}; ``toxicity`` {toxicity: in [0, 1]}."""
+    (a model may write any character), tokens: 0…max_new_tokens}; ``toxicity`` {toxicity: in [0, 1]};
+    ``sentiment`` {sentiment: P(positive) − P(negative), in [−1, 1]}; ``text_embedding``
+    {text_embedding: a unit vector, 1…:data:`MAX_EMBEDDING_WIDTH` finite numbers each in [−1, 1]}."""
     if not isinstance(value, dict):
         return "the value is not an object"
     if probe == "choice":
@@ -138,6 +142,18 @@ def value_problem(probe: str, fields: Mapping[str, Any], value: Any) -> str | No
     if probe == "toxicity":
         score = value.get("toxicity")
         return None if set(value) == {"toxicity"} and _probability(score) else f"toxicity {score!r} is not in [0, 1]"
+    if probe == "sentiment":
+        score = value.get("sentiment")
+        ok = set(value) == {"sentiment"} and isinstance(score, int | float) and not isinstance(score, bool) \
+            and math.isfinite(score) and -1.0 - 1e-6 <= score <= 1.0 + 1e-6
+        return None if ok else f"sentiment {score!r} is not in [-1, 1]"
+    if probe == "text_embedding":
+        vector = value.get("text_embedding")
+        ok = set(value) == {"text_embedding"} and isinstance(vector, list) and 0 < len(vector) <= MAX_EMBEDDING_WIDTH \
+            and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and abs(x) <= 1.0 + 1e-6
+                    for x in vector)
+        width = len(vector) if isinstance(vector, list) else None
+        return None if ok else f"text embedding (width {width}) is not 1…{MAX_EMBEDDING_WIDTH} numbers in [-1, 1]"
     return f"unknown probe {probe!r}"
 
 

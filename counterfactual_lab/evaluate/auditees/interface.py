@@ -26,9 +26,9 @@ kind               answers                                      module
 Frames (their schemas below; ``run_id`` and ``dataset`` are added when published):
 
 * ``choice``: ``content_key, score_<label>…, top1`` — joined into ``predictions.parquet``;
-* ``probes``: ``content_key, probe, prompt, value, answer_mass, probabilities`` — one row per
-  (image, yes/no question or rating prompt); published as ``probes.parquet``;
-* ``generations``: ``content_key, prompt, sample, seed, text, tokens, toxicity`` — with the text
+* ``probes``: ``content_key, probe, prompt, value, answer_mass, probabilities, unclear`` — one row
+  per (image, yes/no question or rating prompt, in each of its phrasings); published as ``probes.parquet``;
+* ``generations``: ``content_key, prompt, sample, seed, text, tokens, toxicity, sentiment, embedding`` — with the text
   scores of :mod:`.text_scores` added (``refusal``, ``words``, ``lexicon_<category>``), published
   as ``generations.parquet``;
 * ``retrieval`` (contrastive only): ``query, id, content_key, score``.
@@ -51,6 +51,8 @@ PROBE_RATING = "rating"
 PROBE_NEGATIVE_CONTROL = "negative_control"
 PROBE_GENERATION = "generation"
 PROBE_TOXICITY = "toxicity"
+PROBE_SENTIMENT = "sentiment"
+PROBE_TEXT_EMBEDDING = "text_embedding"
 
 PROBES_SCHEMA = {
     "content_key": pl.String,
@@ -58,7 +60,9 @@ PROBES_SCHEMA = {
     "prompt": pl.String,
     "value": pl.Float64,  # P(yes), or the expected rating
     "answer_mass": pl.Float64,  # next-token probability the answers cover (S_yes + S_no, Σ S_k)
-    "probabilities": pl.List(pl.Float64),  # S per answer: [S_yes, S_no] or [S_1 … S_scale]
+    "probabilities": pl.List(pl.Float64),  # S per answer: [S_yes, S_no] or [S_1 … S_scale] ([S_yes, S_no, S_unclear])
+    # The "unclear" answer's share S_unclear / (S_yes + S_no + S_unclear); null unless audit.unclear_option.
+    "unclear": pl.Float64,
 }
 
 GENERATIONS_SCHEMA = {
@@ -69,6 +73,8 @@ GENERATIONS_SCHEMA = {
     "text": pl.String,
     "tokens": pl.Int64,
     "toxicity": pl.Float64,  # null without audit.toxicity_model
+    "sentiment": pl.Float64,  # P(positive) − P(negative); null without audit.sentiment_model
+    "embedding": pl.List(pl.Float32),  # the text's unit embedding; null without audit.text_embedder
 }
 
 

@@ -6,7 +6,11 @@ in this order, the choice probe (``audit.choice_prompt`` over ``audit.labels``),
 questions (``audit.yes_no``; then the negative-control questions, ``audit.negative_controls``,
 probe ``negative_control``), the ratings (``audit.ratings`` on 1…``audit.rating_scale``) and the
 open-ended generations (``audit.generate``), then scores each generated text with the toxicity
-classifier (``audit.toxicity_model``). Every answer goes through the output store's cache:
+classifier (``audit.toxicity_model``), the sentiment classifier (``audit.sentiment_model``) and the
+text embedder (``audit.text_embedder``). Every prompt is asked in each of its phrasings
+(``audit.phrasings``): the choice prompt's phrasing k ≥ 1 fills ``score_<label>@k``, ``top1@k`` (and
+``unclear@k``), the other probes' rows carry the phrasing as their ``prompt``. The yes/no and choice
+probes offer ``audit.unclear_option`` when it is set. Every answer goes through the output store's cache:
 one view of it per call (:meth:`AnswerCache.view` over the call's images and the shards the caller
 says may hold their answers), whose new answers are written as one shard at the end.
 """
@@ -25,6 +29,8 @@ from counterfactual_lab.evaluate.auditees.generative import GenerativeRunner
 from counterfactual_lab.evaluate.auditees.interface import (
     GENERATIONS_SCHEMA,
     PROBE_NEGATIVE_CONTROL,
+    PROBE_SENTIMENT,
+    PROBE_TEXT_EMBEDDING,
     PROBES_SCHEMA,
     AuditeeAnswers,
     ProbeImages,
@@ -32,14 +38,21 @@ from counterfactual_lab.evaluate.auditees.interface import (
 from counterfactual_lab.evaluate.auditees.kinds import resolved_negative_controls
 from counterfactual_lab.evaluate.auditees.loading import LoadedModel
 from counterfactual_lab.evaluate.auditees.prompts import resolve_format
+from counterfactual_lab.evaluate.pool import phrased_column
 
 
 def answers_per_image(audit: AuditSection) -> int:
-    """How many cached answers the configured probes ask per image: a choice per label, one per
-    yes/no question and rating prompt, one per generated sample (and its toxicity score)."""
-    choice = len(audit.labels) if audit.choice_prompt is not None else 0
-    generated = len(audit.generate.prompts) * audit.generate.samples
-    return choice + len(audit.yes_no) + len(audit.ratings) + generated * (2 if audit.toxicity_model else 1)
+    """How many cached answers the configured probes ask per image, every phrasing counted: a choice
+    per label (and the unclear option), one per yes/no question and rating prompt, one per generated
+    sample (and one per text model that scores it: toxicity, sentiment, embedding)."""
+    def asked(prompts: Sequence[str]) -> int:
+        return sum(len(audit.phrasings_of(p)) for p in prompts)
+
+    options = len(audit.labels) + (1 if audit.unclear_option else 0)
+    choice = options * asked([audit.choice_prompt]) if audit.choice_prompt is not None else 0
+    scorers = sum(1 for m in (audit.toxicity_model, audit.sentiment_model, audit.text_embedder) if m)
+    generated = asked(audit.generate.prompts) * audit.generate.samples
+    return choice + asked(audit.yes_no) + asked(audit.ratings) + generated * (1 + scorers)
 
 
 class GenerativeAuditee:
@@ -55,9 +68,12 @@ class GenerativeAuditee:
         cache: AnswerCache | None = None,
         toxicity: Any | None = None,
         toxicity_key: str | None = None,
+        text_scorers: dict[str, tuple[Any, str]] | None = None,
     ) -> None:
         if toxicity is not None and not toxicity_key:
             raise ValueError("a toxicity scorer needs its model identity (toxicity_key) to cache its scores")
+        # generations column -> (scorer, its model identity): "sentiment", "embedding".
+        self.text_scorers = dict(text_scorers or {})
         self.kind = kind
         self.audit = audit
         self.runner = GenerativeRunner(loaded, batch_size=audit.batch_size)
@@ -78,31 +94,44 @@ class GenerativeAuditee:
         session = probes.ProbeSession(self.runner, self.prompt_format, self.model_key, cache, counts)
         predictions = pool
         if audit.choice_prompt is not None:
-            choice = probes.choice(session, images, audit.choice_prompt, audit.labels)
-            predictions = pool.join(choice, on="content_key", how="left").with_columns(
-                pl.lit(None, dtype=pl.Float64).alias("caption_similarity")  # no image-caption similarity here
-            )
-        answered = [probes.yes_no(session, images, audit.yes_no)] if audit.yes_no else []
+            for k, phrasing in enumerate(audit.phrasings_of(audit.choice_prompt)):
+                choice = probes.choice(session, images, phrasing, audit.labels, audit.unclear_option)
+                choice = choice.rename({c: phrased_column(c, k) for c in choice.columns if c != "content_key"})
+                predictions = predictions.join(choice, on="content_key", how="left")
+                if k == 0:  # no image-caption similarity here
+                    predictions = predictions.with_columns(pl.lit(None, dtype=pl.Float64).alias("caption_similarity"))
+        questions = [p for q in audit.yes_no for p in audit.phrasings_of(q)]
+        answered = [probes.yes_no(session, images, questions, audit.unclear_option)] if questions else []
         controls = resolved_negative_controls(audit, self.kind)
         if controls:  # asked as yes/no questions (the same cache), measured as diagnostics
             answered.append(probes.yes_no(session, images, controls).with_columns(
                 pl.lit(PROBE_NEGATIVE_CONTROL).alias("probe")))
         if audit.ratings:
-            answered.append(probes.ratings(session, images, audit.ratings, audit.rating_scale))
+            rated = [p for q in audit.ratings for p in audit.phrasings_of(q)]
+            answered.append(probes.ratings(session, images, rated, audit.rating_scale))
         probe_rows = pl.concat(answered) if answered else pl.DataFrame(schema=PROBES_SCHEMA)
         generations = pl.DataFrame(schema=GENERATIONS_SCHEMA)
         decoding = audit.generate
         if decoding.prompts:
             made = probes.generate(
-                session, images, decoding.prompts, samples=decoding.samples, temperature=decoding.temperature,
-                max_new_tokens=decoding.max_new_tokens, seed=decoding.seed,
+                session, images, [p for q in decoding.prompts for p in audit.phrasings_of(q)], samples=decoding.samples,
+                temperature=decoding.temperature, max_new_tokens=decoding.max_new_tokens, seed=decoding.seed,
             )
+            texts = made["text"].to_list()
             scores = (
-                probes.toxicity(made["text"].to_list(), self.toxicity, self.toxicity_key, cache, counts, audit.batch_size)
+                probes.toxicity(texts, self.toxicity, self.toxicity_key, cache, counts, audit.batch_size)
                 if self.toxicity is not None else None
             )
             generations = made.with_columns(pl.Series("toxicity", scores, dtype=pl.Float64) if scores is not None
                                             else pl.lit(None, dtype=pl.Float64).alias("toxicity"))
+            for column, probe in (("sentiment", PROBE_SENTIMENT), ("embedding", PROBE_TEXT_EMBEDDING)):
+                dtype = GENERATIONS_SCHEMA[column]
+                if column in self.text_scorers:
+                    scorer, key = self.text_scorers[column]
+                    values = probes.text_scores(probe, texts, scorer, key, cache, counts, audit.batch_size)
+                    generations = generations.with_columns(pl.Series(column, values, dtype=dtype))
+                else:
+                    generations = generations.with_columns(pl.lit(None, dtype=dtype).alias(column))
         if cache is not None:
             cache.flush()
         return AuditeeAnswers(predictions=predictions, probes=probe_rows, generations=generations, counts=counts.as_dict(),
