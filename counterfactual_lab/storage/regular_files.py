@@ -94,8 +94,12 @@ def open_regular_file(path: str | os.PathLike, inode: int | None = None) -> Iter
     fd = os.open(path, _OPEN_FLAGS)
     with os.fdopen(fd, "rb", buffering=0) as handle:
         opened = os.fstat(fd)
-        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino):
+        if not stat.S_ISREG(opened.st_mode):
             raise NotARegularFile(path, f"{file_kind(opened.st_mode)} swapped in while it was being opened")
+        # Another regular file swapped in (an atomic replace: a lock renewed, a record rewritten)
+        # is as safe to read as the first; only a caller that asked for one inode refuses it.
+        if inode is not None and (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino):
+            raise NotARegularFile(path, "different file (replaced while it was being opened)")
         yield handle
 
 
@@ -107,15 +111,16 @@ def read_regular_file(path: str, max_bytes: int) -> tuple[bytes | None, int]:
     is not a regular file (without opening it), ``FileNotFoundError`` and other ``OSError``
     as ``os.stat``/``os.open`` raise them.
     """
-    before = os.stat(path)
-    if not stat.S_ISREG(before.st_mode):
-        raise NotARegularFile(path, file_kind(before.st_mode))
-    if before.st_size > max_bytes:
-        return None, before.st_size
-    with open_regular_file(path, inode=before.st_ino) as handle:
+    # The size is the opened file's: a path replaced between a stat and the open (a lock file
+    # released and taken again) is read as what it is now, never refused as "replaced" (the
+    # lock manager took such a refusal for a broken lock and deleted a live holder's).
+    with open_regular_file(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > max_bytes:
+            return None, size
         data = _read_at_most(handle, max_bytes + 1)  # one byte more tells "grew past the limit"
         if len(data) > max_bytes:
-            return None, max(len(data), os.fstat(handle.fileno()).st_size)
+            return None, max(len(data), size)
     return data, len(data)
 
 

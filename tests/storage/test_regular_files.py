@@ -88,6 +88,33 @@ def test_a_file_swapped_for_a_fifo_after_the_check_is_not_waited_on(tmp_path, mo
     assert "FIFO (named pipe) swapped in" in str(outcome["error"])
 
 
+def test_a_regular_file_replaced_by_another_between_the_check_and_the_open_is_read(tmp_path, monkeypatch):
+    """An atomic replace (os.replace of a finished file, as a lock's renewal or a new holder's
+    lock does) between the stat and the open: the new content is read, never refused. Refusing
+    it made the lock manager delete a live holder's lock (two holders at once)."""
+    from counterfactual_lab.storage import regular_files
+
+    path = tmp_path / "key.lock"
+    path.write_bytes(b'{"holder": "a"}')
+    replacement = tmp_path / "key.lock.tmp"
+    replacement.write_bytes(b'{"holder": "b", "longer": true}')
+    real_open = os.open
+
+    def replace_then_open(name, flags, *args):
+        if replacement.exists():
+            os.replace(replacement, path)
+        return real_open(name, flags, *args)
+
+    monkeypatch.setattr(regular_files.os, "open", replace_then_open)
+    assert read_regular_file(str(path), 100) == (b'{"holder": "b", "longer": true}', 31)
+    # A caller that asked for one inode (the hash cache's key) still refuses another file.
+    replacement.write_bytes(b"c")
+    inode = os.stat(path).st_ino
+    with pytest.raises(NotARegularFile, match="replaced"):
+        with regular_files.open_regular_file(path, inode=inode):
+            pass
+
+
 # ---- every local read of a named path goes through the one reader ----
 
 
