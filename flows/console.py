@@ -70,7 +70,7 @@ class ProgressAwareConsoleHandler(logging.Handler):
         if not self.tracebacks and self.is_engine_failure_report(record):
             return
         try:
-                    tqdm.write(self.format(record), file=sys.stderr)
+            tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
 
