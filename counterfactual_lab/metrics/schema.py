@@ -31,6 +31,14 @@ what a skew or NDKL row was measured against: ``audit.skew_protocol``, the K of 
 ``ndkl``, the length of the whole ranking) and its desired distribution written out
 (``uniform: female=0.5, male=0.5``, ``pool: female=0.25, male=0.75``); null on every other row.
 
+then the design column (docs/metrics.md, "Which modality carries the gap")::
+
+    modality
+
+what changed between the two sides of a pair row: ``image`` (the counterfactual image, the source's
+``{person}`` word), ``text`` (the reconstruction, the target's word) or ``both``; every other row
+(group, retrieval, observational, CITS, drift) is the images' own: ``image``.
+
 An undefined value is a null ``value`` with a non-null ``note`` saying why; a ``note`` may also
 accompany a defined value (e.g. the groups left out for being too small).
 """
@@ -43,6 +51,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import polars as pl
+
+from counterfactual_lab.evaluate.readings import MODALITY_IMAGE
 
 _CONTRACT_SCHEMA = {
     "metric": pl.String,
@@ -81,7 +91,12 @@ RANKING_SCHEMA = {
     "k": pl.Int64,
     "desired": pl.String,
 }
-METRICS_SCHEMA = {**_CONTRACT_SCHEMA, **FAMILY_WISE_SCHEMA, **DECISION_SCHEMA, **RANKING_SCHEMA}
+# Which modality a pair row reads (metrics/modalities.py): image, text or both.
+MODALITY_SCHEMA = {
+    "modality": pl.String,
+}
+DEFAULT_MODALITY = MODALITY_IMAGE
+METRICS_SCHEMA = {**_CONTRACT_SCHEMA, **FAMILY_WISE_SCHEMA, **DECISION_SCHEMA, **RANKING_SCHEMA, **MODALITY_SCHEMA}
 
 # How a row's interval is drawn (``interval_method``): t with C − 1 degrees of freedom on the
 # cluster-bootstrap standard error; Wilson's score interval at the effective sample size (a
@@ -147,8 +162,10 @@ def metric_row(
     label: str | None = None,
     query: str | None = None,
     ranking: Mapping[str, Any] | None = None,
+    modality: str = DEFAULT_MODALITY,
 ) -> dict[str, Any]:
-    """One row of the metrics table; ``ranking``: a retrieval row's ``protocol``, ``k`` and ``desired``."""
+    """One row of the metrics table; ``ranking``: a retrieval row's ``protocol``, ``k`` and ``desired``;
+    ``modality``: what a pair row's two sides differ in (``image``, ``text``, ``both``)."""
     if estimate.value is None and not estimate.note:
         raise ValueError(f"{metric} ({stratum}, {attribute}) is undefined without a note saying why")
     value = None if estimate.value is None else float(estimate.value)
@@ -170,6 +187,7 @@ def metric_row(
         "se": optional(estimate.se) if interval else None,
         "interval_method": estimate.method if interval else None,
         **{column: (ranking or {}).get(column) for column in RANKING_SCHEMA},
+        "modality": modality,
     }
 
 

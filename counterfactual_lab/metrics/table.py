@@ -40,8 +40,10 @@ from typing import Any
 
 import polars as pl
 
+from counterfactual_lab.config.intersections import split_stratified
 from counterfactual_lab.config.skew_protocols import SKEW_PROTOCOL_SOCIALCOUNTERFACTUALS
 from counterfactual_lab.evaluate.pool import NEGATIVE_CONTROL_PREFIX, POOL_SCHEMA, score_column
+from counterfactual_lab.evaluate.readings import base_readings
 from counterfactual_lab.metrics.cits import cits_rows
 from counterfactual_lab.metrics.counterfactual_fairness import (
     control_metric_rows,
@@ -51,7 +53,15 @@ from counterfactual_lab.metrics.counterfactual_fairness import (
 from counterfactual_lab.metrics.drift import drift_metric_rows
 from counterfactual_lab.metrics.error_control import DEFAULT_MAX_DRIFT, apply_error_control
 from counterfactual_lab.metrics.group_fairness import group_fairness_rows
+from counterfactual_lab.metrics.intersections import (
+    changes_every_part,
+    compared_values,
+    small_cell_notes,
+    with_cell_notes,
+    with_cells,
+)
 from counterfactual_lab.metrics.intervals import IntervalSettings
+from counterfactual_lab.metrics.modalities import in_modality, modalities_of, reading_table, tagged
 from counterfactual_lab.metrics.pairs import PAIRS_BY_DESIGN, control_pairs
 from counterfactual_lab.metrics.rankings import query_rankings, ranking_frame, retrieval_frame
 from counterfactual_lab.metrics.retrieval import mean_skew_rows, retrieval_rows
@@ -169,20 +179,24 @@ def _with_negative_controls(predictions: pl.DataFrame, controls: Sequence[str]) 
 
 @dataclass(frozen=True)
 class _Comparisons:
-    """What a run compares: its design, each attribute's rows, pairs and control pairs (the pairs
-    carry the negative controls' scores too)."""
+    """What a run compares: its design, each attribute's rows (its base readings), and per (attribute,
+    modality) its pairs and control pairs (the pairs carry the negative controls' scores too); the
+    modalities, the attributes' values (cells and joint attributes included) and the small cells' notes."""
 
     predictions: pl.DataFrame
     design: str | None
     rows_by: dict[str, pl.DataFrame]
-    pairs_by: dict[str, pl.DataFrame]
-    controls_by: dict[str, pl.DataFrame]
+    pairs_by: dict[tuple[str, str], pl.DataFrame]
+    controls_by: dict[tuple[str, str], pl.DataFrame]
     negative_controls: list[str]
+    modalities: list[str]
+    values: dict[str, list[str]] | None
+    cell_notes: dict[str, str]
 
 
 def _comparisons(
     predictions: pl.DataFrame | None, audit: Any, attribute_values: Mapping[str, Sequence[str]] | None, design: str | None,
-    with_pairs: bool = True,
+    with_pairs: bool = True, intersections: Sequence[Sequence[str]] = (),
 ) -> _Comparisons | None:
     """The run's comparisons (:class:`_Comparisons`); None for a run with nothing to compare or describe.
     ``with_pairs=False``: the design and each attribute's rows only (no pairs)."""
@@ -195,17 +209,30 @@ def _comparisons(
         check_design(predictions, design)
     comparison = design if design is not None else comparison_stratum(predictions)
     negative = negative_control_labels(predictions, labels)
-    paired = _with_negative_controls(predictions, negative)
-    attributes = sorted(set(attribute_values or {}) | set(predictions["attribute"].drop_nulls().unique().to_list()))
-    rows_by = {attribute: predictions.filter(pl.col("attribute") == attribute) for attribute in attributes}
+    # Each intersection's cells: the rows again under "gender | race=Black" (metrics/intersections.py).
+    predictions = with_cells(predictions, base_readings(predictions), intersections, comparison)
+    base = base_readings(predictions)
+    paired = _with_negative_controls(base, negative)
+    attributes = sorted(set(attribute_values or {}) | set(base["attribute"].drop_nulls().unique().to_list()))
+    values = compared_values(attribute_values, intersections, attributes)
+    rows_by = {attribute: base.filter(pl.col("attribute") == attribute) for attribute in attributes}
+    modalities = modalities_of(audit)
+    columns = ["top1", *[score_column(label) for label in labels + negative]]
+    readings = reading_table(_with_negative_controls(predictions, negative), columns)
     pairs_by, controls_by = {}, {}
     if comparison is not None and with_pairs:
         for attribute in attributes:
             rows_of = paired.filter(pl.col("attribute") == attribute)
-            pairs_by[attribute] = PAIRS_BY_DESIGN[comparison](rows_of, labels + negative)
-            if comparison == STRATUM_GENERATED:
-                controls_by[attribute] = control_pairs(rows_of, labels + negative)
-    return _Comparisons(predictions, comparison, rows_by, pairs_by, controls_by, negative)
+            readings_of = readings.filter(pl.col("attribute") == attribute) if readings is not None else None
+            pairs = changes_every_part(PAIRS_BY_DESIGN[comparison](rows_of, labels + negative), attribute, intersections,
+                                       attribute_values)
+            controls = control_pairs(rows_of, labels + negative) if comparison == STRATUM_GENERATED else None
+            for modality in modalities:
+                pairs_by[(attribute, modality)] = in_modality(pairs, readings_of, columns, modality)
+                if controls is not None:
+                    controls_by[(attribute, modality)] = in_modality(controls, readings_of, columns, modality)
+    return _Comparisons(predictions, comparison, rows_by, pairs_by, controls_by, negative, modalities, values,
+                        small_cell_notes(base, audit.min_group_size))
 
 
 def compute_metrics(
@@ -219,11 +246,12 @@ def compute_metrics(
     drift: pl.DataFrame | None = None,
     max_drift: Any = DEFAULT_MAX_DRIFT,
     with_error_control: bool = True,
+    intersections: Sequence[Sequence[str]] = (),
 ) -> pl.DataFrame:
     """The metrics table (:data:`~counterfactual_lab.metrics.schema.METRICS_SCHEMA`) of one run.
 
     ``audit`` is the :class:`~counterfactual_lab.config.audit_config.AuditSection` (labels, queries,
-    top_k, min_group_size, bootstrap settings, confidence, error_control, min_effect);
+    top_k, min_group_size, bootstrap settings, confidence, error_control, min_effect, modalities);
     ``attribute_values`` maps each attribute to the values the config lists for it (the uniform
     desired distribution of retrieval, and the groups of the balanced generated sets); every
     attribute in it gets its comparison rows. ``design`` is the stratum of the run's comparisons as
@@ -232,10 +260,16 @@ def compute_metrics(
     nothing. ``drift``: the judge's off-target drift readings (``drift.parquet``), ``max_drift``:
     ``judge.max_drift`` (their thresholds). ``with_error_control``: apply the error control over this table
     (False: the caller applies it over a larger table, :mod:`counterfactual_lab.metrics.generative_table`).
+    ``intersections``: ``attributes.intersections`` (their cells and joint rows,
+    :mod:`counterfactual_lab.metrics.intersections`).
+
+    The pair rows (flip rate, gaps, their controls, negative controls) come once per modality of
+    ``audit.modalities`` (:mod:`counterfactual_lab.metrics.modalities`), each with its ``modality``; every
+    other row is the images' own (``modality`` image).
     """
     labels = list(audit.labels)
     settings = IntervalSettings.from_audit(audit)
-    plan = _comparisons(predictions, audit, attribute_values, design)
+    plan = _comparisons(predictions, audit, attribute_values, design, intersections=intersections)
     if plan is None:
         return metrics_frame([])
     predictions, comparison = plan.predictions, plan.design
@@ -247,21 +281,24 @@ def compute_metrics(
     floor = audit.min_group_size
     rows: list[dict[str, Any]] = []
     for attribute, rows_of in plan.rows_by.items():
-        values = spelled_as_in(attribute_values.get(attribute) if attribute_values else None, rows_of)
+        values = spelled_as_in(plan.values.get(attribute) if plan.values else None, rows_of)
         if comparison is not None:
-            no_pairs = no_pairs_note(comparison, attribute, counterfactuals)
-            rows += pair_metric_rows(plan.pairs_by[attribute], attribute, comparison, labels, settings, floor, no_pairs)
-            if comparison == STRATUM_GENERATED:
-                rows += control_metric_rows(plan.controls_by[attribute], attribute, comparison, labels, settings, floor)
-            rows += negative_control_rows(plan.pairs_by[attribute], plan.controls_by.get(attribute), attribute, comparison,
-                                          plan.negative_controls, settings, floor, no_pairs)
+            no_pairs = no_pairs_note(comparison, split_stratified(attribute)[0], counterfactuals)
+            for modality in plan.modalities:
+                pairs, controls = plan.pairs_by[(attribute, modality)], plan.controls_by.get((attribute, modality))
+                compared = pair_metric_rows(pairs, attribute, comparison, labels, settings, floor, no_pairs)
+                if comparison == STRATUM_GENERATED:
+                    compared += control_metric_rows(controls, attribute, comparison, labels, settings, floor)
+                compared += negative_control_rows(pairs, controls, attribute, comparison, plan.negative_controls, settings,
+                                                  floor, no_pairs)
+                rows += tagged(compared, modality)
             rows += _pool_rows(comparison_pool(rows_of, comparison), retrieval, attribute, comparison, audit, settings, values)
         rows += _pool_rows(observational_pool(rows_of), retrieval, attribute, STRATUM_OBSERVATIONAL, audit, settings, values)
         cits_stratum = STRATUM_GENERATED if generated else STRATUM_REAL_VS_GENERATED
         rows += cits_rows(counterfactuals, attribute, cits_stratum, settings)
         if comparison == STRATUM_GENERATED:
             rows += drift_metric_rows(drift, attribute, settings, floor)
-    table = metrics_frame(rows)
+    table = metrics_frame(with_cell_notes(rows, plan.cell_notes))
     return apply_error_control(table, audit, max_drift) if with_error_control else table
 
 
@@ -272,16 +309,17 @@ def retrieval_table(
     attribute_values: Mapping[str, Sequence[str]] | None = None,
     *,
     design: str | None = None,
+    intersections: Sequence[Sequence[str]] = (),
 ) -> pl.DataFrame:
     """``retrieval.parquet``: every ranking :func:`compute_metrics` measures skew and NDKL on (the same
     arguments), one row per query, stratum, attribute and ranked image
     (:data:`~counterfactual_lab.metrics.rankings.RETRIEVAL_TABLE_SCHEMA`)."""
-    plan = _comparisons(predictions, audit, attribute_values, design, with_pairs=False)
+    plan = _comparisons(predictions, audit, attribute_values, design, with_pairs=False, intersections=intersections)
     if plan is None or retrieval is None or retrieval.height == 0:
         return retrieval_frame([])
     frames = []
     for attribute, rows_of in plan.rows_by.items():
-        values = spelled_as_in(attribute_values.get(attribute) if attribute_values else None, rows_of)
+        values = spelled_as_in(plan.values.get(attribute) if plan.values else None, rows_of)
         strata = [(comparison_pool(rows_of, plan.design), plan.design)] if plan.design is not None else []
         for rows, stratum in [*strata, (observational_pool(rows_of), STRATUM_OBSERVATIONAL)]:
             pool, desired, _ = _stratum_pool(rows, stratum, values)

@@ -37,6 +37,7 @@ from counterfactual_lab.metrics.schema import (
     metric_kind,
 )
 from counterfactual_lab.report.charts import Bar, bar_chart_svg
+from counterfactual_lab.report.designs import designs_section
 from counterfactual_lab.report.examples import ImageInliner, examples_section
 from counterfactual_lab.report.findings import RUN_VERDICT_WORDS, assess_findings, verdict_lines
 from counterfactual_lab.report.generative import generative_audit_section
@@ -128,6 +129,7 @@ def render_report(
         _run_section(manifest),
         _findings_section(metrics, manifest),
         _confound_section(metrics),
+        designs_section(assess_findings(metrics), metrics, manifest) if not metrics.is_empty() else "",
         _charts_section(metrics),
         _skew_section(metrics),
         generative_audit_section(metrics, predictions, probes, generations, images, manifest_config=manifest.get("config"),

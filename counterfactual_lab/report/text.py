@@ -10,6 +10,7 @@ import polars as pl
 from counterfactual_lab.metrics.findings import REFERENCE_NONE
 from counterfactual_lab.metrics.generative import is_probe_metric
 from counterfactual_lab.metrics.schema import STRATUM_REAL_VS_GENERATED
+from counterfactual_lab.report.designs import designs_lines
 from counterfactual_lab.report.findings import (
     assess_findings,
     headline_table,
@@ -104,6 +105,7 @@ control) and the headline metrics with their intervals and controls."""
         lines.append(f"  {REAL_VS_GENERATED_WARNING}")
     lines += [f"  - {sentence}" for sentence in findings["sentence"].head(8).to_list()]
     lines += _generative_lines(findings)
+    lines += designs_lines(findings, run.metrics, manifest)
     lines.append("")
     lines.append(f"Headline metrics ({_confidence(manifest)} bootstrap interval):")
     table = headline_table(run.metrics)
@@ -141,11 +143,15 @@ def _confidence(manifest: dict[str, Any]) -> str:
 
 
 def _aligned_table(rows: list[dict[str, Any]]) -> list[str]:
-    header = ["metric", "stratum", "attribute", "group", "label", "query", "value", "interval", "control", "called", "n"]
+    header = ["metric", "stratum", "attribute", "group", "label", "query", "modality", "value", "interval", "control",
+              "called", "n"]
+    # The modality column only where the run read pairs in more than the image (audit.modalities).
+    modalities = any(row.get("modality") not in (None, "image") for row in rows)
     body = []
     for row in rows:
         cells = table_cells(row)
         values = [row["metric"], row["stratum"], row["attribute"], row["group"], row["label"], row["query"],
+                  row.get("modality") if modalities else None,
                   cells["value"], cells["interval"], cells["control"], cells["called"], row["n"]]
         body.append(["" if c is None else str(c) for c in values])
     # Drop columns that are empty in every row (e.g. query for a run without retrieval metrics).

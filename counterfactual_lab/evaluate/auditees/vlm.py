@@ -6,7 +6,9 @@ in this order, the choice probe (``audit.choice_prompt`` over ``audit.labels``),
 questions (``audit.yes_no``; then the negative-control questions, ``audit.negative_controls``,
 probe ``negative_control``), the ratings (``audit.ratings`` on 1…``audit.rating_scale``) and the
 open-ended generations (``audit.generate``), then scores each generated text with the toxicity
-classifier (``audit.toxicity_model``). Every answer goes through the output store's cache.
+classifier (``audit.toxicity_model``). Every answer goes through the output store's cache. A
+template with ``{person}`` is asked once per person word its images need
+(:mod:`counterfactual_lab.evaluate.readings`), the word filled in.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from typing import Any
 import polars as pl
 
 from counterfactual_lab.config.audit_config import AuditSection
+from counterfactual_lab.config.templates import uses_person
 from counterfactual_lab.evaluate.auditees import probes
 from counterfactual_lab.evaluate.auditees.answer_cache import AnswerCache, CallCounts
 from counterfactual_lab.evaluate.auditees.generative import GenerativeRunner
 from counterfactual_lab.evaluate.auditees.interface import (
     GENERATIONS_SCHEMA,
+    PERSON,
     PROBE_NEGATIVE_CONTROL,
     PROBES_SCHEMA,
     AuditeeAnswers,
@@ -30,6 +34,8 @@ from counterfactual_lab.evaluate.auditees.interface import (
 from counterfactual_lab.evaluate.auditees.kinds import resolved_negative_controls
 from counterfactual_lab.evaluate.auditees.loading import LoadedModel
 from counterfactual_lab.evaluate.auditees.prompts import resolve_format
+from counterfactual_lab.evaluate.readings import PERSON_COLUMN
+from counterfactual_lab.plan.person_words import fill_person
 
 
 class GenerativeAuditee:
@@ -59,30 +65,33 @@ class GenerativeAuditee:
 
     def answer(self, pool: pl.DataFrame, load_image: Callable[[str], Any]) -> AuditeeAnswers:
         audit = self.audit
-        images = ProbeImages.from_pool(pool, load_image)
         counts = CallCounts()
         session = probes.ProbeSession(self.runner, self.prompt_format, self.model_key, self.cache, counts)
+        asked = _PersonReadings(pool, load_image)
         predictions = pool
         if audit.choice_prompt is not None:
-            choice = probes.choice(session, images, audit.choice_prompt, audit.labels)
-            predictions = pool.join(choice, on="content_key", how="left").with_columns(
+            choice = asked.each([audit.choice_prompt],
+                                lambda images, prompts: probes.choice(session, images, prompts[0], audit.labels))
+            predictions = pool.join(choice.drop("prompt", strict=False), on=asked.keys, how="left",
+                                    nulls_equal=True).with_columns(
                 pl.lit(None, dtype=pl.Float64).alias("caption_similarity")  # no image-caption similarity here
             )
-        answered = [probes.yes_no(session, images, audit.yes_no)] if audit.yes_no else []
+        answered = [asked.each(audit.yes_no, lambda images, prompts: probes.yes_no(session, images, prompts))] \
+            if audit.yes_no else []
         controls = resolved_negative_controls(audit, self.kind)
         if controls:  # asked as yes/no questions (the same cache), measured as diagnostics
-            answered.append(probes.yes_no(session, images, controls).with_columns(
-                pl.lit(PROBE_NEGATIVE_CONTROL).alias("probe")))
+            answered.append(asked.each(controls, lambda images, prompts: probes.yes_no(session, images, prompts))
+                            .with_columns(pl.lit(PROBE_NEGATIVE_CONTROL).alias("probe")))
         if audit.ratings:
-            answered.append(probes.ratings(session, images, audit.ratings, audit.rating_scale))
-        probe_rows = pl.concat(answered) if answered else pl.DataFrame(schema=PROBES_SCHEMA)
-        generations = pl.DataFrame(schema=GENERATIONS_SCHEMA)
+            answered.append(asked.each(audit.ratings, lambda images, prompts: probes.ratings(
+                session, images, prompts, audit.rating_scale)))
+        probe_rows = pl.concat(answered, how="diagonal_relaxed") if answered else asked.empty(PROBES_SCHEMA)
+        generations = asked.empty(GENERATIONS_SCHEMA)
         decoding = audit.generate
         if decoding.prompts:
-            made = probes.generate(
-                session, images, decoding.prompts, samples=decoding.samples, temperature=decoding.temperature,
-                max_new_tokens=decoding.max_new_tokens, seed=decoding.seed,
-            )
+            made = asked.each(decoding.prompts, lambda images, prompts: probes.generate(
+                session, images, prompts, samples=decoding.samples, temperature=decoding.temperature,
+                max_new_tokens=decoding.max_new_tokens, seed=decoding.seed))
             scores = (
                 probes.toxicity(made["text"].to_list(), self.toxicity, self.toxicity_key, self.cache, counts, audit.batch_size)
                 if self.toxicity is not None else None
@@ -90,3 +99,41 @@ class GenerativeAuditee:
             generations = made.with_columns(pl.Series("toxicity", scores, dtype=pl.Float64) if scores is not None
                                             else pl.lit(None, dtype=pl.Float64).alias("toxicity"))
         return AuditeeAnswers(predictions=predictions, probes=probe_rows, generations=generations, counts=counts.as_dict())
+
+
+class _PersonReadings:
+    """How one chunk's images are asked: per image, or per (image, person word) where the pool has
+    readings (:mod:`counterfactual_lab.evaluate.readings`) and the template has ``{person}``."""
+
+    def __init__(self, pool: pl.DataFrame, load_image: Callable[[str], Any]) -> None:
+        self.pool = pool
+        self.load_image = load_image
+        self.readings = PERSON_COLUMN in pool.columns
+        self.keys = ["content_key", PERSON] if self.readings else ["content_key"]
+
+    def empty(self, schema: dict[str, Any]) -> pl.DataFrame:
+        return pl.DataFrame(schema={**schema, **({PERSON: pl.String} if self.readings else {})})
+
+    def each(self, templates: list[str], ask: Callable[[ProbeImages, list[str]], pl.DataFrame]) -> pl.DataFrame:
+        """``ask(images, prompts)``: once for the templates without ``{person}`` (their answers stand for
+        every word an image is asked with), once per word for those with it (the prompts filled; the
+        answers' ``prompt`` is the template again); keyed by :attr:`keys`."""
+        everyone = ProbeImages.from_pool(self.pool, self.load_image)
+        if not self.readings:
+            return ask(everyone, list(templates))
+        plain = [t for t in templates if not uses_person(t)]
+        personal = [t for t in templates if uses_person(t)]
+        parts = []
+        if plain:
+            words = self.pool.select("content_key", pl.col(PERSON_COLUMN).alias(PERSON)).unique(maintain_order=True)
+            parts.append(ask(everyone, plain).join(words, on="content_key", how="inner", maintain_order="left"))
+        for word in self.pool[PERSON_COLUMN].unique(maintain_order=True).to_list() if personal else []:
+            rows = self.pool.filter(pl.col(PERSON_COLUMN).eq_missing(word))
+            filled = {fill_person(t, word): t for t in personal}
+            answers = ask(ProbeImages.from_pool(rows, self.load_image), list(filled))
+            if "prompt" in answers.columns:
+                answers = answers.with_columns(pl.col("prompt").replace_strict(filled, default=pl.col("prompt")))
+            else:  # the choice probe: one template, no prompt column
+                answers = answers.with_columns(pl.lit(personal[0]).alias("prompt"))
+            parts.append(answers.with_columns(pl.lit(word, dtype=pl.String).alias(PERSON)))
+        return pl.concat(parts, how="diagonal_relaxed")

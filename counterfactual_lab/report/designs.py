@@ -1,0 +1,177 @@
+"""The report's view of two audit designs: which modality carries a gap, and the intersections.
+
+* :func:`modality_comparisons`: per transition and signed gap, the ``image``, ``text`` and ``both``
+  rows side by side (``audit.modalities``; :mod:`counterfactual_lab.metrics.modalities`), with a
+  sentence saying which carries the gap (:func:`carrier_sentence`);
+* :func:`intersection_lines`: per intersection (``attributes.intersections``), its joint transitions
+  and its cells, and the cells too small for an interval.
+
+The HTML report (:func:`designs_section`) and ``cflab report`` (:func:`designs_lines`) both read them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import polars as pl
+
+from counterfactual_lab.config.intersections import is_joint, split_stratified
+from counterfactual_lab.config.methods import METHODS
+from counterfactual_lab.evaluate.readings import MODALITIES, MODALITY_BOTH, MODALITY_IMAGE, MODALITY_TEXT
+from counterfactual_lab.metrics.counterfactual_fairness import GAP_SIGNED_SUFFIX
+from counterfactual_lab.metrics.findings import VERDICT_CONFOUNDED
+from counterfactual_lab.report.markup import escaped
+from counterfactual_lab.report.sentences import MODALITY_WORDS, STRATUM_TITLES, number
+
+_KEY = ("stratum", "attribute", "group", "metric", "label", "query")
+# How many side-by-side rows the HTML report and the terminal show (called ones first).
+SHOWN = 24
+
+
+def _what(row: Mapping[str, Any]) -> str:
+    """The gap's subject in a few words: "P('doctor')" or the probe's prompt."""
+    if row.get("label"):
+        return f"{row['metric']} '{row['label']}'"
+    return f"{row['metric']} '{row['query']}'" if row.get("query") else row["metric"]
+
+
+def _cell(row: Mapping[str, Any] | None) -> str:
+    if row is None:
+        return "not measured"
+    if row["value"] is None:
+        return "undefined"
+    interval = f" [{number(row['ci_low'])}, {number(row['ci_high'])}]" if row["ci_low"] is not None else ""
+    verdict = "called" if row["called"] else ("confounded" if row["verdict"] == VERDICT_CONFOUNDED else row["verdict"])
+    return f"{number(row['value'])}{interval} {verdict}"
+
+
+def carrier_sentence(cells: Mapping[str, Mapping[str, Any] | None]) -> str:
+    """Which modality carries the gap, from each modality's row (``called`` or not; None: not measured)."""
+    called = {m for m, row in cells.items() if row is not None and row["called"]}
+    measured = {m for m, row in cells.items() if row is not None and row["value"] is not None}
+    if not called:
+        confounded = [m for m, row in cells.items() if row is not None and row["verdict"] == VERDICT_CONFOUNDED]
+        if confounded:
+            return f"No modality carries a called gap ({', '.join(confounded)} confounded: the generator changed more)."
+        return "No modality carries a called gap."
+    if MODALITY_IMAGE in called and MODALITY_TEXT in called:
+        return "The image and the text each carry the gap: the model moves with the pictured person and with the word."
+    if MODALITY_TEXT in called:
+        return ("The text carries the gap: the same image with another {person} word moves the answer"
+                + (", the image alone does not." if MODALITY_IMAGE in measured else "."))
+    if MODALITY_IMAGE in called:
+        return ("The image carries the gap: the pictured person moves the answer"
+                + (", the word alone does not." if MODALITY_TEXT in measured else "."))
+    return "Only the image and the text changed together carry the gap; neither alone does."
+
+
+def modality_comparisons(findings: pl.DataFrame) -> list[dict[str, Any]]:
+    """Per (stratum, attribute, transition, signed gap), the rows of every modality measured, when the
+    run measured more than one: ``{key…, "cells": {modality: row}, "sentence", "called"}``, called first."""
+    if findings.is_empty() or "modality" not in findings.columns:
+        return []
+    rows = findings.filter(pl.col("metric").str.ends_with(GAP_SIGNED_SUFFIX) & pl.col("group").is_not_null()
+                           & ~pl.col("diagnostic").fill_null(False) & pl.col("modality").is_not_null())
+    if rows["modality"].n_unique() < 2:
+        return []
+    grouped: dict[tuple, dict[str, Any]] = {}
+    for row in rows.to_dicts():
+        key = tuple(row[c] for c in _KEY)
+        entry = grouped.setdefault(key, {**dict(zip(_KEY, key)), "cells": {}})
+        entry["cells"][row["modality"]] = row
+    out = []
+    for entry in grouped.values():
+        cells = {m: entry["cells"].get(m) for m in MODALITIES if m in set(rows["modality"])}
+        entry.update(cells=cells, sentence=carrier_sentence(cells),
+                     called=any(r is not None and r["called"] for r in cells.values()))
+        out.append(entry)
+    out.sort(key=lambda e: (not e["called"], str(e["stratum"]), str(e["attribute"]), str(e["group"]), e["metric"],
+                            str(e["label"]), str(e["query"])))
+    return out
+
+
+def _line(entry: Mapping[str, Any]) -> str:
+    cells = "; ".join(f"{m} {_cell(row)}" for m, row in entry["cells"].items())
+    return f"{entry['attribute']} {entry['group']}, {_what(entry)}: {cells}. {entry['sentence']}"
+
+
+def intersection_lines(metrics: pl.DataFrame, manifest: Mapping[str, Any] | None = None) -> list[str]:
+    """Per intersection: its joint transitions compared and called, its cells, and the cells too small
+    for an interval (``audit.min_group_size``); a method that cannot carry a joint edit is named."""
+    if metrics.is_empty():
+        return []
+    attributes = [a for a in metrics["attribute"].drop_nulls().unique(maintain_order=True).to_list()]
+    joint = [a for a in attributes if is_joint(a) and not split_stratified(a)[1]]
+    cells: dict[str, list[str]] = {}
+    for attribute in attributes:
+        base, fixed = split_stratified(attribute)
+        if fixed:
+            cells.setdefault(base, []).append(attribute)
+    lines = []
+    for name in joint:
+        compared = metrics.filter((pl.col("attribute") == name) & pl.col("group").is_not_null() & pl.col("in_family"))
+        transitions = compared["group"].n_unique()
+        lines.append(f"{name}: joint edits changing every attribute at once, {transitions} transition(s) in the family.")
+    for base, names in cells.items():
+        small = metrics.filter(pl.col("attribute").is_in(names) & pl.col("note").str.contains("intersection cell"))
+        too_small = sorted(set(small["attribute"].to_list()))
+        where = [", ".join(f"{k}={v}" for k, v in split_stratified(n)[1].items()) for n in sorted(names)]
+        lines.append(f"{base}: {len(names)} cell(s) ({'; '.join(where)})"
+                     + (f"; too few source images for an interval in {', '.join(too_small)} "
+                        "(audit.min_group_size)" if too_small else "") + ".")
+    method = (((manifest or {}).get("config") or {}).get("generation") or {}).get("method")
+    intersections = ((((manifest or {}).get("config") or {}).get("attributes") or {}).get("intersections")) or []
+    if intersections and method in METHODS and not METHODS[method].joint_edits and METHODS[method].reads_source:
+        lines.append(f"generation.method {method} cannot carry two changes in one prompt: intersections are "
+                     "stratified, not edited jointly.")
+    return lines
+
+
+def designs_lines(findings: pl.DataFrame, metrics: pl.DataFrame, manifest: Mapping[str, Any] | None = None,
+                  shown: int = SHOWN) -> list[str]:
+    """The terminal's lines (``cflab report``): the modalities side by side, then the intersections."""
+    lines: list[str] = []
+    entries = modality_comparisons(findings)
+    if entries:
+        lines += ["", "Which modality carries the gap (image: the counterfactual image, the source's {person} word; "
+                      "text: the reconstruction, the target's word; both):"]
+        lines += [f"  - {_line(e)}" for e in entries[:shown]]
+        if len(entries) > shown:
+            lines.append(f"  ... {len(entries) - shown} more transitions in metrics.parquet (column modality)")
+    intersections = intersection_lines(metrics, manifest)
+    if intersections:
+        lines += ["", "Intersections:"] + [f"  - {line}" for line in intersections]
+    return lines
+
+
+def designs_section(findings: pl.DataFrame, metrics: pl.DataFrame, manifest: Mapping[str, Any] | None = None,
+                    shown: int = SHOWN) -> str:
+    """The HTML report's section: the modalities side by side per transition, then the intersections."""
+    parts = []
+    entries = modality_comparisons(findings)
+    if entries:
+        present = [m for m in MODALITIES if any(m in e["cells"] for e in entries)]
+        head = "".join(f"<th>{escaped(m)}</th>" for m in present)
+        body = []
+        for entry in entries[:shown]:
+            stratum = STRATUM_TITLES.get(entry["stratum"], entry["stratum"])
+            cells = "".join(f"<td>{escaped(_cell(entry['cells'].get(m)))}</td>" for m in present)
+            body.append(f"<tr><td>{escaped(stratum)}</td><td>{escaped(entry['attribute'])} {escaped(entry['group'])}</td>"
+                        f"<td>{escaped(_what(entry))}</td>{cells}<td>{escaped(entry['sentence'])}</td></tr>")
+        more = f"<p>{len(entries) - shown} more in the metrics table (column modality).</p>" if len(entries) > shown else ""
+        words = "; ".join(f"{m}: {MODALITY_WORDS[m]}" for m in (MODALITY_IMAGE, MODALITY_TEXT, MODALITY_BOTH))
+        parts.append(
+            '<section id="modalities"><h2>Which modality carries the gap</h2>'
+            f"<p>Each signed gap read three ways ({escaped(words)}), each beside its own control and decided as above; "
+            "the last column says which carries the gap.</p>"
+            f"<table><tr><th>stratum</th><th>transition</th><th>gap</th>{head}<th>which carries it</th></tr>"
+            + "".join(body) + "</table>" + more + "</section>"
+        )
+    intersections = intersection_lines(metrics, manifest)
+    if intersections:
+        parts.append('<section id="intersections"><h2>Intersections</h2><p>Cells are named '
+                     "<code>attribute | other=value</code> (the sources whose other value is fixed), joint edits "
+                     "<code>a+b</code>; every row of both counts in the run's family.</p><ul>"
+                     + "".join(f"<li>{escaped(line)}</li>" for line in intersections) + "</ul></section>")
+    return "".join(parts)
