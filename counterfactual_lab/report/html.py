@@ -37,12 +37,13 @@ from counterfactual_lab.metrics.schema import (
     metric_kind,
 )
 from counterfactual_lab.report.charts import Bar, bar_chart_svg
-from counterfactual_lab.report.designs import designs_section
 from counterfactual_lab.report.examples import ImageInliner, examples_section
 from counterfactual_lab.report.findings import RUN_VERDICT_WORDS, assess_findings, verdict_lines
 from counterfactual_lab.report.generative import generative_audit_section
+from counterfactual_lab.report.intersections import intersections_section
 from counterfactual_lab.report.markdown import models_line
 from counterfactual_lab.report.markup import escaped, key_value_table, truncated
+from counterfactual_lab.report.modalities import modalities_section
 from counterfactual_lab.report.review_summary import review_lines
 from counterfactual_lab.report.sentences import (
     REAL_VS_GENERATED_WARNING,
@@ -129,7 +130,8 @@ def render_report(
         _run_section(manifest),
         _findings_section(metrics, manifest),
         _confound_section(metrics),
-        designs_section(assess_findings(metrics), metrics, manifest) if not metrics.is_empty() else "",
+        modalities_section(assess_findings(metrics)) if not metrics.is_empty() else "",
+        intersections_section(metrics, manifest) if not metrics.is_empty() else "",
         _charts_section(metrics),
         _skew_section(metrics),
         generative_audit_section(metrics, predictions, probes, generations, images, manifest_config=manifest.get("config"),

@@ -10,7 +10,6 @@ import polars as pl
 from counterfactual_lab.metrics.findings import REFERENCE_NONE
 from counterfactual_lab.metrics.generative import is_probe_metric
 from counterfactual_lab.metrics.schema import STRATUM_REAL_VS_GENERATED
-from counterfactual_lab.report.designs import designs_lines
 from counterfactual_lab.report.findings import (
     assess_findings,
     headline_table,
@@ -19,7 +18,9 @@ from counterfactual_lab.report.findings import (
     table_cells,
     verdict_lines,
 )
+from counterfactual_lab.report.intersections import intersections_text
 from counterfactual_lab.report.markdown import accounting_lines, models_line
+from counterfactual_lab.report.modalities import modality_lines
 from counterfactual_lab.report.review_summary import review_lines
 from counterfactual_lab.report.sentences import REAL_VS_GENERATED_WARNING
 from counterfactual_lab.runs.failure import failure_banner
@@ -105,7 +106,8 @@ control) and the headline metrics with their intervals and controls."""
         lines.append(f"  {REAL_VS_GENERATED_WARNING}")
     lines += [f"  - {sentence}" for sentence in findings["sentence"].head(8).to_list()]
     lines += _generative_lines(findings)
-    lines += designs_lines(findings, run.metrics, manifest)
+    lines += modality_lines(findings)
+    lines += intersections_text(run.metrics, manifest)
     lines.append("")
     lines.append(f"Headline metrics ({_confidence(manifest)} bootstrap interval):")
     table = headline_table(run.metrics)

@@ -29,8 +29,8 @@ from counterfactual_lab.metrics import compute_metrics
 from counterfactual_lab.metrics.findings import decide_findings
 from counterfactual_lab.metrics.generative import auditee_metrics
 from counterfactual_lab.plan.person_words import PersonWords
-from counterfactual_lab.report.designs import carrier_sentence, modality_comparisons
 from counterfactual_lab.report.findings import assess_findings
+from counterfactual_lab.report.modalities import carrier_sentence, modality_comparisons
 
 AUDIT = AuditSection(labels=["doctor", "nurse"], prompt="a photo of a {person} who is a {label}", queries=[],
                      modalities=["image", "text", "both"], bootstrap_samples=200, min_group_size=1)

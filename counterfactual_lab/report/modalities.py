@@ -1,12 +1,10 @@
-"""The report's view of two audit designs: which modality carries a gap, and the intersections.
+"""The report's view of ``audit.modalities``: which modality carries a gap.
 
-* :func:`modality_comparisons`: per transition and signed gap, the ``image``, ``text`` and ``both``
-  rows side by side (``audit.modalities``; :mod:`counterfactual_lab.metrics.modalities`), with a
-  sentence saying which carries the gap (:func:`carrier_sentence`);
-* :func:`intersection_lines`: per intersection (``attributes.intersections``), its joint transitions
-  and its cells, and the cells too small for an interval.
-
-The HTML report (:func:`designs_section`) and ``cflab report`` (:func:`designs_lines`) both read them.
+:func:`modality_comparisons`: per transition and signed gap, the ``image``, ``text`` and ``both``
+rows side by side (:mod:`counterfactual_lab.metrics.modalities`), with a sentence saying which
+carries the gap (:func:`carrier_sentence`). The HTML report (:func:`modalities_section`) and
+``cflab report`` (:func:`modality_lines`) both read them; the intersections have their own view
+(:mod:`counterfactual_lab.report.intersections`).
 """
 
 from __future__ import annotations
@@ -16,8 +14,6 @@ from typing import Any
 
 import polars as pl
 
-from counterfactual_lab.config.intersections import is_joint, split_stratified
-from counterfactual_lab.config.methods import METHODS
 from counterfactual_lab.evaluate.readings import MODALITIES, MODALITY_BOTH, MODALITY_IMAGE, MODALITY_TEXT
 from counterfactual_lab.metrics.counterfactual_fairness import GAP_SIGNED_SUFFIX
 from counterfactual_lab.metrics.findings import VERDICT_CONFOUNDED
@@ -96,41 +92,8 @@ def _line(entry: Mapping[str, Any]) -> str:
     return f"{entry['attribute']} {entry['group']}, {_what(entry)}: {cells}. {entry['sentence']}"
 
 
-def intersection_lines(metrics: pl.DataFrame, manifest: Mapping[str, Any] | None = None) -> list[str]:
-    """Per intersection: its joint transitions compared and called, its cells, and the cells too small
-    for an interval (``audit.min_group_size``); a method that cannot carry a joint edit is named."""
-    if metrics.is_empty():
-        return []
-    attributes = [a for a in metrics["attribute"].drop_nulls().unique(maintain_order=True).to_list()]
-    joint = [a for a in attributes if is_joint(a) and not split_stratified(a)[1]]
-    cells: dict[str, list[str]] = {}
-    for attribute in attributes:
-        base, fixed = split_stratified(attribute)
-        if fixed:
-            cells.setdefault(base, []).append(attribute)
-    lines = []
-    for name in joint:
-        compared = metrics.filter((pl.col("attribute") == name) & pl.col("group").is_not_null() & pl.col("in_family"))
-        transitions = compared["group"].n_unique()
-        lines.append(f"{name}: joint edits changing every attribute at once, {transitions} transition(s) in the family.")
-    for base, names in cells.items():
-        small = metrics.filter(pl.col("attribute").is_in(names) & pl.col("note").str.contains("intersection cell"))
-        too_small = sorted(set(small["attribute"].to_list()))
-        where = [", ".join(f"{k}={v}" for k, v in split_stratified(n)[1].items()) for n in sorted(names)]
-        lines.append(f"{base}: {len(names)} cell(s) ({'; '.join(where)})"
-                     + (f"; too few source images for an interval in {', '.join(too_small)} "
-                        "(audit.min_group_size)" if too_small else "") + ".")
-    method = (((manifest or {}).get("config") or {}).get("generation") or {}).get("method")
-    intersections = ((((manifest or {}).get("config") or {}).get("attributes") or {}).get("intersections")) or []
-    if intersections and method in METHODS and not METHODS[method].joint_edits and METHODS[method].reads_source:
-        lines.append(f"generation.method {method} cannot carry two changes in one prompt: intersections are "
-                     "stratified, not edited jointly.")
-    return lines
-
-
-def designs_lines(findings: pl.DataFrame, metrics: pl.DataFrame, manifest: Mapping[str, Any] | None = None,
-                  shown: int = SHOWN) -> list[str]:
-    """The terminal's lines (``cflab report``): the modalities side by side, then the intersections."""
+def modality_lines(findings: pl.DataFrame, shown: int = SHOWN) -> list[str]:
+    """The terminal's lines (``cflab report``): the modalities side by side (none for a run of one)."""
     lines: list[str] = []
     entries = modality_comparisons(findings)
     if entries:
@@ -139,39 +102,26 @@ def designs_lines(findings: pl.DataFrame, metrics: pl.DataFrame, manifest: Mappi
         lines += [f"  - {_line(e)}" for e in entries[:shown]]
         if len(entries) > shown:
             lines.append(f"  ... {len(entries) - shown} more transitions in metrics.parquet (column modality)")
-    intersections = intersection_lines(metrics, manifest)
-    if intersections:
-        lines += ["", "Intersections:"] + [f"  - {line}" for line in intersections]
     return lines
 
 
-def designs_section(findings: pl.DataFrame, metrics: pl.DataFrame, manifest: Mapping[str, Any] | None = None,
-                    shown: int = SHOWN) -> str:
-    """The HTML report's section: the modalities side by side per transition, then the intersections."""
-    parts = []
+def modalities_section(findings: pl.DataFrame, shown: int = SHOWN) -> str:
+    """The HTML report's section: the modalities side by side per transition ("" for a run of one)."""
     entries = modality_comparisons(findings)
-    if entries:
-        present = [m for m in MODALITIES if any(m in e["cells"] for e in entries)]
-        head = "".join(f"<th>{escaped(m)}</th>" for m in present)
-        body = []
-        for entry in entries[:shown]:
-            stratum = STRATUM_TITLES.get(entry["stratum"], entry["stratum"])
-            cells = "".join(f"<td>{escaped(_cell(entry['cells'].get(m)))}</td>" for m in present)
-            body.append(f"<tr><td>{escaped(stratum)}</td><td>{escaped(entry['attribute'])} {escaped(entry['group'])}</td>"
-                        f"<td>{escaped(_what(entry))}</td>{cells}<td>{escaped(entry['sentence'])}</td></tr>")
-        more = f"<p>{len(entries) - shown} more in the metrics table (column modality).</p>" if len(entries) > shown else ""
-        words = "; ".join(f"{m}: {MODALITY_WORDS[m]}" for m in (MODALITY_IMAGE, MODALITY_TEXT, MODALITY_BOTH))
-        parts.append(
-            '<section id="modalities"><h2>Which modality carries the gap</h2>'
+    if not entries:
+        return ""
+    present = [m for m in MODALITIES if any(m in e["cells"] for e in entries)]
+    head = "".join(f"<th>{escaped(m)}</th>" for m in present)
+    body = []
+    for entry in entries[:shown]:
+        stratum = STRATUM_TITLES.get(entry["stratum"], entry["stratum"])
+        cells = "".join(f"<td>{escaped(_cell(entry['cells'].get(m)))}</td>" for m in present)
+        body.append(f"<tr><td>{escaped(stratum)}</td><td>{escaped(entry['attribute'])} {escaped(entry['group'])}</td>"
+                    f"<td>{escaped(_what(entry))}</td>{cells}<td>{escaped(entry['sentence'])}</td></tr>")
+    more = f"<p>{len(entries) - shown} more in the metrics table (column modality).</p>" if len(entries) > shown else ""
+    words = "; ".join(f"{m}: {MODALITY_WORDS[m]}" for m in (MODALITY_IMAGE, MODALITY_TEXT, MODALITY_BOTH))
+    return ('<section id="modalities"><h2>Which modality carries the gap</h2>'
             f"<p>Each signed gap read three ways ({escaped(words)}), each beside its own control and decided as above; "
             "the last column says which carries the gap.</p>"
             f"<table><tr><th>stratum</th><th>transition</th><th>gap</th>{head}<th>which carries it</th></tr>"
-            + "".join(body) + "</table>" + more + "</section>"
-        )
-    intersections = intersection_lines(metrics, manifest)
-    if intersections:
-        parts.append('<section id="intersections"><h2>Intersections</h2><p>Cells are named '
-                     "<code>attribute | other=value</code> (the sources whose other value is fixed), joint edits "
-                     "<code>a+b</code>; every row of both counts in the run's family.</p><ul>"
-                     + "".join(f"<li>{escaped(line)}</li>" for line in intersections) + "</ul></section>")
-    return "".join(parts)
+            + "".join(body) + "</table>" + more + "</section>")
