@@ -458,7 +458,7 @@ class AuditConfig(RedactedInJson, BaseModel):
     output: OutputSection = Field(default_factory=OutputSection)
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     review: ReviewSection = Field(default_factory=ReviewSection)
-    # attributes.intersections ([[race, gender], ...]; counterfactual_lab/plan/intersections.py): written
+    # attributes.intersections ([[race, gender], ...]; counterfactual_lab/config/intersections.py): written
     # inside `attributes` and dumped back there, so `attributes` stays attribute -> values everywhere else.
     intersections: list[list[Text]] = Field(default_factory=list, max_length=MAX_ATTRIBUTES)
     # Where relative paths in the config resolve; set by from_yaml.
