@@ -105,23 +105,34 @@ def modality_lines(findings: pl.DataFrame, shown: int = SHOWN) -> list[str]:
     return lines
 
 
-def modalities_section(findings: pl.DataFrame, shown: int = SHOWN) -> str:
-    """The HTML report's section: the modalities side by side per transition ("" for a run of one)."""
+def modalities_view(findings: pl.DataFrame, shown: int = SHOWN) -> dict[str, Any] | None:
+    """Plain data for the HTML section (None for a run of one modality): ``columns`` (the modalities
+    measured), ``rows`` (``stratum``, ``transition``, ``gap``, ``cells`` — one text per column — and
+    ``sentence``), ``more`` (rows not shown), ``words`` (what each modality changed)."""
     entries = modality_comparisons(findings)
     if not entries:
-        return ""
-    present = [m for m in MODALITIES if any(m in e["cells"] for e in entries)]
-    head = "".join(f"<th>{escaped(m)}</th>" for m in present)
-    body = []
-    for entry in entries[:shown]:
-        stratum = STRATUM_TITLES.get(entry["stratum"], entry["stratum"])
-        cells = "".join(f"<td>{escaped(_cell(entry['cells'].get(m)))}</td>" for m in present)
-        body.append(f"<tr><td>{escaped(stratum)}</td><td>{escaped(entry['attribute'])} {escaped(entry['group'])}</td>"
-                    f"<td>{escaped(_what(entry))}</td>{cells}<td>{escaped(entry['sentence'])}</td></tr>")
-    more = f"<p>{len(entries) - shown} more in the metrics table (column modality).</p>" if len(entries) > shown else ""
+        return None
+    columns = [m for m in MODALITIES if any(m in e["cells"] for e in entries)]
+    rows = [{"stratum": STRATUM_TITLES.get(e["stratum"], e["stratum"]), "transition": f"{e['attribute']} {e['group']}",
+             "gap": _what(e), "cells": [_cell(e["cells"].get(m)) for m in columns], "sentence": e["sentence"]}
+            for e in entries[:shown]]
     words = "; ".join(f"{m}: {MODALITY_WORDS[m]}" for m in (MODALITY_IMAGE, MODALITY_TEXT, MODALITY_BOTH))
+    return {"columns": columns, "rows": rows, "more": len(entries) - len(rows), "words": words}
+
+
+def modalities_section(findings: pl.DataFrame, shown: int = SHOWN) -> str:
+    """The HTML report's section from :func:`modalities_view` ("" for a run of one modality)."""
+    view = modalities_view(findings, shown)
+    if view is None:
+        return ""
+    head = "".join(f"<th>{escaped(m)}</th>" for m in view["columns"])
+    body = "".join(
+        f"<tr><td>{escaped(r['stratum'])}</td><td>{escaped(r['transition'])}</td><td>{escaped(r['gap'])}</td>"
+        + "".join(f"<td>{escaped(c)}</td>" for c in r["cells"]) + f"<td>{escaped(r['sentence'])}</td></tr>"
+        for r in view["rows"])
+    more = f"<p>{view['more']} more in the metrics table (column modality).</p>" if view["more"] else ""
     return ('<section id="modalities"><h2>Which modality carries the gap</h2>'
-            f"<p>Each signed gap read three ways ({escaped(words)}), each beside its own control and decided as above; "
-            "the last column says which carries the gap.</p>"
+            f"<p>Each signed gap read three ways ({escaped(view['words'])}), each beside its own control and decided "
+            "as above; the last column says which carries the gap.</p>"
             f"<table><tr><th>stratum</th><th>transition</th><th>gap</th>{head}<th>which carries it</th></tr>"
-            + "".join(body) + "</table>" + more + "</section>")
+            + body + "</table>" + more + "</section>")

@@ -30,7 +30,12 @@ from counterfactual_lab.metrics.findings import decide_findings
 from counterfactual_lab.metrics.generative import auditee_metrics
 from counterfactual_lab.plan.person_words import PersonWords
 from counterfactual_lab.report.findings import assess_findings
-from counterfactual_lab.report.modalities import carrier_sentence, modality_comparisons
+from counterfactual_lab.report.modalities import (
+    carrier_sentence,
+    modalities_section,
+    modalities_view,
+    modality_comparisons,
+)
 
 AUDIT = AuditSection(labels=["doctor", "nurse"], prompt="a photo of a {person} who is a {label}", queries=[],
                      modalities=["image", "text", "both"], bootstrap_samples=200, min_group_size=1)
@@ -114,6 +119,14 @@ def test_the_report_names_the_modality_that_carries_the_gap():
     called = {m: bool(r["called"]) for m, r in entry["cells"].items()}
     assert called["text"] and not called["image"]
     assert entry["sentence"].startswith("The text carries the gap")
+    # The HTML section's data: one text per modality, in the order image, text, both.
+    view = modalities_view(assess_findings(metrics))
+    assert view["columns"] == ["image", "text", "both"]
+    shown = next(r for r in view["rows"] if r["transition"] == "gender female→male" and "doctor" in r["gap"])
+    assert shown["cells"][1].startswith("0.195") and shown["cells"][1].endswith("called")
+    assert shown["cells"][0].startswith("0 [") and shown["cells"][0].endswith("no difference detected")
+    assert "<th>text</th>" in modalities_section(assess_findings(metrics))
+    assert modalities_view(assess_findings(metrics.filter(pl.col("modality") == "image"))) is None
 
 
 @pytest.mark.parametrize("called,start", [
