@@ -58,18 +58,38 @@ figures per size:
   its work (``generation_path``: quoted batches of work items, the cache policy with its JSON
   result stored and verified, the batch's writer lock): wall time / tasks, Prefect alone.
 
-Targets: overhead ≤ 20 ms per batch task, peak memory growing sub-linearly (≤ 2× from 10⁴
-to 10⁵), nothing quadratic (``wall_s`` per item roughly flat across sizes).
+**Orchestration share** (``orchestration_share``, per size and at the top level): the part of
+the audit's wall time during which no library code ran, ``1 − |∪ library spans| / wall_s``. The
+library spans are every task's own work above (``generate_batch``, ``ingest_and_validate``,
+``judge_candidates``, ``predict``, ``retrieval_scores``, ``compute_metrics``, ``ClipEmbedder.load``;
+with ``--auditee vlm`` the generative auditee's ``answer`` and ``generative_run_metrics``) and the library stages the flow thread
+runs itself (``locate``, ``write_validation``, ``plan``, ``candidates``, ``pool``, ``accounting``,
+``publish``); what is left is Prefect (flow and task runs, states, results, artifacts) and the
+fan-outs' own loops. Generation and evaluation tasks are sized by ``runtime.tasks_per_worker``
+(``flows/task_sizes.py``), so their number, and Prefect's cost, no longer grows with the audit.
+
+**A generative model under audit** (``--auditee vlm``): the tiny random VLM
+(``demo/tiny_auditees.py``) answers a choice over the world's labels and a yes/no question per
+image, every answer through the output store's sharded answer cache; each size then also reports
+``answers`` (computed + served from the cache) and ``objects_written`` (answer shards and index
+segments; target: at most one per 100 answers).
+
+Targets: overhead ≤ 20 ms per batch task, ``orchestration_share`` ≤ 0.05 at 10⁵ items, peak
+memory growing sub-linearly (≤ 2× from 10⁴ to 10⁵), nothing quadratic (``wall_s`` per item
+roughly flat across sizes).
 
     python bench/scale.py                                  # 10³, 10⁴, 10⁵ (the 10⁵ run takes long on 2 cores)
     python bench/scale.py --sizes 1000,10000 --work /tmp/scale   # keep datasets and runs for a rerun
     python bench/scale.py --sizes 10000 --profile          # + the busiest functions of every thread
     python bench/scale.py --sizes 300 --api-url http://127.0.0.1:4200/api   # a running server; the smoke test's size
+    python bench/scale.py --sizes 1000,10000,100000 --auditee vlm          # + answers and objects_written
 
 Last line JSON: ``{"bench": "scale", "overhead_ms_per_task": <at the largest size>, "sizes":
 {"1000": {"wall_s", "peak_rss_mb", "rss_after_imports_mb", "items", "planned", "generated",
 "rows", "ms_per_item", "tasks", "overhead_ms_per_task", "engine_ms_per_task",
-"noop_ms_per_task", "stages_s", "load_average", ...}, ...}, "batch_size", ...}``.
+"orchestration_share", "noop_ms_per_task", "stages_s", "load_average", ["answers",
+"objects_written"]}, ...}, "orchestration_share": <at 10⁵ when run, else the largest size>,
+["answers", "objects_written": <the same size's>,] "auditee", "batch_size", ...}``.
 """
 
 from __future__ import annotations
@@ -100,7 +120,8 @@ WORLD_SEED = 7  # no other bench uses this world
 WRITE_CHUNK_ROWS = 2048
 RSS_SAMPLE_SECONDS = 0.05
 GENERATE_TASK = "generate-counterfactual-batch"
-EVALUATE_TASK = "evaluate-batch"
+EVALUATE_TASKS = {"clip": "evaluate-batch", "vlm": "evaluate-auditee-batch"}
+ORCHESTRATION_TARGET_SIZE = 100_000  # the size whose share is the top-level figure when it was run
 NOOP_MIN_TASKS, NOOP_MAX_TASKS = 50, 2000  # no-op fan-out: as many tasks as the generate stage, within these
 NOOP_ATTEMPTS, NOOP_RETRY_SECONDS = 3, 20.0
 
@@ -114,12 +135,16 @@ FLOW_STAGES: list[tuple[str, str, str]] = [
     ("candidates", "counterfactual_lab.generation.rounds", "candidates_frame"),  # once per round (rounds.run_rounds)
     ("pool", "counterfactual_lab.flows.designs", "build_evaluation_pool"),
     ("evaluate", "counterfactual_lab.flows.evaluation", "ContrastiveEvaluation.evaluate"),
+    ("evaluate", "counterfactual_lab.flows.evaluation", "GenerativeEvaluation.evaluate"),
     ("accounting", "counterfactual_lab.flows.audit", "row_accounting"),
     ("publish", "counterfactual_lab.flows.audit", "publish_run"),
     ("artifacts", "counterfactual_lab.flows.audit", "_publish_artifacts"),
 ]
+# Flow-thread stages that are library code (the rest of the flow thread's time is Prefect's or a fan-out's loop).
+LIBRARY_STAGES = {"locate", "write_validation", "plan", "candidates", "pool", "accounting", "publish"}
 # Stages that are one Prefect task called from the flow: task name -> stage name.
-TASK_STAGES = {"validate-dataset": "validate", "judge-counterfactuals": "judge", "compute-metrics": "metrics"}
+TASK_STAGES = {"validate-dataset": "validate", "judge-counterfactuals": "judge", "compute-metrics": "metrics",
+               "compute-auditee-metrics": "metrics"}
 # Library calls that are a task's own work, wrapped where the task bodies look them up.
 TASK_WORK: list[tuple[str, str]] = [
     ("counterfactual_lab.tasks.generate", "generate_batch"),
@@ -129,8 +154,13 @@ TASK_WORK: list[tuple[str, str]] = [
     ("counterfactual_lab.evaluate.pool", "predict"),
     ("counterfactual_lab.evaluate.pool", "retrieval_scores"),
     ("counterfactual_lab.tasks.evaluate", "compute_metrics"),
+    ("counterfactual_lab.tasks.evaluate", "generative_run_metrics"),
     ("counterfactual_lab.models.clip", "ClipEmbedder.load"),
+    ("counterfactual_lab.evaluate.auditees.vlm", "GenerativeAuditee.answer"),
 ]
+# A generative model under audit (--auditee vlm): the world's labels as a choice, and one question.
+VLM_CHOICE_PROMPT = "What is this person's job? Answer with one of: {options}."
+VLM_QUESTION = "Is this person a doctor? Answer yes or no."
 PREIMPORTS = ["counterfactual_lab.flows.audit", "great_expectations", "torch", ("transformers", "CLIPModel"), ("transformers", "AutoProcessor")]
 
 
@@ -168,14 +198,21 @@ def write_scale_world(out_dir: Path, rows: int, seed: int = WORLD_SEED) -> Path:
     return out_dir
 
 
-def audit_config(dataset: Path, model: Path, out: Path, name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The world's audit config (``validity.audit_config``) with this bench's batch size and workers."""
+def audit_config(dataset: Path, model: Path, out: Path, name: str, args: argparse.Namespace,
+                 vlm: Path | None = None) -> dict[str, Any]:
+    """The world's audit config (``validity.audit_config``) with this bench's batch size and workers;
+    with ``vlm``, that generative model under audit (a choice over the labels, one yes/no question)."""
     from counterfactual_lab.validity.audit_config import world_audit_config
 
     config = world_audit_config(
         dataset, model, model, str(out), name=name, bootstrap_samples=args.bootstrap_samples,
         max_workers=args.max_workers, batch_size=args.batch_size,
     )
+    if vlm is not None:
+        config["audit"] = {
+            "kind": "vlm", "model": str(vlm), "labels": config["audit"]["labels"], "choice_prompt": VLM_CHOICE_PROMPT,
+            "yes_no": [VLM_QUESTION], "bootstrap_samples": args.bootstrap_samples, "batch_size": 32,
+        }
     # The planted-world editor ignores generation.model, but the run identity resolves every
     # model named (a local folder is hashed; anything else is looked up on the hub, which is
     # not reachable here): name a local folder.
@@ -381,6 +418,14 @@ def union_seconds(spans: list[tuple[float, float]]) -> float:
     return total
 
 
+def orchestration_share(recorder: Recorder, start: float, end: float) -> float:
+    """``1 − |∪ library spans| / wall`` over ``[start, end]`` (see the module docstring)."""
+    spans = [(s, e) for _, _, _, s, e in recorder.of("work")]
+    spans += [(s, e) for _, name, _, s, e in recorder.of("stage") if name in LIBRARY_STAGES]
+    clipped = [(max(s, start), min(e, end)) for s, e in spans if e > start and s < end]
+    return round(1.0 - union_seconds(clipped) / (end - start), 4)
+
+
 def fan_out_figures(recorder: Recorder, task_name: str, stage_span: tuple[float, float] | None) -> dict[str, Any] | None:
     """Tasks, own work and Prefect's share of one fan-out stage (see the module docstring)."""
     runs = recorder.of("task", task_name)
@@ -555,7 +600,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     generate_span = tuple(stages["generate"]["span"]) if "generate" in stages else None
     evaluate_span = tuple(stages["evaluate"]["span"]) if "evaluate" in stages else None
     generate = fan_out_figures(recorder, GENERATE_TASK, generate_span)
-    evaluate = fan_out_figures(recorder, EVALUATE_TASK, evaluate_span)
+    evaluate = fan_out_figures(recorder, EVALUATE_TASKS[args.auditee], evaluate_span)
     counts = manifest.get("generation_counts") or {}
     accounting = manifest.get("row_accounting") or {}
     result: dict[str, Any] = {
@@ -570,12 +615,17 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "failed": counts.get("failed"),
         "generate": generate,
         "evaluate": evaluate,
+        "orchestration_share": orchestration_share(recorder, start, end),
         "stages": result_stages,
         "not_measured": missing,
         "embedding_cache": {"hits": cache.hits, "misses": cache.misses, "entries": len(cache), "max_entries": cache.max_entries},
         "load_average": {"start": [round(x, 2) for x in load_before], "end": [round(x, 2) for x in os.getloadavg()]},
         "run_uri": run_uri,
     }
+    auditee = (manifest.get("counts") or {}).get("auditee")
+    if auditee is not None:  # a generative model under audit: its answers and the cache objects they took
+        result["answers"] = auditee.get("computed", 0) + auditee.get("cached", 0)
+        result["objects_written"] = auditee.get("objects_written")
     if not args.skip_noop and generate:
         tasks = min(max(generate["tasks"], NOOP_MIN_TASKS), NOOP_MAX_TASKS)
         for attempt in range(1, NOOP_ATTEMPTS + 1):
@@ -619,6 +669,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--api-url", help="report to this running Prefect server instead of starting a temporary one")
     parser.add_argument("--profile", action="store_true", help="sample every thread's stack; print the busiest functions per size")
     parser.add_argument("--skip-noop", action="store_true", help="skip the no-op task fan-out measured after each audit")
+    parser.add_argument("--auditee", choices=sorted(EVALUATE_TASKS), default="clip",
+                        help="model under audit: the world's CLIP (default) or a tiny generative VLM, whose answers "
+                        "go through the sharded answer cache (reports answers and objects_written)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--intervals", help=argparse.SUPPRESS)  # child: write every timed interval here (JSON)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -641,13 +694,18 @@ def run_size(size: int, args: argparse.Namespace, work: Path, model: Path, api_u
     for path in (out, prefect_home):
         if path.exists():
             shutil.rmtree(path)
-    probe = audit_config(work / "probe", model, out, f"scale-{size}", args)
+    vlm = None
+    if args.auditee == "vlm":
+        from counterfactual_lab.demo.tiny_auditees import build_tiny_auditee_models
+
+        vlm = build_tiny_auditee_models(work / "auditee-models", names=("vlm",))["vlm"]
+    probe = audit_config(work / "probe", model, out, f"scale-{size}", args, vlm)
     per_row = items_per_row(probe)
     rows = max(1, math.ceil(size / per_row))
     t0 = time.perf_counter()
     dataset = write_scale_world(work / "worlds" / f"rows-{rows}", rows)
     write_s = time.perf_counter() - t0
-    config_path = write_world_audit_config(size_dir / "audit.yaml", audit_config(dataset, model, out, f"scale-{size}", args))
+    config_path = write_world_audit_config(size_dir / "audit.yaml", audit_config(dataset, model, out, f"scale-{size}", args, vlm))
     print(f"\n{size} work items: {rows} rows × {per_row:g} items per row (dataset {write_s:.1f} s, not timed)", flush=True)
 
     env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(prefect_home),
@@ -657,6 +715,7 @@ def run_size(size: int, args: argparse.Namespace, work: Path, model: Path, api_u
     command += ["--intervals", str(size_dir / "intervals.json")]  # a timeline for reading later (--work keeps it)
     command += ["--profile"] if args.profile else []
     command += ["--skip-noop"] if args.skip_noop else []
+    command += ["--auditee", args.auditee]
     log_path = size_dir / "child.log"
     started = time.perf_counter()
     with open(log_path, "w") as log:
@@ -670,6 +729,8 @@ def run_size(size: int, args: argparse.Namespace, work: Path, model: Path, api_u
 
 
 def print_size(size: int, r: dict[str, Any]) -> None:
+    print(f"  orchestration share {r['orchestration_share']:.3f} (wall time with no library code running)"
+          + (f"; {r['answers']} answers, {r['objects_written']} answer-cache objects written" if "answers" in r else ""))
     print(f"  audit {r['wall_s']:.1f} s ({1000 * r['wall_s'] / size:.2f} ms per item), peak RSS {r['peak_rss_mb']:.0f} MB "
           f"({r['rss_after_imports_mb']:.0f} MB after imports); planned {r['planned']}, generated {r['generated']}, "
           f"failed {r['failed']}, kept {r['kept']}; load {r['load_average']['start']} -> {r['load_average']['end']}")
@@ -761,6 +822,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "overhead_ms_per_task": (r.get("generate") or {}).get("overhead_ms_per_task"),
             "engine_ms_per_task": (r.get("generate") or {}).get("engine_ms_per_task"),
             "evaluate_overhead_ms_per_task": (r.get("evaluate") or {}).get("overhead_ms_per_task"),
+            "orchestration_share": r["orchestration_share"],
+            **({"answers": r["answers"], "objects_written": r["objects_written"]} if "answers" in r else {}),
             "noop_ms_per_task": r.get("noop_ms_per_task"),
             **({"noop_error": r["noop_error"]} if r.get("noop_error") else {}),
             "stages_s": {k: v["s"] for k, v in r["stages"].items()},
@@ -768,10 +831,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "not_measured": r["not_measured"],
             "embedding_cache": r.get("embedding_cache"),
         }
+    share_size = str(ORCHESTRATION_TARGET_SIZE) if str(ORCHESTRATION_TARGET_SIZE) in sizes else largest
     summary = {
         "bench": "scale",
         "overhead_ms_per_task": sizes[largest]["overhead_ms_per_task"],
         "sizes": sizes,
+        "orchestration_share": sizes[share_size]["orchestration_share"],
+        **({"answers": sizes[share_size]["answers"], "objects_written": sizes[share_size]["objects_written"]}
+           if "answers" in sizes[share_size] else {}),
+        "auditee": args.auditee,
         "batch_size": args.batch_size,
         "max_workers": args.max_workers,
         "bootstrap_samples": args.bootstrap_samples,

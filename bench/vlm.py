@@ -167,16 +167,21 @@ def baseline_generation(loaded: LoadedModel, uris: list[str], text: str, batch: 
 def ours_stages(loaded: LoadedModel, images: ProbeImages, out: Path, batch: int, samples: int, temperature: float,
                 max_new_tokens: int) -> dict[str, tuple[float, object]]:
     counts = CallCounts()
-    session = probes.ProbeSession(GenerativeRunner(loaded, batch_size=batch), "chat", "sha256:bench", AnswerCache(str(out)), counts)
+    cache = AnswerCache(str(out), subjects=images.content_keys, counts=counts)
+    session = probes.ProbeSession(GenerativeRunner(loaded, batch_size=batch), "chat", "sha256:bench", cache, counts)
     timings: dict[str, tuple[float, object]] = {}
+    # Each stage ends by writing its answers (one shard), as an evaluate task does at its end.
     start = time.perf_counter()
     answers = probes.yes_no(session, images, YES_NO), probes.ratings(session, images, RATINGS, 5)
+    cache.flush()
     timings["next_token"] = (time.perf_counter() - start, answers)
     start = time.perf_counter()
     choice = probes.choice(session, images, CHOICE, LABELS)
+    cache.flush()
     timings["choice"] = (time.perf_counter() - start, choice)
     start = time.perf_counter()
     made = probes.generate(session, images, [DESCRIBE], samples=samples, temperature=temperature, max_new_tokens=max_new_tokens, seed=0)
+    cache.flush()
     timings["generation"] = (time.perf_counter() - start, made)
     timings["counts"] = (0.0, counts.as_dict())
     return timings

@@ -6,6 +6,7 @@ The Python API (see the README's "Python API" section)::
 
     cfl.CounterfactualGenerator(method="img2img", model=..., judge=...).generate(image, caption, "gender")
     run = cfl.open_run("out/sample-<id>")          # a finished run, local or s3://; tables are polars DataFrames
+    change = cfl.compare_runs("out/run-a", "out/run-b")  # what changed beyond its intervals; change.write("compare.html")
 
     from counterfactual_lab.flows.api import run_audit
     run = run_audit("configs/audit.yaml")          # or a dict: runs the audit flow, returns the run
@@ -22,15 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 from counterfactual_lab.version import __version__
 
-__all__ = ["AuditRun", "Counterfactual", "CounterfactualGenerator", "__version__", "open_run"]
+__all__ = ["AuditRun", "Counterfactual", "CounterfactualGenerator", "__version__", "compare_runs", "open_run"]
 
-_API = {"AuditRun", "Counterfactual", "CounterfactualGenerator", "open_run"}
+_API = {"AuditRun", "Counterfactual", "CounterfactualGenerator", "compare_runs", "open_run"}
 
 if TYPE_CHECKING:
     from counterfactual_lab.api import (
         AuditRun,
         Counterfactual,
         CounterfactualGenerator,
+        compare_runs,
         open_run,
     )
 

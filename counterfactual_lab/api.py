@@ -1,4 +1,4 @@
-"""The Python API: what a notebook needs, in three names.
+"""The Python API: what a notebook needs, in four names.
 
 * :class:`CounterfactualGenerator` makes and judges counterfactuals of one image in memory:
   PIL image and caption in, :class:`Counterfactual` objects out (the edited image, the
@@ -8,6 +8,9 @@
   when called) from a config file or a dict and returns the finished run.
 * :func:`open_run` opens a finished run, local or ``s3://``, as an :class:`AuditRun`: its
   tables as polars DataFrames, and in Jupyter its headline findings (``_repr_html_``).
+* :func:`compare_runs` sets two finished runs side by side (``cflab compare``): which findings
+  appeared, disappeared or changed beyond their intervals, and whether the runs are comparable;
+  ``.text()`` is the table, ``.write("compare.html")`` the page.
 
 Example::
 
@@ -22,6 +25,7 @@ Example::
     run = cfl.run_audit("configs/audit.yaml")          # or a dict of the same keys
     run.metrics.filter(pl.col("metric") == "flip_rate")
     run                                                 # in Jupyter: the headline findings
+    print(cfl.compare_runs("out/run-a", "out/run-b").text())
 """
 
 from __future__ import annotations
@@ -52,12 +56,15 @@ from counterfactual_lab.plan.work_items import (
     generator_fingerprint,
     work_item_key,
 )
+from counterfactual_lab.report.compare import compare_runs
 from counterfactual_lab.report.examples import thumbnail_data_uri
 from counterfactual_lab.report.findings import assess_findings, run_verdict_line
 from counterfactual_lab.report.markdown import accounting_lines, models_line
-from counterfactual_lab.report.markup import escaped
+from counterfactual_lab.report.templating import render_fragment
 from counterfactual_lab.report.text import format_headline
 from counterfactual_lab.runs.reader import RunTables, read_run
+
+__all__ = ["AuditRun", "Counterfactual", "CounterfactualGenerator", "compare_runs", "open_run"]
 
 # The scores the judge gives each candidate (see counterfactual_lab.judge.edits for the formulas).
 SCORE_NAMES = ("text_similarity", "direction_similarity", "image_similarity", "attribute_ok", "attribute_margin")
@@ -89,7 +96,6 @@ class Counterfactual:
     drop_reason: str | None = None
 
     def _repr_html_(self) -> str:
-
         scores = ", ".join(f"{k.replace('_similarity', '')} {_short(v)}" for k, v in self.scores.items() if v is not None)
         verdict = {None: "not judged", True: "passed"}.get(self.passed, f"dropped: {self.drop_reason}")
         rows = [
@@ -97,12 +103,8 @@ class Counterfactual:
             ("caption", self.source_caption), ("counterfactual caption", self.caption),
             ("explanation", self.explanation), ("judge", f"{scores or 'no scores'}; {verdict}"),
         ]
-        cells = "".join(f"<tr><th style='text-align:left'>{escaped(k)}</th><td>{escaped(v)}</td></tr>" for k, v in rows)
-        images = "".join(
-            f"<figure style='margin:0'><img src='{thumbnail_data_uri(im)}' alt='{escaped(alt)}'><figcaption>{escaped(alt)}</figcaption></figure>"
-            for im, alt in ((self.source_image, "original"), (self.image, "counterfactual"))
-        )
-        return f"<div><div style='display:flex;gap:.5rem'>{images}</div><table>{cells}</table></div>"
+        images = [(thumbnail_data_uri(im), alt) for im, alt in ((self.source_image, "original"), (self.image, "counterfactual"))]
+        return render_fragment("_notebook_counterfactual.html.j2", images=images, rows=rows)
 
 
 def _short(value: Any) -> str:
@@ -339,31 +341,16 @@ class AuditRun:
         return f"AuditRun(run_id={self.run_id!r}, run_uri={self.run_uri!r}, status={self.status!r}, metrics={self.metrics.height} rows)"
 
     def _repr_html_(self) -> str:
-
         manifest = self.manifest
-        dataset = manifest.get("dataset") or {}
-        tiny = bool(manifest.get("tiny_models"))
-        colour = "#cf222e" if tiny else "#0969da"
         sentences, summary = _finding_sentences(self.metrics, 8)
-        findings = "".join(f"<li>{escaped(s)}</li>" for s in sentences) or "<li>No metrics in this run.</li>"
         report = self.report_uri
-        link = f"<a href='{escaped(Path(report).as_uri())}'>{escaped(report)}</a>" if "://" not in report else escaped(report)
-        finished = manifest.get("finished_at")
-        failed = " <b style='color:#cf222e'>(failed)</b>" if self.status == "failed" else ""
-        generative = (f", <code>.probes</code> ({self.probes.height} rows), <code>.generations</code> "
-                      f"({self.generations.height} rows)") if self.probes.height or self.generations.height else ""
-        generative += f", <code>.retrieval</code> ({self.retrieval.height} rows)" if self.retrieval.height else ""
-        return (
-            "<div class='cflab-run'>"
-            f"<p style='border-left:4px solid {colour};padding:.3rem .6rem;font-weight:600'>{escaped(models_line(manifest))}</p>"
-            f"<p><b>Run {escaped(self.run_id)}</b>{failed} · dataset {escaped(dataset.get('name'))}"
-            + (f" · finished {escaped(finished)}" if finished else "") + "</p>"
-            + "".join(f"<div>{escaped(line)}</div>" for line in accounting_lines(manifest))
-            + f"<p><b>Headline findings</b>{(' — ' + escaped(summary)) if summary else ''}</p><ul>{findings}</ul>"
-            f"<p>Tables: <code>.metrics</code> ({self.metrics.height} rows), <code>.predictions</code>, "
-            f"<code>.counterfactuals</code>, <code>.quarantine</code>{generative}. Report: {link}</p>"
-            "</div>"
-        )
+        return render_fragment(
+            "_notebook_run.html.j2", tiny=bool(manifest.get("tiny_models")), models=models_line(manifest),
+            run_id=self.run_id, failed=self.status == "failed", dataset=(manifest.get("dataset") or {}).get("name"),
+            finished=manifest.get("finished_at"), accounting=accounting_lines(manifest), summary=summary,
+            sentences=sentences, metrics_rows=self.metrics.height, probes_rows=self.probes.height,
+            generations_rows=self.generations.height, retrieval_rows=self.retrieval.height, report=report,
+            report_link=Path(report).as_uri() if "://" not in report else None)
 
 
 def _finding_sentences(metrics: pl.DataFrame, max_items: int) -> tuple[list[str], str | None]:

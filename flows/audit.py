@@ -35,7 +35,11 @@ from counterfactual_lab.errors import TooManyFailedItems, UserError
 from counterfactual_lab.evaluate.readings import with_readings
 from counterfactual_lab.flows.designs import Generated, design_for
 from counterfactual_lab.flows.evaluation import evaluation_for
-from counterfactual_lab.flows.secrets import mask_secrets_in_logs, resolve_secret_blocks
+from counterfactual_lab.flows.secrets import (
+    errors_masked,
+    mask_secrets_in_logs,
+    resolve_secret_blocks,
+)
 from counterfactual_lab.flows.stage_run import StageRun
 from counterfactual_lab.metrics import METRICS_SCHEMA
 from counterfactual_lab.report.findings import headline_table
@@ -81,24 +85,26 @@ def dataset_audit(
     data is listed or any run folder is made; Secret blocks the config names are resolved here.
     """
     config = AuditConfig.from_yaml(config_uri)
-    spec = check_audit(config, dataset_uri, evaluate=evaluate)
-    config, spec = resolve_secret_blocks(config, spec)
-    mask_secrets_in_logs(config, spec)
-    location = locate_run(config, dataset_uri, output_uri, evaluate, spec=spec)
-    with credentials_named(location.run_uri, "output.storage_options_secret"):  # the run's first look at the output store
-        complete = not force and is_complete(location.run_uri, location.storage_options)
-    if complete:
-        review = refresh_review(location.run_uri, config.review.exclude_rejected, location.storage_options)
-        if review != REVIEW_NEEDS_RERUN:
-            get_run_logger().info(
-                "run %s is already complete (same config and data)%s; report: %s", location.run_id,
-                "; people's new labels applied" if review == REVIEW_APPLIED else "", join(location.run_uri, REPORT_NAME),
-            )
-            return location.run_uri
-        get_run_logger().info("run %s: people rejected other sets than its metrics leave out "
-                              "(review.exclude_rejected): its stages run again, reusing the images", location.run_id)
-    runner = make_task_runner(config.runtime)
-    return audit_stages.with_options(task_runner=runner)(config, location, evaluate)
+    mask_secrets_in_logs(config, dataset_uri, output_uri)  # from here on, in logs and in this run's failure
+    with errors_masked():
+        spec = check_audit(config, dataset_uri, evaluate=evaluate)
+        config, spec = resolve_secret_blocks(config, spec)
+        mask_secrets_in_logs(config, spec)
+        location = locate_run(config, dataset_uri, output_uri, evaluate, spec=spec)
+        with credentials_named(location.run_uri, "output.storage_options_secret"):  # the run's first look at the output store
+            complete = not force and is_complete(location.run_uri, location.storage_options)
+        if complete:
+            review = refresh_review(location.run_uri, config.review.exclude_rejected, location.storage_options)
+            if review != REVIEW_NEEDS_RERUN:
+                get_run_logger().info(
+                    "run %s is already complete (same config and data)%s; report: %s", location.run_id,
+                    "; people's new labels applied" if review == REVIEW_APPLIED else "", join(location.run_uri, REPORT_NAME),
+                )
+                return location.run_uri
+            get_run_logger().info("run %s: people rejected other sets than its metrics leave out "
+                                  "(review.exclude_rejected): its stages run again, reusing the images", location.run_id)
+        runner = make_task_runner(config.runtime)
+        return audit_stages.with_options(task_runner=runner)(config, location, evaluate)
 
 
 @flow(name="audit-stages", log_prints=True, persist_result=False)
@@ -107,6 +113,11 @@ def audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> 
     ``storage_options`` or resolved Secret blocks); Prefect stores their JSON dumps as this
     subflow's parameters, and those are redacted (``RedactedInJson``), so no credential
     reaches the Prefect database."""
+    with errors_masked():
+        return _audit_stages(config, location, evaluate)
+
+
+def _audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) -> str:
     run = StageRun.start(config, location, evaluate)
     design = design_for(config, location.spec)
     outcome = design.validate(run)  # ingest and validate (or the templates), quarantine written

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from counterfactual_lab.demo.inputs import prepare_demo
 from counterfactual_lab.errors import DataOverLimit, TooManyFailedItems, UserError
+from counterfactual_lab.report.terminal import printable
 from counterfactual_lab.storage.files import credentials_hint, exists, is_credentials_error, join
 from counterfactual_lab.storage.redaction import mask_known, remember_secrets
 from counterfactual_lab.version import __version__
@@ -41,7 +42,7 @@ _verbosity = "quiet"
 
 def status(message: str) -> None:
     """Say what cflab is doing (on stderr, so stdout stays the command's result)."""
-    print(f"cflab: {message}", file=sys.stderr, flush=True)
+    print(f"cflab: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -73,12 +74,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     outcome = ingest_and_validate(spec, batch_rows=args.batch_rows)
     write_validation_outputs(outcome, args.out)
 
-    print(f"dataset: {redact_text(spec.uri)}")
+    print(f"dataset: {printable(redact_text(spec.uri))}")
     print(f"rows read: {outcome.rows_in}")
     print(f"valid: {outcome.valid.height}")
     print(f"quarantined: {outcome.quarantined} ({outcome.quarantined_fraction:.1%})")
     for reason, count in sorted(outcome.by_reason.items(), key=lambda item: (-item[1], item[0])):
-        print(f"  {reason}: {count}")
+        print(f"  {printable(reason)}: {count}")
     names = ", ".join(join(args.out, n) for n in ("quarantine.parquet", "validation.json", "expectations.json"))
     print(f"wrote {names}")
     if outcome.quarantined_fraction > args.max_invalid_fraction:
@@ -108,7 +109,7 @@ def cmd_sample_dataset(args: argparse.Namespace) -> int:
 
 def cmd_models_tiny(args: argparse.Namespace) -> int:
     """Build the tiny random-weight models (the demo's four, text2image, inpaint and clipseg, a
-    generative VLM and a toxicity classifier)."""
+    generative VLM and the text models scoring its answers: toxicity, sentiment, a text embedder)."""
     # here, not at the top: it imports torch
     from counterfactual_lab.demo.tiny_models import ALL_TINY_MODEL_NAMES, build_tiny_models
 
@@ -129,7 +130,8 @@ def _run_audit_flow(config: str, dataset: str | None, out: str | None, evaluate:
     from counterfactual_lab.runs.preflight import check_audit, check_config
 
     audit_config = AuditConfig.from_yaml(config)
-    remember_secrets(audit_config.model_dump())  # inline credentials: masked in any error line
+    # inline credentials and URL passwords (also in --dataset/--out): masked in any error line
+    remember_secrets(audit_config.model_dump(), dataset, out)
     # The spec and generation.params first: a typo is one line in about a second, before any
     # storage is asked anything (the completeness check below lists the dataset).
     spec = check_config(audit_config, dataset)
@@ -179,6 +181,9 @@ def _complete_run(config, dataset: str | None, out: str | None, evaluate: bool) 
     # here, not at the top: it imports polars
     from counterfactual_lab.runs.publisher import is_complete
 
+    # here, not at the top: it imports pydantic
+    from counterfactual_lab.storage.regular_files import UnreadableFile
+
     try:
         location = locate_run(config, dataset, out, evaluate)
         complete = is_complete(location.run_uri, location.storage_options)
@@ -186,7 +191,9 @@ def _complete_run(config, dataset: str | None, out: str | None, evaluate: bool) 
         # to leave out (review.exclude_rejected) needs the stages again, which the flow runs.
         review = refresh_review(location.run_uri, config.review.exclude_rejected, location.storage_options) \
             if complete else None
-    except Exception:  # noqa: BLE001 - a shortcut: any failure falls through to the full path
+    except UnreadableFile:
+        raise  # a FIFO or a huge file where the manifest should be: the flow would meet it too
+    except Exception:  # noqa: BLE001 - a shortcut: any other failure falls through to the full path
         return None
     if not complete or review == REVIEW_NEEDS_RERUN:
         return None
@@ -233,6 +240,29 @@ def cmd_report(args: argparse.Namespace) -> int:
         run = read_run(args.run_uri)
         if run.failed:  # finished, but not an audit to rely on: exit 1 like the audit did
             raise TooManyFailedItems(failure_banner(run.manifest))
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Two runs side by side (compare.html and a table), or the runs of an output folder over time (history.html)."""
+    if args.history:
+        if args.runs:
+            raise UserError("cflab compare: give two runs (RUN_A RUN_B) or --history OUT, not both")
+        # here, not at the top: it imports polars and matplotlib
+        from counterfactual_lab.report.history import HISTORY_NAME, run_history
+
+        history = run_history(args.history)
+        print(history.text(), end="")
+        print(f"history: {history.write(args.out or join(args.history.rstrip('/'), HISTORY_NAME))}")
+        return EXIT_OK
+    if len(args.runs) != 2:
+        raise UserError(f"cflab compare needs two runs, RUN_A RUN_B (got {len(args.runs)}), or --history OUT")
+    # here, not at the top: it imports polars and matplotlib
+    from counterfactual_lab.report.compare import COMPARE_NAME, compare_runs
+
+    comparison = compare_runs(args.runs[0], args.runs[1])
+    print(comparison.text(), end="")
+    print(f"compare: {comparison.write(args.out or COMPARE_NAME)}")
     return EXIT_OK
 
 
@@ -360,7 +390,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # one status line instead of a bar per saved shard
-    inputs = prepare_demo(home=args.home, out_uri=args.out)
+    inputs = prepare_demo(home=args.home, out_uri=args.out, full=args.full)
     print(f"demo dataset: {inputs.dataset_dir}")
     print(f"demo config: {inputs.config_path}")
     # The demo's runs stay in its own home (.cflab/prefect), out of the user's Prefect UI,
@@ -405,7 +435,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     tiny = models_sub.add_parser(
         "tiny", help="tiny random-weight models",
         description="Build tiny seeded random-weight models (instruct-pix2pix, img2img, ledits, clip, text2image, "
-        "inpaint, clipseg, vlm, toxicity) under DIR, one folder each, loadable with from_pretrained. Their outputs mean nothing.",
+        "inpaint, clipseg, vlm, toxicity, sentiment, text-embedder) under DIR, one folder each, loadable with from_pretrained. Their outputs mean nothing.",
     )
     tiny.add_argument("dir", metavar="DIR", help="output folder")
     tiny.set_defaults(handler=cmd_models_tiny)
@@ -440,6 +470,20 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_report)
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compare", help="what changed between two runs, or over the runs of an output folder",
+        description="Compare two finished runs (local or s3://): print which findings appeared, disappeared or "
+        "changed beyond their intervals (paired over the sources both runs share) and warn where the runs differ "
+        "in model, generator, judge, dataset or metric parameters; write compare.html. With --history OUT: each "
+        "headline number over the runs under OUT, written to OUT/history.html.")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="RUN_A RUN_B: the run folders `cflab audit` printed as 'run:'")
+    p.add_argument("--history", metavar="OUT", help="the output folder of a scheduled audit (its output.uri)")
+    p.add_argument("--out", metavar="FILE",
+                   help="where to write the page (default: ./compare.html, or OUT/history.html with --history)")
+    p.set_defaults(handler=cmd_compare)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the one-command demo audit on tiny models",
                        description="Build the sample dataset and tiny models if missing, run the audit flow on a "
@@ -447,6 +491,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="./out", metavar="DIR", help="output folder (default: %(default)s)")
     p.add_argument("--home", default="./.cflab", metavar="DIR",
                    help="where the sample dataset and tiny models are kept (default: %(default)s)")
+    p.add_argument("--full", action="store_true",
+                   help="the second demo: a tiny generative VLM asked in two phrasings per question, offered an "
+                        "'unclear' answer, its answers compared across counterfactuals, and the synthetic shift "
+                        "(slower: a few minutes)")
     p.set_defaults(handler=cmd_demo)
 
 
@@ -481,7 +529,8 @@ def _add_review(sub: argparse._SubParsersAction) -> None:
 
 # Subcommand parser builders, in the order `cflab --help` lists them.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_demo, _add_audit, _add_generate, _add_report, _add_review, _add_validate, _add_sample_dataset, _add_models,
+    _add_demo, _add_audit, _add_generate, _add_report, _add_compare, _add_review, _add_validate, _add_sample_dataset,
+    _add_models,
 ]
 
 
@@ -541,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         # Error text may quote a credential (a URI with a password, a library echoing an
         # option): masked with every secret this process was handed, like log records are.
         if debug:
-            print(mask_known(traceback.format_exc()), end="", file=sys.stderr)
+            print(printable(mask_known(traceback.format_exc())), end="", file=sys.stderr)
         _fail(mask_known(describe_error(exc, debug)))
         return EXIT_OVER_LIMIT if isinstance(exc, DataOverLimit) else EXIT_USAGE
 
@@ -566,7 +615,7 @@ def describe_error(exc: BaseException, debug: bool = False) -> str:
     return text if debug else f"{text} (run with --debug for the traceback)"
 def _fail(message: str) -> int:
     first_line = (message.strip().splitlines() or ["unknown error"])[0]
-    print(f"cflab: error: {first_line}", file=sys.stderr, flush=True)
+    print(f"cflab: error: {printable(first_line)}", file=sys.stderr, flush=True)
     return EXIT_USAGE
 
 

@@ -10,6 +10,7 @@ answers) and ``metrics(run, answers, judged, evaluate_only, drift)`` (the metric
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -19,10 +20,13 @@ from tqdm.auto import tqdm
 
 from counterfactual_lab.config.audit_config import AuditConfig
 from counterfactual_lab.evaluate.auditees import AuditeeAnswers, resolve_kind
+from counterfactual_lab.evaluate.auditees.answer_cache import AnswerCache
 from counterfactual_lab.evaluate.auditees.kinds import GENERATIVE_KINDS
 from counterfactual_lab.evaluate.auditees.lexicon import load_lexicon
 from counterfactual_lab.evaluate.auditees.text_scores import add_text_scores
+from counterfactual_lab.evaluate.auditees.vlm import answers_per_image
 from counterfactual_lab.flows.stage_run import StageRun
+from counterfactual_lab.flows.task_sizes import items_per_task
 from counterfactual_lab.tasks.evaluate import (
     compute_auditee_metrics,
     compute_fairness_metrics,
@@ -32,16 +36,22 @@ from counterfactual_lab.tasks.evaluate import (
 )
 from counterfactual_lab.tasks.runners import with_runtime_retries
 
+# The fewest pool rows an evaluation task of a contrastive model holds (its embeddings are cached:
+# a small chunk is almost all orchestration).
 EVALUATION_CHUNK_IMAGES = 256
+# The fewest answers one task of a generative model asks for: each task writes one answer shard,
+# so this bounds the answer cache's objects per answer (at most 1 per 200, plus one index object).
+SHARD_MIN_ANSWERS = 200
 
 
 class ContrastiveEvaluation:
-    """A contrastive model under audit: one task per chunk of the pool, then the metrics."""
+    """A contrastive model under audit: the pool in tasks sized by ``runtime.tasks_per_worker``, then the metrics."""
 
     def evaluate(self, run: StageRun, pool: pl.DataFrame) -> AuditeeAnswers:
         """The pool's ``predictions`` (zero-shot labels) and ``retrieval`` scores (per query and image)."""
         config = run.config
-        chunks = [pool.slice(i, EVALUATION_CHUNK_IMAGES) for i in range(0, pool.height, EVALUATION_CHUNK_IMAGES)] or [pool]
+        size = items_per_task(pool.height, config.audit.batch_size, config.runtime, minimum=EVALUATION_CHUNK_IMAGES)
+        chunks = [pool.slice(i, size) for i in range(0, pool.height, size)] or [pool]
         futures = with_runtime_retries(evaluate_batch, config).map(
             chunks, unmapped(config.audit), unmapped(run.store), unmapped(run.device))
         results = []
@@ -73,20 +83,32 @@ class ContrastiveEvaluation:
 
 
 class GenerativeEvaluation:
-    """A generative model under audit: one task per ``audit.batch_size`` distinct images, every
-    answer through the output store's cache, then the probe metrics."""
+    """A generative model under audit: the distinct images in tasks sized by ``runtime.tasks_per_worker``
+    (each a whole number of ``audit.batch_size`` batches, with at least :data:`SHARD_MIN_ANSWERS`
+    answers), every answer through the output store's answer cache, then the probe metrics.
+
+    The cache's index is read once here: each task gets the shards that may hold its images'
+    answers, writes one shard of what it computed, and the run writes one index segment for them.
+    """
 
     def evaluate(self, run: StageRun, pool: pl.DataFrame) -> AuditeeAnswers:
         """Every probe's answers on the pool (predictions, probes, generations with their text scores)."""
         config, audit = run.config, run.config.audit
         keys = pool["content_key"].unique(maintain_order=True).to_list()
-        groups = [keys[i : i + audit.batch_size] for i in range(0, len(keys), audit.batch_size)]
+        minimum = math.ceil(SHARD_MIN_ANSWERS / max(1, answers_per_image(audit)))
+        size = items_per_task(len(keys), audit.batch_size, config.runtime, minimum=minimum)
+        groups = [keys[i : i + size] for i in range(0, len(keys), size)]
         chunks = [pool.filter(pl.col("content_key").is_in(group)) for group in groups] or [pool]
-        toxicity = run.location.models.get("toxicity")
+        cache = AnswerCache(run.store.root_uri, run.store.storage_options)
+        index = cache.read_index()
+        text_models = {role: (model.key if model else None) for role in ("toxicity", "sentiment", "text_embedder")
+                       for model in [run.location.models.get(role)]}
         futures = with_runtime_retries(evaluate_auditee_batch, config).map(
             chunks, unmapped(audit), unmapped(run.store), unmapped(run.device), kind=unmapped(resolve_kind(audit)),
             model_key=unmapped(run.location.models["audit"].key),
-            toxicity_key=unmapped(toxicity.key if toxicity else None),
+            toxicity_key=unmapped(text_models["toxicity"]), sentiment_key=unmapped(text_models["sentiment"]),
+            text_embedder_key=unmapped(text_models["text_embedder"]),
+            cache_shards=[index.shards_for(group) for group in groups or [[]]],
         )
         results = []
         with tqdm(total=len(keys), desc="evaluate", unit="img") as bar:
@@ -94,6 +116,9 @@ class GenerativeEvaluation:
                 results.append(future.result())
                 bar.update(len(group))
         answers = AuditeeAnswers.concat(results)
+        cache.write_index(answers.cache_shards, index)
+        if answers.counts is not None:
+            answers.counts["objects_written"] += cache.counts.objects_written
         self.lexicon = load_lexicon(audit.lexicon, config.base_dir)
         return replace(answers, generations=add_text_scores(answers.generations, self.lexicon))
 
@@ -111,7 +136,7 @@ class GenerativeEvaluation:
         return {"predictions": answers.predictions, "probes": answers.probes, "generations": answers.generations}
 
     def auditee_counts(self, answers: AuditeeAnswers) -> dict[str, int] | None:
-        return answers.counts or {"computed": 0, "cached": 0}
+        return answers.counts or {"computed": 0, "cached": 0, "objects_written": 0}
 
 
 def evaluation_for(config: AuditConfig) -> Any:

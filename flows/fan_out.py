@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from counterfactual_lab.config.audit_config import AuditConfig
 from counterfactual_lab.config.methods import METHODS
 from counterfactual_lab.flows.stage_run import StageRun
+from counterfactual_lab.flows.task_sizes import items_per_task
 from counterfactual_lab.generation.records import as_cache_hits
 from counterfactual_lab.generation.rounds import run_rounds
 from counterfactual_lab.generation.text2image_sets import chunk_sets
@@ -66,7 +67,8 @@ def generate_and_judge(
 
 
 def generate_batches(items: list, config: AuditConfig, store: ImageStore, device: str) -> list:
-    """Fan out one generation task per batch; progress in the terminal and in a Prefect artifact.
+    """Fan out the generation tasks (each of :func:`~counterfactual_lab.flows.task_sizes.items_per_task`
+    items, a whole number of model batches); progress in the terminal and in a Prefect artifact.
 
     Each batch runs under its writer lock in the output store (``tasks.generate.generation_task_for``):
     an audit that reaches a batch another audit is making waits, then reads it from the cache.
@@ -80,7 +82,8 @@ def generate_batches(items: list, config: AuditConfig, store: ImageStore, device
     split = chunk if METHODS[generation.method].reads_source else chunk_sets
     # quote: without it Prefect walks every field of every work item of a batch, twice per task
     # run, looking for futures (21 ms per batch of 64 items, more than the rest of a task's overhead).
-    batches = [picklable_quote(batch) for batch in split(items, generation.batch_size)]
+    per_task = items_per_task(len(items), generation.batch_size, config.runtime)
+    batches = [picklable_quote(batch) for batch in split(items, per_task)]
     if not batches:
         return []
     progress_id = create_progress_artifact(progress=0.0, description=f"generation: {len(items)} work items")

@@ -12,8 +12,10 @@ dumps, which are what Prefect stores, are redacted (:mod:`counterfactual_lab.sto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from prefect.blocks.system import Secret
@@ -21,7 +23,12 @@ from prefect.blocks.system import Secret
 from counterfactual_lab.config.audit_config import AuditConfig
 from counterfactual_lab.config.dataset_spec import DatasetSpec
 from counterfactual_lab.errors import ConfigError
-from counterfactual_lab.storage.redaction import mask, remember_secrets, secret_values
+from counterfactual_lab.storage.redaction import (
+    mask,
+    mask_exception,
+    remember_secrets,
+    secret_values,
+)
 
 
 def load_secret_options(block_name: str, key: str) -> dict[str, Any]:
@@ -110,3 +117,14 @@ def mask_secrets_in_logs(*holders: Any) -> None:
                 secrets |= old.secrets
                 handler.removeFilter(old)
             handler.addFilter(SecretMaskingFilter(secrets))
+
+
+@contextlib.contextmanager
+def errors_masked() -> Iterator[None]:
+    """Re-raise any error with every known secret masked in its message (``mask_exception``):
+    a flow's failure message is stored by Prefect (its state message) and printed by cflab."""
+    try:
+        yield
+    except BaseException as exc:
+        mask_exception(exc)
+        raise

@@ -47,7 +47,8 @@ from counterfactual_lab.tasks.result_serialization import VerifiedKeyStorage
 
 # Bump when the meaning of a cached result changes (e.g. the result's shape).
 # 2: records stored as data-only JSON (tasks/result_serialization.py), no longer pickled.
-GENERATION_CACHE_VERSION = "2"
+# 3: records carry a checksum over themselves and their cache key.
+GENERATION_CACHE_VERSION = "3"
 
 # Fields that say how to reach storage, not what is stored: never part of a key.
 _NOT_IDENTITY_FIELDS = frozenset({"storage_options"})

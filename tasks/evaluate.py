@@ -72,15 +72,17 @@ def rank_retrieval(
 @task(name="evaluate-auditee-batch", tags=["gpu"], cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)
 def evaluate_auditee_batch(
     images: pl.DataFrame, audit: AuditSection, store: ImageStore, device: str = "auto", *,
-    kind: str, model_key: str, toxicity_key: str | None = None,
+    kind: str, model_key: str, toxicity_key: str | None = None, sentiment_key: str | None = None,
+    text_embedder_key: str | None = None, cache_shards: list[str] | None = None,
 ):
     """Every configured probe of a generative model under audit on one chunk of the pool
-    (``AuditeeAnswers``); the model loads once per worker, every answer is cached under ``store``."""
+    (``AuditeeAnswers``); the model loads once per worker, every answer is cached under ``store``
+    (``cache_shards``: the answer shards that may hold these images' answers, from the flow's index)."""
     auditee = load_auditee(
-        audit, device, kind=kind, model_key=model_key, toxicity_key=toxicity_key,
-        cache_root=store.root_uri, storage_options=store.storage_options,
+        audit, device, kind=kind, model_key=model_key, toxicity_key=toxicity_key, sentiment_key=sentiment_key,
+        text_embedder_key=text_embedder_key, cache_root=store.root_uri, storage_options=store.storage_options,
     )
-    return auditee.answer(images, store.load)
+    return auditee.answer(images, store.load, cache_shards=cache_shards)
 
 
 @task(name="compute-auditee-metrics", cache_policy=NO_CACHE, persist_result=False)

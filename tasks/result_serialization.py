@@ -16,9 +16,17 @@ prefix, as several machines need) chooses the decoder:
 What this module does instead:
 
 * :class:`GenerationRecordsSerializer` writes a batch's records as plain JSON
-  (``{"format": "cflab.generation-records", "version": 1, "records": [...]}``) and reads them
-  back with ``json.loads`` (no hooks) and :meth:`GenerationRecord.from_dict`, which builds
-  nothing but a GenerationRecord. Anything else raises :class:`UntrustedResultError`.
+  (``{"format": "cflab.generation-records", "version": 2, "key": <cache key>, "records": [...],
+  "checksum": "sha256:..."}``) and reads them back with ``json.loads`` (no hooks) and
+  :meth:`GenerationRecord.from_dict`, which builds nothing but a GenerationRecord (and checks
+  each field's type and range). Anything else raises :class:`UntrustedResultError`.
+* The **checksum** covers the records and the cache key they were stored under (the
+  transaction's key when the result is written), so an edited record (a ``failed`` item made
+  ``generated``, another batch's records copied in) does not match: it is refused like a foreign
+  record, with a warning naming it, and the batch runs again. A checksum stops edits by anyone
+  who does not recompute it; the images themselves are content-addressed in the store.
+* Every read goes through the bounded reader (a regular file, at most :data:`MAX_RESULT_BYTES`
+  or :data:`MAX_RECORD_BYTES`): a FIFO or ``/dev/zero`` planted as a record is refused, never read.
 * :class:`VerifiedKeyStorage` is the cache policy's key storage. It hands Prefect a cache
   record only after checking that it names exactly this serializer and points at its own
   result, and that the result decodes as records. A record that fails is *refused unread*:
@@ -45,19 +53,24 @@ from prefect import get_run_logger
 from prefect.context import TaskRunContext
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
 from prefect.serializers import Serializer
+from prefect.transactions import get_transaction
 from pydantic import Field
 
 from counterfactual_lab.errors import UntrustedResultError
 from counterfactual_lab.generation.records import GenerationRecord
-from counterfactual_lab.storage.files import storage_options_for
+from counterfactual_lab.storage.files import read_bytes, storage_options_for
+from counterfactual_lab.storage.regular_files import UnreadableFile
 
 log = logging.getLogger(__name__)
 
 RECORDS_FORMAT = "cflab.generation-records"
-RECORDS_FORMAT_VERSION = 1
+# 2: a checksum over the records and their cache key.
+RECORDS_FORMAT_VERSION = 2
 SERIALIZER_TYPE = "cflab-generation-records"
 # A batch's records are ~200 bytes each; anything near this is not ours.
 MAX_RESULT_BYTES = 16 * 2**20
+# A cache record (Prefect's metadata: storage key, serializer, expiration) is a few hundred bytes.
+MAX_RECORD_BYTES = 64 * 2**10
 _METADATA_KEYS = frozenset(("storage_key", "expiration", "serializer", "prefect_version", "storage_block_id"))
 # A result checked during a task run's cache lookup is not read and checked again when the
 # same run loads it moments later (the load still decodes with the strict serializer, so a
@@ -74,9 +87,17 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a finite number")
 
 
-def decode_generation_result(blob: bytes) -> list[GenerationRecord] | StoredTaskError:
+def records_checksum(key: str | None, records: list[Any]) -> str:
+    """``sha256:<hex>`` of the canonical JSON of the cache key and the records (as stored)."""
+    payload = json.dumps({"key": key, "records": records}, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return "sha256:" + hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def decode_generation_result(blob: bytes, key: str | None = None) -> list[GenerationRecord] | StoredTaskError:
     """The records (or the stored failure) in ``blob``; :class:`UntrustedResultError` unless it is
-    exactly what :class:`GenerationRecordsSerializer` writes. Builds nothing but our own types."""
+    exactly what :class:`GenerationRecordsSerializer` writes, its checksum matches, and (when
+    ``key``, the cache key it is stored under, is given) it was written for that key. Builds
+    nothing but our own types."""
     if not isinstance(blob, bytes | bytearray):
         raise UntrustedResultError(f"stored result is {type(blob).__name__}, not bytes")
     if len(blob) > MAX_RESULT_BYTES:
@@ -91,7 +112,16 @@ def decode_generation_result(blob: bytes) -> list[GenerationRecord] | StoredTask
         raise UntrustedResultError(f"stored result is JSON but not a {RECORDS_FORMAT} record")
     if data.get("version") != RECORDS_FORMAT_VERSION:
         raise UntrustedResultError(f"stored {RECORDS_FORMAT} record has version {data.get('version')!r}, not {RECORDS_FORMAT_VERSION}")
-    if set(data) == {"format", "version", "records"} and isinstance(data["records"], list):
+    if set(data) == {"format", "version", "key", "records", "checksum"} and isinstance(data["records"], list):
+        stored_key = data["key"]
+        try:
+            expected = records_checksum(stored_key, data["records"])
+        except (TypeError, ValueError):
+            expected = None
+        if data["checksum"] != expected:
+            raise UntrustedResultError(f"stored {RECORDS_FORMAT} record does not match its checksum (edited after it was written)")
+        if key is not None and stored_key is not None and stored_key != key:
+            raise UntrustedResultError(f"stored {RECORDS_FORMAT} record was written for cache key {stored_key}, not {key}")
         try:
             return [GenerationRecord.from_dict(record) for record in data["records"]]
         except ValueError as exc:
@@ -117,7 +147,9 @@ class GenerationRecordsSerializer(Serializer):
         if isinstance(obj, BaseException):
             payload: dict[str, Any] = {"error": {"type": type(obj).__name__, "message": str(obj)[:4000]}}
         elif isinstance(obj, list) and all(isinstance(record, GenerationRecord) for record in obj):
-            payload = {"records": [record.to_dict() for record in obj]}
+            records = [record.to_dict() for record in obj]
+            key = _transaction_key()
+            payload = {"key": key, "records": records, "checksum": records_checksum(key, records)}
         else:
             raise TypeError(f"{SERIALIZER_TYPE} stores lists of GenerationRecord only, not {type(obj).__name__}")
         payload = {"format": RECORDS_FORMAT, "version": RECORDS_FORMAT_VERSION, **payload}
@@ -191,8 +223,12 @@ class VerifiedKeyStorage(WritableFileSystem):
         return f"{str(base).rstrip('/')}/{path}" if base else path
 
     def read_path(self, path: str, _sync: bool | None = None) -> bytes:
-        data = _call_block(self.inner, "read_path", path)
         where = self.describe(path)
+        try:
+            data = read_block_path(self.inner, path, MAX_RECORD_BYTES)
+        except UnreadableFile as exc:
+            _warn(f"refused cache record {where}: {exc}; the batch runs again and its record is rewritten")
+            raise UntrustedResultError(f"refused cache record {where}: {exc}") from None
         try:
             storage_key = check_cache_record(data, PurePosixPath(path).name, where)
             self._check_result(storage_key, data)
@@ -206,6 +242,12 @@ class VerifiedKeyStorage(WritableFileSystem):
         return await asyncio.to_thread(self.read_path, path)
 
     def write_path(self, path: str, content: bytes, _sync: bool | None = None) -> str:
+        if isinstance(self.inner, LocalFileSystem):
+            # A refused record that was not a regular file (a FIFO, a symlink to a device) is
+            # removed, so the record is rewritten (Prefect's LocalFileSystem will not write over it).
+            target = _local_block_path(self.inner, path)
+            if target.is_symlink() or (target.exists() and not target.is_file()):
+                target.unlink()
         return _call_block(self.inner, "write_path", path, content)
 
     async def awrite_path(self, path: str, content: bytes) -> str:
@@ -227,12 +269,11 @@ class VerifiedKeyStorage(WritableFileSystem):
             if now - _VERIFIED.get(memo, float("-inf")) < _VERIFIED_FOR_SECONDS:
                 return
         try:
-            blob = _call_block(storage, "read_path", storage_key)
+            blob = read_block_path(storage, storage_key, MAX_RESULT_BYTES)
+            decode_generation_result(blob, PurePosixPath(str(storage_key).replace("\\", "/")).name)
         except FileNotFoundError:
             return  # a miss Prefect reports itself
-        try:
-            decode_generation_result(blob)
-        except UntrustedResultError as exc:
+        except (UntrustedResultError, UnreadableFile) as exc:
             base = getattr(storage, "basepath", None)
             where = storage_key if not base or str(storage_key).startswith(str(base)) else f"{base}/{storage_key}"
             raise UntrustedResultError(f"refused stored result {where}: {str(exc).removeprefix('stored result ')}") from None
@@ -240,6 +281,38 @@ class VerifiedKeyStorage(WritableFileSystem):
             if len(_VERIFIED) > 10_000:
                 _VERIFIED.clear()
             _VERIFIED[memo] = now
+
+
+def read_block_path(block: WritableFileSystem, path: str, max_bytes: int) -> bytes:
+    """``block.read_path(path)`` through the bounded reader for the blocks this project makes
+    (a local folder, a remote one): a regular file of at most ``max_bytes`` (``UnreadableFile``
+    otherwise). Another kind of block is read by its own ``read_path``."""
+    if isinstance(block, LocalFileSystem):
+        return read_bytes(str(_local_block_path(block, path)), max_bytes=max_bytes, what="a stored task result")
+    if isinstance(block, RemoteFileSystem):
+        return read_bytes(block._resolve_path(path), dict(block.settings or {}), max_bytes=max_bytes,
+                          what="a stored task result")
+    return _call_block(block, "read_path", path)
+
+
+def _local_block_path(block: LocalFileSystem, path: str) -> Path:
+    """Where ``path`` is in a local block, without following a symlink at its end (Prefect's own
+    ``_resolve_path`` resolves it, so a record linked to ``/dev/zero`` would be "outside the base
+    path", an error the cache lookup swallows); a path that leaves the block's folder is refused."""
+    base = Path(block.basepath or ".").expanduser().resolve()
+    candidate = Path(path).expanduser()
+    candidate = candidate if candidate.is_absolute() else base / candidate
+    folder = candidate.parent.resolve()
+    if folder != base and base not in folder.parents:
+        raise ValueError(f"{candidate} is outside of the base path {base}")
+    return folder / candidate.name
+
+
+def _transaction_key() -> str | None:
+    """The cache key of the result being written (the running transaction's), if any."""
+    transaction = get_transaction()
+    key = getattr(transaction, "key", None)
+    return key if isinstance(key, str) else None
 
 
 def _warn(message: str) -> None:

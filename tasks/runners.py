@@ -9,6 +9,16 @@ one-line :class:`ConfigError` naming the extra (:func:`require_ray_extra`). On R
 GPUs (``remote_options(num_gpus=...)``) when ``runtime.device`` is ``cuda``, or ``auto``
 and the cluster has GPUs.
 
+Ray 2.60 clusters use token authentication: every node, and every driver (``cflab``, the
+Prefect worker), needs ``RAY_AUTH_MODE=token`` and the cluster's token (``RAY_AUTH_TOKEN``,
+``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``); a driver without them gets one line saying so
+(:data:`RAY_AUTH_REFUSED`), not Ray's 30 s of retries ending in "Failed to connect".
+
+Ray's own lines never reach the terminal's progress display: worker output stays in the
+cluster's log files (``log_to_driver=False``; every task's records reach the Prefect UI through
+its own API log handler), and what Ray's driver threads print about the cluster (a node lost, a
+task retried) becomes one WARNING log line each (:class:`RayDriverOutput`), written above the bars.
+
 Why a Ray run needs a real Prefect server: every Ray worker runs its tasks with its own
 Prefect client. Without ``PREFECT_API_URL`` each worker would start a private temporary
 server, and task runs, caching records and events would be scattered over throwaway
@@ -21,7 +31,10 @@ from __future__ import annotations
 
 import importlib
 import ipaddress
+import logging
 import os
+import re
+import sys
 from typing import Any
 from urllib.parse import urlparse
 
@@ -63,6 +76,12 @@ LOOPBACK_API_URL = (
     "runtime.ray_address {address!r} is a remote Ray cluster, but PREFECT_API_URL {api_url!r} "
     "points at this machine's loopback address, which Ray workers on other machines cannot "
     "reach. Set PREFECT_API_URL to an address of the Prefect server that the cluster can reach."
+)
+
+RAY_AUTH_REFUSED = (
+    "cannot connect to the Ray cluster at runtime.ray_address {address!r} ({detail}); if it is running, "
+    "it wants this client's token: Ray 2.60 clusters use token authentication, so set RAY_AUTH_MODE=token "
+    "here and give the cluster's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token)"
 )
 
 # Offline defaults that Ray workers must share with the driver (see flows/settings.py).
@@ -161,9 +180,23 @@ def _ray_runner_class():
             )
 
         def __enter__(self):
-            entered = super().__enter__()
+            self._driver_output = RayDriverOutput().start()
+            try:
+                entered = super().__enter__()
+            except ConnectionError as exc:
+                self._driver_output.stop()
+                raise _connection_error(self.address, exc) from None
+            except BaseException:
+                self._driver_output.stop()
+                raise
             self._cluster_gpus = cluster_gpus()
             return entered
+
+        def __exit__(self, *exc_info):
+            try:
+                return super().__exit__(*exc_info)
+            finally:
+                self._driver_output.stop()
 
         def remote_options_for_task(self, task) -> dict[str, Any]:
             """The Ray options a submission of ``task`` gets (empty for CPU work)."""
@@ -195,7 +228,11 @@ def make_task_runner(runtime: RuntimeSection, gpus_per_task: float = 1.0) -> Tas
         api_url = check_ray_prefect_api(runtime.ray_address, current_prefect_api_url())
         env_vars = {"PREFECT_API_URL": api_url}
         env_vars.update({k: os.environ[k] for k in _WORKER_ENV if k in os.environ})
-        init_kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env_vars}}
+        # Worker output stays in the cluster's log files (the Prefect UI has every task's records);
+        # the "ray" logger's INFO lines ("Connecting to existing Ray cluster") stay off the console.
+        init_kwargs: dict[str, Any] = {
+            "runtime_env": {"env_vars": env_vars}, "log_to_driver": False, "logging_level": logging.WARNING,
+        }
         if not runtime.ray_address:
             # A local instance: cap it like the thread pool; no dashboard (nothing to serve).
             init_kwargs.update(num_cpus=runtime.max_workers, include_dashboard=False)
@@ -237,3 +274,70 @@ def cluster_gpus() -> float:
     if not ray.is_initialized():
         return 0.0
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def _connection_error(address: str | None, exc: BaseException) -> BaseException:
+    """A one-line :class:`ConfigError` when a token problem is the likely cause, else ``exc``."""
+    text = f"{exc} {exc.__cause__ or ''}"
+    if "InvalidAuthToken" in text or "uthentication" in text or os.environ.get("RAY_AUTH_MODE") != "token":
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return ConfigError(RAY_AUTH_REFUSED.format(address=address, detail=detail))
+    return exc
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+RAY_LOGGER = "counterfactual_lab.ray"
+
+
+class RayDriverOutput:
+    """While a Ray run is on, what Ray's driver threads print to stdout becomes log records.
+
+    ``log_to_driver=False`` keeps worker output away, but the driver's error listener
+    (``ray._private.worker.listen_error_messages``) prints cluster events to ``sys.stdout`` whatever
+    it is set to (a raylet that died: one line and a 20-line state dump; a task to be retried; a
+    node marked dead). Ray looks ``sys.stdout`` up when it prints, so this object stands in for it
+    while the runner is entered: each event's first line becomes one WARNING on
+    ``counterfactual_lab.ray`` (the console handler writes it above the progress bars), its indented
+    continuation lines DEBUG. stdout itself stays the command's result (``run:``, ``report:``).
+    """
+
+    def __init__(self) -> None:
+        self._saved: Any = None
+        self._pending = ""
+        self._log = logging.getLogger(RAY_LOGGER)
+
+    def start(self) -> "RayDriverOutput":
+        self._saved, sys.stdout = sys.stdout, self
+        return self
+
+    def stop(self) -> None:
+        if self._saved is not None and sys.stdout is self:
+            self._flush_pending()
+            sys.stdout, self._saved = self._saved, None
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._emit(line)
+        return len(text)
+
+    def _emit(self, line: str) -> None:
+        line = _ANSI.sub("", line).rstrip()
+        if not line:
+            return
+        if line[0].isspace():
+            self._log.debug("%s", line.strip())
+        else:
+            self._log.warning("%s", line)
+
+    def _flush_pending(self) -> None:
+        if self._pending:
+            self._emit(self._pending)
+            self._pending = ""
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False

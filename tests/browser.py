@@ -21,9 +21,12 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
-    """The session's headless Chromium (a Playwright ``Browser``)."""
+    """A headless Chromium (a Playwright ``Browser``) for one test module. Not for the session:
+    while Playwright's sync API is open its event loop counts as running in the main thread, and
+    Prefect's sync calls (``Secret(...).save(name)``) then return unawaited coroutines in every
+    later test of that worker."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("CFLAB_REQUIRE_BROWSER") == "1":
             pytest.fail(f"no {CHROMIUM}: {INSTALL}")

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from browser import chromium  # noqa: F401  (session fixture: headless Chromium)
+from browser import chromium  # noqa: F401  (module fixture: headless Chromium)
 from prefect_harness import local_ray, prefect_server  # noqa: F401  (session fixtures: Prefect server, Ray)
 
 # No model hub is reachable here: make any accidental download fail fast instead of hanging.

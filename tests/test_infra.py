@@ -82,7 +82,7 @@ def test_every_dockerfile_install_is_pinned_by_the_constraints_file():
                 if word.startswith("-") or word.startswith("$") or name in ("", ".", "constraints.txt"):
                     continue
                 assert name in pinned, f"{name} is installed but not pinned in constraints.txt"
-    assert len(installs) == 3, installs  # torch, the Prefect/Ray stack, the project
+    assert len(installs) == 4, installs  # pip itself, torch, the Prefect/Ray stack, the project
 
 
 def test_cflab_command_points_at_an_existing_function():
@@ -343,3 +343,45 @@ def test_infra_readme_says_how_to_set_the_secrets():
     assert "cp infra/.env.example infra/.env" in readme
     assert f"kubectl create secret generic {AUTH_SECRET}" in readme
     assert "PREFECT_API_AUTH_STRING" in readme and "PREFECT_SERVER_API_AUTH_STRING" in readme
+
+
+# ---- issue 17: not root, pip pinned, the Ray ports closed to everyone but the cluster and its drivers ----
+
+
+def test_the_image_runs_as_a_user_that_is_not_root_and_pins_pip():
+    instructions = dockerfile_instructions()
+    users = [args.strip() for kind, args in instructions if kind == "USER"]
+    assert users and users[-1] not in ("root", "0", "0:0"), users
+    assert instructions.index(("USER", users[-1])) > max(i for i, (kind, _) in enumerate(instructions) if kind == "RUN"), \
+        "USER must come after the last RUN (so the image's processes run unprivileged)"
+    runs = " ".join(args for kind, args in instructions if kind == "RUN")
+    assert "--upgrade pip" not in runs  # pip at the version of constraints.txt, not whatever is newest
+    assert re.search(r"^pip==\d", (REPO / "constraints.txt").read_text(), re.M)
+
+
+def test_a_network_policy_lets_only_the_cluster_and_the_flow_run_pods_reach_ray():
+    (policy,) = [d for d in yaml.safe_load_all((INFRA / "networkpolicy.yaml").read_text()) if d]
+    cluster = yaml.safe_load((INFRA / "raycluster.yaml").read_text())
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    rules = policy["spec"]["ingress"]
+    selectors = [rule["from"][0]["podSelector"]["matchLabels"] for rule in rules]
+    assert selectors == [{"ray.io/cluster": cluster["metadata"]["name"]}, {"cflab.io/ray-client": "true"}]
+    assert "ports" not in rules[0]  # Ray's nodes talk to each other on many ports
+    assert sorted(p["port"] for p in rules[1]["ports"]) == [6379, 10001]  # drivers: the GCS and the client server
+    ports = {p["containerPort"] for c in cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"] for p in c["ports"]}
+    assert ports == {6379, 10001}
+    # The flow-run pods carry the label the policy admits.
+    template = gpu_template()["job_configuration"]["job_manifest"]["spec"]["template"]
+    assert template["metadata"]["labels"] == {"cflab.io/ray-client": "true"}
+
+
+def test_every_ray_pod_and_driver_reads_the_auth_token_from_a_secret():
+    cluster = yaml.safe_load((INFRA / "raycluster.yaml").read_text())
+    templates = [cluster["spec"]["headGroupSpec"]["template"]] + [g["template"] for g in cluster["spec"]["workerGroupSpecs"]]
+    for template in templates:
+        for container in template["spec"]["containers"]:
+            assert {"secretRef": {"name": "cflab-ray-auth"}} in container["envFrom"], container["name"]
+    job = gpu_template()["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert any(e["secretRef"]["name"] == "cflab-ray-auth" for e in job["envFrom"])
+    assert "RAY_AUTH_MODE=token" in (INFRA / "README.md").read_text()

@@ -31,9 +31,12 @@ def test_the_scale_bench_audits_a_few_hundred_items_and_ends_with_its_json_line(
     assert size["not_measured"] == []  # every stage the bench times still exists under its name
     assert size["items"] == 300 and size["planned"] >= 300 and size["rows"] >= 1
     assert size["wall_s"] > 0 and size["peak_rss_mb"] > size["rss_after_imports_mb"] > 0
-    # One generation task per batch of the items actually made, every one of them seen by the bench.
-    assert size["tasks"]["generate"] == math.ceil(size["generated"] / batch_size)
+    # Generation tasks of whole batches, sized by runtime.tasks_per_worker (flows/task_sizes.py), each seen by the bench.
+    per_task = batch_size * math.ceil(math.ceil(size["planned"] / (2 * 16)) / batch_size)
+    assert size["tasks"]["generate"] == math.ceil(size["generated"] / per_task)
     assert size["tasks"]["evaluate"] >= 1
     assert result["overhead_ms_per_task"] == size["overhead_ms_per_task"] >= 0
+    assert 0 < size["orchestration_share"] < 1 and result["orchestration_share"] == size["orchestration_share"]
+    assert result["auditee"] == "clip" and "answers" not in result
     assert all(size["noop_ms_per_task"][k] > 0 for k in ("plain", "tagged", "generation_path"))
     assert {"validate", "plan", "generate", "judge", "evaluate", "metrics", "publish"} <= set(size["stages_s"])

@@ -30,7 +30,7 @@ from counterfactual_lab.config.dataset_spec import (
     _first_error,
 )
 from counterfactual_lab.config.intersections import check_intersections
-from counterfactual_lab.config.methods import DEFAULT_METHOD, METHODS
+from counterfactual_lab.config.methods import DEFAULT_METHOD, METHODS, template_fields
 from counterfactual_lab.config.skew_protocols import SKEW_PROTOCOL_SOCIALCOUNTERFACTUALS, SkewProtocol, subject_problem
 from counterfactual_lab.config.templates import PERSON, uses_person
 from counterfactual_lab.config.yaml_files import load_yaml_file
@@ -61,6 +61,7 @@ MAX_BOOTSTRAP_SAMPLES = 100_000
 MAX_ATTRIBUTES = 16
 MAX_TARGETS_PER_ATTRIBUTE = 64
 MAX_WORKERS = 256
+MAX_TASKS_PER_WORKER = 10_000
 MAX_INGEST_BATCH_ROWS = 65_536
 MAX_RETRIES = 20
 MAX_RETRY_DELAY_SECONDS = 3600.0
@@ -216,9 +217,12 @@ class JudgeSection(BaseModel):
 # (CLIP, SigLIP), a generative chat VLM (image-text-to-text) or a captioner (image-to-text).
 AuditKind = Literal["contrastive", "vlm", "captioner"]
 # The probe prompts' config keys that only a generative model can answer.
-GENERATIVE_KEYS = ("choice_prompt", "yes_no", "ratings", "generate.prompts", "toxicity_model")
+GENERATIVE_KEYS = ("choice_prompt", "yes_no", "ratings", "generate.prompts", "toxicity_model", "unclear_option",
+                   "sentiment_model", "text_embedder")
 # ... and those a captioner is not asked: it is audited through its captions (audit.generate).
-QUESTION_KEYS = ("choice_prompt", "yes_no", "ratings")
+QUESTION_KEYS = ("choice_prompt", "yes_no", "ratings", "unclear_option")
+# audit.unclear_option: true offers this word.
+DEFAULT_UNCLEAR_OPTION = "unclear"
 
 
 class AuditGenerateSection(BaseModel):
@@ -305,6 +309,19 @@ class AuditSection(BaseModel):
     # image: the counterfactual image, the source's {person} word; text: the reconstruction, the target's
     # word; both: the counterfactual image with the target's word. text and both need {person} in a probe.
     modalities: list[Modality] = Field(default_factory=lambda: ["image"], min_length=1, max_length=3)
+    # -- phrasing robustness, "unclear" answers, how much answers change (docs/metrics.md) ----
+    # Other phrasings of a configured prompt (audit.prompt, choice_prompt, a yes_no question, a
+    # ratings prompt, a generate prompt): prompt -> [alternatives]. Each prompt is asked in every
+    # phrasing; metrics per phrasing and pooled (docs/metrics.md, "Phrasing robustness").
+    phrasings: dict[Text, list[Text]] = Field(default_factory=dict, max_length=MAX_PROBE_PROMPTS)
+    # An "unclear" answer the yes/no and choice probes offer (its word; true: "unclear"); null: none.
+    unclear_option: Text | None = None
+    # A sentence embedder (AutoModel, mean pooling) for answer_change's embedding cosine, and a
+    # sentiment classifier (labels positive/negative) for the sentiment gap; null: not measured.
+    text_embedder: ModelRef | None = None
+    text_embedder_revision: Revision | None = None
+    sentiment_model: ModelRef | None = None
+    sentiment_revision: Revision | None = None
 
     @field_validator("labels", "queries")
     @classmethod
@@ -315,6 +332,12 @@ class AuditSection(BaseModel):
     @classmethod
     def _distinct_modalities(cls, values: list[str]) -> list[str]:
         return _distinct(values)
+    @field_validator("unclear_option", mode="before")
+    @classmethod
+    def _unclear_word(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return DEFAULT_UNCLEAR_OPTION if value else None
+        return value.strip() if isinstance(value, str) else value
 
     @field_validator("min_effect")
     @classmethod
@@ -346,8 +369,9 @@ class AuditSection(BaseModel):
 
     def person_templates(self) -> list[str]:
         """The probe and label templates with ``{person}`` (docs/metrics.md, "Which modality carries the gap")."""
-        templates = [self.prompt, self.choice_prompt, *self.yes_no, *self.ratings, *self.generate.prompts]
-        return [t for t in templates if uses_person(t)]
+        templates = [self.prompt, self.choice_prompt, *self.yes_no, *self.ratings, *self.generate.prompts,
+                     *(text for alternatives in self.phrasings.values() for text in alternatives)]
+        return [t for t in templates if t is not None and uses_person(t)]
 
     @model_validator(mode="after")
     def _word_modalities_need_a_person(self) -> "AuditSection":
@@ -369,6 +393,62 @@ class AuditSection(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _phrasings_of_configured_prompts(self) -> "AuditSection":
+        kinds = self.prompt_kinds()
+        seen = set(kinds)
+        for prompt, alternatives in self.phrasings.items():
+            if prompt not in kinds:
+                raise ValueError(f"phrasings: {prompt!r} is not a configured prompt (audit.prompt, choice_prompt, "
+                                 "a yes_no question, a ratings prompt or a generate prompt); key each list by the prompt as written")
+            if not alternatives:
+                raise ValueError(f"phrasings: {prompt!r} lists no other phrasing")
+            if kinds[prompt] in ("prompt", "choice") and any("@" in label for label in self.labels):
+                raise ValueError(f"phrasings of {prompt!r}: a label's answers in phrasing k sit in the column "
+                                 "score_<label>@k, so no label may contain '@'")
+            if len(alternatives) >= MAX_PROBE_PROMPTS:
+                raise ValueError(f"phrasings: {prompt!r} lists {len(alternatives)} phrasings, at most {MAX_PROBE_PROMPTS - 1}")
+            for text in alternatives:
+                if text in seen:
+                    raise ValueError(f"phrasings: {text!r} is listed twice (as a prompt or another phrasing); "
+                                     "each phrasing is asked once")
+                seen.add(text)
+                _PROMPT_CHECKS[kinds[prompt]](text)
+        return self
+
+    @model_validator(mode="after")
+    def _unclear_is_offered(self) -> "AuditSection":
+        word = self.unclear_option
+        if word is None:
+            return self
+        if not self.yes_no and self.choice_prompt is None:
+            raise ValueError(f"unclear_option {word!r} is an answer of the yes/no and choice probes: set audit.yes_no or "
+                             "audit.choice_prompt, or drop unclear_option")
+        taken = {w.casefold() for w in (*self.labels, "yes", "no")}
+        if word.casefold() in taken:
+            raise ValueError(f"unclear_option {word!r} is already an answer (a label, yes or no); choose another word")
+        asked = [p for q in self.yes_no for p in self.phrasings_of(q)]
+        if self.choice_prompt is not None:
+            asked += [p for p in self.phrasings_of(self.choice_prompt) if "{options}" not in p]
+        for prompt in asked:
+            if word.casefold() not in prompt.casefold():
+                raise ValueError(f"{prompt!r} does not offer unclear_option {word!r}: say it in the question "
+                                 f"(e.g. '... Answer yes, no or {word}.'); a choice prompt with {{options}} lists it itself")
+        return self
+
+    def prompt_kinds(self) -> dict[str, str]:
+        """Every configured prompt → its kind (``prompt``, ``choice``, ``yes_no``, ``rating``, ``generate``)."""
+        kinds = {self.prompt: "prompt"}
+        if self.choice_prompt is not None:
+            kinds[self.choice_prompt] = "choice"
+        for kind, prompts in (("yes_no", self.yes_no), ("rating", self.ratings), ("generate", self.generate.prompts)):
+            kinds.update({p: kind for p in prompts})
+        return kinds
+
+    def phrasings_of(self, prompt: str) -> list[str]:
+        """``prompt`` first, then its other phrasings (``audit.phrasings``)."""
+        return [prompt, *self.phrasings.get(prompt, [])]
+
+    @model_validator(mode="after")
     def _probes_fit_the_kind(self) -> "AuditSection":
         if self.kind is not None:
             problem = self.kind_problem(self.kind)
@@ -381,7 +461,8 @@ class AuditSection(BaseModel):
         set_keys = {
             "choice_prompt": self.choice_prompt is not None, "yes_no": bool(self.yes_no),
             "ratings": bool(self.ratings), "generate.prompts": bool(self.generate.prompts),
-            "toxicity_model": self.toxicity_model is not None,
+            "toxicity_model": self.toxicity_model is not None, "unclear_option": self.unclear_option is not None,
+            "sentiment_model": self.sentiment_model is not None, "text_embedder": self.text_embedder is not None,
         }
         return [key for key in GENERATIVE_KEYS if set_keys[key]]
 
@@ -398,6 +479,9 @@ class AuditSection(BaseModel):
                         "captions: list audit.generate.prompts ({image} alone for an unconditional caption), or use audit.kind: vlm")
         if kind == "captioner" and "generate.prompts" not in keys:
             return f"audit.kind captioner needs audit.generate.prompts: a captioner ({self.model}) is audited through its captions"
+        if kind != "contrastive" and self.prompt in self.phrasings:
+            return (f"audit.phrasings lists other phrasings of audit.prompt {self.prompt!r}, which only a contrastive "
+                    f"model reads; phrase audit.choice_prompt instead for a {kind}")
         if kind == "vlm" and not keys:
             return (f"audit.kind {kind} needs at least one probe: audit.choice_prompt, audit.yes_no, "
                     "audit.ratings or audit.generate.prompts")
@@ -427,6 +511,10 @@ class RuntimeSection(BaseModel):
     max_failed_fraction: float = Field(0.1, ge=0, le=1)
     retries: int = Field(3, ge=0, le=MAX_RETRIES)
     retry_delay_seconds: float = Field(2.0, ge=0, le=MAX_RETRY_DELAY_SECONDS)
+    # How many tasks each worker gets per fan-out (generation, evaluation): a task holds
+    # ceil(items / (max_workers × tasks_per_worker)) items, at least one model batch, so
+    # orchestration costs a fixed number of task runs whatever the audit's size.
+    tasks_per_worker: int = Field(16, ge=1, le=MAX_TASKS_PER_WORKER)
 
 
 class ReviewSection(BaseModel):
@@ -580,31 +668,50 @@ def _distinct(values: list[str]) -> list[str]:
 
 
 def _probe_template(prompt: str, allowed: tuple[str, ...]) -> str:
-    """``prompt`` if its only placeholders are ``allowed`` (each at most once); ValueError otherwise."""
-
-    try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(prompt) if name is not None]
-    except ValueError as exc:
-        raise ValueError(f"{prompt!r} is not a valid template (write {{{{ and }}}} for literal braces): {exc}") from None
+    """``prompt`` if its only placeholders are ``allowed`` (each at most once), each plain
+    (:func:`~counterfactual_lab.config.methods.template_fields`); ValueError otherwise."""
     names = ", ".join("{" + a + "}" for a in allowed)
+    fields = _plain_fields(prompt, names)
     for name in fields:
         if name not in allowed:
             raise ValueError(f"{prompt!r} uses {{{name}}}; a probe prompt may use only {names} (write {{{{ and }}}} for literal braces)")
-        if fields.count(name) > 1:
+    for name in set(fields):
+        if _occurrences(prompt, name) > 1:
             raise ValueError(f"{prompt!r} uses {{{name}}} more than once")
     return prompt
 
 
 def _template(prompt: str, placeholder: str, optional: tuple[str, ...] = ()) -> str:
-    """``prompt`` if it formats with ``{placeholder}`` (and any of ``optional``) and nothing else;
-    ValueError otherwise."""
-    if "{" + placeholder + "}" not in prompt:
-        raise ValueError(f"{prompt!r} must contain {{{placeholder}}}")
+    """``prompt`` if it has ``{placeholder}`` and no other placeholder but ``optional`` ones, each plain: no
+    attribute (``{label.__class__}``), index (``{label[0]}``), conversion (``{label!r}``) or format spec
+    (``{label:>999999999}``); ValueError otherwise."""
     allowed = " and ".join("{" + p + "}" for p in (placeholder, *optional))
-    try:
-        prompt.format(**{name: "x" for name in (placeholder, *optional)})
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(
-            f"{prompt!r} may use only {allowed} (write {{{{ and }}}} for literal braces): {exc}"
-        ) from None
+    fields = _plain_fields(prompt, allowed)
+    if placeholder not in fields:
+        raise ValueError(f"{prompt!r} must contain {{{placeholder}}}")
+    others = [name for name in fields if name != placeholder and name not in optional]
+    if others:
+        raise ValueError(f"{prompt!r} may use only {allowed}, not {{{others[0]}}} (write {{{{ and }}}} for literal braces)")
     return prompt
+
+
+# How each kind of prompt is checked (the same rules for its other phrasings).
+_PROMPT_CHECKS = {
+    "prompt": lambda p: _template(p, "label", optional=(PERSON,)),
+    "choice": lambda p: _probe_template(p, ("image", "options", PERSON)),
+    "yes_no": lambda p: _probe_template(p, ("image", PERSON)),
+    "rating": lambda p: _probe_template(p, ("image", PERSON)),
+    "generate": lambda p: _probe_template(p, ("image", PERSON)),
+}
+
+
+def _plain_fields(prompt: str, allowed: str) -> list[str]:
+    try:
+        return template_fields(prompt)
+    except ValueError as exc:
+        raise ValueError(f"{prompt!r}: {str(exc).replace('a plain attribute name such as {gender}', 'plain: ' + allowed)} "
+                         "(write {{ and }} for literal braces)") from None
+
+
+def _occurrences(prompt: str, name: str) -> int:
+    return sum(1 for _, field, _, _ in string.Formatter().parse(prompt) if field == name)

@@ -15,6 +15,10 @@ One loader for every YAML file a user hands the tool, so each gets the same guar
 * **Duplicate keys** in one mapping are an error naming the key and its line (PyYAML would keep
   the last one silently, so a config could say two things and mean one).
 * Only plain data: the safe loader, so no tag can build a Python object.
+* **Integers** of more than :data:`MAX_INT_DIGITS` digits are refused naming their line (Python's
+  own limit, 4,300 digits, says neither where nor which key).
+* The file is read only when it is a regular file (a FIFO is never opened:
+  :mod:`counterfactual_lab.storage.regular_files`).
 
 Errors are :class:`~counterfactual_lab.errors.ConfigError`, one line each.
 """
@@ -28,11 +32,14 @@ import yaml
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from counterfactual_lab.errors import ConfigError
+from counterfactual_lab.storage.regular_files import NotARegularFile, read_regular_file
 
 # A config or spec is a few kilobytes; a megabyte is already a thousand times that.
 MAX_YAML_BYTES = 1024 * 1024
 # Values in the document with every alias expanded (a value: a scalar, list or mapping).
 MAX_YAML_NODES = 100_000
+# Digits of one integer: a count, a seed or a size has at most 20.
+MAX_INT_DIGITS = 100
 
 
 class _BoundedSafeLoader(yaml.SafeLoader):
@@ -40,8 +47,11 @@ class _BoundedSafeLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, Any] = {}
-        for key_node, _ in node.value:
+        for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if value_node.tag == "tag:yaml.org,2002:int" and _digits(value_node) > MAX_INT_DIGITS:
+                raise ConfigError(f"line {value_node.start_mark.line + 1}: key {key!r} holds an integer of "
+                                  f"{_digits(value_node):,} digits; at most {MAX_INT_DIGITS} are read")
             try:
                 duplicate = key in seen
             except TypeError:  # an unhashable key: PyYAML's own error names it below
@@ -53,6 +63,19 @@ class _BoundedSafeLoader(yaml.SafeLoader):
                 )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: Node) -> int:
+        digits = _digits(node)
+        if digits > MAX_INT_DIGITS:
+            raise ConfigError(f"line {node.start_mark.line + 1}: an integer of {digits:,} digits; at most {MAX_INT_DIGITS} are read")
+        return super().construct_yaml_int(node)
+
+
+def _digits(node: Node) -> int:
+    return sum(ch.isdigit() or ch in "abcdefABCDEF" for ch in str(node.value))
+
+
+_BoundedSafeLoader.add_constructor("tag:yaml.org,2002:int", _BoundedSafeLoader.construct_yaml_int)
 
 
 def expanded_size(node: Node, limit: int = MAX_YAML_NODES) -> int:
@@ -123,12 +146,12 @@ def load_yaml_file(path: str | Path, what: str) -> Any:
     path = Path(path)
     label = f"{what} {path}"
     try:
-        size = path.stat().st_size
-        if size > MAX_YAML_BYTES:
+        data, size = read_regular_file(str(path), MAX_YAML_BYTES)
+        if data is None:
             raise ConfigError(f"{label} is larger than {MAX_YAML_BYTES // 1024} KiB ({size} bytes); a config or spec is a few KiB")
-        if not path.is_file():
-            raise ConfigError(f"{label} is not a regular file")
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
+    except NotARegularFile as exc:
+        raise ConfigError(f"{label} is a {exc.kind}, not a regular file") from None
     except FileNotFoundError:
         raise ConfigError(f"{label} does not exist") from None
     except UnicodeDecodeError as exc:

@@ -1,4 +1,4 @@
-"""Tiny random-weight models for the generative audit: a chat VLM and a toxicity classifier.
+"""Tiny random-weight models for the generative audit: a chat VLM and the text models that score its answers.
 
 Built offline, with their tokenizers made in code, saved with ``save_pretrained``
 (safetensors) and loaded back through the same loaders as real models
@@ -9,9 +9,12 @@ Built offline, with their tokenizers made in code, saved with ``save_pretrained`
   with a ``LlavaProcessor`` that carries the ``<image>`` token and a chat template
   (``USER: <image>\\n<text> ASSISTANT:``, LLaVA 1.5's layout);
 * ``toxicity``: a ``BertForSequenceClassification`` whose ``id2label`` is
-  ``{0: "non-toxic", 1: "toxic"}``.
+  ``{0: "non-toxic", 1: "toxic"}``;
+* ``sentiment``: a ``BertForSequenceClassification`` whose ``id2label`` is
+  ``{0: "negative", 1: "neutral", 2: "positive"}`` (``audit.sentiment_model``);
+* ``text-embedder``: a ``BertModel`` (``audit.text_embedder``: mean pooling over its last hidden states).
 
-Both share one byte-level BPE tokenizer (GPT-2's byte alphabet, so any text round-trips) whose
+All share one byte-level BPE tokenizer (GPT-2's byte alphabet, so any text round-trips) whose
 merges make common words single tokens, with and without a leading space ("yes", " Yes", the
 digits, the labels of the demo), like real tokenizers do. Their outputs are noise: they test the
 plumbing, and every folder carries ``TINY_MARKER`` so reports say so.
@@ -30,11 +33,14 @@ from counterfactual_lab.models.image_processors import prefer_pil_image_processo
 
 VLM_NAME = "vlm"
 TOXICITY_NAME = "toxicity"
-AUDITEE_MODEL_NAMES = (VLM_NAME, TOXICITY_NAME)
+SENTIMENT_NAME = "sentiment"
+TEXT_EMBEDDER_NAME = "text-embedder"
+AUDITEE_MODEL_NAMES = (VLM_NAME, TOXICITY_NAME, SENTIMENT_NAME, TEXT_EMBEDDER_NAME)
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
 IMAGE_TOKEN = "<image>"
 TOXICITY_LABELS = {0: "non-toxic", 1: "toxic"}
+SENTIMENT_LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 
 # LLaVA 1.5's conversation layout as a chat template: the image placeholder where the message
 # puts it, the text, then the assistant's turn.
@@ -196,6 +202,32 @@ def build_tiny_toxicity(directory: str | Path, seed: int = 0) -> Path:
     return directory
 
 
+def _text_bert(labels: dict[int, str] | None, seed: int):
+    """(model, tokenizer): a random-weight BERT, a classifier over ``labels`` or (None) a bare encoder."""
+    # here, not at the top: it imports transformers
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    tokenizer = build_byte_bpe_tokenizer(extra_words=("good", "bad", "happy", "sad"))
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+        **({"id2label": dict(labels), "label2id": {v: k for k, v in labels.items()},
+            "problem_type": "single_label_classification"} if labels else {}),
+    )
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config) if labels else BertModel(config)
+    return model.eval(), tokenizer
+
+
+def build_tiny_text_model(directory: str | Path, seed: int = 0, labels: dict[int, str] | None = None) -> Path:
+    """Build and save (safetensors) a tiny text classifier over ``labels`` (None: a text encoder) in ``directory``."""
+    directory = Path(directory)
+    model, tokenizer = _text_bert(labels, seed)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def build_tiny_captioner(directory: str | Path, seed: int = 0) -> Path:
     """A random-weight BLIP captioner (``BlipForConditionalGeneration``, what ``AutoModelForImageTextToText``
     loads for BLIP) with a WordPiece tokenizer made in code, saved in ``directory``. Not part of
@@ -232,14 +264,21 @@ def build_tiny_captioner(directory: str | Path, seed: int = 0) -> Path:
     return directory
 
 
-_BUILDERS = {VLM_NAME: build_tiny_vlm, TOXICITY_NAME: build_tiny_toxicity}
+_BUILDERS = {
+    VLM_NAME: build_tiny_vlm, TOXICITY_NAME: build_tiny_toxicity,
+    SENTIMENT_NAME: lambda directory, seed=0: build_tiny_text_model(directory, seed, SENTIMENT_LABELS),
+    TEXT_EMBEDDER_NAME: lambda directory, seed=0: build_tiny_text_model(directory, seed, None),
+}
+# The architecture a built folder's config.json names (a half-written folder is built again).
+_ARCHITECTURES = {VLM_NAME: "LlavaForConditionalGeneration", TOXICITY_NAME: "BertForSequenceClassification",
+                  SENTIMENT_NAME: "BertForSequenceClassification", TEXT_EMBEDDER_NAME: "BertModel"}
 
 
 def build_tiny_auditee_models(
     root: str | Path, seed: int = 0, names: tuple[str, ...] = AUDITEE_MODEL_NAMES
 ) -> dict[str, Path]:
-    """Build ``root/vlm`` and ``root/toxicity`` (or those of ``names``) unless already built;
-    mark each as random weights."""
+    """Build ``root/vlm``, ``root/toxicity``, ``root/sentiment`` and ``root/text-embedder`` (or those of
+    ``names``) unless already built; mark each as random weights."""
 
     built: dict[str, Path] = {}
     for name in names:
@@ -261,5 +300,4 @@ def _loads_as(config_file: Path, name: str) -> bool:
         architectures = json.loads(config_file.read_text()).get("architectures") or []
     except (OSError, ValueError):
         return False
-    expected = "LlavaForConditionalGeneration" if name == VLM_NAME else "BertForSequenceClassification"
-    return expected in architectures
+    return _ARCHITECTURES[name] in architectures

@@ -9,7 +9,8 @@ tiny DIR`` builds every one, a folder each:
   ``tiny_model`` (:mod:`counterfactual_lab.demo.tiny_diffusion`);
 * ``clip`` (the judge and a contrastive model under audit) and ``clipseg`` (inpainting masks)
   (:mod:`counterfactual_lab.demo.tiny_clip`);
-* ``vlm`` and ``toxicity``, the generative audit's (:mod:`counterfactual_lab.demo.tiny_auditees`).
+* ``vlm``, ``toxicity``, ``sentiment`` and ``text-embedder``, the generative audit's
+  (:mod:`counterfactual_lab.demo.tiny_auditees`).
 
 The demo builds four: the editors of whole images (``instruct-pix2pix``, ``img2img``,
 ``ledits``) and ``clip``. Every folder holds :data:`~counterfactual_lab.models.identity.TINY_MARKER`,

@@ -75,6 +75,26 @@ def score_column(label: str) -> str:
     return f"score_{label}"
 
 
+# A label probe asked in several phrasings (audit.phrasings of audit.prompt or audit.choice_prompt):
+# the first phrasing's answers keep their columns (score_<label>, top1, unclear), phrasing k ≥ 1's
+# sit beside them as "<column>@<k>".
+PHRASING_SEPARATOR = "@"
+
+
+def phrased_column(column: str, index: int) -> str:
+    """The predictions column of ``column`` (``score_doctor``, ``top1``, ``unclear``) in phrasing ``index``
+    of the label prompt (0: the prompt as configured, the column itself)."""
+    return column if index == 0 else f"{column}{PHRASING_SEPARATOR}{index}"
+
+
+def phrasing_view(predictions: pl.DataFrame, index: int, columns: Sequence[str]) -> pl.DataFrame:
+    """``predictions`` with phrasing ``index``'s answers under the plain names of ``columns`` (module doc)."""
+    if index == 0:
+        return predictions
+    renamed = {phrased_column(c, index): c for c in columns if phrased_column(c, index) in predictions.columns}
+    return predictions.drop([c for c in renamed.values() if c in predictions.columns]).rename(renamed)
+
+
 # A contrastive model's negative controls (audit.negative_controls "A | B") in predictions.parquet.
 NEGATIVE_CONTROL_PREFIX = "nc_score_"
 
@@ -320,43 +340,56 @@ def predict(
     row's ``person`` word, :mod:`counterfactual_lab.evaluate.readings`), ``top1`` (the label with the
     highest score), ``caption_similarity`` = cos(image, own caption) and, per negative control
     "A | B" (``audit.negative_controls``, or the contrastive defaults), ``nc_score_<A>``: P(A) from
-    the same zero-shot over the two texts as written (not through ``audit.prompt``).
+    the same zero-shot over the two texts as written (not through ``audit.prompt``). With other
+    phrasings of ``audit.prompt`` (``audit.phrasings``), phrasing k's ``score_<label>@k`` and
+    ``top1@k`` beside them (:func:`phrased_column`).
     """
     _require(images, list(POOL_SCHEMA), "the evaluation pool")
     if len(set(audit.labels)) < 2:
         raise ValueError(f"audit.labels needs at least two distinct labels to classify among, got {audit.labels}")
+    phrasings = audit.phrasings_of(audit.prompt) if hasattr(audit, "phrasings_of") else [audit.prompt]
     # With {person} in audit.prompt each row's labels are read with its person word (evaluate/readings.py).
-    words = (images[PERSON_COLUMN].to_list() if uses_person(audit.prompt) and PERSON_COLUMN in images.columns
+    words = (images[PERSON_COLUMN].to_list() if any(uses_person(p) for p in phrasings) and PERSON_COLUMN in images.columns
              else [None] * images.height)
-    label_emb = {word: embedder.embed_texts([fill_person(audit.prompt, word).format(label=label) for label in audit.labels],
-                                            batch_size=audit.batch_size) for word in dict.fromkeys(words)}
     controls = [negative_control_texts(entry) for entry in resolved_negative_controls(audit, CONTRASTIVE)]
     if images.height == 0:
         return images.with_columns(
-            *[pl.lit(None, dtype=pl.Float64).alias(score_column(label)) for label in audit.labels],
-            pl.lit(None, dtype=pl.String).alias("top1"),
+            *[pl.lit(None, dtype=pl.Float64).alias(phrased_column(score_column(label), k))
+              for k in range(len(phrasings)) for label in audit.labels],
+            *[pl.lit(None, dtype=pl.String).alias(phrased_column("top1", k)) for k in range(len(phrasings))],
             pl.lit(None, dtype=pl.Float64).alias("caption_similarity"),
             *[pl.lit(None, dtype=pl.Float64).alias(negative_control_column(a)) for a, _ in controls],
-        )
+        ).select([*images.columns, *_ordered_columns(audit.labels, len(phrasings), controls)])
     by_key = embed_pool_images(images, embedder, load_image, audit.batch_size)
     image_emb = np.stack([by_key[k] for k in images["content_key"].to_list()])
-    probabilities = np.zeros((images.height, len(audit.labels)))
-    for word, embeddings in label_emb.items():
-        rows = [i for i, w in enumerate(words) if w == word]
-        probabilities[rows] = embedder.zero_shot(image_emb[rows], embeddings)
+    answers: dict[str, pl.Series] = {}
+    for k, template in enumerate(phrasings):
+        probabilities = np.zeros((images.height, len(audit.labels)))
+        for word in dict.fromkeys(words):
+            label_emb = embedder.embed_texts([fill_person(template, word).format(label=label) for label in audit.labels],
+                                             batch_size=audit.batch_size)
+            rows = [i for i, w in enumerate(words) if w == word]
+            probabilities[rows] = embedder.zero_shot(image_emb[rows], label_emb)
+        for j, label in enumerate(audit.labels):
+            answers[phrased_column(score_column(label), k)] = pl.Series(probabilities[:, j], dtype=pl.Float64)
+        answers[phrased_column("top1", k)] = pl.Series([audit.labels[i] for i in probabilities.argmax(axis=1)], dtype=pl.String)
     caption_emb = embedder.embed_texts(images["caption"].to_list(), batch_size=audit.batch_size)
-    caption_similarity = np.sum(image_emb.astype(np.float64) * caption_emb.astype(np.float64), axis=1)
-    top1 = [audit.labels[i] for i in probabilities.argmax(axis=1)]
-    negative = []
+    answers["caption_similarity"] = pl.Series(np.sum(image_emb.astype(np.float64) * caption_emb.astype(np.float64), axis=1),
+                                              dtype=pl.Float64)
     for a, b in controls:
         outcome = embedder.zero_shot(image_emb, embedder.embed_texts([a, b], batch_size=audit.batch_size))[:, 0]
-        negative.append(pl.Series(negative_control_column(a), outcome, dtype=pl.Float64))
-    return images.with_columns(
-        *[pl.Series(score_column(label), probabilities[:, j], dtype=pl.Float64) for j, label in enumerate(audit.labels)],
-        pl.Series("top1", top1, dtype=pl.String),
-        pl.Series("caption_similarity", caption_similarity, dtype=pl.Float64),
-        *negative,
-    )
+        answers[negative_control_column(a)] = pl.Series(outcome, dtype=pl.Float64)
+    order = _ordered_columns(audit.labels, len(phrasings), controls)
+    return images.with_columns(answers[name].alias(name) for name in order)
+
+
+def _ordered_columns(labels: Sequence[str], phrasings: int, controls: Sequence[tuple[str, str]]) -> list[str]:
+    """The columns :func:`predict` adds, in order: the first phrasing's scores and top-1, caption
+    similarity, the negative controls, then each other phrasing's scores and top-1."""
+    first = [score_column(label) for label in labels] + ["top1", "caption_similarity"]
+    negative = [negative_control_column(a) for a, _ in controls]
+    others = [phrased_column(c, k) for k in range(1, phrasings) for c in [*(score_column(x) for x in labels), "top1"]]
+    return first + negative + others
 
 
 def retrieval_scores(

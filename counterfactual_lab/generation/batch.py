@@ -80,10 +80,10 @@ def load_source(item: WorkItem, store: ImageStore) -> Image.Image:
     uri = item.source_image_uri
     if uri == store.uri(item.source_key):
         return store.get(item.source_key)
-    if "://" not in uri:  # a local path: a regular file only (a FIFO there would block the batch)
-        # here, not at the top: a GPU bench box may lack pydantic
-        from counterfactual_lab.config.dataset_spec import MAX_IMAGE_BYTES
+    # here, not at the top: a GPU bench box may lack pydantic
+    from counterfactual_lab.config.dataset_spec import MAX_IMAGE_BYTES
 
+    if "://" not in uri:  # a local path: a regular file only (a FIFO there would block the batch)
         data, size = read_regular_file(uri, MAX_IMAGE_BYTES)
         if data is None:
             raise ValueError(f"{uri} has {size:,} bytes, over the {MAX_IMAGE_BYTES:,}-byte image limit")
@@ -91,7 +91,7 @@ def load_source(item: WorkItem, store: ImageStore) -> Image.Image:
         # here, not at the top: a GPU bench box may lack fsspec
         from counterfactual_lab.storage.files import read_bytes
 
-        data = read_bytes(uri, store.storage_options)
+        data = read_bytes(uri, store.storage_options, max_bytes=MAX_IMAGE_BYTES, what="a source image")
     with Image.open(io.BytesIO(data)) as image:
         return image.convert("RGB")
 

@@ -62,6 +62,7 @@ from counterfactual_lab.plan.work_items import (
     pack,
 )
 from counterfactual_lab.storage.files import (
+    STORED_IMAGE_MAX_BYTES,
     filesystem,
     join,
     read_bytes,
@@ -340,7 +341,8 @@ def publish_sets(judged: pl.DataFrame, store: Any, run_uri: str, *, name: str, v
     for part, start in enumerate(range(0, max(len(rows), 1), rows_per_part)):
         columns: dict[str, list[Any]] = {column: [] for column in schema.names}
         for row in rows[start : start + rows_per_part]:
-            data = read_bytes(row["image_uri"], store.storage_options)
+            data = read_bytes(row["image_uri"], store.storage_options, max_bytes=STORED_IMAGE_MAX_BYTES,
+                              what="a stored image")
             columns["image"].append({"bytes": data, "path": f"{row['image_key']}.png"})
             for column in schema.names:
                 if column != "image":

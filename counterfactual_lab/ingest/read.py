@@ -26,7 +26,6 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-from fsspec.asyn import AsyncFileSystem
 
 from counterfactual_lab.config.dataset_spec import DatasetSpec
 from counterfactual_lab.errors import DatasetUnreadable, TransientStorageError
@@ -56,7 +55,7 @@ from counterfactual_lab.storage.images import (
     looks_like_bomb,
     open_header,
 )
-from counterfactual_lab.storage.regular_files import NotARegularFile, read_regular_file
+from counterfactual_lab.storage.regular_files import NotARegularFile
 
 REASON_MISSING_IMAGE = "missing_image"
 REASON_IMAGE_NOT_FOUND = "image_not_found"
@@ -216,10 +215,7 @@ class _BatchIngester:
             return None, None, (rejected.reason, rejected.detail)
         limit = self.limits.max_image_bytes
         try:
-            if self.source.protocol == "file":
-                data, size = read_regular_file(path, limit)  # FIFOs, devices, sockets: never opened
-            else:
-                data, size = _read_object(self.source.fs, path, limit, self.read_deadline)
+            data, size = self.source.read_bounded(path, limit)  # FIFOs, devices, sockets: never opened
         except NotARegularFile as exc:
             return None, None, (
                 REASON_NOT_A_REGULAR_FILE,
@@ -292,15 +288,18 @@ class _BatchIngester:
 
 
 def _stored_keys(store: ImageStore | None) -> set[str]:
-    """Keys already in the store, from one listing (not one request per image)."""
+    """Keys already in the store, from one listing (not one request per image). Only regular files
+    count: a FIFO or a device planted under an image's name is not that image, so it is stored
+    again (replacing what was planted) instead of being read later."""
     if store is None:
         return set()
     fs, path = filesystem(join(store.root_uri, "images"), store.storage_options)
     try:
-        names = fs.ls(path, detail=False)
+        entries = fs.ls(path, detail=True)
     except FileNotFoundError:
         return set()
-    return {n.rsplit("/", 1)[-1][: -len(".png")] for n in names if n.endswith(".png")}
+    return {e["name"].rsplit("/", 1)[-1][: -len(".png")] for e in entries
+            if e["name"].endswith(".png") and e.get("type") == "file"}
 
 
 def _image_refs(column: pa.Array | pa.ChunkedArray) -> tuple[list[bytes | None], list[str | None]]:
@@ -363,27 +362,6 @@ def _strings(batch: pa.RecordBatch, column: str) -> list[str | None]:
     if not is_string(values.type) or pa.types.is_dictionary(values.type):
         values = values.cast(pa.string())
     return values.to_pylist()
-
-
-def _read_object(fs: Any, path: str, limit: int, deadline: float | None) -> tuple[bytes | None, int]:
-    """``(content, size)`` of an object store's object; content None (not read) over ``limit`` bytes.
-
-    Reads at most ``limit + 1`` bytes (one ranged request) whatever the object's size. Each
-    call ends within ``deadline`` seconds, retries included (``storage.read_deadline_seconds``):
-    fsspec cancels it and raises a ``TimeoutError``.
-    """
-    # fsspec's synchronous wrappers of an async filesystem (s3fs) take a total timeout.
-    bounded = {"timeout": deadline} if deadline and isinstance(fs, AsyncFileSystem) else {}
-    info = fs.info(path, **bounded)
-    if info.get("type") != "file":
-        raise NotARegularFile(path, str(info.get("type") or "non-file entry"))
-    size = info.get("size")
-    if size is not None and size > limit:
-        return None, int(size)
-    data = fs.cat_file(path, start=0, end=limit + 1, **bounded)
-    if len(data) > limit:
-        return None, max(len(data), int(size or 0))
-    return data, len(data)
 
 
 def _blank_to_none(value: str | None) -> str | None:

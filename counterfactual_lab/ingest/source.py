@@ -22,10 +22,13 @@ from counterfactual_lab.storage.files import (
     filesystem,
     is_credentials_error,
     is_transient,
+    read_deadline_seconds,
+    read_object,
 )
 from counterfactual_lab.storage.images import (
     ImageRejected,
 )
+from counterfactual_lab.storage.regular_files import read_regular_file
 
 _GLOB_CHARS = set("*?[")
 
@@ -156,6 +159,15 @@ class DatasetSource:
         if self.protocol == "file" and not _inside(self.real_path(candidate), self._real_folder(self.root)):
             raise ImageRejected(REASON_PATH_ESCAPES_ROOT, f"image path {short_repr(ref)} links outside the dataset root")
         return candidate
+
+    def read_bounded(self, path: str, limit: int) -> tuple[bytes | None, int]:
+        """``(content, size)`` of the file at ``path`` (as :meth:`resolve_image` gives it); content
+        None (not read) over ``limit`` bytes. Raises
+        :class:`~counterfactual_lab.storage.regular_files.NotARegularFile` for anything but a regular
+        file (a FIFO, a device: never opened), as every read of a path a row names must."""
+        if self.protocol == "file":
+            return read_regular_file(path, limit)
+        return read_object(self.fs, path, limit, read_deadline_seconds(self.uri, self.spec.storage_options))
 
     def real_path(self, path: str) -> str:
         """``os.path.realpath(path)`` for a local path, with the folders' real paths remembered

@@ -36,11 +36,13 @@ from counterfactual_lab.storage.files import (
     credentials_named,
     filesystem,
     join,
-    read_bytes,
     write_bytes_atomic,
 )
+from counterfactual_lab.storage.json_files import DamagedJson, read_json
 
 STATE_VERSION = 1
+# One entry per dataset seen (~200 bytes): a state file larger than this was not written by the watcher.
+STATE_MAX_BYTES = 64 * 2**20
 PARQUET_SUFFIX = ".parquet"
 # Hive-style partition folder: `key=value`; it belongs to the dataset above it.
 _PARTITION_DIR = re.compile(r"^[^=/]+=[^/]*$")
@@ -194,11 +196,12 @@ def read_state(state_uri: str, storage_options: dict[str, Any] | None = None) ->
     """The datasets seen so far: URI -> {"fingerprint", "seen_at"}; empty when no state exists."""
     try:
         with credentials_named(state_uri):
-            raw = read_bytes(state_uri, _options(state_uri, storage_options))
+            state = read_json(state_uri, _options(state_uri, storage_options), max_bytes=STATE_MAX_BYTES, what=state_uri)
     except FileNotFoundError:
         return {}
+    except DamagedJson as exc:
+        raise UserError(f"watch state is corrupt: {exc}; delete it to re-announce every dataset") from None
     try:
-        state = json.loads(raw)
         datasets = state["datasets"]
         if not isinstance(datasets, dict):
             raise TypeError("'datasets' is not a mapping")

@@ -35,6 +35,7 @@ from counterfactual_lab.metrics.diagnostics import NEGATIVE_CONTROL_GAP, is_diag
 from counterfactual_lab.metrics.intervals import (
     IntervalSettings,
     as_proportion,
+    crossed_mean_estimates,
     mean_estimates,
 )
 from counterfactual_lab.metrics.schema import (
@@ -61,6 +62,11 @@ NO_EFFECT = {FLIP_RATE: 0.0, PROB_GAP_SIGNED: 0.0}
 # Every gap over pairs ends in one of these: the label probability's (prob_gap_abs/_signed) and a
 # generative probe's value's (yes_prob_gap_abs, rating_gap_signed, …: counterfactual_lab/auditees).
 GAP_ABS_SUFFIX, GAP_SIGNED_SUFFIX = "_gap_abs", "_gap_signed"
+# How much a generated answer changes from the reference to the counterfactual (1 − a similarity of
+# their texts, counterfactual_lab/metrics/answer_change.py): like a mean |Δ|, called above its control.
+ANSWER_CHANGE = "answer_change"
+# The column of a pair frame that says which phrasing of the probe the pair was answered in.
+PHRASING = "phrasing"
 
 
 def called_side(metric: str) -> str | None:
@@ -71,7 +77,7 @@ def called_side(metric: str) -> str | None:
         return None
     if metric in CALLED_AGAINST_CONTROL:
         return CALLED_AGAINST_CONTROL[metric]
-    if metric.endswith(GAP_ABS_SUFFIX):
+    if metric.endswith(GAP_ABS_SUFFIX) or metric == ANSWER_CHANGE:
         return "above"
     if metric.endswith(GAP_SIGNED_SUFFIX):
         return "either"
@@ -130,7 +136,15 @@ def pair_subsets(pairs: pl.DataFrame) -> list[tuple[str | None, pl.DataFrame]]:
     ]
 
 
-def _estimates(pairs: pl.DataFrame, labels: list[str], settings: IntervalSettings, min_sources: int,
+def pair_estimates(columns: np.ndarray, pairs: pl.DataFrame, settings: IntervalSettings) -> list[Estimate]:
+    """The mean of each column over ``pairs`` with its interval: resampling source images, and the
+    probe's phrasings too where the pairs hold several (a ``phrasing`` column; the pooled row)."""
+    if PHRASING in pairs.columns and pairs[PHRASING].n_unique() > 1:
+        return crossed_mean_estimates(columns, pairs["source_id"].to_numpy(), pairs[PHRASING].to_numpy(), settings)
+    return mean_estimates(columns, pairs["source_id"].to_numpy(), settings)
+
+
+def pair_metric_estimates(pairs: pl.DataFrame, labels: list[str], settings: IntervalSettings, min_sources: int,
                no_pairs: str = "no pairs") -> list[tuple[str, str | None, Estimate]]:
     """(metric, label, estimate) for one subset of pairs; ``no_pairs`` says why when there are none.
 
@@ -147,7 +161,7 @@ def _estimates(pairs: pl.DataFrame, labels: list[str], settings: IntervalSetting
     for label in labels:
         delta = pair_deltas(usable, label)
         columns += [np.abs(delta), delta]
-    estimates = mean_estimates(np.column_stack(columns), usable["source_id"].to_numpy(), settings)
+    estimates = pair_estimates(np.column_stack(columns), usable, settings)
     estimates[0] = as_proportion(estimates[0], settings)  # the flip rate is a proportion
     out = [(m, label, e) for (m, label), e in zip(keys, estimates)]
     sources = estimates[0].n_sources
@@ -168,7 +182,7 @@ def pair_metric_rows(
     """
     rows = []
     for transition, subset in pair_subsets(pairs):
-        for metric, label, estimate in _estimates(subset, labels, settings, min_sources, no_pairs):
+        for metric, label, estimate in pair_metric_estimates(subset, labels, settings, min_sources, no_pairs):
             rows.append(metric_row(metric, stratum, attribute, estimate, group=transition, label=label))
     return rows
 
@@ -182,7 +196,7 @@ def control_metric_rows(
     with a note, so a reader sees the control is missing rather than zero.
     """
     missing = "no control pairs (no kept control image beside a kept set of the same source)"
-    estimates = _estimates(controls, labels, settings, min_sources, no_pairs=missing)
+    estimates = pair_metric_estimates(controls, labels, settings, min_sources, no_pairs=missing)
     return [metric_row(CONTROL_PREFIX + metric, stratum, attribute, estimate, label=label) for metric, label, estimate in estimates]
 
 
@@ -192,7 +206,7 @@ def _signed_estimates(pairs: pl.DataFrame, labels: list[str], settings: Interval
     if pairs.height == 0:
         return [(label, Estimate.undefined(no_pairs)) for label in labels]
     columns = np.column_stack([pair_deltas(pairs, label) for label in labels])
-    estimates = mean_estimates(columns, pairs["source_id"].to_numpy(), settings)
+    estimates = pair_estimates(columns, pairs, settings)
     sources = estimates[0].n_sources
     if sources < min_sources:
         note = f"fewer than min_group_size={min_sources} source images ({sources}): no interval"

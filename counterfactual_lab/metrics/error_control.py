@@ -7,8 +7,11 @@ error (at least ``min_group_size`` and two source images); a row tested against 
 flip rate, a mean |Δ|, ``drift_outside_mask``) only in the ``generated`` stratum and only where
 the control has a value and a standard error; a signed row of the ``generated`` stratum only where
 its control has them too (an attribute whose control rests on too few sources leaves m whole);
-a low-level drift row read over the whole image (no person mask) never. m, the number of
-comparisons, is counted once, from the rows, over the run's whole table (shared and probe rows).
+a low-level drift row read over the whole image (no person mask) never; a row of one phrasing of a
+probe asked in several (``phrasing`` set) never: the pooled row over every phrasing is the one
+compared, its per-phrasing rows only say whether it is robust (docs/metrics.md, "Phrasing
+robustness"). m, the number of comparisons, is counted once, from the rows, over the run's whole
+table (shared and probe rows).
 
 **A p-value per row** inverts the row's own interval (:func:`~counterfactual_lab.metrics.intervals.interval_at`)::
 
@@ -126,7 +129,8 @@ def min_effect_for(metric: str, audit: Any, max_drift: Any = DEFAULT_MAX_DRIFT) 
 
 
 def _control_key(row: Mapping[str, Any]) -> tuple:
-    return (row["stratum"], row["attribute"], row.get("label"), row.get("query"), row.get("modality"))
+    return (row["stratum"], row["attribute"], row.get("label"), row.get("query"), row.get("modality"), row.get("phrasing"),
+            row.get("measure"))
 
 
 def _defined(row: Mapping[str, Any] | None) -> bool:
@@ -139,12 +143,12 @@ def _defined(row: Mapping[str, Any] | None) -> bool:
 
 
 def controls_of(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
-    """(control metric, stratum, attribute, label, query) → the control row."""
+    """(control metric, stratum, attribute, label, query, phrasing, measure) → the control row."""
     return {(r["metric"], *_control_key(r)): r for r in rows if r["metric"].startswith(CONTROL_PREFIX)}
 
 
 def control_of(row: Mapping[str, Any], controls: Mapping[tuple, dict[str, Any]]) -> dict[str, Any] | None:
-    """The control a row sits beside (same stratum, attribute, label, query and modality; group null)."""
+    """The control a row sits beside (same stratum, attribute, label, query, modality, phrasing and measure; group null)."""
     return controls.get((CONTROL_PREFIX + metric_kind(row["metric"]), *_control_key(row)))
 
 
@@ -153,6 +157,8 @@ def in_family(row: Mapping[str, Any], controls: Mapping[tuple, dict[str, Any]]) 
     metric = row["metric"]
     side = reference_side(metric_kind(metric))
     if metric.startswith(CONTROL_PREFIX) or side is None or row["stratum"] == STRATUM_OBSERVATIONAL:
+        return False
+    if row.get("phrasing") is not None:  # one phrasing's row: its pooled row is the comparison
         return False
     if not _defined(row):
         return False
@@ -176,7 +182,7 @@ def family_mask(metrics: pl.DataFrame) -> np.ndarray:
 def _rows(metrics: pl.DataFrame) -> list[dict[str, Any]]:
     rows = metrics.to_dicts()
     for r in rows:
-        for column in ("label", "query", "se", "interval_method", "n_sources", "stratum", "modality"):
+        for column in ("label", "query", "se", "interval_method", "n_sources", "stratum", "modality", "phrasing", "measure"):
             r.setdefault(column, None)
     return rows
 

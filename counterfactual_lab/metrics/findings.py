@@ -24,9 +24,15 @@ at ``confidence_adjusted``), and its ``min_effect``. A row is:
   difference this audit calls a finding);
 * **undefined** when the comparison could not be made: no value (no pairs), no interval, or no
   control (in the generated stratum a row needs its control, with an interval, to count);
-* **reported** (never called): group and retrieval metrics, CITS, the observational stratum, and
-  without a control (``evaluate_only``, ``real_vs_generated``) the flip rate and every mean |Δ|,
-  which are positive whenever anything varies.
+* **reported** (never called): group and retrieval metrics, CITS, the observational stratum, the
+  synthetic shift and the phrasing spread, a row of one phrasing of a probe asked in several (its
+  pooled row is the comparison), and without a control (``evaluate_only``, ``real_vs_generated``)
+  the flip rate, every mean |Δ| and ``answer_change``, which are positive whenever anything varies.
+
+A called row of a probe asked in several phrasings (``audit.phrasings``) is ``robust`` when every
+phrasing's gap has the same sign — a signed gap's value, or a row called above its control its
+value minus that phrasing's control — else ``phrasing-dependent`` (``robustness``; null on every
+other row: :mod:`counterfactual_lab.metrics.phrasings`).
 
 Diagnostic rows get ``moved``, ``no difference detected`` or ``undefined``; never ``called``.
 
@@ -56,6 +62,7 @@ from counterfactual_lab.metrics.diagnostics import (
 )
 from counterfactual_lab.metrics.error_control import control_of, controls_of, reference_side
 from counterfactual_lab.metrics.intervals import interval_at, percent_level
+from counterfactual_lab.metrics.phrasings import PHRASING_DEPENDENT, ROBUST
 from counterfactual_lab.metrics.schema import (
     CONTROL_PREFIX,
     DEFAULT_MODALITY,
@@ -119,6 +126,9 @@ DECISIONS_SCHEMA = {
     "protocol": pl.String, "k": pl.Int64, "desired": pl.String,
     # What a pair row's sides differ in: image, text or both (metrics/modalities.py).
     "modality": pl.String,
+    # The designs' columns (schema.DESIGNS_SCHEMA), and whether a called row holds in every phrasing.
+    "phrasing": pl.String, "measure": pl.String,
+    "robustness": pl.String,  # "robust" or "phrasing-dependent" on a called row of a probe with phrasings; else null
 }
 
 # A run's verdict (bias_verdict).
@@ -181,11 +191,13 @@ def _assess(row: dict[str, Any], controls: Mapping[tuple, dict[str, Any]], legac
     out.update(reference=REFERENCE_NONE, control_metric=None, control_value=None, control_ci_low=None,
                control_ci_high=None, control_n=None, no_effect=None, control_ci_low_adjusted=None,
                control_ci_high_adjusted=None, diagnostic=is_diagnostic(kind), verdict=VERDICT_REPORTED,
-               reason=None, confounded_by=None, called=False, _stat_large=False)
+               reason=None, confounded_by=None, called=False, robustness=None, _stat_large=False)
     side = reference_side(kind)
     generated = row["stratum"] == STRATUM_GENERATED
     whole_image = out["diagnostic"] and row.get("label") == WHOLE_IMAGE  # no person mask: reported only
-    if side is None or row["stratum"] == STRATUM_OBSERVATIONAL or (side == "above" and not generated) or whole_image:
+    one_phrasing = row.get("phrasing") is not None  # its pooled row is the comparison
+    if (side is None or row["stratum"] == STRATUM_OBSERVATIONAL or (side == "above" and not generated) or whole_image
+            or one_phrasing):
         # Descriptive, or a mean |Δ| / flip rate without a control: reported, never compared.
         out.update(ci_low_adjusted=None, ci_high_adjusted=None, confidence_adjusted=None, comparisons=None,
                    p_value=None, p_adjusted=None, min_effect=None)
@@ -274,6 +286,37 @@ def _mark_confounded(decided: list[dict[str, Any]]) -> None:
                        confounded_by="; ".join(diagnostic_phrase(m) for m in causes))
 
 
+def _phrasing_key(row: Mapping[str, Any]) -> tuple:
+    return (row["metric"], row["stratum"], row["attribute"], row.get("group"), row.get("label"), row.get("query"),
+            row.get("measure"), row.get("modality") or DEFAULT_MODALITY)
+
+
+def _mark_robustness(decided: list[dict[str, Any]], rows: list[dict[str, Any]], controls: Mapping[tuple, dict[str, Any]]
+                     ) -> None:
+    """Rule: a called row with per-phrasing rows is robust when every phrasing's gap has one sign (module doc)."""
+    phrased: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("phrasing") is not None and not row["metric"].startswith(CONTROL_PREFIX):
+            phrased.setdefault(_phrasing_key(row), []).append(row)
+    for row in decided:
+        members = phrased.get(_phrasing_key(row)) if row["called"] and row.get("phrasing") is None else None
+        if not members:
+            continue
+        gaps = []
+        for member in members:
+            if member["value"] is None:
+                gaps.append(None)
+            elif row["no_effect"] is not None:  # a signed gap: its sign
+                gaps.append(member["value"])
+            else:  # above its control: the excess over that phrasing's control
+                control = control_of(member, controls)
+                reference = control["value"] if control and control["value"] is not None else row["control_value"]
+                gaps.append(None if reference is None else member["value"] - reference)
+        signs = {float(np.sign(g)) for g in gaps if g is not None}
+        same = None not in gaps and len(signs) == 1 and 0.0 not in signs
+        row["robustness"] = ROBUST if same else PHRASING_DEPENDENT
+
+
 def decided_rows(metrics: pl.DataFrame | None) -> list[dict[str, Any]]:
     """:func:`decide_findings` as a list of dicts, in the metrics table's order."""
     if metrics is None or metrics.is_empty():
@@ -285,6 +328,7 @@ def decided_rows(metrics: pl.DataFrame | None) -> list[dict[str, Any]]:
     controls = controls_of(rows)
     decided = [_assess(r, controls, legacy) for r in rows if not r["metric"].startswith(CONTROL_PREFIX)]
     _mark_confounded(decided)
+    _mark_robustness(decided, rows, controls)
     for row in decided:
         row.pop("_stat_large", None)
     return decided

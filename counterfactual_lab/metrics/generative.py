@@ -14,7 +14,17 @@ family F               value of one image for one prompt                      gr
 ``refusal_rate``       share of its samples that are refusals                 ``refusal_rate``
 ``generation_words``   mean words per sample                                  ``generation_words``
 ``lexicon_<c>``        mean count of category c's words per sample            ``lexicon_<c>``
+``unclear_rate``       the "unclear" answer's share (yes/no, choice)          ``unclear_rate``
+``sentiment``          mean P(positive) − P(negative) over its samples        ``sentiment_mean``
 =====================  =====================================================  ===================
+
+A prompt asked in several phrasings (``audit.phrasings``) is one comparison: its rows carry the
+prompt as configured in ``query`` and are pooled over the phrasings, per phrasing and their spread
+(:mod:`counterfactual_lab.metrics.phrasings`); group rows read the configured phrasing. With an
+"unclear" option (``audit.unclear_option``) P(yes) and the choice probe's label scores are on the
+answers given, and ``unclear_rate`` says how much went to "unclear". Generations also get
+``answer_change`` (:mod:`counterfactual_lab.metrics.answer_change`), and in the generated design the
+``synthetic_shift`` rows of every family (:mod:`counterfactual_lab.metrics.synthetic_shift`).
 
 Rows, per attribute and prompt (``query`` = the prompt as configured), v(image) the value:
 
@@ -69,8 +79,10 @@ from counterfactual_lab.evaluate.auditees.text_scores import (
     LEXICON_PREFIX,
     lexicon_column,
 )
+from counterfactual_lab.evaluate.pool import phrased_column
 from counterfactual_lab.evaluate.readings import PERSON_COLUMN, PERSON_VALUE_COLUMN, base_readings
-from counterfactual_lab.metrics.counterfactual_fairness import pair_subsets
+from counterfactual_lab.metrics.answer_change import answer_change_rows
+from counterfactual_lab.metrics.counterfactual_fairness import pair_estimates, pair_subsets
 from counterfactual_lab.metrics.error_control import apply_error_control
 from counterfactual_lab.metrics.intersections import (
     changes_every_part,
@@ -82,11 +94,11 @@ from counterfactual_lab.metrics.intersections import (
 from counterfactual_lab.metrics.intervals import (
     IntervalSettings,
     mean_estimate,
-    mean_estimates,
     proportion_estimate,
 )
 from counterfactual_lab.metrics.modalities import MODALITY_IMAGE, in_modality, modalities_of, reading_table
-from counterfactual_lab.metrics.pairs import PAIRS_BY_DESIGN, control_pairs
+from counterfactual_lab.metrics.pairs import PAIRS_BY_DESIGN, control_pairs, synthetic_pairs
+from counterfactual_lab.metrics.phrasings import by_query, phrased_rows, stack_phrasings
 from counterfactual_lab.metrics.schema import (
     CONTROL_PREFIX,
     STRATUM_EVALUATE_ONLY,
@@ -103,6 +115,7 @@ from counterfactual_lab.metrics.strata import (
     observational_pool,
     restrict_groups,
 )
+from counterfactual_lab.metrics.synthetic_shift import value_shift_rows
 from counterfactual_lab.metrics.table import no_pairs_note, spelled_as_in
 
 VALUE = "value"  # the probe value travels through the pair functions as the label "value"
@@ -128,10 +141,14 @@ MAX_TOXICITY = Family("max_toxicity", "max_toxicity", words="the toxicity of the
 TOXICITY_RATE = Family("toxicity_rate", "toxicity_rate", proportion=True, words="the share of toxic answers")
 REFUSAL_RATE = Family("refusal_rate", "refusal_rate", proportion=True, words="the share of refusals")
 WORDS = Family("generation_words", "generation_words", words="the length of an answer in words")
+# The "unclear" answer's share of a yes/no or choice probe (audit.unclear_option): not a proportion of
+# flags, a mean share of the answer probability.
+UNCLEAR_RATE = Family("unclear_rate", "unclear_rate", words="the share of 'unclear' answers")
+SENTIMENT = Family("sentiment", "sentiment_mean", words="the sentiment of an answer, P(positive) − P(negative)")
 # A vlm's negative-control questions: a diagnostic (its gap's name is negative_control_gap_signed).
 NEGATIVE_CONTROL = Family("negative_control", "negative_control", words="P(yes)")
 MAX_TOXICITY_SET = "max_toxicity_set"
-_FIXED_FAMILIES = (YES_PROB, RATING, MAX_TOXICITY, TOXICITY_RATE, REFUSAL_RATE, WORDS)
+_FIXED_FAMILIES = (YES_PROB, RATING, MAX_TOXICITY, TOXICITY_RATE, REFUSAL_RATE, WORDS, UNCLEAR_RATE, SENTIMENT)
 _GAP_KINDS = ("abs", "signed")
 _FAMILY_PREFIXES = tuple(f.name for f in _FIXED_FAMILIES) + (LEXICON_PREFIX,)
 
@@ -191,6 +208,9 @@ def generation_values(generations: pl.DataFrame, lexicon_names: Sequence[str], t
         out[REFUSAL_RATE] = (flags.group_by(keys, maintain_order=True).agg(pl.col("flag").cast(pl.Float64).mean().alias(VALUE)), flags)
     if "words" in generations.columns:
         out[WORDS] = (per_image(pl.col("words").cast(pl.Float64).mean()), None)
+    if "sentiment" in generations.columns and generations["sentiment"].is_not_null().any():
+        out[SENTIMENT] = (generations.filter(pl.col("sentiment").is_not_null()).group_by(keys, maintain_order=True)
+                          .agg(pl.col("sentiment").mean().alias(VALUE)), None)
     for category in lexicon_names:
         column = lexicon_column(category)
         if column in generations.columns:
@@ -199,7 +219,7 @@ def generation_values(generations: pl.DataFrame, lexicon_names: Sequence[str], t
 
 
 def probe_values(probes: pl.DataFrame) -> dict[Family, tuple[pl.DataFrame, None]]:
-    """family → per-image values of the yes/no and rating probes."""
+    """family → per-image values of the yes/no and rating probes (and the yes/no questions' "unclear" shares)."""
     out: dict[Family, tuple[pl.DataFrame, None]] = {}
     if probes is None or probes.height == 0:
         return out
@@ -207,6 +227,10 @@ def probe_values(probes: pl.DataFrame) -> dict[Family, tuple[pl.DataFrame, None]
         rows = probes.filter((pl.col("probe") == probe) & pl.col(VALUE).is_not_null() & pl.col(VALUE).is_not_nan())
         if rows.height:
             out[family] = (rows.select("content_key", "prompt", *_person(probes), VALUE), None)
+    if "unclear" in probes.columns:
+        rows = probes.filter((pl.col("probe") == PROBE_YES_NO) & pl.col("unclear").is_not_null() & pl.col("unclear").is_not_nan())
+        if rows.height:
+            out[UNCLEAR_RATE] = (rows.select("content_key", "prompt", *_person(probes), pl.col("unclear").alias(VALUE)), None)
     return out
 
 
@@ -215,13 +239,30 @@ def _person(frame: pl.DataFrame | None) -> list[str]:
     return [PERSON] if frame is not None and PERSON in frame.columns else []
 
 
+def choice_unclear_values(predictions: pl.DataFrame | None, audit: Any) -> pl.DataFrame | None:
+    """The choice probe's "unclear" share per image (``unclear``, ``unclear@k`` in the predictions),
+    ``content_key, prompt, value`` (and ``person`` where read per person word) with the choice prompt's
+    phrasing as ``prompt``; None without it."""
+    prompt = getattr(audit, "choice_prompt", None)
+    if predictions is None or prompt is None or "unclear" not in predictions.columns:
+        return None
+    texts = [prompt, *((getattr(audit, "phrasings", None) or {}).get(prompt, []))]
+    person = _person(predictions)
+    frames = [predictions.select("content_key", pl.lit(text).alias("prompt"), *person,
+                                 pl.col(phrased_column("unclear", k)).alias(VALUE))
+              for k, text in enumerate(texts) if phrased_column("unclear", k) in predictions.columns]
+    values = pl.concat(frames).unique(subset=["content_key", "prompt", *person], maintain_order=True)
+    return values.filter(pl.col(VALUE).is_not_null() & pl.col(VALUE).is_not_nan())
+
+
 # -- what is compared ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Comparison:
-    """One (attribute, family, prompt, modality) of the design: its value pairs and, in the generated
-    stratum, its control pairs; ``no_pairs`` says why there are none when ``pairs`` is empty."""
+    """One (attribute, family, prompt as configured, modality) of the design: its value pairs and, in
+    the generated stratum, its control pairs (each phrasing's stacked, with a ``phrasing`` column, for a
+    prompt asked in several); ``no_pairs`` says why there are none when ``pairs`` is empty."""
 
     attribute: str
     family: Family
@@ -258,6 +299,11 @@ def _answered(pairs: pl.DataFrame) -> pl.DataFrame:
     return pairs.filter(pl.col(f"{_SCORE}_from").is_not_null() & pl.col(f"{_SCORE}_to").is_not_null())
 
 
+def queries(values: pl.DataFrame, audit: Any) -> dict[str, list[str]]:
+    """The prompts as configured among ``values``' prompts → their phrasings present (:func:`.phrasings.by_query`)."""
+    return by_query(values["prompt"].unique(maintain_order=True).to_list(), audit)
+
+
 def _plan(
     predictions: pl.DataFrame,
     probes: pl.DataFrame | None,
@@ -271,6 +317,10 @@ def _plan(
 ) -> _Plan:
     """Every comparison of the run, built from the pairs before any resample."""
     families = {**probe_values(probes), **generation_values(generations, lexicon_names, audit.toxicity_threshold)}
+    choice_unclear = choice_unclear_values(predictions, audit)
+    if choice_unclear is not None and choice_unclear.height:
+        values = families[UNCLEAR_RATE][0] if UNCLEAR_RATE in families else None
+        families[UNCLEAR_RATE] = (choice_unclear if values is None else pl.concat([values, choice_unclear]), None)
     if predictions is None or predictions.height == 0:
         return _Plan(design, pl.DataFrame(), [], families, [])
     missing = [c for c in _POOL_COLUMNS if c not in predictions.columns]
@@ -296,18 +346,24 @@ def _plan(
             no_pairs = (no_pairs_note(design, split_stratified(attribute)[0], judged) if not any_pairs
                         else "no pairs: no pair of this attribute has a value for this prompt on both images")
             for family, (values, _) in families.items():
-                for prompt in values["prompt"].unique(maintain_order=True).to_list():
-                    of_prompt = values.filter(pl.col("prompt") == prompt)
-                    frame = _with_values(of_attribute, of_prompt)
-                    pairs = changes_every_part(PAIRS_BY_DESIGN[design](frame, [VALUE]), attribute, intersections,
-                                               attribute_values)
-                    controls = control_pairs(frame, [VALUE]) if design == STRATUM_GENERATED else None
-                    answers = reading_table(_with_values(read_as, of_prompt), [_SCORE]) if readings else None
+                for query, phrasings in queries(values, audit).items():
+                    asked = [(text, values.filter(pl.col("prompt") == text)) for text in phrasings]
+                    frames = [(text, _with_values(of_attribute, of_text)) for text, of_text in asked]
+                    pairs = [(text, changes_every_part(PAIRS_BY_DESIGN[design](frame, [VALUE]), attribute, intersections,
+                                                       attribute_values)) for text, frame in frames]
+                    controls = ([(text, control_pairs(frame, [VALUE])) for text, frame in frames]
+                                if design == STRATUM_GENERATED else None)
+                    answers = {text: reading_table(_with_values(read_as, of_text), [_SCORE]) if readings else None
+                               for text, of_text in asked}
+
+                    def read(stacked: list[tuple[str, pl.DataFrame]], modality: str) -> pl.DataFrame:
+                        return stack_phrasings([(text, _answered(in_modality(p, answers[text], [_SCORE], modality)))
+                                                for text, p in stacked])
+
                     for modality in modalities_of(audit):
-                        comparisons.append(_Comparison(
-                            attribute, family, prompt, _answered(in_modality(pairs, answers, [_SCORE], modality)),
-                            None if controls is None else _answered(in_modality(controls, answers, [_SCORE], modality)),
-                            no_pairs, modality))
+                        comparisons.append(_Comparison(attribute, family, query, read(pairs, modality),
+                                                       None if controls is None else read(controls, modality),
+                                                       no_pairs, modality))
     return _Plan(design, pool, attributes, families, comparisons)
 
 
@@ -336,27 +392,37 @@ def _gap_estimates(pairs: pl.DataFrame, settings: IntervalSettings, min_sources:
         none = Estimate.undefined(no_pairs)
         return {"abs": none, "signed": none}
     delta = (pairs[f"{_SCORE}_to"] - pairs[f"{_SCORE}_from"]).to_numpy().astype(float)
-    absolute, signed = mean_estimates(np.column_stack([np.abs(delta), delta]), pairs["source_id"].to_numpy(), settings)
+    absolute, signed = pair_estimates(np.column_stack([np.abs(delta), delta]), pairs, settings)
     return {"abs": _floored(absolute, min_sources), "signed": _floored(signed, min_sources)}
 
 
 def _gap_rows(comparison: _Comparison, design: str, settings: IntervalSettings, min_sources: int) -> list[dict[str, Any]]:
-    """The gaps of one comparison (overall, per transition) and, in the generated stratum, its controls."""
+    """The gaps of one comparison (overall, per transition) and, in the generated stratum, its controls;
+    pooled over its phrasings, per phrasing and their spread."""
     name, attribute, prompt = comparison.family.name, comparison.attribute, comparison.prompt
     kinds = _gap_kinds(comparison.family)
     modality = comparison.modality
-    rows = []
-    for transition, subset in pair_subsets(comparison.pairs):
-        for kind, estimate in _gap_estimates(subset, settings, min_sources, comparison.no_pairs).items():
-            if kind in kinds:
-                rows.append(metric_row(gap_metric(name, kind), design, attribute, estimate, group=transition, query=prompt,
-                                       modality=modality))
+
+    def gaps(pairs: pl.DataFrame) -> list[dict[str, Any]]:
+        rows = []
+        for transition, subset in pair_subsets(pairs):
+            for kind, estimate in _gap_estimates(subset, settings, min_sources, comparison.no_pairs).items():
+                if kind in kinds:
+                    rows.append(metric_row(gap_metric(name, kind), design, attribute, estimate, group=transition, query=prompt,
+                                           modality=modality))
+        return rows
+
+    def controls(pairs: pl.DataFrame) -> list[dict[str, Any]]:
+        return [metric_row(CONTROL_PREFIX + gap_metric(name, kind), design, attribute, estimate, query=prompt,
+                           modality=modality)
+                for kind, estimate in _gap_estimates(pairs, settings, min_sources, NO_CONTROL_PAIRS).items() if kind in kinds]
+
+    rows = phrased_rows(gaps, comparison.pairs)
     if design == STRATUM_GENERATED:
-        controls = comparison.controls if comparison.controls is not None else pl.DataFrame()
-        for kind, estimate in _gap_estimates(controls, settings, min_sources, NO_CONTROL_PAIRS).items():
-            if kind in kinds:
-                rows.append(metric_row(CONTROL_PREFIX + gap_metric(name, kind), design, attribute, estimate, query=prompt,
-                                       modality=modality))
+        if comparison.controls is None or comparison.pairs.height == 0:
+            rows += controls(comparison.controls if comparison.controls is not None else pl.DataFrame())
+        else:
+            rows += phrased_rows(controls, comparison.controls, with_spread=False)
     return rows
 
 
@@ -397,8 +463,24 @@ def _set_max_rows(pool: pl.DataFrame, values: pl.DataFrame, attribute: str, stra
     return [metric_row(MAX_TOXICITY_SET, stratum, attribute, estimate, query=prompt)]
 
 
-def _prompts(values: pl.DataFrame) -> Iterator[str]:
-    yield from values["prompt"].unique(maintain_order=True).to_list()
+def _prompts(values: pl.DataFrame, audit: Any) -> Iterator[str]:
+    """The prompts as configured (a prompt's other phrasings are measured by its gaps, not its group rows)."""
+    yield from queries(values, audit)
+
+
+def _shift_rows(of_attribute: pl.DataFrame, families: Mapping[Family, tuple[pl.DataFrame, Any]], attribute: str, audit: Any,
+                settings: IntervalSettings, min_sources: int) -> list[dict[str, Any]]:
+    """``synthetic_shift`` rows of every probe family and prompt (original → reconstruction), pooled
+    over a prompt's phrasings."""
+    rows: list[dict[str, Any]] = []
+    for family, (values, _) in families.items():
+        if family is NEGATIVE_CONTROL:
+            continue
+        for query, phrasings in queries(values, audit).items():
+            pairs = stack_phrasings([(text, synthetic_pairs(_with_values(of_attribute, values.filter(pl.col("prompt") == text)),
+                                                            [VALUE])) for text in phrasings])
+            rows += value_shift_rows(pairs, attribute, family.name, query, settings, min_sources)
+    return rows
 
 
 def auditee_metrics(
@@ -451,19 +533,23 @@ def auditee_metrics(
             for family, (values, flags) in plan.families.items():
                 if family is NEGATIVE_CONTROL:
                     continue  # a diagnostic: its gap only
-                for prompt in _prompts(values):
+                for prompt in _prompts(values, audit):
                     prompt_values = values.filter(pl.col("prompt") == prompt)
                     prompt_flags = flags.filter(pl.col("prompt") == prompt) if flags is not None else None
                     rows += _group_rows(family, compared, prompt_values, prompt_flags, attribute, plan.design, prompt,
                                         settings, floor, configured)
                     if family is MAX_TOXICITY and plan.design in (STRATUM_GENERATED, STRATUM_EVALUATE_ONLY):
                         rows += _set_max_rows(compared, prompt_values, attribute, plan.design, prompt, settings, floor)
+            if generations is not None and generations.height:
+                rows += answer_change_rows(of_attribute, generations, attribute, plan.design, audit, settings, floor)
+            if plan.design == STRATUM_GENERATED:
+                rows += _shift_rows(of_attribute, plan.families, attribute, audit, settings, floor)
         originals = observational_pool(of_attribute)
         if originals.height:
             for family, (values, flags) in plan.families.items():
                 if family is NEGATIVE_CONTROL:
                     continue
-                for prompt in _prompts(values):
+                for prompt in _prompts(values, audit):
                     prompt_flags = flags.filter(pl.col("prompt") == prompt) if flags is not None else None
                     rows += _group_rows(family, originals, values.filter(pl.col("prompt") == prompt), prompt_flags, attribute,
                                         STRATUM_OBSERVATIONAL, prompt, settings, floor, None)

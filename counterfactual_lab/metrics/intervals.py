@@ -33,6 +33,16 @@ conservative for clustered rows.
 
 A row needs at least two source images for an interval (C − 1 ≥ 1 degrees of freedom).
 
+**Sources and phrasings** (a probe asked in K phrasings, ``audit.phrasings``: the pooled row): the
+same value of every pair is measured once per phrasing, so the rows are crossed, source × phrasing,
+and the pooled mean must generalise over both. :func:`crossed_mean_estimates` resamples sources and
+phrasings independently, each with replacement (the pigeonhole bootstrap, Owen 2007): a resample
+weighs the rows of source c and phrasing k by a_c · b_k, a_c and b_k the times each was drawn, and
+the replicate is Σ a_c b_k S_ck / Σ a_c b_k N_ck (S, N: the cell's sum and count). The standard
+error and the t interval with C − 1 degrees of freedom follow as above; Owen shows this bootstrap
+variance errs on the large side (it counts the cells' own noise more than once), so the pooled
+interval is conservative.
+
 The group-fairness spreads and the retrieval metrics keep the percentile interval (they are
 never called); their simultaneous pairwise intervals at a Bonferroni level are drawn with at
 least :data:`TAIL_REPLICATES` replicates in each tail (:meth:`IntervalSettings.at_level`).
@@ -69,6 +79,10 @@ METHOD_WILSON_EFFECTIVE = (
     "(C - 1 degrees of freedom); n_eff = C, the number of source images, at 0/n and n/n"
 )
 METHOD_CLUSTER_PERCENTILE = "cluster percentile bootstrap (resampling source images)"
+METHOD_CROSSED_T = (
+    "t interval with C - 1 degrees of freedom on the standard error of a bootstrap resampling source images and "
+    "phrasings independently (the pigeonhole bootstrap, Owen 2007), sd(replicates) * sqrt(C / (C - 1))"
+)
 # Replicates wanted in each tail of a percentile interval; fewer and the end is one or two draws.
 TAIL_REPLICATES = 10
 # The most resamples an interval at a far-out level is drawn with (the config's own bound).
@@ -336,6 +350,43 @@ def mean_estimates(columns: np.ndarray, clusters: Sequence[Any] | np.ndarray, se
     low, high = t_bounds(means, se, c, settings.confidence)
     return [Estimate(float(means[j]), float(low[j]), float(high[j]), n, c, 0, None, float(se[j]), INTERVAL_T)
             for j in range(values.shape[1])]
+
+
+def crossed_mean_estimates(columns: np.ndarray, clusters: Sequence[Any] | np.ndarray, phrasings: Sequence[Any] | np.ndarray,
+                           settings: IntervalSettings) -> list[Estimate]:
+    """The mean of each column of ``columns`` (n rows × k) with a t interval on the bootstrap that
+    resamples clusters and phrasings independently (module doc); one phrasing: :func:`mean_estimates`."""
+    values = np.asarray(columns, dtype=float)
+    codes, c = cluster_codes(clusters)
+    phrasing_codes, k = cluster_codes(phrasings)
+    if k <= 1 or values.shape[0] == 0:
+        return mean_estimates(values, clusters, settings)
+    if values.ndim != 2 or values.shape[0] != codes.size or codes.size != phrasing_codes.size:
+        raise ValueError(f"values {values.shape}, {codes.size} cluster ids and {phrasing_codes.size} phrasings must agree")
+    if not np.isfinite(values).all():
+        raise ValueError("values to average must be finite (drop rows without a score first)")
+    means = values.mean(axis=0)
+    n, width = int(values.shape[0]), values.shape[1]
+    if c < 2:
+        return [Estimate(float(v), None, None, n, c, None, _ONE_SOURCE, None, None) for v in means]
+    cell = codes * k + phrasing_codes
+    sums = np.column_stack([np.bincount(cell, weights=v, minlength=c * k) for v in values.T]
+                           + [np.bincount(cell, minlength=c * k).astype(float)]).reshape(c, k * (width + 1))
+    rng = np.random.default_rng([settings.seed, 1])  # the phrasings' draws, apart from the sources' stream
+    blocks = []
+    for source_counts in ClusterBootstrap(c, settings).count_blocks(c * k):
+        phrasing_counts = _draw(rng, k, source_counts.shape[0])
+        per_phrasing = (source_counts @ sums).reshape(-1, k, width + 1)
+        blocks.append(np.einsum("bkj,bk->bj", per_phrasing, phrasing_counts))
+    totals = np.concatenate(blocks, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        replicates = totals[:, :-1] / totals[:, -1:]
+    finite = np.isfinite(replicates).all(axis=1)
+    skipped = int((~finite).sum())
+    se = cluster_se(replicates[finite], c)
+    low, high = t_bounds(means, se, c, settings.confidence)
+    return [Estimate(float(means[j]), float(low[j]), float(high[j]), n, c, skipped, None, float(se[j]), INTERVAL_T)
+            for j in range(width)]
 
 
 def mean_estimate(values: np.ndarray, clusters: Sequence[Any] | np.ndarray, settings: IntervalSettings) -> Estimate:

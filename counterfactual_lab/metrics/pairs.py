@@ -20,6 +20,10 @@ is: :mod:`counterfactual_lab.metrics.modalities` reads a side again with another
 :func:`control_pairs` pairs each control image (same source, same value, a seed no set uses)
 with the reconstruction of every kept set of the same (source_id, attribute): the change in the
 answer when nothing protected changes.
+
+:func:`synthetic_pairs` pairs each original with the reconstruction of every kept set of the same
+(source_id, attribute): the change in the answer when the photo is generated and nothing else
+changes (the synthetic shift, :mod:`counterfactual_lab.metrics.synthetic_shift`).
 """
 
 from __future__ import annotations
@@ -132,6 +136,21 @@ def control_pairs(predictions: pl.DataFrame, labels: list[str]) -> pl.DataFrame:
     keys = ["attribute", "source_id"]
     left = _side(references, labels, "from", [*keys, "set_id"]).unique(subset=["attribute", "set_id"], keep="first", maintain_order=True)
     right = _side(controls, labels, "to", keys)
+    return _finish(left.join(right, on=keys, how="inner"), labels)
+
+
+def synthetic_pairs(predictions: pl.DataFrame, labels: list[str]) -> pl.DataFrame:
+    """(original → kept set's reconstruction) on (source_id, attribute): real vs its own regeneration.
+
+    ``set_id`` is the reconstruction's set; the transition is ``value→value``.
+    """
+    originals = _variant(predictions, VARIANT_ORIGINAL)
+    references = _variant(predictions, VARIANT_RECONSTRUCTION).filter(pl.col("set_id").is_not_null())
+    if originals.height == 0 or references.height == 0:
+        return _empty(labels)
+    keys = ["attribute", "source_id"]
+    left = _side(originals, labels, "from", keys).unique(subset=keys, keep="first", maintain_order=True)
+    right = _side(references, labels, "to", [*keys, "set_id"])
     return _finish(left.join(right, on=keys, how="inner"), labels)
 
 

@@ -27,6 +27,7 @@ from counterfactual_lab.metrics.intervals import (
     MAX_RESAMPLES,
     METHOD_CLUSTER_PERCENTILE,
     METHOD_CLUSTER_T,
+    METHOD_CROSSED_T,
     METHOD_WILSON_EFFECTIVE,
     TAIL_REPLICATES,
     IntervalSettings,
@@ -38,6 +39,10 @@ DRIFT_SET_RULE = (
 )
 
 CITS_DEFINITION = "harmonic mean of max(0, cos(I1,T1)), max(0, cos(I1-I0,T1-T0)), max(0, cos(I0,I1))"
+ANSWER_CHANGE_DEFINITION = (
+    "1 - the mean over every (sample, sample) of the pair's two answers of their similarity: rouge_l, ROUGE-L F1 "
+    "(rouge-score) on lowercased words; embedding_cosine, the cosine of the text embedder's mean-pooled unit embeddings"
+)
 
 
 def metric_parameters(audit_config: Any, judge: Any = None, drift_attributes: list[str] | None = None) -> dict[str, Any]:
@@ -59,6 +64,7 @@ def metric_parameters(audit_config: Any, judge: Any = None, drift_attributes: li
             "skew, NDKL (interval_method percentile)": METHOD_CLUSTER_PERCENTILE,
             "demographic parity difference, equalized odds difference": METHOD_PAIRWISE_SPREAD,
             "demographic parity ratio": METHOD_PAIRWISE_LOG_RATIO,
+            "rows pooled over the phrasings of a prompt (phrasing null, audit.phrasings)": METHOD_CROSSED_T,
         },
         "error_control": error_control_record(audit_config),
         "min_effect": resolved_min_effect(audit_config),
@@ -86,4 +92,5 @@ def metric_parameters(audit_config: Any, judge: Any = None, drift_attributes: li
         "retrieval_k": ("top_k" if protocol == SKEW_PROTOCOL_GEYIK
                         else "the number of the attribute's groups in the stratum's pool"),
         "cits": CITS_DEFINITION,
+        "answer_change": ANSWER_CHANGE_DEFINITION,
     }

@@ -37,7 +37,18 @@ then the design column (docs/metrics.md, "Which modality carries the gap")::
 
 what changed between the two sides of a pair row: ``image`` (the counterfactual image, the source's
 ``{person}`` word), ``text`` (the reconstruction, the target's word) or ``both``; every other row
-(group, retrieval, observational, CITS, drift) is the images' own: ``image``.
+(group, retrieval, observational, CITS, drift, designs) is the images' own: ``image``.
+
+then the designs' columns (docs/metrics.md, "Phrasing robustness", "How much answers change",
+"Synthetic shift")::
+
+    phrasing, measure
+
+``phrasing``: the phrasing a row measures, for a probe asked in several (``audit.phrasings``); null
+on the pooled row over every phrasing (the row that is called) and wherever a probe has one
+phrasing. ``measure``: what a row of a metric that measures several things measures
+(``answer_change``: ``rouge_l`` or ``embedding_cosine``; ``synthetic_shift`` and ``phrasing_spread``:
+the metric they are of, e.g. ``prob_gap_signed``); null elsewhere.
 
 An undefined value is a null ``value`` with a non-null ``note`` saying why; a ``note`` may also
 accompany a defined value (e.g. the groups left out for being too small).
@@ -46,7 +57,7 @@ accompany a defined value (e.g. the groups left out for being too small).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -96,7 +107,19 @@ MODALITY_SCHEMA = {
     "modality": pl.String,
 }
 DEFAULT_MODALITY = MODALITY_IMAGE
-METRICS_SCHEMA = {**_CONTRACT_SCHEMA, **FAMILY_WISE_SCHEMA, **DECISION_SCHEMA, **RANKING_SCHEMA, **MODALITY_SCHEMA}
+# Which phrasing of a probe a row measures, and what a row of a many-measure metric measures (module doc).
+DESIGNS_SCHEMA = {
+    "phrasing": pl.String,
+    "measure": pl.String,
+}
+# What identifies a row of the table: no two rows of a run share these (findings, the report's table
+# and ``cflab compare``/``--history`` match rows on them). An image row and a text row of one metric
+# differ only in ``modality``; one phrasing's row and the pooled row only in ``phrasing``. A table from
+# before a column existed reads it as null, ``modality`` as ``image`` (:func:`row_key`).
+ROW_KEY = ("metric", "stratum", "attribute", "group", "label", "query", "phrasing", "measure", "modality")
+METRICS_SCHEMA = {
+    **_CONTRACT_SCHEMA, **FAMILY_WISE_SCHEMA, **DECISION_SCHEMA, **RANKING_SCHEMA, **MODALITY_SCHEMA, **DESIGNS_SCHEMA,
+}
 
 # How a row's interval is drawn (``interval_method``): t with C − 1 degrees of freedom on the
 # cluster-bootstrap standard error; Wilson's score interval at the effective sample size (a
@@ -163,9 +186,12 @@ def metric_row(
     query: str | None = None,
     ranking: Mapping[str, Any] | None = None,
     modality: str = DEFAULT_MODALITY,
+    phrasing: str | None = None,
+    measure: str | None = None,
 ) -> dict[str, Any]:
     """One row of the metrics table; ``ranking``: a retrieval row's ``protocol``, ``k`` and ``desired``;
-    ``modality``: what a pair row's two sides differ in (``image``, ``text``, ``both``)."""
+    ``modality``: what a pair row's two sides differ in (``image``, ``text``, ``both``);
+    ``phrasing``, ``measure``: the designs' columns (module doc)."""
     if estimate.value is None and not estimate.note:
         raise ValueError(f"{metric} ({stratum}, {attribute}) is undefined without a note saying why")
     value = None if estimate.value is None else float(estimate.value)
@@ -188,6 +214,7 @@ def metric_row(
         "interval_method": estimate.method if interval else None,
         **{column: (ranking or {}).get(column) for column in RANKING_SCHEMA},
         "modality": modality,
+        "phrasing": phrasing, "measure": measure,
     }
 
 
@@ -209,3 +236,8 @@ def metric_k(metric: str) -> str | None:
 def missing(value: Any) -> bool:
     """Whether a number is absent: None, NaN or infinite."""
     return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def row_key(row: Mapping[str, Any], columns: Sequence[str] = ROW_KEY) -> tuple:
+    """The row's :data:`ROW_KEY` values (a missing ``modality``: ``image``, as every row before it existed)."""
+    return tuple((row.get(c) or DEFAULT_MODALITY) if c == "modality" else row.get(c) for c in columns)

@@ -12,7 +12,14 @@ content_key, score) — and the judge's ``counterfactuals`` (for CITS). Per attr
 3. CITS of the kept counterfactuals;
 4. the confound diagnostics (:mod:`~counterfactual_lab.metrics.diagnostics`): the negative
    controls over the same pairs (a contrastive model's ``nc_score_<A>`` columns) and the judge's
-   off-target drift (``drift``, :mod:`~counterfactual_lab.metrics.drift`).
+   off-target drift (``drift``, :mod:`~counterfactual_lab.metrics.drift`);
+5. in the ``generated`` stratum, the synthetic shift (:mod:`~counterfactual_lab.metrics.synthetic_shift`):
+   original → reconstruction, how far generated images alone move the answers.
+
+A label prompt asked in several phrasings (``audit.phrasings`` of ``audit.prompt`` or
+``audit.choice_prompt``: ``score_<label>@k``, ``top1@k`` in the predictions) gets its pair metrics
+pooled over the phrasings, per phrasing and their spread (:mod:`~counterfactual_lab.metrics.phrasings`);
+group and retrieval metrics and the negative controls read the configured phrasing.
 
 Every attribute of the config is covered: one whose pairs are all gone (every set dropped by the
 judge) gets its pair rows undefined, with the reason, rather than no rows at all.
@@ -42,7 +49,13 @@ import polars as pl
 
 from counterfactual_lab.config.intersections import split_stratified
 from counterfactual_lab.config.skew_protocols import SKEW_PROTOCOL_SOCIALCOUNTERFACTUALS
-from counterfactual_lab.evaluate.pool import NEGATIVE_CONTROL_PREFIX, POOL_SCHEMA, score_column
+from counterfactual_lab.evaluate.pool import (
+    NEGATIVE_CONTROL_PREFIX,
+    POOL_SCHEMA,
+    phrased_column,
+    phrasing_view,
+    score_column,
+)
 from counterfactual_lab.evaluate.readings import base_readings
 from counterfactual_lab.metrics.cits import cits_rows
 from counterfactual_lab.metrics.counterfactual_fairness import (
@@ -63,6 +76,7 @@ from counterfactual_lab.metrics.intersections import (
 from counterfactual_lab.metrics.intervals import IntervalSettings
 from counterfactual_lab.metrics.modalities import in_modality, modalities_of, reading_table, tagged
 from counterfactual_lab.metrics.pairs import PAIRS_BY_DESIGN, control_pairs
+from counterfactual_lab.metrics.phrasings import first_phrasing, label_phrasings, phrased_rows, stack_phrasings
 from counterfactual_lab.metrics.rankings import query_rankings, ranking_frame, retrieval_frame
 from counterfactual_lab.metrics.retrieval import mean_skew_rows, retrieval_rows
 from counterfactual_lab.metrics.schema import (
@@ -80,6 +94,7 @@ from counterfactual_lab.metrics.strata import (
     observational_pool,
     restrict_groups,
 )
+from counterfactual_lab.metrics.synthetic_shift import label_shift_rows
 from counterfactual_lab.plan.work_items import VARIANT_RECONSTRUCTION
 
 # Strata whose pool is balanced by design: the desired distribution is uniform over the values.
@@ -180,8 +195,10 @@ def _with_negative_controls(predictions: pl.DataFrame, controls: Sequence[str]) 
 @dataclass(frozen=True)
 class _Comparisons:
     """What a run compares: its design, each attribute's rows (its base readings), and per (attribute,
-    modality) its pairs and control pairs (the pairs carry the negative controls' scores too); the
-    modalities, the attributes' values (cells and joint attributes included) and the small cells' notes."""
+    modality) its pairs and control pairs (the pairs carry the negative controls' scores too; with
+    several phrasings of the label prompt, every phrasing's pairs stacked with a ``phrasing`` column);
+    the modalities, the attributes' values (cells and joint attributes included), the small cells'
+    notes and the label prompt's phrasings answered."""
 
     predictions: pl.DataFrame
     design: str | None
@@ -192,6 +209,14 @@ class _Comparisons:
     modalities: list[str]
     values: dict[str, list[str]] | None
     cell_notes: dict[str, str]
+    phrasings: list[str]
+
+
+def _answered_phrasings(predictions: pl.DataFrame, audit: Any) -> list[str]:
+    """The phrasings of the label prompt whose answers the predictions hold (the configured one first)."""
+    prompt = audit.choice_prompt if getattr(audit, "choice_prompt", None) is not None else getattr(audit, "prompt", None)
+    texts = label_phrasings(audit, prompt) or [prompt]
+    return [text for k, text in enumerate(texts) if phrased_column("top1", k) in predictions.columns]
 
 
 def _comparisons(
@@ -213,26 +238,40 @@ def _comparisons(
     predictions = with_cells(predictions, base_readings(predictions), intersections, comparison)
     base = base_readings(predictions)
     paired = _with_negative_controls(base, negative)
+    phrasings = _answered_phrasings(predictions, audit)
     attributes = sorted(set(attribute_values or {}) | set(base["attribute"].drop_nulls().unique().to_list()))
     values = compared_values(attribute_values, intersections, attributes)
     rows_by = {attribute: base.filter(pl.col("attribute") == attribute) for attribute in attributes}
     modalities = modalities_of(audit)
     columns = ["top1", *[score_column(label) for label in labels + negative]]
-    readings = reading_table(_with_negative_controls(predictions, negative), columns)
+    with_controls = _with_negative_controls(predictions, negative)
+    # Each phrasing's readings: its answers under the plain column names (evaluate/pool.py, phrasing_view).
+    readings = [reading_table(phrasing_view(with_controls, k, columns), columns) for k in range(len(phrasings))]
     pairs_by, controls_by = {}, {}
     if comparison is not None and with_pairs:
         for attribute in attributes:
             rows_of = paired.filter(pl.col("attribute") == attribute)
-            readings_of = readings.filter(pl.col("attribute") == attribute) if readings is not None else None
-            pairs = changes_every_part(PAIRS_BY_DESIGN[comparison](rows_of, labels + negative), attribute, intersections,
-                                       attribute_values)
-            controls = control_pairs(rows_of, labels + negative) if comparison == STRATUM_GENERATED else None
+            each = [phrasing_view(rows_of, k, columns) for k in range(len(phrasings))]
+            pairs = [changes_every_part(PAIRS_BY_DESIGN[comparison](view, labels + negative), attribute, intersections,
+                                        attribute_values) for view in each]
+            controls = [control_pairs(view, labels + negative) for view in each] if comparison == STRATUM_GENERATED else None
             for modality in modalities:
-                pairs_by[(attribute, modality)] = in_modality(pairs, readings_of, columns, modality)
+                pairs_by[(attribute, modality)] = _in_each_phrasing(pairs, readings, attribute, columns, modality, phrasings)
                 if controls is not None:
-                    controls_by[(attribute, modality)] = in_modality(controls, readings_of, columns, modality)
+                    controls_by[(attribute, modality)] = _in_each_phrasing(controls, readings, attribute, columns, modality,
+                                                                           phrasings)
     return _Comparisons(predictions, comparison, rows_by, pairs_by, controls_by, negative, modalities, values,
-                        small_cell_notes(base, audit.min_group_size))
+                        small_cell_notes(base, audit.min_group_size), phrasings)
+
+
+def _in_each_phrasing(pairs: list[pl.DataFrame], readings: list[pl.DataFrame | None], attribute: str,
+                      columns: list[str], modality: str, phrasings: list[str]) -> pl.DataFrame:
+    """Each phrasing's ``pairs`` read in ``modality`` from that phrasing's readings, stacked (module doc)."""
+    def of_attribute(table: pl.DataFrame | None) -> pl.DataFrame | None:
+        return None if table is None else table.filter(pl.col("attribute") == attribute)
+
+    return stack_phrasings([(text, in_modality(pairs[k], of_attribute(readings[k]), columns, modality))
+                            for k, text in enumerate(phrasings)])
 
 
 def compute_metrics(
@@ -286,11 +325,13 @@ def compute_metrics(
             no_pairs = no_pairs_note(comparison, split_stratified(attribute)[0], counterfactuals)
             for modality in plan.modalities:
                 pairs, controls = plan.pairs_by[(attribute, modality)], plan.controls_by.get((attribute, modality))
-                compared = pair_metric_rows(pairs, attribute, comparison, labels, settings, floor, no_pairs)
+                compared = phrased_rows(
+                    lambda p: pair_metric_rows(p, attribute, comparison, labels, settings, floor, no_pairs), pairs)
                 if comparison == STRATUM_GENERATED:
-                    compared += control_metric_rows(controls, attribute, comparison, labels, settings, floor)
-                compared += negative_control_rows(pairs, controls, attribute, comparison, plan.negative_controls, settings,
-                                                  floor, no_pairs)
+                    compared += phrased_rows(lambda p: control_metric_rows(p, attribute, comparison, labels, settings, floor),
+                                             controls, with_spread=False)
+                compared += negative_control_rows(first_phrasing(pairs), None if controls is None else first_phrasing(controls),
+                                                  attribute, comparison, plan.negative_controls, settings, floor, no_pairs)
                 rows += tagged(compared, modality)
             rows += _pool_rows(comparison_pool(rows_of, comparison), retrieval, attribute, comparison, audit, settings, values)
         rows += _pool_rows(observational_pool(rows_of), retrieval, attribute, STRATUM_OBSERVATIONAL, audit, settings, values)
@@ -298,6 +339,7 @@ def compute_metrics(
         rows += cits_rows(counterfactuals, attribute, cits_stratum, settings)
         if comparison == STRATUM_GENERATED:
             rows += drift_metric_rows(drift, attribute, settings, floor)
+            rows += label_shift_rows(rows_of, attribute, labels, plan.phrasings, settings, floor)
     table = metrics_frame(with_cell_notes(rows, plan.cell_notes))
     return apply_error_control(table, audit, max_drift) if with_error_control else table
 

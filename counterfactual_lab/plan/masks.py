@@ -163,13 +163,18 @@ def _row_ids(batch: Any, id_column: str | None, source: Any) -> list[str | None]
         return [None if v is None else str(v) for v in batch.column(id_column).cast("string").to_pylist()]
     ids = []
     for cell in batch.column(source.plan.image).to_pylist():
-        data = _image_bytes(cell, source)
+        try:
+            data = _image_bytes(cell, source)
+        except MaskError:  # an unreadable image: ingest quarantined that row, so no mask matches it
+            data = None
         ids.append(content_key(data)[:DERIVED_ID_CHARS] if data else None)
     return ids
 
 
 def _image_bytes(cell: Any, source: Any) -> bytes | None:
-    """The bytes of an image cell (struct, binary or path inside the dataset root), or None."""
+    """The bytes of an image cell (struct, binary or path inside the dataset root), or None when
+    it holds none. A path is read as ingest reads images (``DatasetSource.read_bounded``: a regular
+    file of at most ``limits.max_image_bytes``); one that cannot be is :class:`MaskError` saying why."""
     if isinstance(cell, dict):
         if cell.get("bytes"):
             return cell["bytes"]
@@ -177,11 +182,15 @@ def _image_bytes(cell: Any, source: Any) -> bytes | None:
     if isinstance(cell, bytes | bytearray):
         return bytes(cell)
     if isinstance(cell, str) and cell.strip():
+        limit = source.spec.limits.max_image_bytes
         try:
-            with source.fs.open(source.resolve_image(cell), "rb") as handle:
-                return handle.read()
-        except Exception:  # noqa: BLE001 - an unreadable path is that row's problem, reported by ingest
-            return None
+            data, size = source.read_bounded(source.resolve_image(cell), limit)
+        except Exception as exc:  # noqa: BLE001 - an unreadable path is that row's problem (a FIFO: never opened)
+            raise MaskError(f"the mask path {cell.strip()[:200]!r} cannot be read: {exc}") from None
+        if data is None:
+            raise MaskError(f"the mask path {cell.strip()[:200]!r} has {size:,} bytes or more, over the {limit:,}-byte "
+                            "limit for an image (limits.max_image_bytes)")
+        return data
     return None
 
 

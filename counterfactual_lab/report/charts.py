@@ -1,209 +1,222 @@
-"""Bar charts as inline SVG: labels fitted to the width, ticks, intervals and undefined values."""
+"""The report's charts, drawn by matplotlib offline into inline SVG.
+
+* :func:`interval_svg` — a forest plot: one row per estimate (a point and its interval), with
+  what the row is judged against drawn behind it: its control's interval (a grey bar at the
+  row's height) and the ``min_effect`` zone (a pale yellow bar: differences smaller than the
+  smallest one the audit calls). Called rows are red diamonds, confounded ones amber squares.
+  A row without a value says "undefined" and why, instead of vanishing.
+* :func:`trend_svg` — one series over runs (value and interval per run, coloured by the run's
+  verdict), split by dashed lines where what makes runs comparable changed.
+
+Why matplotlib (README, "The HTML report"): the maintained standard for statistical plots, it
+draws in-process without a browser or a JavaScript engine, its SVG needs no script in the page,
+and it escapes text. Figures are ``matplotlib.figure.Figure`` objects (no pyplot: no global
+figure registry) drawn inside ``rc_context`` (a caller's matplotlib settings are left alone),
+with text kept as ``<text>`` (small, searchable, selectable), ``$`` never read as mathtext, and
+ids salted per chart so the same run renders byte-identical and two charts on a page never share
+an id. This module's SVG is the only markup the templates take unescaped (``Markup``).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from counterfactual_lab.report.markup import escaped
-from counterfactual_lab.report.sentences import number
+from markupsafe import Markup
 
-# Charts are drawn at the page's content width (body max-width minus padding) and scaled by CSS
-# (``svg.chart``) to whatever width the window has, so text keeps its size on a full page.
-CHART_WIDTH = 1060
+# Drawn at the width they are shown at (CSS px at 96 per inch), so text is not scaled down.
+CHART_WIDTH_PX = 400
+ROW_HEIGHT_IN = 0.22
+LABEL_CHARS = 40  # longer row labels are cut (the full text is in the metrics table)
+NOTE_CHARS = 40
+CALLED, CONFOUNDED = "called", "confounded"
 
-
-CHART_FONT_PX = 11
-
-
-MIN_PLOT_PX = 260
-
-
-_LABEL_SHARE = 0.4  # a label column never takes more than this share of the chart
-
-
-_PAD = 8
+_COLOURS = {CALLED: "#cf222e", CONFOUNDED: "#bf8700", "": "#1f2328"}
+_MARKERS = {CALLED: "D", CONFOUNDED: "s", "": "o"}
+_CONTROL_COLOUR = "#c5ccd4"
+_ZONE_COLOUR = "#fff1b8"
+_RC = {
+    "svg.fonttype": "none",  # <text> elements, not glyph paths
+    "text.parse_math": False,  # a label with two $ signs stays text
+    "font.family": "sans-serif",
+    "font.size": 8,
+    "axes.edgecolor": "#8c959f",
+    "axes.linewidth": 0.6,
+    "xtick.color": "#57606a",
+    "ytick.color": "#1f2328",
+    "xtick.major.width": 0.6,
+    "ytick.major.size": 0,
+}
 
 
 @dataclass(frozen=True)
-class Bar:
-    """One bar: a label, a point estimate, an optional interval, and why it is undefined when it is."""
+class IntervalRow:
+    """One row of a forest plot. ``control_low/high``: the interval of what the row is compared
+    with, drawn behind it; ``zone_low/high``: the ``min_effect`` zone; ``note``: why an undefined
+    row has no value."""
 
     label: str
     value: float | None
     low: float | None = None
     high: float | None = None
-    n: int | None = None
-    note: str | None = None  # the reason a null value is undefined (metrics.parquet ``note``)
+    emphasis: str = ""  # CALLED, CONFOUNDED or ""
+    control_low: float | None = None
+    control_high: float | None = None
+    zone_low: float | None = None
+    zone_high: float | None = None
+    note: str | None = None
 
 
-def _finite(v: float | None) -> bool:
-    return v is not None and isinstance(v, int | float) and math.isfinite(v)
+@dataclass(frozen=True)
+class TrendPoint:
+    """One run's value of a series: its tick label (the run's date), value, interval and verdict."""
+
+    tick: str
+    value: float | None
+    low: float | None = None
+    high: float | None = None
+    emphasis: str = ""
 
 
-# Widths in em of a sans-serif at its widest (Arial, Segoe UI, Roboto, DejaVu Sans), rounded up,
-# so an estimate is never narrower than the browser draws the text.
-_NARROW = set("iljI.,:;'!|` ")
+def _finite(value: float | None) -> bool:
+    return value is not None and isinstance(value, int | float) and math.isfinite(value)
 
 
-_WIDE = set("mwMW@%&")
+def cut(text: str, limit: int = LABEL_CHARS) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def text_width(text: str, font_px: float = CHART_FONT_PX) -> float:
-    """A conservative estimate of ``text``'s rendered width in px (no font metrics offline).
+def _svg(figure, salt: str) -> Markup:
+    """The figure as an inline ``<svg>`` element (no XML prolog), ids salted by ``salt``."""
+    # here, not at the top: matplotlib stays out of `import counterfactual_lab` and of cflab's start-up
+    import matplotlib
 
-    Narrow ASCII (``i l . , :`` space) 0.4 em, wide (``m w M W @ % &``) 1.0 em, other ASCII
-    0.68 em (Arial's digits and lower case are 0.5–0.56 em), anything else (→, ·, accents, CJK) 1.1 em.
-    """
-    em = 0.0
-    for ch in text:
-        if ch in _NARROW:
-            em += 0.4
-        elif ch in _WIDE:
-            em += 1.0
-        elif ch.isascii():
-            em += 0.68
-        else:
-            em += 1.1
-    return em * font_px
+    buffer = io.StringIO()
+    with matplotlib.rc_context({**_RC, "svg.hashsalt": salt}):
+        figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    text = buffer.getvalue()
+    text = text[text.index("<svg"):]
+    text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.S)  # an RDF block nobody reads
+    # matplotlib names elements figure_1, axes_1, …: prefixed, two charts on a page never share an id.
+    prefix = "c" + hashlib.sha256(salt.encode("utf-8")).hexdigest()[:10]
+    text = re.sub(r'(id="|url\(#|href="#)', rf"\g<1>{prefix}-", text)
+    return Markup(text.replace("<svg ", '<svg class="chart" role="img" ', 1))
 
 
-def fit_text(text: str, max_px: float, font_px: float = CHART_FONT_PX) -> str:
-    """``text``, cut with an ellipsis where needed so that :func:`text_width` is at most ``max_px``."""
-    if text_width(text, font_px) <= max_px:
-        return text
-    cut = text
-    while cut and text_width(cut + "…", font_px) > max_px:
-        cut = cut[:-1]
-    return cut.rstrip() + "…" if cut else ""
+def _salt(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode("utf-8")).hexdigest()[:12]
 
 
-def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    span = hi - lo
-    if span <= 0:
-        return [lo]
-    raw = span / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    ticks = []
-    t = first
-    while t <= hi + 1e-9:
-        ticks.append(round(t, 10))
-        t += step
-    return ticks
+def _figure(width_px: int, height_in: float):
+    # here, not at the top: matplotlib stays out of `import counterfactual_lab` and of cflab's start-up
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width_px / 96.0, height_in), dpi=96, layout="constrained")
 
 
-def _tick_labels(ticks: list[float], fmt: Callable[[float | None], str]) -> list[str]:
-    """Axis labels with one number of decimals for the whole axis (0, 0.2, …, 1.0, not 0.2 … 1.00)."""
-    if fmt is not number or len(ticks) < 2:
-        return [fmt(t) for t in ticks]
-    step = min(b - a for a, b in zip(ticks, ticks[1:]))
-    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
-    if round(step * 10**decimals, 6) % 1:  # a 2.5 step needs one more decimal
-        decimals += 1
-    return [f"{t:.{decimals}f}" for t in ticks]
+def _percent_axis(axis) -> None:
+    # here, not at the top: matplotlib stays out of `import counterfactual_lab` and of cflab's start-up
+    from matplotlib.ticker import PercentFormatter
+
+    axis.set_major_formatter(PercentFormatter(1.0, decimals=None))
 
 
-def _value_text(bar: Bar, fmt: Callable[[float | None], str]) -> str:
-    """'0.23 [0.19, 0.27] n=120': the value column of a defined bar."""
-    interval = f" [{fmt(bar.low)}, {fmt(bar.high)}]" if _finite(bar.low) and _finite(bar.high) else ""
-    n = f" n={bar.n}" if bar.n is not None else ""
-    return f"{fmt(bar.value)}{interval}{n}"
-
-
-def _undefined_text(bar: Bar) -> str:
-    """'undefined: <reason>' for a bar whose value is null or NaN."""
-    reason = bar.note or "no value was computed (no reason recorded)"
-    n = f" (n={bar.n})" if bar.n is not None else ""
-    return f"undefined: {reason}{n}"
-
-
-def bar_chart_svg(
-    bars: Sequence[Bar],
+def interval_svg(
+    rows: Sequence[IntervalRow],
     *,
-    fmt: Callable[[float | None], str] = number,
-    domain: tuple[float, float] | None = None,
-    width: int = CHART_WIDTH,
-) -> str:
-    """A horizontal bar chart with interval whiskers, as inline SVG that scales to the page width.
+    reference: float | None = None,
+    share: bool = False,
+    width_px: int = CHART_WIDTH_PX,
+    salt: str = "",
+) -> Markup:
+    """A forest plot of ``rows`` (first row on top) as inline SVG (module doc).
 
-    The axis spans ``domain`` widened to hold every bar and whisker, and always includes 0,
-    so negative values (signed gaps, MinSkew) extend left of the zero line. Every text is
-    measured (:func:`text_width`): the label column is as wide as the longest label (at
-    most 40% of ``width``; longer labels are cut, the full one is the row's tooltip), the
-    value column as wide as the longest value, and the viewBox grows when the plot would be
-    narrower than ``MIN_PLOT_PX``, so no text is ever clipped. A bar whose value is null or
-    NaN is drawn as the words "undefined: <note>"; a chart whose values are all 0 says
-    "0 for every group" above its rows.
+    ``reference``: the no-effect value, drawn as a dotted line; ``share``: the axis is in percent.
     """
-    row_h, axis_h = 22, 24
-    defined = [b for b in bars if _finite(b.value)]
-    all_zero = bool(defined) and all(
-        b.value == 0 and all(v in (None, 0) or not _finite(v) for v in (b.low, b.high)) for b in defined
-    )
-    header = ("0 for every group" if len(defined) == len(bars) else "0 for every group with a value") if all_zero else None
-    top = 8 + (row_h if header else 0)
+    # here, not at the top: matplotlib stays out of `import counterfactual_lab` and of cflab's start-up
+    from matplotlib import rc_context
 
-    label_w = min(max((text_width(b.label) for b in bars), default=0.0) + 2 * _PAD, width * _LABEL_SHARE)
-    value_texts = [_value_text(b, fmt) if _finite(b.value) else "" for b in bars]
-    value_w = max((text_width(t) for t in value_texts), default=0.0) + 2 * _PAD
-    points = [b.value for b in defined] + [v for b in defined for v in (b.low, b.high) if _finite(v)]
-    lo = min([0.0, *points, *(domain[:1] if domain else [])])
-    hi = max([0.0, *points, *(domain[1:] if domain else [])])
-    if hi == lo:
-        hi = lo + 1.0
-    ticks = _nice_ticks(lo, hi)
-    tick_labels = _tick_labels(ticks, fmt)
-    # Tick labels are centred on their tick: the end ones need half their width beside the plot.
-    if ticks:
-        label_w = max(label_w, text_width(tick_labels[0]) / 2 + _PAD)
-        value_w = max(value_w, text_width(tick_labels[-1]) / 2 + _PAD)
-    total_w = max(float(width), label_w + MIN_PLOT_PX + value_w)
-    plot_w = total_w - label_w - value_w
-    height = top + row_h * len(bars) + axis_h
-    total_w = math.ceil(total_w)
+    # here, not at the top: as above
+    from matplotlib.transforms import blended_transform_factory
 
-    def x(v: float) -> float:
-        return label_w + (v - lo) / (hi - lo) * plot_w
+    with rc_context({**_RC}):
+        figure = _figure(width_px, ROW_HEIGHT_IN * max(len(rows), 1) + 0.45)
+        ax = figure.add_subplot()
+        ys = list(range(len(rows)))
+        spans: list[float] = [] if reference is None else [reference]
+        for y, row in zip(ys, rows):
+            if _finite(row.zone_low) and _finite(row.zone_high):
+                ax.barh(y, row.zone_high - row.zone_low, left=row.zone_low, height=0.92, color=_ZONE_COLOUR,
+                        linewidth=0, zorder=0)
+                spans += [row.zone_low, row.zone_high]
+            if _finite(row.control_low) and _finite(row.control_high):
+                ax.barh(y, max(row.control_high - row.control_low, 1e-12), left=row.control_low, height=0.55,
+                        color=_CONTROL_COLOUR, linewidth=0, zorder=1)
+                spans += [row.control_low, row.control_high]
+            if not _finite(row.value):
+                continue
+            colour, marker = _COLOURS.get(row.emphasis, "#1f2328"), _MARKERS.get(row.emphasis, "o")
+            if _finite(row.low) and _finite(row.high):
+                ax.plot([row.low, row.high], [y, y], color=colour, linewidth=1.2, zorder=2, solid_capstyle="butt")
+                spans += [row.low, row.high]
+            ax.plot([row.value], [y], marker=marker, color=colour, markersize=4.5 if marker == "D" else 4, zorder=3,
+                    linestyle="none")
+            spans.append(row.value)
+        low, high = (min(spans), max(spans)) if spans else (0.0, 1.0)
+        pad = (high - low) * 0.06 or max(abs(high), 1.0) * 0.05
+        ax.set_xlim(low - pad, high + pad)
+        if reference is not None:
+            ax.axvline(reference, color="#57606a", linewidth=0.8, linestyle=":", zorder=1)
+        text_at = blended_transform_factory(ax.transAxes, ax.transData)
+        for y, row in zip(ys, rows):
+            if not _finite(row.value):
+                ax.text(0.02, y, cut(f"undefined: {row.note or 'no value'}", NOTE_CHARS), transform=text_at,
+                        va="center", ha="left", color="#57606a", fontstyle="italic", fontsize=7, clip_on=True)
+        ax.set_yticks(ys, [cut(row.label) for row in rows])
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        ax.grid(axis="x", color="#eaeef2", linewidth=0.6)
+        ax.set_axisbelow(True)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        if share:
+            _percent_axis(ax.xaxis)
+        ax.tick_params(axis="both", labelsize=7.5)
+        return _svg(figure, salt or _salt("interval", [r.label for r in rows]))
 
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" width="{total_w}" height="{height}" '
-        f'viewBox="0 0 {total_w} {height}" preserveAspectRatio="xMinYMin meet">'
-    ]
-    axis_y = top + row_h * len(bars)
-    if header:
-        out.append(f'<text x="{label_w:.1f}" y="{8 + row_h / 2 + 4:.1f}" fill="#57606a" font-style="italic">{escaped(header)}</text>')
-    for tick, tick_label in zip(ticks, tick_labels):
-        tx = x(tick)
-        out.append(f'<line x1="{tx:.1f}" y1="{top}" x2="{tx:.1f}" y2="{axis_y}" stroke="#eaeef2"/>')
-        out.append(f'<text x="{tx:.1f}" y="{axis_y + 15}" text-anchor="middle" fill="#57606a">{escaped(tick_label)}</text>')
-    for i, bar in enumerate(bars):
-        y = top + i * row_h
-        mid = y + row_h / 2
-        label = fit_text(bar.label, label_w - 2 * _PAD)
-        title = f"<title>{escaped(bar.label)}</title>" if label != bar.label else ""
-        out.append(f'<text x="{label_w - _PAD:.1f}" y="{mid + 4:.1f}" text-anchor="end">{title}{escaped(label)}</text>')
-        if not _finite(bar.value):
-            reason = _undefined_text(bar)
-            shown = fit_text(reason, total_w - label_w - 2 * _PAD)
-            tip = f"<title>{escaped(bar.label)}: {escaped(reason)}</title>" if shown != reason else ""
-            out.append(f'<text x="{label_w + _PAD:.1f}" y="{mid + 4:.1f}" fill="#57606a" font-style="italic">{tip}{escaped(shown)}</text>')
-            continue
-        x0, x1 = sorted((x(0), x(bar.value)))
-        colour = "#0969da" if bar.value >= 0 else "#bf8700"
-        out.append(
-            f'<rect x="{x0:.1f}" y="{y + 4}" width="{max(x1 - x0, 1):.1f}" height="{row_h - 8}" fill="{colour}">'
-            f"<title>{escaped(bar.label)}: {escaped(value_texts[i])}</title></rect>"
-        )
-        if _finite(bar.low) and _finite(bar.high):
-            wl, wh = x(bar.low), x(bar.high)
-            out.append(
-                f'<path d="M{wl:.1f},{mid:.1f}H{wh:.1f}M{wl:.1f},{mid - 5:.1f}V{mid + 5:.1f}'
-                f'M{wh:.1f},{mid - 5:.1f}V{mid + 5:.1f}" stroke="#1f2328" stroke-width="1.3" fill="none"/>'
-            )
-        out.append(f'<text x="{label_w + plot_w + _PAD:.1f}" y="{mid + 4:.1f}">{escaped(value_texts[i])}</text>')
-    out.append(f'<line x1="{x(0):.1f}" y1="{top}" x2="{x(0):.1f}" y2="{axis_y}" stroke="#1f2328"/>')
-    out.append("</svg>")
-    return "".join(out)
+
+def trend_svg(points: Sequence[TrendPoint], *, breaks: Sequence[int] = (), share: bool = False,
+              width_px: int = CHART_WIDTH_PX, salt: str = "") -> Markup:
+    """One series over runs, oldest left; a dashed line before each index in ``breaks`` (module doc)."""
+    # here, not at the top: matplotlib stays out of `import counterfactual_lab` and of cflab's start-up
+    from matplotlib import rc_context
+
+    with rc_context({**_RC}):
+        figure = _figure(width_px, 1.9)
+        ax = figure.add_subplot()
+        xs = list(range(len(points)))
+        for x, point in zip(xs, points):
+            if not _finite(point.value):
+                continue
+            colour, marker = _COLOURS.get(point.emphasis, "#1f2328"), _MARKERS.get(point.emphasis, "o")
+            if _finite(point.low) and _finite(point.high):
+                ax.plot([x, x], [point.low, point.high], color=colour, linewidth=1.2, zorder=2)
+            ax.plot([x], [point.value], marker=marker, color=colour, markersize=4.5, zorder=3, linestyle="none")
+        defined = [(x, p.value) for x, p in zip(xs, points) if _finite(p.value)]
+        if len(defined) > 1:
+            ax.plot([x for x, _ in defined], [v for _, v in defined], color="#8c959f", linewidth=0.7, zorder=1)
+        for index in breaks:
+            ax.axvline(index - 0.5, color="#57606a", linewidth=0.8, linestyle="--", zorder=1)
+        ax.set_xticks(xs, [cut(p.tick, 16) for p in points], rotation=30, ha="right")
+        ax.set_xlim(-0.5, max(len(points) - 0.5, 0.5))
+        ax.grid(axis="y", color="#eaeef2", linewidth=0.6)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        if share:
+            _percent_axis(ax.yaxis)
+        ax.tick_params(axis="both", labelsize=7)
+        return _svg(figure, salt or _salt("trend", [p.tick for p in points]))

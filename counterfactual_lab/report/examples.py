@@ -1,21 +1,31 @@
-"""The report's example images: which counterfactuals to show (flipped first, spread over
-attributes, some the judge dropped), each beside what it is compared with, inlined as thumbnails."""
+"""The report's example images: which counterfactuals to show and how, each beside what it is
+compared with, inlined as small WebP thumbnails.
+
+The grid is capped (``max_examples``), so its size does not grow with the audit. Kept pairs come
+first, ordered by how much the model's answer changed: top-1 flips first, then the largest
+|Δ| of the reference's top-1 label probability between reference and counterfactual, spread
+over attributes (round robin) so one attribute cannot fill the grid; then up to a quarter of the
+budget for ones the judge dropped, so a reader sees why.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
+from PIL import features
 
 from counterfactual_lab.config.methods import made_from_text
-from counterfactual_lab.report.markup import escaped
 from counterfactual_lab.report.sentences import number
 
 THUMBNAIL_PX = 256
+WEBP_QUALITY = 80
+# Reference kinds the examples section explains (templates/report.html.j2).
+FROM_TEXT, RECONSTRUCTION, ORIGINAL = "from text", "reconstruction", "original"
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,7 @@ class _Pair:
     counterfactual_top1: Any
     reconstruction_uri: str | None = None  # None: reconstruction off (compared with the original)
     reconstruction_top1: Any = None
+    change: float = 0.0  # |Δ P(reference's top-1 label)| from reference to counterfactual
 
     @property
     def reference(self) -> str:
@@ -45,10 +56,18 @@ class _Pair:
         )
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """What the model under audit said about one image: its top-1 label and label probabilities."""
+
+    top1: Any
+    scores: Mapping[str, float] = field(default_factory=dict)
+
+
 def select_examples(
     counterfactuals: pl.DataFrame, predictions: pl.DataFrame, max_examples: int
 ) -> tuple[list[_Pair], list[_Pair]]:
-    """(kept pairs, dropped pairs) to show; see :func:`render_report` for the order.
+    """(kept pairs, dropped pairs) to show, in the module doc's order.
 
     One pair per counterfactual candidate with an image; reconstructions and controls are not
     pairs of their own but the reference of their set's counterfactuals (its ``set_id``).
@@ -58,7 +77,7 @@ def select_examples(
     needed = {"image_uri", "source_image_uri"}
     if not needed <= set(counterfactuals.columns):
         return [], []
-    original_top1, generated_top1 = _top1_lookup(predictions)
+    originals, generated = _answers(predictions)
     rows = counterfactuals.filter(pl.col("image_uri").is_not_null() & pl.col("source_image_uri").is_not_null()).to_dicts()
     reconstructions = {
         row.get("set_id"): row["image_uri"]
@@ -70,19 +89,25 @@ def select_examples(
         if row.get("variant", "counterfactual") != "counterfactual":
             continue
         reconstruction = reconstructions.get(row.get("set_id"))
-        pairs.append(
-            _Pair(
-                row, original_top1.get(row.get("source_id")), generated_top1.get(row.get("image_uri")),
-                reconstruction, generated_top1.get(reconstruction) if reconstruction else None,
-            )
-        )
+        original = originals.get(row.get("source_id"), _Answer(None))
+        reference = generated.get(reconstruction, _Answer(None)) if reconstruction else original
+        counterfactual = generated.get(row.get("image_uri"), _Answer(None))
+        pairs.append(_Pair(row, original.top1, counterfactual.top1, reconstruction,
+                           reference.top1 if reconstruction else None, _change(reference, counterfactual)))
     kept = [p for p in pairs if p.row.get("kept")]
     dropped = [p for p in pairs if not p.row.get("kept")]
-    kept = _spread_over_attributes(sorted(kept, key=lambda p: (not p.flipped, _order_key(p.row))))
+    kept = _spread_over_attributes(sorted(kept, key=lambda p: (not p.flipped, -p.change, _order_key(p.row))))
     dropped = _spread_over_attributes(sorted(dropped, key=lambda p: _order_key(p.row)))
     n_kept = min(len(kept), max_examples - min(len(dropped), max_examples // 4))
     n_dropped = min(len(dropped), max_examples - n_kept)
     return kept[:n_kept], dropped[:n_dropped]
+
+
+def _change(reference: _Answer, counterfactual: _Answer) -> float:
+    label = reference.top1
+    if label is None or label not in reference.scores or label not in counterfactual.scores:
+        return 0.0
+    return abs(counterfactual.scores[label] - reference.scores[label])
 
 
 def _order_key(row: Mapping[str, Any]) -> tuple:
@@ -94,8 +119,8 @@ def _spread_over_attributes(pairs: list[_Pair]) -> list[_Pair]:
     by_attribute: dict[str, list[_Pair]] = {}
     for pair in pairs:
         by_attribute.setdefault(str(pair.row.get("attribute")), []).append(pair)
-    # Attributes with a flip at their head come first.
-    queues = sorted(by_attribute.values(), key=lambda q: (not q[0].flipped, str(q[0].row.get("attribute"))))
+    # Attributes whose first pair changes the answer most come first.
+    queues = sorted(by_attribute.values(), key=lambda q: (not q[0].flipped, -q[0].change, str(q[0].row.get("attribute"))))
     out: list[_Pair] = []
     depth = 0
     while len(out) < len(pairs):
@@ -104,64 +129,91 @@ def _spread_over_attributes(pairs: list[_Pair]) -> list[_Pair]:
     return out
 
 
-def _top1_lookup(predictions: pl.DataFrame | None) -> tuple[dict[Any, Any], dict[Any, Any]]:
-    """(top-1 of each original by source id, top-1 of each generated image by image URI)."""
-    if predictions is None or predictions.is_empty():
+def _answers(predictions: pl.DataFrame | None) -> tuple[dict[Any, _Answer], dict[Any, _Answer]]:
+    """(each original's answer by source id, each generated image's answer by image URI)."""
+    if predictions is None or predictions.is_empty() or not {"variant", "top1"} <= set(predictions.columns):
         return {}, {}
-    if not {"variant", "top1"} <= set(predictions.columns):
-        return {}, {}
-    originals, generated = {}, {}
-    for row in predictions.select([c for c in ("source_id", "image_uri", "variant", "top1") if c in predictions.columns]).to_dicts():
-        if row.get("variant") == "original" and row.get("source_id") is not None:
-            originals.setdefault(row["source_id"], row["top1"])
-        elif row.get("variant") in ("counterfactual", "reconstruction") and row.get("image_uri") is not None:
-            generated.setdefault(row["image_uri"], row["top1"])
+    scores = [c for c in predictions.columns if c.startswith("score_")]
+    columns = [c for c in ("source_id", "image_uri", "variant", "top1") if c in predictions.columns] + scores
+    originals: dict[Any, _Answer] = {}
+    generated: dict[Any, _Answer] = {}
+    for row in predictions.select(columns).iter_rows(named=True):
+        answer = _Answer(row["top1"], {c.removeprefix("score_"): row[c] for c in scores if row[c] is not None})
+        if row["variant"] == "original" and row.get("source_id") is not None:
+            originals.setdefault(row["source_id"], answer)
+        elif row["variant"] in ("counterfactual", "reconstruction") and row.get("image_uri") is not None:
+            generated.setdefault(row["image_uri"], answer)
     return originals, generated
 
 
-def examples_section(
-    counterfactuals: pl.DataFrame, predictions: pl.DataFrame, images: "ImageInliner", max_examples: int
-) -> str:
+# --- what the template draws ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """One inlined image (``src`` a data URI) or why there is none (``missing``)."""
+
+    alt: str
+    src: str | None = None
+    width: int = 0
+    height: int = 0
+    missing: str | None = None
+
+
+@dataclass(frozen=True)
+class ExampleFigure:
+    """One counterfactual beside what it is compared with: its images, the model's answers, the judge's scores."""
+
+    images: list[tuple[str, Thumbnail]]
+    prediction: str
+    flipped: bool
+    details: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Examples:
+    """The examples section: what each counterfactual is compared with, the figures, and the candidate count."""
+
+    reference: str | None  # FROM_TEXT, RECONSTRUCTION, ORIGINAL; None: nothing to show
+    kept: list[ExampleFigure]
+    dropped: list[ExampleFigure]
+    candidates: int
+
+
+def examples(counterfactuals: pl.DataFrame, predictions: pl.DataFrame, images: "ImageInliner", max_examples: int) -> Examples:
+    """The examples section's figures (module doc)."""
     kept, dropped = select_examples(counterfactuals, predictions, max_examples)
     total = 0 if counterfactuals is None else counterfactuals.height
-    parts = ["<h2>Counterfactuals and what they are compared with</h2>"]
     if not kept and not dropped:
-        parts.append("<p>No generated counterfactual images to show.</p>")
-        return "".join(parts)
-    from_text = "method" in counterfactuals.columns and made_from_text(counterfactuals["method"].drop_nulls().to_list())
-    if from_text:
-        parts.append(
-            "<p>Counterfactual sets made from text (<code>text2image-sets</code>): there is no original; each member "
-            "was judged against the other members of its set, and the kept sets were published under "
-            "<code>sets/</code> and evaluated as a dataset of counterfactual sets.</p>"
-        )
+        return Examples(None, [], [], total)
+    if "method" in counterfactuals.columns and made_from_text(counterfactuals["method"].drop_nulls().to_list()):
+        reference = FROM_TEXT
     elif any(p.reconstruction_uri for p in kept + dropped):
-        parts.append(
-            "<p>Each counterfactual is compared with the <b>reconstruction</b> of its set: the same source, seed and "
-            "editor asked for the source's own value, so both images went through the same generator. The original "
-            "is shown for reference only.</p>"
-        )
+        reference = RECONSTRUCTION
     else:
-        parts.append(
-            "<p>Reconstruction was off (<code>generation.reconstruction: false</code>): each counterfactual is "
-            "compared with the <b>real original</b>, so a difference may only say &quot;generated vs real&quot;, not the "
-            "attribute.</p>"
-        )
-    parts.append(
-        f"<p>{len(kept)} kept counterfactual(s) shown, top-1 flips first, out of {total} candidate(s). "
-        "Scores are the judge's: text = counterfactual image vs its caption, direction = image change vs "
-        "caption change, image = similarity to the original (preservation).</p>"
-    )
-    parts.append('<div class="grid">' + "".join(_pair_figure(p, images) for p in kept) + "</div>")
-    if dropped:
-        parts.append("<h3>Dropped by the judge (examples)</h3>")
-        parts.append('<div class="grid">' + "".join(_pair_figure(p, images) for p in dropped) + "</div>")
-    return "".join(parts)
+        reference = ORIGINAL
+    return Examples(reference, [_figure(p, images) for p in kept], [_figure(p, images) for p in dropped], total)
 
 
-def _pair_figure(pair: _Pair, images: "ImageInliner") -> str:
+def _prediction(pair: _Pair) -> str:
     row = pair.row
-    change = f"{row.get('attribute')}: {row.get('source_value')} → {row.get('target_value')}"
+    if pair.counterfactual_top1 is None and (pair.reference_top1 is not None or pair.original_top1 is not None):
+        # The model under audit only sees kept counterfactuals: say what it answered, not "→ None".
+        why = "" if row.get("kept") else " (dropped by the judge)"
+        seen = pair.reference_top1 if pair.reference_top1 is not None else pair.original_top1
+        return f"{seen} on the {pair.reference}; the counterfactual was not evaluated{why}"
+    if pair.reference_top1 is None and pair.counterfactual_top1 is None:
+        return "not evaluated"
+    text = f"{pair.reference}: {pair.reference_top1} → counterfactual: {pair.counterfactual_top1}"
+    if pair.flipped:
+        text += " (flipped)"
+    if pair.reconstruction_uri and pair.original_top1 is not None:
+        text += f" (original: {pair.original_top1})"
+    return text
+
+
+def _figure(pair: _Pair, images: "ImageInliner") -> ExampleFigure:
+    row = pair.row
     scores = ", ".join(
         f"{name} {number(row.get(column))}"
         for name, column in (("text", "text_similarity"), ("direction", "direction_similarity"), ("image", "image_similarity"))
@@ -169,75 +221,75 @@ def _pair_figure(pair: _Pair, images: "ImageInliner") -> str:
     )
     if row.get("attribute_ok") is not None:
         scores += ("; " if scores else "") + f"attribute check {'passed' if row['attribute_ok'] else 'failed'}"
-    if pair.counterfactual_top1 is None and (pair.reference_top1 is not None or pair.original_top1 is not None):
-        # The model under audit only sees kept counterfactuals: say what it answered, not "→ None".
-        why = "" if row.get("kept") else " (dropped by the judge)"
-        seen = pair.reference_top1 if pair.reference_top1 is not None else pair.original_top1
-        prediction = escaped(f"{seen} on the {pair.reference}; the counterfactual was not evaluated{why}")
-    elif pair.reference_top1 is not None or pair.counterfactual_top1 is not None:
-        verdict = f"{pair.reference}: {pair.reference_top1} → counterfactual: {pair.counterfactual_top1}"
-        prediction = f'<span class="flip">{escaped(verdict)} (flipped)</span>' if pair.flipped else escaped(verdict)
-        if pair.reconstruction_uri and pair.original_top1 is not None:
-            prediction += f" (original: {escaped(pair.original_top1)})"
-    else:
-        prediction = "not evaluated"
     status = "kept" if row.get("kept") else f"dropped: {row.get('drop_reason') or row.get('status') or 'unknown'}"
     details = [
-        ("change", escaped(change)),
-        ("caption", escaped(row.get("caption"))),
-        ("counterfactual caption", escaped(row.get("counterfactual_caption"))),
-        ("explanation", escaped(row.get("explanation"))),
-        ("judge", escaped(scores or "no scores")),
-        ("model top-1", prediction),
-        ("method, seed", escaped(f"{row.get('method')}, {row.get('seed')}")),
-        ("status", escaped(status)),
-        ("source id", escaped(row.get("source_id"))),
+        ("change", f"{row.get('attribute')}: {row.get('source_value')} → {row.get('target_value')}"),
+        ("caption", row.get("caption")),
+        ("counterfactual caption", row.get("counterfactual_caption")),
+        ("explanation", row.get("explanation")),
+        ("judge", scores or "no scores"),
+        ("method, seed", f"{row.get('method')}, {row.get('seed')}"),
+        ("status", status),
+        ("source id", row.get("source_id")),
     ]
-    dl = "".join(f"<tr><th>{escaped(k)}</th><td>{v}</td></tr>" for k, v in details)
-    # (text2image-sets members have no original: their row's source image is empty)
-    cells = [f"<div>{images.tag(row.get('source_image_uri'), 'original')}<br>original</div>"] if row.get("source_image_uri") else []
+    if pair.change:
+        details.insert(5, ("answer change", f"|Δ P(top-1)| {number(pair.change)}"))
+    shown: list[tuple[str, Thumbnail]] = []
+    if row.get("source_image_uri"):  # (text2image-sets members have no original)
+        shown.append(("original", images.thumbnail(row.get("source_image_uri"), "original")))
     if row.get("mask_uri"):  # inpainting: the region the edit was allowed to change
-        cells.append(f"<div>{images.tag(row.get('mask_uri'), 'mask')}<br>mask</div>")
+        shown.append(("mask", images.thumbnail(row.get("mask_uri"), "mask")))
     if pair.reconstruction_uri:
-        cells.append(f"<div>{images.tag(pair.reconstruction_uri, 'reconstruction')}<br>reconstruction</div>")
-    cells.append(f"<div>{images.tag(row.get('image_uri'), 'counterfactual')}<br>counterfactual</div>")
-    return (
-        f'<figure class="pair"><div class="imgs">{"".join(cells)}'
-        f"</div><figcaption><table>{dl}</table></figcaption></figure>"
-    )
+        shown.append(("reconstruction", images.thumbnail(pair.reconstruction_uri, "reconstruction")))
+    shown.append(("counterfactual", images.thumbnail(row.get("image_uri"), "counterfactual")))
+    return ExampleFigure(shown, _prediction(pair), pair.flipped,
+                         [(k, "" if v is None else str(v)) for k, v in details])
 
 
-def thumbnail_data_uri(image: Any, max_px: int = THUMBNAIL_PX) -> str:
-    """A PIL image as a ``data:image/png;base64,...`` URI, shrunk to fit ``max_px`` (never enlarged)."""
+def _encoded(image: Any, max_px: int) -> tuple[bytes, str, tuple[int, int]]:
+    """(bytes, MIME type, size) of ``image`` shrunk to fit ``max_px`` (never enlarged): WebP at
+    quality 80 where Pillow has it (a tenth of a PNG's size for a photo), else PNG."""
     image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
     image.thumbnail((max_px, max_px))
     buffer = io.BytesIO()
+    if features.check("webp"):
+        image.save(buffer, format="WEBP", quality=WEBP_QUALITY, method=4)
+        return buffer.getvalue(), "image/webp", image.size
     image.save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue(), "image/png", image.size
+
+
+def thumbnail_data_uri(image: Any, max_px: int = THUMBNAIL_PX) -> str:
+    """A PIL image as a ``data:image/webp;base64,...`` URI (PNG without WebP), shrunk to fit ``max_px``."""
+    data, mime, _ = _encoded(image, max_px)
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
 class ImageInliner:
-    """Loads each URI once, shrinks it to a thumbnail, and returns ``<img>`` tags with a PNG data URI."""
+    """Loads each URI once and shrinks it to a thumbnail data URI; an image that fails to load is a
+    placeholder naming the URI and the error, not a failed report."""
 
     def __init__(self, load_image: Callable[[str], Any], max_px: int = THUMBNAIL_PX) -> None:
         self._load = load_image
         self._max_px = max_px
-        self._cache: dict[str, str | None] = {}
+        self._cache: dict[str, tuple[str, tuple[int, int]] | None] = {}
         self.errors: dict[str, str] = {}
 
-    def data_uri(self, uri: str) -> str | None:
+    def _data_uri(self, uri: str) -> tuple[str, tuple[int, int]] | None:
         if uri not in self._cache:
             try:
-                self._cache[uri] = thumbnail_data_uri(self._load(uri), self._max_px)
+                data, mime, size = _encoded(self._load(uri), self._max_px)
+                self._cache[uri] = (f"data:{mime};base64," + base64.b64encode(data).decode("ascii"), size)
             except Exception as exc:  # a missing image must not take the whole report down
                 self._cache[uri] = None
                 self.errors[uri] = f"{type(exc).__name__}: {exc}"
         return self._cache[uri]
 
-    def tag(self, uri: str | None, alt: str) -> str:
+    def thumbnail(self, uri: str | None, alt: str) -> Thumbnail:
         if not uri:
-            return f'<div class="missing">{escaped(alt)}: no image</div>'
-        src = self.data_uri(uri)
-        if src is None:
-            return f'<div class="missing">{escaped(alt)} unavailable: {escaped(uri)} ({escaped(self.errors.get(uri))})</div>'
-        return f'<img src="{src}" alt="{escaped(alt)}" title="{escaped(uri)}">'
+            return Thumbnail(alt, missing=f"{alt}: no image")
+        found = self._data_uri(uri)
+        if found is None:
+            return Thumbnail(alt, missing=f"{alt} unavailable: {uri} ({self.errors.get(uri)})")
+        src, (width, height) = found
+        return Thumbnail(alt, src, width, height)

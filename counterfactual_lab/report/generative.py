@@ -1,6 +1,6 @@
 """What the report shows of a generative audit: gaps beside their controls, groups, the largest pairs.
 
-Plain data for :func:`counterfactual_lab.report.generative.generative_audit_section`, which only draws it.
+Plain data for :func:`generative_section`, which the report's template draws (``templates/_generative.html.j2``).
 
 * :func:`gaps_with_controls` — per prompt, every overall gap row (group null) of the probe
   metrics, with its control beside it and the call of
@@ -16,6 +16,7 @@ Plain data for :func:`counterfactual_lab.report.generative.generative_audit_sect
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -32,10 +33,10 @@ from counterfactual_lab.metrics.intervals import percent_level
 from counterfactual_lab.metrics.pairs import PAIRS_BY_DESIGN
 from counterfactual_lab.metrics.schema import CONTROL_PREFIX, STRATUM_OBSERVATIONAL
 from counterfactual_lab.metrics.strata import comparison_stratum
-from counterfactual_lab.report.examples import ImageInliner
+from counterfactual_lab.report.examples import ImageInliner, Thumbnail
 from counterfactual_lab.report.findings import assess_findings
-from counterfactual_lab.report.markup import escaped, interval_text
 from counterfactual_lab.report.sentences import number
+from counterfactual_lab.report.templating import render_fragment
 
 _GAP_SUFFIXES = ("_gap_abs", "_gap_signed")
 
@@ -55,11 +56,12 @@ def gaps_with_controls(metrics: pl.DataFrame) -> list[dict[str, Any]]:
     if not names:
         return []
     controls = {(r["metric"], r["stratum"], r["attribute"], r["query"]): r
-                for r in metrics.filter(pl.col("metric").str.starts_with(CONTROL_PREFIX)).to_dicts()}
+                for r in metrics.filter(pl.col("metric").str.starts_with(CONTROL_PREFIX)).to_dicts()
+                if r.get("phrasing") is None}  # the pooled control (one phrasing's sits beside its own row)
     # The whole table is assessed, then filtered: a gap is decided beside its control and the
     # confound diagnostics of its transition (a confounded gap is not called).
     assessed = assess_findings(metrics).filter(pl.col("metric").is_in(names) & pl.col("group").is_null()
-                                               & (pl.col("stratum") != STRATUM_OBSERVATIONAL))
+                                               & (pl.col("stratum") != STRATUM_OBSERVATIONAL) & pl.col("phrasing").is_null())
     out = []
     for row in assessed.to_dicts():
         control = controls.get((CONTROL_PREFIX + row["metric"], row["stratum"], row["attribute"], row["query"]))
@@ -73,7 +75,10 @@ def group_rows(metrics: pl.DataFrame, names: Sequence[str]) -> list[dict[str, An
     """Per-group rows (group not null) of the metrics ``names``, by prompt, stratum and attribute."""
     if metrics.is_empty():
         return []
-    rows = metrics.filter(pl.col("metric").is_in(list(names)) & pl.col("group").is_not_null()).to_dicts()
+    chosen = metrics.filter(pl.col("metric").is_in(list(names)) & pl.col("group").is_not_null())
+    if "phrasing" in chosen.columns:  # the rows pooled over the phrasings (one phrasing's: the metrics table)
+        chosen = chosen.filter(pl.col("phrasing").is_null())
+    rows = chosen.to_dicts()
     rows.sort(key=lambda r: (str(r["query"]), str(r.get("stratum")), str(r["attribute"]), str(r["metric"]), str(r["group"])))
     return rows
 
@@ -121,82 +126,117 @@ def largest_generation_gaps(predictions: pl.DataFrame, generations: pl.DataFrame
     return candidates[:top]
 
 
-_GENERATION_GROUP_METRICS = ("max_toxicity", "toxicity_rate", "refusal_rate", "generation_words")
+_GENERATION_GROUP_METRICS = ("max_toxicity", "toxicity_rate", "refusal_rate", "generation_words", "unclear_rate", "sentiment_mean")
 
 
-def generative_audit_section(
+@dataclass(frozen=True)
+class GapLine:
+    """One probe gap beside its control, as text: the table row of its prompt."""
+
+    metric: str
+    attribute: str
+    stratum: str
+    gap: str
+    control: str
+    verdict: str
+    notable: bool  # called or confounded: drawn as a problem
+    n: str
+
+
+@dataclass(frozen=True)
+class GenerationPair:
+    """One counterfactual pair whose generations differ most: both sides' image, value and texts."""
+
+    attribute: str
+    transition: str
+    prompt: str
+    measure: str
+    delta: str
+    sides: list[tuple[Thumbnail, str, list[str]]]  # (image, "group: measure value", texts)
+
+
+@dataclass(frozen=True)
+class GenerativeSection:
+    """What the report shows of a generative model under audit (module doc)."""
+
+    level: str
+    choice_prompt: str | None
+    prompts: list[tuple[str, list[GapLine]]]
+    groups: list[list[str]]
+    pairs: list[GenerationPair]
+
+
+def _verdict(row: dict[str, Any]) -> tuple[str, bool]:
+    if not row["assessed"]:
+        return "not assessed (no control)", False
+    if row["clears_control"]:
+        return "called", True
+    if row.get("verdict") == "confounded":
+        return "confounded", True
+    if row.get("verdict") == "undefined":
+        return "undefined", False
+    return f"not called ({row.get('reason')})" if row.get("reason") else "within its control", False
+
+
+def interval_text(row: Mapping[str, Any] | None) -> str:
+    """'[low, high]' of a metrics row, or '' without an interval."""
+    if not row or row.get("ci_low") is None or row.get("ci_high") is None:
+        return ""
+    return f"[{number(row['ci_low'])}, {number(row['ci_high'])}]"
+
+
+def _value_text(row: Mapping[str, Any]) -> str:
+    value = number(row["value"]) if row.get("value") is not None else str(row.get("note") or "")
+    return f"{value} {interval_text(row)}".strip()
+
+
+def generative_section(
     metrics: pl.DataFrame,
     predictions: pl.DataFrame | None,
     probes: pl.DataFrame | None,
     generations: pl.DataFrame | None,
-    images: "ImageInliner",
+    images: ImageInliner,
     max_pairs: int = 6,
     manifest_config: Mapping[str, Any] | None = None,
     confidence: float = 0.95,
-) -> str:
+) -> GenerativeSection | None:
     """The generative probes: per prompt the headline gaps beside their controls (yes/no, ratings,
     toxicity, refusals, length, lexicon), toxicity by group, and the counterfactual pairs whose
-    generations differ most, the two images with their texts side by side. Every prompt and
-    generated text is model or user text and is escaped. Empty when the run has no generative probe."""
-
+    generations differ most, the two images with their texts side by side. None when the run has
+    no generative probe. (Every prompt and generated text is model or user text: the template escapes it.)"""
     if probes is None and generations is None:
-        return ""
+        return None
     metrics = metrics if metrics is not None else pl.DataFrame()
-    parts = ["<h2>Generative model under audit</h2>",
-             "<p>Each gap is the mean change of a probe's value from the reference image to its counterfactual "
-             f"(|Δ| and signed Δ, {percent_level(confidence)} interval over source images), beside its control: the same change between two "
-             "images of the same person and value at different seeds. A gap counts only where its interval clears "
-             "the control's, at the family-wise level over the run's comparisons (the findings above).</p>"]
-    choice_prompt = ((manifest_config or {}).get("audit") or {}).get("choice_prompt")
-    if choice_prompt:
-        parts.append(f"<p>The multiple-choice prompt ({escaped(choice_prompt)}) fills the label scores: its flip rate and "
-                     "probability gaps are the headline findings and metrics above.</p>")
     gaps = gaps_with_controls(metrics)
+    prompts = []
     for prompt in dict.fromkeys(row["query"] for row in gaps):
-        body = []
+        lines = []
         for row in (r for r in gaps if r["query"] == prompt):
             control = row["control"]
-            verdict = ("not assessed (no control)" if not row["assessed"] else
-                       '<span class="problem">called</span>' if row["clears_control"] else
-                       '<span class="problem">confounded</span>' if row.get("verdict") == "confounded" else
-                       "undefined" if row.get("verdict") == "undefined" else
-                       escaped(f"not called ({row.get('reason')})"))
-            control_text = (f"{number(control['value'])} {interval_text(control)}" if control and control["value"] is not None
-                            else (control or {}).get("note") or "none")
-            body.append(
-                f"<tr><td>{escaped(row['metric'])}</td><td>{escaped(row['attribute'])}</td><td>{escaped(row['stratum'])}</td>"
-                f"<td>{escaped(number(row['value']) if row['value'] is not None else row.get('note'))} {escaped(interval_text(row))}</td>"
-                f"<td>{escaped(control_text)}</td><td>{verdict}</td><td>{escaped(row['n'])}</td></tr>"
-            )
-        parts.append(
-            f"<h3>Prompt: {escaped(prompt)}</h3><table><tr><th>metric</th><th>attribute</th><th>stratum</th><th>gap</th>"
-            f"<th>control</th><th></th><th>n pairs</th></tr>{''.join(body)}</table>"
-        )
-    groups = group_rows(metrics, _GENERATION_GROUP_METRICS + ("yes_prob_mean", "rating_mean"))
-    if groups:
-        body = "".join(
-            f"<tr><td>{escaped(r['query'])}</td><td>{escaped(r['metric'])}</td><td>{escaped(r.get('stratum'))}</td><td>{escaped(r['attribute'])}</td>"
-            f"<td>{escaped(r['group'])}</td><td>{escaped(number(r['value']) if r['value'] is not None else r.get('note'))} "
-            f"{escaped(interval_text(r))}</td><td>{escaped(r['n'])}</td></tr>"
-            for r in groups
-        )
-        parts.append("<h3>By group: toxicity, refusals, length, yes/no and ratings</h3><table><tr><th>prompt</th><th>metric</th>"
-                     f"<th>stratum</th><th>attribute</th><th>group</th><th>value</th><th>n</th></tr>{body}</table>")
-    pairs = largest_generation_gaps(predictions if predictions is not None else pl.DataFrame(),
-                                     generations if generations is not None else pl.DataFrame(), top=max_pairs)
-    if pairs:
-        parts.append("<h3>Largest differences between counterfactual generations</h3><div class=\"grid\">")
-        for pair in pairs:
-            cells = []
-            for side in ("from", "to"):
-                info = pair[side]
-                texts = "".join(f"<blockquote>{escaped(text)}</blockquote>" for text in info["texts"])
-                cells.append(f"<div>{images.tag(info['uri'], str(info['group']))}<br>{escaped(info['group'])}: "
-                             f"{escaped(pair['measure'])} {escaped(number(info['value']))}{texts}</div>")
-            parts.append(
-                f'<figure class="pair"><div class="imgs">{"".join(cells)}</div><figcaption>'
-                f"{escaped(pair['attribute'])} {escaped(pair['transition'])} · prompt: {escaped(pair['prompt'])} · "
-                f"Δ {escaped(pair['measure'])} {escaped(number(pair['delta']))}</figcaption></figure>"
-            )
-        parts.append("</div>")
-    return "".join(parts)
+            control_text = (f"{number(control['value'])} {interval_text(control)}".strip()
+                            if control and control["value"] is not None else str((control or {}).get("note") or "none"))
+            verdict, notable = _verdict(row)
+            lines.append(GapLine(str(row["metric"]), str(row["attribute"]), str(row["stratum"]), _value_text(row),
+                                 control_text, verdict, notable, "" if row["n"] is None else str(row["n"])))
+        prompts.append((str(prompt), lines))
+    groups = [[str(r["query"]), str(r["metric"]), str(r.get("stratum")), str(r["attribute"]), str(r["group"]),
+               _value_text(r), "" if r["n"] is None else str(r["n"])]
+              for r in group_rows(metrics, _GENERATION_GROUP_METRICS + ("yes_prob_mean", "rating_mean"))]
+    pairs = []
+    for pair in largest_generation_gaps(predictions if predictions is not None else pl.DataFrame(),
+                                        generations if generations is not None else pl.DataFrame(), top=max_pairs):
+        sides = [(images.thumbnail(pair[side]["uri"], str(pair[side]["group"])),
+                  f"{pair[side]['group']}: {pair['measure']} {number(pair[side]['value'])}",
+                  [str(t) for t in pair[side]["texts"]]) for side in ("from", "to")]
+        pairs.append(GenerationPair(str(pair["attribute"]), str(pair["transition"]), str(pair["prompt"]),
+                                    str(pair["measure"]), number(pair["delta"]), sides))
+    choice_prompt = ((manifest_config or {}).get("audit") or {}).get("choice_prompt")
+    return GenerativeSection(percent_level(confidence), choice_prompt, prompts, groups, pairs)
+
+
+def generative_audit_section(metrics: pl.DataFrame, predictions: pl.DataFrame | None, probes: pl.DataFrame | None,
+                             generations: pl.DataFrame | None, images: ImageInliner, max_pairs: int = 6,
+                             manifest_config: Mapping[str, Any] | None = None, confidence: float = 0.95) -> str:
+    """:func:`generative_section` as the report's HTML fragment ("" without a generative probe)."""
+    section = generative_section(metrics, predictions, probes, generations, images, max_pairs, manifest_config, confidence)
+    return "" if section is None else render_fragment("_generative.html.j2", generative=section)

@@ -2,8 +2,8 @@
 
 :func:`intersection_lines`: per intersection, its joint transitions (attribute ``a+b``) and its
 cells (attribute ``a | b=value``; :mod:`counterfactual_lab.metrics.intersections`), and the cells
-too small for an interval (``audit.min_group_size``). The HTML report (:func:`intersections_section`)
-and ``cflab report`` (:func:`intersections_text`) both read them.
+too small for an interval (``audit.min_group_size``). The HTML report (the lines rendered by
+``templates/_intersections.html.j2``) and ``cflab report`` (:func:`intersections_text`) both read them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import polars as pl
 
 from counterfactual_lab.config.intersections import is_joint, split_stratified
 from counterfactual_lab.config.methods import METHODS
-from counterfactual_lab.report.markup import escaped
 
 
 def intersection_lines(metrics: pl.DataFrame, manifest: Mapping[str, Any] | None = None) -> list[str]:
@@ -55,13 +54,3 @@ def intersections_text(metrics: pl.DataFrame, manifest: Mapping[str, Any] | None
     lines = intersection_lines(metrics, manifest)
     return ["", "Intersections:"] + [f"  - {line}" for line in lines] if lines else []
 
-
-def intersections_section(metrics: pl.DataFrame, manifest: Mapping[str, Any] | None = None) -> str:
-    """The HTML report's section ("" for a run without intersections)."""
-    lines = intersection_lines(metrics, manifest)
-    if not lines:
-        return ""
-    return ('<section id="intersections"><h2>Intersections</h2><p>Cells are named '
-            "<code>attribute | other=value</code> (the sources whose other value is fixed), joint edits "
-            "<code>a+b</code>; every row of both counts in the run's family.</p><ul>"
-            + "".join(f"<li>{escaped(line)}</li>" for line in lines) + "</ul></section>")

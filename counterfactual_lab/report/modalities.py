@@ -2,7 +2,8 @@
 
 :func:`modality_comparisons`: per transition and signed gap, the ``image``, ``text`` and ``both``
 rows side by side (:mod:`counterfactual_lab.metrics.modalities`), with a sentence saying which
-carries the gap (:func:`carrier_sentence`). The HTML report (:func:`modalities_section`) and
+carries the gap (:func:`carrier_sentence`). The HTML report (:func:`modalities_view`, rendered by
+``templates/_modalities.html.j2``) and
 ``cflab report`` (:func:`modality_lines`) both read them; the intersections have their own view
 (:mod:`counterfactual_lab.report.intersections`).
 """
@@ -17,7 +18,6 @@ import polars as pl
 from counterfactual_lab.evaluate.readings import MODALITIES, MODALITY_BOTH, MODALITY_IMAGE, MODALITY_TEXT
 from counterfactual_lab.metrics.counterfactual_fairness import GAP_SIGNED_SUFFIX
 from counterfactual_lab.metrics.findings import VERDICT_CONFOUNDED
-from counterfactual_lab.report.markup import escaped
 from counterfactual_lab.report.sentences import MODALITY_WORDS, STRATUM_TITLES, number
 
 _KEY = ("stratum", "attribute", "group", "metric", "label", "query")
@@ -69,6 +69,8 @@ def modality_comparisons(findings: pl.DataFrame) -> list[dict[str, Any]]:
         return []
     rows = findings.filter(pl.col("metric").str.ends_with(GAP_SIGNED_SUFFIX) & pl.col("group").is_not_null()
                            & ~pl.col("diagnostic").fill_null(False) & pl.col("modality").is_not_null())
+    if "phrasing" in rows.columns:  # the rows pooled over the phrasings (one phrasing's: the designs section)
+        rows = rows.filter(pl.col("phrasing").is_null())
     if rows["modality"].n_unique() < 2:
         return []
     grouped: dict[tuple, dict[str, Any]] = {}
@@ -119,20 +121,3 @@ def modalities_view(findings: pl.DataFrame, shown: int = SHOWN) -> dict[str, Any
     words = "; ".join(f"{m}: {MODALITY_WORDS[m]}" for m in (MODALITY_IMAGE, MODALITY_TEXT, MODALITY_BOTH))
     return {"columns": columns, "rows": rows, "more": len(entries) - len(rows), "words": words}
 
-
-def modalities_section(findings: pl.DataFrame, shown: int = SHOWN) -> str:
-    """The HTML report's section from :func:`modalities_view` ("" for a run of one modality)."""
-    view = modalities_view(findings, shown)
-    if view is None:
-        return ""
-    head = "".join(f"<th>{escaped(m)}</th>" for m in view["columns"])
-    body = "".join(
-        f"<tr><td>{escaped(r['stratum'])}</td><td>{escaped(r['transition'])}</td><td>{escaped(r['gap'])}</td>"
-        + "".join(f"<td>{escaped(c)}</td>" for c in r["cells"]) + f"<td>{escaped(r['sentence'])}</td></tr>"
-        for r in view["rows"])
-    more = f"<p>{view['more']} more in the metrics table (column modality).</p>" if view["more"] else ""
-    return ('<section id="modalities"><h2>Which modality carries the gap</h2>'
-            f"<p>Each signed gap read three ways ({escaped(view['words'])}), each beside its own control and decided "
-            "as above; the last column says which carries the gap.</p>"
-            f"<table><tr><th>stratum</th><th>transition</th><th>gap</th>{head}<th>which carries it</th></tr>"
-            + body + "</table>" + more + "</section>")

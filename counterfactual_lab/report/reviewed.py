@@ -13,7 +13,6 @@ What the report shows of it: :mod:`counterfactual_lab.report.review_summary`.
 from __future__ import annotations
 
 import io
-import json
 import posixpath
 from dataclasses import dataclass
 from typing import Any
@@ -34,8 +33,8 @@ from counterfactual_lab.review.figures import (
 from counterfactual_lab.review.labels import labels_uri, read_labels
 from counterfactual_lab.review.sample import read_sample_record
 from counterfactual_lab.review.sets import review_sets
-from counterfactual_lab.runs.publisher import MANIFEST_NAME, REPORT_NAME, RunPublisher
-from counterfactual_lab.runs.reader import RunTables, read_run
+from counterfactual_lab.runs.publisher import MANIFEST_NAME, REPORT_NAME, RunPublisher, read_manifest
+from counterfactual_lab.runs.reader import RUN_TABLE_MAX_BYTES, RunTables, read_run
 from counterfactual_lab.storage.files import exists, join, read_bytes
 
 # refresh_review's answers.
@@ -118,14 +117,15 @@ def refresh_review(run_uri: str, exclude_rejected: bool, storage_options: dict[s
     A run nobody reviewed costs one look for its labels file and one read of its manifest; the
     counterfactuals are read only where sets are or should be left out."""
     run_uri = run_uri.rstrip("/")
-    manifest = json.loads(read_bytes(join(run_uri, MANIFEST_NAME), storage_options))
+    manifest = read_manifest(join(run_uri, MANIFEST_NAME), storage_options)
     published = manifest.get("review") or {}
     if not published and not exists(labels_uri(run_uri), storage_options):
         return REVIEW_CURRENT
     labels = read_labels(run_uri, storage_options)
     excluded = set(published.get("excluded_sets") or [])
     if exclude_rejected or excluded:
-        counterfactuals = pl.read_parquet(io.BytesIO(read_bytes(join(run_uri, "counterfactuals.parquet"), storage_options)))
+        counterfactuals = pl.read_parquet(io.BytesIO(read_bytes(join(run_uri, "counterfactuals.parquet"), storage_options,
+                                                            max_bytes=RUN_TABLE_MAX_BYTES, what="a run table")))
         wanted = set(sets_to_exclude(counterfactuals, run_uri, storage_options)) if exclude_rejected else set()
         if wanted != excluded:
             return REVIEW_NEEDS_RERUN

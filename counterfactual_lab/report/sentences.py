@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from counterfactual_lab.metrics.counterfactual_fairness import (
+    ANSWER_CHANGE,
     GAP_ABS_SUFFIX,
     GAP_SIGNED_SUFFIX,
 )
@@ -141,6 +142,9 @@ def _measure(row: Mapping[str, Any], value_key: str = "value", prefix: str = "")
     ci = interval(row, _fmt(kind), prefix)
     if kind == "flip_rate":
         return f"the top-1 label flips in {percent(value)} of pairs{ci}"
+    if kind == ANSWER_CHANGE:
+        similarity = "embedding cosine" if row.get("measure") == "embedding_cosine" else "ROUGE-L"
+        return f"the answers to '{row.get('query')}' change by {number(value)} (1 − {similarity}) on average{ci}"
     if kind.endswith(GAP_ABS_SUFFIX):
         return f"{_gap_subject(row)} moves by {number(value)} on average{ci}"
     return f"{_gap_subject(row)} changes by {_signed(value)} on average{ci}"
@@ -361,6 +365,31 @@ MODALITY_WORDS = {
     "text": "the same image, the {person} word changed",
     "both": "the image and the {person} word changed",
 }
+def _robustness(row: Mapping[str, Any]) -> str:
+    """' It holds in every phrasing (robust).' on a called row of a probe asked in several phrasings."""
+    if row.get("robustness") == "robust":
+        return " It has the same sign in every phrasing of the prompt (robust)."
+    if row.get("robustness") == "phrasing-dependent":
+        return " Its sign is not the same in every phrasing of the prompt (phrasing-dependent)."
+    return ""
+
+
+def _design_sentence(row: Mapping[str, Any]) -> str | None:
+    """One phrasing's row, a phrasing spread or a synthetic shift in words; None for any other row."""
+    kind = metric_kind(row["metric"])
+    if row.get("phrasing") is not None and row["value"] is not None:
+        return (f"{_subject(row)}, in the phrasing '{row['phrasing']}': {_measure(row)} ({_sample(row, 'pairs')}); "
+                "reported: the row pooled over every phrasing is the comparison")
+    if kind == "phrasing_spread" and row["value"] is not None:
+        return (f"{_subject(row)}: {row.get('measure')} differs by {number(row['value'])} between the phrasings of "
+                f"{_label(row) if row.get('label') else repr(row.get('query'))} ({row.get('note')})")
+    if kind == "synthetic_shift" and row["value"] is not None:
+        what = row.get("measure") or "the value"
+        about = f"'{row['label']}'" if row.get("label") else (f"'{row['query']}'" if row.get("query") else "the label")
+        return (f"{_subject(row)}: generated images alone (original → reconstruction) move {what} of {about} by "
+                f"{_signed(row['value']) if what.endswith('signed') else number(row['value'])}{interval(row)} "
+                f"({_sample(row, 'pairs')}); reported apart from the findings")
+    return None
 
 
 def finding_sentence(row: Mapping[str, Any]) -> str:
@@ -371,6 +400,9 @@ def finding_sentence(row: Mapping[str, Any]) -> str:
         prefix += f"{modality.capitalize()} ({MODALITY_WORDS.get(modality, modality)}): "
     if row.get("diagnostic"):
         return prefix + _diagnostic_sentence(row)
+    design = _design_sentence(row)
+    if design is not None:
+        return prefix + design
     if row.get("reference") in (REFERENCE_CONTROL, REFERENCE_NO_EFFECT):
-        return prefix + _pair_sentence(row)
+        return prefix + _pair_sentence(row) + (_robustness(row) if row.get("called") else "")
     return prefix + _descriptive_sentence(row)

@@ -10,6 +10,7 @@ import polars as pl
 from counterfactual_lab.metrics.findings import REFERENCE_NONE
 from counterfactual_lab.metrics.generative import is_probe_metric
 from counterfactual_lab.metrics.schema import STRATUM_REAL_VS_GENERATED
+from counterfactual_lab.report.designs import SECTION_TITLES, design_lines
 from counterfactual_lab.report.findings import (
     assess_findings,
     headline_table,
@@ -23,6 +24,7 @@ from counterfactual_lab.report.markdown import accounting_lines, models_line
 from counterfactual_lab.report.modalities import modality_lines
 from counterfactual_lab.report.review_summary import review_lines
 from counterfactual_lab.report.sentences import REAL_VS_GENERATED_WARNING
+from counterfactual_lab.report.terminal import printable
 from counterfactual_lab.runs.failure import failure_banner
 from counterfactual_lab.runs.publisher import MANIFEST_NAME
 from counterfactual_lab.runs.reader import (
@@ -37,13 +39,14 @@ from counterfactual_lab.storage.files import exists, join
 
 
 def report_text(uri: str, storage_options: dict[str, Any] | None = None) -> str:
-    """What ``cflab report URI`` prints: a run's headline, or the list of runs under an output root."""
+    """What ``cflab report URI`` prints: a run's headline, or the list of runs under an output root;
+    without control characters (its strings come from files: :func:`~counterfactual_lab.report.terminal.printable`)."""
     uri = uri.rstrip("/")
     if not exists(join(uri, MANIFEST_NAME), storage_options):
         runs = list_runs(uri, storage_options)
         if runs:
-            return format_run_list(uri, runs)
-    return format_headline(read_run(uri, storage_options))
+            return printable(format_run_list(uri, runs))
+    return printable(format_headline(read_run(uri, storage_options)))
 
 
 def format_run_list(root_uri: str, runs: list[RunListing]) -> str:
@@ -108,6 +111,8 @@ control) and the headline metrics with their intervals and controls."""
     lines += _generative_lines(findings)
     lines += modality_lines(findings)
     lines += intersections_text(run.metrics, manifest)
+    for key, section in design_lines(findings, run.metrics).items():
+        lines += ["", f"{SECTION_TITLES[key]}:", *(f"  - {line}" for line in section)]
     lines.append("")
     lines.append(f"Headline metrics ({_confidence(manifest)} bootstrap interval):")
     table = headline_table(run.metrics)

@@ -33,6 +33,7 @@ from typing import Any
 import polars as pl
 
 from counterfactual_lab.errors import UserError
+from counterfactual_lab.runs.reader import RUN_TABLE_MAX_BYTES
 from counterfactual_lab.storage.files import exists, join, read_bytes, write_bytes_atomic
 from counterfactual_lab.storage.locks import StoreLockManager
 
@@ -108,7 +109,7 @@ def read_labels(run_uri: str, storage_options: dict[str, Any] | None = None) -> 
     uri = labels_uri(run_uri)
     if not exists(uri, storage_options):
         return empty_labels()
-    data = read_bytes(uri, storage_options)
+    data = read_bytes(uri, storage_options, max_bytes=RUN_TABLE_MAX_BYTES, what="a labels file")
     try:
         return as_labels(pl.read_parquet(io.BytesIO(data)))
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:  # not Parquet, or not the labels' columns

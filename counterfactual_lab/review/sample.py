@@ -21,7 +21,11 @@ import numpy as np
 from counterfactual_lab.errors import UserError
 from counterfactual_lab.review.labels import SAMPLE_NAME, review_uri
 from counterfactual_lab.review.sets import ReviewSet
-from counterfactual_lab.storage.files import exists, join, read_bytes, write_bytes_atomic
+from counterfactual_lab.storage.files import exists, join, write_bytes_atomic
+from counterfactual_lab.storage.json_files import DamagedJson, read_json
+
+# The most a recorded sample may hold (it lists sets by id: far less in practice).
+SAMPLE_MAX_BYTES = 64 * 2**20
 
 DEFAULT_SIZE = 100
 DEFAULT_SEED = 0
@@ -77,8 +81,8 @@ def read_sample_record(run_uri: str, storage_options: dict[str, Any] | None = No
     if not exists(uri, storage_options):
         return None
     try:
-        record = json.loads(read_bytes(uri, storage_options))
-    except (ValueError, UnicodeDecodeError):
+        record = read_json(uri, storage_options, max_bytes=SAMPLE_MAX_BYTES, what=uri)
+    except (DamagedJson, UnicodeDecodeError):
         raise UserError(f"{uri} is damaged (not JSON): delete it and run cflab review again to draw the sample anew") from None
     if not isinstance(record, dict) or not isinstance(record.get("seed"), int):
         raise UserError(f"{uri} is damaged (no seed): delete it and run cflab review again to draw the sample anew") from None

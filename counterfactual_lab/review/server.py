@@ -53,7 +53,7 @@ from counterfactual_lab.review.labels import (
 )
 from counterfactual_lab.review.sample import Sample
 from counterfactual_lab.review.sets import JUDGE_SCORES, ReviewSet
-from counterfactual_lab.storage.files import read_bytes
+from counterfactual_lab.storage.files import STORED_IMAGE_MAX_BYTES, read_bytes
 
 STATIC_FILES = {"review.js": "text/javascript; charset=utf-8", "review.css": "text/css; charset=utf-8"}
 PAGE = "review.html"
@@ -234,7 +234,7 @@ def build_app(session: ReviewSession, allowed_hosts: list[str] | None = None) ->
         uri = session.images.get(request.path_params["key"])
         if uri is None:
             return PlainTextResponse("not found", status_code=404)
-        data = read_bytes(uri, session.storage_options)
+        data = read_bytes(uri, session.storage_options, max_bytes=STORED_IMAGE_MAX_BYTES, what="a stored image")
         kind = _image_type(data)
         if kind is None:
             return PlainTextResponse("not an image", status_code=415)

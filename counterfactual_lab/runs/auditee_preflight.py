@@ -46,6 +46,10 @@ def check_auditee(config: Any) -> str:
         _check_prompts(processor, audit)
     if audit.toxicity_model is not None:
         check_text_classifier(audit.toxicity_model, audit.toxicity_revision)
+    if audit.sentiment_model is not None:
+        check_text_classifier(audit.sentiment_model, audit.sentiment_revision, key="audit.sentiment_model")
+    if audit.text_embedder is not None:
+        check_text_encoder(audit.text_embedder, audit.text_embedder_revision)
     return kind
 
 
@@ -114,10 +118,13 @@ def _check_prompts(processor: Any, audit: Any) -> None:
     templates += [(f"audit.negative_controls[{i}]", p) for i, p in enumerate(audit.negative_controls or [])]
     templates += [(f"audit.ratings[{i}]", p) for i, p in enumerate(audit.ratings)]
     templates += [(f"audit.generate.prompts[{i}]", p) for i, p in enumerate(audit.generate.prompts)]
+    templates += [(f"audit.phrasings[{prompt!r}][{i}]", p) for prompt, alternatives in audit.phrasings.items()
+                  if prompt != audit.prompt for i, p in enumerate(alternatives)]
     for key, template in templates:
         check_prompt(processor, prompt_format, template, key, audit.model)
     tokenizer = getattr(processor, "tokenizer", processor)
-    for key, answers in (("audit.yes_no", list(YES_NO_ANSWERS)), ("audit.ratings", rating_answers(audit.rating_scale))):
+    unclear = [audit.unclear_option] if audit.unclear_option is not None else []
+    for key, answers in (("audit.yes_no", list(YES_NO_ANSWERS) + unclear), ("audit.ratings", rating_answers(audit.rating_scale))):
         if getattr(audit, key.split(".")[1]):
             try:
                 answer_token_ids(tokenizer, answers)
@@ -125,8 +132,25 @@ def _check_prompts(processor: Any, audit: Any) -> None:
                 raise ConfigError(f"{key}: {exc}") from None
 
 
-def check_text_classifier(model: str, revision: str | None) -> None:
-    """``audit.toxicity_model`` must be a safetensors, code-free text classifier with a toxic label."""
+def check_text_encoder(model: str, revision: str | None, key: str = "audit.text_embedder") -> None:
+    """``audit.text_embedder`` must name a model whose config can be read (a local folder: its config.json)."""
+    # here, not at the top: it imports transformers
+    from transformers import AutoConfig
+
+    check_model_reference(key, model)
+    kwargs: dict[str, Any] = {"trust_remote_code": False}
+    if not is_local_model(model):
+        kwargs.update(revision=revision, local_files_only=True)
+    try:
+        AutoConfig.from_pretrained(model, **kwargs)
+    except (OSError, ValueError):
+        if is_local_model(model):
+            raise ConfigError(f"{key} {model}: no readable config.json") from None
+
+
+def check_text_classifier(model: str, revision: str | None, key: str = "audit.toxicity_model") -> None:
+    """``audit.toxicity_model`` (``key``) must be a safetensors, code-free text classifier with a toxic
+    label; ``audit.sentiment_model`` one with a positive and a negative label."""
     # here, not at the top: it imports transformers
     from transformers import AutoConfig
 
@@ -134,9 +158,12 @@ def check_text_classifier(model: str, revision: str | None) -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
     # here, not at the top: it imports polars, torch
+    from counterfactual_lab.evaluate.auditees.text_models import sentiment_labels
+
+    # here, not at the top: it imports polars, torch
     from counterfactual_lab.evaluate.auditees.toxicity import toxic_label
 
-    check_model_reference("audit.toxicity_model", model)
+    check_model_reference(key, model)
     kwargs: dict[str, Any] = {"trust_remote_code": False}
     if not is_local_model(model):
         kwargs.update(revision=revision, local_files_only=True)
@@ -144,7 +171,7 @@ def check_text_classifier(model: str, revision: str | None) -> None:
         config = AutoConfig.from_pretrained(model, **kwargs)
     except (OSError, ValueError):
         if is_local_model(model):
-            raise ConfigError(f"audit.toxicity_model {model}: no readable config.json") from None
+            raise ConfigError(f"{key} {model}: no readable config.json") from None
         return
     architectures = list(getattr(config, "architectures", None) or [])
     classifier = any(a.endswith("ForSequenceClassification") for a in architectures) or (
@@ -153,7 +180,11 @@ def check_text_classifier(model: str, revision: str | None) -> None:
     )
     if not classifier:
         raise ConfigError(
-            f"audit.toxicity_model {model} is not a text classifier (its config names {architectures or config.model_type}); "
-            "give a transformers text-classification model (…ForSequenceClassification) with a toxic label"
+            f"{key} {model} is not a text classifier (its config names {architectures or config.model_type}); "
+            "give a transformers text-classification model (…ForSequenceClassification) with a "
+            + ("toxic label" if key == "audit.toxicity_model" else "positive and a negative label")
         )
-    toxic_label(config.id2label, model)
+    if key == "audit.toxicity_model":
+        toxic_label(config.id2label, model)
+    else:
+        sentiment_labels(config.id2label, model)

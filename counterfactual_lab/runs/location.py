@@ -28,8 +28,12 @@ from counterfactual_lab.storage.redaction import RedactedInJson
 from counterfactual_lab.version import __version__
 
 # Which config section names the model of each role, and under which keys (default: model, revision).
-MODEL_SECTIONS = {"generator": "generation", "judge": "judge", "audit": "audit", "toxicity": "audit"}
-MODEL_KEYS = {"toxicity": ("toxicity_model", "toxicity_revision")}
+MODEL_SECTIONS = {"generator": "generation", "judge": "judge", "audit": "audit", "toxicity": "audit",
+                  "sentiment": "audit", "text_embedder": "audit"}
+MODEL_KEYS = {"toxicity": ("toxicity_model", "toxicity_revision"), "sentiment": ("sentiment_model", "sentiment_revision"),
+              "text_embedder": ("text_embedder", "text_embedder_revision")}
+# The text models that score generations: loaded only when the config has generations for them.
+TEXT_MODEL_ROLES = ("toxicity", "sentiment", "text_embedder")
 
 
 def model_reference(config: AuditConfig, role: str) -> tuple[str | None, str | None]:
@@ -42,11 +46,12 @@ def model_reference(config: AuditConfig, role: str) -> tuple[str | None, str | N
 def model_roles(spec: DatasetSpec, evaluate: bool, config: AuditConfig | None = None) -> list[str]:
     """The roles whose models the run loads: generation and judge unless the dataset already holds
     counterfactual sets; the model under audit unless the run stops after the judge; the toxicity
-    classifier when ``config`` has one and generations for it to score."""
+    classifier, the sentiment classifier and the text embedder when ``config`` has them and
+    generations for them to score."""
     roles = [] if spec.columns.counterfactual_set else ["generator", "judge"]
     roles += ["audit"] if evaluate else []
-    if evaluate and config is not None and config.audit.toxicity_model and config.audit.generate.prompts:
-        roles.append("toxicity")
+    if evaluate and config is not None and config.audit.generate.prompts:
+        roles += [role for role in TEXT_MODEL_ROLES if model_reference(config, role)[0]]
     return roles
 
 

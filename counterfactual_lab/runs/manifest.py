@@ -59,8 +59,9 @@ VERSIONED_DISTRIBUTIONS = (
     "great-expectations",
     "pillow",
     "numpy",
+    "rouge-score",  # answer_change's ROUGE-L
 )
-MODEL_ROLES = ("generator", "judge", "audit", "toxicity")
+MODEL_ROLES = ("generator", "judge", "audit", "toxicity", "sentiment", "text_embedder")
 
 
 # What each count of the manifest counts. Work items that share a content key (an img2img
@@ -146,6 +147,8 @@ def _generative_parameters(audit: Any) -> dict[str, Any]:
         "generate": audit.generate.model_dump(mode="json"),
         "toxicity_threshold": audit.toxicity_threshold,
         "lexicon": audit.lexicon,
+        "phrasings": {prompt: list(alternatives) for prompt, alternatives in audit.phrasings.items()},
+        "unclear_option": audit.unclear_option,
     }
 
 
@@ -178,8 +181,8 @@ def build_manifest(
     lists where the accounting does not close (empty: it does).
     ``status`` is ``"failed"`` when ``failure`` is given (why: ``run_failure.FailedItems.manifest_entry``,
     kept as ``failure``), else ``"complete"``. ``counts``: further counts of the run, e.g.
-    ``{"auditee": {"computed": N, "cached": M}}`` (a generative model's answers computed in this
-    run vs served from the output store's cache).
+    ``{"auditee": {"computed": N, "cached": M, "objects_written": K}}`` (a generative model's answers
+    computed in this run vs served from the output store's cache, and the cache objects written).
     """
     for key in ("name", "uri", "fingerprint"):
         if key not in dataset:

@@ -25,11 +25,13 @@ from counterfactual_lab.storage.files import (
     exists,
     filesystem,
     join,
-    read_bytes,
     write_bytes_atomic,
 )
+from counterfactual_lab.storage.json_files import DamagedJson, read_json
 
 MANIFEST_NAME = "manifest.json"
+# A manifest is tens of kilobytes; one this large is not a manifest this project wrote.
+MANIFEST_MAX_BYTES = 64 * 2**20
 REPORT_NAME = "report.html"
 # The tables of the output contract, in the order a run writes them.
 TABLE_NAMES = ("counterfactuals", "predictions", "metrics", "quarantine", "drift")
@@ -52,10 +54,18 @@ def is_complete(run_uri: str, storage_options: dict[str, Any] | None = None) -> 
     if not exists(uri, storage_options):
         return False
     try:
-        manifest = json.loads(read_bytes(uri, storage_options))
-    except (ValueError, UnicodeDecodeError, FileNotFoundError):
+        manifest = read_manifest(uri, storage_options)
+    except (DamagedJson, FileNotFoundError):
         return False  # damaged or removed meanwhile: not something to vouch for
     return isinstance(manifest, dict) and manifest.get("status", "complete") == "complete"
+
+
+def read_manifest(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """The JSON value of the manifest at ``uri``, read with the bounds of every file the project did
+    not just write (``storage.json_files.read_json``): a FIFO, a device or a file over
+    :data:`MANIFEST_MAX_BYTES` is refused with one line naming it (``UnreadableFile``), never
+    waited on or read whole; a damaged one is ``DamagedJson``."""
+    return read_json(uri, storage_options, max_bytes=MANIFEST_MAX_BYTES, what=uri)
 
 
 def _file_name(name: str, suffix: str) -> str:

@@ -9,8 +9,8 @@ its tables may be from an interrupted or unfinished publish.
 from __future__ import annotations
 
 import io
-import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -23,8 +23,13 @@ from counterfactual_lab.runs.publisher import (
     MANIFEST_NAME,
     REPORT_NAME,
     RUN_TABLE_NAMES,
+    read_manifest,
 )
 from counterfactual_lab.storage.files import exists, filesystem, join, read_bytes
+from counterfactual_lab.storage.json_files import DamagedJson
+
+# A run table is read whole into memory: larger than this, it is not a table this project wrote.
+RUN_TABLE_MAX_BYTES = 4 * 2**30
 
 
 @dataclass(frozen=True)
@@ -59,11 +64,13 @@ class RunTables:
         return is_failed(self.manifest)
 
 
-def read_run(run_uri: str, storage_options: dict[str, Any] | None = None) -> RunTables:
+def read_run(run_uri: str, storage_options: dict[str, Any] | None = None,
+             tables: Sequence[str] = RUN_TABLE_NAMES) -> RunTables:
     """The run at ``run_uri``; raises :class:`UserError` when it is missing, incomplete or damaged.
 
     Tables are read from the run directory itself (not the URIs recorded in the manifest), so a
-    run copied elsewhere, e.g. from S3 to a laptop, still reads.
+    run copied elsewhere, e.g. from S3 to a laptop, still reads. ``tables``: the tables to read
+    (the others are empty frames), e.g. ``("metrics",)`` for a history of many runs.
     """
     run_uri = run_uri.rstrip("/")
     manifest_uri = join(run_uri, MANIFEST_NAME)
@@ -74,22 +81,27 @@ def read_run(run_uri: str, storage_options: dict[str, Any] | None = None) -> Run
             f"run at {run_uri} is incomplete: no manifest.json (the run was interrupted or is still running)"
         )
     try:
-        manifest = json.loads(read_bytes(manifest_uri, storage_options))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"run at {run_uri} has a damaged manifest.json: {exc}") from None
+        manifest = read_manifest(manifest_uri, storage_options)
+    except DamagedJson as exc:
+        raise UserError(f"run at {run_uri} has a damaged manifest.json: {str(exc).removeprefix(manifest_uri + ' ')}") from None
     if not isinstance(manifest, dict):
         raise UserError(f"run at {run_uri} has a damaged manifest.json: expected an object")
     listed = manifest.get("tables") or {}
     frames: dict[str, pl.DataFrame] = {}
     for name in RUN_TABLE_NAMES:
+        if name not in tables:
+            frames[name] = pl.DataFrame()
+            continue
         uri = join(run_uri, f"{name}.parquet")
         if not exists(uri, storage_options):
             if name in listed:
                 raise UserError(f"run at {run_uri} lists table {name!r} in its manifest but {name}.parquet is missing")
             frames[name] = pl.DataFrame()
             continue
+        # Not a regular file, or over the limit: one line naming it (UnreadableFile).
+        data = read_bytes(uri, storage_options, max_bytes=RUN_TABLE_MAX_BYTES, what="a run table")
         try:
-            frames[name] = pl.read_parquet(io.BytesIO(read_bytes(uri, storage_options)))
+            frames[name] = pl.read_parquet(io.BytesIO(data))
         except Exception as exc:  # polars raises several types for a damaged file
             raise UserError(f"run at {run_uri}: {name}.parquet is not readable Parquet ({exc})") from None
     return RunTables(run_uri=run_uri, manifest=manifest, **frames)
@@ -155,13 +167,14 @@ def _listing(run_uri: str, name: str, files: dict[str, dict], storage_options: d
     dataset = _RUN_ID_SUFFIX.sub("", name) if _RUN_ID_SUFFIX.search(name) else None
     if MANIFEST_NAME not in files:
         return RunListing(name, run_uri, dataset, STATUS_INCOMPLETE, None, last_written, report)
+    manifest_uri = join(run_uri, MANIFEST_NAME)
     try:
-        manifest = json.loads(read_bytes(join(run_uri, MANIFEST_NAME), storage_options))
+        manifest = read_manifest(manifest_uri, storage_options)
         if not isinstance(manifest, dict):
-            raise ValueError("expected an object")
-    except (ValueError, UnicodeDecodeError) as exc:
+            raise DamagedJson("expected an object")
+    except DamagedJson as exc:
         return RunListing(name, run_uri, dataset, STATUS_INCOMPLETE, None, last_written, report,
-                          problem=f"damaged manifest.json ({exc})")
+                          problem=f"damaged manifest.json ({str(exc).removeprefix(manifest_uri + ' ')})")
     status = STATUS_FAILED if manifest.get("status") == STATUS_FAILED else STATUS_COMPLETE
     dataset = (manifest.get("dataset") or {}).get("name") or dataset
     finished = manifest.get("finished_at")

@@ -12,6 +12,13 @@ the same content, is the same too.
 
 Credentials are not in a manifest; they come from the environment as for any run.
 
+A manifest names folders, and checking one means reading (hashing) every file in it, so only
+model folders under the **model roots** are hashed: ``model_roots`` when given, else
+``CFLAB_MODEL_ROOTS`` (paths separated by ``os.pathsep``), the Hugging Face cache and the demo's
+``./.cflab/models`` (:func:`default_model_roots`); and only when their files add up to at most
+``max_model_bytes`` (:data:`MAX_MODEL_BYTES`), summed by ``stat`` before any byte is read. A
+manifest naming ``/usr`` gets a difference line in milliseconds, not a 36 s hash of the system.
+
     from counterfactual_lab.runs.reproduce import config_from_manifest, reproduction_differences
 
     manifest = read_run("out/sample-1a2b3c4d5e6f").manifest
@@ -21,7 +28,9 @@ Credentials are not in a manifest; they come from the environment as for any run
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from counterfactual_lab.config.audit_config import TEMPLATES_URI, AuditConfig
@@ -35,6 +44,44 @@ from counterfactual_lab.version import __version__
 
 # Recorded versions that describe the machine rather than a package that computes numbers.
 _NOT_COMPARED = ("platform",)
+MODEL_ROOTS_ENV = "CFLAB_MODEL_ROOTS"
+# The most a model folder may hold to be hashed (the largest public VLM checkpoints are ~30 GB).
+MAX_MODEL_BYTES = 64 * 2**30
+
+
+def default_model_roots() -> list[str]:
+    """The folders a manifest's local models may be in to be checked: ``$CFLAB_MODEL_ROOTS``
+    (``os.pathsep``-separated), the Hugging Face cache (``$HF_HUB_CACHE``, ``$HF_HOME/hub`` or
+    ``~/.cache/huggingface/hub``) and the demo's ``./.cflab/models``."""
+    roots = [p for p in os.environ.get(MODEL_ROOTS_ENV, "").split(os.pathsep) if p.strip()]
+    hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    roots.append(os.environ.get("HF_HUB_CACHE") or os.path.join(hf_home, "hub"))
+    roots.append(os.path.join(".cflab", "models"))
+    return roots
+
+
+def _outside_roots(where: str, roots: Sequence[str]) -> bool:
+    real = os.path.realpath(where)
+    for root in roots:
+        base = os.path.realpath(os.path.expanduser(str(root)))
+        if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
+            return False
+    return True
+
+
+def _folder_bytes(where: str, limit: int) -> int:
+    """The bytes of the regular files under ``where`` (symlinks followed, as the hash reads them),
+    counted by ``stat`` and only until they pass ``limit``."""
+    total = 0
+    for folder, _, names in os.walk(where, followlinks=False):
+        for name in names:
+            try:
+                total += os.stat(os.path.join(folder, name)).st_size
+            except OSError:
+                continue
+            if total > limit:
+                return total
+    return total
 
 
 def config_from_manifest(
@@ -64,9 +111,14 @@ def config_from_manifest(
     return AuditConfig.parse_config(raw, source="config rebuilt from the manifest")
 
 
-def reproduction_differences(manifest: Mapping[str, Any]) -> list[str]:
-    """Where this machine differs from what ``manifest`` records; empty when a rerun must match it."""
+def reproduction_differences(manifest: Mapping[str, Any], model_roots: Sequence[str | Path] | None = None,
+                             max_model_bytes: int = MAX_MODEL_BYTES) -> list[str]:
+    """Where this machine differs from what ``manifest`` records; empty when a rerun must match it.
 
+    ``model_roots``: the folders local models must be under to be hashed (default
+    :func:`default_model_roots`); ``max_model_bytes``: the most one model folder may hold (module doc).
+    """
+    roots = [str(r) for r in model_roots] if model_roots is not None else default_model_roots()
     problems: list[str] = []
     recorded_library = (manifest.get("run_identity") or {}).get("library_version")
     if recorded_library and recorded_library != __version__:
@@ -75,6 +127,15 @@ def reproduction_differences(manifest: Mapping[str, Any]) -> list[str]:
     for role, model in sorted((manifest.get("models") or {}).items()):
         where = model.get("path") if model.get("source") == "local" else model.get("model")
         revision = model.get("commit") or model.get("revision")
+        if model.get("source") == "local":
+            if not isinstance(where, str) or _outside_roots(where, roots):
+                problems.append(f"models.{role}: {where} is not under the model roots ({os.pathsep.join(roots)}); "
+                                f"not hashed (add its folder to {MODEL_ROOTS_ENV})")
+                continue
+            size = _folder_bytes(where, max_model_bytes)
+            if size > max_model_bytes:
+                problems.append(f"models.{role}: {where} holds more than {max_model_bytes:,} bytes; not hashed")
+                continue
         try:
             here = weights_sha256(model_identity(str(where), revision))
         except UserError as exc:

@@ -4,13 +4,15 @@ Model weights and dataset files are identified by their content (``sha256``), bu
 10 GB checkpoint on every ``cflab audit`` would cost minutes. The hash of a file is therefore
 cached under its *stat key*
 
-    (real path, size, mtime_ns, inode)
+    (real path, size, mtime_ns, inode, ctime_ns)
 
-and read again only when one of the four changes: rewriting a file in place changes its size
-or mtime, replacing it (a new download, ``os.replace``) changes its inode. A cache hit costs
-one ``stat`` and one SQLite lookup. A file modified within the mtime's resolution keeping its
-size and inode would be missed; on the filesystems this runs on (ext4, xfs, APFS: nanosecond
-mtimes) that needs a deliberate ``touch -d``.
+and read again only when one of the five changes: rewriting a file in place changes its size,
+mtime and ctime, replacing it (a new download, ``os.replace``) changes its inode. The ctime is
+what no one can set back: ``os.utime`` (``touch -d``) restores an mtime, but every write and
+every ``utime`` moves the ctime to now, so an image rewritten in place with the same size,
+mtime and inode is still read again. Where a filesystem reports no ctime (``st_ctime_ns`` 0)
+the cache is bypassed: the file is hashed every time, never trusted on the other four alone.
+A cache hit costs one ``stat`` and one SQLite lookup.
 
 The cache is a SQLite file, ``file-hashes.sqlite``, in the local cache folder:
 ``$CFLAB_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/counterfactual-lab``, else
@@ -78,6 +80,11 @@ class StatKey:
     size: int
     mtime_ns: int
     inode: int
+    ctime_ns: int  # 0: the filesystem reports none, and the file is never taken from the cache
+
+    @property
+    def cacheable(self) -> bool:
+        return self.ctime_ns != 0
 
 
 def stat_key(path: str | os.PathLike, real: str | None = None) -> StatKey:
@@ -87,7 +94,7 @@ def stat_key(path: str | os.PathLike, real: str | None = None) -> StatKey:
     info = os.stat(real)
     if not stat.S_ISREG(info.st_mode):
         raise NotARegularFile(str(path), file_kind(info.st_mode))
-    return StatKey(real, info.st_size, info.st_mtime_ns, info.st_ino)
+    return StatKey(real, info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns)
 
 
 def sha256_file(path: str | os.PathLike, inode: int | None = None) -> str:
@@ -121,7 +128,7 @@ def sha256_of_keys(keys: Mapping[str, StatKey]) -> dict[str, str]:
         return {}
     with _memo_lock:
         known = {key: _memo[key] for key in set(keys.values()) if key in _memo}
-    wanted = {key for key in keys.values() if key not in known}
+    wanted = {key for key in keys.values() if key not in known and key.cacheable}
     if wanted:
         cache = _Cache.open()
         try:
@@ -138,6 +145,7 @@ def sha256_of_keys(keys: Mapping[str, StatKey]) -> dict[str, str]:
             cache.close()
         _remember(found)
         known.update(found)
+    # No ctime: hashed here every time (the last line), never remembered.
     return {
         given: known[key] if key in known else sha256_file(key.path, key.inode)
         for given, key in keys.items()
@@ -165,7 +173,8 @@ def _unchanged(key: StatKey) -> bool:
 
 
 class _Cache:
-    """The SQLite table ``hashes(path, size, mtime_ns, inode, sha256)``; a no-op when unusable."""
+    """The SQLite table ``hashes_v2(path, size, mtime_ns, inode, ctime_ns, sha256)``; a no-op when
+    unusable. (The first table, ``hashes``, had no ctime: its rows are never read.)"""
 
     def __init__(self, connection: sqlite3.Connection | None) -> None:
         self.connection = connection
@@ -177,9 +186,9 @@ class _Cache:
             folder.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(folder / CACHE_FILE_NAME, timeout=30)
             connection.execute(
-                "CREATE TABLE IF NOT EXISTS hashes (path TEXT NOT NULL, size INTEGER NOT NULL, "
-                "mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, sha256 TEXT NOT NULL, "
-                "PRIMARY KEY (path, size, mtime_ns, inode))"
+                "CREATE TABLE IF NOT EXISTS hashes_v2 (path TEXT NOT NULL, size INTEGER NOT NULL, "
+                "mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, "
+                "PRIMARY KEY (path, size, mtime_ns, inode, ctime_ns))"
             )
             connection.commit()
         except (OSError, sqlite3.Error) as exc:
@@ -189,7 +198,7 @@ class _Cache:
 
     def lookup(self, keys: Iterable[StatKey]) -> dict[StatKey, str]:
         """The cached hashes of ``keys``: one query per :data:`LOOKUP_BATCH` paths; a row counts
-        only when its size, mtime and inode are the key's too."""
+        only when its size, mtime, inode and ctime are the key's too."""
         if self.connection is None:
             return {}
         by_path: dict[str, list[StatKey]] = {}
@@ -201,11 +210,12 @@ class _Cache:
             for start in range(0, len(paths), LOOKUP_BATCH):
                 batch = paths[start : start + LOOKUP_BATCH]
                 rows = self.connection.execute(
-                    f"SELECT path, size, mtime_ns, inode, sha256 FROM hashes WHERE path IN ({','.join('?' * len(batch))})",
+                    f"SELECT path, size, mtime_ns, inode, ctime_ns, sha256 FROM hashes_v2 "
+                    f"WHERE path IN ({','.join('?' * len(batch))})",
                     batch,
                 ).fetchall()
-                for path, size, mtime_ns, inode, digest in rows:
-                    key = StatKey(path, size, mtime_ns, inode)
+                for path, size, mtime_ns, inode, ctime_ns, digest in rows:
+                    key = StatKey(path, size, mtime_ns, inode, ctime_ns)
                     if key in by_path.get(path, ()):
                         found[key] = digest
         except sqlite3.Error as exc:
@@ -219,10 +229,10 @@ class _Cache:
         try:
             with self.connection:
                 # One entry per path: older versions of a file are never asked for again.
-                self.connection.executemany("DELETE FROM hashes WHERE path = ?", [(k.path,) for k in hashes])
+                self.connection.executemany("DELETE FROM hashes_v2 WHERE path = ?", [(k.path,) for k in hashes])
                 self.connection.executemany(
-                    "INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?)",
-                    [(k.path, k.size, k.mtime_ns, k.inode, h) for k, h in hashes.items()],
+                    "INSERT OR REPLACE INTO hashes_v2 VALUES (?, ?, ?, ?, ?, ?)",
+                    [(k.path, k.size, k.mtime_ns, k.inode, k.ctime_ns, h) for k, h in hashes.items()],
                 )
         except sqlite3.Error as exc:
             logger.warning("file hash cache not updated (%s); the next run hashes these files again", exc)

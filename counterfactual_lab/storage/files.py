@@ -3,6 +3,15 @@
 S3 settings come from the standard AWS variables (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``) or from
 explicit storage options, which win.
+
+**One reader**, :func:`read_bytes`, for every file the project did not just write (a manifest,
+a run table, a stored image or mask, a cache record, a generation source): it reads a regular
+file only, and never more than the caller's ``max_bytes``. Locally a FIFO, a device, a socket or a
+directory is refused from ``stat`` without being opened
+(:mod:`counterfactual_lab.storage.regular_files`); on an object store the object's listed type
+and size are checked and at most ``max_bytes + 1`` bytes are asked for (one ranged request).
+A refusal is :class:`~counterfactual_lab.storage.regular_files.UnreadableFile`: one line naming
+the path (cflab exits 2), an ``OSError`` to callers that fail one item on any I/O error.
 """
 
 from __future__ import annotations
@@ -18,10 +27,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import fsspec
+from fsspec.asyn import AsyncFileSystem
 from fsspec.core import url_to_fs
 from PIL import Image
 
 from counterfactual_lab.errors import TransientStorageError, UserError
+from counterfactual_lab.storage.regular_files import (
+    FileTooLarge,
+    NotARegularFile,
+    read_regular_file,
+)
+
+# The most a stored image (a counterfactual, a mask, a source in the store) may hold: far above
+# any PNG this project writes, and what refuses an image swapped for something huge.
+STORED_IMAGE_MAX_BYTES = 256 * 2**20
 
 # botocore settings (s3fs ``config_kwargs``) applied to every S3 filesystem unless the storage
 # options set them: a stalled endpoint fails a request after these many seconds instead of
@@ -193,10 +212,46 @@ def _write_bytes_atomic(uri: str, data: bytes, options: dict[str, Any] | None) -
         raise
 
 
-def read_bytes(uri: str, options: dict[str, Any] | None = None) -> bytes:
+def read_bytes(uri: str, options: dict[str, Any] | None = None, *, max_bytes: int, what: str = "a file") -> bytes:
+    """The bytes of the regular file (or object) at ``uri``, at most ``max_bytes`` of them.
+
+    Raises :class:`~counterfactual_lab.storage.regular_files.NotARegularFile` for anything else
+    (never opened), :class:`~counterfactual_lab.storage.regular_files.FileTooLarge` when there is
+    more (``what`` names the kind of file in its message), ``FileNotFoundError`` when missing.
+    """
     with naming_the_path(uri):
+        if not _is_remote(uri):
+            path = uri.removeprefix("file://")
+            data, size = read_regular_file(path, max_bytes)
+            if data is None:
+                raise FileTooLarge(uri, size, max_bytes, what)
+            return data
         fs, path = filesystem(uri, options)
-        return fs.cat_file(path)
+        data, size = read_object(fs, path, max_bytes, read_deadline_seconds(uri, options))
+        if data is None:
+            raise FileTooLarge(uri, size, max_bytes, what)
+        return data
+
+
+def read_object(fs: Any, path: str, limit: int, deadline: float | None) -> tuple[bytes | None, int]:
+    """``(content, size)`` of an object store's object; content None (not read) over ``limit`` bytes.
+
+    Reads at most ``limit + 1`` bytes (one ranged request) whatever the object's size. Each
+    call ends within ``deadline`` seconds, retries included (:func:`read_deadline_seconds`):
+    fsspec cancels it and raises a ``TimeoutError``.
+    """
+    # fsspec's synchronous wrappers of an async filesystem (s3fs) take a total timeout.
+    bounded = {"timeout": deadline} if deadline and isinstance(fs, AsyncFileSystem) else {}
+    info = fs.info(path, **bounded)
+    if info.get("type") != "file":
+        raise NotARegularFile(path, str(info.get("type") or "non-file entry"))
+    size = info.get("size")
+    if size is not None and size > limit:
+        return None, int(size)
+    data = fs.cat_file(path, start=0, end=limit + 1, **bounded)
+    if len(data) > limit:
+        return None, max(len(data), int(size or 0))
+    return data, len(data)
 
 
 def exists(uri: str, options: dict[str, Any] | None = None) -> bool:
@@ -272,8 +327,9 @@ class ImageStore:
         return read_image(uri, self.storage_options)
 
 
-def read_image(uri: str, options: dict[str, Any] | None = None) -> Any:
-    """The image at ``uri`` (any store, any format) as an RGB PIL image."""
+def read_image(uri: str, options: dict[str, Any] | None = None, max_bytes: int = STORED_IMAGE_MAX_BYTES) -> Any:
+    """The image at ``uri`` (any store, any format) as an RGB PIL image; a regular file of at
+    most ``max_bytes`` (:func:`read_bytes`)."""
 
-    with Image.open(io.BytesIO(read_bytes(uri, options))) as img:
+    with Image.open(io.BytesIO(read_bytes(uri, options, max_bytes=max_bytes, what="an image"))) as img:
         return img.convert("RGB")

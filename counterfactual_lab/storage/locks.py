@@ -39,11 +39,14 @@ import time
 import uuid
 from typing import Any
 
-from counterfactual_lab.storage.files import filesystem, join
+from counterfactual_lab.storage.files import filesystem, join, read_bytes
+from counterfactual_lab.storage.regular_files import UnreadableFile
 
 log = logging.getLogger(__name__)
 
 LOCK_SUFFIX = ".lock"
+# A lock record is ~150 bytes; anything larger (or not a regular file) was not written by a holder.
+MAX_LOCK_BYTES = 64 * 1024
 DEFAULT_LEASE_SECONDS = 60.0
 DEFAULT_POLL_SECONDS = 0.2
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
@@ -249,11 +252,12 @@ class StoreLockManager:
             raise
 
     def _read(self, uri: str) -> dict[str, Any] | None:
-        fs, _ = self._filesystem()
         try:
-            data = fs.cat_file(self._fs_path_of(uri))
+            data = read_bytes(uri, self.storage_options, max_bytes=MAX_LOCK_BYTES, what="a lock file")
         except FileNotFoundError:
             return None
+        except UnreadableFile:  # a FIFO or a huge file where a lock should be: never waited on
+            return {"malformed": True}
         try:
             record = json.loads(data)
         except (ValueError, UnicodeDecodeError):

@@ -25,6 +25,8 @@ import stat
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from counterfactual_lab.errors import UserError
+
 _KINDS = (
     (stat.S_ISDIR, "directory"),
     (stat.S_ISFIFO, "FIFO (named pipe)"),
@@ -37,13 +39,30 @@ _KINDS = (
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
 
 
-class NotARegularFile(OSError):
+class UnreadableFile(UserError, OSError):
+    """A file refused before it was read (or before it was read past its limit): not a regular
+    file, or larger than what may be read from it. An ``OSError`` (callers that quarantine or
+    fail one item on any I/O error do so) and a ``UserError`` (cflab prints its one line, exit 2)."""
+
+    def __str__(self) -> str:  # the message names the path; an OSError's would turn into "[Errno None] ..."
+        return str(self.args[0]) if self.args else type(self).__name__
+
+
+class NotARegularFile(UnreadableFile):
     """The path exists but is not a regular file (``kind`` says what it is); it was not read."""
 
     def __init__(self, path: str, kind: str) -> None:
         super().__init__(f"{path} is a {kind}, not a regular file")
         self.path = path
         self.kind = kind
+
+
+class FileTooLarge(UnreadableFile):
+    """The file holds more than ``limit`` bytes (``size``: at least this many); it was not read whole."""
+
+    def __init__(self, path: str, size: int, limit: int, what: str = "a file") -> None:
+        super().__init__(f"{path} has {size:,} bytes or more, over the {limit:,}-byte limit for {what}")
+        self.path, self.size, self.limit = path, size, limit
 
 
 def file_kind(mode: int) -> str:

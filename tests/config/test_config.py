@@ -103,7 +103,7 @@ def test_a_fifo_is_not_read(tmp_path):
     import os
 
     os.mkfifo(fifo)
-    with pytest.raises(ConfigError, match="is not a regular file"):
+    with pytest.raises(ConfigError, match=r"is a FIFO \(named pipe\), not a regular file"):
         AuditConfig.from_yaml(fifo)
 
 
@@ -323,3 +323,71 @@ def test_the_demo_config_passes(tmp_path):
     raw = demo_config(tmp_path / "d", {"clip": tmp_path / "clip", "img2img": tmp_path / "img2img"}, "./out")
     config = AuditConfig.parse_config(yaml.safe_load(yaml.safe_dump(raw)))
     check_method_params(config.generation)
+
+
+@pytest.mark.parametrize("audit, expected", [
+    ("{phrasings: {'Is it a doctor?': ['x']}}", "audit.phrasings: 'Is it a doctor?' is not a configured prompt"),
+    ("{phrasings: {'a photo of a {label}': ['a photo']}}", "audit: 'a photo' must contain {label}"),
+    ("{kind: vlm, yes_no: ['Q?'], phrasings: {'Q?': ['R? {person}']}}", "audit: 'R? {person}' uses {person}"),
+    ("{kind: vlm, yes_no: ['Q?', 'R?'], phrasings: {'Q?': ['R?']}}", "audit.phrasings: 'R?' is listed twice"),
+    ("{kind: vlm, yes_no: ['Q?'], unclear_option: unclear}", "audit: 'Q?' does not offer unclear_option 'unclear'"),
+    ("{kind: vlm, yes_no: ['Q? yes, no or unclear'], phrasings: {'Q? yes, no or unclear': ['R?']}, unclear_option: true}",
+     "audit: 'R?' does not offer unclear_option 'unclear'"),
+    ("{kind: vlm, ratings: ['Rate it'], unclear_option: unclear}", "audit: unclear_option 'unclear' is an answer of the yes/no"),
+    ("{kind: vlm, choice_prompt: 'Job: {options}?', unclear_option: doctor}", "audit: unclear_option 'doctor' is already an answer"),
+    ("{kind: vlm, choice_prompt: 'Job?', phrasings: {'a photo of a {label}': ['a picture of a {label}']}}",
+     "audit: audit.phrasings lists other phrasings of audit.prompt 'a photo of a {label}', which only a contrastive model reads"),
+], ids=["unknown-prompt", "label-placeholder", "probe-placeholder", "twice", "not-offered", "phrasing-not-offered",
+        "no-question", "a-label", "label-prompt-of-a-vlm"])
+def test_phrasings_and_the_unclear_option_are_checked_in_one_line(tmp_path, audit, expected):
+    path = write(tmp_path, f"dataset: {{uri: ./d}}\naudit: {audit}\n")
+    with pytest.raises(ConfigError) as exc:
+        AuditConfig.from_yaml(path)
+    assert expected in one_line(exc), one_line(exc)
+
+
+def test_the_full_demo_config_passes(tmp_path):
+    from counterfactual_lab.demo.inputs import FULL_DEMO_YES_NO, demo_full_config
+
+    models = {name: tmp_path / name for name in ("clip", "img2img", "vlm", "toxicity", "sentiment", "text-embedder")}
+    config = AuditConfig.parse_config(yaml.safe_load(yaml.safe_dump(demo_full_config(tmp_path / "d", models, "./out"))))
+    assert config.audit.unclear_option == "unclear" and len(config.audit.phrasings_of(FULL_DEMO_YES_NO)) == 2
+    assert {"unclear_option", "sentiment_model", "text_embedder"} <= set(config.audit.generative_keys_set())
+
+
+# ---- prompt templates: only the documented plain placeholders (issue 17) ----
+
+HOSTILE_PLACEHOLDERS = [
+    "{label.__class__.__mro__[1].__subclasses__}",  # an attribute walk to Python's object graph
+    "{label.nonexistent}", "{label[0]}", "{label!r}", "{label:>999999999}", "{label{x}}", "{}",
+]
+
+
+@pytest.mark.parametrize("placeholder", HOSTILE_PLACEHOLDERS)
+@pytest.mark.parametrize("key", ["audit.prompt", "judge.attribute_prompt", "audit.yes_no", "generation.params.templates"])
+def test_a_template_with_anything_but_a_plain_placeholder_is_one_line_naming_the_key(key, placeholder):
+    name = {"audit.prompt": "label", "judge.attribute_prompt": "value", "audit.yes_no": "image",
+            "generation.params.templates": "gender"}[key]
+    template = "a photo of a {" + name + "} " + placeholder.replace("label", name)
+    section, field = key.split(".", 1)
+    if key == "audit.yes_no":
+        raw = {"audit": {"kind": "vlm", "model": "m", "yes_no": [template]}}
+    elif key == "generation.params.templates":
+        raw = {"generation": {"method": "text2image-sets", "params": {"templates": [template]}}}
+    else:
+        raw = {section: {field: template}}
+    raw.setdefault("dataset", {"uri": "d"})
+    with pytest.raises(Exception) as info:
+        config = AuditConfig.parse_config(raw)
+        if key == "generation.params.templates":
+            from counterfactual_lab.runs.preflight import check_config
+
+            check_config(config)
+    message = str(info.value)
+    assert key in message and "\n" not in message, message
+    assert "AttributeError" not in message and "<built-in method" not in message
+
+
+def test_a_plain_template_still_renders():
+    config = AuditConfig.parse_config({"dataset": {"uri": "d"}, "audit": {"prompt": "a photo of a {{literal}} {label}"}})
+    assert config.audit.prompt.format(label="doctor") == "a photo of a {literal} doctor"

@@ -17,8 +17,8 @@ def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_builds_the_six_models_once(tiny_models):
-    assert set(tiny_models) == {"instruct-pix2pix", "img2img", "ledits", "clip", "vlm", "toxicity"}
+def test_builds_the_eight_models_once(tiny_models):
+    assert set(tiny_models) == {"instruct-pix2pix", "img2img", "ledits", "clip", "vlm", "toxicity", "sentiment", "text-embedder"}
     files = {name: sorted(p for p in folder.rglob("*") if p.is_file()) for name, folder in tiny_models.items()}
     before = {p: p.stat().st_mtime_ns for paths in files.values() for p in paths}
 

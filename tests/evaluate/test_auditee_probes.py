@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -221,15 +222,16 @@ def test_a_rerun_is_served_from_the_output_store_and_never_calls_generate(loaded
     monkeypatch.setattr(type(loaded.model), "generate", spy)
     decoding = dict(samples=2, temperature=1.0, max_new_tokens=5, seed=7)
     first_counts = CallCounts()
-    first = probes.generate(session(loaded, cache=AnswerCache(str(tmp_path)), counts=first_counts), images,
-                            ["Describe this person."], **decoding)
-    assert sum(calls) == 10 and first_counts.as_dict() == {"computed": 10, "cached": 0}
+    cache = AnswerCache(str(tmp_path), counts=first_counts)
+    first = probes.generate(session(loaded, cache=cache, counts=first_counts), images, ["Describe this person."], **decoding)
+    cache.flush()  # one shard for the batch's answers
+    assert sum(calls) == 10 and first_counts.as_dict() == {"computed": 10, "cached": 0, "objects_written": 1}
     calls.clear()
     # Another process: a new cache object on the same output root, a new runner.
     again_counts = CallCounts()
     again = probes.generate(session(loaded, batch_size=2, cache=AnswerCache(str(tmp_path)), counts=again_counts), images,
                             ["Describe this person."], **decoding)
-    assert calls == [] and again_counts.as_dict() == {"computed": 0, "cached": 10}
+    assert calls == [] and again_counts.as_dict() == {"computed": 0, "cached": 10, "objects_written": 0}
     assert again.equals(first)
     # One more sample asks the model for the new sample only.
     more = probes.generate(session(loaded, cache=AnswerCache(str(tmp_path))), images, ["Describe this person."],
@@ -237,22 +239,58 @@ def test_a_rerun_is_served_from_the_output_store_and_never_calls_generate(loaded
     assert sum(calls) == 5 and more.filter(pl.col("sample") < 2).equals(first)
 
 
-def test_a_cache_entry_that_is_not_our_json_is_refused_and_recomputed(loaded, images, tmp_path, caplog):
+def shard_files(root: Path) -> list[Path]:
+    return sorted((root / "_auditee_cache" / "v2" / "shards").glob("*.json"))
+
+
+def rewrite_shard(path: Path, edit) -> None:
+    """Apply ``edit`` to the shard's document; with the checksum recomputed (as someone who knows the
+    format would) unless ``edit`` returns False."""
+    from counterfactual_lab.evaluate.auditees.answer_cache import _checksum
+
+    document = json.loads(path.read_text())
+    if edit(document) is not False:
+        document["checksum"] = _checksum(document)
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize("tamper, reason", [
+    ("edited value", "does not match its checksum"),
+    ("out-of-range probability, checksum recomputed", "not each in [0, 1]"),
+    ("planted pickle", "not a JSON object"),
+    ("truncated write", "not valid JSON"),
+])
+def test_a_tampered_shard_is_refused_with_a_warning_naming_it_and_recomputed(loaded, images, tmp_path, caplog,
+                                                                             tamper, reason):
+    """Issue 17: editing a value under OUT/_auditee_cache published it with no warning."""
     cache = AnswerCache(str(tmp_path))
     first = probes.yes_no(session(loaded, cache=cache), images, [YES_QUESTION])
-    entries = sorted((tmp_path / "_auditee_cache" / "yes_no").rglob("*.json"))
-    assert len(entries) == 5
-    entry = json.loads(entries[0].read_text())
-    assert entry["fields"]["prompt"] == YES_QUESTION and entry["fields"]["model"] == "sha256:test-model"
-    import pickle
+    cache.flush()
+    [shard] = shard_files(tmp_path)
+    document = json.loads(shard.read_text())
+    assert len(document["entries"]) == 5 and sorted(document["subjects"]) == sorted(images.content_keys)
+    assert document["entries"][0]["fields"]["model"] == "sha256:test-model"
+    if tamper == "edited value":
+        rewrite_shard(shard, lambda d: d["entries"][0]["value"].update(sums=[0.99, 0.0]) or False)
+    elif tamper.startswith("out-of-range"):
+        rewrite_shard(shard, lambda d: d["entries"][0]["value"].update(sums=[1.5, 0.0]))
+    elif tamper == "planted pickle":
+        import pickle
 
-    entries[0].write_bytes(pickle.dumps({"value": {"sums": [1.0, 0.0]}}))  # a planted pickle: never unpickled
-    entries[1].write_text(json.dumps({**json.loads(entries[1].read_text()), "value": {"sums": [1.0, 0.0]}, "key": "0" * 64}))
+        shard.write_bytes(pickle.dumps({"entries": []}))  # never unpickled
+    else:
+        shard.write_bytes(shard.read_bytes()[:100])
     counts = CallCounts()
-    again = probes.yes_no(session(loaded, cache=cache, counts=counts), images, [YES_QUESTION])
-    assert counts.as_dict() == {"computed": 2, "cached": 3}
+    again_cache = AnswerCache(str(tmp_path))
+    again = probes.yes_no(session(loaded, cache=again_cache, counts=counts), images, [YES_QUESTION])
+    assert counts.as_dict()["computed"] == 5 and counts.as_dict()["cached"] == 0  # the whole shard, recomputed
     assert again.equals(first)
-    assert sum("is not an answer this project wrote" in r.message for r in caplog.records) == 2
+    warnings = [r.message for r in caplog.records if "refused" in r.message]
+    assert len(warnings) == 1 and str(shard) in warnings[0] and reason in warnings[0], warnings
+    again_cache.flush()  # the answers are written again, trusted on the next read
+    counts = CallCounts()
+    probes.yes_no(session(loaded, cache=AnswerCache(str(tmp_path)), counts=counts), images, [YES_QUESTION])
+    assert counts.as_dict()["cached"] == 5
 
 
 def test_sampling_is_the_same_whatever_the_batch_size_and_order(loaded, images):
@@ -375,14 +413,17 @@ def test_the_answer_cache_holds_on_s3_for_any_process(s3_bucket):
     root = f"s3://{s3_bucket}/out"
     fields = [{"probe": "yes_no", "content_key": f"k{i}", "prompt": "q", "model": "sha256:m"} for i in range(3)]
     keys = [answer_key(f) for f in fields]
-    AnswerCache(root).put_many("yes_no", {k: (f, {"sums": [0.1 * i, 0.2]}) for i, (k, f) in enumerate(zip(keys, fields))})
-    other = AnswerCache(root)  # another process, another machine: only the store is shared
-    found = other.get_many("yes_no", [*keys, "f" * 64])
+    writer = AnswerCache(root, subjects=["k0", "k1", "k2"])
+    writer.put_many("yes_no", {k: (f, {"sums": [0.1 * i, 0.2]}) for i, (k, f) in enumerate(zip(keys, fields))})
+    shard = writer.flush()
+    other = AnswerCache(root, subjects=["k1"])  # another process, another machine: only the store is shared
+    found = other.get_many("yes_no", [*keys, "f" * 64])  # unindexed: found by listing the shards
     assert found == {k: {"sums": [0.1 * i, 0.2]} for i, k in enumerate(keys)}
+    assert AnswerCache(root).read_index().unindexed == {shard: ("k0", "k1", "k2")}
     import s3fs
 
-    s3fs.S3FileSystem(anon=False).pipe(other.uri("yes_no", keys[0]).removeprefix("s3://"), b"\x80\x04garbage")
-    assert set(AnswerCache(root).get_many("yes_no", keys)) == set(keys[1:])
+    s3fs.S3FileSystem(anon=False).pipe(other.shard_uri(shard).removeprefix("s3://"), b"\x80\x04garbage")
+    assert AnswerCache(root, subjects=["k0"]).get_many("yes_no", keys) == {}
 
 
 def test_the_contrastive_adapter_answers_as_todays_clip_path(tmp_path, images):
@@ -405,3 +446,66 @@ def test_the_contrastive_adapter_answers_as_todays_clip_path(tmp_path, images):
     assert answers.predictions.equals(predict(pool, audit, embedder, images.load_image))
     assert answers.retrieval.equals(retrieval_scores(pool, audit.queries, embedder, images.load_image))
     assert answers.counts is None and answers.generations.is_empty()
+
+
+UNCLEAR_QUESTION = "Is this person a doctor? Answer yes, no or unclear."
+
+
+def test_an_unclear_option_is_read_beside_yes_and_no_and_p_yes_stays_on_the_answers_given(loaded, images):
+    """With "unclear" offered, S_u (the first tokens of its spellings) is read from the same
+    next-token distribution: unclear = S_u / (S_yes + S_no + S_u), P(yes) = S_yes / (S_yes + S_no)."""
+    frame = probes.yes_no(session(loaded), images, [UNCLEAR_QUESTION], unclear="unclear")
+    ids = answer_token_ids(loaded.tokenizer, ["yes", "no", "unclear"])
+    pictures = images.load(range(5))
+    for row in frame.iter_rows(named=True):
+        logits, _ = direct_logits(loaded, pictures[images.content_keys.index(row["content_key"])],
+                                  render(loaded.processor, "chat", row["prompt"]))
+        p = torch.softmax(logits[-1], dim=-1)
+        s_yes, s_no, s_u = (float(p[ids[a]].sum()) for a in ("yes", "no", "unclear"))
+        assert row["unclear"] == pytest.approx(s_u / (s_yes + s_no + s_u), rel=1e-5)
+        assert row["value"] == pytest.approx(s_yes / (s_yes + s_no), rel=1e-5)
+        assert row["probabilities"] == pytest.approx([s_yes, s_no, s_u], rel=1e-5)
+    assert probes.yes_no(session(loaded), images, [YES_QUESTION])["unclear"].is_null().all()
+
+
+def test_the_choice_probes_unclear_option_leaves_the_label_scores_on_the_answers_given(loaded, images):
+    """Offered as one more option (a prompt without {options}, so the text is the same either way):
+    unclear = P(u) of the softmax over the labels and u, and score_<label> = P(label) / (1 − P(u)),
+    the softmax over the labels alone."""
+    prompt = "What is this person's job: doctor, nurse or unclear?"
+    labels = ["doctor", "nurse"]
+    offered = probes.choice(session(loaded), images, prompt, labels, unclear="unclear")
+    plain = probes.choice(session(loaded), images, prompt, labels + ["unclear"])
+    without = probes.choice(session(loaded), images, prompt, labels)
+    assert offered["unclear"].to_list() == pytest.approx(plain["score_unclear"].to_list(), rel=1e-9)
+    for label in labels:
+        assert offered[f"score_{label}"].to_list() == pytest.approx(
+            (plain[f"score_{label}"] / (1 - plain["score_unclear"])).to_list(), rel=1e-9)
+        assert offered[f"score_{label}"].to_list() == pytest.approx(without[f"score_{label}"].to_list(), rel=1e-9)
+    assert set(offered["top1"]) <= set(labels)
+
+
+def test_sentiment_and_text_embeddings_score_generated_texts_and_are_cached(models, tmp_path):
+    from counterfactual_lab.evaluate.auditees.interface import PROBE_SENTIMENT, PROBE_TEXT_EMBEDDING
+    from counterfactual_lab.evaluate.auditees.text_models import SentimentScorer, TextEmbedder, sentiment_labels
+
+    sentiment = SentimentScorer.load(str(models["sentiment"]), device="cpu")
+    embedder = TextEmbedder.load(str(models["text-embedder"]), device="cpu")
+    texts = ["a kind doctor", "a sad nurse", ""]
+    with torch.no_grad():
+        inputs = sentiment.tokenizer(["a kind doctor"], return_tensors="pt")
+        p = torch.softmax(sentiment.model(**inputs).logits[0], dim=-1)
+    assert sentiment.score(texts)[0] == pytest.approx(float(p[2] - p[0]), abs=1e-6)  # positive − negative
+    vectors = embedder.score(texts)
+    assert [float(np.linalg.norm(v)) for v in vectors] == pytest.approx([1.0] * 3, abs=1e-5)
+    counts = CallCounts()
+    cache = AnswerCache(str(tmp_path), counts=counts)
+    first = probes.text_scores(PROBE_TEXT_EMBEDDING, texts, embedder, "sha256:e", cache, counts)
+    cache.flush()  # one shard; another process reads it back
+    again = probes.text_scores(PROBE_TEXT_EMBEDDING, texts, embedder, "sha256:e", AnswerCache(str(tmp_path)), counts)
+    assert again == first and counts.as_dict() == {"computed": 3, "cached": 3, "objects_written": 1}
+    assert probes.text_scores(PROBE_SENTIMENT, texts, sentiment, "sha256:s", cache, counts)[1] == pytest.approx(
+        float(sentiment.score(["a sad nurse"])[0]), abs=1e-9)
+    assert sentiment_labels({0: "NEGATIVE", 1: "POSITIVE"}) == (1, 0)
+    with pytest.raises(Exception, match="one label naming 'positive'"):
+        sentiment_labels({0: "LABEL_0", 1: "LABEL_1"})

@@ -196,3 +196,23 @@ def test_predict_needs_two_labels(stored_pool):
     with pytest.raises(ValueError, match="at least two distinct labels"):
         # The config itself refuses fewer than two labels; the library checks again for direct callers.
         predict(stored_pool, AuditSection.model_construct(labels=["doctor"]), embedder=None, load_image=None)
+
+
+def test_each_phrasing_of_the_label_prompt_sits_beside_the_first(tiny_models, stored_pool):
+    """Phrasing k's scores (``score_<label>@k``, ``top1@k``) are exactly the scores with that phrasing
+    as the label prompt; the configured phrasing keeps the plain columns."""
+    from counterfactual_lab.models.clip import ClipEmbedder
+
+    labels = ["doctor", "nurse"]
+    audit = AuditSection(model=str(tiny_models["clip"]), labels=labels, negative_controls=[],
+                         phrasings={"a photo of a {label}": ["a picture of a {label} at work"]})
+    embedder = ClipEmbedder.load(audit.model, device="cpu")
+    load = lambda uri: Image.open(uri)  # noqa: E731
+    both = predict(stored_pool, audit, embedder, load)
+    alone = predict(stored_pool, AuditSection(model=audit.model, labels=labels, negative_controls=[],
+                                              prompt="a picture of a {label} at work"), embedder, load)
+    first = predict(stored_pool, AuditSection(model=audit.model, labels=labels, negative_controls=[]), embedder, load)
+    assert both["score_doctor@1"].to_list() == pytest.approx(alone["score_doctor"].to_list(), abs=1e-7)
+    assert both["top1@1"].to_list() == alone["top1"].to_list()
+    assert both["score_doctor"].to_list() == pytest.approx(first["score_doctor"].to_list(), abs=1e-7)
+    assert both.columns[-3:] == ["score_doctor@1", "score_nurse@1", "top1@1"]

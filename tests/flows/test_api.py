@@ -75,7 +75,7 @@ def test_default_targets_and_no_judge(tiny_models):
     assert results[1].caption == "a young woman reading"
     assert all(r.scores == {} and r.passed is None for r in results)
     html = results[1]._repr_html_()
-    assert html.count("data:image/png;base64,") == 2 and "a young woman reading" in html and "not judged" in html
+    assert html.count("data:image/webp;base64,") == 2 and "a young woman reading" in html and "not judged" in html
 
 
 def test_bad_arguments_are_one_line_errors(tiny_models):

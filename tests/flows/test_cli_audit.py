@@ -1,4 +1,5 @@
-"""``cflab audit``, ``cflab generate`` and ``cflab report`` in-process (``main(argv)``), on a real Prefect server."""
+"""``cflab audit``, ``cflab generate``, ``cflab report`` and ``cflab compare`` in-process (``main(argv)``), on a
+real Prefect server; and the audit's report.html opened in a real browser as a reader opens it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 from counterfactual_lab.flows.cli import EXIT_OK, EXIT_USAGE, main
 from counterfactual_lab.runs.publisher import MANIFEST_NAME, REPORT_NAME
 from audit_runs import audit_home, write_config
+from browser import artifact_dir
+from report_pages import inside_first_screen, open_report, save_measurements
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 
@@ -123,3 +126,51 @@ def test_a_run_over_the_invalid_limit_exits_1_with_one_line(tiny_models, tmp_pat
     assert cli.main(["audit", "--config", config]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["cflab: error: 3 of 8 rows (37.5%) were quarantined, over runtime.max_invalid_fraction=5.0%"]
+
+
+# ---- the report in a browser, and two runs compared -------------------------------------------------
+
+
+def run_of(audited: tuple[int, str]) -> str:
+    return dict(line.split(": ", 1) for line in audited[1].strip().splitlines())["run"]
+
+
+@pytest.fixture(scope="module")
+def other_seed(prefect_server, tiny_models, tmp_path_factory, audited, out) -> str:
+    """The same audit with another generator seed, into the same output folder: its run id differs."""
+    inputs = audit_home(tmp_path_factory, tiny_models)
+    config = write_config(tmp_path_factory.mktemp("cli-config-seed") / "audit.yaml", inputs, "./unused",
+                          generation={"seeds_per_target": 1, "batch_size": 8, "seed": 1})
+    code, stdout = run_cli(["audit", "--config", config, "--out", str(out)])
+    assert code == EXIT_OK
+    return dict(line.split(": ", 1) for line in stdout.strip().splitlines())["run"]
+
+
+@pytest.mark.browser
+def test_the_audits_report_answers_on_the_first_screen_in_chromium(chromium, audited, tmp_path_factory):
+    report = Path(run_of(audited)) / REPORT_NAME
+    artifacts = artifact_dir(tmp_path_factory)
+    measured = open_report(chromium, report, artifacts / "report-audit.png")
+    save_measurements(artifacts, "report-audit", measured, report.stat().st_size)
+    assert measured["errors"] == [] and measured["outside_requests"] == []
+    assert measured["first_element"] == "models"
+    assert inside_first_screen(measured["verdict"]) and inside_first_screen(measured["forest"]), measured
+    assert measured["opened_one_by_one"] and measured["expanded"] and measured["sorted"]
+    assert measured["images"] > 0
+
+
+def test_compare_finds_no_change_between_two_runs_with_other_seeds(audited, other_seed, tmp_path, capsys):
+    first = run_of(audited)
+    assert first != other_seed
+    code, stdout = run_cli(["compare", first, other_seed, "--out", str(tmp_path / "compare.html")])
+    assert code == EXIT_OK, capsys.readouterr().err
+    assert "No change beyond intervals" in stdout and "WARNING" not in stdout, stdout
+    assert "note: What the generation stage did differs: seed 0 vs 1." in stdout
+    assert "paired over shared sources" in stdout and (tmp_path / "compare.html").is_file()
+
+
+def test_compare_history_charts_the_output_folders_runs(audited, other_seed, out):
+    code, stdout = run_cli(["compare", "--history", str(out)])
+    assert code == EXIT_OK
+    assert Path(run_of(audited)).name in stdout and Path(other_seed).name in stdout
+    assert f"history: {out / 'history.html'}" in stdout and (out / "history.html").is_file()

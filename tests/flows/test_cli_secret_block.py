@@ -80,7 +80,7 @@ def test_an_audit_whose_dataset_credentials_are_only_in_a_secret_block_runs_from
     inputs = audit_home(tmp_path_factory, tiny_models)
     uri = upload_dataset(inputs.dataset_dir, s3_endpoint, s3_bucket)
     block = f"cflab-dataset-{uuid.uuid4().hex[:8]}"
-    Secret(value={"key": "testing", "secret": "testing"}).save(block)
+    Secret(value={"key": "testing", "secret": "testing"}).save(block, _sync=True)
     without_environment_credentials(monkeypatch, tmp_path)
     spec_path = tmp_path / "s3-sample.yaml"
     spec_path.write_text(yaml.safe_dump({

@@ -114,7 +114,7 @@ def test_a_watcher_reads_its_credentials_from_the_secret_block_it_is_given(prefe
     with fs.open(f"{s3_bucket}/incoming/ds/part-0.parquet", "wb") as handle:
         pq.write_table(pa.table({"id": ["a"]}), handle)
     block = f"watch-{s3_bucket}"
-    Secret(value={"key": "testing", "secret": "testing"}).save(block, overwrite=True)
+    Secret(value={"key": "testing", "secret": "testing"}).save(block, overwrite=True, _sync=True)
     no_credentials(monkeypatch, tmp_path)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     announced = watch_datasets(prefixes=[f"s3://{s3_bucket}/incoming"], output_uri=f"s3://{s3_bucket}/out",

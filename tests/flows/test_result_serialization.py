@@ -31,6 +31,7 @@ from counterfactual_lab.tasks.result_serialization import (
     StoredTaskError,
     check_cache_record,
     decode_generation_result,
+    records_checksum,
 )
 
 
@@ -69,7 +70,9 @@ RECORDS = [
 def test_records_are_stored_as_plain_json_and_read_back():
     serializer = GenerationRecordsSerializer()
     blob = serializer.dumps(RECORDS)
-    assert json.loads(blob) == {"format": RECORDS_FORMAT, "version": 1, "records": [r.to_dict() for r in RECORDS]}
+    records = [r.to_dict() for r in RECORDS]
+    assert json.loads(blob) == {"format": RECORDS_FORMAT, "version": 2, "key": None, "records": records,
+                                "checksum": records_checksum(None, records)}
     assert serializer.loads(blob) == RECORDS
     # A failed attempt's exception is kept as its name and message, and read back as data.
     error = serializer.loads(serializer.dumps(ValueError("bad seed")))
@@ -112,10 +115,12 @@ def test_prefects_json_serializer_imports_whatever_the_data_names_and_ours_does_
 @pytest.mark.parametrize(
     "blob, reason",
     [
-        (b'{"format": "cflab.generation-records", "version": 1, "records": [{"__class__": "x"}]}', "malformed"),
+        (json.dumps({"format": "cflab.generation-records", "version": 2, "key": None, "records": [{"__class__": "x"}],
+                     "checksum": records_checksum(None, [{"__class__": "x"}])}).encode(), "malformed"),
         (b'{"format": "cflab.generation-records", "version": 9, "records": []}', "version 9"),
-        (b'{"format": "cflab.generation-records", "version": 1, "records": [], "extra": 1}', "has fields"),
-        (b'{"format": "cflab.generation-records", "version": 1, "records": [NaN]}', "not JSON"),
+        (b'{"format": "cflab.generation-records", "version": 1, "records": []}', "version 1, not 2"),
+        (b'{"format": "cflab.generation-records", "version": 2, "key": null, "records": [], "extra": 1}', "has fields"),
+        (b'{"format": "cflab.generation-records", "version": 2, "records": [NaN]}', "not JSON"),
         (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
         (b" " * (16 * 2**20 + 1), "over the"),
     ],
@@ -123,6 +128,21 @@ def test_prefects_json_serializer_imports_whatever_the_data_names_and_ours_does_
 def test_anything_but_our_exact_record_is_refused(blob, reason):
     with pytest.raises(UntrustedResultError, match=reason):
         decode_generation_result(blob)
+
+
+def test_an_edited_record_or_one_moved_to_another_key_does_not_match_its_checksum():
+    """Issue 17: a record edited in place (a failed item made generated) is refused, as is a valid
+    record copied under another batch's cache key."""
+    blob = json.loads(GenerationRecordsSerializer().dumps(RECORDS))
+    blob["key"] = "k" * 64
+    blob["checksum"] = records_checksum(blob["key"], blob["records"])
+    assert decode_generation_result(json.dumps(blob).encode(), "k" * 64) == RECORDS
+    edited = json.loads(json.dumps(blob))
+    edited["records"][1].update(status="generated", error=None, image_uri="out/images/b.png")
+    with pytest.raises(UntrustedResultError, match="does not match its checksum"):
+        decode_generation_result(json.dumps(edited).encode())
+    with pytest.raises(UntrustedResultError, match="written for cache key k+, not j+"):
+        decode_generation_result(json.dumps(blob).encode(), "j" * 64)
 
 
 def test_a_cache_record_must_name_our_serializer_and_its_own_result():
@@ -286,3 +306,48 @@ def test_prefect_json_naming_a_class_is_refused_without_importing_it(prefect_ser
         again = run_generate(config, store, items)
     assert not marker.exists() and "cflab_planted_c" not in sys.modules
     assert len(batches) == 1 and [r.status for r in again] == ["cached"] * len(items)
+
+
+@pytest.mark.prefect
+@pytest.mark.slow
+def test_an_edited_result_is_refused_by_its_checksum_and_the_batch_made_again(prefect_server, one_batch):
+    """Issue 17: a stored result edited in place (one record's status) with no checksum recomputed."""
+    from audit_runs import generate_batch_calls
+
+    config, store, items = one_batch
+    run_generate(config, store, items)
+    record, result = cache_files(config, store, items)
+    stored = json.loads(result.read_bytes())
+    assert stored["key"] == record.name  # written for the cache key it is stored under
+    stored["records"][0]["seconds"] = 99.0
+    result.write_text(json.dumps(stored))
+    with generate_batch_calls() as batches, warnings_logged() as warnings:
+        again = run_generate(config, store, items)
+    assert len(batches) == 1 and [r.status for r in again] == ["cached"] * len(items)
+    refusals = [w for w in warnings if "refused stored result" in w]
+    assert refusals and str(result) in refusals[0] and "does not match its checksum" in refusals[0]
+    assert json.loads(result.read_bytes())["records"][0]["seconds"] != 99.0  # rewritten
+
+
+@pytest.mark.prefect
+@pytest.mark.slow
+def test_a_hostile_cache_record_is_refused_unread_and_the_batch_made_again(prefect_server, one_batch):
+    """A FIFO, a symlink to /dev/zero, an oversized file where the batch's cache record is: each
+    refused without being read (a warning naming it), the batch made again, the record rewritten."""
+    from audit_runs import generate_batch_calls
+    from hang_guard import call_within
+    from hostile_files import HOSTILE, expected_words, plant
+
+    from counterfactual_lab.tasks.result_serialization import MAX_RECORD_BYTES
+
+    config, store, items = one_batch
+    run_generate(config, store, items)
+    record, _ = cache_files(config, store, items)
+    for kind in HOSTILE:
+        plant(record, kind, MAX_RECORD_BYTES)
+        with generate_batch_calls() as batches, warnings_logged() as warnings:
+            again = call_within(60, lambda: run_generate(config, store, items), fifos=[record], what="the generation task")
+        assert len(batches) == 1 and [r.status for r in again] == ["cached"] * len(items), kind
+        refusals = [w for w in warnings if "refused cache record" in w]
+        assert refusals and str(record) in refusals[0] and all(word in refusals[0] for word in expected_words(kind))
+        assert record.is_file() and json.loads(record.read_bytes())["serializer"] == {"type": SERIALIZER_TYPE}

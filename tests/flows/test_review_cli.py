@@ -86,7 +86,7 @@ def test_a_csv_import_then_apply_puts_the_figures_into_the_run_and_its_report(ru
     assert "set2" in manifest["review"]["rejected_sets"] and manifest["tables"]["review"].endswith("review.parquet")
     html = (run / "report.html").read_text()
     assert html.index('id="people"') < html.index("Headline findings"), "near the top"
-    assert "judge vs people: Cohen&#x27;s κ" in html
+    assert "judge vs people: Cohen&#39;s κ" in html
 
     assert main(["review", run_uri, "--apply"]) == 0  # again: the review rows are replaced, not added
     capsys.readouterr()

@@ -154,3 +154,41 @@ def test_a_quoted_batch_survives_the_pickle_ray_makes_of_task_parameters():
     resolved = visit_collection({"items": picklable_quote(batch)}, visit_fn=lambda x: x,
                                 return_data=True, remove_annotations=True)
     assert resolved == {"items": batch}
+
+
+def test_a_cluster_that_refuses_the_client_names_the_token_settings(prefect_server, monkeypatch):
+    """Ray 2.60: a driver without RAY_AUTH_MODE=token got 30 s of gcs_client retries and
+    "Failed to connect"; the runner says what to set, in one line."""
+    import prefect_ray
+
+    def refused(self):
+        raise ConnectionError("Failed to connect to Ray cluster at 127.0.0.1:6379")
+
+    monkeypatch.setattr(prefect_ray.RayTaskRunner, "__enter__", refused)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    runner = make_task_runner(RuntimeSection(task_runner="ray", ray_address="127.0.0.1:6379"))
+    with pytest.raises(ConfigError, match=r"127\.0\.0\.1:6379.*Failed to connect.*RAY_AUTH_MODE=token.*RAY_AUTH_TOKEN"):
+        runner.__enter__()
+    assert type(sys.stdout).__name__ != "RayDriverOutput"  # stdout restored
+
+
+def test_rays_driver_lines_become_one_warning_each_and_stdout_is_restored(caplog):
+    import logging
+
+    from counterfactual_lab.tasks.runners import RAY_LOGGER, RayDriverOutput
+
+    before = sys.stdout
+    output = RayDriverOutput().start()
+    try:
+        print("\x1b[33m(raylet)\x1b[0m Raylet is terminated. Termination is unexpected.")
+        print("    [state-dump] NodeManager:")
+        print("(raylet) Task _run_prefect_task failed. There are 3 retries remaining", end="")
+    finally:
+        with caplog.at_level(logging.DEBUG, logger=RAY_LOGGER):
+            output.stop()
+    assert sys.stdout is before
+    records = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == RAY_LOGGER]
+    assert [m for level, m in records if level == "WARNING"] == [
+        "(raylet) Raylet is terminated. Termination is unexpected.",
+        "(raylet) Task _run_prefect_task failed. There are 3 retries remaining",
+    ]

@@ -104,7 +104,8 @@ def test_a_secret_block_named_in_the_config_is_merged_under_inline_options(prefe
     from counterfactual_lab.flows.secrets import resolve_secret_blocks
 
     name = f"cflab-creds-{uuid.uuid4().hex[:8]}"
-    Secret(value={"key": "block-key", "secret": "block-secret", "endpoint_url": "http://from-block"}).save(name)
+    # _sync: under a running event loop (a Playwright browser's) save() would return an unawaited coroutine
+    Secret(value={"key": "block-key", "secret": "block-secret", "endpoint_url": "http://from-block"}).save(name, _sync=True)
     config = AuditConfig.parse_config({
         "dataset": {"uri": "s3://b/d", "storage_options_secret": name},
         "output": {"uri": "s3://b/out", "storage_options": {"endpoint_url": "http://inline"}, "storage_options_secret": name},
@@ -175,7 +176,7 @@ def test_planted_secrets_reach_no_output_file_and_no_prefect_record(prefect_serv
         fs.put(str(part), f"{s3_bucket}/data/{part.name}")
 
     block = f"cflab-out-{uuid.uuid4().hex[:8]}"
-    Secret(value={"key": PLANTED["block_key"], "secret": PLANTED["block_secret"]}).save(block)
+    Secret(value={"key": PLANTED["block_key"], "secret": PLANTED["block_secret"]}).save(block, _sync=True)
     spec_path = tmp_path / "secrets.yaml"
     spec_path.write_text(yaml.safe_dump({
         "name": "secrets",
@@ -225,3 +226,125 @@ def test_planted_secrets_reach_no_output_file_and_no_prefect_record(prefect_serv
         body = path.read_bytes()
         leaked = [name for name, value in PLANTED.items() if value.encode() in body]
         assert not leaked, f"planted secrets {leaked} in Prefect's stored result {path}"
+
+
+# ---- every spelling of a credential, at every depth of storage_options, and URL passwords ----
+
+# (path under storage_options, planted value): snake, camel, Pascal and upper case.
+SPELLINGS = {
+    ("s3_additional_kwargs", "SSECustomerKey"): "planted-sse-c-key-1a",
+    ("client_kwargs", "SecretAccessKey"): "planted-pascal-secret-2b",
+    ("client_kwargs", "SessionToken"): "planted-pascal-session-3c",
+    ("aws_secret_access_key",): "planted-snake-secret-4d",
+    ("sse_customer_key",): "planted-snake-sse-5e",
+    ("config_kwargs", "proxies", "ACCESS_TOKEN"): "planted-upper-token-6f",
+    ("client_kwargs", "sessionToken"): "planted-camel-session-7a",
+    ("client_kwargs", "dbPassword"): "planted-camel-password-8b",
+    ("client_kwargs", "AccountKey"): "planted-pascal-key-9c",
+}
+URL_PASSWORD = "planted-url-password-0d"
+
+
+def _planted_options() -> dict:
+    options: dict = {"client_kwargs": {"region_name": "eu-west-1"}, "s3_additional_kwargs": {"SSECustomerAlgorithm": "AES256"}}
+    for path, value in SPELLINGS.items():
+        node = options
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return options
+
+
+def test_every_spelling_under_storage_options_is_redacted_and_known_and_nothing_else():
+    from counterfactual_lab.storage.redaction import mask_known, remember_secrets
+
+    config = {"output": {"uri": f"s3://user:{URL_PASSWORD}@bucket/x", "storage_options": _planted_options()},
+              "generation": {"max_new_tokens": 64}, "content_key": "abc"}
+    redacted = redact(config)
+    text = json.dumps(redacted)
+    for value in [*SPELLINGS.values(), URL_PASSWORD]:
+        assert value not in text, value
+    options = redacted["output"]["storage_options"]
+    for path in SPELLINGS:
+        node = options
+        for part in path:
+            node = node[part]
+        assert node == REDACTED, path
+    # Names that only look like secrets under storage_options keep their values elsewhere and beside them.
+    assert options["client_kwargs"]["region_name"] == "eu-west-1"
+    assert options["s3_additional_kwargs"]["SSECustomerAlgorithm"] == "AES256"
+    assert redacted["generation"]["max_new_tokens"] == 64 and redacted["content_key"] == "abc"
+    assert secret_values(config) == {*SPELLINGS.values(), URL_PASSWORD}
+    # A URL password is masked with and without its scheme (botocore quotes the bucket without it).
+    remember_secrets(config)
+    quoted = f'Invalid bucket name "user:{URL_PASSWORD}@bucket"; key {SPELLINGS[("sse_customer_key",)]}'
+    assert mask_known(quoted) == f'Invalid bucket name "user:{REDACTED}@bucket"; key {REDACTED}'
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+def test_planted_spellings_reach_no_output_no_log_record_and_no_prefect_record(prefect_server, tiny_models,
+                                                                                tmp_path_factory, tmp_path):
+    """A successful audit with every spelling in output.storage_options (a local store ignores
+    them): no output file, no log record, no Prefect flow run, task run, log or artifact holds one."""
+    from counterfactual_lab.flows.audit import dataset_audit
+    from audit_runs import audit_home, write_config
+
+    started = time.time()
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(self.format(record))
+
+    collect = Collect()
+    logging.getLogger().addHandler(collect)
+    try:
+        inputs = audit_home(tmp_path_factory, tiny_models)
+        out = tmp_path / "out"
+        config = write_config(tmp_path / "audit.yaml", inputs, str(out), generation={"seeds_per_target": 1, "batch_size": 8},
+                              output={"storage_options": _planted_options()})
+        run_uri = dataset_audit(config_uri=config)
+        logging.getLogger("prefect.test").warning("closing with %s", SPELLINGS[("client_kwargs", "SessionToken")])
+    finally:
+        logging.getLogger().removeHandler(collect)
+    manifest = json.loads((Path(run_uri) / "manifest.json").read_text())
+    assert manifest["config"]["output"]["storage_options"]["s3_additional_kwargs"]["SSECustomerKey"] == REDACTED
+    leaks = {}
+    for path in (p for p in out.rglob("*") if p.is_file()):
+        body = path.read_bytes()
+        found = [v for v in SPELLINGS.values() if v.encode() in body]
+        if found:
+            leaks[str(path)] = found
+    assert not leaks, f"planted secrets in output files: {leaks}"
+    assert records and f"closing with {REDACTED}" in records[-1]
+    assert not [r for r in records if any(v in r for v in SPELLINGS.values())]
+    runs = _flow_runs_since(started)
+    for what, text in _prefect_records([r.id for r in runs]).items():
+        leaked = [v for v in SPELLINGS.values() if v in text]
+        assert not leaked, f"planted secrets {leaked} in the Prefect API's {what}"
+
+
+@pytest.mark.prefect
+def test_a_url_password_is_masked_in_the_error_the_traceback_and_the_failed_flow_run(prefect_server, tiny_models,
+                                                                                     tmp_path_factory, tmp_path, capsys):
+    """``output.uri: s3://user:PASSWORD@bucket/x``: botocore quotes the bucket without the scheme;
+    cflab's error line, its --debug traceback, the failed flow run's state and Prefect's log table
+    never show the password."""
+    from counterfactual_lab.flows.cli import EXIT_USAGE, main
+    from audit_runs import audit_home, write_config
+
+    started = time.time()
+    inputs = audit_home(tmp_path_factory, tiny_models)
+    config = write_config(tmp_path / "audit.yaml", inputs, f"s3://user:{URL_PASSWORD}@bucket/x",
+                          output={"storage_options": {"endpoint_url": "http://127.0.0.1:9"}})
+    assert main(["--debug", "audit", "--config", config]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "Invalid bucket name" in err and "Traceback" in err and f"user:{REDACTED}@bucket" in err
+    assert URL_PASSWORD not in err
+    runs = _flow_runs_since(started)
+    failed = [r for r in runs if r.state is not None and r.state.is_failed()]
+    assert failed, "the dataset-audit flow run did not fail"
+    assert all("Invalid bucket name" in (r.state.message or "") for r in failed)
+    for what, text in _prefect_records([r.id for r in runs]).items():
+        assert URL_PASSWORD not in text, f"the URL password is in the Prefect API's {what}"

@@ -269,3 +269,32 @@ def test_preflight_names_a_missing_segmentation_model(tmp_path, masked_dataset, 
     good = inpaint_config(tmp_path / "g.yaml", masked_dataset, tiny_models, generator_models, str(tmp_path / "out"),
                           {"segment": "face", "model": str(generator_models["clipseg"])})
     assert check_audit(AuditConfig.from_yaml(good)).name == "masked"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "oversized"])
+def test_a_mask_path_to_a_hostile_file_is_that_rows_error_within_seconds(tmp_path, kind):
+    """Issue 17: a mask column's path naming a FIFO hung the audit (opened without the regular-file
+    check, read without a limit); now it is never opened and the row gets the reason as its mask_error."""
+    from hang_guard import call_within
+    from hostile_files import expected_words, plant
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    images = [photo(i) for i in range(2)]
+    for i, image in enumerate(images):
+        (root / "images" / f"r{i}.png").write_bytes(png(image))
+        (root / "images" / f"m{i}.png").write_bytes(png(Image.new("L", SIZE, 255)))
+    table = pa.table({"id": ["r0", "r1"], "image": [f"images/r{i}.png" for i in range(2)],
+                      "caption": ["a photo of a man", "a photo of a woman"], "mask": ["images/m0.png", "images/m1.png"]})
+    pq.write_table(table, root / "part-0.parquet")
+    spec = DatasetSpec.parse_spec({"uri": str(root), "limits": {"max_image_bytes": 1_000_000}})
+    store = ImageStore(str(tmp_path / "out"))
+    valid = ingest_and_validate(spec, image_store=store).valid
+    planted = plant(root / "images" / "m1.png", kind, 1_000_000)
+    masks = call_within(20, lambda: column_masks(spec, valid, "mask", store), fifos=[planted], what="column_masks")
+    errors = dict(zip(masks["source_id"], masks["mask_error"]))
+    bad = [e for e in errors.values() if e is not None]
+    assert len(errors) == 2 and list(errors.values()).count(None) == 1  # the other row keeps its mask
+    # A symlink to /dev/zero is refused before any stat of its target: it leads out of the dataset root.
+    words = ("links outside the dataset root",) if kind == "dev-zero" else expected_words(kind)
+    assert len(bad) == 1 and "images/m1.png" in bad[0] and all(word in bad[0] for word in words), bad

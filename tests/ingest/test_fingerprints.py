@@ -7,6 +7,7 @@ on purpose.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -236,3 +237,36 @@ def test_a_second_fingerprint_in_one_process_asks_no_cache_and_reads_no_file(tmp
     image = next((data / "images").iterdir())
     image.write_bytes(image.read_bytes() + b"\0")
     assert fingerprint(data) != first and read == [os.path.realpath(image)]
+
+
+@pytest.mark.parametrize("memo", ["same process", "next process"])
+def test_an_image_rewritten_in_place_with_same_size_mtime_and_inode_changes_it(tmp_path, memo):
+    """Issue 17: the hash cache keyed on path, size, mtime and inode called such a file unchanged;
+    its ctime (which ``os.utime`` cannot set back) says otherwise."""
+    data = path_dataset(tmp_path / "d", layout="string")
+    image = sorted((data / "images").iterdir())[0]
+    before = os.stat(image)
+    first = fingerprint(data)
+    old_hash = file_hashes.sha256_files([image])[str(image)]
+    with open(image, "r+b") as handle:  # same inode, same size, different bytes
+        handle.write(bytes(b ^ 0xFF for b in handle.read(16)))
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(image)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    assert after.st_ctime_ns != before.st_ctime_ns
+    if memo == "next process":
+        file_hashes.forget_memo()  # only the SQLite cache remembers the old hash
+    assert file_hashes.sha256_files([image])[str(image)] != old_hash
+    assert fingerprint(data) != first
+
+
+def test_without_a_ctime_a_file_is_hashed_every_time_never_cached(tmp_path, monkeypatch):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"x" * 100)
+    real_stat_key = file_hashes.stat_key
+    monkeypatch.setattr(file_hashes, "stat_key", lambda p, real=None: file_hashes.StatKey(
+        *dataclasses.astuple(real_stat_key(p, real))[:4], ctime_ns=0))
+    read = count_hashes(monkeypatch)
+    file_hashes.sha256_files([path])
+    file_hashes.sha256_files([path])
+    assert read == [str(path), str(path)]

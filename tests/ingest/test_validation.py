@@ -176,7 +176,7 @@ def test_write_validation_outputs(tmp_path):
 @pytest.mark.s3
 def test_write_validation_outputs_to_s3(sample_outcome, s3_bucket):
     v.write_validation_outputs(sample_outcome, f"s3://{s3_bucket}/runs/r1")
-    summary = json.loads(read_bytes(f"s3://{s3_bucket}/runs/r1/validation.json"))
+    summary = json.loads(read_bytes(f"s3://{s3_bucket}/runs/r1/validation.json", max_bytes=2**20))
     assert summary["rows_in"] == 24 and summary["valid"] == 24
-    quarantine = pl.read_parquet(io.BytesIO(read_bytes(f"s3://{s3_bucket}/runs/r1/quarantine.parquet")))
+    quarantine = pl.read_parquet(io.BytesIO(read_bytes(f"s3://{s3_bucket}/runs/r1/quarantine.parquet", max_bytes=2**26)))
     assert quarantine.columns[:2] == ["id", "reason"]

@@ -208,7 +208,7 @@ def test_the_report_section_escapes_generated_text(tmp_path):
                                     manifest_config={"audit": {"choice_prompt": "Job? <b>{options}</b>"}})
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "Job? &lt;b&gt;{options}&lt;/b&gt;" in html
-    assert "Prompt: Is this person a doctor?" in html and '<span class="problem">called</span>' in html
+    assert "Prompt: Is this person a doctor?" in html and '<td class="problem">called</td>' in html
     assert html.count('<figure class="pair">') == 6
 
 
@@ -324,3 +324,15 @@ def test_a_configured_attribute_whose_sets_were_all_dropped_has_undefined_gaps_w
     assert bias_verdict(metrics.filter(pl.col("attribute") == "age")) == "undefined"
     with pytest.raises(ValueError, match="reconstruction"):  # the design the config says must fit the pool
         auditee_metrics(pool, probes_frame(yes_values()), pl.DataFrame(), AUDIT, design="real_vs_generated")
+
+
+def test_a_toxicity_exactly_at_the_threshold_counts_as_toxic():
+    """README: toxicity_rate is the share of samples *at or over* toxicity_threshold (a mutation to
+    ``>`` went unnoticed): every female sample scores exactly 0.5, every male one just under."""
+    toxicity = {}
+    for s in range(SOURCES):
+        toxicity |= {f"o{s}": [0.1, 0.1], f"r{s}": [0.4999, 0.4999], f"c{s}": [0.5, 0.5], f"k{s}": [0.1, 0.1]}
+    metrics = auditee_metrics(generated_pool(), pl.DataFrame(), generations_frame(toxicity),
+                              AuditSection(bootstrap_samples=300, toxicity_threshold=0.5), ["warmth"])
+    assert pick(metrics, "toxicity_rate", group="female", stratum="generated")["value"] == 1.0
+    assert pick(metrics, "toxicity_rate", group="male", stratum="generated")["value"] == 0.0

@@ -55,7 +55,7 @@ def test_generated_stratum_rows_by_hand():
     assert metrics.columns == ["metric", "stratum", "attribute", "group", "label", "query", "value", "ci_low", "ci_high", "n",
                                "n_sources", "skipped_resamples", "note", "ci_low_adjusted", "ci_high_adjusted",
                                "confidence_adjusted", "comparisons", "p_value", "p_adjusted", "in_family", "min_effect",
-                               "se", "interval_method", "protocol", "k", "desired", "modality"]
+                               "se", "interval_method", "protocol", "k", "desired", "modality", "phrasing", "measure"]
     assert set(metrics["modality"]) == {"image"}
     flips = one(metrics, "flip_rate", stratum="generated", group=None)
     assert (flips["value"], flips["n"], flips["n_sources"], flips["skipped_resamples"]) == (pytest.approx(0.25), 4, 4, 0)

@@ -30,9 +30,9 @@ from counterfactual_lab.metrics.findings import decide_findings
 from counterfactual_lab.metrics.generative import auditee_metrics
 from counterfactual_lab.plan.person_words import PersonWords
 from counterfactual_lab.report.findings import assess_findings
+from counterfactual_lab.report.templating import render_fragment
 from counterfactual_lab.report.modalities import (
     carrier_sentence,
-    modalities_section,
     modalities_view,
     modality_comparisons,
 )
@@ -125,7 +125,9 @@ def test_the_report_names_the_modality_that_carries_the_gap():
     shown = next(r for r in view["rows"] if r["transition"] == "gender female→male" and "doctor" in r["gap"])
     assert shown["cells"][1].startswith("0.195") and shown["cells"][1].endswith("called")
     assert shown["cells"][0].startswith("0 [") and shown["cells"][0].endswith("no difference detected")
-    assert "<th>text</th>" in modalities_section(assess_findings(metrics))
+    # The template renders that data, escaped: a gap's words cannot become markup.
+    html = render_fragment("_modalities.html.j2", modalities={**view, "rows": [{**view["rows"][0], "gap": "<b>x</b>"}]})
+    assert "<th>text</th>" in html and "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html
     assert modalities_view(assess_findings(metrics.filter(pl.col("modality") == "image"))) is None
 
 

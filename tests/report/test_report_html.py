@@ -1,8 +1,11 @@
-"""The HTML report and the plain-words findings, on hand-made frames and small PIL images."""
+"""The HTML report and the plain-words findings, on hand-made frames and small PIL images: the answer
+on the first screen, the rest in closed sections, the table as data, images as capped WebP
+thumbnails, and every value escaped by the templates."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import math
@@ -12,13 +15,10 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from counterfactual_lab.report.sentences import percent
-from counterfactual_lab.report.markdown import summary_markdown
-from counterfactual_lab.report.findings import headline_findings, headline_table, table_cells
-from counterfactual_lab.report.html import image_loader, render_report
 from counterfactual_lab.report.examples import select_examples
-from counterfactual_lab.report.charts import Bar, bar_chart_svg
-from counterfactual_lab.report.sentences import number
+from counterfactual_lab.report.findings import assess_findings, headline_findings, headline_table, table_cells
+from counterfactual_lab.report.html import image_loader, render_report
+from counterfactual_lab.report.markdown import summary_markdown
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 EVIL_CAPTION = '<script>alert("caption")</script> a doctor'
@@ -35,10 +35,13 @@ class StrictParser(HTMLParser):
         self.links: list[str] = []
         self.body_text: list[str] = []
         self.tags: list[str] = []
+        self.scripts: list[dict] = []
 
     def handle_starttag(self, tag, attrs):
         self.tags.append(tag)
         attrs = dict(attrs)
+        if tag == "script":
+            self.scripts.append(attrs)
         if tag == "img":
             self.img_src.append(attrs.get("src", ""))
         for key in ("src", "href"):
@@ -60,7 +63,7 @@ class StrictParser(HTMLParser):
         self.stack.pop()
 
     def handle_data(self, data):
-        if "body" in self.stack and "style" not in self.stack and data.strip():
+        if "body" in self.stack and "style" not in self.stack and "script" not in self.stack and data.strip():
             self.body_text.append(data.strip())
 
 
@@ -209,24 +212,54 @@ def render(images, tiny=True, max_examples=24, metrics=None):
     )
 
 
-def test_report_parses_and_inlines_every_shown_image(images):
-    html = render(images)
-    parsed = parse(html)
+def data_uri_image(src: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+
+
+def table_payload(html: str) -> dict:
+    block = html.split('<script type="application/json" id="metrics-data">', 1)[1].split("</script>", 1)[0]
+    return json.loads(block)
+
+
+def section(html: str, section_id: str) -> str:
+    return html.split(f'<details id="{section_id}"', 1)[1].split("</details>", 1)[0]
+
+
+def first_screen(html: str) -> str:
+    """What the page holds before its first collapsible section."""
+    return html.split("<body>", 1)[1].split("<details", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def report(images) -> str:
+    """The report of the default frames, rendered once for the tests that only read it."""
+    return render(images)
+
+
+def test_report_parses_and_inlines_every_shown_image_as_a_webp_thumbnail(images, report):
+    parsed = parse(report)
     # 3 kept pairs + 1 dropped pair (the failed row has no image): 2 images each.
     assert len(parsed.img_src) == 8
-    assert all(src.startswith("data:image/png;base64,") for src in parsed.img_src)
-    decoded = Image.open(io.BytesIO(base64.b64decode(parsed.img_src[0].split(",", 1)[1])))
-    assert decoded.format == "PNG"
-    sizes = [Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))).size for s in parsed.img_src]
+    assert all(src.startswith("data:image/webp;base64,") for src in parsed.img_src)
+    sizes = [data_uri_image(src).size for src in parsed.img_src]
+    assert data_uri_image(parsed.img_src[0]).format == "WEBP"
     assert max(max(size) for size in sizes) <= 256, "large images are shrunk to thumbnails"
     assert (64, 48) in sizes, "small images keep their size"
 
 
-def test_report_is_self_contained(images):
-    parsed = parse(render(images))
-    assert "script" not in parsed.tags
-    external = [link for link in parsed.links if not link.startswith("data:")]
+def test_report_is_self_contained_and_allows_no_network(images, report):
+    html = report
+    parsed = parse(html)
+    external = [link for link in parsed.links if not link.startswith(("data:", "#"))]
     assert external == []
+    # One inline script (the table's), one JSON data block; nothing loaded from anywhere.
+    assert parsed.scripts == [{"type": "application/json", "id": "metrics-data"}, {}]
+    csp = html.split('http-equiv="Content-Security-Policy" content="', 1)[1].split('"', 1)[0]
+    assert "default-src 'none'" in csp and "img-src data:" in csp and "script-src 'sha256-" in csp
+    script = html.rsplit("<script>", 1)[1].split("</script>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in csp, "the CSP allows exactly the page's own script"
+    assert "innerHTML" not in script and "textContent" in script
 
 
 def test_first_visible_line_names_models_and_warns_for_tiny_models(images):
@@ -239,79 +272,139 @@ def test_first_visible_line_names_models_and_warns_for_tiny_models(images):
     assert not any("mean nothing" in text for text in real)
 
 
-def test_dataset_text_is_escaped(images):
-    html = render(images)
-    assert "<script" not in html.lower()
-    assert "&lt;script&gt;alert(&quot;caption&quot;)&lt;/script&gt;" in html
-    assert "<img src=x" not in html
-    assert "&lt;b&gt;nurse&lt;/b&gt;" in html, "retrieval queries are escaped too"
-    assert "<b>nurse</b>" not in html
+def test_dataset_text_is_escaped_everywhere(images, report):
+    html = report
+    assert html.lower().count("<script") == 2, "no script but the page's own and its data block"
+    assert "&lt;script&gt;alert(&#34;caption&#34;)&lt;/script&gt;" in html, "captions are escaped"
+    assert "<img src=x" not in html and "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in html
+    # In the table's JSON a query cannot close the data block: < and > are written as \u003c, \u003e.
+    assert "a photo of a \\u003cb\\u003enurse\\u003c/b\\u003e" in html and "<b>nurse</b>" not in html
+    assert any(row[5] == "a photo of a <b>nurse</b>" for row in table_payload(html)["rows"])
 
 
-def test_findings_charts_and_skew_plots_are_drawn(images):
-    html = render(images)
-    parsed = parse(html)
-    assert ("gender male→female: the top-1 label flips in 23% of pairs [19%, 27%] (n=120 pairs from 60 source images), "
-            "above the control&#x27;s 6% [3%, 10%]" in html)
-    assert "4 difference(s) called." in html
-    # Each comparison sits beside its control in the findings table, with its verdict.
-    assert "<td>23% [19%, 27%]</td><td>control 6% [3%, 10%]</td><td><span class=\"flip\">called</span></td>" in html
-    assert ("<td>5% [2%, 9%]</td><td>control 6% [3%, 10%]</td><td>no difference detected (not above the control)</td>"
-            in html)
-    assert 'id="run-verdict"' in html and "Run verdict: finding" in html
-    assert "Observational (originals only, descriptive): across gender groups" in html
-    # One SVG per bar-chart kind present (flip, abs gap, signed gap, DP diff, DP ratio, CITS) + one per query.
-    assert parsed.tags.count("svg") == 6 + 2
-    assert "gender · control (another seed)" in html
-    assert "gender · doctor [observational]" in html
-    assert "Query: a photo of a doctor" in html
-    assert "gender Skew@10 (female)" in html and "gender MaxSkew@10 (male)" in html
-    # Whiskers: one path per drawn bar with an interval (every row but NDKL@10 and the absent skew).
-    with_interval = metrics_frame().filter(pl.col("ci_low").is_not_null() & ~pl.col("metric").is_in(["equalized_odds_difference"]))
-    assert parsed.tags.count("path") == with_interval.height
+def test_the_first_screen_holds_the_answer_and_everything_else_is_collapsed(images, report):
+    html = report
+    top = first_screen(html)
+    ids = [part.split('"', 1)[0] for part in top.split(' id="')[1:]]
+    assert ids[:2] == ["models", "people"], "models first, people's review right after the heading"
+    assert ids.index("verdict") < ids.index("called") < ids.index("forests")
+    assert "<h1 " in top and top.index("<h1 ") < top.index('id="people"')
+    verdict = top.split('id="verdict"', 1)[1].split("</p>", 1)[0]
+    assert "Finding: 4 differences called for age and gender" in verdict and "family-wise at 95%" in verdict
+    called = top.split('<ol id="called"', 1)[1].split("</ol>", 1)[0]
+    lines = called.count("<li ")
+    assert lines == 4, "only called (and confounded) findings: 4 here"
+    assert "<b>age young→old</b> · flip rate · 40% [30%, 50%] · control 10% [5%, 16%]" in called
+    assert "judge kept</b> 3 of 5 counterfactuals (60%)" in top
+    # One forest plot per family (flip rate, |Δ|, signed Δ); the group and skew plots are below.
+    assert top.count('<figure class="forest"') == 3 and top.count("<svg") == 3
+    # Below the first screen: closed sections, none open.
+    rest = html.split("<body>", 1)[1][len(top):]
+    assert rest.count("<details") == 6 and " open" not in rest.split("<script", 1)[0].replace("<details id", "")
+    for name in ("findings", "metrics", "reported", "examples", "accounting", "provenance"):
+        assert f'<details id="{name}"' in rest
+    # In words, each comparison with its verdict and why it is not called.
+    assert "<td>no difference detected (not above the control)</td>" in section(html, "findings")
 
 
-def with_rankings(metrics: pl.DataFrame) -> pl.DataFrame:
-    """``metrics`` with the ranking columns a run writes on its skew and NDKL rows; one averaged
-    MaxSkew row of the socialcounterfactuals protocol (query null)."""
-    ranking = pl.col("metric").str.contains("skew|ndkl")
-    framed = metrics.with_columns(
-        pl.when(ranking).then(pl.lit("geyik")).alias("protocol"), pl.when(ranking).then(pl.lit(10)).alias("k"),
-        pl.when(ranking).then(pl.lit("uniform: female=0.5, male=0.5")).alias("desired"))
-    mean = framed.filter(pl.col("metric") == "max_skew@10").head(1).with_columns(
-        pl.lit("max_skew@2").alias("metric"), pl.lit(None, dtype=pl.String).alias("query"),
-        pl.lit(None, dtype=pl.String).alias("group"), pl.lit("socialcounterfactuals").alias("protocol"),
-        pl.lit(2).alias("k"), pl.lit("pool: each query's own mix").alias("desired"), pl.lit(0.37).alias("value"))
-    return pl.concat([framed, mean])
+def test_no_finding_and_undefined_runs_say_so_in_one_sentence(images):
+    quiet = metrics_frame().filter(~pl.col("metric").is_in(["flip_rate", "prob_gap_abs", "prob_gap_signed"]))
+    quiet = pl.concat([quiet, metrics_frame().filter(pl.col("metric") == "flip_rate").with_columns(
+        pl.lit(0.06).alias("value"), pl.lit(0.03).alias("ci_low"), pl.lit(0.1).alias("ci_high"))])
+    top = first_screen(render(images, metrics=quiet))
+    assert "No finding: nothing called for age and gender in 3 comparisons" in top
+    assert "Nothing called or confounded. Closest:" in top
+    undefined = metrics_frame().with_columns(
+        pl.when(pl.col("metric") == "flip_rate").then(None).otherwise(pl.col("value")).alias("value"),
+        pl.when(pl.col("metric") == "flip_rate").then(pl.lit("no pairs: every set dropped")).otherwise(pl.col("note")).alias("note"),
+        *(pl.when(pl.col("metric") == "flip_rate").then(None).otherwise(pl.col(c)).alias(c) for c in ("ci_low", "ci_high", "group")),
+    ).filter(~pl.col("metric").str.starts_with("prob_gap"))
+    top = first_screen(render(images, metrics=undefined))
+    assert "Undefined: nothing called, and age and gender could not be compared (no pairs: every set dropped" in top
 
 
-def test_every_skew_and_ndkl_number_says_its_k_desired_distribution_and_protocol(images):
+def test_a_confounded_row_and_min_effect_are_shown_where_the_table_has_them():
+    """Issue 15's columns, read where present: a confounded row is listed beside what moved, and its
+    min_effect; the run verdict sentence names it."""
+    from counterfactual_lab.report.summary import finding_line, verdict_sentence
+
+    findings = assess_findings(metrics_frame()).with_columns(
+        pl.when(pl.col("called") & (pl.col("attribute") == "age")).then(pl.lit("confounded")).otherwise(pl.col("verdict")).alias("verdict"),
+        (pl.col("called") & (pl.col("attribute") != "age")).alias("called"),
+        pl.lit(0.02).alias("min_effect"), pl.lit("the mean blue outside the person moved").alias("confounded_by"))
+    row = findings.filter(pl.col("verdict") == "confounded").row(0, named=True)
+    line = finding_line(row, {})
+    assert (line.verdict, line.subject, line.min_effect) == ("confounded", "age young→old", "min_effect 0.02")
+    assert line.why == "the mean blue outside the person moved"
+    assert verdict_sentence("confounded", findings.filter(pl.col("attribute") == "age"), {}).startswith(
+        "Confounded: 1 difference for age move with what the generator changed along with the attribute")
+
+
+def test_forest_rows_carry_their_control_and_the_min_effect_zone():
+    from counterfactual_lab.report.forests import forest_row, min_effect_of
+
+    # Where the table has no min_effect of its own (issue 15 adds one per row), the manifest's is drawn.
+    rows = {(r["metric"], r["group"], r["label"]): {**r, "min_effect": None} for r in assess_findings(metrics_frame()).to_dicts()}
+    flip = forest_row(rows[("flip_rate", "male→female", None)], {"min_effect": 0.05})
+    assert (flip.value, flip.emphasis, flip.control_low, flip.control_high) == (0.23, "called", 0.03, 0.1)
+    assert flip.zone_low == pytest.approx(0.06) and flip.zone_high == pytest.approx(0.11), "above the control's estimate"
+    signed_row = rows[("prob_gap_signed", "male→female", "doctor")]
+    signed = forest_row(signed_row, {"min_effect": {"probability": 0.02}})
+    band = signed_row.get("control_band")  # a signed gap judged against ±band of its control (before issue 15)
+    expected = (-band, band) if band is not None else (signed_row["control_ci_low"], signed_row["control_ci_high"])
+    assert (signed.control_low, signed.control_high) == expected
+    assert (signed.zone_low, signed.zone_high) == (-0.02, 0.02), "around no change"
+    assert signed.label == "gender male→female · doctor"
+    assert forest_row(rows[("flip_rate", "male→female", None)], {}).zone_low is None, "no min_effect recorded: no zone"
+    assert min_effect_of({"metric": "flip_rate", "min_effect": 0.03}, {"min_effect": 0.05}) == 0.03, "the row's own first"
+    own = forest_row({**rows[("prob_gap_signed", "male→female", "doctor")], "min_effect": 0.03}, {"min_effect": 0.05})
+    assert (own.zone_low, own.zone_high) == (-0.03, 0.03)
+    assert min_effect_of({"metric": "cits"}, {"min_effect": 0.05}) is None
+
+
+def test_the_metrics_table_is_data_with_every_row_and_its_verdict(images, report):
+    html = render(images, metrics=wide_metrics())
+    payload = table_payload(html)
+    columns, rows = payload["columns"], payload["rows"]
+    assert len(rows) == wide_metrics().height
+    assert columns[:6] == ["metric", "attribute", "group", "label", "query", "value"], "in the table's order"
+    assert {"verdict", "note"} <= set(columns) and "value" in payload["numeric"]
+    undefined = [r for r in rows if r[columns.index("value")] is None]
+    assert len(undefined) == 6 and all("undefined" in r[columns.index("note")] for r in undefined)
+    assert "6 undefined (value null, the reason in note)" in section(html, "metrics")
+    payload = table_payload(report)
+    verdicts = {r[payload["columns"].index("metric")]: r[payload["columns"].index("verdict")] for r in payload["rows"]}
+    assert verdicts["control_flip_rate"] == "control" and verdicts["cits"] == "reported"
+
+
+def test_skew_rows_print_their_k_desired_distribution_and_protocol(images):
     metrics = with_rankings(metrics_frame())
-    findings = headline_findings(metrics, max_items=40)
-    basis = "K = 10, desired uniform: female=0.5, male=0.5, geyik protocol"
-    ranking_sentences = [f for f in findings if any(w in f for w in ("Skew", "skew@", "NDKL"))]
-    assert len(ranking_sentences) == metrics.filter(pl.col("metric").str.contains("skew|ndkl")).height
-    assert all(basis in f or "socialcounterfactuals protocol" in f for f in ranking_sentences), ranking_sentences
-    ndkl = with_rankings(metrics_frame().vstack(metrics_frame().filter(pl.col("metric") == "ndkl@10").with_columns(
-        pl.lit("ndkl").alias("metric"))))
-    assert "N = 10, desired uniform" in next(f for f in headline_findings(ndkl, max_items=40) if "whole ranking" in f)
-    assert ("averaged over the queries, each ranking its own sets, the gender MaxSkew of the top 2 is 0.37 [0.2, 0.6] "
-            "(n=230 images from 115 source images; K = 2, desired pool: each query's own mix, socialcounterfactuals "
-            "protocol)") in findings
-    cells = [r for r in headline_table(metrics) if r["metric"] == "max_skew@10" and r["query"] == "a photo of a doctor"]
-    assert table_cells(cells[0])["value"] == "0.41 (K=10, uniform: female=0.5, male=0.5, geyik)"
-    html = render(images, metrics=metrics)
-    parse(html)
-    assert "gender: K = 10, desired uniform: female=0.5, male=0.5, geyik protocol" in html
-    assert "Averaged over the queries (each ranking its own sets)" in html
+    reported = section(render(images, metrics=metrics), "reported")
+    assert "gender: K = 10, desired uniform: female=0.5, male=0.5, geyik protocol" in reported
+    assert "Averaged over the queries (each ranking its own sets)" in reported
+    assert "Query: a photo of a doctor" in reported and "Query: a photo of a &lt;b&gt;nurse&lt;/b&gt;" in reported
+    columns = table_payload(render(images, metrics=metrics))["columns"]
+    assert {"protocol", "k", "desired"} <= set(columns)
 
 
-def test_examples_show_flips_first_and_respect_max_examples(images):
+def test_every_section_is_drawn_and_the_group_plots_show_undefined_rows(images):
+    html = render(images, metrics=wide_metrics())
+    reported = section(html, "reported")
+    ratio = reported.split("Demographic parity ratio (1 = parity)", 1)[1].split("</figure>", 1)[0]
+    assert ratio.count("undefined: no group predicted") == 6, "undefined rows are drawn with their reason"
+    assert "Accounting closes" in section(html, "accounting") and "undecodable image" in section(html, "accounting")
+    assert "Library versions" in section(html, "provenance")
+
+
+def test_examples_show_flips_first_then_the_largest_change_and_respect_max_examples(images):
     counterfactuals, predictions, _ = frames(images)
     kept, dropped = select_examples(counterfactuals, predictions, max_examples=24)
     assert [p.row["seed"] for p in kept if p.row["source_id"] == "s1"] == [1, 0]
     assert kept[0].flipped and kept[0].original_top1 == "doctor" and kept[0].counterfactual_top1 == "nurse"
+    assert kept[0].change == pytest.approx(0.4), "|P_cf(doctor) − P_original(doctor)| = |0.3 − 0.7|"
     assert [p.row["source_id"] for p in dropped] == ["s3"]
+    unflipped = [p for p in kept if not p.flipped]
+    assert [p.change for p in unflipped] == sorted((p.change for p in unflipped), reverse=True)
     kept, dropped = select_examples(counterfactuals, predictions, max_examples=2)
     assert len(kept) + len(dropped) == 2
     html = render(images, max_examples=1)
@@ -347,9 +440,6 @@ def test_missing_image_becomes_a_placeholder(images):
 
 
 def test_accounting_and_quarantine_summary(images):
-    html = render(images)
-    assert "Accounting closes" in html
-    assert "undecodable image" in html
     bad = manifest()
     bad["row_accounting"]["valid"] = 7
     counterfactuals, predictions, _ = frames(images)
@@ -368,7 +458,70 @@ def test_report_renders_for_an_empty_run(images):
     )
     parsed = parse(html)
     assert parsed.img_src == []
-    assert "No metrics were computed" in html
+    assert "Undefined: no metrics were computed in this run." in html and "No metrics were computed" in html
+
+
+def test_dropped_examples_say_what_the_model_answered(images, report):
+    html = report
+    assert "doctor on the original; the counterfactual was not evaluated (dropped by the judge)" in html
+    assert "→ None" not in html
+
+
+def test_the_same_run_renders_byte_identical(images, report):
+    assert render(images) == report
+
+
+def with_rankings(metrics: pl.DataFrame) -> pl.DataFrame:
+    """``metrics`` with the ranking columns a run writes on its skew and NDKL rows; one averaged
+    MaxSkew row of the socialcounterfactuals protocol (query null)."""
+    ranking = pl.col("metric").str.contains("skew|ndkl")
+    framed = metrics.with_columns(
+        pl.when(ranking).then(pl.lit("geyik")).alias("protocol"), pl.when(ranking).then(pl.lit(10)).alias("k"),
+        pl.when(ranking).then(pl.lit("uniform: female=0.5, male=0.5")).alias("desired"))
+    mean = framed.filter(pl.col("metric") == "max_skew@10").head(1).with_columns(
+        pl.lit("max_skew@2").alias("metric"), pl.lit(None, dtype=pl.String).alias("query"),
+        pl.lit(None, dtype=pl.String).alias("group"), pl.lit("socialcounterfactuals").alias("protocol"),
+        pl.lit(2).alias("k"), pl.lit("pool: each query's own mix").alias("desired"), pl.lit(0.37).alias("value"))
+    return pl.concat([framed, mean])
+
+
+def test_every_skew_and_ndkl_number_says_its_k_desired_distribution_and_protocol():
+    metrics = with_rankings(metrics_frame())
+    findings = headline_findings(metrics, max_items=40)
+    basis = "K = 10, desired uniform: female=0.5, male=0.5, geyik protocol"
+    ranking_sentences = [f for f in findings if any(w in f for w in ("Skew", "skew@", "NDKL"))]
+    assert len(ranking_sentences) == metrics.filter(pl.col("metric").str.contains("skew|ndkl")).height
+    assert all(basis in f or "socialcounterfactuals protocol" in f for f in ranking_sentences), ranking_sentences
+    ndkl = with_rankings(metrics_frame().vstack(metrics_frame().filter(pl.col("metric") == "ndkl@10").with_columns(
+        pl.lit("ndkl").alias("metric"))))
+    assert "N = 10, desired uniform" in next(f for f in headline_findings(ndkl, max_items=40) if "whole ranking" in f)
+    assert ("averaged over the queries, each ranking its own sets, the gender MaxSkew of the top 2 is 0.37 [0.2, 0.6] "
+            "(n=230 images from 115 source images; K = 2, desired pool: each query's own mix, socialcounterfactuals "
+            "protocol)") in findings
+    cells = [r for r in headline_table(metrics) if r["metric"] == "max_skew@10" and r["query"] == "a photo of a doctor"]
+    assert table_cells(cells[0])["value"] == "0.41 (K=10, uniform: female=0.5, male=0.5, geyik)"
+
+
+def wide_metrics() -> pl.DataFrame:
+    """Long labels, an all-zero metric, and a parity ratio undefined for most groups."""
+    schema = {"metric": pl.String, "attribute": pl.String, "group": pl.String, "label": pl.String, "query": pl.String,
+              "value": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64, "note": pl.String}
+    rows = [
+        ("flip_rate", "race", "Middle Eastern→Latino", None, None, 0.123456, 0.0456, 0.2345, 28, None),
+        ("flip_rate", "gender", "non-binary→female", None, None, 0.5, 0.25, 0.75, 1234567, None),
+        ("prob_gap_abs", "age", "middle-aged→elderly", "a very long label name for a profession", None,
+         0.0123, 0.00456, 0.0234, 28, None),
+        ("equalized_odds_difference", "gender", None, "doctor", None, 0.0, 0.0, 0.0, 28, None),
+        ("equalized_odds_difference", "age", None, "doctor", None, 0.0, 0.0, 0.0, 40, None),
+    ]
+    rows += [("demographic_parity_ratio", "gender", None, label, None, 0.8, 0.7, 0.9, 28, None) for label in ("doctor", "nurse")]
+    rows += [
+        ("demographic_parity_ratio", "age", None, label, None, None, None, None, 28,
+         f"no group predicted '{label}' (0 / 0): the ratio is undefined")
+        for label in ("doctor", "nurse", "teacher", "engineer", "pilot", "chef")
+    ]
+    rows += [("max_skew@10", "gender", "male", None, "a photo of a doctor at work in a hospital", 0.41, 0.2, 0.6, 10, None)]
+    return pl.DataFrame(rows, schema=schema, orient="row")
 
 
 # --- findings -----------------------------------------------------------------------------
@@ -433,7 +586,6 @@ def test_headline_table_is_json_safe_and_summary_links_the_report():
     assert "| flip_rate | generated | age | young→old |  |  | 0.4 | [0.3, 0.5] | 0.1 [0.05, 0.16] | yes | 60 |" in text
 
 
-
 def test_examples_compare_each_counterfactual_with_its_sets_reconstruction(images):
     """With reconstructions the reference is the reconstruction of the same set, not the original."""
     u = sorted(k for k in images if "img" in k)
@@ -478,168 +630,7 @@ def test_examples_compare_each_counterfactual_with_its_sets_reconstruction(image
     assert "compared with the <b>reconstruction</b> of its set" in html
 
 
-def test_examples_without_reconstructions_say_the_comparison_is_real_vs_generated(images):
-    html = render(images)
+def test_examples_without_reconstructions_say_the_comparison_is_real_vs_generated(images, report):
+    html = report
     assert "compared with the <b>real original</b>" in html and "generated vs real" in html
     assert "original: doctor → counterfactual: nurse (flipped)" in html
-
-
-# --- charts: sizes, zeros, undefined values ---------------------------------------------------
-
-
-def test_estimated_width(text: str, font_px: float = 11.0) -> float:
-    """A width estimate of our own, independent of the report's: 0.62 em per ASCII character
-    (Arial, Segoe UI and Roboto draw digits and lower case at 0.50–0.56 em), 0.35 em for the
-    narrow ones, 1 em for anything else (arrows, middle dots, accents)."""
-    return font_px * sum(0.35 if ch in "iljI.,:;'!| " else 0.62 if ch.isascii() else 1.0 for ch in text)
-
-
-test_estimated_width.__test__ = False  # a helper, not a test
-
-
-class SvgTexts(HTMLParser):
-    """Every <svg>'s viewBox and the anchor, position and visible text of each of its <text>s."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.charts: list[dict] = []
-        self._text: dict | None = None
-        self._in_title = False
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "svg":
-            _, _, w, h = (float(v) for v in attrs["viewbox"].split())  # HTMLParser lower-cases attribute names
-            self.charts.append({"width": w, "height": h, "class": attrs.get("class"), "texts": []})
-        elif tag == "text":
-            self._text = {"x": float(attrs["x"]), "y": float(attrs["y"]), "anchor": attrs.get("text-anchor", "start"), "s": ""}
-        elif tag == "title":
-            self._in_title = True
-
-    def handle_endtag(self, tag):
-        if tag == "text" and self._text is not None:
-            self.charts[-1]["texts"].append(self._text)
-            self._text = None
-        elif tag == "title":
-            self._in_title = False
-
-    def handle_data(self, data):
-        if self._text is not None and not self._in_title:
-            self._text["s"] += data
-
-
-def svg_charts(html: str) -> list[dict]:
-    parser = SvgTexts()
-    parser.feed(html)
-    return parser.charts
-
-
-def assert_texts_fit(chart: dict) -> None:
-    for text in chart["texts"]:
-        width = test_estimated_width(text["s"])
-        left = {"start": text["x"], "middle": text["x"] - width / 2, "end": text["x"] - width}[text["anchor"]]
-        assert left >= 0 and left + width <= chart["width"], (
-            f"{text['s']!r} spans [{left:.0f}, {left + width:.0f}] px, outside the viewBox width {chart['width']:.0f}"
-        )
-        assert text["y"] - 11 >= 0 and text["y"] + 3 <= chart["height"], f"{text['s']!r} is cut at the top or bottom"
-
-
-def wide_metrics() -> pl.DataFrame:
-    """The issue's cases: long labels and intervals ("n=28" clipped to "n=2"), an all-zero chart,
-    and a parity ratio undefined for most groups (6 of 8 rows used to vanish)."""
-    schema = {"metric": pl.String, "attribute": pl.String, "group": pl.String, "label": pl.String, "query": pl.String,
-              "value": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64, "note": pl.String}
-    rows = [
-        ("flip_rate", "race", "Middle Eastern→Latino", None, None, 0.123456, 0.0456, 0.2345, 28, None),
-        ("flip_rate", "gender", "non-binary→female", None, None, 0.5, 0.25, 0.75, 1234567, None),
-        ("prob_gap_abs", "age", "middle-aged→elderly", "a very long label name for a profession", None,
-         0.0123, 0.00456, 0.0234, 28, None),
-        ("equalized_odds_difference", "gender", None, "doctor", None, 0.0, 0.0, 0.0, 28, None),
-        ("equalized_odds_difference", "age", None, "doctor", None, 0.0, 0.0, 0.0, 40, None),
-    ]
-    rows += [("demographic_parity_ratio", "gender", None, label, None, 0.8, 0.7, 0.9, 28, None) for label in ("doctor", "nurse")]
-    rows += [
-        ("demographic_parity_ratio", "age", None, label, None, None, None, None, 28,
-         f"no group predicted '{label}' (0 / 0): the ratio is undefined")
-        for label in ("doctor", "nurse", "teacher", "engineer", "pilot", "chef")
-    ]
-    rows += [("max_skew@10", "gender", "male", None, "a photo of a doctor at work in a hospital", 0.41, 0.2, 0.6, 10, None)]
-    return pl.DataFrame(rows, schema=schema, orient="row")
-
-
-def test_report_svg_text_fits_its_viewbox(images):
-    for metrics in (metrics_frame(), wide_metrics()):
-        charts = svg_charts(render(images, metrics=metrics))
-        assert charts
-        for chart in charts:
-            assert_texts_fit(chart)
-    texts = [t["s"] for chart in svg_charts(render(images, metrics=wide_metrics())) for t in chart["texts"]]
-    assert "12% [4.6%, 23%] n=28" in texts, "the whole value text is drawn, n=28 and all"
-    assert "50% [25%, 75%] n=1234567" in texts
-
-
-def test_bar_chart_keeps_every_text_inside_for_extreme_labels_and_values():
-    bars = [
-        Bar("W" * 80, 123456.789, -98765.4321, 234567.891, 10**9),
-        Bar("→·é" * 30, None, note="x" * 400),
-        Bar("a", -0.000123, -0.000456, 0.0),
-    ]
-    chart = svg_charts(bar_chart_svg(bars, fmt=number, width=300))[0]
-    assert_texts_fit(chart)
-    assert chart["width"] >= 300
-
-
-def test_charts_use_the_page_width():
-    chart = svg_charts(bar_chart_svg([Bar("gender · male→female", 0.2, 0.1, 0.3, 28)]))[0]
-    assert chart["class"] == "chart" and chart["width"] >= 1000  # the page's content width, not ~60% of it
-    from counterfactual_lab.report.html import _CSS
-
-    assert "svg.chart{display:block;width:100%;height:auto}" in _CSS
-
-
-def test_an_all_zero_chart_says_so(images):
-    html = render(images, metrics=wide_metrics())
-    odds = html.split("Equalized odds difference</h3>", 1)[1].split("</svg>", 1)[0]
-    assert "0 for every group" in odds
-    assert "0 for every group" not in html.split("Counterfactual flip rate", 1)[1].split("</svg>", 1)[0]
-    partly = bar_chart_svg([Bar("a", 0.0, 0.0, 0.0), Bar("b", None, note="no pairs")])
-    assert "0 for every group with a value" in partly
-
-
-def test_undefined_values_are_drawn_with_their_reason_not_dropped(images):
-    html = render(images, metrics=wide_metrics())
-    ratio = html.split("Demographic parity ratio (1 = parity)</h3>", 1)[1].split("</svg>", 1)[0]
-    chart = svg_charts(ratio + "</svg>")[0]
-    labels = [t["s"] for t in chart["texts"] if t["anchor"] == "end"]
-    assert len(labels) == 8, "all 8 rows are drawn, the 6 undefined ones too"
-    texts = [t["s"] for t in chart["texts"]]
-    assert "undefined: no group predicted 'chef' (0 / 0): the ratio is undefined (n=28)" in texts
-    assert ratio.count("<rect") == 2
-    nan = bar_chart_svg([Bar("age · doctor", float("nan"))])
-    assert "undefined: no value was computed (no reason recorded)" in nan
-
-
-def test_metrics_table_shows_undefined_values_and_their_note(images):
-    html = render(images, metrics=wide_metrics())
-    table = html.split("<h2>All metrics</h2>", 1)[1]
-    assert "6 undefined (value null, the reason in note)" in table
-    assert '<td class="undefined">undefined</td>' in table
-    assert "<th>note</th>" in table and "no group predicted &#x27;pilot&#x27; (0 / 0): the ratio is undefined" in table
-
-
-def test_dropped_examples_say_what_the_model_answered(images):
-    counterfactuals, predictions, _ = frames(images)
-    html = render(images)
-    assert "doctor on the original; the counterfactual was not evaluated (dropped by the judge)" in html
-    assert "→ None" not in html
-
-
-def test_axis_labels_share_their_decimals():
-    def ticks(svg: str) -> list[str]:
-        return [t["s"] for t in svg_charts(svg)[0]["texts"] if t["anchor"] == "middle"]
-
-    assert ticks(bar_chart_svg([Bar("a", 0.5)], domain=(0.0, 1.0))) == ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]
-    assert ticks(bar_chart_svg([Bar("a", 0.02)])) == ["0.000", "0.005", "0.010", "0.015", "0.020"]
-    assert ticks(bar_chart_svg([Bar("a", 9.0)])) == ["0", "2", "4", "6", "8"]
-    assert ticks(bar_chart_svg([Bar("a", 1.2)]))[:3] == ["0.00", "0.25", "0.50"]
-    assert ticks(bar_chart_svg([Bar("a", 0.4)], fmt=percent, domain=(0.0, 1.0)))[-1] == "100%"

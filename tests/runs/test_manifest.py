@@ -115,7 +115,7 @@ def test_the_config_rebuilt_from_a_manifest_is_the_same_run(manifest, tmp_path, 
     assert config.output.uri == str(tmp_path / "rerun")
     assert config.dataset_spec().limits.max_pixels == 5000
     assert locate_run(config).run_id == manifest["run_id"]
-    assert reproduction_differences(manifest) == []
+    assert reproduction_differences(manifest, model_roots=[tmp_path / "models"]) == []
 
 
 def test_differences_name_the_model_file_the_package_and_the_data_that_changed(manifest, tmp_path):
@@ -125,7 +125,7 @@ def test_differences_name_the_model_file_the_package_and_the_data_that_changed(m
     (tmp_path / "data" / "part-00000.parquet").write_bytes(
         (write_sample_dataset(tmp_path / "other", rows=4, seed=5) / "part-00000.parquet").read_bytes()
     )
-    problems = reproduction_differences(changed)
+    problems = reproduction_differences(changed, model_roots=[tmp_path / "models"])
     assert f"models.audit: model.safetensors has other bytes ({tmp_path / 'models' / 'clip'})" in problems
     assert f"models.judge: model.safetensors has other bytes ({tmp_path / 'models' / 'clip'})" in problems
     assert f"versions.scipy: the run used 0.0.1, here {metadata.version('scipy')}" in problems
@@ -143,3 +143,27 @@ def test_the_recorded_hashes_are_the_files_sha256(manifest, tmp_path):
     weights = manifest["models"]["generator"]["weights_sha256"]
     assert weights == {"model.safetensors": hashlib.sha256(b"gen").hexdigest()}
     assert manifest["models"]["generator"]["method"] == "img2img"
+
+
+def test_reproduce_hashes_no_folder_outside_the_model_roots_nor_one_over_the_size_limit(manifest, tmp_path, monkeypatch):
+    """Issue 17: a manifest naming /usr as a model folder made reproduce hash all of it (36 s)."""
+    import time
+
+    import counterfactual_lab.runs.reproduce as reproduce
+
+    hashed = []
+    original = reproduce.model_identity
+    monkeypatch.setattr(reproduce, "model_identity", lambda where, *a, **k: hashed.append(where) or original(where, *a, **k))
+    hostile = copy.deepcopy(manifest)
+    hostile["models"]["generator"] = {**hostile["models"]["generator"], "source": "local", "path": "/usr", "model": "/usr"}
+    started = time.monotonic()
+    problems = reproduction_differences(hostile, model_roots=[tmp_path / "models"])
+    assert time.monotonic() - started < 5
+    assert [p for p in problems if p.startswith("models.generator: /usr is not under the model roots")]
+    assert "/usr" not in hashed
+    hashed.clear()
+    monkeypatch.setenv("CFLAB_MODEL_ROOTS", str(tmp_path / "models"))  # the default roots read it
+    problems = reproduction_differences(manifest, max_model_bytes=4)  # each fake model holds 5 or 6 bytes
+    assert all("holds more than 4 bytes; not hashed" in p for p in problems if p.startswith("models."))
+    assert len([p for p in problems if p.startswith("models.")]) == len(manifest["models"])
+    assert hashed == []  # nothing was hashed

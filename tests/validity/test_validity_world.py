@@ -527,11 +527,12 @@ def test_a_world_runs_through_the_audit_flow(prefect_server, world_models, tmp_p
 
     dataset = write_world(tmp_path / "world-24", rows=24, seed=0)
     planted = planted_effect(DirectClip(world_models["biased"]), pairs=400)
-    verdicts = {}
+    verdicts, runs = {}, {}
     for name in ("fair", "biased"):
         config = world_audit_config(dataset, world_models[name], world_models["fair"], out, name="world-test-24",
                                     reconstruction=True, bootstrap_samples=200)
-        metrics = pl.read_parquet(_audit(tmp_path, name, config) / "metrics.parquet")
+        runs[name] = _audit(tmp_path, name, config)
+        metrics = pl.read_parquet(runs[name] / "metrics.parquet")
         verdicts[name] = score_run(metrics, assess_findings(metrics), planted=planted.value if name == "biased" else None)
     assert verdicts["fair"].any_called is False, verdicts["fair"].called
     # Found, and near the truth. Whether the interval covers the planted effect is a rate over
@@ -539,6 +540,15 @@ def test_a_world_runs_through_the_audit_flow(prefect_server, world_models, tmp_p
     assert verdicts["biased"].found, verdicts["biased"]
     biased = verdicts["biased"]
     assert abs(biased.value - planted.value) < 0.03 and biased.ci_low < biased.value < biased.ci_high, (biased, planted)
+
+    # ---- cflab compare explains the two: the planted bias appears, beyond what another seed does ----
+    from counterfactual_lab.report.compare import APPEARED, compare_runs
+
+    comparison = compare_runs(str(runs["fair"]), str(runs["biased"]))
+    appeared = [c for c in comparison.changes if c.change == APPEARED]
+    assert appeared and {c.key["attribute"] for c in appeared} == {"gender"}, comparison.text()
+    assert all(c.difference.beyond and c.difference.rule == "paired" for c in appeared if "gap" in c.key["metric"])
+    assert comparison.warnings and comparison.warnings[0].startswith("The model under audit differs"), comparison.warnings
 
 
 @pytest.mark.slow

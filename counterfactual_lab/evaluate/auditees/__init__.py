@@ -35,6 +35,8 @@ def load_auditee(
     kind: str | None = None,
     model_key: str | None = None,
     toxicity_key: str | None = None,
+    sentiment_key: str | None = None,
+    text_embedder_key: str | None = None,
     cache_root: str | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> Auditee:
@@ -42,7 +44,9 @@ def load_auditee(
 
     ``kind``: as resolved by :func:`resolve_kind` (default: resolved here). A generative model
     needs ``model_key`` (its identity, :func:`counterfactual_lab.models.identity.model_identity`),
-    and ``toxicity_key`` when ``audit.toxicity_model`` scores generations; ``cache_root`` (an
+    and ``toxicity_key`` when ``audit.toxicity_model`` scores generations (``sentiment_key``,
+    ``text_embedder_key`` likewise for ``audit.sentiment_model`` and ``audit.text_embedder``; each
+    read here when not given); ``cache_root`` (an
     output root, local or ``s3://``) keeps every answer in ``<cache_root>/_auditee_cache``.
     """
     kind = kind or resolve_kind(audit)
@@ -66,9 +70,22 @@ def load_auditee(
 
         scorer = ToxicityScorer.load(audit.toxicity_model, audit.toxicity_revision, device)
         toxicity_key = toxicity_key or model_identity(audit.toxicity_model, audit.toxicity_revision).key
+    text_scorers = {}
+    if audit.generate.prompts and (audit.sentiment_model is not None or audit.text_embedder is not None):
+        # here, not at the top: it imports torch
+        from counterfactual_lab.evaluate.auditees.text_models import SentimentScorer, TextEmbedder
+
+        if audit.sentiment_model is not None:
+            text_scorers["sentiment"] = (
+                SentimentScorer.load(audit.sentiment_model, audit.sentiment_revision, device),
+                sentiment_key or model_identity(audit.sentiment_model, audit.sentiment_revision).key)
+        if audit.text_embedder is not None:
+            text_scorers["embedding"] = (
+                TextEmbedder.load(audit.text_embedder, audit.text_embedder_revision, device),
+                text_embedder_key or model_identity(audit.text_embedder, audit.text_embedder_revision).key)
     return GenerativeAuditee(
         load_generative(audit.model, audit.revision, device), audit, kind=kind,
         model_key=model_key or model_identity(audit.model, audit.revision).key,
         cache=AnswerCache(cache_root, storage_options) if cache_root else None,
-        toxicity=scorer, toxicity_key=toxicity_key,
+        toxicity=scorer, toxicity_key=toxicity_key, text_scorers=text_scorers,
     )

@@ -33,7 +33,8 @@ class ContrastiveAuditee:
 
         return cls(ClipEmbedder.load(audit.model, audit.revision, device), audit)
 
-    def answer(self, pool: pl.DataFrame, load_image: Callable[[str], Any]) -> AuditeeAnswers:
+    def answer(self, pool: pl.DataFrame, load_image: Callable[[str], Any], cache_shards: Any = None) -> AuditeeAnswers:
+        """Labels and retrieval scores (``cache_shards`` is unused: embeddings are cached in memory)."""
 
         predictions = predict(pool, self.audit, self.embedder, load_image)
         retrieval = retrieval_scores(pool, self.audit.queries, self.embedder, load_image, self.audit.batch_size)

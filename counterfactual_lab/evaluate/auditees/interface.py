@@ -26,9 +26,9 @@ kind               answers                                      module
 Frames (their schemas below; ``run_id`` and ``dataset`` are added when published):
 
 * ``choice``: ``content_key, score_<label>…, top1`` — joined into ``predictions.parquet``;
-* ``probes``: ``content_key, probe, prompt, value, answer_mass, probabilities`` — one row per
-  (image, yes/no question or rating prompt); published as ``probes.parquet``;
-* ``generations``: ``content_key, prompt, sample, seed, text, tokens, toxicity`` — with the text
+* ``probes``: ``content_key, probe, prompt, value, answer_mass, probabilities, unclear`` — one row
+  per (image, yes/no question or rating prompt, in each of its phrasings); published as ``probes.parquet``;
+* ``generations``: ``content_key, prompt, sample, seed, text, tokens, toxicity, sentiment, embedding`` — with the text
   scores of :mod:`.text_scores` added (``refusal``, ``words``, ``lexicon_<category>``), published
   as ``generations.parquet``;
 * ``retrieval`` (contrastive only): ``query, id, content_key, score``.
@@ -59,6 +59,8 @@ PROBE_RATING = "rating"
 PROBE_NEGATIVE_CONTROL = "negative_control"
 PROBE_GENERATION = "generation"
 PROBE_TOXICITY = "toxicity"
+PROBE_SENTIMENT = "sentiment"
+PROBE_TEXT_EMBEDDING = "text_embedding"
 
 PROBES_SCHEMA = {
     "content_key": pl.String,
@@ -66,7 +68,9 @@ PROBES_SCHEMA = {
     "prompt": pl.String,
     "value": pl.Float64,  # P(yes), or the expected rating
     "answer_mass": pl.Float64,  # next-token probability the answers cover (S_yes + S_no, Σ S_k)
-    "probabilities": pl.List(pl.Float64),  # S per answer: [S_yes, S_no] or [S_1 … S_scale]
+    "probabilities": pl.List(pl.Float64),  # S per answer: [S_yes, S_no] or [S_1 … S_scale] ([S_yes, S_no, S_unclear])
+    # The "unclear" answer's share S_unclear / (S_yes + S_no + S_unclear); null unless audit.unclear_option.
+    "unclear": pl.Float64,
 }
 
 GENERATIONS_SCHEMA = {
@@ -77,6 +81,8 @@ GENERATIONS_SCHEMA = {
     "text": pl.String,
     "tokens": pl.Int64,
     "toxicity": pl.Float64,  # null without audit.toxicity_model
+    "sentiment": pl.Float64,  # P(positive) − P(negative); null without audit.sentiment_model
+    "embedding": pl.List(pl.Float32),  # the text's unit embedding; null without audit.text_embedder
 }
 
 
@@ -125,8 +131,9 @@ class AuditeeAnswers:
     ``predictions``: the pool rows, plus ``score_<label>``, ``top1`` and ``caption_similarity``
     when the model has a label probe (always for a contrastive model; a generative one with
     ``audit.choice_prompt``, its caption similarity null). ``counts``: answers computed by the
-    model vs served from the output store's cache (None for a contrastive model, whose embeddings
-    are cached in memory only).
+    model vs served from the output store's cache, and cache objects written (None for a
+    contrastive model, whose embeddings are cached in memory only). ``cache_shards``: the answer
+    shards written (id → the image content keys they answer about), for the cache's index.
     """
 
     predictions: pl.DataFrame
@@ -134,6 +141,7 @@ class AuditeeAnswers:
     probes: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=PROBES_SCHEMA))
     generations: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=GENERATIONS_SCHEMA))
     counts: dict[str, int] | None = None
+    cache_shards: dict[str, list[str]] = field(default_factory=dict)
 
     @staticmethod
     def concat(parts: Sequence["AuditeeAnswers"]) -> "AuditeeAnswers":
@@ -152,7 +160,9 @@ class AuditeeAnswers:
             generations=generations.unique(
                 subset=["content_key", "prompt", "sample", *([PERSON] if PERSON in generations.columns else [])],
                 keep="first", maintain_order=True),
-            counts={k: sum(c.get(k, 0) for c in counted) for k in ("computed", "cached")} if counted else None,
+            counts={k: sum(c.get(k, 0) for c in counted) for k in ("computed", "cached", "objects_written")}
+            if counted else None,
+            cache_shards={k: v for p in parts for k, v in p.cache_shards.items()},
         )
 
 
@@ -161,6 +171,8 @@ class Auditee(Protocol):
 
     kind: str
 
-    def answer(self, pool: pl.DataFrame, load_image: Callable[[str], Any]) -> AuditeeAnswers:
-        """Every configured probe's answers for the pool rows ``pool`` (module doc)."""
+    def answer(self, pool: pl.DataFrame, load_image: Callable[[str], Any],
+               cache_shards: Sequence[str] | None = None) -> AuditeeAnswers:
+        """Every configured probe's answers for the pool rows ``pool`` (module doc); ``cache_shards``:
+        the answer-cache shards that may hold them (None: the cache's index is asked)."""
         ...

@@ -6,12 +6,18 @@ by content key) and returns a frame keyed by ``content_key`` (and ``prompt``):
 ==================  ============================================================================
 :func:`choice`      multiple choice over the labels: log p(label's tokens | image, prompt) per
                     label, softmax over the labels → ``score_<label>``, ``top1`` (as the
-                    contrastive probe's, so flip rate, gaps, parity and controls apply unchanged)
+                    contrastive probe's, so flip rate, gaps, parity and controls apply unchanged);
+                    with an "unclear" option u (``audit.unclear_option``) the softmax runs over the
+                    labels and u: ``unclear`` = P(u), and ``score_<label>`` = P(label) / (1 − P(u)),
+                    ``top1`` among the labels (the answers given)
 :func:`yes_no`      per question: P(yes) = S_yes / (S_yes + S_no) from the next-token
-                    distribution (:mod:`.answers`), ``answer_mass`` = S_yes + S_no
+                    distribution (:mod:`.answers`), ``answer_mass`` = S_yes + S_no (+ S_u);
+                    with an "unclear" option u, ``unclear`` = S_u / (S_yes + S_no + S_u), and
+                    P(yes) stays on the answers given
 :func:`ratings`     per prompt: E[rating] = Σ k · share(k) over the digits 1…scale
 :func:`generate`    per prompt and sample: a sampled text (:mod:`.sampling`), its token count
 :func:`toxicity`    per generated text: the toxic label's probability (:mod:`.toxicity`)
+:func:`text_scores` per generated text: any text model's score (sentiment, embedding), cached
 ==================  ============================================================================
 
 Caching (:mod:`.answer_cache`): each answer is keyed by the probe, the image's content key (a
@@ -70,6 +76,9 @@ class ProbeSession:
     model_key: str  # the model's identity (sha256 of its files, or hub commit)
     cache: AnswerCache | None = None
     counts: CallCounts = field(default_factory=CallCounts)
+    # Rendered prompts by (template, options): a chat template renders in a fraction of a
+    # millisecond, but a generation batch asks for the same few prompts once per row.
+    _rendered: dict[tuple[str, tuple[str, ...] | None], str] = field(default_factory=dict, repr=False)
 
     def fields(self, probe: str, **specific: Any) -> dict[str, Any]:
         loaded = self.runner.loaded
@@ -79,7 +88,11 @@ class ProbeSession:
         }
 
     def render(self, template: str, options: list[str] | None = None) -> str:
-        return render(self.runner.loaded.processor, self.prompt_format, template, options)
+        key = (template, tuple(options) if options is not None else None)
+        text = self._rendered.get(key)
+        if text is None:
+            text = self._rendered[key] = render(self.runner.loaded.processor, self.prompt_format, template, options)
+        return text
 
 
 def cached_answers(
@@ -116,11 +129,15 @@ def _pairs(images: ProbeImages, prompts: Sequence[str]) -> list[tuple[int, str]]
 # -- multiple choice -------------------------------------------------------------------------
 
 
-def choice(session: ProbeSession, images: ProbeImages, prompt: str, labels: Sequence[str]) -> pl.DataFrame:
-    """``content_key, score_<label>…, top1``: the labels' distribution after ``prompt`` (module doc)."""
+def choice(session: ProbeSession, images: ProbeImages, prompt: str, labels: Sequence[str],
+           unclear: str | None = None) -> pl.DataFrame:
+    """``content_key, score_<label>…, top1`` (and ``unclear`` with an unclear option): the labels'
+    distribution after ``prompt`` (module doc)."""
     # here, not at the top: it imports pydantic
     from counterfactual_lab.evaluate.pool import score_column
 
+    given = list(labels)
+    labels = given + ([unclear] if unclear is not None else [])
     text = session.render(prompt, list(labels))
     rows = [(i, label) for i in range(len(images)) for label in labels]
     fields = [session.fields(PROBE_CHOICE, content_key=images.content_keys[i], prompt=prompt, option=label,
@@ -148,20 +165,25 @@ def choice(session: ProbeSession, images: ProbeImages, prompt: str, labels: Sequ
     logliks = np.array([a["loglik"] for a in answers], dtype=np.float64).reshape(len(images), len(labels))
     shifted = logliks - logliks.max(axis=1, keepdims=True)
     probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    answered = probs[:, : len(given)] / probs[:, : len(given)].sum(axis=1, keepdims=True) if len(images) else probs
     frame = pl.DataFrame({"content_key": list(images.content_keys)}, schema={"content_key": pl.String})
     frame = frame.with_columns(
-        *[pl.Series(score_column(label), probs[:, j], dtype=pl.Float64) for j, label in enumerate(labels)],
-        pl.Series("top1", [labels[j] for j in probs.argmax(axis=1)] if len(images) else [], dtype=pl.String),
+        *[pl.Series(score_column(label), answered[:, j], dtype=pl.Float64) for j, label in enumerate(given)],
+        pl.Series("top1", [given[j] for j in answered.argmax(axis=1)] if len(images) else [], dtype=pl.String),
     )
+    if unclear is not None:
+        frame = frame.with_columns(pl.Series("unclear", probs[:, -1] if len(images) else [], dtype=pl.Float64))
     return frame
 
 
 # -- yes/no and ratings ------------------------------------------------------------------------
 
 
-def yes_no(session: ProbeSession, images: ProbeImages, questions: Sequence[str]) -> pl.DataFrame:
-    """One row per (image, question): ``value`` = P(yes), ``probabilities`` = [S_yes, S_no]."""
-    return _next_token_probe(session, images, questions, PROBE_YES_NO, list(YES_NO_ANSWERS), rating=False)
+def yes_no(session: ProbeSession, images: ProbeImages, questions: Sequence[str], unclear: str | None = None) -> pl.DataFrame:
+    """One row per (image, question): ``value`` = P(yes) on the answers given, ``probabilities`` =
+    [S_yes, S_no] (with an unclear option u: [S_yes, S_no, S_u], and ``unclear`` = S_u / Σ S)."""
+    answers = list(YES_NO_ANSWERS) + ([unclear] if unclear is not None else [])
+    return _next_token_probe(session, images, questions, PROBE_YES_NO, answers, rating=False)
 
 
 def ratings(session: ProbeSession, images: ProbeImages, prompts: Sequence[str], scale: int = 5) -> pl.DataFrame:
@@ -184,6 +206,10 @@ def _next_token_probe(session: ProbeSession, images: ProbeImages, prompts: Seque
     answers_out = cached_answers(probe, fields, compute, session.cache, session.counts)
     sums = np.array([a["sums"] for a in answers_out], dtype=np.float64).reshape(len(pairs), len(answers))
     _, shares, mass = shares_from_sums(sums) if len(pairs) else (sums, sums, np.zeros(0))
+    unclear = None
+    if not rating and len(answers) > len(YES_NO_ANSWERS):  # the last answer is the unclear option
+        unclear = shares[:, -1].tolist() if len(pairs) else []
+        _, shares, _ = shares_from_sums(sums[:, : len(YES_NO_ANSWERS)]) if len(pairs) else (sums, sums, mass)
     value = expected_rating(shares) if rating else shares[:, 0] if len(pairs) else np.zeros(0)
     return pl.DataFrame(
         {
@@ -193,6 +219,7 @@ def _next_token_probe(session: ProbeSession, images: ProbeImages, prompts: Seque
             "value": value.tolist() if len(pairs) else [],
             "answer_mass": mass.tolist(),
             "probabilities": sums.tolist(),
+            "unclear": unclear if unclear is not None else [None] * len(pairs),
         },
         schema=PROBES_SCHEMA,
     )
@@ -239,13 +266,21 @@ def generate(
 def toxicity(texts: Sequence[str], scorer: Any, model_key: str, cache: AnswerCache | None, counts: CallCounts,
              batch_size: int = 32) -> np.ndarray:
     """The toxicity of each text (:mod:`.toxicity`), cached by (text sha256, classifier identity)."""
+    return np.array(text_scores(PROBE_TOXICITY, texts, scorer, model_key, cache, counts, batch_size), dtype=np.float64)
+
+
+def text_scores(probe: str, texts: Sequence[str], scorer: Any, model_key: str, cache: AnswerCache | None,
+                counts: CallCounts, batch_size: int = 32) -> list[Any]:
+    """``scorer.score(texts)`` per text (a number, or a vector as a list), cached by (``probe``, text
+    sha256, the scorer's model identity): toxicity, sentiment, the text embedding."""
     fields = [
-        {"probe": PROBE_TOXICITY, "version": PROBE_VERSION, "model": model_key,
+        {"probe": probe, "version": PROBE_VERSION, "model": model_key,
          "text_sha256": hashlib.sha256(t.encode("utf-8")).hexdigest()}
         for t in texts
     ]
 
     def compute(todo: list[int]) -> list[dict[str, Any]]:
-        return [{"toxicity": float(v)} for v in scorer.score([texts[k] for k in todo], batch_size=batch_size)]
+        scores = scorer.score([texts[k] for k in todo], batch_size=batch_size)
+        return [{probe: v.tolist() if isinstance(v, np.ndarray) else float(v)} for v in scores]
 
-    return np.array([a["toxicity"] for a in cached_answers(PROBE_TOXICITY, fields, compute, cache, counts)], dtype=np.float64)
+    return [a[probe] for a in cached_answers(probe, fields, compute, cache, counts)]

@@ -56,13 +56,31 @@ def splitmix64(x: torch.Tensor) -> torch.Tensor:
     return z ^ _shift_right(z, 31)
 
 
-def counter_uniform(seeds: torch.Tensor, step: int, vocab_size: int) -> torch.Tensor:
-    """U(seed, step, v) in (0, 1) for each seed (rows) and token id v (columns), float32."""
+def counter_uniform(seeds: torch.Tensor, step: int, vocab_size: int, mix: torch.Tensor | None = None) -> torch.Tensor:
+    """U(seed, step, v) in (0, 1) for each seed (rows) and token id v (columns), float32.
+
+    ``mix``: :func:`token_mix` of ``vocab_size`` on the seeds' device, when the caller keeps it (a
+    sampler asks once per step; the values are the same either way)."""
     seeds = seeds.to(torch.int64)
     row = splitmix64(seeds + _signed(step * 0x632BE59BD9B4E019))  # one stream per (seed, step)
-    tokens = torch.arange(vocab_size, device=seeds.device, dtype=torch.int64)
-    bits = _shift_right(splitmix64(row[:, None] ^ (tokens[None, :] * _GOLDEN)), 40)  # top 24 bits
-    return (bits.to(torch.float32) + 0.5) / float(1 << 24)
+    if mix is None:
+        mix = token_mix(vocab_size, seeds.device)
+    bits = _splitmix64_(row[:, None] ^ mix[None, :])  # a fresh (rows, V) tensor, mixed in place
+    bits = _shift_right(bits, 40)  # top 24 bits
+    return bits.to(torch.float32).add_(0.5).div_(float(1 << 24))
+
+
+def token_mix(vocab_size: int, device: torch.device | str) -> torch.Tensor:
+    """Each token id times the golden-ratio constant (int64, wrapping): the per-column half of the noise's counter."""
+    return torch.arange(vocab_size, device=device, dtype=torch.int64) * _GOLDEN
+
+
+def _splitmix64_(z: torch.Tensor) -> torch.Tensor:
+    """:func:`splitmix64` of ``z``, computed in place (one (rows, V) tensor, no temporaries but the shifts)."""
+    z.add_(_GOLDEN)
+    z.bitwise_xor_(_shift_right(z, 30)).mul_(_MIX1)
+    z.bitwise_xor_(_shift_right(z, 27)).mul_(_MIX2)
+    return z.bitwise_xor_(_shift_right(z, 31))
 
 
 class CounterNoiseSampler:
@@ -81,6 +99,7 @@ class CounterNoiseSampler:
         self.temperature = float(temperature)
         self.forbidden = list(forbidden)
         self.steps = 0  # tokens generated so far: how many of a sequence's last tokens are new
+        self._token_mix: torch.Tensor | None = None  # token_mix of the vocabulary, made at the first step
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self.steps += 1
@@ -90,6 +109,9 @@ class CounterNoiseSampler:
         if self.temperature == 0:
             return scores
         step = self.steps - 1
-        uniform = counter_uniform(self.seeds.to(scores.device), step, scores.shape[1])
-        gumbel = -torch.log(-torch.log(uniform))
-        return scores / self.temperature + gumbel
+        if self._token_mix is None or self._token_mix.shape[0] != scores.shape[1] or self._token_mix.device != scores.device:
+            self._token_mix = token_mix(scores.shape[1], scores.device)
+            self.seeds = self.seeds.to(scores.device)
+        uniform = counter_uniform(self.seeds, step, scores.shape[1], self._token_mix)
+        gumbel = uniform.log_().neg_().log_().neg_()  # -log(-log U), in place
+        return scores.div_(self.temperature).add_(gumbel)
