@@ -64,6 +64,7 @@ APPEARED, DISAPPEARED, VERDICT_CHANGED, CHANGED = "appeared", "disappeared", "ve
 ONLY_A, ONLY_B = "only in A", "only in B"
 CHANGES = (APPEARED, DISAPPEARED, VERDICT_CHANGED, CHANGED, ONLY_A, ONLY_B)
 KEY = ROW_KEY
+_PHRASING, _MODALITY = KEY.index("phrasing"), KEY.index("modality")
 NOTABLE = ("called", "confounded")
 # What makes two runs' numbers comparable: (the manifest's words for it, how to read it from a manifest).
 MODEL_ROLES = {"audit": "model under audit", "generator": "generator", "judge": "judge"}
@@ -316,8 +317,10 @@ def compare_tables(run_a: RunTables, run_b: RunTables) -> Comparison:
             kind = metric_kind(str(key[0]))
             if kind == SYNTHETIC_SHIFT and difference.low is not None:
                 difference = replace(difference, allowance=shift_allowance(a, b, run_a.manifest, run_b.manifest))
-            # Paired over shared sources: the pooled rows (predictions hold one phrasing's scores per column).
-            elif kind in _PAIR_KINDS and difference.low is not None and key[6] is None:
+            # Paired over shared sources: the pooled rows (predictions hold one phrasing's scores per column)
+            # of the image modality (the predictions' scores are the images' own readings, not the text's).
+            elif (kind in _PAIR_KINDS and difference.low is not None and key[_PHRASING] is None
+                  and key[_MODALITY] == DEFAULT_MODALITY):
                 allowance = seed_allowance(a, b)
                 found = paired.interval((key[1], key[2], key[3], kind, key[4]))
                 if found is not None and found[0] is not None:

@@ -30,6 +30,8 @@ from counterfactual_lab.metrics.findings import decide_findings
 from counterfactual_lab.metrics.generative import auditee_metrics
 from counterfactual_lab.plan.person_words import PersonWords
 from counterfactual_lab.report.findings import assess_findings
+from counterfactual_lab.report.forests import family_title, report_forests
+from counterfactual_lab.report.html import render_report
 from counterfactual_lab.report.templating import render_fragment
 from counterfactual_lab.report.modalities import (
     carrier_sentence,
@@ -193,3 +195,22 @@ def test_a_generative_probes_gaps_come_in_each_modality_too():
     assert one(metrics, "control_yes_prob_gap_abs", modality="text")["value"] == 0
     # The group rows read each image with its source's word, once (not once per word it was asked with).
     assert one(metrics, "yes_prob_mean", stratum="generated", group="female")["n"] == 4
+
+
+def test_the_html_report_shows_the_modalities_and_plots_each_apart():
+    """The template report has the side-by-side section, and the text and both rows are forest
+    families of their own, titled with what changed, never points in the image's plot."""
+    metrics = compute_metrics(predictions(8), pl.DataFrame(), pl.DataFrame(), AUDIT, {"gender": ["female", "male"]})
+    html = render_report(manifest={"run_id": "r1", "metrics": {"confidence": 0.95}}, metrics=metrics,
+                         counterfactuals=pl.DataFrame(), predictions=pl.DataFrame(), load_image=lambda uri: None)
+    section = html.split('<details id="modalities"')[1].split("</details>")[0]
+    assert "The text carries the gap" in section and "<th>both</th>" in section
+    assert "<style" not in section and "style=" not in section and "<script" not in section, "the CSP: no inline style"
+    findings = assess_findings(metrics)
+    families = {(f.family, f.modality): f for f in report_forests(findings, {}).first + report_forests(findings, {}).more}
+    image, text = families[("prob_gap_signed", "image")], families[("prob_gap_signed", "text")]
+    signed = findings.filter(pl.col("metric") == "prob_gap_signed")
+    assert image.rows == signed.filter(pl.col("modality") == "image").height, "the image's plot holds its rows alone"
+    assert text.rows == signed.filter(pl.col("modality") == "text").height
+    assert text.title.endswith("[text: the same image, the {person} word changed]") and "[" not in image.title
+    assert family_title("flip_rate", None, "both").startswith("Flip rate")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from counterfactual_lab.report.intersections import intersection_lines, intersections_section, intersections_text
+from counterfactual_lab.report.intersections import intersection_lines, intersections_text
+from counterfactual_lab.report.templating import render_fragment
 
 
 def metric_row(attribute: str, group: str | None, in_family: bool, note: str | None = None) -> dict:
@@ -43,7 +44,9 @@ def test_a_method_that_cannot_carry_a_joint_edit_is_named():
 
 def test_the_terminal_and_html_show_them_and_a_run_without_intersections_shows_nothing():
     assert intersections_text(METRICS, manifest("img2img"))[:2] == ["", "Intersections:"]
-    html = intersections_section(METRICS, manifest("img2img"))
-    assert html.startswith('<section id="intersections">') and "gender | age=elderly" in html
+    html = render_fragment("_intersections.html.j2", intersections=intersection_lines(METRICS, manifest("img2img")))
+    assert "<li>gender: " in html and "age=elderly" in html
+    escaped = render_fragment("_intersections.html.j2", intersections=["<script>x</script>"])
+    assert "&lt;script&gt;" in escaped and "<script>" not in escaped
     plain = METRICS.filter(pl.col("attribute") == "gender")
-    assert intersections_text(plain, {}) == [] and intersections_section(plain, {}) == ""
+    assert intersections_text(plain, {}) == [] and intersection_lines(plain, {}) == []
