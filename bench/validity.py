@@ -2,13 +2,14 @@
 
 What runs (``counterfactual_lab/validity``; docs/validity.md):
 
-* setup: three world models are built (``validity.models``: CLIP models whose weights are set,
+* setup: four world models are built (``validity.models``: CLIP models whose weights are set,
   not trained; the fair one ignores the rendered gender badge; in the biased one a male badge
-  raises P(doctor), in the weak one by a quarter of that), and the **truth** of each arm is
+  raises P(doctor), in the weak one by a quarter of that; the text-side one ignores the badge too,
+  but the person word of its label prompt moves P(doctor)), and the **truth** of each arm is
   computed without the audit's code path (``validity.truth``: its own edit and artifact, a direct
   transformers forward pass, checked against the world formula) on female sources of a world no
   run uses;
-* seven **arms**, each on its own fresh world seeds (arm i, world j: seed 1000·(i + 1) + j), each
+* eight **arms**, each on its own fresh world seeds (arm i, world j: seed 1000·(i + 1) + j), each
   world audited once through the real ``dataset-audit`` flow (ingest → validate → generate with
   the ``planted-world`` editor → judge with its off-target drift → evaluate → metrics → publish)
   under a temporary Prefect server (``prefect_test_harness``), threads runner:
@@ -28,7 +29,14 @@ What runs (``counterfactual_lab/validity``; docs/validity.md):
   clusters  biased model, 3 kept sets per source (adaptive off)            coverage ≥ 0.9; reports
                                                                            cluster_to_row_width
   few       biased model, 24 rows (12 sources per transition)              coverage ≥ 0.9
+  text_side text-side model (fair on the image; its label prompt's person    text_called_rate ≥ 0.9,
+            word moves P(doctor)), audit.modalities [image, text, both],   image_called_rate ≤ 0.1
+            artifact drawn per target
   ========  =============================================================  ==========================
+
+  The text_side arm: ``text_called_rate`` is the share of runs whose planted row read in the ``text``
+  modality (the reconstruction with the target's person word) is called with the text-side bias's
+  sign (man raises P(doctor)); ``image_called_rate`` the share with any ``image``-modality finding called.
 
   Power is the share of runs whose planted row (``prob_gap_signed``, stratum generated, doctor,
   female→male) is called with the truth's sign; coverage the share whose 95% interval holds the
@@ -39,7 +47,7 @@ The last line is one JSON object (``{"bench": "validity", "arms": {...}, "second
 lines above it give every world's verdict, each arm's figures with a Wilson 95% interval over runs,
 the targets and the load average. Exit status 1 when a target is missed (after the JSON).
 
-    python bench/validity.py                      # 7 arms × 20 worlds (the figure of record; ~15 min on 2 cores)
+    python bench/validity.py                      # 8 arms × 20 worlds (the figure of record; ~17 min on 2 cores)
     python bench/validity.py --jobs 2             # arms split over two processes
     python bench/validity.py --quick --work DIR   # 2 worlds per arm, small truth: the test suite's run
     python bench/validity.py --arms null,default --runs 5
@@ -87,6 +95,8 @@ class Arm:
     sets: int = 1  # kept sets per source (seeds_per_target = keep_per_target; adaptive off when > 1)
     truth: str | None = None  # key of TRUTHS, None: no planted effect (fair model)
     extra_controls: bool = False
+    person_prompt: bool = False  # audit.prompt with the row's person word (validity.models.PERSON_PROMPT)
+    modalities: tuple[str, ...] | None = None  # audit.modalities (None: the default, image)
 
 
 ARMS = [
@@ -97,12 +107,13 @@ ARMS = [
     Arm("confound", "fair", {"confound_green": -4, "confound_blue": 4}),
     Arm("clusters", "biased", sets=3, truth="biased"),
     Arm("few", "biased", rows=24, truth="biased"),
+    Arm("text_side", "text-side", {"artifact_per_target": True}, person_prompt=True, modalities=("image", "text", "both")),
 ]
 ARM_NAMES = [arm.name for arm in ARMS]
 # The truths: (model, editor params, pairs at full size).
 TRUTHS = {"biased": ("biased", {}, 5000), "weak": ("weak", {}, 3000), "biased-noisy": ("biased", {"cast_std": 7, "noise_std": 7}, 3000)}
 # Relative cost of one audit of each arm (the clusters arm generates three sets per source), for --jobs.
-_COST = {"clusters": 2.5, "few": 0.6}
+_COST = {"clusters": 2.5, "few": 0.6, "text_side": 1.3}
 
 
 def parse_args() -> argparse.Namespace:
@@ -184,12 +195,15 @@ def setup(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def arm_config(arm: Arm, dataset: Path, models: dict[str, str], out: str, args: argparse.Namespace) -> dict[str, Any]:
     from counterfactual_lab.evaluate.auditees.kinds import DEFAULT_NEGATIVE_CONTROLS
     from counterfactual_lab.validity.audit_config import world_audit_config
+    from counterfactual_lab.validity.models import PERSON_PROMPT
 
     controls = list(DEFAULT_NEGATIVE_CONTROLS["contrastive"]) + EXTRA_NEGATIVE_CONTROLS if arm.extra_controls else None
     return world_audit_config(
         dataset, models[arm.model], models["fair"], out, name=f"validity-{arm.name}", reconstruction=True,
         bootstrap_samples=args.bootstrap_samples, params=arm.params, seeds_per_target=arm.sets, keep_per_target=arm.sets,
         adaptive=False if arm.sets > 1 else None, negative_controls=controls,
+        prompt=PERSON_PROMPT if arm.person_prompt else None,
+        modalities=list(arm.modalities) if arm.modalities else None,
     )
 
 
@@ -228,7 +242,7 @@ def run_arms(arms: list[Arm], args: argparse.Namespace, work: Path, context: dic
     from counterfactual_lab.flows.audit import dataset_audit
     from counterfactual_lab.report.findings import assess_findings
     from counterfactual_lab.validity.audit_config import write_world_audit_config
-    from counterfactual_lab.validity.scoring import score_run
+    from counterfactual_lab.validity.scoring import score_modalities, score_run
     from counterfactual_lab.validity.world import write_world
 
     out = str(work / "out")
@@ -243,7 +257,10 @@ def run_arms(arms: list[Arm], args: argparse.Namespace, work: Path, context: dic
                 run = Path(dataset_audit(config_uri=str(write_world_audit_config(work / "configs" / f"{arm.name}-{seed}.yaml",
                                                                                 config))))
                 metrics = pl.read_parquet(run / "metrics.parquet")
-                verdict = score_run(metrics, assess_findings(metrics), planted=truth, transition="→".join(TRANSITION))
+                findings = assess_findings(metrics)
+                verdict = score_run(metrics, findings, planted=truth, transition="→".join(TRANSITION))
+                if arm.modalities:  # which modality the finding is in (the text-side bias: man raises P(doctor))
+                    verdict = score_modalities(verdict, findings, transition="→".join(TRANSITION))
                 entry = {"arm": arm.name, "seed": seed, **verdict.to_dict(), "seconds": round(time.perf_counter() - started, 2)}
                 if arm.name == "clusters" and verdict.ci_low is not None:
                     width = row_level_width(run)
@@ -260,6 +277,8 @@ def _world_line(entry: dict[str, Any]) -> str:
 
     planted = (f" planted {number(entry['value'])} [{number(entry['ci_low'])}, {number(entry['ci_high'])}] "
                f"found={entry['found']} covered={entry['covered']}" if entry.get("found") is not None else "")
+    if entry.get("text_called") is not None:
+        planted += f" text_called={entry['text_called']} image_called={entry['image_called']}"
     return (f"{entry['arm']:>8} world {entry['seed']}: verdict={entry['run_verdict']} called={len(entry['called'])}"
             f"{'+' if entry['any_called'] and len(entry['called']) == 3 else ''} confounded={entry['confounded']} "
             f"m={entry['comparisons']}{planted} ({entry['seconds']} s)")

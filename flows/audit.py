@@ -32,6 +32,7 @@ from prefect.artifacts import (
 
 from counterfactual_lab.config.audit_config import AuditConfig
 from counterfactual_lab.errors import TooManyFailedItems, UserError
+from counterfactual_lab.evaluate.readings import with_readings
 from counterfactual_lab.flows.designs import Generated, design_for
 from counterfactual_lab.flows.evaluation import evaluation_for
 from counterfactual_lab.flows.secrets import (
@@ -126,7 +127,9 @@ def _audit_stages(config: AuditConfig, location: RunLocation, evaluate: bool) ->
     auditee_counts = None
     if evaluate:
         evaluation = evaluation_for(config)
-        answers = evaluation.evaluate(run, design.evaluation_pool(run, outcome, generated))  # the model under audit
+        # The model under audit; each image once per person word its pairs need (evaluate/readings.py).
+        pool = with_readings(design.evaluation_pool(run, outcome, generated), run.person_words, config.audit.modalities)
+        answers = evaluation.evaluate(run, pool)
         tables.update(evaluation.tables(run, answers, design.evaluate_only))
         tables["metrics"] = evaluation.metrics(run, answers, generated.judged, design.evaluate_only, generated.drift)
         auditee_counts = evaluation.auditee_counts(answers)

@@ -24,6 +24,7 @@ from typing import Any
 import polars as pl
 
 from counterfactual_lab.config.audit_config import AuditConfig
+from counterfactual_lab.config.intersections import joint_name
 from counterfactual_lab.config.methods import METHODS, check_mask_spec
 from counterfactual_lab.evaluate.pool import (
     build_evaluation_pool,
@@ -93,7 +94,7 @@ class ImageEdits:
         return Generated(candidates, candidates, records, counts, outcome.quarantine, drift)
 
     def evaluation_pool(self, run: StageRun, outcome: ValidationOutcome, generated: Generated) -> pl.DataFrame:
-        return build_evaluation_pool(outcome.valid, generated.candidates, list(run.config.attributes))
+        return build_evaluation_pool(outcome.valid, generated.candidates, compared_attributes(run.config))
 
 
 class TextToImageSets:
@@ -136,7 +137,8 @@ class TextToImageSets:
         return Generated(candidates, pl.DataFrame(), records, counts, quarantine)
 
     def evaluation_pool(self, run: StageRun, outcome: ValidationOutcome, generated: Generated) -> pl.DataFrame:
-        return pool_from_counterfactual_sets(self.sets.valid, list(run.config.attributes))
+        return pool_from_counterfactual_sets(self.sets.valid, list(run.config.attributes),
+                                             intersections=run.config.intersections)
 
 
 class EvaluateOnly:
@@ -151,7 +153,15 @@ class EvaluateOnly:
         return Generated(pl.DataFrame(), pl.DataFrame(), [], generation_counts([]), outcome.quarantine)
 
     def evaluation_pool(self, run: StageRun, outcome: ValidationOutcome, generated: Generated) -> pl.DataFrame:
-        return pool_from_counterfactual_sets(outcome.valid, list(run.config.attributes))
+        return pool_from_counterfactual_sets(outcome.valid, list(run.config.attributes),
+                                             intersections=run.config.intersections)
+
+
+def compared_attributes(config: AuditConfig) -> list[str]:
+    """The attributes an image-edit run compares: the config's, then each intersection's joint attribute
+    where the method makes joint edits (``config/methods.py``'s ``joint_edits``)."""
+    joint = [joint_name(names) for names in config.intersections] if METHODS[config.generation.method].joint_edits else []
+    return [*config.attributes, *joint]
 
 
 def design_for(config: AuditConfig, spec: Any) -> ImageEdits | TextToImageSets | EvaluateOnly:

@@ -67,7 +67,7 @@ class ContrastiveEvaluation:
         config = run.config
         return compute_fairness_metrics(answers.predictions, answers.retrieval, judged, config.audit,
                                         config.attributes, config.generation.reconstruction, evaluate_only,
-                                        drift=drift, max_drift=config.judge.max_drift)
+                                        drift=drift, max_drift=config.judge.max_drift, intersections=config.intersections)
 
     def tables(self, run: StageRun, answers: AuditeeAnswers, evaluate_only: bool) -> dict[str, pl.DataFrame]:
         """The run's tables of answers: ``predictions`` and ``retrieval`` (every ranking the metrics
@@ -75,7 +75,8 @@ class ContrastiveEvaluation:
         config = run.config
         return {"predictions": answers.predictions,
                 "retrieval": rank_retrieval(answers.predictions, answers.retrieval, config.audit, config.attributes,
-                                            config.generation.reconstruction, evaluate_only)}
+                                            config.generation.reconstruction, evaluate_only,
+                                            intersections=config.intersections)}
 
     def auditee_counts(self, answers: AuditeeAnswers) -> dict[str, int] | None:
         return None  # a contrastive model's embeddings are cached in memory only
@@ -128,7 +129,8 @@ class GenerativeEvaluation:
         config = run.config
         return compute_auditee_metrics(answers.predictions, answers.probes, answers.generations, judged, config.audit,
                                        self.lexicon.names, config.attributes, config.generation.reconstruction,
-                                       evaluate_only, drift=drift, max_drift=config.judge.max_drift)
+                                       evaluate_only, drift=drift, max_drift=config.judge.max_drift,
+                                       intersections=config.intersections)
 
     def tables(self, run: StageRun, answers: AuditeeAnswers, evaluate_only: bool) -> dict[str, pl.DataFrame]:
         return {"predictions": answers.predictions, "probes": answers.probes, "generations": answers.generations}

@@ -45,7 +45,7 @@ def generate_and_judge(
     # Room for every image and caption this process embeds (judge, then evaluation), so the model
     # under audit reuses the judge's embeddings instead of re-embedding what an LRU evicted.
     reserve_embedding_cache(4 * len(items) + 1024)
-    vocabulary, drift_vocabulary = run.vocabulary, run.drift_vocabulary
+    vocabulary, drift_vocabulary = run.judge_vocabulary, run.drift_vocabulary
     drift: list[pl.DataFrame] = [empty_drift()]
 
     def judge_round(candidates: pl.DataFrame) -> pl.DataFrame:

@@ -10,12 +10,14 @@ from typing import Any
 from prefect import get_run_logger
 
 from counterfactual_lab.config.audit_config import AuditConfig
+from counterfactual_lab.config.intersections import joint_name, joint_values
 from counterfactual_lab.errors import DataOverLimit
 from counterfactual_lab.ingest.validation import (
     ValidationOutcome,
     write_validation_outputs,
 )
 from counterfactual_lab.judge.drift import drift_attribute_names
+from counterfactual_lab.plan.person_words import PersonWords
 from counterfactual_lab.runs.location import RunLocation
 from counterfactual_lab.runs.publisher import RunPublisher
 from counterfactual_lab.storage.files import ImageStore
@@ -58,6 +60,22 @@ class StageRun:
     @property
     def vocabulary(self) -> dict[str, list[str]]:
         return {attribute: self.location.spec.vocabulary(attribute) for attribute in self.config.attributes}
+
+    @property
+    def judge_vocabulary(self) -> dict[str, list[str]]:
+        """:attr:`vocabulary` with each intersection's joint values (``race+gender``: ``Black male``, …),
+        so the judge checks a joint edit against every other combination."""
+        vocabulary = self.vocabulary
+        joint = {joint_name(names): list(joint_values(names, vocabulary)) for names in self.config.intersections}
+        return {**vocabulary, **joint}
+
+    @property
+    def person_words(self) -> PersonWords | None:
+        """The ``{person}`` words of the run's values (joint ones included); None when no probe or label
+        template has ``{person}`` (nothing is asked per word)."""
+        if not self.config.audit.person_templates():
+            return None
+        return PersonWords(self.vocabulary, self.config.intersections)
 
     @property
     def drift_vocabulary(self) -> dict[str, list[str]]:

@@ -40,13 +40,15 @@ def compute_fairness_metrics(
     *,
     drift: pl.DataFrame | None = None,
     max_drift: DriftThresholds | None = None,
+    intersections: list[list[str]] | None = None,
 ) -> pl.DataFrame:
     """The metrics table; ``attribute_values`` is the config's ``attributes`` (the values of each attribute);
     ``reconstruction`` (``generation.reconstruction``) and ``evaluate_only`` give the run's design (None: read
-    from the pool); ``drift``/``max_drift``: the judge's drift readings and ``judge.max_drift``."""
+    from the pool); ``drift``/``max_drift``: the judge's drift readings and ``judge.max_drift``;
+    ``intersections``: ``attributes.intersections``."""
     design = None if reconstruction is None else design_stratum(reconstruction, evaluate_only)
     return compute_metrics(predictions, retrieval, counterfactuals, audit, attribute_values, design=design,
-                           drift=drift, max_drift=max_drift)
+                           drift=drift, max_drift=max_drift, intersections=intersections or [])
 
 
 @task(name="rank-retrieval", cache_policy=NO_CACHE, persist_result=False)
@@ -57,11 +59,12 @@ def rank_retrieval(
     attribute_values: dict[str, list[str]] | None = None,
     reconstruction: bool | None = None,
     evaluate_only: bool = False,
+    intersections: list[list[str]] | None = None,
 ) -> pl.DataFrame:
     """``retrieval.parquet``: the rankings :func:`compute_fairness_metrics` measures skew and NDKL on
     (the same arguments), one row per query, stratum, attribute and image."""
     design = None if reconstruction is None else design_stratum(reconstruction, evaluate_only)
-    return retrieval_table(predictions, retrieval, audit, attribute_values, design=design)
+    return retrieval_table(predictions, retrieval, audit, attribute_values, design=design, intersections=intersections or [])
 
 
 # -- generative models under audit (counterfactual_lab/auditees) -------------------------------
@@ -96,6 +99,7 @@ def compute_auditee_metrics(
     *,
     drift: pl.DataFrame | None = None,
     max_drift: DriftThresholds | None = None,
+    intersections: list[list[str]] | None = None,
 ) -> pl.DataFrame:
     """The metrics table of a generative model under audit: the choice probe's shared rows, the
     probe gaps and the diagnostics, one family (``counterfactual_lab.metrics.generative_table``); the
@@ -103,4 +107,5 @@ def compute_auditee_metrics(
 
     design = None if reconstruction is None else design_stratum(reconstruction, evaluate_only)
     return generative_run_metrics(predictions, probes, generations, counterfactuals, audit, lexicon_names,
-                                  attribute_values, design=design, drift=drift, max_drift=max_drift)
+                                  attribute_values, design=design, drift=drift, max_drift=max_drift,
+                                  intersections=intersections or [])

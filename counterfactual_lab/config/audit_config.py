@@ -15,8 +15,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializationInfo,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -27,11 +29,13 @@ from counterfactual_lab.config.dataset_spec import (
     DatasetSpec,
     _first_error,
 )
+from counterfactual_lab.config.intersections import check_intersections
 from counterfactual_lab.config.methods import DEFAULT_METHOD, METHODS, template_fields
 from counterfactual_lab.config.skew_protocols import SKEW_PROTOCOL_SOCIALCOUNTERFACTUALS, SkewProtocol, subject_problem
+from counterfactual_lab.config.templates import PERSON, uses_person
 from counterfactual_lab.config.yaml_files import load_yaml_file
 from counterfactual_lab.errors import ConfigError
-from counterfactual_lab.storage.redaction import RedactedInJson
+from counterfactual_lab.storage.redaction import RedactedInJson, redact
 
 # The methods of counterfactual_lab/config/methods.py, as the type of generation.method.
 GenerationMethod = Literal[tuple(METHODS)]  # type: ignore[valid-type]
@@ -236,7 +240,7 @@ class AuditGenerateSection(BaseModel):
     @field_validator("prompts")
     @classmethod
     def _distinct_templates(cls, prompts: list[str]) -> list[str]:
-        return [_probe_template(p, ("image",)) for p in _distinct(prompts)]
+        return [_probe_template(p, ("image", PERSON)) for p in _distinct(prompts)]
 
     @model_validator(mode="after")
     def _greedy_has_one_sample(self) -> "AuditGenerateSection":
@@ -250,6 +254,9 @@ class AuditGenerateSection(BaseModel):
 
 # The scales audit.min_effect can set (counterfactual_lab/metrics/error_control.py: min_effect_for).
 MinEffectScale = Literal["probability", "rating", "words", "lexicon"]
+# What changes between the two sides of a pair (docs/metrics.md, "Which modality carries the gap"): the
+# image (the person word stays the source's), the text (the reconstruction with the target's word), or both.
+Modality = Literal["image", "text", "both"]
 
 
 class AuditSection(BaseModel):
@@ -271,7 +278,8 @@ class AuditSection(BaseModel):
     bootstrap_seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the bootstrap resamples (docs/metrics.md)")
     confidence: float = Field(0.95, gt=0, lt=1)
     min_group_size: int = Field(
-        5, ge=1, description="groups with fewer images are left out of selection rate, parity and equalized odds"
+        5, ge=1, description="groups with fewer images are left out of selection rate, parity and equalized odds; "
+                             "rows on fewer source images (an intersection's cell too) get no interval"
     )
     # The smallest difference called a finding (docs/metrics.md, "When a finding is called"): a number
     # sets the probability scale; a mapping sets any of probability, rating, words, lexicon.
@@ -297,6 +305,10 @@ class AuditSection(BaseModel):
     toxicity_threshold: float = Field(0.5, ge=0, le=1)
     # A word-list file (YAML: category -> words); None: the project's default lexicon.
     lexicon: str | None = Field(None, min_length=1, max_length=MAX_URI_CHARS)
+    # -- which modality carries a gap (docs/metrics.md, "Which modality carries the gap") -------------
+    # image: the counterfactual image, the source's {person} word; text: the reconstruction, the target's
+    # word; both: the counterfactual image with the target's word. text and both need {person} in a probe.
+    modalities: list[Modality] = Field(default_factory=lambda: ["image"], min_length=1, max_length=3)
     # -- phrasing robustness, "unclear" answers, how much answers change (docs/metrics.md) ----
     # Other phrasings of a configured prompt (audit.prompt, choice_prompt, a yes_no question, a
     # ratings prompt, a generate prompt): prompt -> [alternatives]. Each prompt is asked in every
@@ -316,6 +328,10 @@ class AuditSection(BaseModel):
     def _distinct(cls, values: list[str]) -> list[str]:
         return _distinct(values)
 
+    @field_validator("modalities")
+    @classmethod
+    def _distinct_modalities(cls, values: list[str]) -> list[str]:
+        return _distinct(values)
     @field_validator("unclear_option", mode="before")
     @classmethod
     def _unclear_word(cls, value: Any) -> Any:
@@ -339,17 +355,34 @@ class AuditSection(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _one_label_placeholder(cls, prompt: str) -> str:
-        return _template(prompt, "label")
+        return _template(prompt, "label", optional=(PERSON,))
 
     @field_validator("yes_no", "ratings")
     @classmethod
     def _question_templates(cls, prompts: list[str]) -> list[str]:
-        return [_probe_template(p, ("image",)) for p in _distinct(prompts)]
+        return [_probe_template(p, ("image", PERSON)) for p in _distinct(prompts)]
 
     @field_validator("choice_prompt")
     @classmethod
     def _choice_template(cls, prompt: str | None) -> str | None:
-        return None if prompt is None else _probe_template(prompt, ("image", "options"))
+        return None if prompt is None else _probe_template(prompt, ("image", "options", PERSON))
+
+    def person_templates(self) -> list[str]:
+        """The probe and label templates with ``{person}`` (docs/metrics.md, "Which modality carries the gap")."""
+        templates = [self.prompt, self.choice_prompt, *self.yes_no, *self.ratings, *self.generate.prompts,
+                     *(text for alternatives in self.phrasings.values() for text in alternatives)]
+        return [t for t in templates if t is not None and uses_person(t)]
+
+    @model_validator(mode="after")
+    def _word_modalities_need_a_person(self) -> "AuditSection":
+        changes_word = [m for m in self.modalities if m != "image"]
+        if changes_word and not self.person_templates():
+            raise ValueError(
+                f"audit.modalities lists {changes_word[0]!r}, which changes the {{person}} word of the prompt, but no "
+                "probe or label template has {person}: write it in audit.prompt (e.g. 'a photo of a {person} who is a "
+                "{label}'), audit.choice_prompt, audit.yes_no, audit.ratings or audit.generate.prompts"
+            )
+        return self
 
     @model_validator(mode="after")
     def _queries_name_their_subject(self) -> "AuditSection":
@@ -513,8 +546,37 @@ class AuditConfig(RedactedInJson, BaseModel):
     output: OutputSection = Field(default_factory=OutputSection)
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     review: ReviewSection = Field(default_factory=ReviewSection)
+    # attributes.intersections ([[race, gender], ...]; counterfactual_lab/config/intersections.py): written
+    # inside `attributes` and dumped back there, so `attributes` stays attribute -> values everywhere else.
+    intersections: list[list[Text]] = Field(default_factory=list, max_length=MAX_ATTRIBUTES)
     # Where relative paths in the config resolve; set by from_yaml.
     base_dir: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _intersections_from_attributes(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and isinstance(raw.get("attributes"), dict) and "intersections" in raw["attributes"]:
+            if raw.get("intersections"):
+                raise ValueError("give intersections once, as attributes.intersections")
+            attributes = dict(raw["attributes"])
+            raw = {**raw, "attributes": attributes, "intersections": attributes.pop("intersections") or []}
+        return raw
+
+    @model_validator(mode="after")
+    def _intersections_of_attributes(self) -> "AuditConfig":
+        self.intersections = check_intersections(self.intersections, list(self.attributes))
+        return self
+
+    @model_serializer(mode="wrap")
+    def _redacted_in_json(self, handler: Any, info: SerializationInfo) -> Any:
+        """As :class:`RedactedInJson`, with ``intersections`` dumped where a config writes it (in
+        ``attributes``; left out when there are none, so a config without them dumps as before)."""
+        data = handler(self)
+        if isinstance(data, dict) and "intersections" in data:
+            intersections = data.pop("intersections")
+            if intersections and isinstance(data.get("attributes"), dict):
+                data["attributes"] = {**data["attributes"], "intersections": intersections}
+        return redact(data) if info.mode_is_json() else data
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "AuditConfig":
@@ -619,26 +681,27 @@ def _probe_template(prompt: str, allowed: tuple[str, ...]) -> str:
     return prompt
 
 
-def _template(prompt: str, placeholder: str) -> str:
-    """``prompt`` if it has ``{placeholder}`` and no other placeholder, each plain: no attribute
-    (``{label.__class__}``), index (``{label[0]}``), conversion (``{label!r}``) or format spec
+def _template(prompt: str, placeholder: str, optional: tuple[str, ...] = ()) -> str:
+    """``prompt`` if it has ``{placeholder}`` and no other placeholder but ``optional`` ones, each plain: no
+    attribute (``{label.__class__}``), index (``{label[0]}``), conversion (``{label!r}``) or format spec
     (``{label:>999999999}``); ValueError otherwise."""
-    fields = _plain_fields(prompt, "{" + placeholder + "}")
+    allowed = " and ".join("{" + p + "}" for p in (placeholder, *optional))
+    fields = _plain_fields(prompt, allowed)
     if placeholder not in fields:
         raise ValueError(f"{prompt!r} must contain {{{placeholder}}}")
-    others = [name for name in fields if name != placeholder]
+    others = [name for name in fields if name != placeholder and name not in optional]
     if others:
-        raise ValueError(f"{prompt!r} may use only {{{placeholder}}}, not {{{others[0]}}} (write {{{{ and }}}} for literal braces)")
+        raise ValueError(f"{prompt!r} may use only {allowed}, not {{{others[0]}}} (write {{{{ and }}}} for literal braces)")
     return prompt
 
 
 # How each kind of prompt is checked (the same rules for its other phrasings).
 _PROMPT_CHECKS = {
-    "prompt": lambda p: _template(p, "label"),
-    "choice": lambda p: _probe_template(p, ("image", "options")),
-    "yes_no": lambda p: _probe_template(p, ("image",)),
-    "rating": lambda p: _probe_template(p, ("image",)),
-    "generate": lambda p: _probe_template(p, ("image",)),
+    "prompt": lambda p: _template(p, "label", optional=(PERSON,)),
+    "choice": lambda p: _probe_template(p, ("image", "options", PERSON)),
+    "yes_no": lambda p: _probe_template(p, ("image", PERSON)),
+    "rating": lambda p: _probe_template(p, ("image", PERSON)),
+    "generate": lambda p: _probe_template(p, ("image", PERSON)),
 }
 
 

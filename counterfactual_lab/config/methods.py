@@ -88,7 +88,10 @@ class Method:
     ``check``: the method's own checks of its params (after the table's); ``edit_region``:
     ``"module:function"`` giving, for an image's (width, height), the (H, W) boolean region the
     method edits (the judge reads drift outside it, :mod:`counterfactual_lab.judge.drift`; None: the
-    method declares none).
+    method declares none); ``joint_edits``: its prompt can carry a change of several attributes at once
+    (a caption rewritten twice, one instruction, a template's combinations), so an intersection
+    (``attributes.intersections``) gets joint edits such as ``White female→Black male``
+    (:mod:`counterfactual_lab.config.intersections`); without it an intersection is stratified only.
     """
 
     name: str
@@ -105,6 +108,7 @@ class Method:
     unet_in_channels: int = 4
     check: Callable[[dict[str, Any], GenerationSettings], None] | None = field(default=None, repr=False)
     edit_region: str | None = None
+    joint_edits: bool = False
 
     @property
     def has_weights(self) -> bool:
@@ -172,13 +176,13 @@ METHODS: dict[str, Method] = {method.name: method for method in (
         "instruct-pix2pix", editor="counterfactual_lab.generation.instruct_pix2pix:InstructPix2PixEditor",
         pipeline_class="StableDiffusionInstructPix2PixPipeline",
         params={"image_guidance_scale": Param(1.5, low=0.0, high=100.0), "negative_prompt": _NEGATIVE_PROMPT},
-        reconstruction_reads="instruction", tiny_model="instruct-pix2pix", unet_in_channels=8,
+        reconstruction_reads="instruction", tiny_model="instruct-pix2pix", unet_in_channels=8, joint_edits=True,
     ),
     Method(
         "img2img", editor="counterfactual_lab.generation.img2img:Img2ImgEditor",
         pipeline_class="StableDiffusionImg2ImgPipeline",
         params={"strength": Param(0.6, low=0.0, high=1.0, low_open=True), "negative_prompt": _NEGATIVE_PROMPT, "eta": _ETA},
-        reconstruction_reads="caption", partial_noise=True, tiny_model="img2img",
+        reconstruction_reads="caption", partial_noise=True, tiny_model="img2img", joint_edits=True,
     ),
     Method(
         "ledits", editor="counterfactual_lab.generation.ledits:LeditsEditor",
@@ -203,7 +207,7 @@ METHODS: dict[str, Method] = {method.name: method for method in (
             "negative_prompt": _NEGATIVE_PROMPT,
             "eta": _ETA,
         },
-        reads_source=False, tiny_model="text2image", check=_check_sets,
+        reads_source=False, tiny_model="text2image", check=_check_sets, joint_edits=True,
     ),
     Method(
         "inpaint", editor="counterfactual_lab.generation.inpaint:InpaintEditor",

@@ -39,7 +39,11 @@ import numpy as np
 import polars as pl
 
 from counterfactual_lab.config.audit_config import AuditSection
+from counterfactual_lab.config.intersections import VALUE_SEPARATOR, joint_name
+from counterfactual_lab.config.templates import uses_person
 from counterfactual_lab.evaluate.auditees.kinds import CONTRASTIVE, resolved_negative_controls
+from counterfactual_lab.evaluate.readings import PERSON_COLUMN
+from counterfactual_lab.plan.person_words import fill_person
 from counterfactual_lab.plan.work_items import (
     VARIANT_COUNTERFACTUAL,
     VARIANT_ORIGINAL,
@@ -243,6 +247,7 @@ def pool_from_counterfactual_sets(
     attributes: list[str],
     set_column: str = "counterfactual_set",
     held_fixed: Sequence[str] | None = None,
+    intersections: Sequence[Sequence[str]] = (),
 ) -> pl.DataFrame:
     """The evaluation pool of a dataset that already holds counterfactual sets (evaluate-only mode).
 
@@ -261,6 +266,11 @@ def pool_from_counterfactual_sets(
     column, i.e. the dataset's other attribute columns and ``other_attributes`` (the
     attributes of an ``attribute_pairs`` layout that have no vocabulary, e.g. a
     SocialCounterfactuals "physical" type). Null values agree with each other.
+
+    ``intersections`` (``attributes.intersections``) add each intersection's joint attribute
+    (``race+gender``, :mod:`counterfactual_lab.config.intersections`): its group is the members'
+    values joined (``White female``; null when one is unknown), its comparison groups hold fixed the
+    audited attributes outside the intersection.
     """
     _require(valid, ["id", "content_key", "caption", "image_uri", set_column], "an evaluate-only dataset")
     missing = [a for a in attributes if a not in valid.columns]
@@ -272,8 +282,12 @@ def pool_from_counterfactual_sets(
         _require(valid, list(held_fixed), "an evaluate-only dataset")
     base = valid.with_columns(pl.col("id").cast(pl.String), pl.col(set_column).cast(pl.String).alias("source_id"))
     frames = []
-    for attribute in attributes:
-        fixed = sorted({*[a for a in attributes if a != attribute], *held_fixed} - {attribute})
+    compared = [(attribute, (attribute,)) for attribute in attributes]
+    compared += [(joint_name(names), tuple(names)) for names in intersections]
+    for attribute, parts in compared:
+        fixed = sorted({*[a for a in attributes if a not in parts], *held_fixed} - set(parts))
+        group = (pl.col(parts[0]).cast(pl.String) if len(parts) == 1
+                 else pl.concat_str([pl.col(p).cast(pl.String) for p in parts], separator=VALUE_SEPARATOR))
         keys = base.select("source_id", *[pl.col(c).cast(pl.String) for c in fixed]).unique()
         ids = [
             comparison_set_id(row[0], attribute, list(zip(fixed, row[1:]))) for row in keys.iter_rows()
@@ -288,7 +302,7 @@ def pool_from_counterfactual_sets(
                     pl.lit(VARIANT_COUNTERFACTUAL).alias("variant"),
                     pl.lit(False).alias("control"),
                     pl.lit(attribute).alias("attribute"),
-                    pl.col(attribute).cast(pl.String).alias("group"),
+                    group.alias("group"),
                     pl.lit(None, dtype=pl.Int64).alias("seed"),
                     _label_column(valid).alias("label"),
                 )
@@ -322,7 +336,8 @@ def predict(
 
     Adds ``score_<label>`` for each ``audit.labels`` entry (the probability from
     :meth:`ClipEmbedder.zero_shot` with prompt ``audit.prompt.format(label=...)``: softmax
-    over the labels for CLIP, per-label sigmoid for SigLIP), ``top1`` (the label with the
+    over the labels for CLIP, per-label sigmoid for SigLIP; a ``{person}`` in the prompt is the
+    row's ``person`` word, :mod:`counterfactual_lab.evaluate.readings`), ``top1`` (the label with the
     highest score), ``caption_similarity`` = cos(image, own caption) and, per negative control
     "A | B" (``audit.negative_controls``, or the contrastive defaults), ``nc_score_<A>``: P(A) from
     the same zero-shot over the two texts as written (not through ``audit.prompt``). With other
@@ -333,6 +348,9 @@ def predict(
     if len(set(audit.labels)) < 2:
         raise ValueError(f"audit.labels needs at least two distinct labels to classify among, got {audit.labels}")
     phrasings = audit.phrasings_of(audit.prompt) if hasattr(audit, "phrasings_of") else [audit.prompt]
+    # With {person} in audit.prompt each row's labels are read with its person word (evaluate/readings.py).
+    words = (images[PERSON_COLUMN].to_list() if any(uses_person(p) for p in phrasings) and PERSON_COLUMN in images.columns
+             else [None] * images.height)
     controls = [negative_control_texts(entry) for entry in resolved_negative_controls(audit, CONTRASTIVE)]
     if images.height == 0:
         return images.with_columns(
@@ -346,8 +364,12 @@ def predict(
     image_emb = np.stack([by_key[k] for k in images["content_key"].to_list()])
     answers: dict[str, pl.Series] = {}
     for k, template in enumerate(phrasings):
-        label_emb = embedder.embed_texts([template.format(label=label) for label in audit.labels], batch_size=audit.batch_size)
-        probabilities = embedder.zero_shot(image_emb, label_emb)
+        probabilities = np.zeros((images.height, len(audit.labels)))
+        for word in dict.fromkeys(words):
+            label_emb = embedder.embed_texts([fill_person(template, word).format(label=label) for label in audit.labels],
+                                             batch_size=audit.batch_size)
+            rows = [i for i, w in enumerate(words) if w == word]
+            probabilities[rows] = embedder.zero_shot(image_emb[rows], label_emb)
         for j, label in enumerate(audit.labels):
             answers[phrased_column(score_column(label), k)] = pl.Series(probabilities[:, j], dtype=pl.Float64)
         answers[phrased_column("top1", k)] = pl.Series([audit.labels[i] for i in probabilities.argmax(axis=1)], dtype=pl.String)

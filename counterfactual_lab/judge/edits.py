@@ -129,7 +129,7 @@ def score_candidates(
                 options = values if target in values else [*values, target]
                 if len(options) < 2:
                     continue  # nothing to compare against: the check cannot say anything
-                prompts = embedder.embed_texts([attribute_prompt_for(judge, attribute, v) for v in options])
+                prompts = embedder.embed_texts([attribute_prompt_for(judge, attribute, v, vocabulary) for v in options])
                 idx = [j for j, r in enumerate(checked) if r and r["attribute"] == attribute and r["target_value"] == target]
                 m = attribute_margin(i1[idx], prompts, options.index(target))
                 for j, value in zip(idx, m):

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from counterfactual_lab.config.audit_config import JudgeSection
-from counterfactual_lab.plan.captions import attribute_prompt
+from counterfactual_lab.config.intersections import JOINT_SEPARATOR, joint_values
+from counterfactual_lab.plan.captions import attribute_prompt, joint_attribute_prompt
 
 DROP_GENERATION_FAILED = "generation_failed"
 DROP_TEXT = "below_text_threshold"
@@ -82,16 +83,23 @@ def attribute_margin(i1: np.ndarray, prompt_embeddings: np.ndarray, target_index
     return sims[:, target_index] - others.max(axis=1)
 
 
-def attribute_prompt_for(judge: JudgeSection, attribute: str, value: str) -> str:
+def attribute_prompt_for(judge: JudgeSection, attribute: str, value: str,
+                         vocabulary: dict[str, list[str]] | None = None) -> str:
     """The zero-shot prompt for one attribute value.
 
     A template the user set in ``judge.attribute_prompt`` wins; with the default template the
     vocabulary-aware prompt of :mod:`counterfactual_lab.plan.captions` is used when
     that module provides one (it knows "a photo of a woman" reads better than
-    "a photo of a female person").
+    "a photo of a female person"). A joint attribute's value (``race+gender``: ``Black male``,
+    :mod:`counterfactual_lab.config.intersections`) names every part at once ("a photo of a Black
+    man") when ``vocabulary`` holds its attributes' values.
     """
     default = JudgeSection.model_fields["attribute_prompt"].default
     if judge.attribute_prompt == default:
+        names = attribute.split(JOINT_SEPARATOR)
+        parts = joint_values(names, vocabulary).get(value) if len(names) > 1 and vocabulary else None
+        if parts is not None:
+            return joint_attribute_prompt(list(zip(names, parts)))
         return attribute_prompt(attribute, value)
     return judge.attribute_prompt.format(value=value, attribute=attribute)
 

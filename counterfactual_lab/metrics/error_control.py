@@ -129,7 +129,8 @@ def min_effect_for(metric: str, audit: Any, max_drift: Any = DEFAULT_MAX_DRIFT) 
 
 
 def _control_key(row: Mapping[str, Any]) -> tuple:
-    return (row["stratum"], row["attribute"], row.get("label"), row.get("query"), row.get("phrasing"), row.get("measure"))
+    return (row["stratum"], row["attribute"], row.get("label"), row.get("query"), row.get("modality"), row.get("phrasing"),
+            row.get("measure"))
 
 
 def _defined(row: Mapping[str, Any] | None) -> bool:
@@ -147,7 +148,7 @@ def controls_of(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
 
 
 def control_of(row: Mapping[str, Any], controls: Mapping[tuple, dict[str, Any]]) -> dict[str, Any] | None:
-    """The control a row sits beside (same stratum, attribute, label, query, phrasing and measure; group null)."""
+    """The control a row sits beside (same stratum, attribute, label, query, modality, phrasing and measure; group null)."""
     return controls.get((CONTROL_PREFIX + metric_kind(row["metric"]), *_control_key(row)))
 
 
@@ -181,7 +182,7 @@ def family_mask(metrics: pl.DataFrame) -> np.ndarray:
 def _rows(metrics: pl.DataFrame) -> list[dict[str, Any]]:
     rows = metrics.to_dicts()
     for r in rows:
-        for column in ("label", "query", "se", "interval_method", "n_sources", "stratum", "phrasing", "measure"):
+        for column in ("label", "query", "se", "interval_method", "n_sources", "stratum", "modality", "phrasing", "measure"):
             r.setdefault(column, None)
     return rows
 

@@ -51,12 +51,21 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from counterfactual_lab.metrics.diagnostics import WHOLE_IMAGE, diagnostic_words, is_channel, is_diagnostic
+from counterfactual_lab.config.intersections import split_stratified
+from counterfactual_lab.evaluate.readings import MODALITY_TEXT
+from counterfactual_lab.metrics.diagnostics import (
+    DRIFT_PREFIX,
+    WHOLE_IMAGE,
+    diagnostic_words,
+    is_channel,
+    is_diagnostic,
+)
 from counterfactual_lab.metrics.error_control import control_of, controls_of, reference_side
 from counterfactual_lab.metrics.intervals import interval_at, percent_level
 from counterfactual_lab.metrics.phrasings import PHRASING_DEPENDENT, ROBUST
 from counterfactual_lab.metrics.schema import (
     CONTROL_PREFIX,
+    DEFAULT_MODALITY,
     METRICS_SCHEMA,
     STRATUM_GENERATED,
     STRATUM_OBSERVATIONAL,
@@ -115,6 +124,8 @@ DECISIONS_SCHEMA = {
     "called": pl.Boolean,
     # What a skew or NDKL row was measured against (schema.RANKING_SCHEMA; null elsewhere).
     "protocol": pl.String, "k": pl.Int64, "desired": pl.String,
+    # What a pair row's sides differ in: image, text or both (metrics/modalities.py).
+    "modality": pl.String,
     # The designs' columns (schema.DESIGNS_SCHEMA), and whether a called row holds in every phrasing.
     "phrasing": pl.String, "measure": pl.String,
     "robustness": pl.String,  # "robust" or "phrasing-dependent" on a called row of a probe with phrasings; else null
@@ -242,9 +253,21 @@ def diagnostic_phrase(row: Mapping[str, Any]) -> str:
             f"at least {key} {row['min_effect']:.3g}")
 
 
+def _confounds(moved: Mapping[str, Any], row: Mapping[str, Any]) -> bool:
+    """Whether a moved diagnostic bears on ``row``'s modality: a negative control on its own modality's
+    pairs; off-target drift (what the generator changed in the image) wherever the image changed
+    (``image``, ``both``), never on a ``text`` row, whose two sides are one image."""
+    modality, own = row.get("modality") or DEFAULT_MODALITY, moved.get("modality") or DEFAULT_MODALITY
+    if moved["metric"].startswith(DRIFT_PREFIX):
+        return modality != MODALITY_TEXT
+    return modality == own
+
+
 def _mark_confounded(decided: list[dict[str, Any]]) -> None:
     """Rule: a row that would be called is confounded where a diagnostic moved on its transition, or
-    attribute-wide; an attribute-wide row where one moved on any transition of its attribute."""
+    attribute-wide; an attribute-wide row where one moved on any transition of its attribute; in its
+    modality (:func:`_confounds`). An intersection's cell (``gender | race=Black``) is confounded by
+    its own diagnostics and by its attribute's (the drift is read per attribute)."""
     moved: dict[tuple, list[dict[str, Any]]] = {}
     for row in decided:
         if row["verdict"] == VERDICT_MOVED:
@@ -252,8 +275,12 @@ def _mark_confounded(decided: list[dict[str, Any]]) -> None:
     for row in decided:
         if not row["called"]:
             continue
-        candidates = moved.get((row["stratum"], row["attribute"]), [])
-        causes = [m for m in candidates if row["group"] is None or m["group"] is None or m["group"] == row["group"]]
+        attribute = row["attribute"]
+        candidates = moved.get((row["stratum"], attribute), [])
+        if split_stratified(str(attribute))[1]:
+            candidates = candidates + moved.get((row["stratum"], split_stratified(attribute)[0]), [])
+        causes = [m for m in candidates if (row["group"] is None or m["group"] is None or m["group"] == row["group"])
+                  and _confounds(m, row)]
         if causes:
             row.update(called=False, verdict=VERDICT_CONFOUNDED, reason=REASON_CONFOUNDED,
                        confounded_by="; ".join(diagnostic_phrase(m) for m in causes))
@@ -261,7 +288,7 @@ def _mark_confounded(decided: list[dict[str, Any]]) -> None:
 
 def _phrasing_key(row: Mapping[str, Any]) -> tuple:
     return (row["metric"], row["stratum"], row["attribute"], row.get("group"), row.get("label"), row.get("query"),
-            row.get("measure"))
+            row.get("measure"), row.get("modality") or DEFAULT_MODALITY)
 
 
 def _mark_robustness(decided: list[dict[str, Any]], rows: list[dict[str, Any]], controls: Mapping[tuple, dict[str, Any]]

@@ -73,20 +73,30 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from counterfactual_lab.evaluate.auditees.interface import PROBE_NEGATIVE_CONTROL, PROBE_RATING, PROBE_YES_NO
+from counterfactual_lab.config.intersections import split_stratified
+from counterfactual_lab.evaluate.auditees.interface import PERSON, PROBE_NEGATIVE_CONTROL, PROBE_RATING, PROBE_YES_NO
 from counterfactual_lab.evaluate.auditees.text_scores import (
     LEXICON_PREFIX,
     lexicon_column,
 )
 from counterfactual_lab.evaluate.pool import phrased_column
+from counterfactual_lab.evaluate.readings import PERSON_COLUMN, PERSON_VALUE_COLUMN, base_readings
 from counterfactual_lab.metrics.answer_change import answer_change_rows
 from counterfactual_lab.metrics.counterfactual_fairness import pair_estimates, pair_subsets
 from counterfactual_lab.metrics.error_control import apply_error_control
+from counterfactual_lab.metrics.intersections import (
+    changes_every_part,
+    compared_values,
+    small_cell_notes,
+    with_cell_notes,
+    with_cells,
+)
 from counterfactual_lab.metrics.intervals import (
     IntervalSettings,
     mean_estimate,
     proportion_estimate,
 )
+from counterfactual_lab.metrics.modalities import MODALITY_IMAGE, in_modality, modalities_of, reading_table
 from counterfactual_lab.metrics.pairs import PAIRS_BY_DESIGN, control_pairs, synthetic_pairs
 from counterfactual_lab.metrics.phrasings import by_query, phrased_rows, stack_phrasings
 from counterfactual_lab.metrics.schema import (
@@ -183,7 +193,7 @@ def generation_values(generations: pl.DataFrame, lexicon_names: Sequence[str], t
     if generations is None or generations.height == 0:
         return {}
     out: dict[Family, tuple[pl.DataFrame, pl.DataFrame | None]] = {}
-    keys = ["content_key", "prompt"]
+    keys = ["content_key", "prompt", *_person(generations)]
 
     def per_image(expr: pl.Expr) -> pl.DataFrame:
         return generations.group_by(keys, maintain_order=True).agg(expr.alias(VALUE))
@@ -216,24 +226,32 @@ def probe_values(probes: pl.DataFrame) -> dict[Family, tuple[pl.DataFrame, None]
     for probe, family in ((PROBE_YES_NO, YES_PROB), (PROBE_RATING, RATING), (PROBE_NEGATIVE_CONTROL, NEGATIVE_CONTROL)):
         rows = probes.filter((pl.col("probe") == probe) & pl.col(VALUE).is_not_null() & pl.col(VALUE).is_not_nan())
         if rows.height:
-            out[family] = (rows.select("content_key", "prompt", VALUE), None)
+            out[family] = (rows.select("content_key", "prompt", *_person(probes), VALUE), None)
     if "unclear" in probes.columns:
         rows = probes.filter((pl.col("probe") == PROBE_YES_NO) & pl.col("unclear").is_not_null() & pl.col("unclear").is_not_nan())
         if rows.height:
-            out[UNCLEAR_RATE] = (rows.select("content_key", "prompt", pl.col("unclear").alias(VALUE)), None)
+            out[UNCLEAR_RATE] = (rows.select("content_key", "prompt", *_person(probes), pl.col("unclear").alias(VALUE)), None)
     return out
+
+
+def _person(frame: pl.DataFrame | None) -> list[str]:
+    """``["person"]`` where a frame's answers are per (image, person word) (a template with ``{person}``)."""
+    return [PERSON] if frame is not None and PERSON in frame.columns else []
 
 
 def choice_unclear_values(predictions: pl.DataFrame | None, audit: Any) -> pl.DataFrame | None:
     """The choice probe's "unclear" share per image (``unclear``, ``unclear@k`` in the predictions),
-    ``content_key, prompt, value`` with the choice prompt's phrasing as ``prompt``; None without it."""
+    ``content_key, prompt, value`` (and ``person`` where read per person word) with the choice prompt's
+    phrasing as ``prompt``; None without it."""
     prompt = getattr(audit, "choice_prompt", None)
     if predictions is None or prompt is None or "unclear" not in predictions.columns:
         return None
     texts = [prompt, *((getattr(audit, "phrasings", None) or {}).get(prompt, []))]
-    frames = [predictions.select("content_key", pl.lit(text).alias("prompt"), pl.col(phrased_column("unclear", k)).alias(VALUE))
+    person = _person(predictions)
+    frames = [predictions.select("content_key", pl.lit(text).alias("prompt"), *person,
+                                 pl.col(phrased_column("unclear", k)).alias(VALUE))
               for k, text in enumerate(texts) if phrased_column("unclear", k) in predictions.columns]
-    values = pl.concat(frames).unique(subset=["content_key", "prompt"], maintain_order=True)
+    values = pl.concat(frames).unique(subset=["content_key", "prompt", *person], maintain_order=True)
     return values.filter(pl.col(VALUE).is_not_null() & pl.col(VALUE).is_not_nan())
 
 
@@ -242,8 +260,8 @@ def choice_unclear_values(predictions: pl.DataFrame | None, audit: Any) -> pl.Da
 
 @dataclass(frozen=True)
 class _Comparison:
-    """One (attribute, family, prompt as configured) of the design: its value pairs and, in the
-    generated stratum, its control pairs (each phrasing's stacked, with a ``phrasing`` column, for a
+    """One (attribute, family, prompt as configured, modality) of the design: its value pairs and, in
+    the generated stratum, its control pairs (each phrasing's stacked, with a ``phrasing`` column, for a
     prompt asked in several); ``no_pairs`` says why there are none when ``pairs`` is empty."""
 
     attribute: str
@@ -252,6 +270,7 @@ class _Comparison:
     pairs: pl.DataFrame
     controls: pl.DataFrame | None
     no_pairs: str
+    modality: str = MODALITY_IMAGE
 
 
 @dataclass(frozen=True)
@@ -263,11 +282,21 @@ class _Plan:
     comparisons: list[_Comparison]
 
 
+def _value_keys(pool: pl.DataFrame, values: pl.DataFrame) -> list[str]:
+    """What a pool row's value is found by: its image, and its person word where answers have one."""
+    return ["content_key", *([PERSON] if PERSON in values.columns and PERSON_COLUMN in pool.columns else [])]
+
+
 def _with_values(pool: pl.DataFrame, values: pl.DataFrame) -> pl.DataFrame:
     """Pool rows joined with one prompt's values, shaped as predictions for the pair functions."""
-    return pool.join(values.select("content_key", pl.col(VALUE).alias(_SCORE)), on="content_key", how="inner").with_columns(
-        pl.lit("-").alias("top1")
-    )
+    keys = _value_keys(pool, values)
+    return pool.join(values.select(*keys, pl.col(VALUE).alias(_SCORE)), on=keys, how="inner", nulls_equal=True,
+                     maintain_order="left").with_columns(pl.lit("-").alias("top1"))
+
+
+def _answered(pairs: pl.DataFrame) -> pl.DataFrame:
+    """The pairs with a value on both sides (a reading never asked has none)."""
+    return pairs.filter(pl.col(f"{_SCORE}_from").is_not_null() & pl.col(f"{_SCORE}_to").is_not_null())
 
 
 def queries(values: pl.DataFrame, audit: Any) -> dict[str, list[str]]:
@@ -284,6 +313,7 @@ def _plan(
     attribute_values: Mapping[str, Sequence[str]] | None,
     design: str | None,
     counterfactuals: pl.DataFrame | None,
+    intersections: Sequence[Sequence[str]] = (),
 ) -> _Plan:
     """Every comparison of the run, built from the pairs before any resample."""
     families = {**probe_values(probes), **generation_values(generations, lexicon_names, audit.toxicity_threshold)}
@@ -296,27 +326,44 @@ def _plan(
     missing = [c for c in _POOL_COLUMNS if c not in predictions.columns]
     if missing:
         raise ValueError(f"predictions lack columns {missing} (has {predictions.columns})")
-    pool = predictions.select(_POOL_COLUMNS)
+    readings = [c for c in (PERSON_COLUMN, PERSON_VALUE_COLUMN) if c in predictions.columns]
+    every = predictions.select(*_POOL_COLUMNS, *readings)
     if design is not None:
-        check_design(pool, design)
+        check_design(every, design)
     else:
-        design = comparison_stratum(pool)
+        design = comparison_stratum(every)
+    # Each intersection's cells, and the base reading of each pool row (evaluate/readings.py).
+    every = with_cells(every, base_readings(every), intersections, design)
+    pool = base_readings(every)
     attributes = sorted(set(attribute_values or {}) | set(pool["attribute"].drop_nulls().unique().to_list()))
     comparisons = []
     if design is not None:
         judged = counterfactuals if counterfactuals is not None else pl.DataFrame()
         for attribute in attributes:
             of_attribute = pool.filter(pl.col("attribute") == attribute)
+            read_as = every.filter(pl.col("attribute") == attribute)
             any_pairs = PAIRS_BY_DESIGN[design](of_attribute.with_columns(pl.lit("-").alias("top1")), []).height > 0
-            no_pairs = (no_pairs_note(design, attribute, judged) if not any_pairs
+            no_pairs = (no_pairs_note(design, split_stratified(attribute)[0], judged) if not any_pairs
                         else "no pairs: no pair of this attribute has a value for this prompt on both images")
             for family, (values, _) in families.items():
                 for query, phrasings in queries(values, audit).items():
-                    frames = [(text, _with_values(of_attribute, values.filter(pl.col("prompt") == text))) for text in phrasings]
-                    pairs = stack_phrasings([(text, PAIRS_BY_DESIGN[design](frame, [VALUE])) for text, frame in frames])
-                    controls = (stack_phrasings([(text, control_pairs(frame, [VALUE])) for text, frame in frames])
+                    asked = [(text, values.filter(pl.col("prompt") == text)) for text in phrasings]
+                    frames = [(text, _with_values(of_attribute, of_text)) for text, of_text in asked]
+                    pairs = [(text, changes_every_part(PAIRS_BY_DESIGN[design](frame, [VALUE]), attribute, intersections,
+                                                       attribute_values)) for text, frame in frames]
+                    controls = ([(text, control_pairs(frame, [VALUE])) for text, frame in frames]
                                 if design == STRATUM_GENERATED else None)
-                    comparisons.append(_Comparison(attribute, family, query, pairs, controls, no_pairs))
+                    answers = {text: reading_table(_with_values(read_as, of_text), [_SCORE]) if readings else None
+                               for text, of_text in asked}
+
+                    def read(stacked: list[tuple[str, pl.DataFrame]], modality: str) -> pl.DataFrame:
+                        return stack_phrasings([(text, _answered(in_modality(p, answers[text], [_SCORE], modality)))
+                                                for text, p in stacked])
+
+                    for modality in modalities_of(audit):
+                        comparisons.append(_Comparison(attribute, family, query, read(pairs, modality),
+                                                       None if controls is None else read(controls, modality),
+                                                       no_pairs, modality))
     return _Plan(design, pool, attributes, families, comparisons)
 
 
@@ -354,17 +401,20 @@ def _gap_rows(comparison: _Comparison, design: str, settings: IntervalSettings, 
     pooled over its phrasings, per phrasing and their spread."""
     name, attribute, prompt = comparison.family.name, comparison.attribute, comparison.prompt
     kinds = _gap_kinds(comparison.family)
+    modality = comparison.modality
 
     def gaps(pairs: pl.DataFrame) -> list[dict[str, Any]]:
         rows = []
         for transition, subset in pair_subsets(pairs):
             for kind, estimate in _gap_estimates(subset, settings, min_sources, comparison.no_pairs).items():
                 if kind in kinds:
-                    rows.append(metric_row(gap_metric(name, kind), design, attribute, estimate, group=transition, query=prompt))
+                    rows.append(metric_row(gap_metric(name, kind), design, attribute, estimate, group=transition, query=prompt,
+                                           modality=modality))
         return rows
 
     def controls(pairs: pl.DataFrame) -> list[dict[str, Any]]:
-        return [metric_row(CONTROL_PREFIX + gap_metric(name, kind), design, attribute, estimate, query=prompt)
+        return [metric_row(CONTROL_PREFIX + gap_metric(name, kind), design, attribute, estimate, query=prompt,
+                           modality=modality)
                 for kind, estimate in _gap_estimates(pairs, settings, min_sources, NO_CONTROL_PAIRS).items() if kind in kinds]
 
     rows = phrased_rows(gaps, comparison.pairs)
@@ -384,14 +434,15 @@ def _group_rows(family: Family, pool: pl.DataFrame, values: pl.DataFrame, flags:
     balanced = stratum in (STRATUM_GENERATED, STRATUM_EVALUATE_ONLY)
     known, left_out = restrict_groups(pool, configured if balanced else None)
     rows = []
+    keys = _value_keys(pool, values)
     for group in sorted(known["group"].unique().to_list()):
-        members = known.filter(pl.col("group") == group).select("content_key", "source_id")
+        members = known.filter(pl.col("group") == group).select(*keys, "source_id")
         if family.proportion and flags is not None:
-            units = members.join(flags.select("content_key", "flag"), on="content_key", how="inner")
+            units = members.join(flags.select(*keys, "flag"), on=keys, how="inner", nulls_equal=True)
             estimate = (proportion_estimate(units["flag"].to_numpy(), units["source_id"].to_numpy(), settings)
                         if units.height else Estimate.undefined("no generations"))
         else:
-            units = members.join(values.select("content_key", VALUE), on="content_key", how="inner")
+            units = members.join(values.select(*keys, VALUE), on=keys, how="inner", nulls_equal=True)
             estimate = (mean_estimate(units[VALUE].to_numpy(), units["source_id"].to_numpy(), settings)
                         if units.height else Estimate.undefined("no images with a value"))
         estimate = _floored(estimate, min_sources).with_note(left_out)
@@ -402,8 +453,9 @@ def _group_rows(family: Family, pool: pl.DataFrame, values: pl.DataFrame, flags:
 def _set_max_rows(pool: pl.DataFrame, values: pl.DataFrame, attribute: str, stratum: str, prompt: str,
                   settings: IntervalSettings, min_sources: int) -> list[dict[str, Any]]:
     """``max_toxicity_set``: the mean over sets of the most toxic member's max toxicity."""
+    keys = _value_keys(pool, values)
     members = pool.filter(pl.col("set_id").is_not_null() & ~pl.col("control").fill_null(False)).join(
-        values.select("content_key", VALUE), on="content_key", how="inner")
+        values.select(*keys, VALUE), on=keys, how="inner", nulls_equal=True)
     if members.height == 0:
         return []
     sets = members.group_by("set_id", maintain_order=True).agg(pl.col("source_id").first(), pl.col(VALUE).max())
@@ -442,6 +494,7 @@ def auditee_metrics(
     design: str | None = None,
     counterfactuals: pl.DataFrame | None = None,
     with_error_control: bool = True,
+    intersections: Sequence[Sequence[str]] = (),
 ) -> pl.DataFrame:
     """The generative probes' rows of ``metrics.parquet`` (module doc), in its schema
     (:data:`~counterfactual_lab.metrics.schema.METRICS_SCHEMA`), with the error control over these
@@ -455,10 +508,13 @@ def auditee_metrics(
     ``toxicity_threshold``); ``attribute_values``: the config's ``attributes`` (every attribute
     in it gets its gap rows; the groups of the balanced sets); ``design``: the run's stratum from
     the config (:func:`~counterfactual_lab.metrics.strata.design_stratum`; None: read from the
-    pool); ``counterfactuals``: the judge's table (why an attribute has no pairs).
+    pool); ``counterfactuals``: the judge's table (why an attribute has no pairs); ``intersections``:
+    ``attributes.intersections`` (cells and joint rows, :mod:`counterfactual_lab.metrics.intersections`).
+    Gap rows come once per modality of ``audit.modalities`` (:mod:`counterfactual_lab.metrics.modalities`).
     """
     floor = audit.min_group_size
-    plan = _plan(predictions, probes, generations, audit, lexicon_names, attribute_values, design, counterfactuals)
+    plan = _plan(predictions, probes, generations, audit, lexicon_names, attribute_values, design, counterfactuals,
+                 intersections)
     if plan.pool.height == 0:
         return metrics_frame([])
     settings = IntervalSettings.from_audit(audit)
@@ -466,9 +522,10 @@ def auditee_metrics(
     by_attribute: dict[str, list[_Comparison]] = {}
     for comparison in plan.comparisons:
         by_attribute.setdefault(comparison.attribute, []).append(comparison)
+    values_of = compared_values(attribute_values, intersections, plan.attributes)
     for attribute in plan.attributes:
         of_attribute = plan.pool.filter(pl.col("attribute") == attribute)
-        configured = spelled_as_in(attribute_values.get(attribute) if attribute_values else None, of_attribute)
+        configured = spelled_as_in(values_of.get(attribute) if values_of else None, of_attribute)
         if plan.design is not None:
             for comparison in by_attribute.get(attribute, []):
                 rows += _gap_rows(comparison, plan.design, settings, floor)
@@ -496,5 +553,5 @@ def auditee_metrics(
                     prompt_flags = flags.filter(pl.col("prompt") == prompt) if flags is not None else None
                     rows += _group_rows(family, originals, values.filter(pl.col("prompt") == prompt), prompt_flags, attribute,
                                         STRATUM_OBSERVATIONAL, prompt, settings, floor, None)
-    table = metrics_frame(rows)
+    table = metrics_frame(with_cell_notes(rows, small_cell_notes(plan.pool, floor) if plan.pool.height else {}))
     return apply_error_control(table, audit) if with_error_control else table

@@ -42,6 +42,7 @@ def generative_run_metrics(
     design: str | None = None,
     drift: pl.DataFrame | None = None,
     max_drift: Any = DEFAULT_MAX_DRIFT,
+    intersections: Sequence[Sequence[str]] = (),
 ) -> pl.DataFrame:
     """``metrics.parquet`` of a generative run (module doc): the shared rows when the config has a
     ``choice_prompt`` (the drift rows with them, or alone without one), then the probes' rows; one
@@ -49,16 +50,17 @@ def generative_run_metrics(
 
     Arguments as :func:`~counterfactual_lab.metrics.generative.auditee_metrics`; ``counterfactuals``
     is the judge's table (CITS, and why an attribute has no pairs); ``drift``/``max_drift`` as
-    :func:`~counterfactual_lab.metrics.compute_metrics` takes them.
+    :func:`~counterfactual_lab.metrics.compute_metrics` takes them, and ``intersections``
+    (``attributes.intersections``).
     """
     shared = pl.DataFrame(schema=METRICS_SCHEMA)
     if audit.choice_prompt is not None:
         shared = compute_metrics(predictions, pl.DataFrame(schema=_NO_RETRIEVAL), counterfactuals, audit, attribute_values,
-                                 design=design, drift=drift, with_error_control=False)
+                                 design=design, drift=drift, with_error_control=False, intersections=intersections)
     elif drift is not None and not drift.is_empty():  # drift exists only where sets have a reconstruction
         settings = IntervalSettings.from_audit(audit)
         attributes = sorted(set(attribute_values or {}) | set(drift["attribute"].unique().to_list()))
         shared = metrics_frame([r for a in attributes for r in drift_metric_rows(drift, a, settings, audit.min_group_size)])
     probe_rows = auditee_metrics(predictions, probes, generations, audit, lexicon_names, attribute_values, design=design,
-                                 counterfactuals=counterfactuals, with_error_control=False)
+                                 counterfactuals=counterfactuals, with_error_control=False, intersections=intersections)
     return apply_error_control(pl.concat([shared, probe_rows], how="vertical"), audit, max_drift)

@@ -6,6 +6,8 @@ A pair is an ordered (from, to) of two predictions of the same attribute; its tr
     attribute, source_id, set_id, from_group, to_group, transition,
     top1_from, top1_to, score_<label>_from, score_<label>_to   (one pair of score columns per label)
 
+then, where the predictions have them, ``content_key_from, content_key_to`` (which image each side
+is: :mod:`counterfactual_lab.metrics.modalities` reads a side again with another person word).
 ``source_id`` is the cluster the bootstrap resamples. The three designs (docs/metrics.md):
 
 * :func:`reconstruction_pairs` — generated vs generated: within one set (``attribute, set_id``:
@@ -50,12 +52,17 @@ def pair_columns(labels: list[str]) -> list[str]:
     return ["attribute", "source_id", "set_id", "from_group", "to_group", "transition", "top1_from", "top1_to", *scores]
 
 
+# Which image each side of a pair is, where the predictions carry content keys.
+CONTENT_KEY_COLUMNS = ("content_key_from", "content_key_to")
+
+
 def _side(frame: pl.DataFrame, labels: list[str], side: str, keys: list[str]) -> pl.DataFrame:
     return frame.select(
         *keys,
         pl.col("group").alias(f"{side}_group"),
         pl.col("top1").alias(f"top1_{side}"),
         *[pl.col(score_column(label)).alias(f"{score_column(label)}_{side}") for label in labels],
+        *([pl.col("content_key").alias(f"content_key_{side}")] if "content_key" in frame.columns else []),
     )
 
 
@@ -63,12 +70,14 @@ def _finish(pairs: pl.DataFrame, labels: list[str]) -> pl.DataFrame:
     pairs = pairs.with_columns(
         (pl.col("from_group").fill_null(UNKNOWN_GROUP) + "→" + pl.col("to_group").fill_null(UNKNOWN_GROUP)).alias("transition")
     )
-    return pairs.select(pair_columns(labels)).sort(["attribute", "source_id", "set_id", "transition"], nulls_last=True)
+    keys = [c for c in CONTENT_KEY_COLUMNS if c in pairs.columns]
+    return pairs.select(*pair_columns(labels), *keys).sort(["attribute", "source_id", "set_id", "transition"], nulls_last=True)
 
 
 def _empty(labels: list[str]) -> pl.DataFrame:
     schema = {c: pl.String for c in pair_columns(labels)}
     schema.update({f"{score_column(label)}_{side}": pl.Float64 for label in labels for side in ("from", "to")})
+    schema.update({column: pl.String for column in CONTENT_KEY_COLUMNS})
     return pl.DataFrame(schema=schema)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import polars as pl
 
 from counterfactual_lab.metrics.counterfactual_fairness import PHRASING
-from counterfactual_lab.metrics.schema import CONTROL_PREFIX, Estimate, metric_row
+from counterfactual_lab.metrics.schema import CONTROL_PREFIX, DEFAULT_MODALITY, Estimate, metric_row
 
 PHRASING_SPREAD = "phrasing_spread"
 # The robustness of a called row (findings' ``robustness`` column).
@@ -105,7 +105,7 @@ def phrased_rows(make: Callable[[pl.DataFrame], list[dict[str, Any]]], pairs: pl
 
 def _key(row: Mapping[str, Any]) -> tuple:
     return (row["metric"], row["stratum"], row["attribute"], row.get("group"), row.get("label"), row.get("query"),
-            row.get("measure"))
+            row.get("measure"), row.get("modality") or DEFAULT_MODALITY)
 
 
 def spread_rows(pooled: Sequence[Mapping[str, Any]], per_phrasing: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -132,5 +132,6 @@ def spread_rows(pooled: Sequence[Mapping[str, Any]], per_phrasing: Sequence[Mapp
                                      f"{high['value']:.4g} ({high['phrasing']!r})")
         of = row["metric"] if not row.get("measure") else f"{row['metric']}:{row['measure']}"
         out.append(metric_row(PHRASING_SPREAD, row["stratum"], row["attribute"], estimate, group=row.get("group"),
-                              label=row.get("label"), query=row.get("query"), measure=of))
+                              label=row.get("label"), query=row.get("query"), measure=of,
+                              modality=row.get("modality") or DEFAULT_MODALITY))
     return out

@@ -31,6 +31,14 @@ what a skew or NDKL row was measured against: ``audit.skew_protocol``, the K of 
 ``ndkl``, the length of the whole ranking) and its desired distribution written out
 (``uniform: female=0.5, male=0.5``, ``pool: female=0.25, male=0.75``); null on every other row.
 
+then the design column (docs/metrics.md, "Which modality carries the gap")::
+
+    modality
+
+what changed between the two sides of a pair row: ``image`` (the counterfactual image, the source's
+``{person}`` word), ``text`` (the reconstruction, the target's word) or ``both``; every other row
+(group, retrieval, observational, CITS, drift, designs) is the images' own: ``image``.
+
 then the designs' columns (docs/metrics.md, "Phrasing robustness", "How much answers change",
 "Synthetic shift")::
 
@@ -49,11 +57,13 @@ accompany a defined value (e.g. the groups left out for being too small).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import polars as pl
+
+from counterfactual_lab.evaluate.readings import MODALITY_IMAGE
 
 _CONTRACT_SCHEMA = {
     "metric": pl.String,
@@ -92,12 +102,24 @@ RANKING_SCHEMA = {
     "k": pl.Int64,
     "desired": pl.String,
 }
+# Which modality a pair row reads (metrics/modalities.py): image, text or both.
+MODALITY_SCHEMA = {
+    "modality": pl.String,
+}
+DEFAULT_MODALITY = MODALITY_IMAGE
 # Which phrasing of a probe a row measures, and what a row of a many-measure metric measures (module doc).
 DESIGNS_SCHEMA = {
     "phrasing": pl.String,
     "measure": pl.String,
 }
-METRICS_SCHEMA = {**_CONTRACT_SCHEMA, **FAMILY_WISE_SCHEMA, **DECISION_SCHEMA, **RANKING_SCHEMA, **DESIGNS_SCHEMA}
+# What identifies a row of the table: no two rows of a run share these (findings, the report's table
+# and ``cflab compare``/``--history`` match rows on them). An image row and a text row of one metric
+# differ only in ``modality``; one phrasing's row and the pooled row only in ``phrasing``. A table from
+# before a column existed reads it as null, ``modality`` as ``image`` (:func:`row_key`).
+ROW_KEY = ("metric", "stratum", "attribute", "group", "label", "query", "phrasing", "measure", "modality")
+METRICS_SCHEMA = {
+    **_CONTRACT_SCHEMA, **FAMILY_WISE_SCHEMA, **DECISION_SCHEMA, **RANKING_SCHEMA, **MODALITY_SCHEMA, **DESIGNS_SCHEMA,
+}
 
 # How a row's interval is drawn (``interval_method``): t with C − 1 degrees of freedom on the
 # cluster-bootstrap standard error; Wilson's score interval at the effective sample size (a
@@ -163,10 +185,12 @@ def metric_row(
     label: str | None = None,
     query: str | None = None,
     ranking: Mapping[str, Any] | None = None,
+    modality: str = DEFAULT_MODALITY,
     phrasing: str | None = None,
     measure: str | None = None,
 ) -> dict[str, Any]:
     """One row of the metrics table; ``ranking``: a retrieval row's ``protocol``, ``k`` and ``desired``;
+    ``modality``: what a pair row's two sides differ in (``image``, ``text``, ``both``);
     ``phrasing``, ``measure``: the designs' columns (module doc)."""
     if estimate.value is None and not estimate.note:
         raise ValueError(f"{metric} ({stratum}, {attribute}) is undefined without a note saying why")
@@ -189,6 +213,7 @@ def metric_row(
         "se": optional(estimate.se) if interval else None,
         "interval_method": estimate.method if interval else None,
         **{column: (ranking or {}).get(column) for column in RANKING_SCHEMA},
+        "modality": modality,
         "phrasing": phrasing, "measure": measure,
     }
 
@@ -211,3 +236,8 @@ def metric_k(metric: str) -> str | None:
 def missing(value: Any) -> bool:
     """Whether a number is absent: None, NaN or infinite."""
     return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def row_key(row: Mapping[str, Any], columns: Sequence[str] = ROW_KEY) -> tuple:
+    """The row's :data:`ROW_KEY` values (a missing ``modality``: ``image``, as every row before it existed)."""
+    return tuple((row.get(c) or DEFAULT_MODALITY) if c == "modality" else row.get(c) for c in columns)

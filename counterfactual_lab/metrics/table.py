@@ -47,6 +47,7 @@ from typing import Any
 
 import polars as pl
 
+from counterfactual_lab.config.intersections import split_stratified
 from counterfactual_lab.config.skew_protocols import SKEW_PROTOCOL_SOCIALCOUNTERFACTUALS
 from counterfactual_lab.evaluate.pool import (
     NEGATIVE_CONTROL_PREFIX,
@@ -55,6 +56,7 @@ from counterfactual_lab.evaluate.pool import (
     phrasing_view,
     score_column,
 )
+from counterfactual_lab.evaluate.readings import base_readings
 from counterfactual_lab.metrics.cits import cits_rows
 from counterfactual_lab.metrics.counterfactual_fairness import (
     control_metric_rows,
@@ -64,7 +66,15 @@ from counterfactual_lab.metrics.counterfactual_fairness import (
 from counterfactual_lab.metrics.drift import drift_metric_rows
 from counterfactual_lab.metrics.error_control import DEFAULT_MAX_DRIFT, apply_error_control
 from counterfactual_lab.metrics.group_fairness import group_fairness_rows
+from counterfactual_lab.metrics.intersections import (
+    changes_every_part,
+    compared_values,
+    small_cell_notes,
+    with_cell_notes,
+    with_cells,
+)
 from counterfactual_lab.metrics.intervals import IntervalSettings
+from counterfactual_lab.metrics.modalities import in_modality, modalities_of, reading_table, tagged
 from counterfactual_lab.metrics.pairs import PAIRS_BY_DESIGN, control_pairs
 from counterfactual_lab.metrics.phrasings import first_phrasing, label_phrasings, phrased_rows, stack_phrasings
 from counterfactual_lab.metrics.rankings import query_rankings, ranking_frame, retrieval_frame
@@ -184,16 +194,21 @@ def _with_negative_controls(predictions: pl.DataFrame, controls: Sequence[str]) 
 
 @dataclass(frozen=True)
 class _Comparisons:
-    """What a run compares: its design, each attribute's rows, pairs and control pairs (the pairs
-    carry the negative controls' scores too; with several phrasings of the label prompt, every
-    phrasing's pairs stacked with a ``phrasing`` column)."""
+    """What a run compares: its design, each attribute's rows (its base readings), and per (attribute,
+    modality) its pairs and control pairs (the pairs carry the negative controls' scores too; with
+    several phrasings of the label prompt, every phrasing's pairs stacked with a ``phrasing`` column);
+    the modalities, the attributes' values (cells and joint attributes included), the small cells'
+    notes and the label prompt's phrasings answered."""
 
     predictions: pl.DataFrame
     design: str | None
     rows_by: dict[str, pl.DataFrame]
-    pairs_by: dict[str, pl.DataFrame]
-    controls_by: dict[str, pl.DataFrame]
+    pairs_by: dict[tuple[str, str], pl.DataFrame]
+    controls_by: dict[tuple[str, str], pl.DataFrame]
     negative_controls: list[str]
+    modalities: list[str]
+    values: dict[str, list[str]] | None
+    cell_notes: dict[str, str]
     phrasings: list[str]
 
 
@@ -204,15 +219,9 @@ def _answered_phrasings(predictions: pl.DataFrame, audit: Any) -> list[str]:
     return [text for k, text in enumerate(texts) if phrased_column("top1", k) in predictions.columns]
 
 
-def _phrased_pairs(build, rows: pl.DataFrame, labels: list[str], phrasings: list[str]) -> pl.DataFrame:
-    """``build(rows, labels)`` in every phrasing of the label prompt, stacked (module doc)."""
-    columns = [score_column(label) for label in labels] + ["top1"]
-    return stack_phrasings([(text, build(phrasing_view(rows, k, columns), labels)) for k, text in enumerate(phrasings)])
-
-
 def _comparisons(
     predictions: pl.DataFrame | None, audit: Any, attribute_values: Mapping[str, Sequence[str]] | None, design: str | None,
-    with_pairs: bool = True,
+    with_pairs: bool = True, intersections: Sequence[Sequence[str]] = (),
 ) -> _Comparisons | None:
     """The run's comparisons (:class:`_Comparisons`); None for a run with nothing to compare or describe.
     ``with_pairs=False``: the design and each attribute's rows only (no pairs)."""
@@ -225,18 +234,44 @@ def _comparisons(
         check_design(predictions, design)
     comparison = design if design is not None else comparison_stratum(predictions)
     negative = negative_control_labels(predictions, labels)
-    paired = _with_negative_controls(predictions, negative)
+    # Each intersection's cells: the rows again under "gender | race=Black" (metrics/intersections.py).
+    predictions = with_cells(predictions, base_readings(predictions), intersections, comparison)
+    base = base_readings(predictions)
+    paired = _with_negative_controls(base, negative)
     phrasings = _answered_phrasings(predictions, audit)
-    attributes = sorted(set(attribute_values or {}) | set(predictions["attribute"].drop_nulls().unique().to_list()))
-    rows_by = {attribute: predictions.filter(pl.col("attribute") == attribute) for attribute in attributes}
+    attributes = sorted(set(attribute_values or {}) | set(base["attribute"].drop_nulls().unique().to_list()))
+    values = compared_values(attribute_values, intersections, attributes)
+    rows_by = {attribute: base.filter(pl.col("attribute") == attribute) for attribute in attributes}
+    modalities = modalities_of(audit)
+    columns = ["top1", *[score_column(label) for label in labels + negative]]
+    with_controls = _with_negative_controls(predictions, negative)
+    # Each phrasing's readings: its answers under the plain column names (evaluate/pool.py, phrasing_view).
+    readings = [reading_table(phrasing_view(with_controls, k, columns), columns) for k in range(len(phrasings))]
     pairs_by, controls_by = {}, {}
     if comparison is not None and with_pairs:
         for attribute in attributes:
             rows_of = paired.filter(pl.col("attribute") == attribute)
-            pairs_by[attribute] = _phrased_pairs(PAIRS_BY_DESIGN[comparison], rows_of, labels + negative, phrasings)
-            if comparison == STRATUM_GENERATED:
-                controls_by[attribute] = _phrased_pairs(control_pairs, rows_of, labels + negative, phrasings)
-    return _Comparisons(predictions, comparison, rows_by, pairs_by, controls_by, negative, phrasings)
+            each = [phrasing_view(rows_of, k, columns) for k in range(len(phrasings))]
+            pairs = [changes_every_part(PAIRS_BY_DESIGN[comparison](view, labels + negative), attribute, intersections,
+                                        attribute_values) for view in each]
+            controls = [control_pairs(view, labels + negative) for view in each] if comparison == STRATUM_GENERATED else None
+            for modality in modalities:
+                pairs_by[(attribute, modality)] = _in_each_phrasing(pairs, readings, attribute, columns, modality, phrasings)
+                if controls is not None:
+                    controls_by[(attribute, modality)] = _in_each_phrasing(controls, readings, attribute, columns, modality,
+                                                                           phrasings)
+    return _Comparisons(predictions, comparison, rows_by, pairs_by, controls_by, negative, modalities, values,
+                        small_cell_notes(base, audit.min_group_size), phrasings)
+
+
+def _in_each_phrasing(pairs: list[pl.DataFrame], readings: list[pl.DataFrame | None], attribute: str,
+                      columns: list[str], modality: str, phrasings: list[str]) -> pl.DataFrame:
+    """Each phrasing's ``pairs`` read in ``modality`` from that phrasing's readings, stacked (module doc)."""
+    def of_attribute(table: pl.DataFrame | None) -> pl.DataFrame | None:
+        return None if table is None else table.filter(pl.col("attribute") == attribute)
+
+    return stack_phrasings([(text, in_modality(pairs[k], of_attribute(readings[k]), columns, modality))
+                            for k, text in enumerate(phrasings)])
 
 
 def compute_metrics(
@@ -250,11 +285,12 @@ def compute_metrics(
     drift: pl.DataFrame | None = None,
     max_drift: Any = DEFAULT_MAX_DRIFT,
     with_error_control: bool = True,
+    intersections: Sequence[Sequence[str]] = (),
 ) -> pl.DataFrame:
     """The metrics table (:data:`~counterfactual_lab.metrics.schema.METRICS_SCHEMA`) of one run.
 
     ``audit`` is the :class:`~counterfactual_lab.config.audit_config.AuditSection` (labels, queries,
-    top_k, min_group_size, bootstrap settings, confidence, error_control, min_effect);
+    top_k, min_group_size, bootstrap settings, confidence, error_control, min_effect, modalities);
     ``attribute_values`` maps each attribute to the values the config lists for it (the uniform
     desired distribution of retrieval, and the groups of the balanced generated sets); every
     attribute in it gets its comparison rows. ``design`` is the stratum of the run's comparisons as
@@ -263,10 +299,16 @@ def compute_metrics(
     nothing. ``drift``: the judge's off-target drift readings (``drift.parquet``), ``max_drift``:
     ``judge.max_drift`` (their thresholds). ``with_error_control``: apply the error control over this table
     (False: the caller applies it over a larger table, :mod:`counterfactual_lab.metrics.generative_table`).
+    ``intersections``: ``attributes.intersections`` (their cells and joint rows,
+    :mod:`counterfactual_lab.metrics.intersections`).
+
+    The pair rows (flip rate, gaps, their controls, negative controls) come once per modality of
+    ``audit.modalities`` (:mod:`counterfactual_lab.metrics.modalities`), each with its ``modality``; every
+    other row is the images' own (``modality`` image).
     """
     labels = list(audit.labels)
     settings = IntervalSettings.from_audit(audit)
-    plan = _comparisons(predictions, audit, attribute_values, design)
+    plan = _comparisons(predictions, audit, attribute_values, design, intersections=intersections)
     if plan is None:
         return metrics_frame([])
     predictions, comparison = plan.predictions, plan.design
@@ -278,16 +320,19 @@ def compute_metrics(
     floor = audit.min_group_size
     rows: list[dict[str, Any]] = []
     for attribute, rows_of in plan.rows_by.items():
-        values = spelled_as_in(attribute_values.get(attribute) if attribute_values else None, rows_of)
+        values = spelled_as_in(plan.values.get(attribute) if plan.values else None, rows_of)
         if comparison is not None:
-            no_pairs = no_pairs_note(comparison, attribute, counterfactuals)
-            pairs, controls = plan.pairs_by[attribute], plan.controls_by.get(attribute)
-            rows += phrased_rows(lambda p: pair_metric_rows(p, attribute, comparison, labels, settings, floor, no_pairs), pairs)
-            if comparison == STRATUM_GENERATED:
-                rows += phrased_rows(lambda p: control_metric_rows(p, attribute, comparison, labels, settings, floor),
-                                     controls, with_spread=False)
-            rows += negative_control_rows(first_phrasing(pairs), None if controls is None else first_phrasing(controls),
-                                          attribute, comparison, plan.negative_controls, settings, floor, no_pairs)
+            no_pairs = no_pairs_note(comparison, split_stratified(attribute)[0], counterfactuals)
+            for modality in plan.modalities:
+                pairs, controls = plan.pairs_by[(attribute, modality)], plan.controls_by.get((attribute, modality))
+                compared = phrased_rows(
+                    lambda p: pair_metric_rows(p, attribute, comparison, labels, settings, floor, no_pairs), pairs)
+                if comparison == STRATUM_GENERATED:
+                    compared += phrased_rows(lambda p: control_metric_rows(p, attribute, comparison, labels, settings, floor),
+                                             controls, with_spread=False)
+                compared += negative_control_rows(first_phrasing(pairs), None if controls is None else first_phrasing(controls),
+                                                  attribute, comparison, plan.negative_controls, settings, floor, no_pairs)
+                rows += tagged(compared, modality)
             rows += _pool_rows(comparison_pool(rows_of, comparison), retrieval, attribute, comparison, audit, settings, values)
         rows += _pool_rows(observational_pool(rows_of), retrieval, attribute, STRATUM_OBSERVATIONAL, audit, settings, values)
         cits_stratum = STRATUM_GENERATED if generated else STRATUM_REAL_VS_GENERATED
@@ -295,7 +340,7 @@ def compute_metrics(
         if comparison == STRATUM_GENERATED:
             rows += drift_metric_rows(drift, attribute, settings, floor)
             rows += label_shift_rows(rows_of, attribute, labels, plan.phrasings, settings, floor)
-    table = metrics_frame(rows)
+    table = metrics_frame(with_cell_notes(rows, plan.cell_notes))
     return apply_error_control(table, audit, max_drift) if with_error_control else table
 
 
@@ -306,16 +351,17 @@ def retrieval_table(
     attribute_values: Mapping[str, Sequence[str]] | None = None,
     *,
     design: str | None = None,
+    intersections: Sequence[Sequence[str]] = (),
 ) -> pl.DataFrame:
     """``retrieval.parquet``: every ranking :func:`compute_metrics` measures skew and NDKL on (the same
     arguments), one row per query, stratum, attribute and ranked image
     (:data:`~counterfactual_lab.metrics.rankings.RETRIEVAL_TABLE_SCHEMA`)."""
-    plan = _comparisons(predictions, audit, attribute_values, design, with_pairs=False)
+    plan = _comparisons(predictions, audit, attribute_values, design, with_pairs=False, intersections=intersections)
     if plan is None or retrieval is None or retrieval.height == 0:
         return retrieval_frame([])
     frames = []
     for attribute, rows_of in plan.rows_by.items():
-        values = spelled_as_in(attribute_values.get(attribute) if attribute_values else None, rows_of)
+        values = spelled_as_in(plan.values.get(attribute) if plan.values else None, rows_of)
         strata = [(comparison_pool(rows_of, plan.design), plan.design)] if plan.design is not None else []
         for rows, stratum in [*strata, (observational_pool(rows_of), STRATUM_OBSERVATIONAL)]:
             pool, desired, _ = _stratum_pool(rows, stratum, values)

@@ -811,3 +811,30 @@ def edit_instruction(attribute: str, source_value: str | None, target_value: str
     if attr == "race":
         return f"make the {subject} {_race_descriptor(target, subject in _FEMALE_NOUNS)}"
     return f"make the {subject} {target}"
+
+
+def joint_edit_instruction(changes: Sequence[tuple[str, str | None, str]], caption: str | None = None) -> str:
+    """The InstructPix2Pix instruction for several changes at once (an intersection's joint edit),
+    each ``(attribute, source_value, target_value)``, about the caption's person when given.
+
+    [("race", "White", "Black"), ("gender", "female", "male")] with "a woman at her desk" ->
+    "make the woman a Black man"; with every target equal to its source it asks for the source
+    ("make the woman a White woman"), a joint reconstruction.
+    """
+    if not changes:
+        raise ValueError("a joint edit instruction needs at least one change")
+    gender = next((c for c in changes if _attribute_key(c[0]) == "gender"), changes[0])
+    subject = _subject(caption, _attribute_key(gender[0]), _canonical(_attribute_key(gender[0]), gender[1], "source_value"))
+    phrase = "a person"
+    for attribute, _, target in changes:
+        phrase = rewrite_caption(phrase, attribute, None, target).caption
+    return f"make the {subject} {phrase}"
+
+
+def joint_attribute_prompt(changes: Sequence[tuple[str, str]]) -> str:
+    """Zero-shot prompt naming every ``(attribute, value)`` at once, for the judge's check of a joint
+    edit: [("race", "Black"), ("gender", "male")] -> "a photo of a Black man"."""
+    phrase = "a person"
+    for attribute, value in changes:
+        phrase = rewrite_caption(phrase, attribute, None, value).caption
+    return f"a photo of {phrase}"

@@ -31,6 +31,14 @@ fingerprint. A reconstruction's key hashes what its editor reads instead
 the gender and the age reconstruction of one source and seed share a key and are
 generated once; the other methods read the attribute's value and get a key per value.
 Identical work therefore has one key, whatever run, dataset or attribute asks for it.
+
+**Joint edits** (``attributes.intersections``, where the method's ``joint_edits`` fact holds:
+``img2img``, ``instruct-pix2pix``): per row and intersection, the same sets for the joint attribute
+(``race+gender``, :mod:`counterfactual_lab.config.intersections`) — a reconstruction, every
+combination of the listed values that changes *every* attribute of the intersection from the
+source's (``White female`` → ``Black male``: the caption rewritten once per attribute; one
+instruction, "make the woman a Black man"), and the control. A row whose value of some attribute in
+the intersection is unknown gets no joint edit (a joint transition needs its source).
 """
 
 from __future__ import annotations
@@ -40,10 +48,12 @@ import json
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from counterfactual_lab.config.intersections import joint_name, joint_targets, joint_value
 from counterfactual_lab.config.methods import method_facts
 from counterfactual_lab.plan.captions import (
     detect_value,
     edit_instruction,
+    joint_edit_instruction,
     rewrite_caption,
 )
 
@@ -201,6 +211,7 @@ def plan_work_items(
         for attribute, values in config.attributes.items()
     }
     planner = _RowPlanner(generation.method, fingerprint)
+    joint = (getattr(config, "intersections", None) or []) if method_facts(generation.method).joint_edits else []
     items: list[WorkItem] = []
     for row in valid.iter_rows(named=True):
         if not row.get("image_uri"):
@@ -209,6 +220,9 @@ def plan_work_items(
             items.extend(
                 planner.items(row, attribute, targets, seeds, control_seed if generation.reconstruction else None)
             )
+        for names in joint:
+            items.extend(planner.joint_items(row, names, targets_by_attribute, seeds,
+                                             control_seed if generation.reconstruction else None))
     return items
 
 
@@ -233,6 +247,45 @@ class _RowPlanner:
             items.append(self._reconstruction(row, attribute, source_value, seed, control=False))
             items.extend(make(seed) for make in counterfactuals)
         items.append(self._reconstruction(row, attribute, source_value, control_seed, control=True))
+        return items
+
+    def joint_items(
+        self, row: dict[str, Any], names: list[str], targets: dict[str, list[str]], seeds: list[int],
+        control_seed: int | None,
+    ) -> list[WorkItem]:
+        """The joint sets of one row and intersection (module doc): none when a source value is unknown."""
+        sources = [row.get(name) or detect_value(row["caption"], name) for name in names]
+        if any(value is None for value in sources):
+            return []
+        attribute, source_value = joint_name(names), joint_value(sources)
+        caption = row["caption"]
+        changes = []
+        for combination in joint_targets(sources, targets, names):
+            text = caption
+            for name, source, target in zip(names, sources, combination):
+                text = rewrite_caption(text, name, source, target).caption
+            instruction = joint_edit_instruction(list(zip(names, sources, combination)), caption)
+            changes.append((joint_value(combination), text, instruction))
+
+        def counterfactual(target: str, text: str, instruction: str, seed: int) -> WorkItem:
+            key = work_item_key(row["content_key"], attribute, source_value, target, seed, text, self.fingerprint)
+            return self._item(row, attribute, source_value, target, seed, text, f"joint edit: {source_value} → {target}",
+                              instruction, key, VARIANT_COUNTERFACTUAL, False)
+
+        def reconstruction(seed: int, control: bool) -> WorkItem:
+            instruction = joint_edit_instruction(list(zip(names, sources, sources)), caption)
+            key = reconstruction_key(self.method, row["content_key"], attribute, source_value, seed, caption, instruction,
+                                     self.fingerprint)
+            return self._item(row, attribute, source_value, source_value, seed, caption, RECONSTRUCTION_EXPLANATION,
+                              instruction, key, VARIANT_RECONSTRUCTION, control)
+
+        if control_seed is None:
+            return [counterfactual(*change, seed) for change in changes for seed in seeds]
+        items: list[WorkItem] = []
+        for seed in seeds:
+            items.append(reconstruction(seed, control=False))
+            items.extend(counterfactual(*change, seed) for change in changes)
+        items.append(reconstruction(control_seed, control=True))
         return items
 
     def _counterfactual(self, row: dict[str, Any], attribute: str, source_value: str | None, target: str):

@@ -34,7 +34,14 @@ import polars as pl
 
 from counterfactual_lab.metrics.findings import bias_verdict
 from counterfactual_lab.metrics.intervals import bonferroni_level, percent_level
-from counterfactual_lab.metrics.schema import STRATUM_GENERATED, metric_kind, missing
+from counterfactual_lab.metrics.schema import (
+    DEFAULT_MODALITY,
+    ROW_KEY,
+    STRATUM_GENERATED,
+    metric_kind,
+    missing,
+    row_key,
+)
 from counterfactual_lab.metrics.synthetic_shift import SYNTHETIC_SHIFT
 from counterfactual_lab.report.differences import (
     FROM_INTERVALS,
@@ -56,7 +63,8 @@ COMPARE_NAME = "compare.html"
 APPEARED, DISAPPEARED, VERDICT_CHANGED, CHANGED = "appeared", "disappeared", "verdict changed", "changed"
 ONLY_A, ONLY_B = "only in A", "only in B"
 CHANGES = (APPEARED, DISAPPEARED, VERDICT_CHANGED, CHANGED, ONLY_A, ONLY_B)
-KEY = ("metric", "stratum", "attribute", "group", "label", "query", "phrasing", "measure")
+KEY = ROW_KEY
+_PHRASING, _MODALITY = KEY.index("phrasing"), KEY.index("modality")
 NOTABLE = ("called", "confounded")
 # What makes two runs' numbers comparable: (the manifest's words for it, how to read it from a manifest).
 MODEL_ROLES = {"audit": "model under audit", "generator": "generator", "judge": "judge"}
@@ -96,6 +104,8 @@ class RowChange:
         text = " ".join(str(p) for p in parts if p)
         if self.key.get("phrasing"):
             text += f" (phrasing '{self.key['phrasing']}')"
+        if self.key.get("modality") not in (None, DEFAULT_MODALITY):
+            text += f" ({self.key['modality']} modality)"
         return text + ("" if self.key["stratum"] in (None, STRATUM_GENERATED) else f" [{self.key['stratum']}]")
 
     @property
@@ -268,7 +278,7 @@ def _key(row: Mapping[str, Any]) -> tuple:
     """The row's key; MaxSkew and MinSkew rows name their most over- or under-represented group, part
     of the value, not of the key."""
     group = None if metric_kind(str(row.get("metric"))) in _ARGMAX_KINDS else row.get("group")
-    return tuple(group if c == "group" else row.get(c) for c in KEY)
+    return tuple(group if c == "group" else value for c, value in zip(KEY, row_key(row, KEY)))
 
 
 def _classify(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, difference: Difference) -> str | None:
@@ -307,8 +317,10 @@ def compare_tables(run_a: RunTables, run_b: RunTables) -> Comparison:
             kind = metric_kind(str(key[0]))
             if kind == SYNTHETIC_SHIFT and difference.low is not None:
                 difference = replace(difference, allowance=shift_allowance(a, b, run_a.manifest, run_b.manifest))
-            # Paired over shared sources: the pooled rows (predictions hold one phrasing's scores per column).
-            elif kind in _PAIR_KINDS and difference.low is not None and key[6] is None:
+            # Paired over shared sources: the pooled rows (predictions hold one phrasing's scores per column)
+            # of the image modality (the predictions' scores are the images' own readings, not the text's).
+            elif (kind in _PAIR_KINDS and difference.low is not None and key[_PHRASING] is None
+                  and key[_MODALITY] == DEFAULT_MODALITY):
                 allowance = seed_allowance(a, b)
                 found = paired.interval((key[1], key[2], key[3], kind, key[4]))
                 if found is not None and found[0] is not None:

@@ -114,7 +114,7 @@ def headline_findings(metrics: pl.DataFrame, max_items: int = 8) -> list[str]:
 
 _TABLE_COLUMNS = ("metric", "stratum", "attribute", "group", "label", "query", "value", "ci_low", "ci_high", "n",
                   "n_sources", "control_value", "control_ci_low", "control_ci_high", "called", "verdict", "reason", "note",
-                  "protocol", "k", "desired")
+                  "protocol", "k", "desired", "modality")
 
 
 def headline_table(metrics: pl.DataFrame, max_rows: int | None = None) -> list[dict[str, Any]]:

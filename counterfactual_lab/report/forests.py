@@ -16,6 +16,10 @@ robin over attributes. Each row shows
   probability scales): around no change for a signed gap, above the control for a flip rate or
   a mean |Δ|.
 
+Each modality of ``audit.modalities`` is a family of its own (the ``text`` and ``both`` rows of a
+measure are plotted apart from its ``image`` rows, titled with what changed, and after them at equal
+standing): a plot never mixes pairs whose two sides differ in different things.
+
 Plots are capped (:data:`FIRST_SCREEN_ROWS` rows on the first screen, :data:`MAX_ROWS` below it,
 at most :data:`MAX_FAMILIES` families), so the report's size does not grow with the audit: every
 row is in the metrics table.
@@ -33,8 +37,15 @@ from markupsafe import Markup
 from counterfactual_lab.metrics.counterfactual_fairness import GAP_ABS_SUFFIX, GAP_SIGNED_SUFFIX, PAIR_METRICS
 from counterfactual_lab.metrics.findings import REFERENCE_CONTROL
 from counterfactual_lab.metrics.generative import gap_value_words, is_probe_metric
-from counterfactual_lab.metrics.schema import STRATUM_GENERATED, STRATUM_OBSERVATIONAL, metric_kind, missing
+from counterfactual_lab.metrics.schema import (
+    DEFAULT_MODALITY,
+    STRATUM_GENERATED,
+    STRATUM_OBSERVATIONAL,
+    metric_kind,
+    missing,
+)
 from counterfactual_lab.report.charts import CALLED, CONFOUNDED, IntervalRow, interval_svg
+from counterfactual_lab.report.sentences import MODALITY_WORDS
 
 FIRST_SCREEN_FAMILIES = 3
 FIRST_SCREEN_ROWS = 10
@@ -61,6 +72,7 @@ class Forest:
     shown: int
     called: int
     svg: Markup
+    modality: str = DEFAULT_MODALITY  # what a pair's two sides differ in (metrics/modalities.py)
 
     @property
     def filter(self) -> str:
@@ -140,16 +152,25 @@ def forest_row(row: Mapping[str, Any], manifest_metrics: Mapping[str, Any] | Non
                        zone_low, zone_high, row.get("note"))
 
 
-def family_title(kind: str, query: str | None) -> str:
+def family_title(kind: str, query: str | None, modality: str = DEFAULT_MODALITY) -> str:
+    """The plot's title; a modality other than the image says what changed ("… [text: the same image, …]")."""
     if kind in _TITLES:
-        return _TITLES[kind]
-    words = gap_value_words(kind) or kind
-    what = "mean signed Δ" if _signed(kind) else "mean |Δ|"
-    return f"{words}: {what}" + (f" for '{query}'" if query else "")
+        title = _TITLES[kind]
+    else:
+        words = gap_value_words(kind) or kind
+        what = "mean signed Δ" if _signed(kind) else "mean |Δ|"
+        title = f"{words}: {what}" + (f" for '{query}'" if query else "")
+    return title if modality == DEFAULT_MODALITY else f"{title} [{modality}: {MODALITY_WORDS.get(modality, modality)}]"
 
 
-def _families(findings: pl.DataFrame) -> list[tuple[str, str | None, list[dict[str, Any]]]]:
-    """(kind, prompt, rows in headline order) of every family, those with called or confounded rows first."""
+# A family: (metric kind, a probe gap's prompt, modality, its rows in headline order).
+Family = tuple[str, str | None, str, list[dict[str, Any]]]
+_MODALITY_ORDER = {modality: i for i, modality in enumerate(MODALITY_WORDS)}
+
+
+def _families(findings: pl.DataFrame) -> list[Family]:
+    """Every family (one per kind, prompt and modality, module doc), those with called or confounded rows
+    first; among equals the image's before the text's and both's."""
     if findings.is_empty():
         return []
     kinds = {m: metric_kind(m) for m in findings["metric"].unique().to_list()}
@@ -159,30 +180,32 @@ def _families(findings: pl.DataFrame) -> list[tuple[str, str | None, list[dict[s
         rows = rows.filter(~pl.col("diagnostic").fill_null(False))
     if "phrasing" in rows.columns:  # one phrasing's rows: the pooled row is the comparison (designs section)
         rows = rows.filter(pl.col("phrasing").is_null())
-    grouped: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
+    grouped: dict[tuple[str, str | None, str], list[dict[str, Any]]] = {}
     for row in rows.to_dicts():
         kind = kinds[row["metric"]]
-        grouped.setdefault((kind, row["query"] if is_probe_metric(kind) else None), []).append(row)
+        modality = row.get("modality") or DEFAULT_MODALITY
+        grouped.setdefault((kind, row["query"] if is_probe_metric(kind) else None, modality), []).append(row)
 
-    def order(item: tuple[tuple[str, str | None], list[dict[str, Any]]]) -> tuple:
-        (kind, query), members = item
+    def order(item: tuple[tuple[str, str | None, str], list[dict[str, Any]]]) -> tuple:
+        (kind, query, modality), members = item
         notable = any(r["called"] or r.get("verdict") == CONFOUNDED for r in members)
         rank = list(PAIR_METRICS).index(kind) if kind in PAIR_METRICS else len(PAIR_METRICS)
-        return (not notable, rank, str(query), kind)
+        return (not notable, rank, str(query), kind, _MODALITY_ORDER.get(modality, len(_MODALITY_ORDER)))
 
-    return [(kind, query, members) for (kind, query), members in sorted(grouped.items(), key=order)]
+    return [(kind, query, modality, members) for (kind, query, modality), members in sorted(grouped.items(), key=order)]
 
 
 def forests(findings: pl.DataFrame, manifest_metrics: Mapping[str, Any] | None, max_rows: int,
-            families: Sequence[tuple[str, str | None, list[dict[str, Any]]]] | None = None) -> list[Forest]:
+            families: Sequence[Family] | None = None) -> list[Forest]:
     """Forest plots of every family (at most :data:`MAX_FAMILIES`), ``max_rows`` rows each."""
     out = []
-    for kind, query, members in (families if families is not None else _families(findings))[:MAX_FAMILIES]:
+    for kind, query, modality, members in (families if families is not None else _families(findings))[:MAX_FAMILIES]:
         shown = members[:max_rows]
         svg = interval_svg([forest_row(r, manifest_metrics) for r in shown], reference=0.0 if _signed(kind) else None,
-                           share=kind == "flip_rate", salt=f"{kind}|{query}|{max_rows}")
+                           share=kind == "flip_rate", salt=f"{kind}|{query}|{modality}|{max_rows}")
         called = sum(1 for r in members if r["called"])
-        out.append(Forest(kind, query, family_title(kind, query), len(members), len(shown), called, svg))
+        out.append(Forest(kind, query, family_title(kind, query, modality), len(members), len(shown), called, svg,
+                          modality))
     return out
 
 
@@ -203,6 +226,6 @@ def report_forests(findings: pl.DataFrame, manifest_metrics: Mapping[str, Any] |
     families = every[:MAX_FAMILIES]
     first = forests(findings, manifest_metrics, FIRST_SCREEN_ROWS, families[:FIRST_SCREEN_FAMILIES])
     rest = [family for index, family in enumerate(families)
-            if index >= FIRST_SCREEN_FAMILIES or len(family[2]) > FIRST_SCREEN_ROWS]
+            if index >= FIRST_SCREEN_FAMILIES or len(family[3]) > FIRST_SCREEN_ROWS]
     return ReportForests(first, forests(findings, manifest_metrics, MAX_ROWS, rest), len(every))
 

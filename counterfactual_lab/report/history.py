@@ -25,7 +25,7 @@ from markupsafe import Markup
 
 from counterfactual_lab.errors import UserError
 from counterfactual_lab.metrics.findings import bias_verdict
-from counterfactual_lab.metrics.schema import metric_kind, missing
+from counterfactual_lab.metrics.schema import DEFAULT_MODALITY, ROW_KEY, metric_kind, missing, row_key
 from counterfactual_lab.report.charts import CALLED, CONFOUNDED, TrendPoint, trend_svg
 from counterfactual_lab.report.compare import MODEL_ROLES
 from counterfactual_lab.report.findings import assess_findings
@@ -163,11 +163,12 @@ def run_history(out_uri: str, storage_options: dict[str, Any] | None = None) -> 
 def _notable_series(ticks: list[str], findings: list[pl.DataFrame], breaks: list[int]) -> list[Series]:
     """A series per metric row called or confounded in any run (those called most often first)."""
     # One phrasing's row and each measure of a row are rows of their own (issue 18), never merged.
-    key = ("metric", "stratum", "attribute", "group", "label", "query", "phrasing", "measure")
+    # So is each modality's (issue 18 part A): an image row and a text row of one metric (ROW_KEY).
+    key = ROW_KEY
     counts: dict[tuple, int] = {}
     by_run: list[dict[tuple, dict[str, Any]]] = []
     for frame in findings:
-        rows = {tuple(r.get(c) for c in key): r for r in frame.to_dicts()} if frame.height else {}
+        rows = {row_key(r, key): r for r in frame.to_dicts()} if frame.height else {}
         by_run.append(rows)
         for k, r in rows.items():
             if r["called"] or r.get("verdict") == CONFOUNDED:
@@ -182,7 +183,8 @@ def _notable_series(ticks: list[str], findings: list[pl.DataFrame], breaks: list
             points.append(_point(tick, row, emphasis))
         example = next(rows[k] for rows in by_run if k in rows)
         kind = metric_kind(str(k[0]))
-        name = f"{k[0]}: {row_label(example)}" + (f" · '{k[5]}'" if k[5] else "") + (f" · {k[7]}" if k[7] else "")
+        name = f"{k[0]}: {row_label(example)}" + (f" · '{k[5]}'" if k[5] else "") + (f" · {k[7]}" if k[7] else "") \
+            + (f" · {k[8]}" if k[8] != DEFAULT_MODALITY else "")
         out.append(_series(name, points, breaks, kind == "flip_rate"))
     return out
 

@@ -38,7 +38,9 @@ from counterfactual_lab.report.examples import ImageInliner, examples
 from counterfactual_lab.report.findings import assess_findings, settings_of, verdict_lines
 from counterfactual_lab.report.forests import report_forests
 from counterfactual_lab.report.generative import generative_section
+from counterfactual_lab.report.intersections import intersection_lines
 from counterfactual_lab.report.markdown import models_line
+from counterfactual_lab.report.modalities import modalities_view
 from counterfactual_lab.report.review_summary import review_lines
 from counterfactual_lab.report.sentences import STRATUM_TITLES, number
 from counterfactual_lab.report.summary import summarise
@@ -104,6 +106,8 @@ def render_report(
         table=table,
         table_payload=as_payload(table),
         descriptive=descriptive(findings),
+        modalities=modalities_view(findings),
+        intersections=intersection_lines(metrics, manifest),
         designs=designs_section(findings, metrics),
         diagnostics=_diagnostics(findings),
         generative=generative_section(metrics, predictions, probes, generations, images,

@@ -155,7 +155,9 @@ def _control(row: Mapping[str, Any]) -> str:
     value = row["control_value"]
     text = percent(value) if kind == "flip_rate" else (_signed(value) if kind.endswith(GAP_SIGNED_SUFFIX) else number(value))
     control_n = f"; n={row['control_n']} pairs" if row.get("control_n") is not None else ""
-    return f"the control's {text}{interval(row, _fmt(kind), 'control_')} (same source and value, another seed{control_n})"
+    # A text-modality row's control reads one image with one word (metrics/modalities.py).
+    what = "the same image and word" if row.get("modality") == "text" else "same source and value, another seed"
+    return f"the control's {text}{interval(row, _fmt(kind), 'control_')} ({what}{control_n})"
 
 
 def _adjusted(row: Mapping[str, Any]) -> bool:
@@ -357,6 +359,12 @@ def _descriptive_sentence(row: Mapping[str, Any]) -> str:
     return f"{row['metric']} for {attribute}{f' ({extras})' if extras else ''} is {number(value)}{interval(row)}{images}"
 
 
+# What a pair row of another modality than the image changed (metrics/modalities.py); image rows say nothing more.
+MODALITY_WORDS = {
+    "image": "the image changed, the {person} word kept",
+    "text": "the same image, the {person} word changed",
+    "both": "the image and the {person} word changed",
+}
 def _robustness(row: Mapping[str, Any]) -> str:
     """' It holds in every phrasing (robust).' on a called row of a probe asked in several phrasings."""
     if row.get("robustness") == "robust":
@@ -387,6 +395,9 @@ def _design_sentence(row: Mapping[str, Any]) -> str | None:
 def finding_sentence(row: Mapping[str, Any]) -> str:
     """The sentence of one assessed row (see :func:`assess_findings`)."""
     prefix = _STRATUM_PREFIX.get(row["stratum"], f"{row['stratum']}: ")
+    modality = row.get("modality")
+    if modality and modality != "image":
+        prefix += f"{modality.capitalize()} ({MODALITY_WORDS.get(modality, modality)}): "
     if row.get("diagnostic"):
         return prefix + _diagnostic_sentence(row)
     design = _design_sentence(row)

@@ -15,18 +15,18 @@ from typing import Any
 
 import polars as pl
 
-from counterfactual_lab.metrics.schema import CONTROL_PREFIX, missing
+from counterfactual_lab.metrics.schema import CONTROL_PREFIX, DEFAULT_MODALITY, ROW_KEY, missing
 
 # What a row of metrics.parquet shows, in order; columns a table lacks are left out.
 _METRIC_COLUMNS = ("metric", "stratum", "attribute", "group", "label", "query", "value", "ci_low", "ci_high",
                    "n", "n_sources")
 # The audit designs' columns (issue 18), after the query, where a table has them set.
-_DESIGN_COLUMNS = ("phrasing", "measure")
+_DESIGN_COLUMNS = ("modality", "phrasing", "measure")
 # From the findings: the verdict and what the row is judged against (issue 15's columns when present).
 _DECISION_COLUMNS = ("verdict", "control_value", "min_effect", "reason", "confounded_by", "robustness")
 # What a ranking row was measured against, beside its numbers; then the note (why a value is undefined).
 _TRAILING_COLUMNS = ("protocol", "k", "desired", "note")
-_KEY = ("metric", "stratum", "attribute", "group", "label", "query", "phrasing", "measure")
+_KEY = ROW_KEY
 # Verdicts of the rows findings leave out.
 CONTROL_ROW, REVIEW_ROW = "control", "people's review"
 _FLOAT_DIGITS = 6
@@ -69,7 +69,8 @@ def metrics_table(metrics: pl.DataFrame, findings: pl.DataFrame) -> MetricsTable
             .when(stratum == "review").then(pl.lit(REVIEW_ROW))
             .otherwise(pl.col("verdict")).alias("verdict"))
     wanted = [*_METRIC_COLUMNS[:6], *_DESIGN_COLUMNS, *_METRIC_COLUMNS[6:], *_DECISION_COLUMNS, *_TRAILING_COLUMNS]
-    columns = [c for c in wanted if c in table.columns and (c in _METRIC_COLUMNS or table[c].null_count() < table.height)]
+    columns = [c for c in wanted if c in table.columns and (c in _METRIC_COLUMNS or table[c].null_count() < table.height)
+               and (c != "modality" or (table[c].fill_null(DEFAULT_MODALITY) != DEFAULT_MODALITY).any())]
     rows = [[_json_value(v) for v in row] for row in table.select(columns).iter_rows()]
     value = table["value"].cast(pl.Float64) if "value" in table.columns else None
     undefined = 0 if value is None else int((value.is_null() | value.is_nan()).sum())

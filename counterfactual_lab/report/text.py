@@ -19,7 +19,9 @@ from counterfactual_lab.report.findings import (
     table_cells,
     verdict_lines,
 )
+from counterfactual_lab.report.intersections import intersections_text
 from counterfactual_lab.report.markdown import accounting_lines, models_line
+from counterfactual_lab.report.modalities import modality_lines
 from counterfactual_lab.report.review_summary import review_lines
 from counterfactual_lab.report.sentences import REAL_VS_GENERATED_WARNING
 from counterfactual_lab.report.terminal import printable
@@ -107,6 +109,8 @@ control) and the headline metrics with their intervals and controls."""
         lines.append(f"  {REAL_VS_GENERATED_WARNING}")
     lines += [f"  - {sentence}" for sentence in findings["sentence"].head(8).to_list()]
     lines += _generative_lines(findings)
+    lines += modality_lines(findings)
+    lines += intersections_text(run.metrics, manifest)
     for key, section in design_lines(findings, run.metrics).items():
         lines += ["", f"{SECTION_TITLES[key]}:", *(f"  - {line}" for line in section)]
     lines.append("")
@@ -146,11 +150,15 @@ def _confidence(manifest: dict[str, Any]) -> str:
 
 
 def _aligned_table(rows: list[dict[str, Any]]) -> list[str]:
-    header = ["metric", "stratum", "attribute", "group", "label", "query", "value", "interval", "control", "called", "n"]
+    header = ["metric", "stratum", "attribute", "group", "label", "query", "modality", "value", "interval", "control",
+              "called", "n"]
+    # The modality column only where the run read pairs in more than the image (audit.modalities).
+    modalities = any(row.get("modality") not in (None, "image") for row in rows)
     body = []
     for row in rows:
         cells = table_cells(row)
         values = [row["metric"], row["stratum"], row["attribute"], row["group"], row["label"], row["query"],
+                  row.get("modality") if modalities else None,
                   cells["value"], cells["interval"], cells["control"], cells["called"], row["n"]]
         body.append(["" if c is None else str(c) for c in values])
     # Drop columns that are empty in every row (e.g. query for a run without retrieval metrics).

@@ -46,6 +46,8 @@ def world_audit_config(
     adaptive: bool | None = None,
     negative_controls: list[str] | None = None,
     min_group_size: int | None = None,
+    prompt: str | None = None,
+    modalities: list[str] | None = None,
 ) -> dict[str, Any]:
     """The config (a plain dict, as YAML would load it) auditing ``audit_model`` on one world.
 
@@ -53,8 +55,9 @@ def world_audit_config(
     the old real-vs-generated design when false); ``None`` leaves the key out, for a code
     base that does not have it yet. ``params``: the editor's ``generation.params`` (the bench's
     arms: ``artifact_per_target``, ``confound_*``, ``cast_std``, ``noise_std``);
-    ``seeds_per_target``/``keep_per_target``/``adaptive``: sets per source; ``negative_controls``
-    and ``min_group_size``: ``audit.*`` (None: the defaults).
+    ``seeds_per_target``/``keep_per_target``/``adaptive``: sets per source; ``negative_controls``,
+    ``min_group_size``, ``prompt`` (the label prompt; the text-side arm's has ``{person}``) and
+    ``modalities``: ``audit.*`` (None: the defaults).
     """
     generation: dict[str, Any] = {
         "method": PLANTED_METHOD, "model": PLANTED_METHOD, "seed": 0, "seeds_per_target": seeds_per_target,
@@ -67,7 +70,7 @@ def world_audit_config(
     audit: dict[str, Any] = {
         "model": str(audit_model),
         "labels": list(LABELS),
-        "prompt": DEFAULT_PROMPT,
+        "prompt": prompt or DEFAULT_PROMPT,
         "queries": [DEFAULT_PROMPT.format(label=LABELS[0])],
         "bootstrap_samples": bootstrap_samples,
     }
@@ -75,6 +78,8 @@ def world_audit_config(
         audit["negative_controls"] = list(negative_controls)
     if min_group_size is not None:
         audit["min_group_size"] = min_group_size
+    if modalities is not None:
+        audit["modalities"] = list(modalities)
     return {
         "dataset": {"uri": str(dataset_dir), "name": name},
         "attributes": {ATTRIBUTE: sorted(FEATURE_COLOURS[ATTRIBUTE])},

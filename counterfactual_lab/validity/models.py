@@ -61,6 +61,7 @@ import torch
 
 from counterfactual_lab.demo.tiny_parts import build_tiny_tokenizer
 from counterfactual_lab.generation.planted import feature_box
+from counterfactual_lab.plan.person_words import NEUTRAL_PERSON
 from counterfactual_lab.validity.world import IMAGE_SIZE, LABELS, PATCH_SIZE
 
 VISION_HIDDEN = 16
@@ -85,12 +86,23 @@ BIASED_BADGE_LOGIT = -1.1  # badge reads −0.28 male / +0.28 female: male raise
 # bench's "weak" arm, which a noise band around the control used to miss.
 WEAK_BADGE_LOGIT = -0.3
 BIASED_LABEL = LABELS[0]  # the label whose probability the planted bias moves ("doctor")
+TEXT_SIDE_NAME = "text-side"
+# The label prompt of the text-side arm: the person word of the row's gender before the label.
+PERSON_PROMPT = "a photo of a {person} {label}"
+PERSON_WORDS = ("man", "woman")  # (the word that raises P(doctor), the one that lowers it)
+TEXT_SIDE_SHIFT = 0.004  # female→male ≈ +0.10 in P(doctor), about the biased model's image-side effect
 WORLD_MODEL_FILE = "world_model.json"
 
 
 @dataclass(frozen=True)
 class WorldModelSpec:
-    """The logit weights one world model is built with (see the module docstring's formula)."""
+    """The logit weights one world model is built with (see the module docstring's formula).
+
+    ``person_shift``: how far the prompt's person word moves the label prompts along the label
+    direction (the text-side bias: ``person_words[0]`` by −shift, ``person_words[1]`` by +shift);
+    ``prompt``: the label prompt the text tower is calibrated on (its ``{person}``, if any, read as
+    the neutral "person", which moves nothing).
+    """
 
     name: str
     tint_logit: float = 12.0
@@ -99,12 +111,17 @@ class WorldModelSpec:
     bias_logit: float = 0.0
     labels: tuple[str, str] = LABELS
     prompt: str = DEFAULT_PROMPT
+    person_shift: float = 0.0
+    person_words: tuple[str, str] = PERSON_WORDS
 
 
 FAIR = WorldModelSpec(FAIR_NAME)
 BIASED = WorldModelSpec(BIASED_NAME, badge_logit=BIASED_BADGE_LOGIT)
 WEAK = WorldModelSpec(WEAK_NAME, badge_logit=WEAK_BADGE_LOGIT)
-WORLD_MODELS = (FAIR, BIASED, WEAK)
+# Fair on the image (it never reads the badge), biased in the text: the label prompt's person word
+# moves P(doctor), "man" up and "woman" down (the bench's text_side arm).
+TEXT_SIDE = WorldModelSpec(TEXT_SIDE_NAME, prompt=PERSON_PROMPT, person_shift=TEXT_SIDE_SHIFT)
+WORLD_MODELS = (FAIR, BIASED, WEAK, TEXT_SIDE)
 
 
 def readings(pixels) -> tuple[float, float, float]:
@@ -252,19 +269,34 @@ def _set_text(model, spec: WorldModelSpec, tokenizer) -> None:
         for token, sign in zip(label_ids, (1.0, -1.0)):
             tokens[token, _T_LABEL] = sign * TEXT_LABEL
             tokens[token, _T_LABEL + 1] = -sign * TEXT_LABEL
+        for token, sign in _person_tokens(tokenizer, spec) if spec.person_shift else ():
+            tokens[token, _T_LABEL] = sign * spec.person_shift * TEXT_LABEL
+            tokens[token, _T_LABEL + 1] = -sign * spec.person_shift * TEXT_LABEL
         for channel in (_T_LABEL, _T_LABEL + 1):
             layer.self_attn.v_proj.weight[channel, channel] = 1.0
             layer.self_attn.out_proj.weight[channel, channel] = 1.0
         model.text_projection.weight[0, _T_CONST] = 1.0
         model.text_projection.weight[1, _T_LABEL] = 1.0
     # One measurement of the built text tower sets the L gain so that sin φ = TEXT_SIN.
-    prompts = [spec.prompt.format(label=label) for label in spec.labels]
+    prompts = [spec.prompt.format(label=label, person=NEUTRAL_PERSON) for label in spec.labels]
     with torch.no_grad():
         inputs = tokenizer(prompts, padding=True, return_tensors="pt")
         output = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         embeddings = output if isinstance(output, torch.Tensor) else output.pooler_output
         ratio = float(embeddings[0, 1] / embeddings[0, 0])
         model.text_projection.weight[1, _T_LABEL] = math.tan(math.asin(TEXT_SIN)) / ratio
+
+
+def _person_tokens(tokenizer, spec: WorldModelSpec) -> list[tuple[int, float]]:
+    """(token id, sign) of the person words' own tokens: the first word's −1, the second's +1 (a
+    token both words share, such as "an" of "man" and "woman", moves nothing)."""
+    ids = [tokenizer(word, add_special_tokens=False)["input_ids"] for word in spec.person_words]
+    shared = set(ids[0]) & set(ids[1])
+    labels = {i for label in spec.labels for i in tokenizer(label, add_special_tokens=False)["input_ids"]}
+    own = [[t for t in word if t not in shared] for word in ids]
+    if not all(own) or labels & {t for word in own for t in word}:
+        raise ValueError(f"the person words {spec.person_words} need tokens of their own in the offline tokenizer")
+    return [(t, -1.0) for t in own[0]] + [(t, 1.0) for t in own[1]]
 
 
 def make_world_model(spec: WorldModelSpec, directory: str | Path):

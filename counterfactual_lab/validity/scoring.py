@@ -12,10 +12,15 @@ boolean ``called`` and a ``verdict``). Per run:
   of stratum ``generated`` for the biased label and transition (``group`` = "source→target");
 * ``covered``: that metric row's 95% interval [ci_low, ci_high] contains the planted effect.
 
+For a run that reads its pairs in several modalities (``audit.modalities``; the text-side arm),
+:func:`score_modalities` adds ``text_called`` (the planted row of the ``text`` modality called with
+the truth's sign) and ``image_called`` (any finding of the ``image`` modality called).
+
 Over runs (:func:`arm_figures`), shares of runs: ``false_positive_rate`` (any row called),
 ``power`` (found), ``coverage`` (covered; a run whose row is missing or undefined counts as
 neither found nor covered), ``confounded_rate`` (any row confounded; in the confound arm: run
-verdict ``confounded``) and ``finding_rate`` (run verdict ``finding``).
+verdict ``confounded``), ``finding_rate`` (run verdict ``finding``), ``text_called_rate`` and
+``image_called_rate``.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ class RunVerdict:
     n: int | None = None
     n_sources: int | None = None
     note: str | None = None
+    text_called: bool | None = None  # score_modalities: the planted row of the text modality, called
+    image_called: bool | None = None  # ... any finding of the image modality called
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,6 +136,24 @@ def score_run(
     return verdict
 
 
+def score_modalities(
+    verdict: RunVerdict, findings: pl.DataFrame, *, sign: float = 1.0, attribute: str = "gender", label: str = "doctor",
+    transition: str = "female→male",
+) -> RunVerdict:
+    """``verdict`` with ``text_called`` (the planted row — ``prob_gap_signed``, stratum generated,
+    ``label``, ``transition`` — of the ``text`` modality called with the sign ``sign``) and
+    ``image_called`` (any called finding of the ``image`` modality; a table without modalities is all image)."""
+    _require(findings, (*KEY_COLUMNS, "called", "value"), "the findings table (assess_findings)")
+    modality = pl.col("modality").fill_null("image") if "modality" in findings.columns else pl.lit("image")
+    called = findings.filter(pl.col("called").fill_null(False))
+    verdict.image_called = called.filter(modality == "image").height > 0
+    planted = _select(findings, metric=PLANTED_METRIC, stratum=FINDINGS_STRATUM, attribute=attribute, label=label,
+                      group=transition).filter(modality == "text")
+    verdict.text_called = bool(planted.height == 1 and planted["called"].fill_null(False)[0]
+                               and _finite(planted["value"][0]) and np.sign(planted["value"][0]) == np.sign(sign))
+    return verdict
+
+
 def _share(flags: list[bool | None]) -> float | None:
     return round(sum(bool(f) for f in flags) / len(flags), 4) if flags else None
 
@@ -148,6 +173,7 @@ ARM_FIGURES = {
     "confound": ("finding_rate", "confounded_rate"),
     "clusters": ("coverage", "cluster_to_row_width"),
     "few": ("coverage",),
+    "text_side": ("text_called_rate", "image_called_rate"),
 }
 # Each arm's targets: (figure, "<=" or ">=", bound).
 TARGETS = {
@@ -158,6 +184,7 @@ TARGETS = {
     "confound": [("finding_rate", "<=", 0.1), ("confounded_rate", ">=", 0.9)],
     "clusters": [("coverage", ">=", 0.9)],
     "few": [("coverage", ">=", 0.9)],
+    "text_side": [("text_called_rate", ">=", 0.9), ("image_called_rate", "<=", 0.1)],
 }
 
 
@@ -176,6 +203,8 @@ def arm_figures(arm: str, verdicts: list[RunVerdict], *, planted_effect: float |
         "planted_effect": lambda: None if planted_effect is None else round(planted_effect, 5),
         "comparisons": lambda: min((v.comparisons for v in verdicts if v.comparisons is not None), default=None),
         "cluster_to_row_width": lambda: round(float(np.mean(width_ratios)), 3) if width_ratios else None,
+        "text_called_rate": lambda: _share([v.text_called for v in verdicts]),
+        "image_called_rate": lambda: _share([v.image_called for v in verdicts]),
     }
     return {"runs": len(verdicts), **{name: values[name]() for name in ARM_FIGURES[arm]}}
 

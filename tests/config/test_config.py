@@ -328,7 +328,7 @@ def test_the_demo_config_passes(tmp_path):
 @pytest.mark.parametrize("audit, expected", [
     ("{phrasings: {'Is it a doctor?': ['x']}}", "audit.phrasings: 'Is it a doctor?' is not a configured prompt"),
     ("{phrasings: {'a photo of a {label}': ['a photo']}}", "audit: 'a photo' must contain {label}"),
-    ("{kind: vlm, yes_no: ['Q?'], phrasings: {'Q?': ['R? {person}']}}", "audit: 'R? {person}' uses {person}"),
+    ("{kind: vlm, yes_no: ['Q?'], phrasings: {'Q?': ['R? {who}']}}", "audit: 'R? {who}' uses {who}"),
     ("{kind: vlm, yes_no: ['Q?', 'R?'], phrasings: {'Q?': ['R?']}}", "audit.phrasings: 'R?' is listed twice"),
     ("{kind: vlm, yes_no: ['Q?'], unclear_option: unclear}", "audit: 'Q?' does not offer unclear_option 'unclear'"),
     ("{kind: vlm, yes_no: ['Q? yes, no or unclear'], phrasings: {'Q? yes, no or unclear': ['R?']}, unclear_option: true}",
@@ -344,6 +344,16 @@ def test_phrasings_and_the_unclear_option_are_checked_in_one_line(tmp_path, audi
     with pytest.raises(ConfigError) as exc:
         AuditConfig.from_yaml(path)
     assert expected in one_line(exc), one_line(exc)
+
+
+def test_a_phrasing_may_say_who_is_pictured_like_its_prompt(tmp_path):
+    """{person} (audit.modalities) is allowed in a probe and so in its other phrasings, which are then
+    asked per person word like any template with it."""
+    path = write(tmp_path, "dataset: {uri: ./d}\naudit: {kind: vlm, yes_no: ['Is the {person} a doctor?'], "
+                           "phrasings: {'Is the {person} a doctor?': ['Would you say this {person} is a doctor?', 'Q?']}, "
+                           "modalities: [image, text]}\n")
+    audit = AuditConfig.from_yaml(path).audit
+    assert audit.person_templates() == ["Is the {person} a doctor?", "Would you say this {person} is a doctor?"]
 
 
 def test_the_full_demo_config_passes(tmp_path):

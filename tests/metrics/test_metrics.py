@@ -50,11 +50,13 @@ def test_control_pairs_are_the_control_beside_each_kept_set_of_its_source():
 def test_generated_stratum_rows_by_hand():
     metrics = compute_metrics(generated_predictions(), pl.DataFrame(), pl.DataFrame(), AUDIT, {"gender": ["female", "male"]})
     assert metrics.columns == list(METRICS_SCHEMA)
-    # The shared contract's columns in its order, then the error-control ones, the decision's inputs, the ranking ones.
+    # The shared contract's columns in its order, then the error-control ones, the decision's inputs, the ranking ones,
+    # the modality.
     assert metrics.columns == ["metric", "stratum", "attribute", "group", "label", "query", "value", "ci_low", "ci_high", "n",
                                "n_sources", "skipped_resamples", "note", "ci_low_adjusted", "ci_high_adjusted",
                                "confidence_adjusted", "comparisons", "p_value", "p_adjusted", "in_family", "min_effect",
-                               "se", "interval_method", "protocol", "k", "desired", "phrasing", "measure"]
+                               "se", "interval_method", "protocol", "k", "desired", "modality", "phrasing", "measure"]
+    assert set(metrics["modality"]) == {"image"}
     flips = one(metrics, "flip_rate", stratum="generated", group=None)
     assert (flips["value"], flips["n"], flips["n_sources"], flips["skipped_resamples"]) == (pytest.approx(0.25), 4, 4, 0)
     assert flips["ci_low"] <= 0.25 <= flips["ci_high"]

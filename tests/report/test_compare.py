@@ -16,7 +16,7 @@ from counterfactual_lab.config.audit_config import AuditSection
 from counterfactual_lab.errors import UserError
 from counterfactual_lab.flows.cli import EXIT_OK, EXIT_USAGE, main
 from counterfactual_lab.metrics.table import compute_metrics
-from counterfactual_lab.report.compare import APPEARED, CHANGED, ONLY_B, comparability, compare_runs
+from counterfactual_lab.report.compare import APPEARED, CHANGED, ONLY_A, ONLY_B, comparability, compare_runs
 from counterfactual_lab.report.differences import PairedDifferences, seed_allowance, shift_allowance
 from counterfactual_lab.report.findings import assess_findings
 from counterfactual_lab.report.history import run_history
@@ -72,9 +72,10 @@ def manifest(run_id: str, model: str = "sha256:fair", fingerprint: str = "f00d",
     }
 
 
-def publish(out: Path | str, run_id: str, predictions: pl.DataFrame, **manifest_fields) -> str:
+def publish(out: Path | str, run_id: str, predictions: pl.DataFrame, edit_metrics=None, **manifest_fields) -> str:
     publisher = RunPublisher(str(out), run_id, "sample")
     metrics = compute_metrics(predictions, pl.DataFrame(), pl.DataFrame(), AUDIT, VALUES, design="generated")
+    metrics = edit_metrics(metrics) if edit_metrics is not None else metrics
     tables = {"predictions": publisher.write_table("predictions", predictions), "metrics": publisher.write_table("metrics", metrics)}
     publisher.write_manifest({**manifest(run_id, **manifest_fields), "tables": tables})
     return publisher.run_uri
@@ -145,6 +146,42 @@ def test_every_row_is_compared_on_its_own_key_and_a_synthetic_shift_only_beyond_
     rated = {"metric": "synthetic_shift", "measure": "rating_gap_signed"}
     assert shift_allowance(rated, rated, scales, scales) == 0.04
     assert shift_allowance(shifted, shifted, {}, {}) == 0.0, "a manifest without min_effect allows nothing"
+
+
+def with_text_rows(shift: float):
+    """The image's pair rows again as ``text`` modality rows (their controls too), the text's gaps moved
+    by ``shift``: a run that measured two modalities whose rows differ only in ``modality``."""
+    def edit(metrics: pl.DataFrame) -> pl.DataFrame:
+        pairs = metrics.filter(pl.col("metric").str.contains("flip_rate|prob_gap") & (pl.col("stratum") == "generated"))
+        moved = pl.when(pl.col("metric").str.starts_with("control_")).then(0.0).otherwise(shift)
+        text = pairs.with_columns(pl.lit("text").alias("modality"),
+                                  *[(pl.col(c) + moved).alias(c) for c in ("value", "ci_low", "ci_high", "ci_low_adjusted",
+                                                                           "ci_high_adjusted")])
+        return pl.concat([metrics, text])
+    return edit
+
+
+def test_an_image_row_and_a_text_row_of_one_metric_are_compared_each_with_its_own(tmp_path):
+    """Rows that differ only in ``modality`` (issue 18) are two rows: neither overwrites the other in
+    ``cflab compare`` or ``--history``, a change of the text's gap is listed as the text's, and a run
+    from before the column existed matches the image's rows."""
+    a = publish(tmp_path, "two-a", pool(seed=0), with_text_rows(0.0))
+    b = publish(tmp_path, "two-b", pool(seed=0), with_text_rows(-0.3), day=2)
+    findings = assess_findings(read_run(a).metrics)
+    assert set(findings["modality"]) == {"image", "text"}
+    assert compare_runs(a, a).compared == findings.filter(pl.col("value").is_not_null()).height, "every row, both modalities"
+    changes = compare_runs(a, b).changes
+    assert changes and {c.key["modality"] for c in changes} == {"text"}, [c.label for c in changes]
+    moved = next(c for c in changes if c.key["metric"] == "prob_gap_signed" and c.key["group"] == "male→female"
+                 and c.key["label"] == "doctor")
+    assert moved.label.endswith("(text modality)") and moved.difference.value == pytest.approx(-0.3)
+    assert moved.difference.rule != "paired", "the predictions' scores are the image's readings, not the text's"
+    legacy = publish(tmp_path / "old", "legacy", pool(seed=0), lambda m: m.drop("modality"))
+    plain = publish(tmp_path / "new", "plain", pool(seed=0), day=2)
+    assert not {c.change for c in compare_runs(legacy, plain).changes} & {ONLY_A, ONLY_B}, "a missing modality is the image's"
+    names = [s.name for s in run_history(str(tmp_path)).series]
+    text = [n for n in names if n.startswith("prob_gap_signed: gender male→female · doctor") and n.endswith("· text")]
+    assert text, names
 
 
 def test_comparability_names_each_difference_that_matters(runs):

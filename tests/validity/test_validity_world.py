@@ -431,11 +431,50 @@ def test_arm_figures_are_shares_of_runs_with_exactly_the_keys_of_each_arm():
     assert arm_figures("weak", runs, planted_effect=0.032512) == {"runs": 4, "power": 0.5, "planted_effect": 0.03251,
                                                                    "comparisons": 105}
     assert arm_figures("clusters", runs, width_ratios=[1.5, 2.0]) == {"runs": 4, "coverage": 0.5, "cluster_to_row_width": 1.75}
-    assert set(ARM_FIGURES) == {"null", "default", "weak", "noisy", "confound", "clusters", "few"}
+    assert set(ARM_FIGURES) == {"null", "default", "weak", "noisy", "confound", "clusters", "few", "text_side"}
+    runs[0].text_called, runs[0].image_called = True, False
+    runs[1].text_called, runs[1].image_called = True, True
+    assert arm_figures("text_side", runs[:2]) == {"runs": 2, "text_called_rate": 1.0, "image_called_rate": 0.5}
+    assert missed_targets("text_side", {"text_called_rate": 0.85, "image_called_rate": 0.1}) == [
+        "text_side.text_called_rate = 0.85 (target >= 0.9)"]
     assert missed_targets("default", arm_figures("default", runs)) == [
         "default.power = 0.5 (target >= 0.95)", "default.coverage = 0.5 (target >= 0.93)",
         "default.confounded_rate = 0.5 (target <= 0.1)"]
     assert missed_targets("weak", {"power": 0.9, "comparisons": 99}) == ["weak.comparisons = 99 (target >= 100)"]
+
+
+def test_score_modalities_reads_the_planted_row_in_the_text_and_any_call_in_the_image():
+    from counterfactual_lab.validity.scoring import RunVerdict, score_modalities
+
+    def findings(text_value: float, text_called: bool, image_called: bool) -> pl.DataFrame:
+        base = {"metric": "prob_gap_signed", "stratum": "generated", "attribute": "gender", "group": "female→male",
+                "label": "doctor"}
+        return pl.DataFrame([{**base, "modality": "text", "value": text_value, "called": text_called},
+                             {**base, "modality": "image", "value": 0.001, "called": False},
+                             {**base, "metric": "flip_rate", "label": None, "modality": "image", "value": 0.2,
+                              "called": image_called}])
+
+    scored = score_modalities(RunVerdict(any_called=True), findings(0.1, True, False))
+    assert (scored.text_called, scored.image_called) == (True, False)
+    assert score_modalities(RunVerdict(any_called=True), findings(-0.1, True, False)).text_called is False  # wrong sign
+    assert score_modalities(RunVerdict(any_called=True), findings(0.1, False, True)).to_dict()["image_called"] is True
+
+
+def test_the_text_side_model_reads_the_person_word_and_not_the_badge(embedders, pair_images):
+    from counterfactual_lab.validity.models import PERSON_PROMPT, TEXT_SIDE_NAME
+    from counterfactual_lab.validity.world import LABELS
+
+    embedder = embedders[TEXT_SIDE_NAME]
+
+    def doctor(images, word):
+        texts = embedder.embed_texts([PERSON_PROMPT.format(person=word, label=label) for label in LABELS])
+        return embedder.zero_shot(embedder.embed_images(list(images)), texts)[:, 0]
+
+    reconstructions = pair_images["reconstruction"]
+    text = doctor(reconstructions, "man") - doctor(reconstructions, "woman")
+    assert 0.05 < text.mean() < 0.2 and (text > 0).all()  # "man" raises P(doctor) on every image
+    image = doctor(pair_images["counterfactual"], "woman") - doctor(reconstructions, "woman")
+    assert np.abs(image).max() < 1e-6  # the badge changed, the answer did not
 
 
 # ---- one tiny world through the real audit flow -------------------------------------------------
@@ -531,7 +570,7 @@ def test_the_validity_bench_runs_quick(tmp_path):
         "null": {"runs", "false_positive_rate"}, "default": {"runs", "power", "coverage", "confounded_rate"},
         "weak": {"runs", "power", "planted_effect", "comparisons"}, "noisy": {"runs", "power"},
         "confound": {"runs", "finding_rate", "confounded_rate"}, "clusters": {"runs", "coverage", "cluster_to_row_width"},
-        "few": {"runs", "coverage"},
+        "few": {"runs", "coverage"}, "text_side": {"runs", "text_called_rate", "image_called_rate"},
     }
     assert all(figures["runs"] == 1 for figures in result["arms"].values())
     assert result["arms"]["weak"]["comparisons"] >= 100 and result["arms"]["clusters"]["cluster_to_row_width"] > 1

@@ -32,6 +32,11 @@ Frames (their schemas below; ``run_id`` and ``dataset`` are added when published
   scores of :mod:`.text_scores` added (``refusal``, ``words``, ``lexicon_<category>``), published
   as ``generations.parquet``;
 * ``retrieval`` (contrastive only): ``query, id, content_key, score``.
+
+Where the pool has person-word readings (a template with ``{person}``,
+:mod:`counterfactual_lab.evaluate.readings`), each answer is per (image, word): ``probes`` and
+``generations`` gain a ``person`` column (the word; a template without ``{person}`` is asked once
+per image and its answer stands for every word), and ``choice`` joins back on both.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ from typing import Any, Protocol
 
 import polars as pl
 
+# The person word an answer was asked with (a template with {person}; counterfactual_lab/evaluate/readings.py):
+# a column of the probes and generations frames then, null for a template without it.
+PERSON = "person"
 PROBE_CHOICE = "choice"
 PROBE_YES_NO = "yes_no"
 PROBE_RATING = "rating"
@@ -141,13 +149,17 @@ class AuditeeAnswers:
         if not parts:
             raise ValueError("no answers to concatenate")
         counted = [p.counts for p in parts if p.counts is not None]
+        probes = pl.concat([p.probes for p in parts], how="diagonal_relaxed")
+        generations = pl.concat([p.generations for p in parts], how="diagonal_relaxed")
+        # An answer is one per (image, person word) where a template has {person} (evaluate/readings.py).
+        person = [PERSON] if PERSON in probes.columns else []
         return AuditeeAnswers(
             predictions=pl.concat([p.predictions for p in parts], how="diagonal_relaxed"),
             retrieval=pl.concat([p.retrieval for p in parts], how="diagonal_relaxed"),
-            probes=pl.concat([p.probes for p in parts], how="diagonal_relaxed").unique(
-                subset=["content_key", "probe", "prompt"], keep="first", maintain_order=True),
-            generations=pl.concat([p.generations for p in parts], how="diagonal_relaxed").unique(
-                subset=["content_key", "prompt", "sample"], keep="first", maintain_order=True),
+            probes=probes.unique(subset=["content_key", "probe", "prompt", *person], keep="first", maintain_order=True),
+            generations=generations.unique(
+                subset=["content_key", "prompt", "sample", *([PERSON] if PERSON in generations.columns else [])],
+                keep="first", maintain_order=True),
             counts={k: sum(c.get(k, 0) for c in counted) for k in ("computed", "cached", "objects_written")}
             if counted else None,
             cache_shards={k: v for p in parts for k, v in p.cache_shards.items()},

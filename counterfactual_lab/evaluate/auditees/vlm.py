@@ -10,9 +10,11 @@ classifier (``audit.toxicity_model``), the sentiment classifier (``audit.sentime
 text embedder (``audit.text_embedder``). Every prompt is asked in each of its phrasings
 (``audit.phrasings``): the choice prompt's phrasing k ≥ 1 fills ``score_<label>@k``, ``top1@k`` (and
 ``unclear@k``), the other probes' rows carry the phrasing as their ``prompt``. The yes/no and choice
-probes offer ``audit.unclear_option`` when it is set. Every answer goes through the output store's cache:
-one view of it per call (:meth:`AnswerCache.view` over the call's images and the shards the caller
-says may hold their answers), whose new answers are written as one shard at the end.
+probes offer ``audit.unclear_option`` when it is set. A template with ``{person}`` is asked once per
+person word its images need (:mod:`counterfactual_lab.evaluate.readings`), the word filled in. Every
+answer goes through the output store's cache: one view of it per call (:meth:`AnswerCache.view` over
+the call's images and the shards the caller says may hold their answers), whose new answers are
+written as one shard at the end.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from typing import Any
 import polars as pl
 
 from counterfactual_lab.config.audit_config import AuditSection
+from counterfactual_lab.config.templates import uses_person
 from counterfactual_lab.evaluate.auditees import probes
 from counterfactual_lab.evaluate.auditees.answer_cache import AnswerCache, CallCounts
 from counterfactual_lab.evaluate.auditees.generative import GenerativeRunner
 from counterfactual_lab.evaluate.auditees.interface import (
     GENERATIONS_SCHEMA,
+    PERSON,
     PROBE_NEGATIVE_CONTROL,
     PROBE_SENTIMENT,
     PROBE_TEXT_EMBEDDING,
@@ -39,6 +43,8 @@ from counterfactual_lab.evaluate.auditees.kinds import resolved_negative_control
 from counterfactual_lab.evaluate.auditees.loading import LoadedModel
 from counterfactual_lab.evaluate.auditees.prompts import resolve_format
 from counterfactual_lab.evaluate.pool import phrased_column
+from counterfactual_lab.evaluate.readings import PERSON_COLUMN
+from counterfactual_lab.plan.person_words import fill_person
 
 
 def answers_per_image(audit: AuditSection) -> int:
@@ -88,35 +94,39 @@ class GenerativeAuditee:
         """``cache_shards``: the answer shards that may hold these images' answers (the flow's index
         lookup); None: looked up in the cache's index here."""
         audit = self.audit
-        images = ProbeImages.from_pool(pool, load_image)
         counts = CallCounts()
+        images = ProbeImages.from_pool(pool, load_image)
         cache = self.cache.view(subjects=images.content_keys, shards=cache_shards, counts=counts) if self.cache else None
         session = probes.ProbeSession(self.runner, self.prompt_format, self.model_key, cache, counts)
+        asked = _PersonReadings(pool, load_image)
         predictions = pool
         if audit.choice_prompt is not None:
             for k, phrasing in enumerate(audit.phrasings_of(audit.choice_prompt)):
-                choice = probes.choice(session, images, phrasing, audit.labels, audit.unclear_option)
-                choice = choice.rename({c: phrased_column(c, k) for c in choice.columns if c != "content_key"})
-                predictions = predictions.join(choice, on="content_key", how="left")
+                choice = asked.each([phrasing], lambda images, prompts: probes.choice(
+                    session, images, prompts[0], audit.labels, audit.unclear_option)).drop("prompt", strict=False)
+                choice = choice.rename({c: phrased_column(c, k) for c in choice.columns if c not in asked.keys})
+                predictions = predictions.join(choice, on=asked.keys, how="left", nulls_equal=True)
                 if k == 0:  # no image-caption similarity here
                     predictions = predictions.with_columns(pl.lit(None, dtype=pl.Float64).alias("caption_similarity"))
         questions = [p for q in audit.yes_no for p in audit.phrasings_of(q)]
-        answered = [probes.yes_no(session, images, questions, audit.unclear_option)] if questions else []
+        answered = [asked.each(questions, lambda images, prompts: probes.yes_no(
+            session, images, prompts, audit.unclear_option))] if questions else []
         controls = resolved_negative_controls(audit, self.kind)
         if controls:  # asked as yes/no questions (the same cache), measured as diagnostics
-            answered.append(probes.yes_no(session, images, controls).with_columns(
-                pl.lit(PROBE_NEGATIVE_CONTROL).alias("probe")))
+            answered.append(asked.each(controls, lambda images, prompts: probes.yes_no(session, images, prompts))
+                            .with_columns(pl.lit(PROBE_NEGATIVE_CONTROL).alias("probe")))
         if audit.ratings:
             rated = [p for q in audit.ratings for p in audit.phrasings_of(q)]
-            answered.append(probes.ratings(session, images, rated, audit.rating_scale))
-        probe_rows = pl.concat(answered) if answered else pl.DataFrame(schema=PROBES_SCHEMA)
-        generations = pl.DataFrame(schema=GENERATIONS_SCHEMA)
+            answered.append(asked.each(rated, lambda images, prompts: probes.ratings(
+                session, images, prompts, audit.rating_scale)))
+        probe_rows = pl.concat(answered, how="diagonal_relaxed") if answered else asked.empty(PROBES_SCHEMA)
+        generations = asked.empty(GENERATIONS_SCHEMA)
         decoding = audit.generate
         if decoding.prompts:
-            made = probes.generate(
-                session, images, [p for q in decoding.prompts for p in audit.phrasings_of(q)], samples=decoding.samples,
-                temperature=decoding.temperature, max_new_tokens=decoding.max_new_tokens, seed=decoding.seed,
-            )
+            made = asked.each([p for q in decoding.prompts for p in audit.phrasings_of(q)],
+                              lambda images, prompts: probes.generate(
+                session, images, prompts, samples=decoding.samples, temperature=decoding.temperature,
+                max_new_tokens=decoding.max_new_tokens, seed=decoding.seed))
             texts = made["text"].to_list()
             scores = (
                 probes.toxicity(texts, self.toxicity, self.toxicity_key, cache, counts, audit.batch_size)
@@ -136,3 +146,41 @@ class GenerativeAuditee:
             cache.flush()
         return AuditeeAnswers(predictions=predictions, probes=probe_rows, generations=generations, counts=counts.as_dict(),
                               cache_shards=dict(cache.written) if cache is not None else {})
+
+
+class _PersonReadings:
+    """How one chunk's images are asked: per image, or per (image, person word) where the pool has
+    readings (:mod:`counterfactual_lab.evaluate.readings`) and the template has ``{person}``."""
+
+    def __init__(self, pool: pl.DataFrame, load_image: Callable[[str], Any]) -> None:
+        self.pool = pool
+        self.load_image = load_image
+        self.readings = PERSON_COLUMN in pool.columns
+        self.keys = ["content_key", PERSON] if self.readings else ["content_key"]
+
+    def empty(self, schema: dict[str, Any]) -> pl.DataFrame:
+        return pl.DataFrame(schema={**schema, **({PERSON: pl.String} if self.readings else {})})
+
+    def each(self, templates: list[str], ask: Callable[[ProbeImages, list[str]], pl.DataFrame]) -> pl.DataFrame:
+        """``ask(images, prompts)``: once for the templates without ``{person}`` (their answers stand for
+        every word an image is asked with), once per word for those with it (the prompts filled; the
+        answers' ``prompt`` is the template again); keyed by :attr:`keys`."""
+        everyone = ProbeImages.from_pool(self.pool, self.load_image)
+        if not self.readings:
+            return ask(everyone, list(templates))
+        plain = [t for t in templates if not uses_person(t)]
+        personal = [t for t in templates if uses_person(t)]
+        parts = []
+        if plain:
+            words = self.pool.select("content_key", pl.col(PERSON_COLUMN).alias(PERSON)).unique(maintain_order=True)
+            parts.append(ask(everyone, plain).join(words, on="content_key", how="inner", maintain_order="left"))
+        for word in self.pool[PERSON_COLUMN].unique(maintain_order=True).to_list() if personal else []:
+            rows = self.pool.filter(pl.col(PERSON_COLUMN).eq_missing(word))
+            filled = {fill_person(t, word): t for t in personal}
+            answers = ask(ProbeImages.from_pool(rows, self.load_image), list(filled))
+            if "prompt" in answers.columns:
+                answers = answers.with_columns(pl.col("prompt").replace_strict(filled, default=pl.col("prompt")))
+            else:  # the choice probe: one template, no prompt column
+                answers = answers.with_columns(pl.lit(personal[0]).alias("prompt"))
+            parts.append(answers.with_columns(pl.lit(word, dtype=pl.String).alias(PERSON)))
+        return pl.concat(parts, how="diagonal_relaxed")
