@@ -248,7 +248,7 @@ def main() -> None:
         expected = np.array([base_yes[order[p] * len(uris) + int(k[3:])] for p, k in ours_yes.select("prompt", "content_key").iter_rows()])
         np.testing.assert_allclose(ours_yes["value"].to_numpy(), expected, atol=tolerance)
         shifted = np.exp(choice_base - choice_base.max(axis=1, keepdims=True))
-        np.testing.assert_allclose(stages["choice"][1].select([f"score_{l}" for l in LABELS]).to_numpy(),
+        np.testing.assert_allclose(stages["choice"][1].select([f"score_{label}" for label in LABELS]).to_numpy(),
                                    shifted / shifted.sum(axis=1, keepdims=True), atol=tolerance)
         ours_tokens = int(stages["generation"][1]["tokens"].sum())
 

@@ -212,7 +212,7 @@ class GenerativeRunner:
             cache = cache if cache is not None else first.get("past_key_values")
             first_logp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)
             ids = [[t for t, _ in row] for row in tokens]
-            out = np.array([[float(first_logp[i, row[l][0]]) for l in range(n_options)] for i, row in enumerate(ids)])
+            out = np.array([[float(first_logp[i, row[o][0]]) for o in range(n_options)] for i, row in enumerate(ids)])
             width = max(len(t) for row in ids for t in row) - 1
             if width == 0:
                 return out
@@ -236,28 +236,28 @@ class GenerativeRunner:
         return out
 
     def _option_logliks_full(self, images: Sequence[Any], texts: Sequence[str], options: Sequence[str]) -> np.ndarray:
-        rows = [(i, l) for i in range(len(texts)) for l in range(len(options))]
+        rows = [(i, o) for i in range(len(texts)) for o in range(len(options))]
         out = np.zeros((len(texts), len(options)))
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start : start + self.batch_size]
             sep = [answer_separator(texts[i]) for i, _ in batch]
-            full = [texts[i] + s + options[l] for (i, l), s in zip(batch, sep)]
+            full = [texts[i] + s + options[o] for (i, o), s in zip(batch, sep)]
             inputs = self._inputs([images[i] for i, _ in batch], full, side="right")
             lengths = inputs["attention_mask"].sum(dim=1).tolist()
-            tokens = [self.continuation_tokens(texts[i], options[l]) for i, l in batch]
+            tokens = [self.continuation_tokens(texts[i], options[o]) for i, o in batch]
             # The option's tokens are the row's last len(tokens) tokens; the logits that predict
             # them sit one position earlier.
             positions = [list(range(n - len(t) - 1, n - 1)) for n, t in zip(lengths, tokens)]
             scored = zip(batch, self._logits_at(inputs, positions), tokens, lengths)
-            for r, ((i, l), logits, ids, n) in enumerate(scored):
+            for r, ((i, o), logits, ids, n) in enumerate(scored):
                 expected = inputs["input_ids"][r, n - len(ids) : n].tolist()
                 if expected != ids:
                     raise RuntimeError(
-                        f"option {options[l]!r} tokenized as {ids} alone but {expected} in the model's input; "
+                        f"option {options[o]!r} tokenized as {ids} alone but {expected} in the model's input; "
                         "the processor changed the text it was given"
                     )
                 logp = torch.log_softmax(logits, dim=-1)
-                out[i, l] = float(logp[torch.arange(len(ids)), torch.tensor(ids, device=logp.device)].sum())
+                out[i, o] = float(logp[torch.arange(len(ids)), torch.tensor(ids, device=logp.device)].sum())
         return out
 
     # -- generation ----------------------------------------------------------------------------
