@@ -509,3 +509,17 @@ def test_sentiment_and_text_embeddings_score_generated_texts_and_are_cached(mode
     assert sentiment_labels({0: "NEGATIVE", 1: "POSITIVE"}) == (1, 0)
     with pytest.raises(Exception, match="one label naming 'positive'"):
         sentiment_labels({0: "LABEL_0", 1: "LABEL_1"})
+
+
+def test_a_probe_naming_the_person_passes_the_prompt_check_and_a_prompt_without_image_still_fails(models):
+    """``{person}`` is filled per pair at run time; the preflight check renders it with the neutral
+    word (it raised KeyError: 'person', so no generative audit with audit.modalities could start)."""
+    from transformers import AutoProcessor
+
+    from counterfactual_lab.errors import ConfigError
+    from counterfactual_lab.evaluate.auditees.prompts import check_prompt
+
+    processor = AutoProcessor.from_pretrained(models["vlm"])
+    check_prompt(processor, "chat", "Is this {person} a doctor? Answer yes or no.", "audit.yes_no[0]", "vlm")
+    with pytest.raises(ConfigError, match="audit.yes_no.0.: .*no place for its image"):
+        check_prompt(processor, "raw", "USER: is this {person} a doctor? ASSISTANT:", "audit.yes_no[0]", "vlm")

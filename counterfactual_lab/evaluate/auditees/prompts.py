@@ -26,6 +26,7 @@ from typing import Any
 from PIL import Image
 
 from counterfactual_lab.errors import ConfigError
+from counterfactual_lab.plan.person_words import fill_person
 
 _IMAGE_MARK = "\uFFFCIMAGE\uFFFC"  # an object replacement character pair no prompt contains
 
@@ -76,7 +77,8 @@ def answer_separator(prompt_text: str) -> str:
 def check_prompt(processor: Any, prompt_format: str, template: str, key: str, model: str) -> None:
     """ConfigError when ``template`` rendered for ``model`` gives its image no place (module doc)."""
 
-    text = render(processor, prompt_format, template, options=["a", "b"])
+    # {person} is filled per pair at run time (the attribute's word); the neutral word stands in here.
+    text = render(processor, prompt_format, fill_person(template, None), options=["a", "b"])
     blank = Image.new("RGB", (32, 32))
     token = image_token(processor)
     fix = (f"write {{image}} where the image token {token} goes" if prompt_format == "raw"
