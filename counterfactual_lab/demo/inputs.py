@@ -81,10 +81,13 @@ FULL_DEMO_MODELS = ("vlm", "toxicity", "sentiment", "text-embedder")
 def demo_full_config(dataset_dir: Path, models: dict[str, Path], out_uri: str) -> dict:
     """The ``cflab demo --full`` config: the demo's dataset and generator, with the tiny generative VLM
     under audit, asked in two phrasings per question, offered an "unclear" answer, its answers scored
-    by the tiny toxicity and sentiment classifiers and compared by the tiny text embedder (README
-    "The one-command demo"). One gender attribute and greedy answers keep it to a few minutes on a CPU."""
+    by the tiny toxicity and sentiment classifiers and compared by the tiny text embedder, its yes/no
+    question naming the person in three modalities, gender and age crossed (README "The one-command
+    demo"). Greedy answers and two values per attribute keep it to a few minutes on a CPU."""
     config = demo_config(dataset_dir, models, out_uri)
-    config["attributes"] = {"gender": ["female", "male"]}
+    # gender and age measured together too: cells (gender within each age, age within each gender)
+    # and joint edits such as female young→male elderly (attributes.intersections).
+    config["attributes"] = {"gender": ["female", "male"], "age": ["young", "elderly"], "intersections": [["gender", "age"]]}
     config["audit"] = {
         "kind": "vlm",
         "model": str(models["vlm"]),
