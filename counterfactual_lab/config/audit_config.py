@@ -240,7 +240,7 @@ class AuditGenerateSection(BaseModel):
     @field_validator("prompts")
     @classmethod
     def _distinct_templates(cls, prompts: list[str]) -> list[str]:
-        return [_probe_template(p, ("image", PERSON)) for p in _distinct(prompts)]
+        return [_PROMPT_CHECKS["generate"](p) for p in _distinct(prompts)]
 
     @model_validator(mode="after")
     def _greedy_has_one_sample(self) -> "AuditGenerateSection":
@@ -355,17 +355,22 @@ class AuditSection(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _one_label_placeholder(cls, prompt: str) -> str:
-        return _template(prompt, "label", optional=(PERSON,))
+        return _PROMPT_CHECKS["prompt"](prompt)
 
-    @field_validator("yes_no", "ratings")
+    @field_validator("yes_no")
     @classmethod
     def _question_templates(cls, prompts: list[str]) -> list[str]:
-        return [_probe_template(p, ("image", PERSON)) for p in _distinct(prompts)]
+        return [_PROMPT_CHECKS["yes_no"](p) for p in _distinct(prompts)]
+
+    @field_validator("ratings")
+    @classmethod
+    def _rating_templates(cls, prompts: list[str]) -> list[str]:
+        return [_PROMPT_CHECKS["rating"](p) for p in _distinct(prompts)]
 
     @field_validator("choice_prompt")
     @classmethod
     def _choice_template(cls, prompt: str | None) -> str | None:
-        return None if prompt is None else _probe_template(prompt, ("image", "options", PERSON))
+        return None if prompt is None else _PROMPT_CHECKS["choice"](prompt)
 
     def person_templates(self) -> list[str]:
         """The probe and label templates with ``{person}`` (docs/metrics.md, "Which modality carries the gap")."""
@@ -695,7 +700,7 @@ def _template(prompt: str, placeholder: str, optional: tuple[str, ...] = ()) -> 
     return prompt
 
 
-# How each kind of prompt is checked (the same rules for its other phrasings).
+# How each kind of prompt is checked: its field's validator and its other phrasings read this.
 _PROMPT_CHECKS = {
     "prompt": lambda p: _template(p, "label", optional=(PERSON,)),
     "choice": lambda p: _probe_template(p, ("image", "options", PERSON)),
