@@ -96,6 +96,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import importlib
 import inspect
 import json
@@ -328,7 +329,22 @@ def install_recorders(recorder: Recorder) -> list[str]:
 
     task_engine.run_task_sync = timed_engine
     _record_api_requests(recorder)
+    _record_garbage_collections(recorder)
     return missing
+
+
+def _record_garbage_collections(recorder: Recorder) -> None:
+    """Record each of Python's garbage collections (it holds the GIL: every thread stops)."""
+    started: dict[int, float] = {}
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[info["generation"]] = time.perf_counter()
+        elif info["generation"] in started:
+            s = started.pop(info["generation"])
+            recorder.intervals.append(("gc", f"gen{info['generation']}", threading.get_ident(), s, time.perf_counter()))
+
+    gc.callbacks.append(callback)
 
 
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -424,6 +440,20 @@ def orchestration_share(recorder: Recorder, start: float, end: float) -> float:
     spans += [(s, e) for _, name, _, s, e in recorder.of("stage") if name in LIBRARY_STAGES]
     clipped = [(max(s, start), min(e, end)) for s, e in spans if e > start and s < end]
     return round(1.0 - union_seconds(clipped) / (end - start), 4)
+
+
+def garbage_collection_figures(recorder: Recorder, start: float, end: float,
+                               generate_span: tuple[float, float] | None) -> dict[str, Any]:
+    """Seconds Python's garbage collector held the GIL during the audit (per generation) and in the generate stage."""
+    collections = [(name, s, e) for _, name, _, s, e in recorder.of("gc") if s >= start and e <= end]
+    figures: dict[str, Any] = {"s": round(sum(e - s for _, s, e in collections), 3), "collections": len(collections)}
+    for name in sorted({name for name, _, _ in collections}):
+        figures[f"{name}_s"] = round(sum(e - s for n, s, e in collections if n == name), 3)
+        figures[f"{name}_collections"] = sum(1 for n, _, _ in collections if n == name)
+    if generate_span:
+        figures["generate_stage_s"] = round(
+            sum(e - s for _, s, e in collections if s >= generate_span[0] and e <= generate_span[1]), 3)
+    return figures
 
 
 def fan_out_figures(recorder: Recorder, task_name: str, stage_span: tuple[float, float] | None) -> dict[str, Any] | None:
@@ -616,6 +646,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "generate": generate,
         "evaluate": evaluate,
         "orchestration_share": orchestration_share(recorder, start, end),
+        "gc": garbage_collection_figures(recorder, start, end, generate_span),
         "stages": result_stages,
         "not_measured": missing,
         "embedding_cache": {"hits": cache.hits, "misses": cache.misses, "entries": len(cache), "max_entries": cache.max_entries},
@@ -729,6 +760,11 @@ def run_size(size: int, args: argparse.Namespace, work: Path, model: Path, api_u
 
 
 def print_size(size: int, r: dict[str, Any]) -> None:
+    gc_figures = r.get("gc") or {}
+    if gc_figures:
+        print(f"  garbage collection {gc_figures['s']:.1f} s in {gc_figures['collections']} collections "
+              f"(full: {gc_figures.get('gen2_s', 0.0):.1f} s in {gc_figures.get('gen2_collections', 0)}; "
+              f"in the generate stage {gc_figures.get('generate_stage_s', 0.0):.1f} s)")
     print(f"  orchestration share {r['orchestration_share']:.3f} (wall time with no library code running)"
           + (f"; {r['answers']} answers, {r['objects_written']} answer-cache objects written" if "answers" in r else ""))
     print(f"  audit {r['wall_s']:.1f} s ({1000 * r['wall_s'] / size:.2f} ms per item), peak RSS {r['peak_rss_mb']:.0f} MB "
@@ -823,6 +859,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "engine_ms_per_task": (r.get("generate") or {}).get("engine_ms_per_task"),
             "evaluate_overhead_ms_per_task": (r.get("evaluate") or {}).get("overhead_ms_per_task"),
             "orchestration_share": r["orchestration_share"],
+            "gc": r.get("gc"),
             **({"answers": r["answers"], "objects_written": r["objects_written"]} if "answers" in r else {}),
             "noop_ms_per_task": r.get("noop_ms_per_task"),
             **({"noop_error": r["noop_error"]} if r.get("noop_error") else {}),

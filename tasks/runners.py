@@ -263,7 +263,8 @@ def with_runtime_retries(task: Any, config: AuditConfig) -> Any:
 
 
 def _may_use_accelerator(config: AuditConfig) -> bool:
-    return config.runtime.task_runner == "ray" or resolve_device(config.runtime.device) != "cpu"
+    # resolve_device gives a torch.device, which never equals the string "cpu": compare its type.
+    return config.runtime.task_runner == "ray" or resolve_device(config.runtime.device).type != "cpu"
 
 
 def cluster_gpus() -> float:

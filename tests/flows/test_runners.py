@@ -10,9 +10,9 @@ from prefect import flow, task
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from counterfactual_lab.config.audit_config import RuntimeSection
+from counterfactual_lab.config.audit_config import AuditConfig, RuntimeSection
 from counterfactual_lab.errors import ConfigError
-from counterfactual_lab.tasks.runners import check_ray_prefect_api, make_task_runner, require_ray_extra
+from counterfactual_lab.tasks.runners import check_ray_prefect_api, make_task_runner, require_ray_extra, with_runtime_retries
 
 
 def test_threads_runner_has_the_configured_worker_cap():
@@ -192,3 +192,22 @@ def test_rays_driver_lines_become_one_warning_each_and_stdout_is_restored(caplog
         "(raylet) Raylet is terminated. Termination is unexpected.",
         "(raylet) Task _run_prefect_task failed. There are 3 retries remaining",
     ]
+
+
+@pytest.mark.parametrize(
+    ("runtime", "keeps_gpu_tag"),
+    [
+        ({"task_runner": "threads", "device": "cpu"}, False),  # no accelerator: no slot bookkeeping per task run
+        ({"task_runner": "ray", "device": "cpu"}, True),  # Ray's runner reads the tag to ask for GPUs
+    ],
+)
+def test_the_gpu_tag_stays_only_where_an_accelerator_may_be_used(runtime, keeps_gpu_tag):
+    @task(tags=["gpu", "io"])
+    def tagged() -> None:
+        return None
+
+    config = AuditConfig(runtime=RuntimeSection(**runtime))
+    configured = with_runtime_retries(tagged, config)
+    assert ("gpu" in configured.tags) is keeps_gpu_tag
+    assert "io" in configured.tags
+    assert configured.retries == config.runtime.retries
