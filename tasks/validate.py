@@ -11,7 +11,7 @@ from counterfactual_lab.storage.files import ImageStore
 from counterfactual_lab.tasks.retry import RETRY_OPTIONS
 
 
-@task(name="validate-dataset", cache_policy=NO_CACHE, persist_result=False, tags=["io"], **RETRY_OPTIONS)
+@task(name="validate-dataset", cache_policy=NO_CACHE, persist_result=False, **RETRY_OPTIONS)
 def validate_dataset(spec: DatasetSpec, image_store: ImageStore | None = None, batch_rows: int = 1024) -> ValidationOutcome:
     """Stream ``spec``'s dataset through ingest and validation in one pass.
 
