@@ -50,6 +50,9 @@ DRIFT_SCHEMA = {
     "control": pl.Boolean, "from_key": pl.String, "to_key": pl.String, "measure": pl.String,
     "value": pl.Float64, "threshold": pl.Float64, "mask": pl.String, "exceeded": pl.Boolean, "kept": pl.Boolean,
 }
+# What read_drift returns: one row per (pair, measure), with the pair's candidate row indices.
+READINGS_SCHEMA = {**{k: v for k, v in DRIFT_SCHEMA.items() if k not in ("exceeded", "kept")},
+                   "_from": pl.Int64, "_to": pl.Int64}
 CHANNEL_MEASURES = ("brightness", "red", "green", "blue")
 MEASURE_OUTSIDE_MASK = "outside_mask"
 MASK_INPAINT, MASK_METHOD = "inpaint", "method"
@@ -81,6 +84,11 @@ def drift_attribute_names(judge: JudgeSection, audited: Sequence[str]) -> list[s
 
 def empty_drift() -> pl.DataFrame:
     return pl.DataFrame(schema=DRIFT_SCHEMA)
+
+
+def empty_readings() -> pl.DataFrame:
+    """:func:`read_drift`'s frame with no pairs."""
+    return pl.DataFrame(schema=READINGS_SCHEMA)
 
 
 # -- readings -------------------------------------------------------------------------------------
@@ -150,22 +158,22 @@ class _Images:
 
 
 def _attribute_readings(rows: list[dict[str, Any]], judge: JudgeSection, embedder, load_image,
-                        drift_vocabulary: dict[str, list[str]], batch_size: int) -> list[dict[str, float]]:
-    """Per row: ``<attribute>=<value>`` → the judge's zero-shot probability (module doc)."""
-    out: list[dict[str, float]] = [{} for _ in rows]
-    if not rows or not drift_vocabulary:
-        return out
-    images = embedder.embed_image_uris([r["image_uri"] for r in rows], [r["content_key"] for r in rows], load_image,
-                                       batch_size=batch_size)
-    for attribute, values in drift_vocabulary.items():
-        if len(values) < 2:
-            continue
-        prompts = embedder.embed_texts([attribute_prompt_for(judge, attribute, v) for v in values])
-        probabilities = embedder.zero_shot(images, prompts)
-        for j, row_out in enumerate(out):
+                        drift_vocabulary: dict[str, list[str]], batch_size: int) -> tuple[list[str], np.ndarray]:
+    """(the ``<attribute>=<value>`` measures, the judge's zero-shot probability of each per row: rows × measures)."""
+    names: list[str] = []
+    columns: list[np.ndarray] = []
+    if rows and drift_vocabulary:
+        images = embedder.embed_image_uris([r["image_uri"] for r in rows], [r["content_key"] for r in rows], load_image,
+                                           batch_size=batch_size)
+        for attribute, values in drift_vocabulary.items():
+            if len(values) < 2:
+                continue
+            prompts = embedder.embed_texts([attribute_prompt_for(judge, attribute, v) for v in values])
+            probabilities = np.asarray(embedder.zero_shot(images, prompts), dtype=np.float64)
             for k, value in enumerate(values):
-                row_out[f"{attribute}={value}"] = float(probabilities[j, k])
-    return out
+                names.append(f"{attribute}={value}")
+                columns.append(probabilities[:, k])
+    return names, (np.stack(columns, axis=1) if columns else np.zeros((len(rows), 0)))
 
 
 # -- pairs ----------------------------------------------------------------------------------------
@@ -202,35 +210,47 @@ def drift_pairs(rows: list[dict[str, Any]], source: str) -> list[tuple[int, int,
 def read_drift(
     rows: list[dict[str, Any]], judge: JudgeSection, embedder, load_image: Callable[[str], Any], *,
     source: str, drift_vocabulary: dict[str, list[str]], batch_size: int = 32,
-) -> list[dict[str, Any]]:
-    """One dict per (pair, measure) of the candidates ``rows`` (``DRIFT_SCHEMA`` less ``exceeded`` and ``kept``)."""
+) -> pl.DataFrame:
+    """One row per (pair, measure) of the candidates ``rows``: :data:`READINGS_SCHEMA` (``DRIFT_SCHEMA`` less
+    ``exceeded`` and ``kept``, plus ``_from`` and ``_to``, the pair's indices in ``rows``).
+
+    Built column by column: at 10^5 work items a run has ~10^6 readings, which as one dict each
+    held over a gigabyte (bench/scale.py)."""
     pairs = drift_pairs(rows, source)
     if not pairs:
-        return []
+        return empty_readings()
     involved = sorted({i for pair in pairs for i in pair[:2]})
-    attributes = dict(zip(involved, _attribute_readings([rows[i] for i in involved], judge, embedder, load_image,
-                                                          drift_vocabulary, batch_size)))
+    position = {i: p for p, i in enumerate(involved)}
+    attribute_names, probabilities = _attribute_readings([rows[i] for i in involved], judge, embedder, load_image,
+                                                         drift_vocabulary, batch_size)
     images = _Images(load_image)
     limits = _limits(judge)
-    out = []
+    thresholds = {m: limits[threshold_key(m)] for m in (*CHANNEL_MEASURES, MEASURE_OUTSIDE_MASK, *attribute_names)}
+    columns: dict[str, list] = {name: [] for name in READINGS_SCHEMA}
     for origin, target, control in pairs:
         before, after = rows[origin], rows[target]
         a, b = images.of(before), images.of(after)
         outside, mask = images.outside(after, a.shape[:2]) if a.shape == b.shape else (None, None)
-        readings = {k: low_level(b, outside)[k] - low_level(a, outside)[k] for k in CHANNEL_MEASURES}
+        low_before, low_after = low_level(a, outside), low_level(b, outside)
+        measures = list(CHANNEL_MEASURES)
+        values = [low_after[k] - low_before[k] for k in CHANNEL_MEASURES]
         if outside is not None:
-            readings[MEASURE_OUTSIDE_MASK] = float(np.abs(b[outside] - a[outside]).mean()) if outside.any() else 0.0
-        for key, value in attributes[target].items():
-            readings[key] = value - attributes[origin].get(key, value)
-        transition = f"{before['target_value']}→{after['target_value']}"
-        for measure, value in readings.items():
-            out.append({
-                "attribute": after["attribute"], "source_id": after[source], "set_id": before.get("set_id"),
-                "transition": transition, "control": control, "from_key": before["content_key"],
-                "to_key": after["content_key"], "measure": measure, "value": float(value),
-                "threshold": limits[threshold_key(measure)], "mask": mask, "_from": origin, "_to": target,
-            })
-    return out
+            measures.append(MEASURE_OUTSIDE_MASK)
+            values.append(float(np.abs(b[outside] - a[outside]).mean()) if outside.any() else 0.0)
+        measures += attribute_names
+        values += (probabilities[position[target]] - probabilities[position[origin]]).tolist()
+        pair_values = {
+            "attribute": after["attribute"], "source_id": after[source], "set_id": before.get("set_id"),
+            "transition": f"{before['target_value']}→{after['target_value']}", "control": control,
+            "from_key": before["content_key"], "to_key": after["content_key"], "mask": mask,
+            "_from": origin, "_to": target,
+        }
+        for name, value in pair_values.items():
+            columns[name].extend([value] * len(measures))
+        columns["measure"].extend(measures)
+        columns["value"].extend(values)
+        columns["threshold"].extend(thresholds[m] for m in measures)
+    return pl.DataFrame(columns, schema=READINGS_SCHEMA)
 
 
 def _limits(judge: JudgeSection) -> dict[str, float]:
@@ -238,23 +258,27 @@ def _limits(judge: JudgeSection) -> dict[str, float]:
     return {key: float(getattr(drift, key)) for key in ("brightness", "colour", "attribute", "outside_mask")}
 
 
-def set_rule(readings: list[dict[str, Any]]) -> list[bool]:
+def set_rule(readings: pl.DataFrame) -> np.ndarray:
     """Per reading, whether the set rule fires (module doc): |d| > threshold + q95 of the attribute's control pairs."""
-    control_values: dict[tuple[str, str], list[float]] = {}
-    for r in readings:
-        if r["control"]:
-            control_values.setdefault((r["attribute"], r["measure"]), []).append(abs(r["value"]))
-    allowance = {}
-    for key, values in control_values.items():
-        allowance[key] = float(np.percentile(values, 95)) if len(values) >= MIN_CONTROL_PAIRS else float(max(values))
-    return [not r["control"] and abs(r["value"]) > r["threshold"] + allowance.get((r["attribute"], r["measure"]), 0.0)
-            for r in readings]
+    allowance: dict[tuple[str, str], float] = {}
+    controls = readings.filter(pl.col("control")).group_by(["attribute", "measure"], maintain_order=True).agg("value")
+    for attribute, measure, values in controls.iter_rows():
+        magnitudes = np.abs(np.asarray(values, dtype=np.float64))
+        allowance[(attribute, measure)] = (float(np.percentile(magnitudes, 95)) if len(magnitudes) >= MIN_CONTROL_PAIRS
+                                           else float(magnitudes.max()))
+    allowed = np.array([allowance.get(key, 0.0) for key in zip(readings["attribute"], readings["measure"])],
+                       dtype=np.float64)
+    control = readings["control"].to_numpy().astype(bool)
+    return ~control & (np.abs(readings["value"].to_numpy()) > readings["threshold"].to_numpy() + allowed)
 
 
-def drift_frame(readings: list[dict[str, Any]], exceeded: list[bool], kept: list[bool]) -> pl.DataFrame:
+def drift_frame(readings: pl.DataFrame, exceeded: Sequence[bool], kept: Sequence[bool]) -> pl.DataFrame:
     """``drift.parquet``'s frame: each reading with ``exceeded`` and ``kept`` (both images kept)."""
-    if not readings:
+    if readings.is_empty():
         return empty_drift()
-    records = [{**{k: v for k, v in r.items() if not k.startswith("_")}, "exceeded": bool(e),
-                "kept": bool(kept[r["_from"]] and kept[r["_to"]])} for r, e in zip(readings, exceeded)]
-    return pl.DataFrame(records, schema=DRIFT_SCHEMA)
+    kept_flags = np.asarray(kept, dtype=bool)
+    both_kept = kept_flags[readings["_from"].to_numpy()] & kept_flags[readings["_to"].to_numpy()]
+    return readings.with_columns(
+        pl.Series("exceeded", np.asarray(exceeded, dtype=bool), dtype=pl.Boolean),
+        pl.Series("kept", both_kept, dtype=pl.Boolean),
+    ).select(list(DRIFT_SCHEMA))

@@ -54,14 +54,14 @@ was complete but others ranked higher) or, per target, ``not_best_of_target``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import polars as pl
 
 from counterfactual_lab.config.audit_config import JudgeSection
 from counterfactual_lab.config.methods import made_from_text
-from counterfactual_lab.judge.drift import drift_frame, empty_drift, read_drift, set_rule
+from counterfactual_lab.judge.drift import drift_frame, empty_drift, empty_readings, read_drift, set_rule
 from counterfactual_lab.judge.scores import (
     DROP_GENERATION_FAILED,
     DROP_NOT_BEST,
@@ -235,15 +235,15 @@ def judge_with_drift(
 
     source_column = "source_id" if "source_id" in candidates.columns else "source_key"
     by_sets = any(is_reconstruction(row) for row in rows)
-    readings: list[dict] = []
-    exceeded: list[bool] = []
+    readings = empty_readings()
+    exceeded: Sequence[bool] = []
     if by_sets and judge.max_drift is not None and drift_vocabulary is not None:
         readings = read_drift(rows, judge, embedder, load_image, source=source_column, drift_vocabulary=drift_vocabulary,
                               batch_size=batch_size)
         exceeded = set_rule(readings)
-        for reading, fired in zip(readings, exceeded):
-            if fired and reasons[reading["_to"]] is None:
-                reasons[reading["_to"]] = DROP_OFF_TARGET_DRIFT
+        for target in readings["_to"].filter(pl.Series(exceeded, dtype=pl.Boolean)).to_list():
+            if reasons[target] is None:
+                reasons[target] = DROP_OFF_TARGET_DRIFT
     if by_sets:
         kept = _keep_sets(rows, scores, reasons, keep_per_target, source_column)
     else:
