@@ -32,6 +32,13 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+# Prefect sets up logging (logging.config.dictConfig) when prefect.main is first imported, and
+# that closes every handler made before it. absl's handler (rouge-score imports absl) then closes
+# its stream unless it is the current sys.stderr: under pytest that stream is the capture file,
+# so a test module that imported rouge-score before Prefect left pytest writing to a closed file
+# ("I/O operation on closed file" at exit). Prefect's logging is set up first.
+import prefect.main  # noqa: E402,F401
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
