@@ -46,7 +46,7 @@ from counterfactual_lab.report.findings import headline_table
 from counterfactual_lab.report.markdown import summary_markdown
 from counterfactual_lab.report.publish import publish_run
 from counterfactual_lab.report.reviewed import REVIEW_APPLIED, REVIEW_NEEDS_RERUN, refresh_review
-from counterfactual_lab.review.exclusion import mark_excluded, sets_to_exclude
+from counterfactual_lab.review.exclusion import mark_excluded, mark_excluded_drift, sets_to_exclude
 from counterfactual_lab.runs.accounting import row_accounting
 from counterfactual_lab.runs.failure import count_failed_items
 from counterfactual_lab.runs.location import RunLocation, locate_run
@@ -148,7 +148,8 @@ def exclude_rejected_sets(run: StageRun, design: Any, generated: Generated) -> t
         run.logger.info("run %s: %d set(s) people rejected are left out (review.exclude_rejected)",
                         run.location.run_id, len(excluded))
         generated = replace(generated, candidates=mark_excluded(generated.candidates, excluded),
-                            judged=mark_excluded(generated.judged, excluded))
+                            judged=mark_excluded(generated.judged, excluded),
+                            drift=mark_excluded_drift(generated.drift, generated.candidates, excluded))
     return generated, excluded
 
 

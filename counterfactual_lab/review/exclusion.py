@@ -4,7 +4,8 @@ A set is rejected when people call any of its counterfactuals invalid
 (:mod:`counterfactual_lab.review.figures`). With the setting on, the audit marks every row of
 such a set dropped (``drop_reason`` ``rejected_by_review``) before the model under audit is asked
 anything, exactly as if the judge had dropped it: the evaluation pool, every metric and the row
-accounting then leave it out, and ``counterfactuals.parquet`` says why. The manifest's
+accounting then leave it out, and ``counterfactuals.parquet`` says why; so do the drift
+metrics (the set's pairs in ``drift.parquet`` are no longer ``kept``). The manifest's
 ``review`` block lists the sets left out (``excluded_sets``).
 
 The run id does not depend on the setting or on the labels (labels arrive after the run); so
@@ -41,6 +42,17 @@ def mark_excluded(candidates: pl.DataFrame, set_ids: Collection[str]) -> pl.Data
         pl.when(hit).then(pl.lit(DROP_REJECTED_BY_REVIEW)).otherwise(pl.col("drop_reason")).alias("drop_reason"),
         pl.when(hit).then(pl.lit(False)).otherwise(pl.col("kept")).alias("kept"),
     )
+
+
+def mark_excluded_drift(drift: pl.DataFrame, candidates: pl.DataFrame, set_ids: Collection[str]) -> pl.DataFrame:
+    """``drift`` (the judge's readings, ``drift.parquet``) with every pair that has an image of the
+    ``set_ids`` no longer kept: a pair's ``kept`` means both its images were kept, and the drift
+    metrics read only kept pairs."""
+    if not set_ids or drift.is_empty() or candidates.is_empty():
+        return drift
+    keys = candidates.filter(pl.col("set_id").is_in(list(set_ids)))["content_key"].unique().to_list()
+    gone = pl.col("from_key").is_in(keys) | pl.col("to_key").is_in(keys)
+    return drift.with_columns((pl.col("kept").fill_null(False) & ~gone).alias("kept"))
 
 
 def exclusion_is_stale(manifest: dict[str, Any], candidates: pl.DataFrame, run_uri: str,

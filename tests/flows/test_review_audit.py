@@ -62,6 +62,12 @@ def test_the_next_audit_applies_labels_and_excludes_rejected_sets(prefect_server
     assert excluded.predictions.filter(pl.col("set_id") == rejected).is_empty(), "left out of every metric"
     assert assert_accounting_closes(excluded)["dropped_by_reason"] == {"rejected_by_review": dropped.height}
     assert excluded.review.filter(pl.col("set_id") == rejected)["excluded"].all()
+    # The drift metrics read kept pairs only: the rejected set's pairs are no longer kept.
+    rejected_keys = dropped["content_key"].to_list()
+    touching = pl.col("from_key").is_in(rejected_keys) | pl.col("to_key").is_in(rejected_keys)
+    assert first.drift.filter(touching)["kept"].any(), "the set's pairs were kept before the review"
+    assert not excluded.drift.filter(touching)["kept"].any()
+    assert excluded.drift.filter(~touching).equals(first.drift.filter(~touching))
 
     with generate_batch_calls() as calls:
         again = run_audit(str(tmp_path / "excluding.yaml"), out)
