@@ -25,6 +25,7 @@ from counterfactual_lab.evaluate.auditees.generative import GenerativeRunner
 from counterfactual_lab.evaluate.auditees.interface import ProbeImages
 from counterfactual_lab.evaluate.auditees.loading import clear_loaded_models, load_generative
 from counterfactual_lab.evaluate.auditees.prompts import render, resolve_format
+from counterfactual_lab.evaluate.auditees import sampling
 from counterfactual_lab.evaluate.auditees.sampling import counter_uniform, sequence_seed
 from counterfactual_lab.errors import UnsafeModelError
 
@@ -333,6 +334,31 @@ def test_counter_noise_is_uniform_and_independent_of_the_other_rows():
     alone = counter_uniform(torch.tensor([2]), step=4, vocab_size=50_000)
     assert torch.equal(alone[0], u[1])
     assert not torch.equal(counter_uniform(torch.tensor([2]), step=5, vocab_size=50_000)[0], u[1])
+
+
+def _splitmix64_reference(x: int) -> int:
+    """splitmix64's finaliser in Python integers (mod 2**64): the published constants, nothing shared."""
+    mask = (1 << 64) - 1
+    z = (x + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**62 + 12345, -1])
+def test_counter_noise_is_the_documented_hash_on_the_cpu_and_the_torch_path(seed):
+    """U(seed, step, v) = (top 24 bits of splitmix64(splitmix64(seed + step·C) xor v·golden) + 0.5) / 2**24,
+    whether computed by the CPU's NumPy path or the int64 torch path a GPU runs."""
+    mask = (1 << 64) - 1
+    step, vocab = 7, 300
+    row = _splitmix64_reference((seed + step * 0x632BE59BD9B4E019) & mask)
+    expected = torch.tensor([((_splitmix64_reference(row ^ ((v * 0x9E3779B97F4A7C15) & mask)) >> 40) + 0.5) / 2**24
+                             for v in range(vocab)], dtype=torch.float32)
+    seeds = torch.tensor([seed], dtype=torch.int64)
+    assert torch.equal(counter_uniform(seeds, step, vocab)[0], expected)
+    torch_row = sampling.splitmix64(seeds + sampling._row_offset(step))
+    torch_bits = sampling._shift_right(sampling._splitmix64_(torch_row[:, None] ^ sampling.token_mix(vocab, "cpu")[None, :]), 40)
+    assert torch.equal(torch_bits.to(torch.float32).add_(0.5).div_(float(1 << 24))[0], expected)
 
 
 @pytest.mark.parametrize("break_it, words", [

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import torch
 
 _MASK64 = (1 << 64) - 1
@@ -60,14 +61,46 @@ def counter_uniform(seeds: torch.Tensor, step: int, vocab_size: int, mix: torch.
     """U(seed, step, v) in (0, 1) for each seed (rows) and token id v (columns), float32.
 
     ``mix``: :func:`token_mix` of ``vocab_size`` on the seeds' device, when the caller keeps it (a
-    sampler asks once per step; the values are the same either way)."""
+    sampler asks once per step; the values are the same either way). On the CPU the hash runs in
+    NumPy's unsigned 64-bit arithmetic (the same bits: wrapping multiplication, logical shifts),
+    with half the operations torch's signed int64 needs and less overhead per call: a sampler
+    calls it once per generated token."""
     seeds = seeds.to(torch.int64)
-    row = splitmix64(seeds + _signed(step * 0x632BE59BD9B4E019))  # one stream per (seed, step)
     if mix is None:
         mix = token_mix(vocab_size, seeds.device)
-    bits = _splitmix64_(row[:, None] ^ mix[None, :])  # a fresh (rows, V) tensor, mixed in place
-    bits = _shift_right(bits, 40)  # top 24 bits
+    if seeds.device.type == "cpu":
+        bits = _counter_bits_numpy(seeds, step, mix)
+    else:
+        row = splitmix64(seeds + _row_offset(step))  # one stream per (seed, step)
+        bits = _splitmix64_(row[:, None] ^ mix[None, :])  # a fresh (rows, V) tensor, mixed in place
+        bits = _shift_right(bits, 40)  # top 24 bits
     return bits.to(torch.float32).add_(0.5).div_(float(1 << 24))
+
+
+def _row_offset(step: int) -> int:
+    return _signed(step * 0x632BE59BD9B4E019)
+
+
+_U64_GOLDEN, _U64_MIX1, _U64_MIX2 = (np.uint64(value & _MASK64) for value in (_GOLDEN, _MIX1, _MIX2))
+
+
+def _splitmix64_numpy_(z: np.ndarray) -> np.ndarray:
+    """:func:`splitmix64` of a uint64 array, in place."""
+    z += _U64_GOLDEN
+    z ^= z >> np.uint64(30)
+    z *= _U64_MIX1
+    z ^= z >> np.uint64(27)
+    z *= _U64_MIX2
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def _counter_bits_numpy(seeds: torch.Tensor, step: int, mix: torch.Tensor) -> torch.Tensor:
+    """The top 24 bits of the (rows, V) hash, as :func:`counter_uniform`'s torch path computes them."""
+    with np.errstate(over="ignore"):  # wrapping is the arithmetic meant
+        row = _splitmix64_numpy_(seeds.numpy().view(np.uint64) + np.uint64(_row_offset(step) & _MASK64))
+        bits = _splitmix64_numpy_(row[:, None] ^ mix.numpy().view(np.uint64)[None, :])
+    return torch.from_numpy((bits >> np.uint64(40)).view(np.int64))
 
 
 def token_mix(vocab_size: int, device: torch.device | str) -> torch.Tensor:
