@@ -342,6 +342,7 @@ def _record_garbage_collections(recorder: Recorder) -> None:
             started[info["generation"]] = time.perf_counter()
         elif info["generation"] in started:
             s = started.pop(info["generation"])
+            # Without the recorder's lock: a collection can start while this thread holds it.
             recorder.intervals.append(("gc", f"gen{info['generation']}", threading.get_ident(), s, time.perf_counter()))
 
     gc.callbacks.append(callback)

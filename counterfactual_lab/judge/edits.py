@@ -226,7 +226,7 @@ def judge_with_drift(
     scores = score_candidates(candidates, judge, embedder, load_image, vocabulary=vocabulary, batch_size=batch_size)
     # Only what the verdicts, the drift and the set rule read: at 10^5 candidates every column as
     # Python objects is ~270 MB of the judge's peak (bench/scale.py).
-    rows = candidates.select([c for c in _SET_RULE_COLUMNS if c in candidates.columns]).to_dicts()
+    rows = candidates.select([c for c in _JUDGED_ROW_COLUMNS if c in candidates.columns]).to_dicts()
     reasons: list[str | None] = []
     for row, score in zip(rows, scores):
         if score is None:
@@ -267,7 +267,7 @@ def judge_with_drift(
 
 
 # The candidate columns judge_with_drift reads per row (verdicts, drift pairs and readings, set rule).
-_SET_RULE_COLUMNS = ("source_id", "source_key", "attribute", "target_value", "variant", "control", "seed", "set_id",
+_JUDGED_ROW_COLUMNS = ("source_id", "source_key", "attribute", "target_value", "variant", "control", "seed", "set_id",
                      "method", "content_key", "image_uri", "mask_uri", "status", "error")
 
 

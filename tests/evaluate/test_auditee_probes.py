@@ -356,8 +356,7 @@ def test_counter_noise_is_the_documented_hash_on_the_cpu_and_the_torch_path(seed
                              for v in range(vocab)], dtype=torch.float32)
     seeds = torch.tensor([seed], dtype=torch.int64)
     assert torch.equal(counter_uniform(seeds, step, vocab)[0], expected)
-    torch_row = sampling.splitmix64(seeds + sampling._row_offset(step))
-    torch_bits = sampling._shift_right(sampling._splitmix64_(torch_row[:, None] ^ sampling.token_mix(vocab, "cpu")[None, :]), 40)
+    torch_bits = sampling._counter_bits_torch(seeds, step, sampling.token_mix(vocab, "cpu"))
     assert torch.equal(torch_bits.to(torch.float32).add_(0.5).div_(float(1 << 24))[0], expected)
 
 

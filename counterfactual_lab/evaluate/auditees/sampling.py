@@ -68,13 +68,15 @@ def counter_uniform(seeds: torch.Tensor, step: int, vocab_size: int, mix: torch.
     seeds = seeds.to(torch.int64)
     if mix is None:
         mix = token_mix(vocab_size, seeds.device)
-    if seeds.device.type == "cpu":
-        bits = _counter_bits_numpy(seeds, step, mix)
-    else:
-        row = splitmix64(seeds + _row_offset(step))  # one stream per (seed, step)
-        bits = _splitmix64_(row[:, None] ^ mix[None, :])  # a fresh (rows, V) tensor, mixed in place
-        bits = _shift_right(bits, 40)  # top 24 bits
+    bits = (_counter_bits_numpy if seeds.device.type == "cpu" else _counter_bits_torch)(seeds, step, mix)
     return bits.to(torch.float32).add_(0.5).div_(float(1 << 24))
+
+
+def _counter_bits_torch(seeds: torch.Tensor, step: int, mix: torch.Tensor) -> torch.Tensor:
+    """The top 24 bits of the (rows, V) hash in torch's int64 arithmetic (any device)."""
+    row = splitmix64(seeds + _row_offset(step))  # one stream per (seed, step)
+    bits = _splitmix64_(row[:, None] ^ mix[None, :])  # a fresh (rows, V) tensor, mixed in place
+    return _shift_right(bits, 40)
 
 
 def _row_offset(step: int) -> int:
@@ -96,7 +98,7 @@ def _splitmix64_numpy_(z: np.ndarray) -> np.ndarray:
 
 
 def _counter_bits_numpy(seeds: torch.Tensor, step: int, mix: torch.Tensor) -> torch.Tensor:
-    """The top 24 bits of the (rows, V) hash, as :func:`counter_uniform`'s torch path computes them."""
+    """:func:`_counter_bits_torch` in NumPy's uint64 arithmetic (CPU tensors only): the same bits."""
     with np.errstate(over="ignore"):  # wrapping is the arithmetic meant
         row = _splitmix64_numpy_(seeds.numpy().view(np.uint64) + np.uint64(_row_offset(step) & _MASK64))
         bits = _splitmix64_numpy_(row[:, None] ^ mix.numpy().view(np.uint64)[None, :])
