@@ -87,8 +87,9 @@ roughly flat across sizes).
 Last line JSON: ``{"bench": "scale", "overhead_ms_per_task": <at the largest size>, "sizes":
 {"1000": {"wall_s", "peak_rss_mb", "rss_after_imports_mb", "items", "planned", "generated",
 "rows", "ms_per_item", "tasks", "overhead_ms_per_task", "engine_ms_per_task",
-"orchestration_share", "noop_ms_per_task", "stages_s", "load_average", ["answers",
-"objects_written"]}, ...}, "orchestration_share": <at 10⁵ when run, else the largest size>,
+"orchestration_share", "gc" (seconds of garbage collection: all, per generation, in the
+generate stage), "noop_ms_per_task", "stages_s", "load_average", ["answers", "objects_written"]},
+...}, "orchestration_share": <at 10⁵ when run, else the largest size>,
 ["answers", "objects_written": <the same size's>,] "auditee", "batch_size", ...}``.
 """
 
